@@ -1,0 +1,26 @@
+"""attn-export: PyTorch models with special attention -> ONNX (+ TensorRT), with verified parity.
+
+Heavy modules are imported on first use, so that ``import attn_export`` stays cheap and works
+without optional dependencies (TensorRT, CUDA, the plugin library).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from attn_export.errors import AttnExportError
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "export": "attn_export.onnx_export",
+    "check_parity": "attn_export.parity",
+}
+
+__all__ = ["AttnExportError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'attn_export' has no attribute {name!r}")

@@ -1,0 +1,12 @@
+"""Attention ops (torch custom ops with CPU implementations), layers and the model zoo."""
+
+from attn_export.models.neighborhood import NAParams, neighborhood_attention
+from attn_export.models.layers import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
+
+__all__ = [
+    "NAParams",
+    "neighborhood_attention",
+    "NeighborhoodAttention1D",
+    "NeighborhoodAttention2D",
+    "NeighborhoodAttention3D",
+]

@@ -1,0 +1,80 @@
+"""Neighborhood-attention layers: channels-last ``[B, *spatial, C]`` in and out, as in NATTEN."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from attn_export.errors import AttnExportError
+from attn_export.models.neighborhood import NAParams, neighborhood_attention
+
+
+class _NeighborhoodAttentionND(nn.Module):
+    rank: int = 0
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        kernel_size,
+        stride=1,
+        dilation=1,
+        is_causal=False,
+        rel_pos_bias: bool = False,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise AttnExportError(f"{type(self).__name__}: dim={dim} is not divisible by num_heads={num_heads}")
+        self.params = NAParams.from_args(self.rank, kernel_size, stride, dilation, is_causal)
+        if rel_pos_bias and self.params.any_causal:
+            raise AttnExportError(f"{type(self).__name__}: rel_pos_bias needs non-causal attention")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        if rel_pos_bias:
+            self.rpb = nn.Parameter(torch.empty(num_heads, *self.params.rpb_shape_tail))
+            nn.init.trunc_normal_(self.rpb, std=0.02, a=-2.0, b=2.0)
+        else:
+            self.register_parameter("rpb", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != self.rank + 2:
+            raise AttnExportError(
+                f"{type(self).__name__}: input has {x.dim()} dims; expected [B, {self.rank} spatial axes, C]"
+            )
+        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))
+        q, k, v = qkv.unbind(dim=-3)
+        p = self.params
+        out = neighborhood_attention(
+            q, k, v, p.kernel_size, p.stride, p.dilation, p.is_causal, scale=self.scale, rpb=self.rpb
+        )
+        return self.proj(out.flatten(-2))
+
+    def extra_repr(self) -> str:
+        p = self.params
+        return (
+            f"heads={self.num_heads}, head_dim={self.head_dim}, kernel_size={p.kernel_size}, "
+            f"stride={p.stride}, dilation={p.dilation}, is_causal={p.is_causal}, rpb={self.rpb is not None}"
+        )
+
+
+class NeighborhoodAttention1D(_NeighborhoodAttentionND):
+    """1-D neighborhood attention over ``[B, L, C]``."""
+
+    rank = 1
+
+
+class NeighborhoodAttention2D(_NeighborhoodAttentionND):
+    """2-D neighborhood attention over ``[B, H, W, C]``."""
+
+    rank = 2
+
+
+class NeighborhoodAttention3D(_NeighborhoodAttentionND):
+    """3-D neighborhood attention over ``[B, T, H, W, C]``."""
+
+    rank = 3
