@@ -1,0 +1,169 @@
+"""torch.export -> ONNX with each attention call as ONE custom node plus its portable local function."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import onnx
+import torch
+
+from attn_export.errors import AttnExportError
+from attn_export.onnx_functions import RPB_OVERLOAD, neighborhood_function, neighborhood_schema
+from attn_export.registry import DOMAIN, DOMAIN_VERSION, NEIGHBORHOOD
+
+DEFAULT_OPSET = 18  # the lowest opset the torch dynamo exporter and TensorRT 10 both handle well
+MIN_IR_VERSION = 10  # function overloads (the rpb form of NeighborhoodAttention)
+
+
+def _neighborhood_translation():
+    import onnxscript
+
+    node = onnxscript.values.Op(
+        onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION), NEIGHBORHOOD.onnx_op_type, neighborhood_schema()
+    )
+
+    def translate(q, k, v, kernel_size, stride, dilation, is_causal, scale, rpb=None):
+        return node(
+            q, k, v, rpb,
+            kernel_size=list(kernel_size), stride=list(stride), dilation=list(dilation),
+            is_causal=[int(c) for c in is_causal], scale=float(scale),
+            plugin_version=NEIGHBORHOOD.plugin_version, plugin_namespace=NEIGHBORHOOD.plugin_namespace,
+        )
+
+    return translate
+
+
+def custom_translation_table() -> dict:
+    import attn_export.models  # noqa: F401  (registers the torch custom ops)
+
+    return {torch.ops.attn_export.neighborhood_attention.default: _neighborhood_translation()}
+
+
+def attach_local_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every custom attention node its model-local decomposition (after export: the exporter
+    would inline a function it was handed) and mark the rpb form with its function overload."""
+    onnx_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), DEFAULT_OPSET)
+    needed = set()
+    for node in model.graph.node:
+        if node.domain == DOMAIN and node.op_type == NEIGHBORHOOD.onnx_op_type:
+            with_rpb = len(node.input) == 4 and node.input[3] != ""
+            del node.input[4 if with_rpb else 3:]  # drop a trailing empty optional input
+            node.overload = RPB_OVERLOAD if with_rpb else ""
+            needed.add(with_rpb)
+    have = {(f.domain, f.name, f.overload) for f in model.functions}
+    for with_rpb in sorted(needed):
+        key = (DOMAIN, NEIGHBORHOOD.onnx_op_type, RPB_OVERLOAD if with_rpb else "")
+        if key not in have:
+            model.functions.append(neighborhood_function(onnx_opset, with_rpb))
+    if needed and not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    model.ir_version = max(model.ir_version, MIN_IR_VERSION)
+    return model
+
+
+def export(
+    model: torch.nn.Module | torch.export.ExportedProgram,
+    example_inputs: Sequence[torch.Tensor],
+    path: str | os.PathLike,
+    dynamic_shapes: dict | None = None,
+    opset: int | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+) -> onnx.ModelProto:
+    """Export ``model`` to ONNX at ``path`` and return the model proto.
+
+    Every neighborhood-attention call becomes one ``attn_export::NeighborhoodAttention`` node with a
+    local function that plain ONNX Runtime runs. ``dynamic_shapes`` follows torch.export (keyed by
+    input name); the file is checked with ``onnx.checker`` (full_check) and written atomically.
+    """
+    opset = DEFAULT_OPSET if opset is None else int(opset)
+    if not 18 <= opset <= 23:
+        raise AttnExportError(f"--opset {opset} is not supported; use an opset from 18 to 23")
+    example_inputs = tuple(example_inputs)
+    if isinstance(dynamic_shapes, dict) and input_names:
+        # Keyed by input name, which need not be the forward() argument name torch.export wants.
+        unknown = set(dynamic_shapes) - set(input_names)
+        if unknown:
+            raise AttnExportError(f"dynamic_shapes names {sorted(unknown)} are not inputs; inputs: {list(input_names)}")
+        dynamic_shapes = tuple(dynamic_shapes.get(name) for name in input_names)
+    if dynamic_shapes:
+        example_inputs = _avoid_size_one_specialization(example_inputs, dynamic_shapes)
+    program = _torch_onnx_export(model, example_inputs, dynamic_shapes, opset, input_names, output_names)
+    proto = attach_local_functions(program.model_proto)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise AttnExportError(f"the exported ONNX model fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+    save_atomically(proto, Path(path))
+    return proto
+
+
+def _torch_onnx_export(model, example_inputs, dynamic_shapes, opset, input_names, output_names):
+    # torch.onnx reports progress and exporter internals on stdout and the logging module; keep our
+    # CLI output readable and surface a failure as one line (the chain keeps the details).
+    sink = io.StringIO()
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sink):
+            return torch.onnx.export(
+                model, example_inputs, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
+                input_names=list(input_names) if input_names else None,
+                output_names=list(output_names) if output_names else None,
+                custom_translation_table=custom_translation_table(), optimize=True, verbose=False,
+                external_data=False,
+            )
+    except Exception as exc:  # noqa: BLE001 - re-raised as the one expected error type
+        own = _find_in_chain(exc, AttnExportError)
+        if own is not None:
+            raise own from exc
+        raise AttnExportError(f"export to ONNX failed: {_first_line(_root_cause(exc))}; rerun with --debug for details") from exc
+
+
+def _avoid_size_one_specialization(example_inputs, dynamic_shapes):
+    """torch.export specializes dynamic dims whose example size is 1; trace with size 2 instead."""
+    grown = []
+    for tensor, spec in zip(example_inputs, dynamic_shapes):
+        if isinstance(tensor, torch.Tensor) and isinstance(spec, dict):
+            for dim in spec:
+                if tensor.shape[dim] == 1:
+                    tensor = torch.cat([tensor, tensor], dim=dim)
+        grown.append(tensor)
+    return tuple(grown) + tuple(example_inputs[len(grown):])
+
+
+def save_atomically(proto: onnx.ModelProto, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        onnx.save_model(proto, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _find_in_chain(exc: BaseException, kind: type) -> Any:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = set()
+    while (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,185 @@
+"""Portable decompositions: model-local ONNX functions for the custom attention nodes.
+
+Every custom node in domain ``attn_export`` is paired with a FunctionProto of the same domain and
+op_type whose body uses standard ONNX ops only, so any ONNX runtime runs the file without our
+library, while TensorRT's parser prefers the plugin named by the node's ``plugin_*`` attributes.
+One function serves every node of an op type: window parameters arrive as attribute references
+and all index math runs in the graph, so it is generic in kernel, stride, dilation, causality,
+spatial size and batch. 1-D and 2-D inputs are padded to 3 axes (kernel 1) inside the body.
+"""
+
+from __future__ import annotations
+
+from onnx import AttributeProto, FunctionProto, TensorProto, helper
+from onnx.defs import OpSchema
+
+from attn_export.registry import DOMAIN, DOMAIN_VERSION, NEIGHBORHOOD
+
+_INT64_MAX = 2**63 - 1
+_NA_ATTRIBUTES = {
+    "kernel_size": AttributeProto.INTS,
+    "stride": AttributeProto.INTS,
+    "dilation": AttributeProto.INTS,
+    "is_causal": AttributeProto.INTS,
+    "scale": AttributeProto.FLOAT,
+    "plugin_version": AttributeProto.STRING,
+    "plugin_namespace": AttributeProto.STRING,
+}
+
+
+def neighborhood_schema() -> OpSchema:
+    """The node contract of ``attn_export::NeighborhoodAttention`` (inputs, attributes, types)."""
+    float_types = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
+    inputs = [
+        OpSchema.FormalParameter(name, "T", doc)
+        for name, doc in (("q", "[B, *spatial, heads, head_dim]"), ("k", "like q"), ("v", "like q"))
+    ]
+    inputs.append(OpSchema.FormalParameter(
+        "rpb", "T", "[heads, 2k-1 per axis] additive bias", param_option=OpSchema.FormalParameterOption.Optional))
+    return OpSchema(
+        NEIGHBORHOOD.onnx_op_type, DOMAIN, DOMAIN_VERSION,
+        "Generalized neighborhood attention (attn-export DESIGN.md section 5).",
+        inputs=inputs,
+        outputs=[OpSchema.FormalParameter("out", "T", "like q")],
+        type_constraints=[("T", float_types, "float tensors")],
+        attributes=[OpSchema.Attribute(name, kind, required=name not in ("plugin_version", "plugin_namespace"))
+                    for name, kind in _NA_ATTRIBUTES.items()],
+    )
+
+
+class _Body:
+    """A tiny function-body builder: ``b.Add(x, y)`` appends a node and returns its output name."""
+
+    def __init__(self, prefix: str):
+        self.nodes: list = []
+        self._prefix = prefix
+        self._count = 0
+
+    def _name(self) -> str:
+        self._count += 1
+        return f"{self._prefix}{self._count}"
+
+    def op(self, op_type: str, *inputs: str, num_outputs: int = 1, **attrs):
+        outputs = [self._name() for _ in range(num_outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outputs, **attrs))
+        return outputs[0] if num_outputs == 1 else outputs
+
+    def __getattr__(self, op_type: str):
+        if not op_type[:1].isupper():
+            raise AttributeError(op_type)
+        return lambda *inputs, **attrs: self.op(op_type, *inputs, **attrs)
+
+    def ints(self, *values: int) -> str:
+        return self.op("Constant", value_ints=list(values))
+
+    def scalar(self, value: int) -> str:
+        return self.op("Constant", value_int=value)
+
+    def attr_ref(self, attr: str, kind: int) -> str:
+        """A Constant whose value is the calling node's attribute ``attr``."""
+        field = {AttributeProto.INTS: "value_ints", AttributeProto.FLOAT: "value_float"}[kind]
+        ref = AttributeProto(name=field, ref_attr_name=attr, type=kind)
+        out = self._name()
+        node = helper.make_node("Constant", [], [out])
+        node.attribute.append(ref)
+        self.nodes.append(node)
+        return out
+
+
+def _axis_window(b: _Body, n: str, k: str, s: str, d: str, causal: str):
+    """Key index, relative-bias index and validity, each [n, k], for one axis (scalar int64 inputs).
+
+    Mirrors attn_export.models.neighborhood.axis_window; see DESIGN.md section 5.
+    """
+    zero, one, two = b.scalar(0), b.scalar(1), b.scalar(2)
+    i = b.Range(zero, n, one)
+    g, ip = b.Mod(i, d), b.Div(i, d)
+    n_g = b.Div(b.Sub(b.Add(n, d), b.Add(g, one)), d)  # ceil((n - g) / d)
+    last = b.Sub(n_g, one)
+    base = b.Mul(b.Div(ip, s), s)
+    left = b.Div(k, two)
+    right = b.Sub(b.Sub(k, left), one)
+    # non-causal: centred on the stride group's leader, shifted inside the axis at the borders
+    leader = b.Min(b.Add(base, b.Div(s, two)), last)
+    start_nc = b.Sub(b.Max(b.Min(leader, b.Sub(last, right)), left), left)
+    # causal: ends at the query, starts k - 1 before the group's last member
+    leader_c = b.Min(b.Sub(b.Add(base, s), one), last)
+    start_c = b.Max(b.Add(b.Sub(leader_c, k), one), zero)
+    end_c = b.Min(b.Add(ip, one), n_g)
+    is_causal = b.Cast(causal, to=TensorProto.BOOL)
+    start = b.Where(is_causal, start_c, start_nc)
+    end = b.Where(is_causal, end_c, b.Add(start_nc, k))
+    col = b.ints(1)
+    jp = b.Add(b.Unsqueeze(start, col), b.Range(zero, k, one))
+    valid = b.Less(jp, b.Unsqueeze(end, col))
+    key = b.Add(b.Mul(b.Min(jp, b.Unsqueeze(last, col)), d), b.Unsqueeze(g, col))
+    rel = b.Add(b.Sub(jp, b.Unsqueeze(ip, col)), b.Sub(k, one))
+    return key, rel, valid
+
+
+RPB_OVERLOAD = "rpb"
+
+
+def neighborhood_function(onnx_opset: int, with_rpb: bool) -> FunctionProto:
+    """The model-local function for ``attn_export::NeighborhoodAttention``: a gather decomposition.
+
+    Each query gathers its prod(k) keys and values ([B, H, N, K, D]); nothing of size N x N exists.
+    ONNX Runtime cannot inline a function whose optional input is missing, so the 4-input form
+    (with rpb) is the function overload ``"rpb"`` and the 3-input form is the default overload.
+    """
+    b = _Body("na_")
+    kernel = b.attr_ref("kernel_size", AttributeProto.INTS)
+    stride = b.attr_ref("stride", AttributeProto.INTS)
+    dilation = b.attr_ref("dilation", AttributeProto.INTS)
+    causal = b.attr_ref("is_causal", AttributeProto.INTS)
+    scale = b.attr_ref("scale", AttributeProto.FLOAT)
+
+    q_shape = b.Shape("q")
+    spatial = b.Slice(q_shape, b.ints(1), b.ints(-2))
+    ones3, zeros3, last3, end = b.ints(1, 1, 1), b.ints(0, 0, 0), b.ints(-3), b.ints(_INT64_MAX)
+
+    def pad3(values: str, filler: str) -> str:  # left-pad a per-axis list to 3 axes
+        return b.Slice(b.Concat(filler, values, axis=0), last3, end)
+
+    per_axis = [pad3(x, ones3) for x in (spatial, kernel, stride, dilation)] + [pad3(causal, zeros3)]
+    grid_axes = ([1, 2, 4, 5], [0, 2, 3, 5], [0, 1, 3, 4])  # put n at a and k at 3 + a of a 6-D grid
+    key = rel = valid = None
+    kernel_sizes = []
+    for axis in range(3):
+        n, k, s, d, c = (b.Gather(x, b.scalar(axis), axis=0) for x in per_axis)
+        kernel_sizes.append(k)
+        a_key, a_rel, a_valid = (b.Unsqueeze(x, b.ints(*grid_axes[axis])) for x in _axis_window(b, n, k, s, d, c))
+        span = b.Sub(b.Add(k, k), b.scalar(1))
+        key = a_key if key is None else b.Add(b.Mul(key, n), a_key)
+        rel = a_rel if rel is None else b.Add(b.Mul(rel, span), a_rel)
+        valid = a_valid if valid is None else b.And(valid, a_valid)
+    window = b.Unsqueeze(b.Mul(b.Mul(kernel_sizes[0], kernel_sizes[1]), kernel_sizes[2]), b.ints(0))
+    flat = b.Concat(b.ints(-1), window, axis=0)
+    key, rel, valid = (b.Reshape(x, flat) for x in (key, rel, valid))  # [N, K]
+
+    tokens_shape = b.Concat(
+        b.Slice(q_shape, b.ints(0), b.ints(1)), b.ints(-1), b.Slice(q_shape, b.ints(-2), end), axis=0)
+
+    def heads_first(x: str) -> str:  # [B, *spatial, H, D] -> [B, H, N, D]
+        return b.Transpose(b.Reshape(x, tokens_shape), perm=[0, 2, 1, 3])
+
+    qh = b.Mul(heads_first("q"), b.CastLike(scale, "q"))
+    keys = b.Gather(heads_first("k"), key, axis=2)  # [B, H, N, K, D]
+    logits = b.Squeeze(b.MatMul(keys, b.Unsqueeze(qh, b.ints(-1))), b.ints(-1))  # [B, H, N, K]
+    if with_rpb:
+        bias = b.Gather(b.Reshape("rpb", b.ints(0, -1)), rel, axis=1)  # [H, N, K]
+        logits = b.Add(logits, bias)
+    neg_inf = b.CastLike(b.op("Constant", value_float=float("-inf")), logits)
+    probs = b.Softmax(b.Where(valid, logits, neg_inf), axis=-1)
+    values = b.Gather(heads_first("v"), key, axis=2)  # [B, H, N, K, D]
+    out = b.Squeeze(b.MatMul(b.Unsqueeze(probs, b.ints(-2)), values), b.ints(-2))  # [B, H, N, D]
+    out = b.Reshape(b.Transpose(out, perm=[0, 2, 1, 3]), q_shape)
+    b.nodes.append(helper.make_node("Identity", [out], ["out"]))
+
+    function = helper.make_function(
+        DOMAIN, NEIGHBORHOOD.onnx_op_type, ["q", "k", "v"] + (["rpb"] if with_rpb else []), ["out"], b.nodes,
+        opset_imports=[helper.make_opsetid("", onnx_opset)],
+        attributes=list(_NA_ATTRIBUTES),
+    )
+    function.overload = RPB_OVERLOAD if with_rpb else ""
+    return function

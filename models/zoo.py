@@ -1,0 +1,225 @@
+"""Built-in models: small, seeded, eval-mode networks that exercise each attention family.
+
+``names()`` lists them; ``create(name) -> (model, example_inputs)``; ``entry(name)`` gives the input
+specs (names, shapes, dtypes, value ranges) and the dynamic dimensions each model allows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from attn_export.errors import AttnExportError
+from attn_export.models.layers import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
+
+SEED = 0
+
+
+# ------------------------------------------------------------------------------------ building blocks
+
+
+class Mlp(nn.Sequential):
+    def __init__(self, dim: int, ratio: float):
+        hidden = int(dim * ratio)
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attn(norm(x)); x + mlp(norm(x)), channels-last."""
+
+    def __init__(self, dim: int, attn: nn.Module, mlp_ratio: float):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), attn
+        self.norm2, self.mlp = nn.LayerNorm(dim), Mlp(dim, mlp_ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+@dataclass(frozen=True)
+class NATConfig:
+    """A hierarchical 2-D classifier in the style of NAT / DiNAT (one dilation per block)."""
+
+    dims: tuple[int, ...] = (32, 64, 128)
+    heads: tuple[int, ...] = (2, 4, 8)
+    kernels: tuple[int, ...] = (7, 7, 3)
+    dilations: tuple[tuple[int, ...], ...] = ((1, 1), (1, 1), (1, 1))
+    in_chans: int = 3
+    num_classes: int = 10
+    mlp_ratio: float = 2.0
+    rel_pos_bias: bool = True
+
+
+class NATClassifier(nn.Module):
+    def __init__(self, cfg: NATConfig):
+        super().__init__()
+        d0 = cfg.dims[0]
+        self.stem = nn.Sequential(  # overlapping 3x3 convolutions, /4, as in NAT's tokenizer
+            nn.Conv2d(cfg.in_chans, d0 // 2, 3, 2, 1), nn.GELU(), nn.Conv2d(d0 // 2, d0, 3, 2, 1))
+        self.stem_norm = nn.LayerNorm(d0)
+        self.stages, self.downsamples = nn.ModuleList(), nn.ModuleList()
+        for i, (dim, heads, kernel, dilations) in enumerate(zip(cfg.dims, cfg.heads, cfg.kernels, cfg.dilations)):
+            self.stages.append(nn.Sequential(*(
+                TransformerBlock(dim, NeighborhoodAttention2D(
+                    dim, heads, kernel, dilation=d, rel_pos_bias=cfg.rel_pos_bias), cfg.mlp_ratio)
+                for d in dilations)))
+            if i + 1 < len(cfg.dims):
+                self.downsamples.append(nn.Conv2d(dim, cfg.dims[i + 1], 3, 2, 1))
+        self.norm = nn.LayerNorm(cfg.dims[-1])
+        self.head = nn.Linear(cfg.dims[-1], cfg.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem_norm(self.stem(x).permute(0, 2, 3, 1))  # [B, H, W, C]
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i < len(self.downsamples):
+                x = self.downsamples[i](x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.head(self.norm(x).mean(dim=(1, 2)))
+
+
+class CausalTokenModel(nn.Module):
+    """A small 1-D causal sequence model: tokens -> causal neighborhood-attention blocks -> logits."""
+
+    def __init__(self, vocab: int = 256, dim: int = 64, heads: int = 4, kernel: int = 16,
+                 dilations: tuple[int, ...] = (1, 2), mlp_ratio: float = 2.0):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.blocks = nn.Sequential(*(
+            TransformerBlock(dim, NeighborhoodAttention1D(dim, heads, kernel, dilation=d, is_causal=True), mlp_ratio)
+            for d in dilations))
+        self.norm = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(self.blocks(self.embed(tokens))))
+
+
+class VideoClassifier(nn.Module):
+    """3-D neighborhood attention over frame x height x width tubelet tokens, strided windows."""
+
+    def __init__(self, dim: int = 64, heads: int = 4, kernel=(3, 5, 5), stride=(1, 2, 2),
+                 tubelet=(2, 4, 4), depth: int = 2, num_classes: int = 10, mlp_ratio: float = 2.0):
+        super().__init__()
+        self.embed = nn.Conv3d(3, dim, tubelet, tubelet)
+        self.blocks = nn.Sequential(*(
+            TransformerBlock(dim, NeighborhoodAttention3D(
+                dim, heads, kernel, stride=stride, rel_pos_bias=(i % 2 == 1)), mlp_ratio)
+            for i in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        x = self.embed(video).permute(0, 2, 3, 4, 1)  # [B, T, H, W, C]
+        return self.head(self.norm(self.blocks(x)).mean(dim=(1, 2, 3)))
+
+
+# ------------------------------------------------------------------------------------ the registry
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+    low: float = -1.0  # value range of random inputs (ints: [low, high))
+    high: float = 1.0
+
+
+@dataclass(frozen=True)
+class DynamicDim:
+    """A dynamic spatial dimension: size = multiple * s for s in [min_steps, max_steps]."""
+
+    name: str
+    multiple: int
+    min_steps: int
+    max_steps: int
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    description: str
+    build: Callable[[], nn.Module]
+    inputs: tuple[InputSpec, ...]
+    spatial: dict[str, dict[int, DynamicDim]] = field(default_factory=dict)
+
+    def example_inputs(self, seed: int = SEED) -> tuple[torch.Tensor, ...]:
+        gen = torch.Generator().manual_seed(seed)
+        return tuple(random_tensor(spec.shape, spec.dtype, spec.low, spec.high, gen) for spec in self.inputs)
+
+    def dynamic_shapes(self, batch: bool = True, spatial: bool = False) -> dict | None:
+        """torch.export dynamic shapes keyed by input name (None when everything is static)."""
+        shapes: dict[str, dict] = {spec.name: {} for spec in self.inputs}
+        if batch:
+            dim = torch.export.Dim("batch", min=1, max=4096)
+            for spec in self.inputs:
+                shapes[spec.name][0] = dim
+        if spatial:
+            for name, axes in self.spatial.items():
+                for axis, d in axes.items():
+                    shapes[name][axis] = d.multiple * torch.export.Dim(d.name, min=d.min_steps, max=d.max_steps)
+        return shapes if any(shapes.values()) else None
+
+
+def random_tensor(shape, dtype, low, high, generator) -> torch.Tensor:
+    if dtype.is_floating_point:
+        return torch.empty(shape).uniform_(low, high, generator=generator).to(dtype)
+    return torch.randint(int(low), int(high), shape, generator=generator, dtype=dtype)
+
+
+_ENTRIES = (
+    ZooEntry(
+        "nat-tiny",
+        "hierarchical 2-D NAT-style classifier, kernels 7/7/3, relative position bias, 64x64 RGB",
+        lambda: NATClassifier(NATConfig()),
+        (InputSpec("images", (1, 3, 64, 64)),),
+        {"images": {2: DynamicDim("height16", 16, 4, 64), 3: DynamicDim("width16", 16, 4, 64)}},
+    ),
+    ZooEntry(
+        "dinat-tiny",
+        "hierarchical 2-D DiNAT-style classifier alternating dilation 1 and 2, 64x64 RGB",
+        lambda: NATClassifier(NATConfig(kernels=(7, 3, 3), dilations=((1, 2), (1, 2), (1, 1)))),
+        (InputSpec("images", (1, 3, 64, 64)),),
+        {"images": {2: DynamicDim("height16", 16, 4, 64), 3: DynamicDim("width16", 16, 4, 64)}},
+    ),
+    ZooEntry(
+        "na1d-causal",
+        "1-D causal token model, kernel 16, dilations 1 and 2, vocabulary 256, 128 tokens",
+        CausalTokenModel,
+        (InputSpec("tokens", (1, 128), torch.int64, 0, 256),),
+        {"tokens": {1: DynamicDim("length", 1, 32, 8192)}},
+    ),
+    ZooEntry(
+        "na3d-video",
+        "3-D neighborhood attention over 4x8x8 tubelets of an 8x32x32 clip, kernel (3,5,5), stride (1,2,2)",
+        VideoClassifier,
+        (InputSpec("video", (1, 3, 8, 32, 32)),),
+        {"video": {2: DynamicDim("frames2", 2, 3, 64), 3: DynamicDim("height4", 4, 5, 64),
+                   4: DynamicDim("width4", 4, 5, 64)}},
+    ),
+)
+_BY_NAME = {e.name: e for e in _ENTRIES}
+
+
+def names() -> list[str]:
+    return list(_BY_NAME)
+
+
+def entry(name: str) -> ZooEntry:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise AttnExportError(f"unknown zoo model '{name}'; available: {', '.join(_BY_NAME)}") from None
+
+
+def create(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """Build zoo model ``name`` with seeded random weights, in eval mode, and its example inputs."""
+    spec = entry(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = spec.build().eval()
+    return model, spec.example_inputs()
