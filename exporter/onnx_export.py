@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -109,7 +110,9 @@ def _torch_onnx_export(model, example_inputs, dynamic_shapes, opset, input_names
     sink = io.StringIO()
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(sink):
+        with contextlib.redirect_stdout(sink), warnings.catch_warnings():
+            # torch's own pytree deprecation noise, not the user's business
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
             return torch.onnx.export(
                 model, example_inputs, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
                 input_names=list(input_names) if input_names else None,

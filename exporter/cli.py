@@ -1,0 +1,198 @@
+"""The `attn-export` command line: thin click commands over attn_export's Python API.
+
+Exit codes (DESIGN.md section 8): 0 success, 1 a check failed, 2 bad input or usage,
+3 a requested step needs something absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+
+import click
+
+from attn_export.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, AttnExportError
+
+EPILOG = """\b
+Examples:
+  attn-export zoo:nat-tiny -o out/nat-tiny
+  attn-export model.pt2 -o out/ --input-shape images=1x3x224x224
+  attn-export ckpt.pt --factory mypkg.models:build -o out/
+  attn-export check zoo:nat-tiny out/nat-tiny/model.onnx --report out/check.json
+  attn-export zoo
+"""
+
+
+class DefaultGroup(click.Group):
+    """`attn-export MODEL ...` runs the `export` command; `attn-export check ...` and others as usual."""
+
+    default_command = "export"
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx, formatter):
+        formatter.write_usage(ctx.command_path, "MODEL [OPTIONS]  |  COMMAND [ARGS]...")
+
+
+@contextlib.contextmanager
+def _step(title: str):
+    click.echo(f"-> {title} ...", err=True)
+    start = time.perf_counter()
+    yield
+    click.echo(f"   {title}: done in {time.perf_counter() - start:.1f} s", err=True)
+
+
+def _parse_tolerances(atol: tuple[str, ...], rtol: tuple[str, ...]):
+    from attn_export.parity import DEFAULT_ATOL, DEFAULT_RTOL, Tolerances
+
+    def split(values, flag, default):
+        base, per_output = default, {}
+        for value in values:
+            name, sep, number = value.rpartition("=")
+            try:
+                tol = float(number)
+            except ValueError:
+                raise AttnExportError(f"{flag} '{value}' is not a number or OUTPUT=NUMBER") from None
+            if tol < 0:
+                raise AttnExportError(f"{flag} '{value}' is negative; tolerances are >= 0")
+            if sep:
+                per_output[name] = tol
+            else:
+                base = tol
+        return base, per_output
+
+    a, per_a = split(atol, "--atol", DEFAULT_ATOL)
+    r, per_r = split(rtol, "--rtol", DEFAULT_RTOL)
+    return Tolerances(a, r, per_a, per_r)
+
+
+def _model_options(func):
+    options = [
+        click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+                     help="Shape of an input, e.g. images=1x3x64x64 (repeatable)."),
+        click.option("--factory", metavar="MODULE:FUNC",
+                     help="Function that builds the model for a checkpoint (module:function or file.py:function)."),
+        click.option("--trust-pickle", is_flag=True,
+                     help="Allow loading a pickled whole module; this runs code from the file."),
+        click.option("--inputs", "inputs_npz", type=click.Path(dir_okay=False), metavar="FILE.npz",
+                     help="Check on these inputs (a .npz keyed by input name) instead of seeded random ones."),
+        click.option("--atol", multiple=True, metavar="[OUTPUT=]TOL", help="Absolute tolerance (default 1e-4)."),
+        click.option("--rtol", multiple=True, metavar="[OUTPUT=]TOL", help="Relative tolerance (default 1e-4)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs."),
+        click.option("--debug", is_flag=True, help="Show tracebacks."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _run(debug: bool, body) -> None:
+    """Run a command body: expected errors become one line on stderr and their exit code."""
+    try:
+        code = body()
+    except AttnExportError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; nothing was written", err=True)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+@click.group(cls=DefaultGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="attn-export")
+def main():
+    """Export PyTorch models with neighborhood / block-sparse / PARO attention to ONNX with each
+    attention call as one custom node (plus a portable decomposition), and verify parity."""
+
+
+@main.command("export")
+@click.argument("model")
+@click.option("-o", "--output", "outdir", default="out", show_default=True, metavar="OUTDIR",
+              help="Folder for model.onnx and report.json (written atomically).")
+@click.option("--dynamic-batch/--static-batch", default=True, show_default=True, help="Dynamic batch dimension.")
+@click.option("--dynamic-spatial", is_flag=True, help="Dynamic spatial dims where the zoo model allows them.")
+@click.option("--opset", type=int, help="ONNX opset (18-23, default 18).")
+@click.option("--no-check", is_flag=True, help="Skip the PyTorch vs ONNX Runtime parity check.")
+@_model_options
+def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, input_shapes, factory, trust_pickle,
+               inputs_npz, atol, rtol, seed, debug):
+    """Export MODEL (zoo:NAME, a .pt2 archive, a checkpoint with --factory, or a pickle with
+    --trust-pickle) to OUTDIR/model.onnx and check parity (report.json). Exit 1 if parity fails."""
+
+    def body():
+        from attn_export.loader import load_model, parse_input_shapes
+        from attn_export.pipeline import ExportOptions, export_job
+
+        opts = ExportOptions(opset=opset, dynamic_batch=dynamic_batch, dynamic_spatial=dynamic_spatial,
+                             check=not no_check, tolerances=_parse_tolerances(atol, rtol), inputs_npz=inputs_npz,
+                             seed=seed, command=["attn-export", *sys.argv[1:]])
+        if opset is not None and not 18 <= opset <= 23:
+            raise AttnExportError(f"--opset {opset} is not supported; use 18 to 23")
+        with _step(f"load {model}"):
+            loaded = load_model(model, factory, trust_pickle, parse_input_shapes(input_shapes))
+        if dynamic_spatial and loaded.dynamic_shapes is None:
+            raise AttnExportError("--dynamic-spatial needs a zoo model; a .pt2 keeps the shapes it was exported with")
+        result = export_job(loaded, outdir, opts, _step)
+        click.echo(f"wrote {result.onnx_path}")
+        if result.report is not None:
+            click.echo(result.report.table())
+            click.echo(f"wrote {result.report_path}")
+            if not result.passed:
+                click.echo("parity FAILED: see the table above and report.json", err=True)
+                return EXIT_CHECK_FAILED
+        return 0
+
+    _run(debug, body)
+
+
+@main.command("check")
+@click.argument("model")
+@click.argument("onnx_file", type=click.Path(), metavar="ONNX")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
+@click.option("--dynamic-batch/--static-batch", default=True, show_default=True,
+              help="Also check a second batch size (the ONNX batch must be dynamic).")
+@_model_options
+def check_cmd(model, onnx_file, report_path, dynamic_batch, input_shapes, factory, trust_pickle, inputs_npz, atol,
+              rtol, seed, debug):
+    """Compare MODEL in PyTorch with ONNX on ONNX Runtime; exit 1 on a mismatch (for CI)."""
+
+    def body():
+        from attn_export.loader import load_model, parse_input_shapes
+        from attn_export.pipeline import ExportOptions, check_job
+
+        opts = ExportOptions(dynamic_batch=dynamic_batch, tolerances=_parse_tolerances(atol, rtol),
+                             inputs_npz=inputs_npz, seed=seed, command=["attn-export", *sys.argv[1:]])
+        with _step(f"load {model}"):
+            loaded = load_model(model, factory, trust_pickle, parse_input_shapes(input_shapes))
+        report = check_job(loaded, onnx_file, report_path, opts, _step)
+        click.echo(report.table())
+        if report_path:
+            click.echo(f"wrote {report_path}")
+        if not report.passed:
+            click.echo("parity FAILED", err=True)
+            return EXIT_CHECK_FAILED
+        return 0
+
+    _run(debug, body)
+
+
+@main.command("zoo")
+def zoo_cmd():
+    """List the built-in models (use them as zoo:NAME)."""
+    from attn_export.models import zoo
+
+    for name in zoo.names():
+        entry = zoo.entry(name)
+        shapes = ", ".join(f"{s.name}={'x'.join(map(str, s.shape))}" for s in entry.inputs)
+        click.echo(f"{name:<14} {shapes:<26} {entry.description}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,261 @@
+"""Model loading: zoo:NAME, torch.export archives (.pt2), checkpoint + factory, trusted pickles."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import pickle
+import re
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from attn_export.errors import AttnExportError
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    low: float = -1.0  # value range of random inputs (ints: [low, high))
+    high: float = 1.0
+
+
+@dataclass
+class LoadedModel:
+    """What the export and parity steps need, whatever the source."""
+
+    source: str
+    module: torch.nn.Module  # the PyTorch reference for parity
+    inputs: list[InputInfo]
+    program: torch.export.ExportedProgram | None = None  # a .pt2 is exported as saved
+    dynamic_shapes: Callable[[bool, bool], dict | None] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.inputs]
+
+    def random_inputs(self, seed: int, batch: int | None = None) -> tuple[torch.Tensor, ...]:
+        from attn_export.models.zoo import random_tensor
+
+        gen = torch.Generator().manual_seed(seed)
+        return tuple(random_tensor((batch or i.shape[0], *i.shape[1:]) if i.shape else i.shape,
+                                   i.dtype, i.low, i.high, gen) for i in self.inputs)
+
+
+def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Parse ``NAME=1x3x64x64`` items."""
+    shapes = {}
+    for spec in specs:
+        match = re.fullmatch(r"([^=\s]+)=(\d+(?:x\d+)*)", spec.strip())
+        if not match or any(int(d) <= 0 for d in match.group(2).split("x")):
+            raise AttnExportError(
+                f"--input-shape '{spec}' is not NAME=DIMS with positive dims joined by 'x', e.g. images=1x3x64x64")
+        shapes[match.group(1)] = tuple(int(d) for d in match.group(2).split("x"))
+    return shapes
+
+
+def load_model(
+    spec: str,
+    factory: str | None = None,
+    trust_pickle: bool = False,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> LoadedModel:
+    import attn_export.models  # noqa: F401  (registers the custom ops a .pt2 refers to)
+
+    if spec.startswith("zoo:"):
+        if factory:
+            raise AttnExportError("--factory applies to checkpoints, not to zoo models; drop it")
+        loaded = _load_zoo(spec[4:])
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise AttnExportError(f"model file {spec} does not exist; give a path, or zoo:NAME (see `attn-export zoo`)")
+        if path.is_dir():
+            raise AttnExportError(f"model path {spec} is a folder; give a .pt2 archive or a checkpoint file")
+        if path.suffix == ".pt2":
+            loaded = _load_exported_program(path)
+        elif factory:
+            loaded = _load_checkpoint(path, factory)
+        else:
+            loaded = _load_pickled_module(path, trust_pickle)
+    return _apply_input_shapes(loaded, input_shapes or {})
+
+
+def _load_zoo(name: str) -> LoadedModel:
+    from attn_export.models import zoo
+
+    entry = zoo.entry(name)
+    model, _ = zoo.create(name)
+    inputs = [InputInfo(s.name, s.shape, s.dtype, s.low, s.high) for s in entry.inputs]
+    return LoadedModel(f"zoo:{name}", model, inputs, dynamic_shapes=entry.dynamic_shapes)
+
+
+def _load_exported_program(path: Path) -> LoadedModel:
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - corrupt archives raise many types
+        raise AttnExportError(f"cannot read {path} as a torch.export archive ({_brief(exc)}); "
+                              "write it with torch.export.save") from exc
+    user_inputs = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    examples = _flat_example_inputs(program)
+    inputs = []
+    for i, name in enumerate(user_inputs):
+        ex = examples[i] if examples and i < len(examples) else None
+        if isinstance(ex, torch.Tensor):
+            inputs.append(_input_from_example(name, ex))
+        else:
+            inputs.append(InputInfo(name, (), torch.float32))  # shape must come from --input-shape
+    return LoadedModel(str(path), program.module(), inputs, program=program)
+
+
+def _flat_example_inputs(program) -> list:
+    examples = getattr(program, "example_inputs", None)
+    if not examples:
+        return []
+    args, kwargs = examples
+    return list(args) + list(kwargs.values())
+
+
+def _load_checkpoint(path: Path, factory: str) -> LoadedModel:
+    built = _call_factory(factory)
+    model, examples = built if isinstance(built, tuple) else (built, None)
+    if not isinstance(model, torch.nn.Module):
+        raise AttnExportError(f"--factory {factory} returned {type(model).__name__}; it must return an nn.Module "
+                              "or (nn.Module, example_inputs)")
+    state = _torch_load(path, weights_only=True)
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(state.get(key), Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise AttnExportError(f"checkpoint {path} holds no state dict of tensors; save model.state_dict()")
+    result = model.load_state_dict(state, strict=False)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    if missing or unexpected:
+        raise AttnExportError(
+            f"checkpoint {path} does not fit the model built by --factory {factory}: "
+            f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+    return _module_model(str(path), model.eval(), examples)
+
+
+def _load_pickled_module(path: Path, trust_pickle: bool) -> LoadedModel:
+    if trust_pickle:
+        obj = _torch_load(path, weights_only=False)
+        if not isinstance(obj, torch.nn.Module):
+            raise AttnExportError(f"{path} holds a {type(obj).__name__}, not an nn.Module; "
+                                  "for a state dict pass --factory module:function")
+        return _module_model(str(path), obj.eval(), None)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise AttnExportError(
+            f"{path} is a pickled object and loading it runs arbitrary code: pass --trust-pickle if you trust its "
+            "source, or save a state dict and pass --factory module:function") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise _unreadable(path, exc) from exc
+    raise AttnExportError(
+        f"{path} holds {'a state dict' if isinstance(obj, Mapping) else 'a ' + type(obj).__name__} but no model; "
+        "pass --factory module:function that builds the model")
+
+
+def _torch_load(path: Path, weights_only: bool):
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as exc:
+        if weights_only:
+            raise AttnExportError(f"checkpoint {path} contains pickled objects beyond tensors; loading them runs "
+                                  "code: save model.state_dict() instead") from exc
+        raise _unreadable(path, exc) from exc
+    except Exception as exc:  # noqa: BLE001
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: BaseException) -> AttnExportError:
+    if isinstance(exc, AttnExportError):
+        return exc
+    hint = "is it truncated?" if isinstance(exc, (EOFError, zipfile.BadZipFile, RuntimeError)) else ""
+    return AttnExportError(f"cannot read {path} as a PyTorch file ({_brief(exc)}); {hint or 'is it the right file?'}")
+
+
+def _call_factory(factory: str):
+    module_name, _, func_name = factory.rpartition(":")
+    if not module_name or not func_name:
+        raise AttnExportError(f"--factory '{factory}' must be module:function or path/to/file.py:function")
+    try:
+        if module_name.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+            if spec is None or not Path(module_name).exists():
+                raise AttnExportError(f"--factory file {module_name} does not exist")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            if "" not in sys.path:
+                sys.path.insert(0, "")
+            module = importlib.import_module(module_name)
+    except AttnExportError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise AttnExportError(f"--factory {factory}: cannot import {module_name} ({_brief(exc)})") from exc
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise AttnExportError(f"--factory {factory}: {module_name} has no function {func_name}")
+    return func()
+
+
+def _module_model(source: str, model: torch.nn.Module, examples) -> LoadedModel:
+    names = [p.name for p in inspect.signature(model.forward).parameters.values()
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if examples is not None:
+        examples = (examples,) if isinstance(examples, torch.Tensor) else tuple(examples)
+        names = names[: len(examples)]
+        inputs = [_input_from_example(n, e) for n, e in zip(names, examples)]
+    else:
+        required = [p.name for p in inspect.signature(model.forward).parameters.values()
+                    if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+        inputs = [InputInfo(n, (), torch.float32) for n in required]
+
+    def dynamic_shapes(batch: bool, spatial: bool) -> dict | None:
+        return {i.name: {0: torch.export.Dim("batch", min=1, max=4096)} for i in inputs} if batch else None
+
+    return LoadedModel(source, model, inputs, dynamic_shapes=dynamic_shapes)
+
+
+def _input_from_example(name: str, ex: torch.Tensor) -> InputInfo:
+    if ex.is_floating_point():
+        return InputInfo(name, tuple(ex.shape), ex.dtype)
+    low, high = (int(ex.min()), int(ex.max()) + 1) if ex.numel() else (0, 1)
+    return InputInfo(name, tuple(ex.shape), ex.dtype, low, high)
+
+
+def _apply_input_shapes(loaded: LoadedModel, shapes: Mapping[str, tuple[int, ...]]) -> LoadedModel:
+    unknown = set(shapes) - set(loaded.input_names)
+    if unknown:
+        raise AttnExportError(f"--input-shape names {sorted(unknown)}, but the model's inputs are: "
+                              f"{', '.join(loaded.input_names) or '(none)'}")
+    new_inputs = []
+    for info in loaded.inputs:
+        shape = shapes.get(info.name, info.shape)
+        if not shape:
+            raise AttnExportError(f"the shape of input '{info.name}' is unknown; pass --input-shape {info.name}=DIMS "
+                                  "(e.g. 1x3x224x224)")
+        if info.shape and len(shape) != len(info.shape):
+            raise AttnExportError(f"--input-shape {info.name} has {len(shape)} dims; the model's input has "
+                                  f"{len(info.shape)} ({'x'.join(map(str, info.shape))})")
+        new_inputs.append(InputInfo(info.name, tuple(shape), info.dtype, info.low, info.high))
+    loaded.inputs = new_inputs
+    return loaded
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

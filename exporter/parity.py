@@ -1,0 +1,220 @@
+"""Parity: PyTorch (CPU) against ONNX Runtime through Polygraphy's Comparator, with a JSON report."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from attn_export.errors import AttnExportError
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-4
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Default atol/rtol plus per-output overrides. An element passes if it meets atol OR rtol
+    (Polygraphy's elementwise rule); an output passes if every element does."""
+
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+    per_output_atol: Mapping[str, float] = field(default_factory=dict)
+    per_output_rtol: Mapping[str, float] = field(default_factory=dict)
+
+    def for_output(self, name: str) -> tuple[float, float]:
+        return self.per_output_atol.get(name, self.atol), self.per_output_rtol.get(name, self.rtol)
+
+    def check_names(self, output_names: Sequence[str]) -> None:
+        unknown = (set(self.per_output_atol) | set(self.per_output_rtol)) - set(output_names)
+        if unknown:
+            raise AttnExportError(
+                f"tolerance given for unknown output(s) {sorted(unknown)}; outputs are: {', '.join(output_names)}")
+
+
+@dataclass
+class OutputResult:
+    name: str
+    max_abs_error: float
+    max_rel_error: float
+    mean_abs_error: float
+    atol: float
+    rtol: float
+    passed: bool
+
+
+@dataclass
+class Comparison:
+    reference: str
+    candidate: str
+    iteration: int
+    outputs: list[OutputResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+
+@dataclass
+class ParityReport:
+    comparisons: list[Comparison]
+    inputs: dict
+    versions: dict
+    command: list[str]
+    onnx: str
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.comparisons) and all(c.passed for c in self.comparisons)
+
+    def to_dict(self) -> dict:
+        return {
+            "status": "pass" if self.passed else "fail",
+            "criterion": "per element |a-b| <= atol or |a-b| <= rtol*|reference|",
+            "onnx": self.onnx,
+            "comparisons": [
+                {"reference": c.reference, "candidate": c.candidate, "iteration": c.iteration,
+                 "passed": c.passed, "outputs": {o.name: asdict(o) for o in c.outputs}}
+                for c in self.comparisons
+            ],
+            "inputs": self.inputs,
+            "versions": self.versions,
+            "command": self.command,
+        }
+
+    def table(self) -> str:
+        head = ("comparison", "iter", "output", "max abs err", "max rel err", "atol", "rtol", "result")
+        rows = [head]
+        for c in self.comparisons:
+            for o in c.outputs:
+                rows.append((f"{c.reference} vs {c.candidate}", str(c.iteration), o.name, f"{o.max_abs_error:.3e}",
+                             f"{o.max_rel_error:.3e}", f"{o.atol:g}", f"{o.rtol:g}", "PASS" if o.passed else "FAIL"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+def versions() -> dict:
+    import onnx
+    import onnxruntime
+    import polygraphy
+
+    return {
+        "attn_export": __import__("attn_export").__version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "polygraphy": polygraphy.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _torch_cpu_runner(model, feeds: Sequence[Mapping[str, np.ndarray]], input_names: Sequence[str],
+                      output_names: Sequence[str], name: str = "pytorch-cpu"):
+    """A Polygraphy runner for a PyTorch module on the CPU (Polygraphy's PytRunner calls .cuda()
+    and expects a particular output format)."""
+    from polygraphy.backend.base import BaseRunner
+    from polygraphy.common import TensorMetadata
+
+    class TorchCpuRunner(BaseRunner):
+        def __init__(self):
+            super().__init__(name=name)
+
+        def activate_impl(self):
+            model.eval()
+
+        def deactivate_impl(self):
+            pass
+
+        def get_input_metadata_impl(self):
+            meta = TensorMetadata()
+            for n in input_names:  # a dim that differs between input sets is dynamic (-1)
+                shapes = {f[n].shape for f in feeds}
+                dims = [d if len(set(axis)) == 1 else -1 for d, axis in zip(feeds[0][n].shape, zip(*shapes))]
+                meta.add(n, dtype=feeds[0][n].dtype, shape=dims)
+            return meta
+
+        def infer_impl(self, feed_dict):
+            args = [torch.from_numpy(np.ascontiguousarray(feed_dict[n])) for n in input_names]
+            start = time.perf_counter()
+            with torch.inference_mode():
+                outputs = torch.utils._pytree.tree_leaves(model(*args))
+            self.inference_time = time.perf_counter() - start
+            if len(outputs) != len(output_names):
+                raise AttnExportError(
+                    f"the PyTorch model returned {len(outputs)} tensors but the ONNX model has {len(output_names)} outputs")
+            return OrderedDict((n, t.detach().cpu().numpy()) for n, t in zip(output_names, outputs))
+
+    return TorchCpuRunner()
+
+
+def _onnxruntime_runner(onnx_path: str, name: str = "onnxruntime-cpu"):
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    return OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"]), name=name)
+
+
+def check_parity(
+    model: torch.nn.Module,
+    onnx_path: str | Path,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    tolerances: Tolerances = Tolerances(),
+    command: Sequence[str] | None = None,
+    input_source: str = "",
+) -> ParityReport:
+    """Run ``model`` and the ONNX file on each feed and compare every output (PyTorch is the reference)."""
+    import onnx
+    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.logger import G_LOGGER
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    input_names = [i.name for i in graph.input if i.name not in initializers]
+    output_names = [o.name for o in graph.output]
+    tolerances.check_names(output_names)
+    for i, feed in enumerate(feeds):
+        if set(feed) != set(input_names):
+            raise AttnExportError(f"input set {i} has inputs {sorted(feed)}; the ONNX model needs {input_names}")
+
+    if not feeds:
+        raise AttnExportError("parity needs at least one input set")
+    runners = [_torch_cpu_runner(model, feeds, input_names, output_names), _onnxruntime_runner(str(onnx_path))]
+    per_atol = {n: tolerances.for_output(n)[0] for n in output_names}
+    per_rtol = {n: tolerances.for_output(n)[1] for n in output_names}
+    severity = G_LOGGER.module_severity
+    G_LOGGER.module_severity = G_LOGGER.CRITICAL  # our table replaces Polygraphy's per-output log
+    try:
+        results = Comparator.run(runners, data_loader=[dict(f) for f in feeds])
+        accuracy = Comparator.compare_accuracy(
+            results, compare_func=CompareFunc.simple(atol=per_atol, rtol=per_rtol, check_shapes=True))
+    finally:
+        G_LOGGER.module_severity = severity
+
+    # Polygraphy >= 0.50 returns one AccuracyResult per compare function; older ones return it bare.
+    accuracy = accuracy if hasattr(accuracy, "items") else accuracy[0]
+    comparisons = []
+    for (ref_name, cand_name), iterations in accuracy.items():
+        for it, per_output in enumerate(iterations):
+            outs = []
+            for n in output_names:
+                res = per_output.get(n)
+                atol, rtol = tolerances.for_output(n)
+                if res is None:  # a missing output or a shape mismatch fails outright
+                    outs.append(OutputResult(n, float("inf"), float("inf"), float("inf"), atol, rtol, False))
+                    continue
+                outs.append(OutputResult(n, float(res.max_absdiff), float(res.max_reldiff),
+                                         float(res.mean_absdiff), atol, rtol, bool(res)))
+            comparisons.append(Comparison(ref_name, cand_name, it, outs))
+    inputs = {n: {"shapes": [list(f[n].shape) for f in feeds], "dtype": str(feeds[0][n].dtype), "source": input_source}
+              for n in input_names}
+    return ParityReport(comparisons, inputs, versions(), list(command if command is not None else sys.argv),
+                        str(onnx_path))

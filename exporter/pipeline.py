@@ -1,0 +1,166 @@
+"""The export job as a Python API: load -> ONNX -> parity -> artifacts. The CLI is a thin layer on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from attn_export.errors import AttnExportError
+from attn_export.loader import LoadedModel
+from attn_export.outdir import staged_output
+from attn_export.parity import ParityReport, Tolerances
+from attn_export.registry import DOMAIN
+
+ONNX_NAME = "model.onnx"
+REPORT_NAME = "report.json"
+DEFAULT_SEED = 0
+
+
+@dataclass
+class ExportOptions:
+    opset: int | None = None
+    dynamic_batch: bool = True
+    dynamic_spatial: bool = False
+    check: bool = True
+    tolerances: Tolerances = field(default_factory=Tolerances)
+    inputs_npz: str | None = None
+    seed: int = DEFAULT_SEED
+    command: Sequence[str] = field(default_factory=lambda: list(sys.argv))
+
+
+@dataclass
+class ExportResult:
+    onnx_path: Path
+    report_path: Path | None
+    report: ParityReport | None
+
+    @property
+    def passed(self) -> bool:
+        return self.report is None or self.report.passed
+
+
+def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptions, step) -> ExportResult:
+    """Write OUTDIR/model.onnx and (unless opts.check is False) OUTDIR/report.json atomically.
+
+    ``step(title)`` returns a context manager that reports progress of one step.
+    """
+    from attn_export.onnx_export import export
+
+    outdir = Path(outdir)
+    feeds = None
+    if opts.check:  # read user inputs before any work, so a bad file fails fast
+        feeds, source = check_feeds(loaded, opts)
+    with staged_output(outdir) as stage:
+        with step("export to ONNX"):
+            dynamic = loaded.dynamic_shapes(opts.dynamic_batch, opts.dynamic_spatial) if loaded.dynamic_shapes else None
+            examples = loaded.random_inputs(opts.seed)
+            model = loaded.program if loaded.program is not None else loaded.module
+            output_names = _output_names(loaded, examples)
+            proto = export(model, examples, stage / ONNX_NAME, dynamic_shapes=None if loaded.program else dynamic,
+                           opset=opts.opset, input_names=loaded.input_names, output_names=output_names)
+        report = None
+        if opts.check:
+            with step("check parity: PyTorch vs ONNX Runtime"):
+                from attn_export.parity import check_parity
+
+                report = check_parity(loaded.module, stage / ONNX_NAME, feeds, opts.tolerances, opts.command, source)
+                data = report.to_dict()
+                data["model"] = loaded.source
+                data["onnx"] = ONNX_NAME
+                data["export"] = export_summary(proto, opts)
+                (stage / REPORT_NAME).write_text(json.dumps(data, indent=2) + "\n")
+    return ExportResult(outdir / ONNX_NAME, outdir / REPORT_NAME if report else None, report)
+
+
+def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: str | os.PathLike | None,
+              opts: ExportOptions, step) -> ParityReport:
+    """Compare an existing ONNX file with the PyTorch model; optionally write the JSON report."""
+    from attn_export.parity import check_parity
+
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise AttnExportError(f"ONNX file {onnx_path} does not exist; export one first with `attn-export MODEL -o DIR`")
+    _validate_onnx(onnx_path)
+    feeds, source = check_feeds(loaded, opts)
+    with step("check parity: PyTorch vs ONNX Runtime"):
+        report = check_parity(loaded.module, onnx_path, feeds, opts.tolerances, opts.command, source)
+    if report_path:
+        report_path = Path(report_path)
+        with staged_output(report_path.parent or ".") as stage:
+            data = report.to_dict()
+            data["model"] = loaded.source
+            (stage / report_path.name).write_text(json.dumps(data, indent=2) + "\n")
+    return report
+
+
+def check_feeds(loaded: LoadedModel, opts: ExportOptions) -> tuple[list[dict], str]:
+    """User inputs from --inputs, or seeded random inputs (and a second batch size when it is dynamic)."""
+    if opts.inputs_npz:
+        return [_read_npz(opts.inputs_npz, loaded)], opts.inputs_npz
+    first = loaded.random_inputs(opts.seed)
+    feeds = [dict(zip(loaded.input_names, (t.numpy() for t in first)))]
+    source = f"random, seed {opts.seed}"
+    if opts.dynamic_batch and loaded.program is None and all(i.shape for i in loaded.inputs):
+        other = loaded.inputs[0].shape[0] + 1
+        second = loaded.random_inputs(opts.seed + 1, batch=other)
+        feeds.append(dict(zip(loaded.input_names, (t.numpy() for t in second))))
+        source += f", batch {loaded.inputs[0].shape[0]} and {other}"
+    return feeds, source
+
+
+def _read_npz(path: str, loaded: LoadedModel) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            feed = {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise AttnExportError(f"--inputs file {path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 - corrupt or non-npz files raise many types
+        raise AttnExportError(f"cannot read --inputs {path} as a .npz of arrays ({type(exc).__name__}); "
+                              "write it with numpy.savez(path, NAME=array, ...)") from exc
+    if set(feed) != set(loaded.input_names):
+        raise AttnExportError(f"--inputs {path} holds {sorted(feed)}; the model's inputs are {loaded.input_names}")
+    for info in loaded.inputs:
+        array = feed[info.name]
+        want = str(info.dtype).replace("torch.", "")
+        if array.dtype.name != want:
+            raise AttnExportError(f"--inputs {path}: '{info.name}' is {array.dtype.name}; the model takes {want}")
+        if info.shape and array.ndim != len(info.shape):
+            raise AttnExportError(f"--inputs {path}: '{info.name}' has {array.ndim} dims; the model takes {len(info.shape)}")
+    return feed
+
+
+def _output_names(loaded: LoadedModel, examples) -> list[str]:
+    import torch
+
+    with torch.inference_mode():
+        count = len(torch.utils._pytree.tree_leaves(loaded.module(*examples)))
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+def export_summary(proto, opts: ExportOptions) -> dict:
+    custom = Counter(n.op_type for n in proto.graph.node if n.domain == DOMAIN)
+    return {
+        "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+        "dynamic_batch": opts.dynamic_batch,
+        "dynamic_spatial": opts.dynamic_spatial,
+        "custom_nodes": dict(custom),
+        "local_functions": sorted(f"{f.domain}::{f.name}" + (f"[{f.overload}]" if f.overload else "")
+                                  for f in proto.functions),
+        "inputs": {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input},
+    }
+
+
+def _validate_onnx(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise AttnExportError(f"{path} is not a valid ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
