@@ -117,7 +117,8 @@ def main():
 @click.option("-o", "--output", "outdir", default="out", show_default=True, metavar="OUTDIR",
               help="Folder for model.onnx and report.json (written atomically).")
 @click.option("--dynamic-batch/--static-batch", default=True, show_default=True, help="Dynamic batch dimension.")
-@click.option("--dynamic-spatial", is_flag=True, help="Dynamic spatial dims where the zoo model allows them.")
+@click.option("--dynamic-spatial/--static-spatial", default=True, show_default=True,
+              help="Dynamic spatial dims where the model declares them (zoo models).")
 @click.option("--opset", type=int, help="ONNX opset (18-23, default 18).")
 @click.option("--no-check", is_flag=True, help="Skip the PyTorch vs ONNX Runtime parity check.")
 @_model_options
@@ -137,8 +138,6 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, i
             raise AttnExportError(f"--opset {opset} is not supported; use 18 to 23")
         with _step(f"load {model}"):
             loaded = load_model(model, factory, trust_pickle, parse_input_shapes(input_shapes))
-        if dynamic_spatial and loaded.dynamic_shapes is None:
-            raise AttnExportError("--dynamic-spatial needs a zoo model; a .pt2 keeps the shapes it was exported with")
         result = export_job(loaded, outdir, opts, _step)
         click.echo(f"wrote {result.onnx_path}")
         if result.report is not None:
@@ -195,4 +194,4 @@ def zoo_cmd():
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    main(prog_name="attn-export")

@@ -130,7 +130,7 @@ def _torch_cpu_runner(model, feeds: Sequence[Mapping[str, np.ndarray]], input_na
             super().__init__(name=name)
 
         def activate_impl(self):
-            model.eval()
+            pass  # loaders hand over modules in eval mode (an ExportedProgram's module has no eval())
 
         def deactivate_impl(self):
             pass
@@ -173,7 +173,7 @@ def check_parity(
 ) -> ParityReport:
     """Run ``model`` and the ONNX file on each feed and compare every output (PyTorch is the reference)."""
     import onnx
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
@@ -195,12 +195,11 @@ def check_parity(
     try:
         results = Comparator.run(runners, data_loader=[dict(f) for f in feeds])
         accuracy = Comparator.compare_accuracy(
-            results, compare_func=CompareFunc.simple(atol=per_atol, rtol=per_rtol, check_shapes=True))
+            results, compare_func=SimpleCompareFunc(atol=per_atol, rtol=per_rtol, check_shapes=True))
     finally:
         G_LOGGER.module_severity = severity
 
-    # Polygraphy >= 0.50 returns one AccuracyResult per compare function; older ones return it bare.
-    accuracy = accuracy if hasattr(accuracy, "items") else accuracy[0]
+    (accuracy,) = accuracy  # one AccuracyResult per compare function
     comparisons = []
     for (ref_name, cand_name), iterations in accuracy.items():
         for it, per_output in enumerate(iterations):

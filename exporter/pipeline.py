@@ -27,7 +27,7 @@ DEFAULT_SEED = 0
 class ExportOptions:
     opset: int | None = None
     dynamic_batch: bool = True
-    dynamic_spatial: bool = False
+    dynamic_spatial: bool = True  # where the model declares dynamic spatial dims (zoo models)
     check: bool = True
     tolerances: Tolerances = field(default_factory=Tolerances)
     inputs_npz: str | None = None
@@ -74,7 +74,7 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                 data = report.to_dict()
                 data["model"] = loaded.source
                 data["onnx"] = ONNX_NAME
-                data["export"] = export_summary(proto, opts)
+                data["export"] = export_summary(proto)
                 (stage / REPORT_NAME).write_text(json.dumps(data, indent=2) + "\n")
     return ExportResult(outdir / ONNX_NAME, outdir / REPORT_NAME if report else None, report)
 
@@ -144,12 +144,10 @@ def _output_names(loaded: LoadedModel, examples) -> list[str]:
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 
-def export_summary(proto, opts: ExportOptions) -> dict:
+def export_summary(proto) -> dict:
     custom = Counter(n.op_type for n in proto.graph.node if n.domain == DOMAIN)
     return {
         "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
-        "dynamic_batch": opts.dynamic_batch,
-        "dynamic_spatial": opts.dynamic_spatial,
         "custom_nodes": dict(custom),
         "local_functions": sorted(f"{f.domain}::{f.name}" + (f"[{f.overload}]" if f.overload else "")
                                   for f in proto.functions),

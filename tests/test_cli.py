@@ -1,0 +1,243 @@
+"""The CLI end to end, and every bad input: one line on stderr, the right exit code, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from attn_export.cli import main
+from attn_export.models import NeighborhoodAttention1D
+
+SMALL = "zoo:na1d-causal"  # the fastest zoo model
+
+
+def run(*args, cwd=None):
+    runner = CliRunner()
+    if cwd is None:
+        return runner.invoke(main, list(map(str, args)))
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return runner.invoke(main, list(map(str, args)))
+    finally:
+        os.chdir(old)
+
+
+def assert_one_line_error(result, code: int, fragment: str):
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+class TinyModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = NeighborhoodAttention1D(16, 2, 5)
+
+    def forward(self, x):
+        return self.attn(x)
+
+
+def build_tiny():
+    torch.manual_seed(1)
+    return TinyModel().eval()
+
+
+# ------------------------------------------------------------------------------------------- happy paths
+
+
+def test_console_script_exports_and_reports_pass(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "attn_export.cli", SMALL, "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "-> export to ONNX" in proc.stderr and "-> check parity" in proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "pass"
+    assert report["model"] == SMALL
+    assert set(report["versions"]) >= {"torch", "onnx", "onnxruntime", "polygraphy"}
+    assert report["command"][1:3] == [SMALL, "-o"]
+    for comparison in report["comparisons"]:
+        for out_stats in comparison["outputs"].values():
+            assert {"max_abs_error", "max_rel_error", "atol", "rtol", "passed"} <= set(out_stats)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    tokens = np.random.default_rng(0).integers(0, 256, size=(2, 64))
+    assert session.run(None, {"tokens": tokens})[0].shape == (2, 64, 256)
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging folder left behind"
+
+
+def test_check_command_passes_and_fails_with_exit_1_on_a_mismatch(tmp_path):
+    assert run(SMALL, "-o", tmp_path, "--no-check").exit_code == 0
+    assert not (tmp_path / "report.json").exists()
+    ok = run("check", SMALL, tmp_path / "model.onnx", "--report", tmp_path / "check.json")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp_path / "check.json").read_text())["status"] == "pass"
+    # Break the ONNX weights: the check must notice.
+    proto = onnx.load(tmp_path / "model.onnx")
+    weight = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
+    arr = onnx.numpy_helper.to_array(weight).copy()
+    arr.flat[::7] += 0.5
+    weight.CopyFrom(onnx.numpy_helper.from_array(arr, weight.name))
+    onnx.save(proto, tmp_path / "broken.onnx")
+    bad = run("check", SMALL, tmp_path / "broken.onnx", "--report", tmp_path / "bad.json")
+    assert bad.exit_code == 1
+    assert "FAIL" in bad.output
+    assert json.loads((tmp_path / "bad.json").read_text())["status"] == "fail"
+
+
+def test_tight_tolerance_makes_export_exit_1_but_keeps_complete_artifacts(tmp_path):
+    result = run(SMALL, "-o", tmp_path, "--atol", "0", "--rtol", "output=0")
+    assert result.exit_code == 1
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "fail"
+    assert report["comparisons"][0]["outputs"]["output"]["atol"] == 0.0
+    onnx.checker.check_model(str(tmp_path / "model.onnx"))
+
+
+def test_pt2_archive(tmp_path):
+    model = build_tiny()
+    program = torch.export.export(model, (torch.randn(2, 12, 16),))
+    torch.export.save(program, tmp_path / "tiny.pt2")
+    result = run(tmp_path / "tiny.pt2", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["status"] == "pass"
+
+
+def test_checkpoint_with_factory_file_and_user_inputs(tmp_path):
+    torch.save(build_tiny().state_dict(), tmp_path / "tiny.pt")
+    (tmp_path / "factory.py").write_text(
+        "from test_cli import TinyModel\n\ndef build():\n    return TinyModel()\n")
+    np.savez(tmp_path / "inputs.npz", x=np.random.default_rng(0).standard_normal((3, 10, 16)).astype(np.float32))
+    result = run(tmp_path / "tiny.pt", "--factory", f"{tmp_path / 'factory.py'}:build",
+                 "--input-shape", "x=1x10x16", "--inputs", tmp_path / "inputs.npz", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["inputs"]["x"]["shapes"] == [[3, 10, 16]]
+    assert report["inputs"]["x"]["source"].endswith("inputs.npz")
+
+
+def test_pickled_module_only_with_trust_pickle(tmp_path):
+    torch.save(build_tiny(), tmp_path / "whole.pt")
+    refused = run(tmp_path / "whole.pt", "-o", tmp_path / "out", "--input-shape", "x=1x9x16")
+    assert_one_line_error(refused, 2, "loading it runs arbitrary code: pass --trust-pickle")
+    assert not (tmp_path / "out").exists()
+    trusted = run(tmp_path / "whole.pt", "--trust-pickle", "-o", tmp_path / "out", "--input-shape", "x=1x9x16")
+    assert trusted.exit_code == 0, trusted.output
+
+
+def test_zoo_listing_and_help():
+    listing = run("zoo")
+    assert listing.exit_code == 0
+    assert "nat-tiny" in listing.output and "images=1x3x64x64" in listing.output
+    helped = run("--help")
+    assert helped.exit_code == 0 and "check" in helped.output and "zoo:nat-tiny" in helped.output
+    assert "--dynamic-batch" in run("export", "--help").output
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+def test_missing_model_file(tmp_path):
+    assert_one_line_error(run(tmp_path / "nope.pt", "-o", tmp_path / "out"), 2, "does not exist")
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_files(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    assert_one_line_error(run(tmp_path / "bad.pt", "-o", tmp_path / "o"), 2, "cannot read")
+    (tmp_path / "bad.pt2").write_bytes(b"garbage")
+    assert_one_line_error(run(tmp_path / "bad.pt2", "-o", tmp_path / "o"), 2, "as a torch.export archive")
+    good = tmp_path / "good.pt"
+    torch.save(build_tiny().state_dict(), good)
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    factory = f"{__name__}:build_tiny"
+    assert_one_line_error(run(tmp_path / "cut.pt", "--factory", factory, "-o", tmp_path / "o"), 2, "cannot read")
+    assert not (tmp_path / "o").exists()
+
+
+def test_state_dict_without_factory_and_mismatched_checkpoint(tmp_path):
+    torch.save(build_tiny().state_dict(), tmp_path / "sd.pt")
+    assert_one_line_error(run(tmp_path / "sd.pt", "-o", tmp_path / "o"), 2, "pass --factory")
+    torch.save({"other.weight": torch.zeros(2)}, tmp_path / "wrong.pt")
+    assert_one_line_error(run(tmp_path / "wrong.pt", "--factory", f"{__name__}:build_tiny", "-o", tmp_path / "o"),
+                          2, "does not fit the model")
+    assert_one_line_error(run(tmp_path / "sd.pt", "--factory", "no_such_module_xyz:build", "-o", tmp_path / "o"),
+                          2, "cannot import no_such_module_xyz")
+
+
+def test_unknown_zoo_name(tmp_path):
+    assert_one_line_error(run("zoo:resnet", "-o", tmp_path / "o"), 2, "unknown zoo model 'resnet'; available:")
+
+
+@pytest.mark.parametrize("shape, fragment", [
+    ("images=1x3xAx64", "is not NAME=DIMS"),
+    ("images=1x3x0x64", "is not NAME=DIMS"),
+    ("pixels=1x3x64x64", "--input-shape names ['pixels']"),
+    ("images=1x3x64", "has 3 dims; the model's input has 4"),
+])
+def test_bad_input_shape(tmp_path, shape, fragment):
+    assert_one_line_error(run("zoo:nat-tiny", "--input-shape", shape, "-o", tmp_path / "o"), 2, fragment)
+    assert not (tmp_path / "o").exists()
+
+
+def test_invalid_attention_parameters_for_the_input(tmp_path):
+    result = run("zoo:nat-tiny", "--input-shape", "images=1x3x16x16", "-o", tmp_path / "o")
+    assert_one_line_error(result, 2, "kernel_size*dilation=7*1=7 on axis 0 exceeds the axis length 4")
+    assert not (tmp_path / "o").exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_output_path_that_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    assert_one_line_error(run(SMALL, "-o", tmp_path / "taken"), 2, "is a file; pass a folder with -o")
+    assert (tmp_path / "taken").read_text() == "x"
+
+
+def test_bad_user_inputs_and_tolerances(tmp_path):
+    np.savez(tmp_path / "wrong.npz", ids=np.zeros((1, 64), np.int64))
+    assert_one_line_error(run(SMALL, "--inputs", tmp_path / "wrong.npz", "-o", tmp_path / "o"), 2,
+                          "holds ['ids']; the model's inputs are ['tokens']")
+    np.savez(tmp_path / "float.npz", tokens=np.zeros((1, 64), np.float32))
+    assert_one_line_error(run(SMALL, "--inputs", tmp_path / "float.npz", "-o", tmp_path / "o"), 2,
+                          "'tokens' is float32; the model takes int64")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    assert_one_line_error(run(SMALL, "--inputs", tmp_path / "junk.npz", "-o", tmp_path / "o"), 2, "cannot read --inputs")
+    assert_one_line_error(run(SMALL, "--atol", "tiny", "-o", tmp_path / "o"), 2, "--atol 'tiny' is not a number")
+    assert_one_line_error(run(SMALL, "--atol", "logits=1e-3", "-o", tmp_path / "o"), 2,
+                          "tolerance given for unknown output(s) ['logits']")
+    assert_one_line_error(run(SMALL, "--opset", "11", "-o", tmp_path / "o"), 2, "--opset 11 is not supported")
+    assert not (tmp_path / "o").exists()
+
+
+def test_check_with_missing_or_invalid_onnx(tmp_path):
+    assert_one_line_error(run("check", SMALL, tmp_path / "none.onnx"), 2, "does not exist")
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    assert_one_line_error(run("check", SMALL, tmp_path / "bad.onnx"), 2, "is not a valid ONNX model")
+
+
+def test_refused_pickle_was_never_unpickled(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump(Evil(), f)
+    assert_one_line_error(run(tmp_path / "evil.pt", "-o", tmp_path / "o"), 2, "--trust-pickle")
+    assert not marker.exists()
