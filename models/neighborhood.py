@@ -7,6 +7,7 @@ O(N * prod(k)) and time is linear in the token count N: no N x N score matrix is
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -127,8 +128,14 @@ def axis_window(n: int, k: int, s: int, d: int, causal: bool, device=None):
 def neighborhood_index(spatial_shape: Sequence[int], params: NAParams, device=None):
     """Flat key indices ``[N, K]``, flat RPB indices ``[N, K]`` and validity ``[N, K]`` (None if all valid).
 
-    ``N = prod(spatial_shape)`` and ``K = prod(kernel_size)``; flat indices are row-major.
+    ``N = prod(spatial_shape)`` and ``K = prod(kernel_size)``; flat indices are row-major. Cached:
+    every layer of a model with the same shape and window reuses one set (treat them as read-only).
     """
+    return _neighborhood_index(tuple(int(n) for n in spatial_shape), params, str(torch.device(device or "cpu")))
+
+
+@functools.lru_cache(maxsize=64)
+def _neighborhood_index(spatial_shape: tuple[int, ...], params: NAParams, device: str):
     rank = params.rank
     key = rel = valid = None
     for axis in range(rank):
