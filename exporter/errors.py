@@ -21,6 +21,17 @@ class AttnExportError(Exception):
         self.exit_code = exit_code
 
 
-def missing_dependency(what: str, how: str) -> AttnExportError:
-    """The error for a step that needs an optional dependency that is not installed."""
-    return AttnExportError(f"{what} is not available: {how}", exit_code=EXIT_MISSING_DEPENDENCY)
+def wrap_failure(exc: BaseException, what: str, hint: str = "rerun with --debug for details") -> AttnExportError:
+    """The AttnExportError for a library failure: ours if one is in the chain, else one line naming
+    ``what`` failed and the innermost cause."""
+    seen, cause = set(), exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, AttnExportError):
+            return cause
+        seen.add(id(cause))
+        if (cause.__cause__ or cause.__context__) is None:
+            break
+        cause = cause.__cause__ or cause.__context__
+    lines = str(cause).strip().splitlines()
+    detail = lines[0] if lines else type(cause).__name__
+    return AttnExportError(f"{what} failed: {detail}; {hint}")

@@ -8,12 +8,12 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import onnx
 import torch
 
-from attn_export.errors import AttnExportError
+from attn_export.errors import AttnExportError, wrap_failure
 from attn_export.onnx_functions import RPB_OVERLOAD, neighborhood_function, neighborhood_schema
 from attn_export.registry import DOMAIN, DOMAIN_VERSION, NEIGHBORHOOD
 
@@ -121,10 +121,10 @@ def _torch_onnx_export(model, example_inputs, dynamic_shapes, opset, input_names
                 external_data=False,
             )
     except Exception as exc:  # noqa: BLE001 - re-raised as the one expected error type
-        own = _find_in_chain(exc, AttnExportError)
-        if own is not None:
-            raise own from exc
-        raise AttnExportError(f"export to ONNX failed: {_first_line(_root_cause(exc))}; rerun with --debug for details") from exc
+        hint = "rerun with --debug for details"
+        if dynamic_shapes:
+            hint += "; if a dynamic dimension is the cause, export with --static-batch / --static-spatial"
+        raise wrap_failure(exc, "export to ONNX", hint) from exc
 
 
 def _avoid_size_one_specialization(example_inputs, dynamic_shapes):
@@ -147,26 +147,3 @@ def save_atomically(proto: onnx.ModelProto, path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _find_in_chain(exc: BaseException, kind: type) -> Any:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, kind):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    seen = set()
-    while (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

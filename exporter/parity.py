@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from attn_export.errors import AttnExportError
+from attn_export.errors import AttnExportError, wrap_failure
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-4
@@ -193,7 +193,10 @@ def check_parity(
     severity = G_LOGGER.module_severity
     G_LOGGER.module_severity = G_LOGGER.CRITICAL  # our table replaces Polygraphy's per-output log
     try:
-        results = Comparator.run(runners, data_loader=[dict(f) for f in feeds])
+        try:
+            results = Comparator.run(runners, data_loader=[dict(f) for f in feeds])
+        except Exception as exc:  # noqa: BLE001 - a model that rejects the inputs is bad input
+            raise wrap_failure(exc, "running the models on the check inputs", "check the input shapes and dtypes") from exc
         accuracy = Comparator.compare_accuracy(
             results, compare_func=SimpleCompareFunc(atol=per_atol, rtol=per_rtol, check_shapes=True))
     finally:

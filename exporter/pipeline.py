@@ -54,9 +54,8 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
     from attn_export.onnx_export import export
 
     outdir = Path(outdir)
-    feeds = None
-    if opts.check:  # read user inputs before any work, so a bad file fails fast
-        feeds, source = check_feeds(loaded, opts)
+    # Read user inputs before any work, so that a bad file fails fast.
+    user_feed = read_inputs(opts.inputs_npz, loaded) if opts.check and opts.inputs_npz else None
     with staged_output(outdir) as stage:
         with step("export to ONNX"):
             dynamic = loaded.dynamic_shapes(opts.dynamic_batch, opts.dynamic_spatial) if loaded.dynamic_shapes else None
@@ -70,6 +69,7 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
             with step("check parity: PyTorch vs ONNX Runtime"):
                 from attn_export.parity import check_parity
 
+                feeds, source = check_feeds(loaded, stage / ONNX_NAME, opts.seed, user_feed, opts.inputs_npz)
                 report = check_parity(loaded.module, stage / ONNX_NAME, feeds, opts.tolerances, opts.command, source)
                 data = report.to_dict()
                 data["model"] = loaded.source
@@ -88,7 +88,8 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
     if not onnx_path.is_file():
         raise AttnExportError(f"ONNX file {onnx_path} does not exist; export one first with `attn-export MODEL -o DIR`")
     _validate_onnx(onnx_path)
-    feeds, source = check_feeds(loaded, opts)
+    user_feed = read_inputs(opts.inputs_npz, loaded) if opts.inputs_npz else None
+    feeds, source = check_feeds(loaded, onnx_path, opts.seed, user_feed, opts.inputs_npz)
     with step("check parity: PyTorch vs ONNX Runtime"):
         report = check_parity(loaded.module, onnx_path, feeds, opts.tolerances, opts.command, source)
     if report_path:
@@ -100,22 +101,32 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
     return report
 
 
-def check_feeds(loaded: LoadedModel, opts: ExportOptions) -> tuple[list[dict], str]:
-    """User inputs from --inputs, or seeded random inputs (and a second batch size when it is dynamic)."""
-    if opts.inputs_npz:
-        return [_read_npz(opts.inputs_npz, loaded)], opts.inputs_npz
-    first = loaded.random_inputs(opts.seed)
+def check_feeds(loaded: LoadedModel, onnx_path: Path, seed: int, user_feed: dict | None = None,
+                user_source: str | None = None) -> tuple[list[dict], str]:
+    """The user's inputs, or seeded random inputs plus a second batch size where the ONNX batch is dynamic."""
+    if user_feed is not None:
+        return [user_feed], str(user_source)
+    first = loaded.random_inputs(seed)
     feeds = [dict(zip(loaded.input_names, (t.numpy() for t in first)))]
-    source = f"random, seed {opts.seed}"
-    if opts.dynamic_batch and loaded.program is None and all(i.shape for i in loaded.inputs):
+    source = f"random, seed {seed}"
+    if _batch_is_dynamic(onnx_path):
         other = loaded.inputs[0].shape[0] + 1
-        second = loaded.random_inputs(opts.seed + 1, batch=other)
+        second = loaded.random_inputs(seed + 1, batch=other)
         feeds.append(dict(zip(loaded.input_names, (t.numpy() for t in second))))
-        source += f", batch {loaded.inputs[0].shape[0]} and {other}"
+        source += f"; batch {loaded.inputs[0].shape[0]}, and {other} with seed {seed + 1}"
     return feeds, source
 
 
-def _read_npz(path: str, loaded: LoadedModel) -> dict:
+def _batch_is_dynamic(onnx_path: Path) -> bool:
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    dims = [i.type.tensor_type.shape.dim for i in graph.input if i.name not in initializers]
+    return bool(dims) and all(len(d) > 0 and not d[0].HasField("dim_value") for d in dims)
+
+
+def read_inputs(path: str, loaded: LoadedModel) -> dict:
     try:
         with np.load(path, allow_pickle=False) as data:
             feed = {k: data[k] for k in data.files}

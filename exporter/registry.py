@@ -34,6 +34,3 @@ PARO = OpSpec("paro", "paro_attention", "ParoAttention")
 
 OPS: dict[str, OpSpec] = {spec.key: spec for spec in (NEIGHBORHOOD, BLOCK_SPARSE, PARO)}
 
-
-def by_onnx_op_type(op_type: str) -> OpSpec | None:
-    return next((s for s in OPS.values() if s.onnx_op_type == op_type), None)

@@ -241,3 +241,15 @@ def test_refused_pickle_was_never_unpickled(tmp_path):
         pickle.dump(Evil(), f)
     assert_one_line_error(run(tmp_path / "evil.pt", "-o", tmp_path / "o"), 2, "--trust-pickle")
     assert not marker.exists()
+
+
+def test_static_export_and_inputs_the_onnx_model_rejects(tmp_path):
+    result = run(SMALL, "--static-batch", "--static-spatial", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    dims = onnx.load(tmp_path / "model.onnx").graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 128]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert len(report["comparisons"]) == 1  # a static batch is checked at its own size only
+    np.savez(tmp_path / "short.npz", tokens=np.zeros((1, 64), np.int64))
+    rejected = run("check", SMALL, tmp_path / "model.onnx", "--inputs", tmp_path / "short.npz")
+    assert_one_line_error(rejected, 2, "running the models on the check inputs failed")

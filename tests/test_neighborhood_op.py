@@ -130,3 +130,13 @@ def test_mismatched_qkv_are_rejected():
         neighborhood_attention(q, q, q[..., :2], 3)
     with pytest.raises(AttnExportError, match="one dtype"):
         neighborhood_attention(q, q, q.double(), 3)
+
+
+def test_torch_export_keeps_each_call_as_one_opaque_node():
+    from attn_export.models import NeighborhoodAttention2D
+
+    model = torch.nn.Sequential(NeighborhoodAttention2D(8, 2, 3), NeighborhoodAttention2D(8, 2, 3, rel_pos_bias=True))
+    program = torch.export.export(model.eval(), (torch.randn(2, 7, 9, 8),))
+    targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert targets.count("attn_export.neighborhood_attention.default") == 2
+    assert not any("softmax" in t for t in targets)

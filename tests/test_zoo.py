@@ -90,10 +90,15 @@ def test_dynamic_spatial_export_runs_at_another_resolution(tmp_path):
     assert abs(got - want).max() < 1e-4
 
 
-def test_check_feeds_are_seeded_and_not_constant():
-    loaded = load_model("zoo:nat-tiny")
-    feeds, source = check_feeds(loaded, ExportOptions(seed=3))
-    again, _ = check_feeds(loaded, ExportOptions(seed=3))
+def test_check_feeds_are_seeded_and_cover_two_batches_only_when_dynamic(tmp_path):
+    loaded = load_model("zoo:na1d-causal")
+    export_job(loaded, tmp_path / "dyn", ExportOptions(check=False), _no_progress)
+    export_job(loaded, tmp_path / "static", ExportOptions(check=False, dynamic_batch=False), _no_progress)
+    feeds, source = check_feeds(loaded, tmp_path / "dyn" / "model.onnx", seed=3)
+    again, _ = check_feeds(loaded, tmp_path / "dyn" / "model.onnx", seed=3)
     assert "seed 3" in source
-    assert (feeds[0]["images"] == again[0]["images"]).all()
-    assert feeds[0]["images"].std() > 0.1
+    assert [f["tokens"].shape[0] for f in feeds] == [1, 2]
+    assert (feeds[0]["tokens"] == again[0]["tokens"]).all()
+    assert feeds[0]["tokens"].std() > 10
+    static, _ = check_feeds(loaded, tmp_path / "static" / "model.onnx", seed=3)
+    assert [f["tokens"].shape[0] for f in static] == [1]
