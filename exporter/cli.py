@@ -38,12 +38,30 @@ class DefaultGroup(click.Group):
         formatter.write_usage(ctx.command_path, "MODEL [OPTIONS]  |  COMMAND [ARGS]...")
 
 
-@contextlib.contextmanager
-def _step(title: str):
-    click.echo(f"-> {title} ...", err=True)
-    start = time.perf_counter()
-    yield
-    click.echo(f"   {title}: done in {time.perf_counter() - start:.1f} s", err=True)
+class StepProgress:
+    """Numbered steps on stderr with their durations; a live tqdm line while a step runs on a terminal."""
+
+    def __init__(self, total: int):
+        from tqdm import tqdm
+
+        self.total, self.done = total, 0
+        self._write = tqdm.write
+        self._bar = tqdm(total=total, file=sys.stderr, leave=False, disable=not sys.stderr.isatty(),
+                         bar_format="{desc} [{elapsed}]")
+
+    @contextlib.contextmanager
+    def __call__(self, title: str):
+        label = f"[{self.done + 1}/{self.total}] {title}"
+        self._bar.set_description_str(f"{label} ...")
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.done += 1
+            self._bar.update(1)
+            self._write(f"{label}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+            if self.done == self.total:
+                self._bar.close()
 
 
 def _parse_tolerances(atol: tuple[str, ...], rtol: tuple[str, ...]):
@@ -136,9 +154,10 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, i
                              seed=seed, command=["attn-export", *sys.argv[1:]])
         if opset is not None and not 18 <= opset <= 23:
             raise AttnExportError(f"--opset {opset} is not supported; use 18 to 23")
-        with _step(f"load {model}"):
+        step = StepProgress(3 if opts.check else 2)
+        with step(f"load {model}"):
             loaded = load_model(model, factory, trust_pickle, parse_input_shapes(input_shapes))
-        result = export_job(loaded, outdir, opts, _step)
+        result = export_job(loaded, outdir, opts, step)
         click.echo(f"wrote {result.onnx_path}")
         if result.report is not None:
             click.echo(result.report.table())
@@ -167,9 +186,10 @@ def check_cmd(model, onnx_file, report_path, input_shapes, factory, trust_pickle
 
         opts = ExportOptions(tolerances=_parse_tolerances(atol, rtol),
                              inputs_npz=inputs_npz, seed=seed, command=["attn-export", *sys.argv[1:]])
-        with _step(f"load {model}"):
+        step = StepProgress(2)
+        with step(f"load {model}"):
             loaded = load_model(model, factory, trust_pickle, parse_input_shapes(input_shapes))
-        report = check_job(loaded, onnx_file, report_path, opts, _step)
+        report = check_job(loaded, onnx_file, report_path, opts, step)
         click.echo(report.table())
         if report_path:
             click.echo(f"wrote {report_path}")

@@ -65,7 +65,7 @@ def test_console_script_exports_and_reports_pass(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "attn_export.cli", SMALL, "-o", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "-> export to ONNX" in proc.stderr and "-> check parity" in proc.stderr
+    assert "[2/3] export to ONNX:" in proc.stderr and "[3/3] check parity" in proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "pass"
     assert report["model"] == SMALL
