@@ -12,7 +12,7 @@ import time
 
 import click
 
-from attn_export.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, AttnExportError
+from attn_export.errors import EXIT_CHECK_FAILED, AttnExportError
 
 EPILOG = """\b
 Examples:
@@ -108,6 +108,29 @@ def _model_options(func):
     return func
 
 
+def _load(model: str, factory, trust_pickle: bool, input_shapes, steps: int):
+    """Load MODEL as the first of ``steps`` numbered steps; return it and the step reporter."""
+    from attn_export.loader import load_model, parse_input_shapes
+
+    step = StepProgress(steps)
+    with step(f"load {model}"):
+        loaded = load_model(model, factory, trust_pickle, parse_input_shapes(input_shapes))
+    return loaded, step
+
+
+def _report_outcome(report, report_path) -> int:
+    """Print the parity table; exit code 1 when it failed."""
+    if report is None:
+        return 0
+    click.echo(report.table())
+    if report_path:
+        click.echo(f"wrote {report_path}")
+    if not report.passed:
+        click.echo("parity FAILED: see the table above" + (f" and {report_path}" if report_path else ""), err=True)
+        return EXIT_CHECK_FAILED
+    return 0
+
+
 def _run(debug: bool, body) -> None:
     """Run a command body: expected errors become one line on stderr and their exit code."""
     try:
@@ -146,26 +169,16 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, i
     --trust-pickle) to OUTDIR/model.onnx and check parity (report.json). Exit 1 if parity fails."""
 
     def body():
-        from attn_export.loader import load_model, parse_input_shapes
+        from attn_export.onnx_export import check_opset
         from attn_export.pipeline import ExportOptions, export_job
 
-        opts = ExportOptions(opset=opset, dynamic_batch=dynamic_batch, dynamic_spatial=dynamic_spatial,
+        opts = ExportOptions(opset=check_opset(opset), dynamic_batch=dynamic_batch, dynamic_spatial=dynamic_spatial,
                              check=not no_check, tolerances=_parse_tolerances(atol, rtol), inputs_npz=inputs_npz,
                              seed=seed, command=["attn-export", *sys.argv[1:]])
-        if opset is not None and not 18 <= opset <= 23:
-            raise AttnExportError(f"--opset {opset} is not supported; use 18 to 23")
-        step = StepProgress(3 if opts.check else 2)
-        with step(f"load {model}"):
-            loaded = load_model(model, factory, trust_pickle, parse_input_shapes(input_shapes))
+        loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=3 if opts.check else 2)
         result = export_job(loaded, outdir, opts, step)
         click.echo(f"wrote {result.onnx_path}")
-        if result.report is not None:
-            click.echo(result.report.table())
-            click.echo(f"wrote {result.report_path}")
-            if not result.passed:
-                click.echo("parity FAILED: see the table above and report.json", err=True)
-                return EXIT_CHECK_FAILED
-        return 0
+        return _report_outcome(result.report, result.report_path)
 
     _run(debug, body)
 
@@ -181,22 +194,13 @@ def check_cmd(model, onnx_file, report_path, input_shapes, factory, trust_pickle
     Random inputs cover two batch sizes where the ONNX batch dimension is dynamic."""
 
     def body():
-        from attn_export.loader import load_model, parse_input_shapes
         from attn_export.pipeline import ExportOptions, check_job
 
         opts = ExportOptions(tolerances=_parse_tolerances(atol, rtol),
                              inputs_npz=inputs_npz, seed=seed, command=["attn-export", *sys.argv[1:]])
-        step = StepProgress(2)
-        with step(f"load {model}"):
-            loaded = load_model(model, factory, trust_pickle, parse_input_shapes(input_shapes))
+        loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=2)
         report = check_job(loaded, onnx_file, report_path, opts, step)
-        click.echo(report.table())
-        if report_path:
-            click.echo(f"wrote {report_path}")
-        if not report.passed:
-            click.echo("parity FAILED", err=True)
-            return EXIT_CHECK_FAILED
-        return 0
+        return _report_outcome(report, report_path)
 
     _run(debug, body)
 

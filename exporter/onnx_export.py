@@ -18,6 +18,7 @@ from attn_export.onnx_functions import RPB_OVERLOAD, neighborhood_function, neig
 from attn_export.registry import DOMAIN, DOMAIN_VERSION, NEIGHBORHOOD
 
 DEFAULT_OPSET = 18  # the lowest opset the torch dynamo exporter and TensorRT 10 both handle well
+SUPPORTED_OPSETS = tuple(range(18, 24))
 MIN_IR_VERSION = 10  # function overloads (the rpb form of NeighborhoodAttention)
 
 
@@ -67,6 +68,14 @@ def attach_local_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def check_opset(opset: int | None) -> int:
+    """The opset to export with: DEFAULT_OPSET, or a supported one given by the user."""
+    opset = DEFAULT_OPSET if opset is None else int(opset)
+    if opset not in SUPPORTED_OPSETS:
+        raise AttnExportError(f"opset {opset} is not supported; use one of {SUPPORTED_OPSETS[0]} to {SUPPORTED_OPSETS[-1]}")
+    return opset
+
+
 def export(
     model: torch.nn.Module | torch.export.ExportedProgram,
     example_inputs: Sequence[torch.Tensor],
@@ -82,9 +91,7 @@ def export(
     local function that plain ONNX Runtime runs. ``dynamic_shapes`` follows torch.export (keyed by
     input name); the file is checked with ``onnx.checker`` (full_check) and written atomically.
     """
-    opset = DEFAULT_OPSET if opset is None else int(opset)
-    if not 18 <= opset <= 23:
-        raise AttnExportError(f"--opset {opset} is not supported; use an opset from 18 to 23")
+    opset = check_opset(opset)
     example_inputs = tuple(example_inputs)
     if isinstance(dynamic_shapes, dict) and input_names:
         # Keyed by input name, which need not be the forward() argument name torch.export wants.

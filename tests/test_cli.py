@@ -220,7 +220,7 @@ def test_bad_user_inputs_and_tolerances(tmp_path):
     assert_one_line_error(run(SMALL, "--atol", "tiny", "-o", tmp_path / "o"), 2, "--atol 'tiny' is not a number")
     assert_one_line_error(run(SMALL, "--atol", "logits=1e-3", "-o", tmp_path / "o"), 2,
                           "tolerance given for unknown output(s) ['logits']")
-    assert_one_line_error(run(SMALL, "--opset", "11", "-o", tmp_path / "o"), 2, "--opset 11 is not supported")
+    assert_one_line_error(run(SMALL, "--opset", "11", "-o", tmp_path / "o"), 2, "opset 11 is not supported; use one of 18 to 23")
     assert not (tmp_path / "o").exists()
 
 

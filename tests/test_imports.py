@@ -6,7 +6,6 @@ import pkgutil
 import subprocess
 import sys
 
-import attn_export
 
 OPTIONAL = ["tensorrt", "tensorrt_libs", "pycuda", "cuda", "cupy", "onnxruntime_gpu"]
 

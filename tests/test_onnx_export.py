@@ -11,7 +11,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from attn_export import export
+from attn_export import AttnExportError, export
 from attn_export.models import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 from attn_export.onnx_export import DEFAULT_OPSET, attach_local_functions
 from attn_export.registry import DOMAIN, NEIGHBORHOOD
@@ -154,12 +154,12 @@ def test_exported_model_runs_in_plain_onnxruntime_at_two_batch_sizes(three_kinds
 
 def test_invalid_attention_parameters_fail_export_with_the_op_error(tmp_path):
     layer = NeighborhoodAttention2D(8, 2, 7).eval()
-    with pytest.raises(Exception) as info:
+    with pytest.raises(AttnExportError) as info:
         export(layer, (torch.randn(1, 5, 9, 8),), tmp_path / "m.onnx")
     assert "kernel_size*dilation=7*1=7 on axis 0 exceeds the axis length 5" in str(info.value)
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_unsupported_opset_is_rejected(tmp_path):
-    with pytest.raises(Exception, match="opset 12 is not supported"):
+    with pytest.raises(AttnExportError, match="opset 12 is not supported"):
         export(NeighborhoodAttention1D(8, 2, 3), (torch.randn(1, 9, 8),), tmp_path / "m.onnx", opset=12)
