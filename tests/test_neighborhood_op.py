@@ -140,3 +140,19 @@ def test_torch_export_keeps_each_call_as_one_opaque_node():
     targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
     assert targets.count("attn_export.neighborhood_attention.default") == 2
     assert not any("softmax" in t for t in targets)
+
+
+def test_layers_validate_their_configuration_and_input_rank():
+    from attn_export.models import NeighborhoodAttention1D, NeighborhoodAttention3D
+
+    with pytest.raises(AttnExportError, match="dim=10 is not divisible by num_heads=3"):
+        NeighborhoodAttention1D(10, 3, 3)
+    with pytest.raises(AttnExportError, match="rel_pos_bias needs non-causal attention"):
+        NeighborhoodAttention1D(8, 2, 3, is_causal=True, rel_pos_bias=True)
+    with pytest.raises(AttnExportError, match="kernel_size has 2 values but the input has 3 spatial axes"):
+        NeighborhoodAttention3D(8, 2, (3, 3))
+    layer = NeighborhoodAttention3D(8, 2, 3, rel_pos_bias=True)
+    assert layer.rpb.shape == (2, 5, 5, 5)
+    with pytest.raises(AttnExportError, match=r"expected \[B, 3 spatial axes, C\]"):
+        layer(torch.randn(1, 6, 6, 8))
+    assert layer(torch.randn(2, 3, 4, 5, 8)).shape == (2, 3, 4, 5, 8)
