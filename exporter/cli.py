@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 
 import click
@@ -54,14 +55,22 @@ class StepProgress:
         label = f"[{self.done + 1}/{self.total}] {title}"
         self._bar.set_description_str(f"{label} ...")
         start = time.perf_counter()
+        stop = threading.Event()
+        if not self._bar.disable:  # tqdm redraws only on updates: tick the elapsed time meanwhile
+            threading.Thread(target=self._tick, args=(stop,), daemon=True).start()
         try:
             yield
         finally:
+            stop.set()
             self.done += 1
             self._bar.update(1)
             self._write(f"{label}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
             if self.done == self.total:
                 self._bar.close()
+
+    def _tick(self, stop: threading.Event) -> None:
+        while not stop.wait(0.5):
+            self._bar.refresh()
 
 
 def _parse_tolerances(atol: tuple[str, ...], rtol: tuple[str, ...]):
