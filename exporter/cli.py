@@ -124,6 +124,8 @@ def _load(model: str, factory, trust_pickle: bool, input_shapes, steps: int):
     step = StepProgress(steps)
     with step(f"load {model}"):
         loaded = load_model(model, factory, trust_pickle, parse_input_shapes(input_shapes))
+    for line in loaded.conversions:
+        click.echo(f"    converted {line}", err=True)
     return loaded, step
 
 

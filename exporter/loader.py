@@ -36,7 +36,7 @@ class LoadedModel:
     inputs: list[InputInfo]
     program: torch.export.ExportedProgram | None = None  # a .pt2 is exported as saved
     dynamic_shapes: Callable[[bool, bool], dict | None] | None = None
-    notes: list[str] = field(default_factory=list)
+    conversions: list[str] = field(default_factory=list)  # third-party modules swapped for ours
 
     @property
     def input_names(self) -> list[str]:
@@ -213,6 +213,9 @@ def _call_factory(factory: str):
 
 
 def _module_model(source: str, model: torch.nn.Module, examples) -> LoadedModel:
+    from attn_export.convert import convert_modules
+
+    model, converted = convert_modules(model)
     names = [p.name for p in inspect.signature(model.forward).parameters.values()
              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if examples is not None:
@@ -227,7 +230,7 @@ def _module_model(source: str, model: torch.nn.Module, examples) -> LoadedModel:
     def dynamic_shapes(batch: bool, spatial: bool) -> dict | None:
         return {i.name: {0: torch.export.Dim("batch", min=1, max=4096)} for i in inputs} if batch else None
 
-    return LoadedModel(source, model, inputs, dynamic_shapes=dynamic_shapes)
+    return LoadedModel(source, model, inputs, dynamic_shapes=dynamic_shapes, conversions=converted)
 
 
 def _input_from_example(name: str, ex: torch.Tensor) -> InputInfo:

@@ -75,6 +75,7 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                 data["model"] = loaded.source
                 data["onnx"] = ONNX_NAME
                 data["export"] = export_summary(proto)
+                data["export"]["converted_modules"] = loaded.conversions
                 (stage / REPORT_NAME).write_text(json.dumps(data, indent=2) + "\n")
     return ExportResult(outdir / ONNX_NAME, outdir / REPORT_NAME if report else None, report)
 
