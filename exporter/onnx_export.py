@@ -118,8 +118,9 @@ def _torch_onnx_export(model, example_inputs, dynamic_shapes, opset, input_names
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(sink), warnings.catch_warnings():
-            # torch's own pytree deprecation noise, not the user's business
+            # torch's own deprecation and dim-renaming notes, not the user's business
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
+            warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape constraints")
             return torch.onnx.export(
                 model, example_inputs, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
                 input_names=list(input_names) if input_names else None,

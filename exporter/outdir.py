@@ -12,10 +12,12 @@ from attn_export.errors import AttnExportError
 
 
 @contextlib.contextmanager
-def staged_output(outdir: str | os.PathLike):
+def staged_output(outdir: str | os.PathLike, owned: tuple[str, ...] = ()):
     """Yield a staging folder; on success move its files into ``outdir``, on error leave nothing.
 
     Each file lands with an atomic rename, so a reader never sees a partial model.onnx or report.
+    Files named in ``owned`` that this run did not produce are removed from ``outdir``, so that a
+    report.json of an earlier run never sits beside a new model.onnx.
     """
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
@@ -29,8 +31,11 @@ def staged_output(outdir: str | os.PathLike):
     try:
         yield stage
         outdir.mkdir(exist_ok=True)
-        for item in sorted(stage.iterdir()):
-            os.replace(item, outdir / item.name)
+        produced = {item.name for item in stage.iterdir()}
+        for name in set(owned) - produced:
+            (outdir / name).unlink(missing_ok=True)
+        for name in sorted(produced):
+            os.replace(stage / name, outdir / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):

@@ -56,7 +56,7 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
     outdir = Path(outdir)
     # Read user inputs before any work, so that a bad file fails fast.
     user_feed = read_inputs(opts.inputs_npz, loaded) if opts.check and opts.inputs_npz else None
-    with staged_output(outdir) as stage:
+    with staged_output(outdir, owned=(ONNX_NAME, REPORT_NAME)) as stage:
         with step("export to ONNX"):
             dynamic = loaded.dynamic_shapes(opts.dynamic_batch, opts.dynamic_spatial) if loaded.dynamic_shapes else None
             examples = loaded.random_inputs(opts.seed)

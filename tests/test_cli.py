@@ -82,8 +82,10 @@ def test_console_script_exports_and_reports_pass(tmp_path):
 
 
 def test_check_command_passes_and_fails_with_exit_1_on_a_mismatch(tmp_path):
+    assert run(SMALL, "-o", tmp_path).exit_code == 0
+    assert (tmp_path / "report.json").exists()
     assert run(SMALL, "-o", tmp_path, "--no-check").exit_code == 0
-    assert not (tmp_path / "report.json").exists()
+    assert not (tmp_path / "report.json").exists(), "a stale report.json must not describe the new model"
     ok = run("check", SMALL, tmp_path / "model.onnx", "--report", tmp_path / "check.json")
     assert ok.exit_code == 0, ok.output
     assert json.loads((tmp_path / "check.json").read_text())["status"] == "pass"
