@@ -36,18 +36,33 @@ class LoadedModel:
     inputs: list[InputInfo]
     program: torch.export.ExportedProgram | None = None  # a .pt2 is exported as saved
     dynamic_shapes: Callable[[bool, bool], dict | None] | None = None
+    spatial: dict = field(default_factory=dict)  # input name -> axis -> zoo.DynamicDim (zoo models)
     conversions: list[str] = field(default_factory=list)  # third-party modules swapped for ours
 
     @property
     def input_names(self) -> list[str]:
         return [i.name for i in self.inputs]
 
-    def random_inputs(self, seed: int, batch: int | None = None) -> tuple[torch.Tensor, ...]:
+    def random_inputs(self, seed: int, shapes: Mapping[str, tuple[int, ...]] | None = None
+                      ) -> tuple[torch.Tensor, ...]:
+        """Seeded random inputs at the loaded shapes, or at ``shapes`` where given."""
         from attn_export.models.zoo import random_tensor
 
         gen = torch.Generator().manual_seed(seed)
-        return tuple(random_tensor((batch or i.shape[0], *i.shape[1:]) if i.shape else i.shape,
-                                   i.dtype, i.low, i.high, gen) for i in self.inputs)
+        shapes = shapes or {}
+        return tuple(random_tensor(shapes.get(i.name, i.shape), i.dtype, i.low, i.high, gen) for i in self.inputs)
+
+    def grown_spatial_shapes(self, dynamic_axes: Mapping[str, set[int]]) -> dict[str, tuple[int, ...]]:
+        """The input shapes with each declared dynamic spatial axis that is dynamic in ``dynamic_axes``
+        grown by one step of its multiple (where its range allows)."""
+        shapes = {}
+        for info in self.inputs:
+            shape = list(info.shape)
+            for axis, dim in self.spatial.get(info.name, {}).items():
+                if axis in dynamic_axes.get(info.name, ()) and shape[axis] // dim.multiple < dim.max_steps:
+                    shape[axis] += dim.multiple
+            shapes[info.name] = tuple(shape)
+        return shapes
 
 
 def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
@@ -95,7 +110,7 @@ def _load_zoo(name: str) -> LoadedModel:
     entry = zoo.entry(name)
     model, _ = zoo.create(name)
     inputs = [InputInfo(s.name, s.shape, s.dtype, s.low, s.high) for s in entry.inputs]
-    return LoadedModel(f"zoo:{name}", model, inputs, dynamic_shapes=entry.dynamic_shapes)
+    return LoadedModel(f"zoo:{name}", model, inputs, dynamic_shapes=entry.dynamic_shapes, spatial=entry.spatial)
 
 
 def _load_exported_program(path: Path) -> LoadedModel:

@@ -104,27 +104,32 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
 
 def check_feeds(loaded: LoadedModel, onnx_path: Path, seed: int, user_feed: dict | None = None,
                 user_source: str | None = None) -> tuple[list[dict], str]:
-    """The user's inputs, or seeded random inputs plus a second batch size where the ONNX batch is dynamic."""
+    """The user's inputs; or seeded random inputs at the export shapes, plus one more batch size where
+    the ONNX batch is dynamic and one more spatial size where the model declares dynamic spatial dims
+    that the ONNX file kept dynamic, so the check exercises the dynamism the file claims."""
     if user_feed is not None:
         return [user_feed], str(user_source)
-    first = loaded.random_inputs(seed)
-    feeds = [dict(zip(loaded.input_names, (t.numpy() for t in first)))]
-    source = f"random, seed {seed}"
-    if _batch_is_dynamic(onnx_path):
-        other = loaded.inputs[0].shape[0] + 1
-        second = loaded.random_inputs(seed + 1, batch=other)
-        feeds.append(dict(zip(loaded.input_names, (t.numpy() for t in second))))
-        source += f"; batch {loaded.inputs[0].shape[0]}, and {other} with seed {seed + 1}"
-    return feeds, source
+    base = {i.name: i.shape for i in loaded.inputs}
+    dynamic = _dynamic_axes(onnx_path)
+    variants = [base]
+    if dynamic and all(0 in axes for axes in dynamic.values()):
+        variants.append({name: (shape[0] + 1, *shape[1:]) for name, shape in base.items()})
+    grown = loaded.grown_spatial_shapes(dynamic)
+    if grown != base:
+        variants.append(grown)
+    feeds = [dict(zip(loaded.input_names, (t.numpy() for t in loaded.random_inputs(seed + i, shapes))))
+             for i, shapes in enumerate(variants)]
+    return feeds, f"random, seeds {seed} to {seed + len(feeds) - 1}"
 
 
-def _batch_is_dynamic(onnx_path: Path) -> bool:
+def _dynamic_axes(onnx_path: Path) -> dict[str, set[int]]:
+    """The axes of each graph input that the ONNX file leaves symbolic."""
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
-    dims = [i.type.tensor_type.shape.dim for i in graph.input if i.name not in initializers]
-    return bool(dims) and all(len(d) > 0 and not d[0].HasField("dim_value") for d in dims)
+    return {i.name: {axis for axis, d in enumerate(i.type.tensor_type.shape.dim) if not d.HasField("dim_value")}
+            for i in graph.input if i.name not in initializers}
 
 
 def read_inputs(path: str, loaded: LoadedModel) -> dict:

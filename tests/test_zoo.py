@@ -56,15 +56,17 @@ def test_unknown_zoo_name_lists_the_available_ones():
 
 
 @pytest.mark.parametrize("name", sorted(REQUIRED))
-def test_zoo_model_exports_and_passes_parity_at_two_batch_sizes(name, tmp_path):
+def test_zoo_model_exports_and_passes_parity_at_two_batch_sizes_and_two_spatial_sizes(name, tmp_path):
     loaded = load_model(f"zoo:{name}")
     opts = ExportOptions(dynamic_batch=True, dynamic_spatial=True, tolerances=Tolerances(atol=1e-4, rtol=1e-4))
     result = export_job(loaded, tmp_path, opts, _no_progress)
     report = result.report
     assert report.passed, report.table()
-    shapes = report.inputs[loaded.input_names[0]]["shapes"]
-    assert [s[0] for s in shapes] == [1, 2]
-    assert len(report.comparisons) == 2
+    base, batch2, grown = report.inputs[loaded.input_names[0]]["shapes"]
+    assert base[0] == grown[0] == 1 and batch2 == [2, *base[1:]]
+    spatial = zoo.entry(name).spatial[loaded.input_names[0]]
+    assert all(grown[a] == base[a] + d.multiple for a, d in spatial.items())
+    assert len(report.comparisons) == 3
     for comparison in report.comparisons:
         for out in comparison.outputs:
             assert out.max_abs_error < 1e-4
@@ -90,15 +92,18 @@ def test_dynamic_spatial_export_runs_at_another_resolution(tmp_path):
     assert abs(got - want).max() < 1e-4
 
 
-def test_check_feeds_are_seeded_and_cover_two_batches_only_when_dynamic(tmp_path):
+def test_check_feeds_are_seeded_and_vary_only_the_dims_the_onnx_file_keeps_dynamic(tmp_path):
     loaded = load_model("zoo:na1d-causal")
-    export_job(loaded, tmp_path / "dyn", ExportOptions(check=False), _no_progress)
-    export_job(loaded, tmp_path / "static", ExportOptions(check=False, dynamic_batch=False), _no_progress)
+    for folder, opts in (("dyn", ExportOptions()), ("batch", ExportOptions(dynamic_spatial=False)),
+                         ("static", ExportOptions(dynamic_batch=False, dynamic_spatial=False))):
+        export_job(loaded, tmp_path / folder, ExportOptions(**{**opts.__dict__, "check": False}), _no_progress)
     feeds, source = check_feeds(loaded, tmp_path / "dyn" / "model.onnx", seed=3)
     again, _ = check_feeds(loaded, tmp_path / "dyn" / "model.onnx", seed=3)
-    assert "seed 3" in source
-    assert [f["tokens"].shape[0] for f in feeds] == [1, 2]
+    assert source == "random, seeds 3 to 5"
+    assert [f["tokens"].shape for f in feeds] == [(1, 128), (2, 128), (1, 129)]
     assert (feeds[0]["tokens"] == again[0]["tokens"]).all()
     assert feeds[0]["tokens"].std() > 10
+    batch_only, _ = check_feeds(loaded, tmp_path / "batch" / "model.onnx", seed=3)
+    assert [f["tokens"].shape for f in batch_only] == [(1, 128), (2, 128)]
     static, _ = check_feeds(loaded, tmp_path / "static" / "model.onnx", seed=3)
-    assert [f["tokens"].shape[0] for f in static] == [1]
+    assert [f["tokens"].shape for f in static] == [(1, 128)]
