@@ -50,3 +50,12 @@ def test_import_is_light_and_help_works_without_optional_dependencies():
     assert "Usage: attn-export" in proc.stdout
     proc = _run("from attn_export.cli import main\nmain(['export', '--help'], prog_name='attn-export')")
     assert proc.returncode == 0 and "--trust-pickle" in proc.stdout
+
+
+def test_source_folders_are_not_importable_as_top_level_packages(tmp_path):
+    # DESIGN.md section 2: exporter/, models/ and calib/ exist only as attn_export.*.
+    code = ("import importlib.util\n"
+            "print([n for n in ('models', 'calib', 'exporter') if importlib.util.find_spec(n)])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
