@@ -71,12 +71,8 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
 
                 feeds, source = check_feeds(loaded, stage / ONNX_NAME, opts.seed, user_feed, opts.inputs_npz)
                 report = check_parity(loaded.module, stage / ONNX_NAME, feeds, opts.tolerances, opts.command, source)
-                data = report.to_dict()
-                data["model"] = loaded.source
-                data["onnx"] = ONNX_NAME
-                data["export"] = export_summary(proto)
-                data["export"]["converted_modules"] = loaded.conversions
-                (stage / REPORT_NAME).write_text(json.dumps(data, indent=2) + "\n")
+                summary = {**export_summary(proto), "converted_modules": loaded.conversions}
+                _write_report(stage / REPORT_NAME, report, loaded, onnx=ONNX_NAME, export=summary)
     return ExportResult(outdir / ONNX_NAME, outdir / REPORT_NAME if report else None, report)
 
 
@@ -95,11 +91,14 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
         report = check_parity(loaded.module, onnx_path, feeds, opts.tolerances, opts.command, source)
     if report_path:
         report_path = Path(report_path)
-        with staged_output(report_path.parent or ".") as stage:
-            data = report.to_dict()
-            data["model"] = loaded.source
-            (stage / report_path.name).write_text(json.dumps(data, indent=2) + "\n")
+        with staged_output(report_path.parent) as stage:
+            _write_report(stage / report_path.name, report, loaded)
     return report
+
+
+def _write_report(path: Path, report: ParityReport, loaded: LoadedModel, **extra) -> None:
+    data = {**report.to_dict(), "model": loaded.source, **extra}
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def check_feeds(loaded: LoadedModel, onnx_path: Path, seed: int, user_feed: dict | None = None,
