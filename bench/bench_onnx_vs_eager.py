@@ -38,6 +38,7 @@ def main():
     import torch
 
     from attn_export import export
+    from attn_export.inputs import random_inputs
     from attn_export.models import zoo
 
     print(f"CPU: {os.cpu_count()} threads; torch {torch.__version__} ({torch.get_num_threads()} threads), "
@@ -53,10 +54,7 @@ def main():
                    input_names=[s.name for s in entry.inputs], output_names=["output"])
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         for batch in args.batches:
-            gen = torch.Generator().manual_seed(batch)
-            xs = [torch.empty(batch, *s.shape[1:]).uniform_(-1, 1, generator=gen) if s.dtype.is_floating_point
-                  else torch.randint(int(s.low), int(s.high), (batch, *s.shape[1:]), generator=gen)
-                  for s in entry.inputs]
+            xs = random_inputs(entry.inputs, seed=batch, shapes={s.name: (batch, *s.shape[1:]) for s in entry.inputs})
             feed = {s.name: x.numpy() for s, x in zip(entry.inputs, xs)}
             with torch.inference_mode():
                 eager = median_ms(lambda: model(*xs), args.reps)

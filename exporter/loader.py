@@ -16,15 +16,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from attn_export.errors import AttnExportError
-
-
-@dataclass(frozen=True)
-class InputInfo:
-    name: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    low: float = -1.0  # value range of random inputs (ints: [low, high))
-    high: float = 1.0
+from attn_export.inputs import InputSpec, batch_dim, random_inputs
 
 
 @dataclass
@@ -33,7 +25,7 @@ class LoadedModel:
 
     source: str
     module: torch.nn.Module  # the PyTorch reference for parity
-    inputs: list[InputInfo]
+    inputs: list[InputSpec]
     program: torch.export.ExportedProgram | None = None  # a .pt2 is exported as saved
     dynamic_shapes: Callable[[bool, bool], dict | None] | None = None
     spatial: dict = field(default_factory=dict)  # input name -> axis -> zoo.DynamicDim (zoo models)
@@ -46,11 +38,7 @@ class LoadedModel:
     def random_inputs(self, seed: int, shapes: Mapping[str, tuple[int, ...]] | None = None
                       ) -> tuple[torch.Tensor, ...]:
         """Seeded random inputs at the loaded shapes, or at ``shapes`` where given."""
-        from attn_export.models.zoo import random_tensor
-
-        gen = torch.Generator().manual_seed(seed)
-        shapes = shapes or {}
-        return tuple(random_tensor(shapes.get(i.name, i.shape), i.dtype, i.low, i.high, gen) for i in self.inputs)
+        return random_inputs(self.inputs, seed, shapes)
 
     def grown_spatial_shapes(self, dynamic_axes: Mapping[str, set[int]]) -> dict[str, tuple[int, ...]]:
         """The input shapes with each declared dynamic spatial axis that is dynamic in ``dynamic_axes``
@@ -109,8 +97,7 @@ def _load_zoo(name: str) -> LoadedModel:
 
     entry = zoo.entry(name)
     model, _ = zoo.create(name)
-    inputs = [InputInfo(s.name, s.shape, s.dtype, s.low, s.high) for s in entry.inputs]
-    return LoadedModel(f"zoo:{name}", model, inputs, dynamic_shapes=entry.dynamic_shapes, spatial=entry.spatial)
+    return LoadedModel(f"zoo:{name}", model, list(entry.inputs), dynamic_shapes=entry.dynamic_shapes, spatial=entry.spatial)
 
 
 def _load_exported_program(path: Path) -> LoadedModel:
@@ -127,7 +114,7 @@ def _load_exported_program(path: Path) -> LoadedModel:
         if isinstance(ex, torch.Tensor):
             inputs.append(_input_from_example(name, ex))
         else:
-            inputs.append(InputInfo(name, (), torch.float32))  # shape must come from --input-shape
+            inputs.append(InputSpec(name, (), torch.float32))  # shape must come from --input-shape
     return LoadedModel(str(path), program.module(), inputs, program=program)
 
 
@@ -240,19 +227,19 @@ def _module_model(source: str, model: torch.nn.Module, examples) -> LoadedModel:
     else:
         required = [p.name for p in inspect.signature(model.forward).parameters.values()
                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
-        inputs = [InputInfo(n, (), torch.float32) for n in required]
+        inputs = [InputSpec(n, (), torch.float32) for n in required]
 
     def dynamic_shapes(batch: bool, spatial: bool) -> dict | None:
-        return {i.name: {0: torch.export.Dim("batch", min=1, max=4096)} for i in inputs} if batch else None
+        return {i.name: {0: batch_dim()} for i in inputs} if batch else None
 
     return LoadedModel(source, model, inputs, dynamic_shapes=dynamic_shapes, conversions=converted)
 
 
-def _input_from_example(name: str, ex: torch.Tensor) -> InputInfo:
+def _input_from_example(name: str, ex: torch.Tensor) -> InputSpec:
     if ex.is_floating_point():
-        return InputInfo(name, tuple(ex.shape), ex.dtype)
+        return InputSpec(name, tuple(ex.shape), ex.dtype)
     low, high = (int(ex.min()), int(ex.max()) + 1) if ex.numel() else (0, 1)
-    return InputInfo(name, tuple(ex.shape), ex.dtype, low, high)
+    return InputSpec(name, tuple(ex.shape), ex.dtype, low, high)
 
 
 def _apply_input_shapes(loaded: LoadedModel, shapes: Mapping[str, tuple[int, ...]]) -> LoadedModel:
@@ -269,7 +256,7 @@ def _apply_input_shapes(loaded: LoadedModel, shapes: Mapping[str, tuple[int, ...
         if info.shape and len(shape) != len(info.shape):
             raise AttnExportError(f"--input-shape {info.name} has {len(shape)} dims; the model's input has "
                                   f"{len(info.shape)} ({'x'.join(map(str, info.shape))})")
-        new_inputs.append(InputInfo(info.name, tuple(shape), info.dtype, info.low, info.high))
+        new_inputs.append(InputSpec(info.name, tuple(shape), info.dtype, info.low, info.high))
     loaded.inputs = new_inputs
     return loaded
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from attn_export.errors import AttnExportError
+from attn_export.inputs import InputSpec, batch_dim, random_inputs
 from attn_export.models.layers import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 
 SEED = 0
@@ -121,15 +122,6 @@ class VideoClassifier(nn.Module):
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    name: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype = torch.float32
-    low: float = -1.0  # value range of random inputs (ints: [low, high))
-    high: float = 1.0
-
-
-@dataclass(frozen=True)
 class DynamicDim:
     """A dynamic spatial dimension: size = multiple * s for s in [min_steps, max_steps]."""
 
@@ -148,14 +140,13 @@ class ZooEntry:
     spatial: dict[str, dict[int, DynamicDim]] = field(default_factory=dict)
 
     def example_inputs(self, seed: int = SEED) -> tuple[torch.Tensor, ...]:
-        gen = torch.Generator().manual_seed(seed)
-        return tuple(random_tensor(spec.shape, spec.dtype, spec.low, spec.high, gen) for spec in self.inputs)
+        return random_inputs(self.inputs, seed)
 
     def dynamic_shapes(self, batch: bool = True, spatial: bool = False) -> dict | None:
         """torch.export dynamic shapes keyed by input name (None when everything is static)."""
         shapes: dict[str, dict] = {spec.name: {} for spec in self.inputs}
         if batch:
-            dim = torch.export.Dim("batch", min=1, max=4096)
+            dim = batch_dim()
             for spec in self.inputs:
                 shapes[spec.name][0] = dim
         if spatial:
@@ -163,12 +154,6 @@ class ZooEntry:
                 for axis, d in axes.items():
                     shapes[name][axis] = d.multiple * torch.export.Dim(d.name, min=d.min_steps, max=d.max_steps)
         return shapes if any(shapes.values()) else None
-
-
-def random_tensor(shape, dtype, low, high, generator) -> torch.Tensor:
-    if dtype.is_floating_point:
-        return torch.empty(shape).uniform_(low, high, generator=generator).to(dtype)
-    return torch.randint(int(low), int(high), shape, generator=generator, dtype=dtype)
 
 
 _ENTRIES = (
