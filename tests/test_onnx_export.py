@@ -163,3 +163,29 @@ def test_invalid_attention_parameters_fail_export_with_the_op_error(tmp_path):
 def test_unsupported_opset_is_rejected(tmp_path):
     with pytest.raises(AttnExportError, match="opset 12 is not supported"):
         export(NeighborhoodAttention1D(8, 2, 3), (torch.randn(1, 9, 8),), tmp_path / "m.onnx", opset=12)
+
+
+@pytest.mark.parametrize("opset", [18, 21, 23])
+def test_every_supported_opset_exports_and_runs(opset, tmp_path):
+    torch.manual_seed(0)
+    layer = NeighborhoodAttention2D(16, 2, 3, dilation=2, rel_pos_bias=True).eval()
+    x = torch.randn(2, 9, 8, 16)
+    proto = export(layer, (x,), tmp_path / "m.onnx", opset=opset, input_names=["x"], output_names=["y"])
+    assert next(o.version for o in proto.opset_import if o.domain == "") == opset
+    assert all(f.opset_import[0].version == opset for f in proto.functions)
+    (got,) = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, layer(x).numpy(), atol=1e-5, rtol=0)
+
+
+def test_half_precision_model_exports_and_runs(tmp_path):
+    torch.manual_seed(0)
+    layer = NeighborhoodAttention2D(16, 2, 3, rel_pos_bias=True).eval()
+    x = torch.randn(2, 9, 8, 16)
+    with torch.no_grad():
+        want = layer(x).numpy()
+    export(layer.half(), (x.half(),), tmp_path / "m.onnx", input_names=["x"], output_names=["y"])
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x": x.half().numpy()})
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), want, atol=1e-2, rtol=0)
