@@ -111,13 +111,17 @@ def test_tight_tolerance_makes_export_exit_1_but_keeps_complete_artifacts(tmp_pa
     onnx.checker.check_model(str(tmp_path / "model.onnx"))
 
 
-def test_pt2_archive(tmp_path):
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_pt2_archive_keeps_its_own_dynamic_shapes(tmp_path, dynamic):
     model = build_tiny()
-    program = torch.export.export(model, (torch.randn(2, 12, 16),))
+    shapes = {"x": {0: torch.export.Dim("batch", min=1, max=8)}} if dynamic else None
+    program = torch.export.export(model, (torch.randn(2, 12, 16),), dynamic_shapes=shapes)
     torch.export.save(program, tmp_path / "tiny.pt2")
     result = run(tmp_path / "tiny.pt2", "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["status"] == "pass"
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["status"] == "pass"
+    assert report["inputs"]["x"]["shapes"] == ([[2, 12, 16], [3, 12, 16]] if dynamic else [[2, 12, 16]])
 
 
 def test_checkpoint_with_factory_file_and_user_inputs(tmp_path):
