@@ -1,4 +1,5 @@
-"""Benchmark (a): the CPU neighborhood-attention op against dense masked softmax, 2-D, k=7.
+"""Benchmark (a): the CPU neighborhood-attention op and its ONNX local function (on ONNX Runtime)
+against dense masked softmax, 2-D, k=7.
 
 Each case runs in a fresh subprocess so that its peak RSS (ru_maxrss) is its own; memory is
 reported as peak RSS minus the RSS after the inputs were allocated. Both implementations run in
@@ -35,17 +36,44 @@ def dense_masked(q, k, v, kernel):
     return out.transpose(1, 2).reshape(q.shape)
 
 
+def onnx_function_session(kernel: int):
+    """ONNX Runtime session of one NeighborhoodAttention node with its local function."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from attn_export.onnx_export import DEFAULT_OPSET, attach_local_functions
+    from attn_export.registry import DOMAIN, NEIGHBORHOOD
+
+    sym = ["b", "h", "w", "heads", "d"]
+    node = helper.make_node(NEIGHBORHOOD.onnx_op_type, ["q", "k", "v"], ["out"], domain=DOMAIN,
+                            kernel_size=[kernel, kernel], stride=[1, 1], dilation=[1, 1], is_causal=[0, 0], scale=1.0)
+    graph = helper.make_graph([node], "na", [helper.make_tensor_value_info(n, TensorProto.FLOAT, sym) for n in "qkv"],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, sym)])
+    model = attach_local_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)]))
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def make_fn(impl: str, kernel: int):
+    from attn_export.models import neighborhood_attention
+
+    if impl == "na":
+        return lambda q, k, v: neighborhood_attention(q, k, v, kernel)
+    if impl == "dense":
+        return lambda q, k, v: dense_masked(q, k, v, kernel)
+    session = onnx_function_session(kernel)
+    return lambda q, k, v: session.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})
+
+
 def run_case(impl: str, size: int, kernel: int, heads: int, dim: int, reps: int) -> dict:
     import torch
 
-    from attn_export.models import neighborhood_attention
-
     torch.manual_seed(0)
     q, k, v = torch.randn(3, 1, size, size, heads, dim).unbind(0)
-    fn = (lambda: neighborhood_attention(q, k, v, kernel)) if impl == "na" else (lambda: dense_masked(q, k, v, kernel))
+    run = make_fn(impl, kernel)
     with torch.inference_mode():  # warm up the runtime (thread pools, allocator) on a tiny input first
         small = torch.randn(1, 2 * kernel, 2 * kernel, heads, dim)
-        neighborhood_attention(small, small, small, kernel), dense_masked(small, small, small, kernel)
+        run(small, small, small)
+    fn = lambda: run(q, k, v)  # noqa: E731
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with torch.inference_mode():
         fn()  # warm-up (also the peak-memory run)
@@ -73,21 +101,23 @@ def main():
     rows = []
     for size in args.sizes:
         result = {}
-        for impl in ("na", "dense"):
+        for impl in ("na", "onnx", "dense"):
             out = subprocess.run(
                 [sys.executable, __file__, "--case", impl, str(size), "--kernel", str(args.kernel),
                  "--heads", str(args.heads), "--dim", str(args.dim), "--reps", str(args.reps)],
                 capture_output=True, text=True, check=True)
             result[impl] = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append((size, result["na"], result["dense"]))
+        rows.append((size, result["na"], result["onnx"], result["dense"]))
     print(f"2-D neighborhood attention, k={args.kernel}, batch 1, {args.heads} heads, head_dim {args.dim}, "
           f"fp32, {__import__('os').cpu_count()} CPU threads")
-    print("| size | tokens N | NA op ms | dense ms | dense/NA time | NA ms per 1k tokens | NA peak MB | dense peak MB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for size, na, dense in rows:
+    print("| size | tokens N | NA op ms | ONNX fn ms | dense ms | dense/NA time | NA ms per 1k tokens | "
+          "ONNX fn ms per 1k tokens | NA peak MB | ONNX fn peak MB | dense peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for size, na, fn, dense in rows:
         n = size * size
-        print(f"| {size}x{size} | {n} | {na['ms']:.2f} | {dense['ms']:.2f} | {dense['ms'] / na['ms']:.2f}x | "
-              f"{1e3 * na['ms'] / n:.3f} | {na['peak_mb']:.1f} | {dense['peak_mb']:.1f} |")
+        print(f"| {size}x{size} | {n} | {na['ms']:.2f} | {fn['ms']:.2f} | {dense['ms']:.2f} | "
+              f"{dense['ms'] / na['ms']:.2f}x | {1e3 * na['ms'] / n:.2f} | {1e3 * fn['ms'] / n:.2f} | "
+              f"{na['peak_mb']:.1f} | {fn['peak_mb']:.1f} | {dense['peak_mb']:.1f} |")
 
 
 if __name__ == "__main__":
