@@ -59,10 +59,10 @@ class _Body:
         self._count += 1
         return f"{self._prefix}{self._count}"
 
-    def op(self, op_type: str, *inputs: str, num_outputs: int = 1, **attrs):
-        outputs = [self._name() for _ in range(num_outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), outputs, **attrs))
-        return outputs[0] if num_outputs == 1 else outputs
+    def op(self, op_type: str, *inputs: str, **attrs) -> str:
+        output = self._name()
+        self.nodes.append(helper.make_node(op_type, list(inputs), [output], **attrs))
+        return output
 
     def __getattr__(self, op_type: str):
         if not op_type[:1].isupper():
