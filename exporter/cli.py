@@ -22,6 +22,9 @@ Examples:
   attn-export ckpt.pt --factory mypkg.models:build -o out/
   attn-export check zoo:nat-tiny out/nat-tiny/model.onnx --report out/check.json
   attn-export zoo
+
+`attn-export MODEL ...` is `attn-export export MODEL ...`: see `attn-export export --help`
+for its options. Exit codes: 0 ok, 1 check failed, 2 bad input, 3 missing dependency.
 """
 
 
