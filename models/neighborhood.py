@@ -134,12 +134,12 @@ def neighborhood_index(spatial_shape: Sequence[int], params: NAParams, device=No
     return _neighborhood_index(tuple(int(n) for n in spatial_shape), params, str(torch.device(device or "cpu")))
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)  # a hierarchical model needs one entry per stage resolution and window
 def _neighborhood_index(spatial_shape: tuple[int, ...], params: NAParams, device: str):
     rank = params.rank
     key = rel = valid = None
     for axis in range(rank):
-        n, k = int(spatial_shape[axis]), params.kernel_size[axis]
+        n, k = spatial_shape[axis], params.kernel_size[axis]
         ax_key, ax_rel, ax_valid = axis_window(
             n, k, params.stride[axis], params.dilation[axis], params.is_causal[axis], device
         )
@@ -151,8 +151,8 @@ def _neighborhood_index(spatial_shape: tuple[int, ...], params: NAParams, device
         key = ax_key if key is None else key * n + ax_key
         rel = ax_rel if rel is None else rel * span + ax_rel
         valid = ax_valid if valid is None else valid & ax_valid
-    n_tokens, window = math.prod(int(x) for x in spatial_shape), params.window_size
-    full = [int(x) for x in spatial_shape] + list(params.kernel_size)
+    n_tokens, window = math.prod(spatial_shape), params.window_size
+    full = [*spatial_shape, *params.kernel_size]
     key = key.expand(full).reshape(n_tokens, window)
     rel = rel.expand(full).reshape(n_tokens, window)
     valid = valid.expand(full).reshape(n_tokens, window)
