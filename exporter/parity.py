@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 import sys
 import time
@@ -48,6 +49,11 @@ class OutputResult:
     atol: float
     rtol: float
     passed: bool
+    note: str = ""  # why an output failed without error statistics (missing, shape, non-finite)
+
+    def to_dict(self) -> dict:
+        # Strict JSON has no NaN or Infinity: a non-finite statistic becomes null (see "note").
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
 
 
 @dataclass
@@ -81,7 +87,7 @@ class ParityReport:
             "onnx": self.onnx,
             "comparisons": [
                 {"reference": c.reference, "candidate": c.candidate, "iteration": c.iteration,
-                 "passed": c.passed, "outputs": {o.name: asdict(o) for o in c.outputs}}
+                 "passed": c.passed, "outputs": {o.name: o.to_dict() for o in c.outputs}}
                 for c in self.comparisons
             ],
             "inputs": self.inputs,
@@ -95,7 +101,8 @@ class ParityReport:
         for c in self.comparisons:
             for o in c.outputs:
                 rows.append((f"{c.reference} vs {c.candidate}", str(c.iteration), o.name, f"{o.max_abs_error:.3e}",
-                             f"{o.max_rel_error:.3e}", f"{o.atol:g}", f"{o.rtol:g}", "PASS" if o.passed else "FAIL"))
+                             f"{o.max_rel_error:.3e}", f"{o.atol:g}", f"{o.rtol:g}",
+                             ("PASS" if o.passed else "FAIL") + (f" ({o.note})" if o.note else "")))
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
@@ -163,6 +170,20 @@ def _onnxruntime_runner(onnx_path: str, name: str = "onnxruntime-cpu"):
     return OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"]), name=name)
 
 
+def _output_result(name, stats, ref, cand, atol, rtol) -> OutputResult:
+    """One output's verdict. Polygraphy gives statistics only when both outputs exist with one shape."""
+    nan = float("nan")
+    if ref is None or cand is None:
+        return OutputResult(name, nan, nan, nan, atol, rtol, False, "missing in " + ("reference" if ref is None else "candidate"))
+    if tuple(ref.shape) != tuple(cand.shape):
+        return OutputResult(name, nan, nan, nan, atol, rtol, False, f"shape {tuple(ref.shape)} vs {tuple(cand.shape)}")
+    result = OutputResult(name, float(stats.max_absdiff), float(stats.max_reldiff), float(stats.mean_absdiff),
+                          atol, rtol, bool(stats))
+    if not (np.isfinite(ref).all() and np.isfinite(cand).all()):
+        result.passed, result.note = False, "non-finite values"
+    return result
+
+
 def check_parity(
     model: torch.nn.Module,
     onnx_path: str | Path,
@@ -181,12 +202,11 @@ def check_parity(
     input_names = [i.name for i in graph.input if i.name not in initializers]
     output_names = [o.name for o in graph.output]
     tolerances.check_names(output_names)
+    if not feeds:
+        raise AttnExportError("parity needs at least one input set")
     for i, feed in enumerate(feeds):
         if set(feed) != set(input_names):
             raise AttnExportError(f"input set {i} has inputs {sorted(feed)}; the ONNX model needs {input_names}")
-
-    if not feeds:
-        raise AttnExportError("parity needs at least one input set")
     runners = [_torch_cpu_runner(model, feeds, input_names, output_names), _onnxruntime_runner(str(onnx_path))]
     per_atol = {n: tolerances.for_output(n)[0] for n in output_names}
     per_rtol = {n: tolerances.for_output(n)[1] for n in output_names}
@@ -203,18 +223,14 @@ def check_parity(
         G_LOGGER.module_severity = severity
 
     (accuracy,) = accuracy  # one AccuracyResult per compare function
+    outputs_by_runner = dict(results)
     comparisons = []
     for (ref_name, cand_name), iterations in accuracy.items():
         for it, per_output in enumerate(iterations):
-            outs = []
-            for n in output_names:
-                res = per_output.get(n)
-                atol, rtol = tolerances.for_output(n)
-                if res is None:  # a missing output or a shape mismatch fails outright
-                    outs.append(OutputResult(n, float("inf"), float("inf"), float("inf"), atol, rtol, False))
-                    continue
-                outs.append(OutputResult(n, float(res.max_absdiff), float(res.max_reldiff),
-                                         float(res.mean_absdiff), atol, rtol, bool(res)))
+            ref, cand = outputs_by_runner[ref_name][it], outputs_by_runner[cand_name][it]
+            outs = [_output_result(n, per_output.get(n), ref[n] if n in ref else None,
+                                   cand[n] if n in cand else None, *tolerances.for_output(n))
+                    for n in output_names]
             comparisons.append(Comparison(ref_name, cand_name, it, outs))
     inputs = {n: {"shapes": [list(f[n].shape) for f in feeds], "dtype": str(feeds[0][n].dtype), "source": input_source}
               for n in input_names}
