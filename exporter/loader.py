@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from attn_export.errors import AttnExportError
+from attn_export.errors import AttnExportError, wrap_failure
 from attn_export.inputs import InputSpec, batch_dim, random_inputs
 
 
@@ -211,7 +211,10 @@ def _call_factory(factory: str):
     func = getattr(module, func_name, None)
     if not callable(func):
         raise AttnExportError(f"--factory {factory}: {module_name} has no function {func_name}")
-    return func()
+    try:
+        return func()
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise wrap_failure(exc, f"--factory {factory}", "fix the factory (--debug shows the traceback)") from exc
 
 
 def _module_model(source: str, model: torch.nn.Module, examples) -> LoadedModel:

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from attn_export.errors import AttnExportError
+from attn_export.errors import AttnExportError, wrap_failure
 from attn_export.loader import LoadedModel
 from attn_export.outdir import staged_output
 from attn_export.parity import ParityReport, Tolerances
@@ -153,10 +153,15 @@ def read_inputs(path: str, loaded: LoadedModel) -> dict:
 
 
 def _output_names(loaded: LoadedModel, examples) -> list[str]:
+    """Names for the ONNX outputs, from one eager run (which also shows that the inputs fit)."""
     import torch
 
-    with torch.inference_mode():
-        count = len(torch.utils._pytree.tree_leaves(loaded.module(*examples)))
+    try:
+        with torch.inference_mode():
+            count = len(torch.utils._pytree.tree_leaves(loaded.module(*examples)))
+    except Exception as exc:  # noqa: BLE001 - the model rejects inputs of these shapes
+        shapes = ", ".join(f"{i.name}={'x'.join(map(str, i.shape))}" for i in loaded.inputs)
+        raise wrap_failure(exc, f"running the model on inputs {shapes}", "pass --input-shape with shapes it accepts") from exc
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 

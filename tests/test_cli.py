@@ -186,6 +186,17 @@ def test_state_dict_without_factory_and_mismatched_checkpoint(tmp_path):
                           2, "cannot import no_such_module_xyz")
 
 
+def test_factory_that_raises_and_inputs_the_model_rejects(tmp_path):
+    (tmp_path / "factory.py").write_text("def build():\n    raise RuntimeError('no weights here')\n")
+    torch.save(build_tiny().state_dict(), tmp_path / "sd.pt")
+    assert_one_line_error(run(tmp_path / "sd.pt", "--factory", f"{tmp_path / 'factory.py'}:build", "-o", tmp_path / "o"),
+                          2, "--factory " + str(tmp_path / "factory.py") + ":build failed: no weights here")
+    result = run(tmp_path / "sd.pt", "--factory", f"{__name__}:build_tiny", "--input-shape", "x=1x10x8",
+                 "-o", tmp_path / "o")
+    assert_one_line_error(result, 2, "running the model on inputs x=1x10x8 failed")
+    assert not (tmp_path / "o").exists()
+
+
 def test_unknown_zoo_name(tmp_path):
     assert_one_line_error(run("zoo:resnet", "-o", tmp_path / "o"), 2, "unknown zoo model 'resnet'; available:")
 
