@@ -174,7 +174,13 @@ def neighborhood_function(onnx_opset: int, with_rpb: bool) -> FunctionProto:
     values = b.Gather(heads_first("v"), key, axis=2)  # [B, H, N, K, D]
     out = b.Squeeze(b.MatMul(b.Unsqueeze(probs, b.ints(-2)), values), b.ints(-2))  # [B, H, N, D]
     out = b.Reshape(b.Transpose(out, perm=[0, 2, 1, 3]), q_shape)
-    b.nodes.append(helper.make_node("Identity", [out], ["out"]))
+    # ONNX has no assert: an axis shorter than kernel*dilation (invalid, DESIGN.md section 5) makes the
+    # whole output NaN rather than a silently wrong answer from clamped windows.
+    n3, k3, d3 = per_axis[0], per_axis[1], per_axis[3]
+    too_short = b.Cast(b.ReduceMax(b.Cast(b.Less(n3, b.Mul(k3, d3)), to=TensorProto.INT64), keepdims=0),
+                       to=TensorProto.BOOL)
+    nan = b.CastLike(b.op("Constant", value_float=float("nan")), out)
+    b.nodes.append(helper.make_node("Where", [too_short, nan, out], ["out"]))
 
     function = helper.make_function(
         DOMAIN, NEIGHBORHOOD.onnx_op_type, ["q", "k", "v"] + (["rpb"] if with_rpb else []), ["out"], b.nodes,

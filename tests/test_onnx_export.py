@@ -69,6 +69,16 @@ def test_one_function_serves_different_shapes_and_batches():
         np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=0)
 
 
+def test_inputs_too_short_for_the_window_give_nan_not_a_wrong_answer():
+    cfg = dict(spatial=[9, 10], kernel=[3, 4], stride=[1, 1], dilation=[2, 1], causal=[False, True],
+               heads=2, dim=8, batch=1, rpb=False)
+    session = _session(_single_node_model(cfg))
+    for spatial, bad in (([6, 4], False), ([5, 10], True), ([9, 3], True)):  # k*d = 6 and 4
+        q, k, v, _ = make_inputs(dict(cfg, spatial=spatial), 0)
+        (got,) = session.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})
+        assert np.isnan(got).all() if bad else np.isfinite(got).all(), spatial
+
+
 @pytest.mark.parametrize("dtype, atol", [(TensorProto.FLOAT16, 1e-2)])
 def test_local_function_runs_in_half_precision(dtype, atol):
     cfg = dict(spatial=[8, 9], kernel=[3, 5], stride=[1, 2], dilation=[2, 1], causal=[False, False],
