@@ -61,14 +61,16 @@ class StepProgress:
         stop = threading.Event()
         if not self._bar.disable:  # tqdm redraws only on updates: tick the elapsed time meanwhile
             threading.Thread(target=self._tick, args=(stop,), daemon=True).start()
+        outcome = "failed after "
         try:
             yield
+            outcome = ""
         finally:
             stop.set()
             self.done += 1
             self._bar.update(1)
-            self._write(f"{label}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
-            if self.done == self.total:
+            self._write(f"{label}: {outcome}{time.perf_counter() - start:.1f} s", file=sys.stderr)
+            if outcome or self.done == self.total:
                 self._bar.close()
 
     def _tick(self, stop: threading.Event) -> None:
