@@ -35,7 +35,24 @@ def natten_configs(count: int) -> list[dict]:
     return configs
 
 
-@pytest.mark.parametrize("cfg", natten_configs(24), ids=lambda c: f"{len(c['spatial'])}d-k{c['kernel']}")
+N_CONFIGS = 40
+
+
+def test_natten_configs_cover_the_combinations():
+    configs = natten_configs(N_CONFIGS)
+
+    def count(pred):
+        return sum(any(pred(*axis) for axis in zip(c["kernel"], c["stride"], c["dilation"], c["causal"]))
+                   for c in configs)
+
+    assert all(sum(len(c["spatial"]) == r for c in configs) >= 5 for r in (1, 2, 3))
+    assert count(lambda k, s, d, causal: causal and s > 1) >= 5
+    assert count(lambda k, s, d, causal: causal and d > 1) >= 5
+    assert count(lambda k, s, d, causal: s > 1 and d > 1) >= 5
+    assert count(lambda k, s, d, causal: k % 2 == 0) >= 10
+
+
+@pytest.mark.parametrize("cfg", natten_configs(N_CONFIGS), ids=lambda c: f"{len(c['spatial'])}d-k{c['kernel']}")
 def test_op_matches_natten(cfg):
     q, k, v, _ = make_inputs(cfg, 0)
     args = dict(kernel_size=tuple(cfg["kernel"]), stride=tuple(cfg["stride"]), dilation=tuple(cfg["dilation"]),
