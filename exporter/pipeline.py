@@ -153,15 +153,26 @@ def read_inputs(path: str, loaded: LoadedModel) -> dict:
 
 
 def _output_names(loaded: LoadedModel, examples) -> list[str]:
-    """Names for the ONNX outputs, from one eager run (which also shows that the inputs fit)."""
+    """Names for the ONNX outputs, from one eager run (which also shows that the inputs fit; an
+    attention layer that rejects them is named in the error)."""
     import torch
 
+    from attn_export.models.layers import NeighborhoodAttentionND
+
+    entered: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda *_, name=name: entered.append(name))
+             for name, m in loaded.module.named_modules() if isinstance(m, NeighborhoodAttentionND)]
     try:
         with torch.inference_mode():
             count = len(torch.utils._pytree.tree_leaves(loaded.module(*examples)))
+    except AttnExportError as exc:
+        raise AttnExportError(f"layer '{entered[-1]}': {exc}" if entered else str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - the model rejects inputs of these shapes
         shapes = ", ".join(f"{i.name}={'x'.join(map(str, i.shape))}" for i in loaded.inputs)
         raise wrap_failure(exc, f"running the model on inputs {shapes}", "pass --input-shape with shapes it accepts") from exc
+    finally:
+        for hook in hooks:
+            hook.remove()
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 

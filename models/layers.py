@@ -9,7 +9,7 @@ from attn_export.errors import AttnExportError
 from attn_export.models.neighborhood import NAParams, neighborhood_attention
 
 
-class _NeighborhoodAttentionND(nn.Module):
+class NeighborhoodAttentionND(nn.Module):
     rank: int = 0
 
     def __init__(
@@ -62,19 +62,19 @@ class _NeighborhoodAttentionND(nn.Module):
         )
 
 
-class NeighborhoodAttention1D(_NeighborhoodAttentionND):
+class NeighborhoodAttention1D(NeighborhoodAttentionND):
     """1-D neighborhood attention over ``[B, L, C]``."""
 
     rank = 1
 
 
-class NeighborhoodAttention2D(_NeighborhoodAttentionND):
+class NeighborhoodAttention2D(NeighborhoodAttentionND):
     """2-D neighborhood attention over ``[B, H, W, C]``."""
 
     rank = 2
 
 
-class NeighborhoodAttention3D(_NeighborhoodAttentionND):
+class NeighborhoodAttention3D(NeighborhoodAttentionND):
     """3-D neighborhood attention over ``[B, T, H, W, C]``."""
 
     rank = 3

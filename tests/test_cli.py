@@ -214,7 +214,8 @@ def test_bad_input_shape(tmp_path, shape, fragment):
 
 def test_invalid_attention_parameters_for_the_input(tmp_path):
     result = run("zoo:nat-tiny", "--input-shape", "images=1x3x16x16", "-o", tmp_path / "o")
-    assert_one_line_error(result, 2, "kernel_size*dilation=7*1=7 on axis 0 exceeds the axis length 4")
+    assert_one_line_error(result, 2, "layer 'stages.0.0.attn': neighborhood_attention: kernel_size*dilation=7*1=7 "
+                                     "on axis 0 exceeds the axis length 4")
     assert not (tmp_path / "o").exists()
     assert not list(tmp_path.iterdir())
 

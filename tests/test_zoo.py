@@ -9,7 +9,7 @@ import torch
 from attn_export import AttnExportError
 from attn_export.loader import load_model
 from attn_export.models import zoo
-from attn_export.models.layers import _NeighborhoodAttentionND
+from attn_export.models.layers import NeighborhoodAttentionND
 from attn_export.parity import Tolerances
 from attn_export.pipeline import ExportOptions, check_feeds, export_job
 from attn_export.registry import DOMAIN
@@ -42,7 +42,7 @@ def test_zoo_models_are_seeded():
 
 def test_zoo_models_use_what_their_names_promise():
     def layers(name):
-        return [m for m in zoo.create(name)[0].modules() if isinstance(m, _NeighborhoodAttentionND)]
+        return [m for m in zoo.create(name)[0].modules() if isinstance(m, NeighborhoodAttentionND)]
 
     assert all(m.rpb is not None and m.rank == 2 for m in layers("nat-tiny"))
     assert any(max(m.params.dilation) > 1 for m in layers("dinat-tiny"))
@@ -71,7 +71,7 @@ def test_zoo_model_exports_and_passes_parity_at_two_batch_sizes_and_two_spatial_
         for out in comparison.outputs:
             assert out.max_abs_error < 1e-4
     proto = onnx.load(result.onnx_path)
-    n_layers = sum(isinstance(m, _NeighborhoodAttentionND) for m in loaded.module.modules())
+    n_layers = sum(isinstance(m, NeighborhoodAttentionND) for m in loaded.module.modules())
     assert sum(n.domain == DOMAIN for n in proto.graph.node) == n_layers
     onnx.checker.check_model(proto, full_check=True)
     dims = proto.graph.input[0].type.tensor_type.shape.dim
