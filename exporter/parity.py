@@ -170,6 +170,18 @@ def _onnxruntime_runner(onnx_path: str, name: str = "onnxruntime-cpu"):
     return OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"]), name=name)
 
 
+def onnx_io(onnx_path: str | Path) -> tuple[dict[str, list], list[str]]:
+    """The graph inputs of an ONNX file (initializers excluded), each with its dims (an int, or a
+    symbolic name where the dim is dynamic), and its output names."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = {i.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in i.type.tensor_type.shape.dim]
+              for i in graph.input if i.name not in initializers}
+    return inputs, [o.name for o in graph.output]
+
+
 def _output_result(name, stats, ref, cand, atol, rtol) -> OutputResult:
     """One output's verdict. Polygraphy gives statistics only when both outputs exist with one shape."""
     nan = float("nan")
@@ -193,14 +205,11 @@ def check_parity(
     input_source: str = "",
 ) -> ParityReport:
     """Run ``model`` and the ONNX file on each feed and compare every output (PyTorch is the reference)."""
-    import onnx
     from polygraphy.comparator import Comparator, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    initializers = {i.name for i in graph.initializer}
-    input_names = [i.name for i in graph.input if i.name not in initializers]
-    output_names = [o.name for o in graph.output]
+    inputs, output_names = onnx_io(onnx_path)
+    input_names = list(inputs)
     tolerances.check_names(output_names)
     if not feeds:
         raise AttnExportError("parity needs at least one input set")

@@ -123,12 +123,10 @@ def check_feeds(loaded: LoadedModel, onnx_path: Path, seed: int, user_feed: dict
 
 def _dynamic_axes(onnx_path: Path) -> dict[str, set[int]]:
     """The axes of each graph input that the ONNX file leaves symbolic."""
-    import onnx
+    from attn_export.parity import onnx_io
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    initializers = {i.name for i in graph.initializer}
-    return {i.name: {axis for axis, d in enumerate(i.type.tensor_type.shape.dim) if not d.HasField("dim_value")}
-            for i in graph.input if i.name not in initializers}
+    inputs, _ = onnx_io(onnx_path)
+    return {name: {axis for axis, d in enumerate(dims) if not isinstance(d, int)} for name, dims in inputs.items()}
 
 
 def read_inputs(path: str, loaded: LoadedModel) -> dict:
