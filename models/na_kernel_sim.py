@@ -1,0 +1,175 @@
+"""CPU replay of the fused CUDA kernel's exact algorithm (plugins/kernels/na_fused.cuh).
+
+Same normalization (three spatial axes, missing leading axes of length 1), same tile shape, same query
+tiles per dilation group, same kv box and row-major kv tile order, same element masks, and the same
+online softmax in base 2 with fp32 accumulation; on the tensor-core path the probabilities are rounded
+to the input dtype before P.V, as the WMMA path does. Tests compare it with the reference op, so the
+algorithm is proven before a GPU runs it. It is slow (Python loop over tiles): small shapes only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from attn_export.models.neighborhood import NAParams
+
+MAX_RANK = 3
+LOG2E = 1.4426950408889634
+
+
+def ceil_div(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def window(ip: int, n_g: int, k: int, s: int, causal: bool) -> tuple[int, int]:
+    """Half-open key range (group coordinates) of query ip; mirrors attnx::window."""
+    if causal:
+        leader = min((ip // s) * s + s - 1, n_g - 1)
+        return max(leader - k + 1, 0), min(ip + 1, n_g)
+    left, right = k // 2, k // 2 + k % 2 - 1
+    leader = min((ip // s) * s + s // 2, n_g - 1)
+    center = max(min(leader, n_g - 1 - right), left)
+    return center - left, center - left + k
+
+
+def tile_kv_range(first: int, last: int, n_g: int, k: int, s: int, causal: bool) -> tuple[int, int]:
+    return window(first, n_g, k, s, causal)[0], window(last, n_g, k, s, causal)[1]
+
+
+def choose_tile_shape(n: list[int], d: list[int], tile_tokens: int) -> list[int]:
+    """Mirrors attnx::choose_tile_shape: double axes innermost first while they have room."""
+    rank = len(n)
+    shape, cap = [1] * rank, [ceil_div(n[a], d[a]) for a in range(rank)]
+    tokens, grew = 1, True
+    while grew and tokens * 2 <= tile_tokens:
+        grew = False
+        for a in reversed(range(rank)):
+            if tokens * 2 > tile_tokens:
+                break
+            if shape[a] < cap[a]:
+                shape[a] *= 2
+                tokens *= 2
+                grew = True
+    return shape
+
+
+@dataclass
+class SimStats:
+    query_tiles: int = 0  # non-empty query tiles
+    kv_tiles: int = 0  # kv tiles visited, summed over query tiles
+    kv_slots_in_window: int = 0  # (query, key) pairs that were inside a window
+
+
+def simulate(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel_size,
+    stride=1,
+    dilation=1,
+    is_causal=False,
+    scale: float | None = None,
+    rpb: torch.Tensor | None = None,
+    tile_tokens: int = 64,
+    tensor_core: bool = False,
+    stats: SimStats | None = None,
+) -> torch.Tensor:
+    """Neighborhood attention computed tile by tile as the CUDA kernel does; returns q's dtype."""
+    batch, *spatial, heads, dim = q.shape
+    params = NAParams.from_args(len(spatial), kernel_size, stride, dilation, is_causal)
+    params.validate(spatial)
+    pad = MAX_RANK - params.rank
+    n = [1] * pad + list(spatial)
+    kk = [1] * pad + list(params.kernel_size)
+    ss = [1] * pad + list(params.stride)
+    dd = [1] * pad + list(params.dilation)
+    cc = [False] * pad + list(params.is_causal)
+    tile = choose_tile_shape(n, dd, tile_tokens)
+    tiles_per_group = [ceil_div(ceil_div(n[a], dd[a]), tile[a]) for a in range(MAX_RANK)]
+    scale_log2 = (scale if scale is not None else dim**-0.5) * LOG2E
+    stats = stats if stats is not None else SimStats()
+
+    shape3 = (batch, *n, heads, dim)
+    qf, kf, vf = (x.reshape(shape3) for x in (q, k, v))
+    bias = rpb.reshape(heads, *[2 * x - 1 for x in kk]).float() if rpb is not None else None
+    out = torch.full(shape3, float("nan"), dtype=torch.float32)
+    local = [(r // (tile[1] * tile[2]), (r // tile[2]) % tile[1], r % tile[2]) for r in range(math.prod(tile))]
+
+    for t0 in range(dd[0] * tiles_per_group[0]):
+        for t1 in range(dd[1] * tiles_per_group[1]):
+            for t2 in range(dd[2] * tiles_per_group[2]):
+                t = (t0, t1, t2)
+                group = [t[a] // tiles_per_group[a] for a in range(MAX_RANK)]
+                first = [(t[a] % tiles_per_group[a]) * tile[a] for a in range(MAX_RANK)]
+                glen = [ceil_div(n[a] - group[a], dd[a]) for a in range(MAX_RANK)]
+                if any(first[a] >= glen[a] for a in range(MAX_RANK)):
+                    continue  # an empty tile of a shorter dilation group
+                stats.query_tiles += 1
+                _one_tile(qf, kf, vf, bias, out, local, first, group, glen, kk, ss, dd, cc, tile,
+                          scale_log2, tensor_core, q.dtype, stats)
+    return out.reshape(q.shape).to(q.dtype)
+
+
+def _slots(local, base, group, glen, dd, limit=None):
+    """Token coordinates and validity of each tile slot, as the kernel's slot_offset computes them."""
+    pos = [[base[a] + loc[a] for a in range(MAX_RANK)] for loc in local]
+    valid = [all(p[a] < (limit[a] if limit else glen[a]) for a in range(MAX_RANK)) for p in pos]
+    token = [tuple(group[a] + dd[a] * min(p[a], glen[a] - 1) for a in range(MAX_RANK)) for p in pos]
+    return pos, valid, token
+
+
+def _one_tile(qf, kf, vf, bias, out, local, first, group, glen, kk, ss, dd, cc, tile, scale_log2,
+              tensor_core, dtype, stats):
+    rows = len(local)
+    q_pos, q_valid, q_tok = _slots(local, first, group, glen, dd)
+    windows = [[window(p[a], glen[a], kk[a], ss[a], cc[a]) for a in range(MAX_RANK)] for p in q_pos]
+    box = [tile_kv_range(first[a], min(first[a] + tile[a], glen[a]) - 1, glen[a], kk[a], ss[a], cc[a])
+           for a in range(MAX_RANK)]
+    kv_tiles = [ceil_div(box[a][1] - box[a][0], tile[a]) for a in range(MAX_RANK)]
+    q_at = torch.tensor(q_pos)  # [rows, 3]
+    begin = torch.tensor([[w[0] for w in ws] for ws in windows])
+    end = torch.tensor([[w[1] for w in ws] for ws in windows])
+    kk_t = torch.tensor(kk)
+    rel_stride = torch.tensor([(2 * kk[1] - 1) * (2 * kk[2] - 1), 2 * kk[2] - 1, 1])
+    q_rows = torch.stack([qf[:, i, j, l] for (i, j, l) in q_tok], dim=2).float()  # [B, H, rows, D]
+    q_rows = q_rows * torch.tensor(q_valid, dtype=torch.float32)[:, None]
+    acc = torch.zeros(q_rows.shape)
+    row_max = torch.full(q_rows.shape[:3], float("-inf"))
+    row_sum = torch.zeros(q_rows.shape[:3])
+
+    for kt in range(math.prod(kv_tiles)):  # row-major, axis 2 fastest, as in the kernel
+        idx = (kt // (kv_tiles[1] * kv_tiles[2]), (kt // kv_tiles[2]) % kv_tiles[1], kt % kv_tiles[2])
+        kv_first = [box[a][0] + idx[a] * tile[a] for a in range(MAX_RANK)]
+        kv_pos, kv_valid, kv_tok = _slots(local, kv_first, group, glen, dd, limit=[b[1] for b in box])
+        stats.kv_tiles += 1
+        kv_at = torch.tensor(kv_pos)[None]  # [1, rows, 3]
+        inside = ((kv_at >= begin[:, None]) & (kv_at < end[:, None])).all(dim=-1)
+        mask = inside & torch.tensor(q_valid)[:, None] & torch.tensor(kv_valid)[None]
+        rel = ((kv_at - q_at[:, None] + kk_t - 1) * rel_stride).sum(dim=-1)
+        stats.kv_slots_in_window += int(mask.sum())
+        valid_kv = torch.tensor(kv_valid, dtype=torch.float32)[:, None]
+        k_rows = torch.stack([kf[:, i, j, l] for (i, j, l) in kv_tok], dim=2).float() * valid_kv
+        v_rows = torch.stack([vf[:, i, j, l] for (i, j, l) in kv_tok], dim=2).float() * valid_kv
+        logits = (q_rows @ k_rows.transpose(-1, -2)) * scale_log2
+        if bias is not None:
+            flat = bias.reshape(bias.shape[0], -1)
+            logits = logits + flat[:, rel.clamp(0, flat.shape[1] - 1)][None] * LOG2E
+        logits = logits.masked_fill(~mask, float("-inf"))
+        new_max = torch.maximum(row_max, logits.amax(dim=-1))
+        base = torch.where(new_max == float("-inf"), torch.zeros_like(new_max), new_max)
+        probs = torch.exp2(logits - base[..., None])
+        alpha = torch.exp2(row_max - base)
+        row_sum = row_sum * alpha + probs.sum(dim=-1)
+        row_max = new_max
+        if tensor_core:  # WMMA consumes P in the input dtype
+            probs = probs.to(dtype).float()
+            v_rows = v_rows.to(dtype).float()
+        acc = acc * alpha[..., None] + probs @ v_rows
+
+    result = acc / row_sum[..., None]
+    for r, (tok, valid) in enumerate(zip(q_tok, q_valid)):
+        if valid:
+            out[:, tok[0], tok[1], tok[2]] = result[:, :, r]

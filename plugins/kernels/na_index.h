@@ -1,0 +1,86 @@
+// Neighborhood-attention index math shared by the CUDA kernels, the host launcher, the TensorRT plugin
+// and the CPU unit tests (compiled by both nvcc and g++). DESIGN.md section 5 defines the windows;
+// tests/test_native_index.py checks every function here against the Python reference formula.
+#pragma once
+
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#define ATTNX_HD __host__ __device__ __forceinline__
+#else
+#define ATTNX_HD inline
+#endif
+
+namespace attnx {
+
+constexpr int kMaxRank = 3;
+
+// A half-open index range [begin, end).
+struct Range {
+    int begin;
+    int end;
+};
+
+// Number of positions of dilation group g on an axis of length n with dilation d.
+ATTNX_HD int group_length(int n, int d, int g) { return (n - g + d - 1) / d; }
+
+// Keys (in group coordinates j' = j div d) seen by the query at group coordinate ip.
+// n_g: group length, k: kernel, s: stride. Non-causal windows always hold exactly k keys.
+ATTNX_HD Range window(int ip, int n_g, int k, int s, bool causal) {
+    if (causal) {
+        int leader = (ip / s) * s + s - 1;
+        leader = leader < n_g - 1 ? leader : n_g - 1;
+        int begin = leader - k + 1;
+        int end = ip + 1 < n_g ? ip + 1 : n_g;
+        return Range{begin > 0 ? begin : 0, end};
+    }
+    int left = k / 2;
+    int right = k / 2 + k % 2 - 1;
+    int leader = (ip / s) * s + s / 2;
+    leader = leader < n_g - 1 ? leader : n_g - 1;
+    int center = leader < n_g - 1 - right ? leader : n_g - 1 - right;
+    center = center > left ? center : left;
+    return Range{center - left, center - left + k};
+}
+
+// Keys touched by the query tile [q_first, q_last] (group coordinates, inclusive): window begins and
+// ends are non-decreasing in the query index, so the union is [begin(q_first), end(q_last)).
+ATTNX_HD Range tile_kv_range(int q_first, int q_last, int n_g, int k, int s, bool causal) {
+    Range lo = window(q_first, n_g, k, s, causal);
+    Range hi = window(q_last, n_g, k, s, causal);
+    return Range{lo.begin, hi.end};
+}
+
+// Relative-position-bias index of key jp for query ip on one axis, in [0, 2k-2] inside the window.
+ATTNX_HD int rpb_index(int jp, int ip, int k) { return jp - ip + k - 1; }
+
+ATTNX_HD int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// Query-tile shape (in group coordinates) holding at most `tile_tokens` queries (a power of two).
+// Doubles one axis at a time, innermost axis first, while the axis still has room: a tile never
+// extends far past the longest dilation group of its axis. kv tiles use the same shape.
+ATTNX_HD void choose_tile_shape(int rank, const int* n, const int* d, int tile_tokens, int* shape) {
+    int cap[kMaxRank];
+    for (int a = 0; a < rank; ++a) {
+        shape[a] = 1;
+        cap[a] = ceil_div(n[a], d[a]);
+    }
+    int tokens = 1;
+    bool grew = true;
+    while (grew && tokens * 2 <= tile_tokens) {
+        grew = false;
+        for (int a = rank - 1; a >= 0 && tokens * 2 <= tile_tokens; --a) {
+            if (shape[a] < cap[a]) {
+                shape[a] *= 2;
+                tokens *= 2;
+                grew = true;
+            }
+        }
+    }
+}
+
+// Query tiles along one axis: every dilation group gets ceil(ceil(n/d) / tile) tiles (groups shorter
+// than the longest one may leave their last tile empty; the kernel skips empty slots).
+ATTNX_HD int tiles_per_axis(int n, int d, int tile) { return d * ceil_div(ceil_div(n, d), tile); }
+
+}  // namespace attnx
