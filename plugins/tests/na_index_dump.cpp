@@ -1,0 +1,50 @@
+// Prints the shared index math (na_index.h) for configurations read from stdin, so that
+// tests/test_native_index.py can compare it with the Python reference formula. One request per line:
+//   W n k s d causal        -> "b e" per query i (window of i, group coordinates), one line
+//   T n k s d causal tile   -> "b e" per (group, tile) in order, one line
+//   S n0 n1 n2 d0 d1 d2 tokens -> the chosen tile shape, one line
+#include <iostream>
+#include <sstream>
+#include <string>
+
+#include "na_index.h"
+
+int main() {
+    std::string line;
+    while (std::getline(std::cin, line)) {
+        std::istringstream in(line);
+        char kind = 0;
+        in >> kind;
+        std::ostringstream out;
+        if (kind == 'W' || kind == 'T') {
+            int n, k, s, d, causal, tile = 1;
+            in >> n >> k >> s >> d >> causal;
+            if (kind == 'T') in >> tile;
+            for (int g = 0; g < d && g < n; ++g) {
+                const int n_g = attnx::group_length(n, d, g);
+                if (kind == 'W') {
+                    for (int ip = 0; ip < n_g; ++ip) {
+                        const attnx::Range r = attnx::window(ip, n_g, k, s, causal != 0);
+                        out << r.begin << ' ' << r.end << ' ';
+                    }
+                } else {
+                    for (int first = 0; first < n_g; first += tile) {
+                        const int last = first + tile < n_g ? first + tile - 1 : n_g - 1;
+                        const attnx::Range r = attnx::tile_kv_range(first, last, n_g, k, s, causal != 0);
+                        out << r.begin << ' ' << r.end << ' ';
+                    }
+                }
+            }
+        } else if (kind == 'S') {
+            int n[3], d[3], tokens, shape[3];
+            in >> n[0] >> n[1] >> n[2] >> d[0] >> d[1] >> d[2] >> tokens;
+            attnx::choose_tile_shape(3, n, d, tokens, shape);
+            out << shape[0] << ' ' << shape[1] << ' ' << shape[2];
+        } else {
+            std::cerr << "unknown request: " << line << '\n';
+            return 2;
+        }
+        std::cout << out.str() << '\n';
+    }
+    return 0;
+}

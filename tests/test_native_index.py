@@ -1,0 +1,88 @@
+"""The C++ index math shared by the CUDA kernel and the plugin (plugins/kernels/na_index.h) against
+the Python reference formula, on thousands of random per-axis configurations."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+
+import pytest
+
+from attn_export.models import na_kernel_sim as sim
+from attn_export.models.neighborhood import axis_window
+
+from native_tools import PLUGINS, compile_program
+
+
+@pytest.fixture(scope="module")
+def index_dump(tmp_path_factory):
+    exe = tmp_path_factory.mktemp("native") / "na_index_dump"
+    return compile_program([PLUGINS / "tests" / "na_index_dump.cpp"], exe)
+
+
+def run_requests(exe, lines: list[str]) -> list[list[int]]:
+    result = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True, check=True)
+    return [[int(x) for x in row.split()] for row in result.stdout.splitlines()]
+
+
+def random_axes(count: int, seed: int) -> list[tuple[int, int, int, int, bool]]:
+    rng = random.Random(seed)
+    configs = []
+    while len(configs) < count:
+        k = rng.randint(2, 13)
+        s = rng.randint(1, k)
+        d = rng.choice([1, 1, 2, 3, 5])
+        n = rng.randint(k * d, k * d + 40)
+        configs.append((n, k, s, d, rng.random() < 0.35))
+    return configs
+
+
+def reference_windows(n, k, s, d, causal) -> list[tuple[int, int]]:
+    """Window of each query, in the dump's order (group, then position), from axis_window."""
+    key, _, valid = axis_window(n, k, s, d, causal)
+    windows = []
+    for g in range(min(d, n)):
+        for i in range(g, n, d):
+            keys = key[i][valid[i]] // d
+            windows.append((int(keys.min()), int(keys.max()) + 1))
+            # The window is contiguous in group coordinates: the kernel's [begin, end) test is exact.
+            assert len(keys) == windows[-1][1] - windows[-1][0]
+    return windows
+
+
+def test_windows_match_reference_formula(index_dump):
+    configs = random_axes(3000, seed=1)
+    rows = run_requests(index_dump, [f"W {n} {k} {s} {d} {int(c)}" for n, k, s, d, c in configs])
+    for config, row in zip(configs, rows, strict=True):
+        got = list(zip(row[0::2], row[1::2]))
+        assert got == reference_windows(*config), f"window mismatch for n,k,s,d,causal={config}"
+
+
+def test_tile_kv_range_is_the_union_of_the_tile_windows(index_dump):
+    configs = [(*c, random.Random(i).choice([1, 2, 4, 8, 16, 64])) for i, c in enumerate(random_axes(2000, seed=2))]
+    rows = run_requests(index_dump, [f"T {n} {k} {s} {d} {int(c)} {t}" for n, k, s, d, c, t in configs])
+    for (n, k, s, d, causal, tile), row in zip(configs, rows, strict=True):
+        windows = reference_windows(n, k, s, d, causal)
+        expected, offset = [], 0
+        for g in range(min(d, n)):
+            n_g = (n - g + d - 1) // d
+            group = windows[offset:offset + n_g]
+            offset += n_g
+            for first in range(0, n_g, tile):
+                part = group[first:first + tile]
+                expected.append((min(b for b, _ in part), max(e for _, e in part)))
+        assert list(zip(row[0::2], row[1::2])) == expected, f"kv range mismatch for {(n, k, s, d, causal, tile)}"
+
+
+def test_tile_shape_matches_the_simulator(index_dump):
+    rng = random.Random(3)
+    configs = []
+    for _ in range(1000):
+        rank = rng.randint(1, 3)
+        n = [1] * (3 - rank) + [rng.randint(2, 300) for _ in range(rank)]
+        d = [1] * (3 - rank) + [rng.choice([1, 1, 2, 4]) for _ in range(rank)]
+        configs.append((n, d, rng.choice([16, 32, 64])))
+    rows = run_requests(index_dump, [f"S {' '.join(map(str, n + d))} {t}" for n, d, t in configs])
+    for (n, d, tokens), row in zip(configs, rows, strict=True):
+        assert row == sim.choose_tile_shape(n, d, tokens)
+        assert 1 <= row[0] * row[1] * row[2] <= tokens
