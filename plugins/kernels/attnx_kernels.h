@@ -13,25 +13,27 @@
 extern "C" {
 #endif
 
-int32_t attnx_abi_version(void);
+#define ATTNX_API __attribute__((visibility("default")))
+
+ATTNX_API int32_t attnx_abi_version(void);
 
 // Checks params against DESIGN.md section 5; on failure returns ATTNX_INVALID_ARGUMENT and the reason
 // is in attnx_last_error().
-attnx_status attnx_na_validate(const attnx_na_params* params);
+ATTNX_API attnx_status attnx_na_validate(const attnx_na_params* params);
 
 // Bytes of device workspace attnx_na_forward needs (the fused kernel currently needs none).
-size_t attnx_na_workspace_size(const attnx_na_params* params);
+ATTNX_API size_t attnx_na_workspace_size(const attnx_na_params* params);
 
 // The kernel attnx_na_forward would run for params on the current device; ATTNX_PATH_NONE if none.
-attnx_na_path attnx_na_select_path(const attnx_na_params* params);
+ATTNX_API attnx_na_path attnx_na_select_path(const attnx_na_params* params);
 
 // out = NA(q, k, v). Asynchronous on `stream`; returns after the launch.
-attnx_status attnx_na_forward(const attnx_na_params* params, const void* q, const void* k, const void* v,
+ATTNX_API attnx_status attnx_na_forward(const attnx_na_params* params, const void* q, const void* k, const void* v,
                               const void* rpb, void* out, void* workspace, size_t workspace_size,
                               cudaStream_t stream);
 
 // The reason for the last non-OK status on this thread ("" if none).
-const char* attnx_last_error(void);
+ATTNX_API const char* attnx_last_error(void);
 
 #ifdef __cplusplus
 }
