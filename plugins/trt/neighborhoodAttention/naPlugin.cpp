@@ -56,7 +56,11 @@ std::vector<TensorInfo> infos(DynamicPluginTensorDesc const* desc, int32_t count
 
 // Every noexcept override reports what went wrong and returns this instead of throwing.
 int32_t reportFailure(char const* where, std::exception const* e) noexcept {
-    logError(std::string(kPluginName) + "::" + where + ": " + (e ? e->what() : "unknown exception"));
+    try {
+        logError(std::string(kPluginName) + "::" + where + ": " + (e ? e->what() : "unknown exception"));
+    } catch (...) {
+        // Out of memory while reporting: the -1 still tells TensorRT that the call failed.
+    }
     return -1;
 }
 
