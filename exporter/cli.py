@@ -7,6 +7,7 @@ Exit codes (DESIGN.md section 8): 0 success, 1 a check failed, 2 bad input or us
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ Examples:
   attn-export ckpt.pt --factory mypkg.models:build -o out/
   attn-export check zoo:nat-tiny out/nat-tiny/model.onnx --report out/check.json
   attn-export zoo
+  attn-export plugins build --arch 90
 
 `attn-export MODEL ...` is `attn-export export MODEL ...`: see `attn-export export --help`
 for its options. Exit codes: 0 ok, 1 check failed, 2 bad input, 3 missing dependency.
@@ -178,9 +180,16 @@ def main():
               help="Dynamic spatial dims where the model declares them (zoo models).")
 @click.option("--opset", type=int, help="ONNX opset (18-23, default 18).")
 @click.option("--no-check", is_flag=True, help="Skip the PyTorch vs ONNX Runtime parity check.")
+@click.option("--engine/--no-engine", default=None,
+              help="Build OUTDIR/model.engine with TensorRT and the plugin library [default: when both are present]; "
+                   "parity then also runs the engine. --engine without them exits 3.")
+@click.option("--max-batch", type=int, default=16, show_default=True,
+              help="Largest batch of the engine's optimization profile (with --dynamic-batch).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), metavar="FILE",
+              help="TensorRT timing cache to read and update (speeds up rebuilds).")
 @_model_options
-def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, input_shapes, factory, trust_pickle,
-               inputs_npz, atol, rtol, seed, debug):
+def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, engine, max_batch, timing_cache,
+               input_shapes, factory, trust_pickle, inputs_npz, atol, rtol, seed, debug):
     """Export MODEL (zoo:NAME, a .pt2 archive, a checkpoint with --factory, or a pickle with
     --trust-pickle) to OUTDIR/model.onnx and check parity (report.json). Exit 1 if parity fails."""
 
@@ -190,10 +199,14 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, i
 
         opts = ExportOptions(opset=check_opset(opset), dynamic_batch=dynamic_batch, dynamic_spatial=dynamic_spatial,
                              check=not no_check, tolerances=_parse_tolerances(atol, rtol), inputs_npz=inputs_npz,
-                             seed=seed, command=["attn-export", *sys.argv[1:]])
-        loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=3 if opts.check else 2)
+                             seed=seed, command=["attn-export", *sys.argv[1:]], engine=engine, max_batch=max_batch,
+                             timing_cache=timing_cache)
+        opts.engine = opts.wants_engine()  # an explicit --engine without TensorRT fails here, before any work
+        loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=2 + opts.engine + opts.check)
         result = export_job(loaded, outdir, opts, step)
         click.echo(f"wrote {result.onnx_path}")
+        if result.engine_path:
+            click.echo(f"wrote {result.engine_path}")
         return _report_outcome(result.report, result.report_path)
 
     _run(debug, body)
@@ -234,3 +247,62 @@ def zoo_cmd():
 
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name="attn-export")
+
+
+@main.group("plugins")
+def plugins_group():
+    """Build and locate the native libraries (CUDA kernels, TensorRT plugins)."""
+
+
+@plugins_group.command("build")
+@click.option("--arch", default=None, metavar="LIST",
+              help="CUDA architectures, e.g. 90 or 80;86;89;90 [default: native where a GPU is visible, else 90].")
+@click.option("--tensorrt-root", type=click.Path(file_okay=False), metavar="DIR",
+              help="TensorRT install whose include/ has NvInfer.h (else TENSORRT_ROOT, else no plugin library).")
+@click.option("--build-dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Build folder [default: $ATTN_EXPORT_BUILD_DIR or ~/.cache/attn-export/plugins].")
+@click.option("--fetch-trt-headers", is_flag=True,
+              help="Download TensorRT headers (PyPI wheel kernel-lens) into the build folder to compile the plugin "
+                   "without a TensorRT install (compile check only).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def plugins_build_cmd(arch, tensorrt_root, build_dir, fetch_trt_headers, debug):
+    """Compile plugins/ with CMake and print the library paths."""
+
+    def body():
+        import shutil
+
+        from attn_export import native
+
+        chosen = arch or ("native" if shutil.which("nvidia-smi") else "90")
+        click.echo(f"building the native libraries for CUDA architectures {chosen} ...", err=True)
+        result = native.build(chosen, tensorrt_root, build_dir, fetch_trt_headers,
+                              log=lambda line: click.echo(line, err=True))
+        click.echo(f"kernels: {result.kernels}")
+        if result.plugins:
+            click.echo(f"plugins: {result.plugins}")
+        else:
+            click.echo("plugins: not built (no TensorRT headers: pass --tensorrt-root or set TENSORRT_ROOT)", err=True)
+        if build_dir and not os.environ.get(native.BUILD_DIR_ENV):
+            click.echo(f"to use them, set {native.BUILD_DIR_ENV}={result.build_dir}", err=True)
+        return 0
+
+    _run(debug, body)
+
+
+@plugins_group.command("path")
+def plugins_path_cmd():
+    """Print the libraries attn-export would use; exit 3 if the plugin library is not found."""
+
+    def body():
+        from attn_export import native
+        from attn_export.errors import EXIT_MISSING_DEPENDENCY
+
+        kernels, plugins = native.kernels_library(), native.plugin_library()
+        click.echo(f"kernels: {kernels or 'not found'}")
+        click.echo(f"plugins: {plugins or 'not found'}")
+        if plugins is None:
+            click.echo(f"error: no {native.PLUGIN_LIB_NAME}; {native.BUILD_HINT} or set {native.PLUGIN_LIB_ENV}", err=True)
+            return EXIT_MISSING_DEPENDENCY
+        return 0
+
+    _run(False, body)

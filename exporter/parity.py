@@ -203,8 +203,10 @@ def check_parity(
     tolerances: Tolerances = Tolerances(),
     command: Sequence[str] | None = None,
     input_source: str = "",
+    engine_path: str | Path | None = None,
 ) -> ParityReport:
-    """Run ``model`` and the ONNX file on each feed and compare every output (PyTorch is the reference)."""
+    """Run ``model``, the ONNX file (and the TensorRT engine, if given) on each feed and compare every
+    output with PyTorch's, the reference."""
     from polygraphy.comparator import Comparator, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
 
@@ -217,6 +219,10 @@ def check_parity(
         if set(feed) != set(input_names):
             raise AttnExportError(f"input set {i} has inputs {sorted(feed)}; the ONNX model needs {input_names}")
     runners = [_torch_cpu_runner(model, feeds, input_names, output_names), _onnxruntime_runner(str(onnx_path))]
+    if engine_path is not None:
+        from attn_export.trt import trt_runner
+
+        runners.append(trt_runner(engine_path))
     per_atol = {n: tolerances.for_output(n)[0] for n in output_names}
     per_rtol = {n: tolerances.for_output(n)[1] for n in output_names}
     severity = G_LOGGER.module_severity

@@ -15,11 +15,13 @@ import numpy as np
 from attn_export.errors import AttnExportError, wrap_failure
 from attn_export.loader import LoadedModel
 from attn_export.outdir import staged_output
-from attn_export.parity import ParityReport, Tolerances
+from attn_export.parity import ParityReport, Tolerances, onnx_io
 from attn_export.registry import DOMAIN
 
 ONNX_NAME = "model.onnx"
 REPORT_NAME = "report.json"
+ENGINE_NAME = "model.engine"
+ENGINE_META_NAME = "engine.json"
 DEFAULT_SEED = 0
 
 
@@ -33,6 +35,19 @@ class ExportOptions:
     inputs_npz: str | None = None
     seed: int = DEFAULT_SEED
     command: Sequence[str] = field(default_factory=lambda: list(sys.argv))
+    engine: bool | None = None  # None: build one when TensorRT and the plugin library are present
+    max_batch: int = 16
+    timing_cache: str | None = None
+
+    def wants_engine(self) -> bool:
+        """Whether to build an engine; an explicit request without TensorRT fails here, before any work."""
+        from attn_export import trt
+
+        if self.engine:
+            trt.require_tensorrt()
+            trt.require_plugin_library()
+            return True
+        return self.engine is None and trt.engine_available()
 
 
 @dataclass
@@ -40,6 +55,7 @@ class ExportResult:
     onnx_path: Path
     report_path: Path | None
     report: ParityReport | None
+    engine_path: Path | None = None
 
     @property
     def passed(self) -> bool:
@@ -54,9 +70,11 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
     from attn_export.onnx_export import export
 
     outdir = Path(outdir)
+    build_engine = opts.wants_engine()
     # Read user inputs before any work, so that a bad file fails fast.
     user_feed = read_inputs(opts.inputs_npz, loaded) if opts.check and opts.inputs_npz else None
-    with staged_output(outdir, owned=(ONNX_NAME, REPORT_NAME)) as stage:
+    owned = (ONNX_NAME, REPORT_NAME, ENGINE_NAME, ENGINE_META_NAME)
+    with staged_output(outdir, owned=owned) as stage:
         with step("export to ONNX"):
             dynamic = loaded.dynamic_shapes(opts.dynamic_batch, opts.dynamic_spatial) if loaded.dynamic_shapes else None
             examples = loaded.random_inputs(opts.seed)
@@ -64,16 +82,30 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
             output_names = _output_names(loaded, examples)
             proto = export(model, examples, stage / ONNX_NAME, dynamic_shapes=None if loaded.program else dynamic,
                            opset=opts.opset, input_names=loaded.input_names, output_names=output_names)
+        feeds, source = check_feeds(loaded, stage / ONNX_NAME, opts.seed, user_feed, opts.inputs_npz)
+        engine = None
+        if build_engine:
+            with step("build TensorRT engine"):
+                from attn_export import trt
+
+                inputs, _ = onnx_io(stage / ONNX_NAME)
+                shapes = [{i.name: i.shape for i in loaded.inputs}] + [{n: a.shape for n, a in f.items()} for f in feeds]
+                trt.build_engine(stage / ONNX_NAME, stage / ENGINE_NAME, trt.profile_from(inputs, shapes, opts.max_batch),
+                                 opts.timing_cache, meta_path=stage / ENGINE_META_NAME)
+                engine = stage / ENGINE_NAME
         report = None
         if opts.check:
-            with step("check parity: PyTorch vs ONNX Runtime"):
+            title = "check parity: PyTorch vs ONNX Runtime" + (" vs TensorRT" if engine else "")
+            with step(title):
                 from attn_export.parity import check_parity
 
-                feeds, source = check_feeds(loaded, stage / ONNX_NAME, opts.seed, user_feed, opts.inputs_npz)
-                report = check_parity(loaded.module, stage / ONNX_NAME, feeds, opts.tolerances, opts.command, source)
+                report = check_parity(loaded.module, stage / ONNX_NAME, feeds, opts.tolerances, opts.command, source,
+                                      engine_path=engine)
                 summary = {**export_summary(proto), "converted_modules": loaded.conversions}
-                _write_report(stage / REPORT_NAME, report, loaded, onnx=ONNX_NAME, export=summary)
-    return ExportResult(outdir / ONNX_NAME, outdir / REPORT_NAME if report else None, report)
+                _write_report(stage / REPORT_NAME, report, loaded, onnx=ONNX_NAME, export=summary,
+                              engine=ENGINE_NAME if engine else None)
+    return ExportResult(outdir / ONNX_NAME, outdir / REPORT_NAME if report else None, report,
+                        outdir / ENGINE_NAME if engine else None)
 
 
 def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: str | os.PathLike | None,
@@ -123,8 +155,6 @@ def check_feeds(loaded: LoadedModel, onnx_path: Path, seed: int, user_feed: dict
 
 def _dynamic_axes(onnx_path: Path) -> dict[str, set[int]]:
     """The axes of each graph input that the ONNX file leaves symbolic."""
-    from attn_export.parity import onnx_io
-
     inputs, _ = onnx_io(onnx_path)
     return {name: {axis for axis, d in enumerate(dims) if not isinstance(d, int)} for name, dims in inputs.items()}
 

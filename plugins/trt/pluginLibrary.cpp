@@ -16,13 +16,25 @@ nvinfer1::IPluginCreatorInterface* const* creators(int32_t& count) {
     return list;
 }
 
-// Looked up at load time instead of linked: the library has no link dependency on libnvinfer, and
-// registers only where a TensorRT registry is already in the process.
+// Looked up at load time instead of linked: the library has no link dependency on libnvinfer and
+// registers only where TensorRT is already in the process. libnvinfer may have been loaded without
+// RTLD_GLOBAL (Python's `import tensorrt`), so also ask the loader for it by name, without loading it.
+nvinfer1::IPluginRegistry* processRegistry() {
+    using GetRegistry = nvinfer1::IPluginRegistry* (*)();
+    void* symbol = dlsym(RTLD_DEFAULT, "getPluginRegistry");
+    for (char const* name : {"libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"}) {
+        if (symbol) break;
+        if (void* handle = dlopen(name, RTLD_NOW | RTLD_NOLOAD)) {
+            symbol = dlsym(handle, "getPluginRegistry");
+            dlclose(handle);  // drops only the reference RTLD_NOLOAD added
+        }
+    }
+    return symbol ? reinterpret_cast<GetRegistry>(symbol)() : nullptr;
+}
+
 struct StaticRegistration {
     StaticRegistration() {
-        using GetRegistry = nvinfer1::IPluginRegistry* (*)();
-        auto get = reinterpret_cast<GetRegistry>(dlsym(RTLD_DEFAULT, "getPluginRegistry"));
-        nvinfer1::IPluginRegistry* registry = get ? get() : nullptr;
+        nvinfer1::IPluginRegistry* registry = processRegistry();
         if (!registry) return;
         int32_t count = 0;
         nvinfer1::IPluginCreatorInterface* const* list = creators(count);

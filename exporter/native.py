@@ -1,0 +1,218 @@
+"""The native libraries (plugins/): build them with CMake, find them, and call the kernels from Python.
+
+Two libraries come out of plugins/: ``libattnx_kernels.so`` (the CUDA kernels behind a C ABI) and, where
+TensorRT headers are found, ``libattnx_trt_plugins.so`` (the TensorRT plugins with the kernels linked
+in). ``attn-export plugins build`` puts them in a build cache; ATTN_EXPORT_PLUGIN_LIB and
+ATTN_EXPORT_KERNELS_LIB point at prebuilt ones instead. Nothing here imports torch, CUDA or TensorRT
+at import time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from attn_export.errors import EXIT_MISSING_DEPENDENCY, AttnExportError
+
+PLUGIN_LIB_ENV = "ATTN_EXPORT_PLUGIN_LIB"
+KERNELS_LIB_ENV = "ATTN_EXPORT_KERNELS_LIB"
+BUILD_DIR_ENV = "ATTN_EXPORT_BUILD_DIR"
+PLUGIN_LIB_NAME = "libattnx_trt_plugins.so"
+KERNELS_LIB_NAME = "libattnx_kernels.so"
+SOURCE_DIR = Path(__file__).resolve().parents[1] / "plugins"
+BUILD_HINT = "build it with `attn-export plugins build`"
+
+
+def default_build_dir() -> Path:
+    if os.environ.get(BUILD_DIR_ENV):
+        return Path(os.environ[BUILD_DIR_ENV])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "attn-export" / "plugins"
+
+
+def _find(env: str, name: str) -> Path | None:
+    explicit = os.environ.get(env)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise AttnExportError(f"{env}={explicit} does not exist; point it at a built {name} or unset it",
+                                  EXIT_MISSING_DEPENDENCY)
+        return path
+    built = default_build_dir() / name
+    return built if built.is_file() else None
+
+
+def plugin_library() -> Path | None:
+    """The TensorRT plugin library: $ATTN_EXPORT_PLUGIN_LIB, else the build cache; None if absent."""
+    return _find(PLUGIN_LIB_ENV, PLUGIN_LIB_NAME)
+
+
+def kernels_library() -> Path | None:
+    """The CUDA kernel library: $ATTN_EXPORT_KERNELS_LIB, else the build cache; None if absent."""
+    return _find(KERNELS_LIB_ENV, KERNELS_LIB_NAME)
+
+
+# ---------------------------------------------------------------------------------------------
+# Build
+
+
+@dataclass
+class BuildResult:
+    build_dir: Path
+    kernels: Path
+    plugins: Path | None  # None when no TensorRT headers were found
+
+
+def build(arch: str = "90", tensorrt_root: str | None = None, build_dir: str | os.PathLike | None = None,
+          fetch_trt_headers: bool = False, jobs: int | None = None, log=print) -> BuildResult:
+    """Configure and build plugins/ with CMake; returns the library paths.
+
+    ``arch`` is a CMake CUDA_ARCHITECTURES list ("90", "80;90", "native"); ``fetch_trt_headers``
+    downloads TensorRT headers (PyPI wheel kernel-lens) into the build folder when none are found,
+    which is enough to compile the plugin but not to run it.
+    """
+    for tool, hint in (("cmake", "pip install cmake, or your OS package"),
+                       ("nvcc", "install the CUDA toolkit and put its bin/ on PATH")):
+        if not shutil.which(tool) and not (tool == "nvcc" and os.environ.get("CUDACXX")):
+            raise AttnExportError(f"`plugins build` needs {tool}, which is not on PATH: {hint}", EXIT_MISSING_DEPENDENCY)
+    _check_arch(arch)
+    out = Path(build_dir) if build_dir else default_build_dir()
+    configure = ["cmake", "-S", str(SOURCE_DIR), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DCMAKE_CUDA_ARCHITECTURES={arch.replace(',', ';')}",
+                 f"-DATTNX_FETCH_TRT_HEADERS={'ON' if fetch_trt_headers else 'OFF'}"]
+    if tensorrt_root:
+        if not Path(tensorrt_root).is_dir():
+            raise AttnExportError(f"--tensorrt-root {tensorrt_root} is not a folder")
+        configure.append(f"-DTENSORRT_ROOT={tensorrt_root}")
+    _run_logged(configure, out, "configure", log)
+    _run_logged(["cmake", "--build", str(out), "-j", str(jobs or os.cpu_count() or 2)], out, "build", log)
+    kernels = out / KERNELS_LIB_NAME
+    plugins = out / PLUGIN_LIB_NAME
+    return BuildResult(out, kernels, plugins if plugins.is_file() else None)
+
+
+def _run_logged(cmd: list[str], out: Path, what: str, log) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / f"attn-export-{what}.log"
+    with open(log_path, "w") as handle:
+        result = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        raise AttnExportError(f"native {what} failed: {_first_error(log_path.read_text())}; full log: {log_path}", 1)
+    log(f"    {what}: ok (log {log_path})")
+
+
+def _first_error(log: str) -> str:
+    """The first error of a CMake/compiler log with the line that explains it (CMake puts it next)."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "error" in line.lower():
+            detail = lines[i + 1] if line.endswith(":") and i + 1 < len(lines) else ""
+            return f"{line} {detail}".strip()[:300]
+    return lines[-1][:300] if lines else "no output"
+
+
+def _check_arch(arch: str) -> None:
+    for part in arch.replace(",", ";").split(";"):
+        number = part.split("-")[0]
+        if part == "native":
+            continue
+        if not number.isdigit():
+            raise AttnExportError(f"--arch '{arch}' is not a CUDA architecture list such as 90, 80;90 or native")
+        if int(number) < 80:
+            raise AttnExportError(f"--arch {part}: the kernels need sm_80 or newer (bf16 tensor cores); use 80 or above")
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels from Python (ctypes): the GPU tests and benchmarks call the C ABI directly.
+
+_DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
+PATHS = {0: "none", 1: "tensor-core", 2: "generic"}
+
+
+class NAParamsStruct(ctypes.Structure):
+    """Mirror of attnx_na_params (plugins/kernels/attnx_types.h)."""
+
+    _fields_ = [
+        ("rank", ctypes.c_int32), ("batch", ctypes.c_int32), ("heads", ctypes.c_int32), ("head_dim", ctypes.c_int32),
+        ("spatial", ctypes.c_int32 * 3), ("kernel_size", ctypes.c_int32 * 3), ("stride", ctypes.c_int32 * 3),
+        ("dilation", ctypes.c_int32 * 3), ("is_causal", ctypes.c_int32 * 3),
+        ("scale", ctypes.c_float), ("dtype", ctypes.c_int32), ("has_rpb", ctypes.c_int32),
+    ]
+
+
+class NativeKernels:
+    """The C ABI of libattnx_kernels.so, for torch CUDA tensors in NATTEN layout."""
+
+    ABI_VERSION = 1
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        path = path or kernels_library()
+        if path is None:
+            raise AttnExportError(f"the CUDA kernel library {KERNELS_LIB_NAME} was not found; {BUILD_HINT} "
+                                  f"or set {KERNELS_LIB_ENV}", EXIT_MISSING_DEPENDENCY)
+        try:
+            self.lib = ctypes.CDLL(str(path))
+        except OSError as exc:
+            raise AttnExportError(f"cannot load {path}: {exc}", EXIT_MISSING_DEPENDENCY) from None
+        self.path = Path(path)
+        lib = self.lib
+        lib.attnx_abi_version.restype = ctypes.c_int32
+        lib.attnx_last_error.restype = ctypes.c_char_p
+        lib.attnx_na_validate.argtypes = [ctypes.POINTER(NAParamsStruct)]
+        lib.attnx_na_select_path.argtypes = [ctypes.POINTER(NAParamsStruct)]
+        lib.attnx_na_workspace_size.argtypes = [ctypes.POINTER(NAParamsStruct)]
+        lib.attnx_na_workspace_size.restype = ctypes.c_size_t
+        lib.attnx_na_forward.argtypes = [ctypes.POINTER(NAParamsStruct)] + [ctypes.c_void_p] * 6 + [ctypes.c_size_t,
+                                                                                                    ctypes.c_void_p]
+        if lib.attnx_abi_version() != self.ABI_VERSION:
+            raise AttnExportError(f"{path} has ABI version {lib.attnx_abi_version()}, this package expects "
+                                  f"{self.ABI_VERSION}; rebuild with `attn-export plugins build`")
+
+    def params(self, q, kernel_size, stride=1, dilation=1, is_causal=False, scale=None, has_rpb=False) -> NAParamsStruct:
+        from attn_export.models.neighborhood import NAParams
+
+        batch, *spatial, heads, dim = q.shape
+        na = NAParams.from_args(len(spatial), kernel_size, stride, dilation, is_causal)
+        dtype = str(q.dtype).replace("torch.", "")
+        if dtype not in _DTYPES:
+            raise AttnExportError(f"the kernels take float32, float16 or bfloat16, not {dtype}")
+        p = NAParamsStruct(rank=len(spatial), batch=batch, heads=heads, head_dim=dim,
+                           scale=0.0 if scale is None else float(scale), dtype=_DTYPES[dtype], has_rpb=int(has_rpb))
+        for a in range(len(spatial)):
+            p.spatial[a], p.kernel_size[a], p.stride[a] = spatial[a], na.kernel_size[a], na.stride[a]
+            p.dilation[a], p.is_causal[a] = na.dilation[a], int(na.is_causal[a])
+        return p
+
+    def _check(self, status: int) -> None:
+        if status != 0:
+            message = self.lib.attnx_last_error().decode()
+            raise AttnExportError(f"neighborhood attention kernel: {message}",
+                                  2 if status == 1 else EXIT_MISSING_DEPENDENCY)
+
+    def select_path(self, q, kernel_size, **kw) -> str:
+        return PATHS[self.lib.attnx_na_select_path(ctypes.byref(self.params(q, kernel_size, **kw)))]
+
+    def neighborhood_attention(self, q, k, v, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
+                               rpb=None, out=None, stream=None):
+        """out = NA(q, k, v) on q's CUDA device and the current torch stream (or ``stream``)."""
+        import torch
+
+        for name, t in (("q", q), ("k", k), ("v", v), ("rpb", rpb), ("out", out)):
+            if t is not None and not (t.is_cuda and t.is_contiguous() and t.dtype == q.dtype):
+                raise AttnExportError(f"{name} must be a contiguous CUDA tensor of q's dtype ({q.dtype})")
+        if k.shape != q.shape or v.shape != q.shape:
+            raise AttnExportError(f"q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        p = self.params(q, kernel_size, stride, dilation, is_causal, scale, has_rpb=rpb is not None)
+        self._check(self.lib.attnx_na_validate(ctypes.byref(p)))
+        out = torch.empty_like(q) if out is None else out
+        size = self.lib.attnx_na_workspace_size(ctypes.byref(p))
+        workspace = torch.empty(size, dtype=torch.uint8, device=q.device) if size else None
+        stream = stream if stream is not None else torch.cuda.current_stream(q.device)
+        self._check(self.lib.attnx_na_forward(
+            ctypes.byref(p), q.data_ptr(), k.data_ptr(), v.data_ptr(), rpb.data_ptr() if rpb is not None else None,
+            out.data_ptr(), workspace.data_ptr() if workspace is not None else None, size, stream.cuda_stream))
+        return out

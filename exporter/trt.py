@@ -1,0 +1,141 @@
+"""TensorRT engines: build one from the exported ONNX with our plugin library, and run it in parity.
+
+TensorRT is imported lazily, through Polygraphy's TensorRT backend, only when a step needs it. The
+network is strongly typed (TensorRT 10+ takes precisions from the ONNX; TensorRT 11 has no other
+mode), so no precision builder flags and no implicit INT8 calibrators are used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from attn_export.errors import EXIT_MISSING_DEPENDENCY, AttnExportError, wrap_failure
+from attn_export.native import BUILD_HINT, PLUGIN_LIB_ENV, PLUGIN_LIB_NAME, plugin_library
+
+DEFAULT_MAX_BATCH = 16
+TRT_INSTALL_HINT = ("install TensorRT (pip install 'attn-export[trt]', tensorrt>=10.8) on a machine with an NVIDIA "
+                    "GPU and driver, or pass --no-engine")
+
+
+def tensorrt_module():
+    """The tensorrt module, or None when it is absent (or a PyPI download stub that cannot import)."""
+    try:
+        import tensorrt
+    except Exception:  # noqa: BLE001 - missing, or a stub/driver-less install failing at import
+        return None
+    return tensorrt if hasattr(tensorrt, "Builder") else None
+
+
+def require_tensorrt():
+    trt = tensorrt_module()
+    if trt is None:
+        raise AttnExportError(f"building a TensorRT engine needs TensorRT, which is not installed: {TRT_INSTALL_HINT}",
+                              EXIT_MISSING_DEPENDENCY)
+    return trt
+
+
+def require_plugin_library() -> Path:
+    path = plugin_library()
+    if path is None:
+        raise AttnExportError(f"building a TensorRT engine needs the plugin library {PLUGIN_LIB_NAME}: {BUILD_HINT} "
+                              f"on a machine with TensorRT headers, or set {PLUGIN_LIB_ENV}", EXIT_MISSING_DEPENDENCY)
+    return path
+
+
+def engine_available() -> bool:
+    """True when both TensorRT and the plugin library are present (the export builds an engine then)."""
+    try:
+        return tensorrt_module() is not None and plugin_library() is not None
+    except AttnExportError:
+        return False
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+def profile_from(onnx_inputs: Mapping[str, Sequence], shapes: Sequence[Mapping[str, Sequence[int]]],
+                 max_batch: int = DEFAULT_MAX_BATCH) -> dict[str, ShapeRange]:
+    """One optimization profile covering ``shapes`` (the export shapes first, then the check's other
+    input sets): opt is the export shape, each dim the ONNX file leaves symbolic ranges over the
+    sizes seen, and a symbolic batch (--dynamic-batch) over [1, max_batch]."""
+    if max_batch < 1:
+        raise AttnExportError(f"--max-batch {max_batch} must be at least 1")
+    profile = {}
+    for name, dims in onnx_inputs.items():
+        seen = [tuple(int(x) for x in s[name]) for s in shapes if name in s]
+        if not seen:
+            raise AttnExportError(f"no shape for ONNX input '{name}'; pass --input-shape {name}=DIMS")
+        opt, low, high = seen[0], list(seen[0]), list(seen[0])
+        for axis, dim in enumerate(dims):
+            if isinstance(dim, int):
+                continue
+            low[axis] = min(s[axis] for s in seen)
+            high[axis] = max(s[axis] for s in seen)
+            if axis == 0:
+                low[0], high[0] = 1, max(max_batch, high[0])
+        profile[name] = ShapeRange(tuple(low), opt, tuple(high))
+    return profile
+
+
+def build_engine(onnx_path: str | Path, engine_path: str | Path, profile: Mapping[str, ShapeRange],
+                 timing_cache: str | Path | None = None, meta_path: str | Path | None = None) -> dict:
+    """Build and write a serialized engine; returns its metadata (also written to ``meta_path``)."""
+    trt = require_tensorrt()
+    plugins = require_plugin_library()
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, LoadPlugins, NetworkFromOnnxPath, Profile
+
+    trt_profile = Profile()
+    for name, shapes in profile.items():
+        trt_profile.add(name, shapes.min, shapes.opt, shapes.max)
+    network = LoadPlugins(plugins=[str(plugins)], obj=NetworkFromOnnxPath(str(onnx_path), strongly_typed=True))
+    config = CreateConfig(profiles=[trt_profile], load_timing_cache=str(timing_cache) if timing_cache else None)
+    start = time.perf_counter()
+    try:
+        engine = EngineBytesFromNetwork(network, config=config,
+                                        save_timing_cache=str(timing_cache) if timing_cache else None)()
+    except Exception as exc:  # noqa: BLE001 - parser / builder failures arrive as many types
+        raise wrap_failure(exc, "building the TensorRT engine", "rerun with --debug; the TensorRT log names the node") from exc
+    engine_path = Path(engine_path)
+    engine_path.write_bytes(bytes(engine))
+    meta = {
+        "engine": engine_path.name,
+        "bytes": engine_path.stat().st_size,
+        "tensorrt": trt.__version__,
+        "strongly_typed": True,
+        "plugin_library": str(plugins),
+        "plugin_library_sha256": _sha256(plugins),
+        "onnx_sha256": _sha256(Path(onnx_path)),
+        "profile": {n: {"min": list(s.min), "opt": list(s.opt), "max": list(s.max)} for n, s in profile.items()},
+        "timing_cache": str(timing_cache) if timing_cache else None,
+        "build_seconds": round(time.perf_counter() - start, 2),
+    }
+    if meta_path:
+        Path(meta_path).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def trt_runner(engine_path: str | Path, name: str = "tensorrt"):
+    """A Polygraphy TrtRunner over a built engine, with our plugin library loaded first."""
+    require_tensorrt()
+    plugins = require_plugin_library()
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, LoadPlugins, TrtRunner
+
+    return TrtRunner(LoadPlugins(plugins=[str(plugins)], obj=EngineFromBytes(BytesFromPath(str(engine_path)))), name=name)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
