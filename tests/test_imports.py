@@ -35,7 +35,8 @@ def _all_modules() -> list[str]:
 
 def test_every_module_imports_without_optional_dependencies():
     modules = _all_modules()
-    assert {"attn_export.cli", "attn_export.models.zoo", "attn_export.calib"} <= set(modules)
+    assert {"attn_export.cli", "attn_export.models.zoo", "attn_export.calib", "attn_export.trt",
+            "attn_export.native", "attn_export.models.na_kernel_sim"} <= set(modules)
     proc = _run("import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
                 + "import tensorrt\n")
     # The last line proves the blocker works: tensorrt must fail to import even where it is installed.

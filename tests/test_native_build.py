@@ -1,0 +1,94 @@
+"""Native tier (DESIGN.md section 7): plugins/ builds with CMake and nvcc for one architecture, the
+plugin library compiles against real TensorRT headers (PyPI wheel kernel-lens, fetched at configure
+time), exports only its two entry points, and its CPU tests (ctest) pass. The ctypes binding of the
+kernel library works without a GPU for everything that needs none."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from attn_export import native
+from attn_export.errors import AttnExportError
+
+pytestmark = pytest.mark.native
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def native_build() -> Path:
+    """A build of plugins/: $ATTN_EXPORT_BUILD_DIR when it holds one (.ci/run builds it first),
+    else an incremental build under build/pytest-native."""
+    given = os.environ.get(native.BUILD_DIR_ENV)
+    if given and (Path(given) / native.KERNELS_LIB_NAME).is_file():
+        return Path(given)
+    missing = [tool for tool in ("cmake", "nvcc") if not shutil.which(tool)]
+    if missing:
+        pytest.skip(f"native tier: {', '.join(missing)} not on PATH (install CMake and the CUDA toolkit)")
+    result = native.build("90", build_dir=REPO / "build" / "pytest-native", fetch_trt_headers=True, log=lambda _: None)
+    return result.build_dir
+
+
+def exported(lib: Path) -> set[str]:
+    out = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True, check=True).stdout
+    return {line.split()[-1] for line in out.splitlines() if line.strip()}
+
+
+def test_kernel_library_exports_only_the_c_abi(native_build):
+    names = exported(native_build / native.KERNELS_LIB_NAME)
+    assert {"attnx_na_forward", "attnx_na_workspace_size", "attnx_na_validate", "attnx_last_error"} <= names
+    assert all(n.startswith("attnx_") for n in names), sorted(names)
+
+
+def test_kernel_library_has_sm90_code_and_static_cudart(native_build):
+    lib = native_build / native.KERNELS_LIB_NAME
+    needed = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True, check=True).stdout
+    assert "libcudart" not in needed  # static CUDA runtime: no runtime dependency but the driver
+    if shutil.which("cuobjdump"):
+        listing = subprocess.run(["cuobjdump", "--list-elf", str(lib)], capture_output=True, text=True).stdout
+        assert "sm_90" in listing
+
+
+def test_plugin_library_compiled_against_tensorrt_headers(native_build):
+    lib = native_build / native.PLUGIN_LIB_NAME
+    assert lib.is_file(), "the plugin library was not built: no TensorRT headers found"
+    assert exported(lib) == {"getCreators", "setLoggerFinder"}
+    needed = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True, check=True).stdout
+    assert "libnvinfer" not in needed and "libcudart" not in needed
+
+
+def test_ctest_cpu_tests_pass(native_build):
+    result = subprocess.run(["ctest", "--output-on-failure"], cwd=native_build, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "plugin_glue" in result.stdout and "na_config" in result.stdout
+
+
+def test_ctypes_binding_validates_without_a_gpu(native_build):
+    import torch
+
+    kernels = native.NativeKernels(native_build / native.KERNELS_LIB_NAME)
+    q = torch.empty(2, 12, 10, 4, 32, dtype=torch.float16)
+    p = kernels.params(q, kernel_size=(5, 3), dilation=(2, 3))
+    assert kernels.lib.attnx_na_validate(p) == 0
+    assert kernels.lib.attnx_na_workspace_size(p) == 0
+    p.spatial[1] = 8  # 3 * 3 > 8
+    assert kernels.lib.attnx_na_validate(p) == 1
+    assert "exceeds the axis length 8" in kernels.lib.attnx_last_error().decode()
+    p.spatial[1], p.head_dim = 10, 300
+    assert kernels.lib.attnx_na_validate(p) == 2  # valid but unsupported
+    with pytest.raises(AttnExportError, match="rpb|CUDA tensor"):
+        kernels.neighborhood_attention(q, q, q, kernel_size=3)  # CPU tensors are refused before any launch
+    if not torch.cuda.is_available():
+        assert kernels.select_path(q, kernel_size=3) == "none"
+
+
+def test_missing_kernel_library_is_exit_3(monkeypatch, tmp_path):
+    monkeypatch.setenv(native.BUILD_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv(native.KERNELS_LIB_ENV, raising=False)
+    with pytest.raises(AttnExportError, match="plugins build") as info:
+        native.NativeKernels()
+    assert info.value.exit_code == 3
