@@ -216,9 +216,13 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
 @click.argument("model")
 @click.argument("onnx_file", type=click.Path(), metavar="ONNX")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
+@click.option("--engine", "engine_file", type=click.Path(dir_okay=False), metavar="ENGINE",
+              help="Also run this TensorRT engine (needs TensorRT and the plugin library; else exit 3).")
 @_model_options
-def check_cmd(model, onnx_file, report_path, input_shapes, factory, trust_pickle, inputs_npz, atol, rtol, seed, debug):
-    """Compare MODEL in PyTorch with ONNX on ONNX Runtime; exit 1 on a mismatch (for CI).
+def check_cmd(model, onnx_file, report_path, engine_file, input_shapes, factory, trust_pickle, inputs_npz, atol, rtol,
+              seed, debug):
+    """Compare MODEL in PyTorch with ONNX on ONNX Runtime (and a TensorRT engine); exit 1 on a
+    mismatch (for CI).
 
     Random inputs cover two batch sizes where the ONNX batch dimension is dynamic."""
 
@@ -227,8 +231,15 @@ def check_cmd(model, onnx_file, report_path, input_shapes, factory, trust_pickle
 
         opts = ExportOptions(tolerances=_parse_tolerances(atol, rtol),
                              inputs_npz=inputs_npz, seed=seed, command=["attn-export", *sys.argv[1:]])
+        if engine_file:
+            from attn_export import trt
+
+            trt.require_tensorrt()
+            trt.require_plugin_library()
+            if not os.path.isfile(engine_file):
+                raise AttnExportError(f"--engine {engine_file} does not exist; build one with `attn-export MODEL --engine`")
         loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=2)
-        report = check_job(loaded, onnx_file, report_path, opts, step)
+        report = check_job(loaded, onnx_file, report_path, opts, step, engine_path=engine_file)
         return _report_outcome(report, report_path)
 
     _run(debug, body)

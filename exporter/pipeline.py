@@ -109,8 +109,9 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
 
 
 def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: str | os.PathLike | None,
-              opts: ExportOptions, step) -> ParityReport:
-    """Compare an existing ONNX file with the PyTorch model; optionally write the JSON report."""
+              opts: ExportOptions, step, engine_path: str | os.PathLike | None = None) -> ParityReport:
+    """Compare an existing ONNX file (and optionally a TensorRT engine built from it) with the
+    PyTorch model; optionally write the JSON report."""
     from attn_export.parity import check_parity
 
     onnx_path = Path(onnx_path)
@@ -119,8 +120,9 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
     _validate_onnx(onnx_path)
     user_feed = read_inputs(opts.inputs_npz, loaded) if opts.inputs_npz else None
     feeds, source = check_feeds(loaded, onnx_path, opts.seed, user_feed, opts.inputs_npz)
-    with step("check parity: PyTorch vs ONNX Runtime"):
-        report = check_parity(loaded.module, onnx_path, feeds, opts.tolerances, opts.command, source)
+    with step("check parity: PyTorch vs ONNX Runtime" + (" vs TensorRT" if engine_path else "")):
+        report = check_parity(loaded.module, onnx_path, feeds, opts.tolerances, opts.command, source,
+                              engine_path=engine_path)
     if report_path:
         report_path = Path(report_path)
         with staged_output(report_path.parent) as stage:

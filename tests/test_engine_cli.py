@@ -111,3 +111,23 @@ def test_profile_errors():
         trt.profile_from({"x": ["b", 4]}, [{"x": (1, 4)}], max_batch=0)
     with pytest.raises(AttnExportError, match="--input-shape y="):
         trt.profile_from({"y": ["b", 4]}, [{"x": (1, 4)}])
+
+
+def test_check_with_engine_without_tensorrt_exits_3(tmp_path, fake_plugin_library, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    result = run("check", SMALL, tmp_path / "model.onnx", "--engine", tmp_path / "model.engine")
+    assert_one_line_error(result, 3, "needs TensorRT")
+
+
+def test_no_api_that_tensorrt_11_removed():
+    """TensorRT 11 dropped implicit INT8 calibration, precision builder flags and the IPluginV2 family:
+    neither the plugin nor the engine build may use them."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sources = [*root.joinpath("plugins", "trt").rglob("*.[ch]*"), root / "exporter" / "trt.py"]
+    removed = ["IInt8Calibrator", "IInt8EntropyCalibrator", "IInt8MinMaxCalibrator", "BuilderFlag::kINT8",
+               "BuilderFlag::kFP16", "BuilderFlag.FP16", "BuilderFlag.INT8", "IPluginV2", "IPluginCreator ",
+               "int8=True", "fp16=True", "calibrator="]
+    hits = [(p.name, name) for p in sources for name in removed if name in p.read_text()]
+    assert not hits, hits
