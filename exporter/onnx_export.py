@@ -14,8 +14,14 @@ import onnx
 import torch
 
 from attn_export.errors import AttnExportError, wrap_failure
-from attn_export.onnx_functions import RPB_OVERLOAD, neighborhood_function, neighborhood_schema
-from attn_export.registry import DOMAIN, DOMAIN_VERSION, NEIGHBORHOOD
+from attn_export.onnx_functions import (
+    RPB_OVERLOAD,
+    block_sparse_function,
+    block_sparse_schema,
+    neighborhood_function,
+    neighborhood_schema,
+)
+from attn_export.registry import BLOCK_SPARSE, DOMAIN, DOMAIN_VERSION, NEIGHBORHOOD
 
 DEFAULT_OPSET = 18  # the lowest opset the torch dynamo exporter and TensorRT 10 both handle well
 SUPPORTED_OPSETS = tuple(range(18, 24))
@@ -40,10 +46,28 @@ def _neighborhood_translation():
     return translate
 
 
+def _block_sparse_translation():
+    import onnxscript
+
+    node = onnxscript.values.Op(
+        onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION), BLOCK_SPARSE.onnx_op_type, block_sparse_schema()
+    )
+
+    def translate(q, k, v, kv_count, kv_index, block_q, block_kv, scale):
+        return node(
+            q, k, v, kv_count, kv_index, block_q=int(block_q), block_kv=int(block_kv), scale=float(scale),
+            plugin_version=BLOCK_SPARSE.plugin_version, plugin_namespace=BLOCK_SPARSE.plugin_namespace,
+        )
+
+    return translate
+
+
 def custom_translation_table() -> dict:
     import attn_export.models  # noqa: F401  (registers the torch custom ops)
 
-    return {torch.ops.attn_export.neighborhood_attention.default: _neighborhood_translation()}
+    ops = torch.ops.attn_export
+    return {ops.neighborhood_attention.default: _neighborhood_translation(),
+            ops.block_sparse_attention.default: _block_sparse_translation()}
 
 
 def attach_local_functions(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -51,7 +75,9 @@ def attach_local_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     would inline a function it was handed) and mark the rpb form with its function overload."""
     onnx_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), DEFAULT_OPSET)
     needed = set()
+    block_sparse = False
     for node in model.graph.node:
+        block_sparse |= node.domain == DOMAIN and node.op_type == BLOCK_SPARSE.onnx_op_type
         if node.domain == DOMAIN and node.op_type == NEIGHBORHOOD.onnx_op_type:
             with_rpb = len(node.input) == 4 and node.input[3] != ""
             del node.input[4 if with_rpb else 3:]  # drop a trailing empty optional input
@@ -62,7 +88,9 @@ def attach_local_functions(model: onnx.ModelProto) -> onnx.ModelProto:
         key = (DOMAIN, NEIGHBORHOOD.onnx_op_type, RPB_OVERLOAD if with_rpb else "")
         if key not in have:
             model.functions.append(neighborhood_function(onnx_opset, with_rpb))
-    if needed and not any(o.domain == DOMAIN for o in model.opset_import):
+    if block_sparse and (DOMAIN, BLOCK_SPARSE.onnx_op_type, "") not in have:
+        model.functions.append(block_sparse_function(onnx_opset))
+    if (needed or block_sparse) and not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     model.ir_version = max(model.ir_version, MIN_IR_VERSION)
     return model

@@ -13,7 +13,7 @@ from __future__ import annotations
 from onnx import AttributeProto, FunctionProto, TensorProto, helper
 from onnx.defs import OpSchema
 
-from attn_export.registry import DOMAIN, DOMAIN_VERSION, NEIGHBORHOOD
+from attn_export.registry import BLOCK_SPARSE, DOMAIN, DOMAIN_VERSION, NEIGHBORHOOD
 
 _INT64_MAX = 2**63 - 1
 _NA_ATTRIBUTES = {
@@ -77,7 +77,8 @@ class _Body:
 
     def attr_ref(self, attr: str, kind: int) -> str:
         """A Constant whose value is the calling node's attribute ``attr``."""
-        field = {AttributeProto.INTS: "value_ints", AttributeProto.FLOAT: "value_float"}[kind]
+        field = {AttributeProto.INTS: "value_ints", AttributeProto.INT: "value_int",
+                 AttributeProto.FLOAT: "value_float"}[kind]
         ref = AttributeProto(name=field, ref_attr_name=attr, type=kind)
         out = self._name()
         node = helper.make_node("Constant", [], [out])
@@ -189,3 +190,94 @@ def neighborhood_function(onnx_opset: int, with_rpb: bool) -> FunctionProto:
     )
     function.overload = RPB_OVERLOAD if with_rpb else ""
     return function
+
+
+# ---------------------------------------------------------------------------------------------
+# Block-sparse attention
+
+_BSA_ATTRIBUTES = {
+    "block_q": AttributeProto.INT,
+    "block_kv": AttributeProto.INT,
+    "scale": AttributeProto.FLOAT,
+    "plugin_version": AttributeProto.STRING,
+    "plugin_namespace": AttributeProto.STRING,
+}
+
+
+def block_sparse_schema() -> OpSchema:
+    """The node contract of ``attn_export::BlockSparseAttention``."""
+    float_types = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
+    inputs = [OpSchema.FormalParameter(name, "T", doc) for name, doc in (
+        ("q", "[B, H, Sq, D]"), ("k", "[B, H, Skv, D]"), ("v", "[B, H, Skv, D]"))]
+    inputs += [OpSchema.FormalParameter(name, "I", doc) for name, doc in (
+        ("kv_count", "int32 [B|1, H|1, nQB]"), ("kv_index", "int32 [B|1, H|1, nQB, max_blocks], -1 padded"))]
+    return OpSchema(
+        BLOCK_SPARSE.onnx_op_type, DOMAIN, DOMAIN_VERSION,
+        "Block-sparse attention over a padded-ELL block layout (attn-export DESIGN.md section 5).",
+        inputs=inputs,
+        outputs=[OpSchema.FormalParameter("out", "T", "like q")],
+        type_constraints=[("T", float_types, "float tensors"), ("I", ["tensor(int32)"], "block layout")],
+        attributes=[OpSchema.Attribute(name, kind, required=name not in ("plugin_version", "plugin_namespace"))
+                    for name, kind in _BSA_ATTRIBUTES.items()],
+    )
+
+
+def block_sparse_function(onnx_opset: int) -> FunctionProto:
+    """The model-local function for ``attn_export::BlockSparseAttention``: gathers the listed blocks.
+
+    Per query block, the keys and values of its max_blocks listed kv blocks are gathered
+    ([B, H, nQB, max_blocks * block_kv, D]); unlisted slots and keys past Skv are masked, so memory
+    grows with the listed blocks, never with Sq x Skv. Rows with no block give zeros.
+    """
+    b = _Body("bsa_")
+    block_q = b.attr_ref("block_q", AttributeProto.INT)
+    block_kv = b.attr_ref("block_kv", AttributeProto.INT)
+    scale = b.attr_ref("scale", AttributeProto.FLOAT)
+    zero, one = b.scalar(0), b.scalar(1)
+    q_shape, k_shape = b.Shape("q"), b.Shape("k")
+    batch, heads = b.Slice(q_shape, b.ints(0), b.ints(1)), b.Slice(q_shape, b.ints(1), b.ints(2))
+    sq = b.Squeeze(b.Slice(q_shape, b.ints(2), b.ints(3)), b.ints(0))
+    skv = b.Squeeze(b.Slice(k_shape, b.ints(2), b.ints(3)), b.ints(0))
+    dim = b.Slice(q_shape, b.ints(3), b.ints(4))
+    n_qb = b.Div(b.Sub(b.Add(sq, block_q), one), block_q)  # ceil(Sq / block_q)
+    max_blocks = b.Slice(b.Shape("kv_index"), b.ints(3), b.ints(4))
+    unsq0 = b.ints(0)
+    layout = b.Concat(batch, heads, b.Unsqueeze(n_qb, unsq0), axis=0)
+
+    count = b.Cast(b.Expand("kv_count", layout), to=TensorProto.INT64)  # [B, H, nQB]
+    index = b.Cast(b.Expand("kv_index", b.Concat(layout, max_blocks, axis=0)), to=TensorProto.INT64)
+    slot = b.Range(zero, b.Squeeze(max_blocks, unsq0), one)
+    listed = b.Less(slot, b.Unsqueeze(count, b.ints(-1)))  # [B, H, nQB, M]
+    first = b.Mul(b.Max(index, zero), block_kv)
+    tokens = b.Add(b.Unsqueeze(first, b.ints(-1)), b.Range(zero, block_kv, one))  # [B, H, nQB, M, bkv]
+    valid = b.And(b.Unsqueeze(listed, b.ints(-1)), b.Less(tokens, skv))
+    flat = b.Concat(layout, b.ints(-1), axis=0)
+    valid = b.Reshape(valid, flat)  # [B, H, nQB, M*bkv]
+    tokens = b.Reshape(b.Min(tokens, b.Sub(skv, one)), b.Concat(batch, heads, b.ints(-1, 1), axis=0))
+
+    def gather_blocks(x: str) -> str:  # [B, H, Skv, D] -> [B, H, nQB, M*bkv, D]
+        picked = b.GatherND(x, tokens, batch_dims=2)  # [B, H, nQB*M*bkv, D]
+        return b.Reshape(picked, b.Concat(layout, b.ints(-1), dim, axis=0))
+
+    pad = b.Sub(b.Mul(n_qb, block_q), sq)
+    pads = b.Concat(b.ints(0, 0, 0, 0, 0, 0), b.Unsqueeze(pad, unsq0), b.ints(0), axis=0)
+    q_blocks = b.Reshape(b.Pad(b.Mul("q", b.CastLike(scale, "q")), pads),
+                         b.Concat(layout, b.Unsqueeze(block_q, unsq0), dim, axis=0))  # [B, H, nQB, bq, D]
+    logits = b.MatMul(q_blocks, b.Transpose(gather_blocks("k"), perm=[0, 1, 2, 4, 3]))  # [B, H, nQB, bq, M*bkv]
+    neg_inf = b.CastLike(b.op("Constant", value_float=float("-inf")), logits)
+    logits = b.Where(b.Unsqueeze(valid, b.ints(-2)), logits, neg_inf)
+    last = b.ints(-1)
+    peak = b.ReduceMax(logits, last, keepdims=1)
+    peak = b.Where(b.IsInf(peak), b.CastLike(b.op("Constant", value_float=0.0), peak), peak)  # rows with no block
+    weights = b.Exp(b.Sub(logits, peak))
+    total = b.ReduceSum(weights, last, keepdims=1)
+    empty = b.Equal(total, b.CastLike(b.op("Constant", value_float=0.0), total))  # a row with no block
+    total = b.Where(empty, b.CastLike(b.op("Constant", value_float=1.0), total), total)
+    out = b.Div(b.MatMul(weights, gather_blocks("v")), total)  # [B, H, nQB, bq, D]
+    out = b.Reshape(out, b.Concat(batch, heads, b.ints(-1), dim, axis=0))
+    b.nodes.append(helper.make_node("Slice", [out, b.ints(0), b.Unsqueeze(sq, unsq0), b.ints(2)], ["out"]))
+    return helper.make_function(
+        DOMAIN, BLOCK_SPARSE.onnx_op_type, ["q", "k", "v", "kv_count", "kv_index"], ["out"], b.nodes,
+        opset_imports=[helper.make_opsetid("", onnx_opset)],
+        attributes=list(_BSA_ATTRIBUTES),
+    )

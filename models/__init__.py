@@ -1,9 +1,11 @@
 """Attention ops (torch custom ops with CPU implementations), layers and the model zoo."""
 
+from attn_export.models.block_sparse import block_sparse_attention
 from attn_export.models.neighborhood import NAParams, neighborhood_attention
 from attn_export.models.layers import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 
 __all__ = [
+    "block_sparse_attention",
     "NAParams",
     "neighborhood_attention",
     "NeighborhoodAttention1D",

@@ -1,0 +1,165 @@
+"""Block-sparse attention (DESIGN.md section 5): the op, its checks and its CPU implementation.
+
+q ``[B, H, Sq, D]``, k and v ``[B, H, Skv, D]`` (SDPA layout). The layout is padded-ELL over blocks of
+``block_q`` x ``block_kv`` tokens: ``kv_count`` int32 ``[B|1, H|1, nQB]`` and ``kv_index`` int32
+``[B|1, H|1, nQB, max_blocks]`` (-1 padded), each broadcast over batch and heads where its leading dim
+is 1. A query attends every key of its row's listed blocks (the last, partial kv block masked by
+length); a row with no blocks outputs zeros. The CPU implementation gathers only the listed blocks:
+time and memory grow with nQB * max_blocks, never with Sq * Skv.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attn_export.errors import AttnExportError
+from attn_export.registry import BLOCK_SPARSE
+
+_OP = "block_sparse_attention"
+_CHUNK_BYTES = 64 << 20  # gathered K/V working set per chunk of query blocks
+
+
+def num_blocks(length: int, block: int) -> int:
+    return -(-length // block)
+
+
+def check_inputs(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, check_values: bool = True) -> None:
+    """Raise AttnExportError naming the argument for any shape, dtype or (when concrete) value problem."""
+    for name, block in (("block_q", block_q), ("block_kv", block_kv)):
+        if not isinstance(block, int) or isinstance(block, bool) or block < 1:
+            raise AttnExportError(f"{_OP}: {name}={block!r} must be a positive int")
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise AttnExportError(f"{_OP}: q, k, v must be [B, H, S, D]; got ranks {q.dim()}, {k.dim()}, {v.dim()}")
+    if k.shape != v.shape:
+        raise AttnExportError(f"{_OP}: k {tuple(k.shape)} and v {tuple(v.shape)} must have one shape")
+    if q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise AttnExportError(f"{_OP}: q {tuple(q.shape)} and k {tuple(k.shape)} must share B, H and D")
+    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
+        raise AttnExportError(f"{_OP}: q, k, v must share one floating dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if kv_count.dtype != torch.int32 or kv_index.dtype != torch.int32:
+        raise AttnExportError(f"{_OP}: kv_count and kv_index must be int32; got {kv_count.dtype}, {kv_index.dtype}")
+    batch, heads, sq, _ = q.shape
+    n_qb, n_kvb = num_blocks(sq, block_q), num_blocks(k.shape[2], block_kv)
+    if kv_count.dim() != 3 or kv_index.dim() != 4:
+        raise AttnExportError(f"{_OP}: kv_count must be [B|1, H|1, nQB] and kv_index [B|1, H|1, nQB, max_blocks]; "
+                              f"got shapes {tuple(kv_count.shape)} and {tuple(kv_index.shape)}")
+    for name, t in (("kv_count", kv_count), ("kv_index", kv_index)):
+        if t.shape[0] not in (1, batch) or t.shape[1] not in (1, heads) or t.shape[2] != n_qb:
+            raise AttnExportError(
+                f"{_OP}: {name} {tuple(t.shape)} must lead with [B|1, H|1, nQB] = [{batch}|1, {heads}|1, {n_qb}] "
+                f"(nQB = ceil(Sq={sq} / block_q={block_q}))")
+    if not check_values or _is_symbolic(kv_count) or _is_symbolic(kv_index):
+        return
+    max_blocks = kv_index.shape[3]
+    if kv_count.numel() and (int(kv_count.min()) < 0 or int(kv_count.max()) > max_blocks):
+        raise AttnExportError(f"{_OP}: kv_count holds values in [{int(kv_count.min())}, {int(kv_count.max())}]; "
+                              f"each must lie in [0, max_blocks={max_blocks}]")
+    listed = torch.arange(max_blocks, device=kv_index.device) < kv_count.unsqueeze(-1)
+    listed = listed.expand(torch.broadcast_shapes(listed.shape, kv_index.shape))
+    used = kv_index.expand(listed.shape)[listed]
+    if used.numel() and (int(used.min()) < 0 or int(used.max()) >= n_kvb):
+        bad = int(used.min()) if int(used.min()) < 0 else int(used.max())
+        raise AttnExportError(f"{_OP}: kv_index lists block {bad}; listed blocks must lie in [0, {n_kvb}) "
+                              f"(ceil(Skv={k.shape[2]} / block_kv={block_kv}))")
+    if used.numel():
+        sorted_rows = torch.where(listed, kv_index.expand(listed.shape), -1 - torch.arange(max_blocks)).sort(-1).values
+        if bool((sorted_rows[..., 1:] == sorted_rows[..., :-1]).any()):
+            raise AttnExportError(f"{_OP}: a row of kv_index lists one block twice; list each block once")
+
+
+def _is_symbolic(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor) or torch.compiler.is_compiling()
+
+
+def _forward(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale: float) -> torch.Tensor:
+    batch, heads, sq, dim = q.shape
+    skv = k.shape[2]
+    n_qb, max_blocks = num_blocks(sq, block_q), kv_index.shape[3]
+    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    count = kv_count.expand(batch, heads, n_qb).long()
+    index = kv_index.expand(batch, heads, n_qb, max_blocks).long()
+    listed = torch.arange(max_blocks) < count.unsqueeze(-1)  # [B, H, nQB, M]
+    tokens = index.clamp_min(0).unsqueeze(-1) * block_kv + torch.arange(block_kv)  # [B, H, nQB, M, bkv]
+    valid = (listed.unsqueeze(-1) & (tokens < skv)).flatten(-2)  # [B, H, nQB, M*bkv]
+    tokens = tokens.clamp_max(skv - 1).flatten(-2)
+    qp = torch.nn.functional.pad(q.to(compute) * scale, (0, 0, 0, n_qb * block_q - sq))
+    qb = qp.reshape(batch, heads, n_qb, block_q, dim)
+    kc, vc = k.to(compute), v.to(compute)
+    per_block = max(1, batch * heads * max_blocks * block_kv * dim * 2 * kc.element_size())
+    chunk = max(1, _CHUNK_BYTES // per_block)
+    outputs = []
+    for lo in range(0, n_qb, chunk):
+        hi = min(lo + chunk, n_qb)
+        idx = tokens[:, :, lo:hi].reshape(batch, heads, -1, 1).expand(-1, -1, -1, dim)
+        keys = kc.gather(2, idx).reshape(batch, heads, hi - lo, -1, dim)  # [B, H, n, M*bkv, D]
+        values = vc.gather(2, idx).reshape(batch, heads, hi - lo, -1, dim)
+        logits = qb[:, :, lo:hi] @ keys.transpose(-1, -2)  # [B, H, n, bq, M*bkv]
+        mask = valid[:, :, lo:hi].unsqueeze(-2)
+        logits = logits.masked_fill(~mask, float("-inf"))
+        peak = logits.amax(dim=-1, keepdim=True)
+        peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))  # rows with no block
+        weights = torch.exp(logits - peak)
+        total = weights.sum(dim=-1, keepdim=True)
+        outputs.append((weights @ values) / total.clamp_min(torch.finfo(compute).tiny))
+    out = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
+    return out.reshape(batch, heads, n_qb * block_q, dim)[:, :, :sq].to(q.dtype)
+
+
+@torch.library.custom_op(BLOCK_SPARSE.torch_qualname, mutates_args=())
+def _block_sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_count: torch.Tensor,
+                               kv_index: torch.Tensor, block_q: int, block_kv: int, scale: float) -> torch.Tensor:
+    return _forward(q, k, v, kv_count, kv_index, block_q, block_kv, scale)
+
+
+@_block_sparse_attention_op.register_fake
+def _(q, k, v, kv_count, kv_index, block_q, block_kv, scale):
+    return q.new_empty(q.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, kv_count, kv_index, block_q, block_kv, scale = inputs
+    ctx.args = (block_q, block_kv, scale)
+    ctx.save_for_backward(q, k, v, kv_count, kv_index)
+
+
+def _backward(ctx, grad_out):
+    # Recompute the differentiable forward and let autograd derive the gradient: no stored scores.
+    q, k, v, kv_count, kv_index = ctx.saved_tensors
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        out = _forward(*leaves, kv_count, kv_index, *ctx.args)
+        grads = torch.autograd.grad(out, leaves, grad_out)
+    return grads[0], grads[1], grads[2], None, None, None, None, None
+
+
+_block_sparse_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_count: torch.Tensor,
+                           kv_index: torch.Tensor, block_q: int, block_kv: int,
+                           scale: float | None = None) -> torch.Tensor:
+    """Attention of each query over the kv blocks its query block lists (DESIGN.md section 5).
+
+    Exported by torch.export as one ``attn_export::block_sparse_attention`` node (ONNX:
+    ``attn_export::BlockSparseAttention``). Layout helpers: attn_export.models.block_layout.
+    """
+    check_inputs(q, k, v, kv_count, kv_index, block_q, block_kv)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    return _block_sparse_attention_op(q, k, v, kv_count, kv_index, int(block_q), int(block_kv), float(scale))
+
+
+def dense_block_mask(kv_count: torch.Tensor, kv_index: torch.Tensor, n_kv_blocks: int) -> torch.Tensor:
+    """The boolean block mask ``[B|1, H|1, nQB, nKVB]`` that a padded-ELL layout describes."""
+    max_blocks = kv_index.shape[-1]
+    listed = torch.arange(max_blocks) < kv_count.unsqueeze(-1)
+    shape = torch.broadcast_shapes(listed.shape, kv_index.shape)
+    listed, index = listed.expand(shape), kv_index.expand(shape).long()
+    mask = torch.zeros(*shape[:-1], n_kv_blocks + 1, dtype=torch.bool)
+    mask.scatter_(-1, torch.where(listed, index, n_kv_blocks), True)
+    return mask[..., :n_kv_blocks]
+
+
+__all__ = ["block_sparse_attention", "check_inputs", "dense_block_mask", "num_blocks"]
