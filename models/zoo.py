@@ -14,6 +14,8 @@ from torch import nn
 
 from attn_export.errors import AttnExportError
 from attn_export.inputs import InputSpec, batch_dim, random_inputs
+from attn_export.models.block_layout import from_block_mask, topk_routing
+from attn_export.models.block_sparse import block_sparse_attention
 from attn_export.models.layers import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 
 SEED = 0
@@ -118,6 +120,62 @@ class VideoClassifier(nn.Module):
         return self.head(self.norm(self.blocks(x)).mean(dim=(1, 2, 3)))
 
 
+class BlockSparseSelfAttention(nn.Module):
+    """Multi-head self-attention over [B, N, C] tokens whose attention is block-sparse: a fixed layout
+    (buffers, exported as initializers) or BiFormer-style top-k routing computed from q and k per call."""
+
+    def __init__(self, dim: int, heads: int, block: int, layout: torch.Tensor | None = None, topk: int | None = None):
+        super().__init__()
+        if (layout is None) == (topk is None):
+            raise AttnExportError("BlockSparseSelfAttention takes either a fixed block layout or topk routing")
+        self.heads, self.block, self.topk = heads, block, topk
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        if layout is not None:
+            kv_count, kv_index = from_block_mask(layout)
+            self.register_buffer("kv_count", kv_count)
+            self.register_buffer("kv_index", kv_index)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        if self.topk:
+            kv_count, kv_index = topk_routing(q, k, self.block, self.block, self.topk)
+        else:
+            kv_count, kv_index = self.kv_count, self.kv_index
+        out = block_sparse_attention(q, k, v, kv_count, kv_index, self.block, self.block)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+def local_global_layout(n_blocks: int, reach: int = 1) -> torch.Tensor:
+    """Block mask [1, 1, n, n]: each block sees its neighbours within ``reach`` and block 0; block 0
+    (the global block) sees everything."""
+    rows = torch.arange(n_blocks)[:, None]
+    cols = torch.arange(n_blocks)[None, :]
+    mask = ((rows - cols).abs() <= reach) | (cols == 0) | (rows == 0)
+    return mask[None, None]
+
+
+class BlockSparseViT(nn.Module):
+    """A small ViT on 32x32 images: 4x4 patches (64 tokens), blocks of one patch row (8 tokens)."""
+
+    def __init__(self, dim: int = 64, heads: int = 4, depth: int = 2, patch: int = 4, image: int = 32,
+                 topk: int | None = None, num_classes: int = 10):
+        super().__init__()
+        side = image // patch
+        self.embed = nn.Conv2d(3, dim, patch, patch)
+        self.pos = nn.Parameter(torch.randn(1, side * side, dim) * 0.02)
+        layout = None if topk else local_global_layout(side)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, BlockSparseSelfAttention(dim, heads, side, layout, topk), 2.0) for _ in range(depth))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.embed(images).flatten(2).transpose(1, 2) + self.pos
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x).mean(dim=1))
+
+
 # ------------------------------------------------------------------------------------ the registry
 
 
@@ -185,6 +243,18 @@ _ENTRIES = (
         (InputSpec("video", (1, 3, 8, 32, 32)),),
         {"video": {2: DynamicDim("frames2", 2, 3, 64), 3: DynamicDim("height4", 4, 5, 64),
                    4: DynamicDim("width4", 4, 5, 64)}},
+    ),
+    ZooEntry(
+        "bsa-vit",
+        "ViT on 32x32 RGB, 64 tokens in 8-token blocks, fixed local (+-1 block) plus global (block 0) layout",
+        BlockSparseViT,
+        (InputSpec("images", (1, 3, 32, 32)),),
+    ),
+    ZooEntry(
+        "biformer-tiny",
+        "ViT on 32x32 RGB with BiFormer-style routing: each 8-token block attends its top-3 blocks by q.k",
+        lambda: BlockSparseViT(topk=3),
+        (InputSpec("images", (1, 3, 32, 32)),),
     ),
 )
 _BY_NAME = {e.name: e for e in _ENTRIES}
