@@ -268,7 +268,8 @@ def block_sparse_function(onnx_opset: int) -> FunctionProto:
     logits = b.Where(b.Unsqueeze(valid, b.ints(-2)), logits, neg_inf)
     last = b.ints(-1)
     peak = b.ReduceMax(logits, last, keepdims=1)
-    peak = b.Where(b.IsInf(peak), b.CastLike(b.op("Constant", value_float=0.0), peak), peak)  # rows with no block
+    no_block = b.Equal(peak, neg_inf)  # (IsInf lacks fp16 before opset 20)
+    peak = b.Where(no_block, b.CastLike(b.op("Constant", value_float=0.0), peak), peak)
     weights = b.Exp(b.Sub(logits, peak))
     total = b.ReduceSum(weights, last, keepdims=1)
     empty = b.Equal(total, b.CastLike(b.op("Constant", value_float=0.0), total))  # a row with no block

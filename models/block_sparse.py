@@ -78,6 +78,8 @@ def _forward(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale: fl
     skv = k.shape[2]
     n_qb, max_blocks = num_blocks(sq, block_q), kv_index.shape[3]
     compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    if max_blocks == 0 or skv == 0:  # no row lists a block
+        return torch.zeros_like(q)
     count = kv_count.expand(batch, heads, n_qb).long()
     index = kv_index.expand(batch, heads, n_qb, max_blocks).long()
     listed = torch.arange(max_blocks) < count.unsqueeze(-1)  # [B, H, nQB, M]

@@ -90,3 +90,27 @@ def make_inputs(cfg: dict, seed: int, dtype=torch.float32):
     if cfg["rpb"]:
         rpb = torch.randn(cfg["heads"], *(2 * x - 1 for x in cfg["kernel"]), generator=gen, dtype=dtype)
     return q, k, v, rpb
+
+
+def block_sparse_reference(q, k, v, kv_count, kv_index, block_q, block_kv, scale=None):
+    """Block-sparse attention from DESIGN.md section 5 with loops and a dense token mask, in float64:
+    query i attends key j iff j's block is listed (within kv_count) in i's block row and j < Skv;
+    a query whose row lists no block outputs zeros."""
+    batch, heads, sq, dim = q.shape
+    skv = k.shape[2]
+    scale = dim ** -0.5 if scale is None else scale
+    out = torch.zeros(batch, heads, sq, dim, dtype=torch.float64)
+    for b in range(batch):
+        for h in range(heads):
+            cb, ch = min(b, kv_count.shape[0] - 1), min(h, kv_count.shape[1] - 1)
+            ib, ih = min(b, kv_index.shape[0] - 1), min(h, kv_index.shape[1] - 1)
+            for i in range(sq):
+                row = i // block_q
+                blocks = [int(kv_index[ib, ih, row, s]) for s in range(int(kv_count[cb, ch, row]))]
+                keys = [j for j in range(skv) if j // block_kv in blocks]
+                if not keys:
+                    continue
+                logits = torch.stack([(q[b, h, i].double() @ k[b, h, j].double()) * scale for j in keys])
+                weights = torch.softmax(logits, dim=0)
+                out[b, h, i] = weights @ v[b, h, keys].double()
+    return out

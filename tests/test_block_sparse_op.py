@@ -1,0 +1,207 @@
+"""Block-sparse attention: the op against a loop-and-mask float64 reference written from DESIGN.md on
+random layouts, FlexAttention agreement, layout helpers, routing, and every bad input."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from attn_export.errors import AttnExportError
+from attn_export.models import block_sparse_attention
+from attn_export.models import block_layout as layout
+from attn_export.models.block_sparse import num_blocks
+
+from oracle import block_sparse_reference
+
+
+def random_layout(rng: random.Random, lead_b: int, lead_h: int, n_qb: int, n_kvb: int, density: float):
+    mask = torch.rand(lead_b, lead_h, n_qb, n_kvb, generator=torch.Generator().manual_seed(rng.randint(0, 10**6)))
+    mask = mask < density
+    extra = rng.randint(0, 2)  # max_blocks wider than needed: -1 padding beyond the counts
+    return layout.from_block_mask(mask, max_blocks=int(mask.sum(-1).max()) + extra)
+
+
+def random_case(seed: int):
+    rng = random.Random(seed)
+    batch, heads, dim = rng.randint(1, 2), rng.randint(1, 3), rng.choice([4, 8, 16])
+    block_q, block_kv = rng.choice([1, 3, 4, 8, 16]), rng.choice([1, 2, 5, 8, 16])
+    sq, skv = rng.randint(1, 70), rng.randint(1, 70)
+    lead_b = rng.choice([1, batch])
+    lead_h = rng.choice([1, heads])
+    count, index = random_layout(rng, lead_b, lead_h, num_blocks(sq, block_q), num_blocks(skv, block_kv),
+                                 rng.choice([0.0, 0.2, 0.5, 1.0]))
+    if rng.random() < 0.5 and lead_b == 1:  # broadcast kv_count and kv_index independently
+        count = count[:, :1].contiguous() if bool((count == count[:, :1]).all()) else count
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, sq, dim, generator=gen)
+    k = torch.randn(batch, heads, skv, dim, generator=gen)
+    v = torch.randn(batch, heads, skv, dim, generator=gen)
+    scale = rng.choice([None, 0.7])
+    return q, k, v, count, index, block_q, block_kv, scale
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_op_matches_reference_on_random_layouts(seed):
+    q, k, v, count, index, bq, bkv, scale = random_case(seed)
+    out = block_sparse_attention(q, k, v, count, index, bq, bkv, scale)
+    ref = block_sparse_reference(q, k, v, count, index, bq, bkv, scale)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)
+
+
+def test_rows_without_blocks_are_zero_and_partial_blocks_are_masked_by_length():
+    q, k, v = torch.randn(1, 1, 10, 4), torch.randn(1, 1, 7, 4), torch.randn(1, 1, 7, 4)
+    count = torch.tensor([[[1, 0, 2]]], dtype=torch.int32)  # block_q 4: rows 0-3, 4-7, 8-9
+    index = torch.tensor([[[[1, -1], [-1, -1], [0, 1]]]], dtype=torch.int32)  # block_kv 4: keys 0-3, 4-6
+    out = block_sparse_attention(q, k, v, count, index, 4, 4)
+    assert torch.equal(out[0, 0, 4:8], torch.zeros(4, 4))
+    torch.testing.assert_close(out.double(), block_sparse_reference(q, k, v, count, index, 4, 4), atol=1e-6, rtol=0)
+    # Row 0 attends keys 4-6 only: the same as dense attention over those three keys.
+    dense = torch.softmax(q[0, 0, :4] @ k[0, 0, 4:].T * 0.5, -1) @ v[0, 0, 4:]
+    torch.testing.assert_close(out[0, 0, :4], dense, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
+def test_low_precision_inputs(dtype, atol):
+    q, k, v, count, index, bq, bkv, scale = random_case(3)
+    out = block_sparse_attention(q.to(dtype), k.to(dtype), v.to(dtype), count, index, bq, bkv, scale)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), block_sparse_reference(q, k, v, count, index, bq, bkv, scale),
+                               atol=atol, rtol=0)
+
+
+def test_gradients_match_dense_masked_attention():
+    q, k, v, count, index, bq, bkv, _ = random_case(11)
+    leaves = [t.clone().double().requires_grad_(True) for t in (q, k, v)]
+    out = block_sparse_attention(*leaves, count, index, bq, bkv)
+    grads = torch.autograd.grad(out.square().sum(), leaves)
+    token_mask = layout.to_block_mask(count, index, num_blocks(k.shape[2], bkv))
+    token_mask = token_mask.repeat_interleave(bq, 2)[:, :, : q.shape[2]].repeat_interleave(bkv, 3)[..., : k.shape[2]]
+    dense_leaves = [t.clone().double().requires_grad_(True) for t in (q, k, v)]
+    logits = (dense_leaves[0] @ dense_leaves[1].transpose(-1, -2)) * q.shape[-1] ** -0.5
+    weights = torch.softmax(logits.masked_fill(~token_mask, float("-inf")), -1).nan_to_num(0.0)
+    dense_grads = torch.autograd.grad((weights @ dense_leaves[2]).square().sum(), dense_leaves)
+    for got, want in zip(grads, dense_grads):
+        torch.testing.assert_close(got, want, atol=1e-8, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ FlexAttention
+
+
+def local_global_mod(block):
+    def mask_mod(b, h, q_idx, kv_idx):
+        qb, kb = q_idx // block, kv_idx // block
+        return ((qb - kb).abs() <= 1) | (kb == 0) | (qb == 0)
+
+    return mask_mod
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("sq, skv, block", [(64, 64, 16), (96, 64, 32), (128, 128, 16)])
+def test_agrees_with_flex_attention_given_the_same_block_mask(sq, skv, block):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    block_mask = create_block_mask(local_global_mod(block), 2, 2, sq, skv, device="cpu", BLOCK_SIZE=block)
+    count, index, bq, bkv = layout.from_flex_block_mask(block_mask)
+    assert (bq, bkv) == (block, block)
+    gen = torch.Generator().manual_seed(sq + skv)
+    q, k, v = torch.randn(2, 2, sq, 16, generator=gen), torch.randn(2, 2, skv, 16, generator=gen), \
+        torch.randn(2, 2, skv, 16, generator=gen)
+    expected = flex_attention(q, k, v, block_mask=block_mask)
+    torch.testing.assert_close(block_sparse_attention(q, k, v, count, index, bq, bkv), expected, atol=1e-5, rtol=0)
+
+
+def test_flex_conversion_keeps_full_and_partial_blocks():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q_idx, kv_idx):  # the diagonal block is only partly attended (causal inside)
+        return (kv_idx // 16 < q_idx // 16) | ((kv_idx // 16 == q_idx // 16) & (kv_idx <= q_idx))
+
+    block_mask = create_block_mask(mask_mod, 1, 1, 64, 64, device="cpu", BLOCK_SIZE=16)
+    assert int(block_mask.full_kv_num_blocks.sum()) > 0 and int(block_mask.kv_num_blocks.sum()) > 0
+    count, index, _, _ = layout.from_flex_block_mask(block_mask)
+    expected = torch.tril(torch.ones(4, 4, dtype=torch.bool))  # full below the diagonal, partial on it
+    assert torch.equal(layout.to_block_mask(count, index, 4)[0, 0], expected)
+
+
+# ------------------------------------------------------------------------------------------ layouts
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_block_mask_round_trips_and_indices_ascend(seed):
+    mask = torch.rand(2, 3, 7, 9, generator=torch.Generator().manual_seed(seed)) < 0.4
+    count, index = layout.from_block_mask(mask)
+    assert count.dtype == index.dtype == torch.int32
+    assert torch.equal(layout.to_block_mask(count, index, 9), mask)
+    listed = torch.arange(index.shape[-1]) < count.unsqueeze(-1)
+    assert bool((index[~listed] == -1).all())
+    rows = torch.where(listed, index, 10**6)
+    assert bool((rows[..., 1:] >= rows[..., :-1]).all())
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_csr_round_trip(seed):
+    mask = torch.rand(1, 3, 6, 6, generator=torch.Generator().manual_seed(seed)) < 0.5
+    mask[..., -1] = True  # the last column is used, so the CSR form sees every kv block
+    count, index = layout.from_block_mask(mask)
+    rows, cols = layout.to_csr(count, index)
+    assert rows.shape == (3, 7) and rows.dtype == torch.int32 and bool((rows[:, 0] == 0).all())
+    assert torch.equal(rows[:, -1].long(), mask[0].sum((-1, -2)))
+    back_count, back_index = layout.from_csr(rows, cols)
+    assert torch.equal(layout.to_block_mask(back_count, back_index, 6), mask)
+
+
+def test_csr_by_hand():
+    count = torch.tensor([[[2, 0, 1]]], dtype=torch.int32)
+    index = torch.tensor([[[[2, 0], [-1, -1], [1, -1]]]], dtype=torch.int32)
+    rows, cols = layout.to_csr(count, index)
+    assert rows.tolist() == [[0, 2, 2, 3]] and cols.tolist() == [[0, 2, 1]]
+
+
+def test_topk_routing_matches_brute_force():
+    gen = torch.Generator().manual_seed(5)
+    q, k = torch.randn(2, 3, 32, 8, generator=gen), torch.randn(2, 3, 24, 8, generator=gen)
+    count, index = layout.topk_routing(q, k, 8, 4, topk=2)
+    assert count.shape == (1, 1, 4) and bool((count == 2).all()) and index.shape == (2, 3, 4, 2)
+    for b in range(2):
+        for h in range(3):
+            for r in range(4):
+                qm = q[b, h, r * 8:(r + 1) * 8].mean(0)
+                scores = [float(qm @ k[b, h, c * 4:(c + 1) * 4].mean(0)) for c in range(6)]
+                best = sorted(range(6), key=lambda c: -scores[c])[:2]
+                assert sorted(index[b, h, r].tolist()) == sorted(best)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def _valid():
+    q = torch.randn(1, 2, 8, 4)
+    count = torch.tensor([[[1, 2]]], dtype=torch.int32)
+    index = torch.tensor([[[[0, -1], [0, 1]]]], dtype=torch.int32)
+    return q, q.clone(), q.clone(), count, index
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda a: {**a, "index": torch.tensor([[[[2, -1], [0, 1]]]], dtype=torch.int32)}, "lists block 2"),
+    (lambda a: {**a, "index": torch.tensor([[[[-1, -1], [0, 1]]]], dtype=torch.int32)}, "lists block -1"),
+    (lambda a: {**a, "count": torch.tensor([[[3, 2]]], dtype=torch.int32)}, "max_blocks=2"),
+    (lambda a: {**a, "count": torch.tensor([[[-1, 2]]], dtype=torch.int32)}, "kv_count holds values"),
+    (lambda a: {**a, "index": torch.tensor([[[[0, -1], [1, 1]]]], dtype=torch.int32)}, "lists one block twice"),
+    (lambda a: {**a, "count": a["count"].long()}, "must be int32"),
+    (lambda a: {**a, "count": torch.tensor([[[1, 2, 2]]], dtype=torch.int32)}, "nQB"),
+    (lambda a: {**a, "index": a["index"].expand(3, 2, 2, 2)}, "kv_index (3, 2, 2, 2)"),
+    (lambda a: {**a, "k": torch.randn(1, 2, 8, 5)}, "k (1, 2, 8, 5) and v"),
+    (lambda a: {**a, "v": a["v"].half()}, "must share one floating dtype"),
+    (lambda a: {**a, "q": torch.randn(2, 8, 4)}, "must be [B, H, S, D]"),
+    (lambda a: {**a, "block_q": 0}, "block_q=0"),
+    (lambda a: {**a, "block_kv": -4}, "block_kv=-4"),
+])
+def test_bad_input_is_one_clear_error(change, fragment):
+    q, k, v, count, index = _valid()
+    args = change(dict(q=q, k=k, v=v, count=count, index=index, block_q=4, block_kv=4))
+    with pytest.raises(AttnExportError) as info:
+        block_sparse_attention(args["q"], args["k"], args["v"], args["count"], args["index"], args["block_q"],
+                               args["block_kv"])
+    assert fragment in str(info.value) and "\n" not in str(info.value)
