@@ -187,16 +187,23 @@ def _output_names(loaded: LoadedModel, examples) -> list[str]:
     attention layer that rejects them is named in the error)."""
     import torch
 
-    from attn_export.models.layers import NeighborhoodAttentionND
+    # The modules being run, outermost first: when an attention op rejects its inputs, the innermost
+    # one still running is the layer that called it (whatever class the user's layer is).
+    running: list[str] = []
 
-    entered: list[str] = []
-    hooks = [m.register_forward_pre_hook(lambda *_, name=name: entered.append(name))
-             for name, m in loaded.module.named_modules() if isinstance(m, NeighborhoodAttentionND)]
+    def leave(*_) -> None:  # a forward hook that returned a value would replace the module's output
+        running.pop()
+
+    hooks = []
+    for name, module in loaded.module.named_modules():
+        if name:
+            hooks.append(module.register_forward_pre_hook(lambda *_, name=name: running.append(name)))
+            hooks.append(module.register_forward_hook(leave))
     try:
         with torch.inference_mode():
             count = len(torch.utils._pytree.tree_leaves(loaded.module(*examples)))
     except AttnExportError as exc:
-        raise AttnExportError(f"layer '{entered[-1]}': {exc}" if entered else str(exc)) from exc
+        raise AttnExportError(f"layer '{running[-1]}': {exc}" if running else str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - the model rejects inputs of these shapes
         shapes = ", ".join(f"{i.name}={'x'.join(map(str, i.shape))}" for i in loaded.inputs)
         raise wrap_failure(exc, f"running the model on inputs {shapes}", "pass --input-shape with shapes it accepts") from exc

@@ -98,13 +98,13 @@ def _forward(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale: fl
         keys = kc.gather(2, idx).reshape(batch, heads, hi - lo, -1, dim)  # [B, H, n, M*bkv, D]
         values = vc.gather(2, idx).reshape(batch, heads, hi - lo, -1, dim)
         logits = qb[:, :, lo:hi] @ keys.transpose(-1, -2)  # [B, H, n, bq, M*bkv]
-        mask = valid[:, :, lo:hi].unsqueeze(-2)
-        logits = logits.masked_fill(~mask, float("-inf"))
-        peak = logits.amax(dim=-1, keepdim=True)
-        peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))  # rows with no block
-        weights = torch.exp(logits - peak)
-        total = weights.sum(dim=-1, keepdim=True)
-        outputs.append((weights @ values) / total.clamp_min(torch.finfo(compute).tiny))
+        mask = valid[:, :, lo:hi]
+        if not bool(mask.all()):  # padding slots or a partial last block
+            logits.masked_fill_(~mask.unsqueeze(-2), float("-inf"))
+        weights = torch.softmax(logits, dim=-1)
+        if not bool(mask.any(dim=-1).all()):  # a row with no block: softmax of nothing is NaN, we want 0
+            weights = weights.nan_to_num(0.0)
+        outputs.append(weights @ values)
     out = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
     return out.reshape(batch, heads, n_qb * block_q, dim)[:, :, :sq].to(q.dtype)
 

@@ -159,5 +159,5 @@ def test_bad_layout_from_the_cli_is_exit_2(tmp_path):
     out = tmp_path / "out"
     result = run(tmp_path / "bad.pt", "--factory", f"{tmp_path / 'factory.py'}:build", "--input-shape", "x=1x8x16",
                  "-o", out)
-    assert_one_line_error(result, 2, "kv_index lists block 7")
+    assert_one_line_error(result, 2, "layer 'attn': block_sparse_attention: kv_index lists block 7")
     assert not out.exists()
