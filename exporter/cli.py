@@ -187,9 +187,29 @@ def main():
               help="Largest batch of the engine's optimization profile (with --dynamic-batch).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), metavar="FILE",
               help="TensorRT timing cache to read and update (speeds up rebuilds).")
+@click.option("--int8", is_flag=True, help="Also write OUTDIR/model.int8.onnx: W8A8 Q/DQ on MatMul/Gemm/Conv, calibrated.")
+@click.option("--int4", is_flag=True, help="Also write OUTDIR/model.int4.onnx: INT4 weight-only blocks on MatMul/Gemm "
+                                           "(exports with opset 21).")
+@click.option("--int4-block", type=int, default=128, show_default=True, help="INT4 block size along the input dim.")
+@click.option("--calib-method", default="entropy", show_default=True, metavar="NAME",
+              help="Activation calibrator: max, percentile (99.99), entropy (KL, as TensorRT) or mse.")
+@click.option("--calib-samples", type=int, default=128, show_default=True, help="Calibration samples to use.")
+@click.option("--calib-data", metavar="SOURCE",
+              help="A .npz / .npy of inputs, a folder of images, or file.py:function returning feed dicts "
+                   "[default: the zoo model's data; seeded random data, with a warning, for other models].")
+@click.option("--calib-preprocess", default="raw", show_default=True, metavar="raw|unit|imagenet",
+              help="For an image folder: pixels 0-255 (raw), 0-1 (unit) or ImageNet-normalized RGB.")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Keep nodes or weights whose name matches this glob in float (repeatable).")
+@click.option("--quant-min-cosine", type=float, help="Quantized parity: least cosine similarity per output "
+                                                     "[default: 0.99 int8, 0.98 int4].")
+@click.option("--quant-max-error", type=float, help="Quantized parity: largest mean |error| / mean |reference| "
+                                                    "[default: 0.10 int8, 0.25 int4].")
 @_model_options
 def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, engine, max_batch, timing_cache,
-               input_shapes, factory, trust_pickle, inputs_npz, atol, rtol, seed, debug):
+               int8, int4, int4_block, calib_method, calib_samples, calib_data, calib_preprocess, exclude,
+               quant_min_cosine, quant_max_error, input_shapes, factory, trust_pickle, inputs_npz, atol, rtol, seed,
+               debug):
     """Export MODEL (zoo:NAME, a .pt2 archive, a checkpoint with --factory, or a pickle with
     --trust-pickle) to OUTDIR/model.onnx and check parity (report.json). Exit 1 if parity fails."""
 
@@ -201,15 +221,53 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
                              check=not no_check, tolerances=_parse_tolerances(atol, rtol), inputs_npz=inputs_npz,
                              seed=seed, command=["attn-export", *sys.argv[1:]], engine=engine, max_batch=max_batch,
                              timing_cache=timing_cache)
+        _quant_options(opts, opset, int8, int4, int4_block, calib_method, calib_samples, calib_data,
+                       calib_preprocess, exclude, quant_min_cosine, quant_max_error)
         opts.engine = opts.wants_engine()  # an explicit --engine without TensorRT fails here, before any work
-        loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=2 + opts.engine + opts.check)
+        quantizing = opts.quant is not None
+        steps = 2 + quantizing + opts.engine + opts.check * (1 + quantizing)
+        loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=steps)
         result = export_job(loaded, outdir, opts, step)
-        click.echo(f"wrote {result.onnx_path}")
-        if result.engine_path:
-            click.echo(f"wrote {result.engine_path}")
-        return _report_outcome(result.report, result.report_path)
+        for warning in result.warnings:
+            click.echo(f"WARNING: {warning}", err=True)
+        for path in (result.onnx_path, result.quantized_path, result.engine_path):
+            if path:
+                click.echo(f"wrote {path}")
+        code = _report_outcome(result.report, None if quantizing else result.report_path)
+        if result.quant_report is not None:
+            click.echo(result.quant_report.table())
+            click.echo(f"wrote {result.report_path}")
+            if not result.quant_report.passed:
+                click.echo(f"{opts.quant.mode} parity FAILED: see the table above and {result.report_path}", err=True)
+                code = EXIT_CHECK_FAILED
+        return code
 
     _run(debug, body)
+
+
+def _quant_options(opts, opset, int8, int4, int4_block, method, samples, data, preprocess, exclude, min_cosine,
+                   max_error) -> None:
+    """Fill opts.quant (and the opset INT4 needs) from the quantization flags; checks them before any work."""
+    if not (int8 or int4):
+        if data or exclude:
+            raise AttnExportError("--calib-data and --exclude apply to quantization: add --int8 or --int4")
+        return
+    if int8 and int4:
+        raise AttnExportError("--int8 and --int4 are exclusive: choose one")
+    from attn_export.calib.qdq import INT4_MIN_OPSET, QuantOptions
+    from attn_export.parity import QUANT_THRESHOLDS, QuantThresholds
+
+    mode = "int8" if int8 else "int4"
+    if int4:
+        if opset is not None and opset < INT4_MIN_OPSET:
+            raise AttnExportError(f"--int4 needs --opset {INT4_MIN_OPSET} or newer (block-wise DequantizeLinear)")
+        opts.opset = max(opts.opset, INT4_MIN_OPSET)
+    opts.quant = QuantOptions(mode, method, samples, int4_block, tuple(exclude))
+    opts.quant.validate()
+    opts.calib_data, opts.calib_preprocess = data, preprocess
+    base = QUANT_THRESHOLDS[mode]
+    opts.quant_thresholds = QuantThresholds(base.min_cosine if min_cosine is None else min_cosine,
+                                            base.max_mean_error if max_error is None else max_error)
 
 
 @main.command("check")

@@ -189,15 +189,16 @@ def _unreadable(path: Path, exc: BaseException) -> AttnExportError:
     return AttnExportError(f"cannot read {path} as a PyTorch file ({_brief(exc)}); {hint or 'is it the right file?'}")
 
 
-def _call_factory(factory: str):
-    module_name, _, func_name = factory.rpartition(":")
+def resolve_callable(target: str, flag: str):
+    """The function named by ``module:function`` or ``path/to/file.py:function`` (for ``flag``)."""
+    module_name, _, func_name = target.rpartition(":")
     if not module_name or not func_name:
-        raise AttnExportError(f"--factory '{factory}' must be module:function or path/to/file.py:function")
+        raise AttnExportError(f"{flag} '{target}' must be module:function or path/to/file.py:function")
     try:
         if module_name.endswith(".py"):
             spec = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
             if spec is None or not Path(module_name).exists():
-                raise AttnExportError(f"--factory file {module_name} does not exist")
+                raise AttnExportError(f"{flag} file {module_name} does not exist")
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
         else:
@@ -207,10 +208,15 @@ def _call_factory(factory: str):
     except AttnExportError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise AttnExportError(f"--factory {factory}: cannot import {module_name} ({_brief(exc)})") from exc
+        raise AttnExportError(f"{flag} {target}: cannot import {module_name} ({_brief(exc)})") from exc
     func = getattr(module, func_name, None)
     if not callable(func):
-        raise AttnExportError(f"--factory {factory}: {module_name} has no function {func_name}")
+        raise AttnExportError(f"{flag} {target}: {module_name} has no function {func_name}")
+    return func
+
+
+def _call_factory(factory: str):
+    func = resolve_callable(factory, "--factory")
     try:
         return func()
     except Exception as exc:  # noqa: BLE001 - user code

