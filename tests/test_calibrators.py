@@ -1,0 +1,134 @@
+"""Calibrators: one interface (collect / reset / compute_amax), streamed collection, and each method
+against a direct statement of what it computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from attn_export.calib.calibrators import (
+    CALIBRATORS,
+    NUM_BINS,
+    CalibConfig,
+    EntropyCalibrator,
+    HistogramCalibrator,
+    MaxCalibrator,
+    MseCalibrator,
+    PercentileCalibrator,
+    _kl_after_quantization,
+    make_calibrator,
+)
+from attn_export.errors import AttnExportError
+
+
+def chunks(seed: int = 0, count: int = 6):
+    """Batches whose range grows, so histograms must double their range on the way."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((2000, 33)).astype(np.float32) * (1 + i) for i in range(count)]
+
+
+@pytest.mark.parametrize("method", sorted(CALIBRATORS))
+def test_every_calibrator_has_the_interface(method):
+    calibrator = make_calibrator(method)
+    for batch in chunks():
+        calibrator.collect(batch)
+    first = calibrator.compute_amax()
+    assert first > 0
+    calibrator.reset()
+    with pytest.raises(AttnExportError, match="no values"):
+        calibrator.compute_amax()
+    for batch in chunks():
+        calibrator.collect(batch)
+    assert calibrator.compute_amax() == first  # deterministic after reset
+
+
+def test_max_is_the_largest_magnitude():
+    calibrator = MaxCalibrator()
+    data = chunks()
+    for batch in data:
+        calibrator.collect(batch)
+    assert calibrator.compute_amax() == float(np.abs(np.concatenate(data)).max())
+
+
+def test_streamed_histogram_equals_one_shot_histogram():
+    data = chunks()
+    streamed = HistogramCalibrator()
+    for batch in data:
+        streamed.collect(batch)
+    values = np.abs(np.concatenate(data)).ravel()
+    one_shot, _ = np.histogram(values, bins=NUM_BINS, range=(0.0, streamed.range))
+    assert streamed.hist.sum() == values.size
+    assert streamed.range >= values.max()
+    # Bin pairs merge exactly; only values sitting on an edge may move by one bin (float rounding).
+    assert np.abs(np.cumsum(streamed.hist) - np.cumsum(one_shot)).max() <= 2
+
+
+@pytest.mark.parametrize("percentile", [50.0, 99.0, 99.99])
+def test_percentile_within_one_bin(percentile):
+    calibrator = PercentileCalibrator(percentile)
+    data = chunks(1)
+    for batch in data:
+        calibrator.collect(batch)
+    expected = np.percentile(np.abs(np.concatenate(data)), percentile)
+    assert abs(calibrator.compute_amax() - expected) <= 2 * calibrator.range / NUM_BINS
+
+
+def _kl_reference(hist: np.ndarray, i: int, levels: int) -> float:
+    """TensorRT's recipe written with loops: clip to i bins, merge into `levels` levels, expand back
+    over the non-empty bins, KL(P || Q)."""
+    p = hist[:i].astype(np.float64).copy()
+    p[i - 1] += hist[i:].sum()
+    level_of = np.digitize(np.arange(i), np.linspace(0, i, levels + 1)) - 1
+    q = np.zeros(i)
+    for level in range(levels):
+        members = [j for j in range(i) if level_of[j] == level and hist[j] > 0]
+        for j in members:
+            q[j] = sum(hist[m] for m in members) / len(members)
+    p, q = p / p.sum(), q / q.sum()
+    if np.any((p > 0) & (q == 0)):
+        return np.inf
+    support = p > 0
+    return float(np.sum(p[support] * np.log(p[support] / q[support])))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_entropy_kl_matches_the_loop_statement(seed):
+    rng = np.random.default_rng(seed)
+    hist = rng.poisson(50 * np.exp(-np.arange(400) / 60)).astype(np.float64)
+    for i in (128, 150, 257, 399):
+        assert _kl_after_quantization(hist, i, 128) == pytest.approx(_kl_reference(hist, i, 128), rel=1e-9, abs=1e-12)
+
+
+def test_entropy_clips_heavy_tails_but_not_bounded_data():
+    rng = np.random.default_rng(0)
+    heavy = EntropyCalibrator()
+    heavy.collect(rng.standard_t(df=2, size=200_000).astype(np.float32))
+    tail_max = heavy.range
+    assert heavy.compute_amax() < 0.5 * tail_max  # outliers are clipped
+    uniform = EntropyCalibrator()
+    uniform.collect(rng.uniform(-1, 1, 200_000).astype(np.float32))
+    assert uniform.compute_amax() > 0.9  # nothing to clip
+
+
+def test_mse_minimizes_expected_error():
+    rng = np.random.default_rng(0)
+    data = rng.standard_t(df=3, size=200_000).astype(np.float32)  # heavy tails: the optimum is inside
+    calibrator = MseCalibrator()
+    calibrator.collect(data)
+    amax = calibrator.compute_amax()
+
+    def error(a):
+        scale = a / 127
+        return float(np.mean((data - np.clip(np.round(data / scale), -127, 127) * scale) ** 2))
+
+    grid = np.linspace(0.5, float(np.abs(data).max()), 400)
+    best = min(error(a) for a in grid)
+    assert amax < 0.9 * np.abs(data).max()  # interior optimum: not simply the max
+    assert error(amax) <= 1.05 * best
+
+
+def test_unknown_method_and_bad_options():
+    with pytest.raises(AttnExportError, match="unknown calibration method 'kl'; use one of max, percentile"):
+        make_calibrator("kl")
+    with pytest.raises(AttnExportError, match="percentile 120"):
+        make_calibrator(CalibConfig("percentile", {"percentile": 120}))
