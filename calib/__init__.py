@@ -12,14 +12,14 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from attn_export.calib.calibrators import CALIBRATORS, CalibConfig, make_calibrator
+from attn_export.calib.calibrators import CALIBRATORS, DEFAULT_METHOD, CalibConfig, make_calibrator
 from attn_export.calib.qdq import MODES, QuantOptions, QuantResult, QuantizedTensor
 
 __all__ = ["CALIBRATORS", "CalibConfig", "MODES", "QuantOptions", "QuantResult", "QuantizedTensor", "make_calibrator",
            "quantize"]
 
 
-def quantize(model, calib_data: Iterable[Mapping] | str | None = None, mode: str = "int8", method: str = "entropy",
+def quantize(model, calib_data: Iterable[Mapping] | str | None = None, mode: str = "int8", method: str = DEFAULT_METHOD,
              samples: int = 128, int4_block: int = 128, exclude: Sequence[str] = (),
              output_path: str | os.PathLike | None = None) -> QuantResult:
     """Quantize ``model`` (an onnx.ModelProto or a path). ``calib_data``: an iterable of feed dicts, or a

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from attn_export.calib.calibrators import CalibConfig, make_calibrator
+from attn_export.calib.calibrators import DEFAULT_METHOD, CalibConfig, make_calibrator
 from attn_export.errors import AttnExportError
 
 MODES = ("int8", "int4")
@@ -34,7 +34,7 @@ _MIN_AMAX = 1e-8  # an all-zero tensor still gets a valid (positive) scale
 @dataclass
 class QuantOptions:
     mode: str = "int8"
-    method: str = "entropy"
+    method: str = DEFAULT_METHOD
     samples: int = 128
     int4_block: int = 128
     exclude: Sequence[str] = ()

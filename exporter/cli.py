@@ -191,7 +191,7 @@ def main():
 @click.option("--int4", is_flag=True, help="Also write OUTDIR/model.int4.onnx: INT4 weight-only blocks on MatMul/Gemm "
                                            "(exports with opset 21).")
 @click.option("--int4-block", type=int, default=128, show_default=True, help="INT4 block size along the input dim.")
-@click.option("--calib-method", default="entropy", show_default=True, metavar="NAME",
+@click.option("--calib-method", default="max", show_default=True, metavar="NAME",
               help="Activation calibrator: max, percentile (99.99), entropy (KL, as TensorRT) or mse.")
 @click.option("--calib-samples", type=int, default=128, show_default=True, help="Calibration samples to use.")
 @click.option("--calib-data", metavar="SOURCE",

@@ -146,6 +146,17 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                         quant_report, warnings)
 
 
+def quantized_mode(onnx_path: Path) -> str | None:
+    """"int4" / "int8" for a file with DequantizeLinear nodes (by its narrowest quantized initializer)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    if not any(n.op_type == "DequantizeLinear" for n in model.graph.node):
+        return None
+    int4 = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+    return "int4" if any(i.data_type in int4 for i in model.graph.initializer) else "int8"
+
+
 def _mark_failed(path: Path) -> None:
     data = json.loads(path.read_text())
     data["status"] = "fail"
@@ -182,9 +193,17 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
     _validate_onnx(onnx_path)
     user_feed = read_inputs(opts.inputs_npz, loaded) if opts.inputs_npz else None
     feeds, source = check_feeds(loaded, onnx_path, opts.seed, user_feed, opts.inputs_npz)
-    with step("check parity: PyTorch vs ONNX Runtime" + (" vs TensorRT" if engine_path else "")):
-        report = check_parity(loaded.module, onnx_path, feeds, opts.tolerances, opts.command, source,
-                              engine_path=engine_path)
+    mode = quantized_mode(onnx_path)
+    if mode:  # a Q/DQ model: the quantization-aware criterion, not elementwise tolerances
+        with step(f"check {mode} parity: PyTorch fp32 vs quantized ONNX" + (" and TensorRT" if engine_path else "")):
+            from attn_export.parity import check_quantized
+
+            report = check_quantized(loaded.module, onnx_path, feeds, mode, opts.quant_thresholds,
+                                     engine_path=engine_path)
+    else:
+        with step("check parity: PyTorch vs ONNX Runtime" + (" vs TensorRT" if engine_path else "")):
+            report = check_parity(loaded.module, onnx_path, feeds, opts.tolerances, opts.command, source,
+                                  engine_path=engine_path)
     if report_path:
         report_path = Path(report_path)
         with staged_output(report_path.parent) as stage:

@@ -347,3 +347,19 @@ def test_writer_inserts_nodes_in_topological_order(small_onnx):
         assert all(not name or name in seen for name in node.input), node.name
         seen.update(node.output)
     assert qdq.MODES == ("int8", "int4")
+
+
+def test_check_command_uses_the_quantized_criterion_and_catches_a_broken_scale(tmp_path):
+    out = tmp_path / "out"
+    assert run("zoo:na1d-causal", "-o", out, "--int8", "--calib-samples", "4", "--no-check").exit_code == 0
+    good = run("check", "zoo:na1d-causal", out / "model.int8.onnx", "--report", tmp_path / "good.json")
+    assert good.exit_code == 0, good.output
+    assert "int8 thresholds" in good.output
+    model = onnx.load(str(out / "model.int8.onnx"))
+    weight_scales = [i for i in model.graph.initializer if i.name.endswith("_scale") and len(i.dims) == 1]
+    broken = numpy_helper.to_array(weight_scales[0]) * 8.0  # one layer's weights dequantize 8x too large
+    weight_scales[0].CopyFrom(numpy_helper.from_array(broken.astype(np.float32), weight_scales[0].name))
+    onnx.save(model, str(tmp_path / "broken.onnx"))
+    bad = run("check", "zoo:na1d-causal", tmp_path / "broken.onnx", "--report", tmp_path / "bad.json")
+    assert bad.exit_code == 1, bad.output
+    assert json.loads((tmp_path / "bad.json").read_text())["status"] == "fail"
