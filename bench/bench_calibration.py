@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--methods", nargs="+", default=["max", "percentile", "entropy", "mse"])
     args = parser.parse_args()
-    print(f"| model | method | samples | activations | calibration s | quantize s |")
+    print("| model | method | samples | activations | calibration s | quantize s |")
     print("|---|---|---|---|---|---|")
     for name in args.models:
         loaded = load_model(f"zoo:{name}")

@@ -17,7 +17,7 @@ _LAZY = {
     "check_parity": "attn_export.parity",
 }
 
-__all__ = ["AttnExportError", "__version__", *_LAZY]
+__all__ = ["AttnExportError", "__version__", "check_parity", "export"]  # the last two load lazily
 
 
 def __getattr__(name: str):

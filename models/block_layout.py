@@ -26,7 +26,8 @@ def from_block_mask(mask: torch.Tensor, max_blocks: int | None = None) -> tuple[
         raise AttnExportError(f"a row of the block mask lists {widest} blocks, more than max_blocks={max_blocks}")
     n_kvb = mask.shape[-1]
     # Listed block ids in ascending order: sort keys put unlisted blocks after every listed one.
-    keys = torch.where(mask, torch.arange(n_kvb), n_kvb + torch.arange(n_kvb))
+    ids = torch.arange(n_kvb, device=mask.device)
+    keys = torch.where(mask, ids, n_kvb + ids)
     order = keys.sort(dim=-1).values[..., :max_blocks]
     index = torch.where(order < n_kvb, order, -1)
     if index.shape[-1] < max_blocks:  # max_blocks wider than the mask has blocks

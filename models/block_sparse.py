@@ -62,7 +62,7 @@ def check_inputs(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, check
         raise AttnExportError(f"{_OP}: kv_index lists block {bad}; listed blocks must lie in [0, {n_kvb}) "
                               f"(ceil(Skv={k.shape[2]} / block_kv={block_kv}))")
     if used.numel():
-        sorted_rows = torch.where(listed, kv_index.expand(listed.shape), -1 - torch.arange(max_blocks)).sort(-1).values
+        sorted_rows = torch.where(listed, kv_index.expand(listed.shape), -1 - torch.arange(max_blocks, device=kv_index.device)).sort(-1).values
         if bool((sorted_rows[..., 1:] == sorted_rows[..., :-1]).any()):
             raise AttnExportError(f"{_OP}: a row of kv_index lists one block twice; list each block once")
 
@@ -82,8 +82,8 @@ def _forward(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale: fl
         return torch.zeros_like(q)
     count = kv_count.expand(batch, heads, n_qb).long()
     index = kv_index.expand(batch, heads, n_qb, max_blocks).long()
-    listed = torch.arange(max_blocks) < count.unsqueeze(-1)  # [B, H, nQB, M]
-    tokens = index.clamp_min(0).unsqueeze(-1) * block_kv + torch.arange(block_kv)  # [B, H, nQB, M, bkv]
+    listed = torch.arange(max_blocks, device=q.device) < count.unsqueeze(-1)  # [B, H, nQB, M]
+    tokens = index.clamp_min(0).unsqueeze(-1) * block_kv + torch.arange(block_kv, device=q.device)  # [B, H, nQB, M, bkv]
     valid = (listed.unsqueeze(-1) & (tokens < skv)).flatten(-2)  # [B, H, nQB, M*bkv]
     tokens = tokens.clamp_max(skv - 1).flatten(-2)
     qp = torch.nn.functional.pad(q.to(compute) * scale, (0, 0, 0, n_qb * block_q - sq))
@@ -156,10 +156,10 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv
 def dense_block_mask(kv_count: torch.Tensor, kv_index: torch.Tensor, n_kv_blocks: int) -> torch.Tensor:
     """The boolean block mask ``[B|1, H|1, nQB, nKVB]`` that a padded-ELL layout describes."""
     max_blocks = kv_index.shape[-1]
-    listed = torch.arange(max_blocks) < kv_count.unsqueeze(-1)
+    listed = torch.arange(max_blocks, device=kv_count.device) < kv_count.unsqueeze(-1)
     shape = torch.broadcast_shapes(listed.shape, kv_index.shape)
     listed, index = listed.expand(shape), kv_index.expand(shape).long()
-    mask = torch.zeros(*shape[:-1], n_kv_blocks + 1, dtype=torch.bool)
+    mask = torch.zeros(*shape[:-1], n_kv_blocks + 1, dtype=torch.bool, device=kv_index.device)
     mask.scatter_(-1, torch.where(listed, index, n_kv_blocks), True)
     return mask[..., :n_kv_blocks]
 

@@ -123,7 +123,6 @@ def _slots(local, base, group, glen, dd, limit=None):
 
 def _one_tile(qf, kf, vf, bias, out, local, first, group, glen, kk, ss, dd, cc, tile, scale_log2,
               tensor_core, dtype, stats):
-    rows = len(local)
     q_pos, q_valid, q_tok = _slots(local, first, group, glen, dd)
     windows = [[window(p[a], glen[a], kk[a], ss[a], cc[a]) for a in range(MAX_RANK)] for p in q_pos]
     box = [tile_kv_range(first[a], min(first[a] + tile[a], glen[a]) - 1, glen[a], kk[a], ss[a], cc[a])

@@ -72,7 +72,7 @@ def run_model(model, x):
 
 
 def test_int8_placement_axes_and_zero_points(small_onnx):
-    torch_model, paths = small_onnx
+    _, paths = small_onnx
     float_model = onnx.load(paths[18])
     result = quantize(float_model, feeds(), "int8", "max")
     model = result.model
