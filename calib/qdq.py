@@ -214,8 +214,11 @@ def check_feed(feed: Mapping[str, np.ndarray], inputs: Mapping, index: int) -> d
 
 
 def quantize(model: onnx.ModelProto, data: Iterable[Mapping[str, np.ndarray]] | None,
-             options: QuantOptions) -> QuantResult:
-    """Return a copy of ``model`` with explicit Q/DQ (``data`` is only read for INT8 activations)."""
+             options: QuantOptions, cached_amax: Mapping[str, float] | None = None) -> QuantResult:
+    """Return a copy of ``model`` with explicit Q/DQ (``data`` is only read for INT8 activations).
+
+    ``cached_amax`` (a calibration cache: activation tensor -> amax) replaces calibration.
+    """
     options.validate()
     if options.mode == "int4":
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -232,7 +235,13 @@ def quantize(model: onnx.ModelProto, data: Iterable[Mapping[str, np.ndarray]] | 
     activations = sorted({a for t in targets for a in t.activations})
     start = time.perf_counter()
     amax, used = ({}, 0)
-    if activations:
+    if activations and cached_amax is not None:
+        missing = [a for a in activations if a not in cached_amax]
+        if missing:
+            raise AttnExportError(f"the calibration cache has no amax for {len(missing)} tensors of this model "
+                                  f"(e.g. '{missing[0]}'); it belongs to another model or --exclude: drop --calib-cache")
+        amax = {a: max(float(cached_amax[a]), _MIN_AMAX) for a in activations}
+    elif activations:
         if data is None:
             raise AttnExportError("INT8 needs calibration data for its activations")
         amax, used = calibrate(model, activations, data, CalibConfig(options.method, dict(options.method_options)),
@@ -355,6 +364,34 @@ class _QdqWriter:
         keep = [i for i in self.graph.initializer if i.name in used]
         del self.graph.initializer[:]
         self.graph.initializer.extend(keep)
+
+
+CACHE_FORMAT = "attn-export calibration cache 1"
+
+
+def write_cache(path: Path, result: QuantResult, options: QuantOptions, source: str) -> None:
+    """The activation amax values of an INT8 calibration, reusable with --calib-cache."""
+    import json
+
+    path.write_text(json.dumps({"format": CACHE_FORMAT, "method": options.method, "samples": result.samples,
+                                "data": source, "amax": result.activation_amax}, indent=2) + "\n")
+
+
+def read_cache(path: str | Path) -> dict[str, float]:
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise AttnExportError(f"--calib-cache {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise AttnExportError(f"--calib-cache {path} is not a JSON calibration cache ({type(exc).__name__})") from exc
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("amax"), dict):
+        raise AttnExportError(f"--calib-cache {path} is not an attn-export calibration cache (calib_cache.json)")
+    try:
+        return {str(k): float(v) for k, v in data["amax"].items()}
+    except (TypeError, ValueError):
+        raise AttnExportError(f"--calib-cache {path}: amax values must be numbers") from None
 
 
 def save(model: onnx.ModelProto, path: Path) -> None:

@@ -197,6 +197,9 @@ def main():
 @click.option("--calib-data", metavar="SOURCE",
               help="A .npz / .npy of inputs, a folder of images, or file.py:function returning feed dicts "
                    "[default: the zoo model's data; seeded random data, with a warning, for other models].")
+@click.option("--calib-cache", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Reuse the activation amax of an earlier --int8 run (its OUTDIR/calib_cache.json) instead of "
+                   "calibrating.")
 @click.option("--calib-preprocess", default="raw", show_default=True, metavar="raw|unit|imagenet",
               help="For an image folder: pixels 0-255 (raw), 0-1 (unit) or ImageNet-normalized RGB.")
 @click.option("--exclude", multiple=True, metavar="PATTERN",
@@ -207,7 +210,7 @@ def main():
                                                     "[default: 0.10 int8, 0.25 int4].")
 @_model_options
 def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, engine, max_batch, timing_cache,
-               int8, int4, int4_block, calib_method, calib_samples, calib_data, calib_preprocess, exclude,
+               int8, int4, int4_block, calib_method, calib_samples, calib_data, calib_cache, calib_preprocess, exclude,
                quant_min_cosine, quant_max_error, input_shapes, factory, trust_pickle, inputs_npz, atol, rtol, seed,
                debug):
     """Export MODEL (zoo:NAME, a .pt2 archive, a checkpoint with --factory, or a pickle with
@@ -223,6 +226,12 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
                              timing_cache=timing_cache)
         _quant_options(opts, opset, int8, int4, int4_block, calib_method, calib_samples, calib_data,
                        calib_preprocess, exclude, quant_min_cosine, quant_max_error)
+        if calib_cache:
+            if not int8:
+                raise AttnExportError("--calib-cache holds INT8 activation ranges: add --int8")
+            if calib_data:
+                raise AttnExportError("--calib-cache replaces calibration: drop --calib-data")
+            opts.calib_cache = calib_cache
         opts.engine = opts.wants_engine()  # an explicit --engine without TensorRT fails here, before any work
         quantizing = opts.quant is not None
         steps = 2 + quantizing + opts.engine + opts.check * (1 + quantizing)

@@ -26,6 +26,7 @@ ONNX_NAME = "model.onnx"
 REPORT_NAME = "report.json"
 ENGINE_NAME = "model.engine"
 ENGINE_META_NAME = "engine.json"
+CALIB_CACHE_NAME = "calib_cache.json"
 DEFAULT_SEED = 0
 
 
@@ -44,6 +45,7 @@ class ExportOptions:
     timing_cache: str | None = None
     quant: "QuantOptions | None" = None  # --int8 / --int4
     calib_data: str | None = None
+    calib_cache: str | None = None  # reuse the amax of an earlier INT8 calibration
     calib_preprocess: str = "raw"
     quant_thresholds: "QuantThresholds | None" = None
 
@@ -89,7 +91,8 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
     # Read user inputs before any work, so that a bad file fails fast.
     user_feed = read_inputs(opts.inputs_npz, loaded) if opts.check and opts.inputs_npz else None
     quant_name = quantized_name(opts.quant.mode) if opts.quant else None
-    owned = (ONNX_NAME, REPORT_NAME, ENGINE_NAME, ENGINE_META_NAME, quantized_name("int8"), quantized_name("int4"))
+    owned = (ONNX_NAME, REPORT_NAME, ENGINE_NAME, ENGINE_META_NAME, quantized_name("int8"), quantized_name("int4"),
+             CALIB_CACHE_NAME)
     warnings: list[str] = []
     with staged_output(outdir, owned=owned) as stage:
         with step("export to ONNX"):
@@ -169,15 +172,21 @@ def _quantize(loaded: LoadedModel, proto, path: Path, opts: ExportOptions):
     from attn_export.calib import qdq
     from attn_export.models import zoo
 
-    if opts.calib_data:
+    cached = qdq.read_cache(opts.calib_cache) if opts.calib_cache else None
+    if cached is not None:
+        source = calib_data.CalibSource((), f"calibration cache {opts.calib_cache}")
+    elif opts.calib_data:
         source = calib_data.from_spec(opts.calib_data, calib_data.input_infos(proto), opts.calib_preprocess)
     elif loaded.source.startswith("zoo:") and zoo.entry(loaded.source[4:]).calib_data is not None:
         source = calib_data.CalibSource(zoo.entry(loaded.source[4:]).calib_data(), f"{loaded.source} calibration data")
     else:
         source = calib_data.random_source(lambda seed: loaded.random_inputs(opts.seed + 1000 + seed),
                                           loaded.input_names, warn=not loaded.source.startswith("zoo:"))
-    result = qdq.quantize(proto, source.feeds if opts.quant.mode == "int8" else None, opts.quant)
+    int8 = opts.quant.mode == "int8"
+    result = qdq.quantize(proto, source.feeds if int8 else None, opts.quant, cached_amax=cached)
     qdq.save(result.model, path)
+    if int8 and result.activation_amax:
+        qdq.write_cache(path.parent / CALIB_CACHE_NAME, result, opts.quant, source.description)
     return result, source
 
 

@@ -363,3 +363,35 @@ def test_check_command_uses_the_quantized_criterion_and_catches_a_broken_scale(t
     bad = run("check", "zoo:na1d-causal", tmp_path / "broken.onnx", "--report", tmp_path / "bad.json")
     assert bad.exit_code == 1, bad.output
     assert json.loads((tmp_path / "bad.json").read_text())["status"] == "fail"
+
+
+def test_calibration_cache_reproduces_the_scales(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert run("zoo:na1d-causal", "-o", first, "--int8", "--calib-samples", "6", "--no-check").exit_code == 0
+    cache = json.loads((first / "calib_cache.json").read_text())
+    assert cache["samples"] == 6 and cache["method"] == "max" and cache["amax"]
+    result = run("zoo:na1d-causal", "-o", second, "--int8", "--calib-cache", first / "calib_cache.json")
+    assert result.exit_code == 0, result.output
+
+    def scales(folder):
+        model = onnx.load(str(folder / "model.int8.onnx"))
+        return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("_scale")}
+
+    a, b = scales(first), scales(second)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    report = json.loads((second / "report.json").read_text())["quantization"]
+    assert report["calibration_data"].startswith("calibration cache")
+
+
+def test_bad_calibration_cache_is_exit_2(tmp_path):
+    cache = tmp_path / "cache.json"
+    cache.write_text(json.dumps({"format": "attn-export calibration cache 1", "amax": {"elsewhere": 1.0}}))
+    (tmp_path / "junk.json").write_text("{not json")
+    cases = [(["--int8", "--calib-cache", cache], "has no amax for"),
+             (["--int8", "--calib-cache", tmp_path / "junk.json"], "is not a JSON calibration cache"),
+             (["--int8", "--calib-cache", tmp_path / "none.json"], "does not exist"),
+             (["--int4", "--calib-cache", cache], "add --int8")]
+    for args, fragment in cases:
+        out = tmp_path / "out"
+        assert_one_line_error(run("zoo:na1d-causal", "-o", out, *args), 2, fragment)
+        assert not out.exists()
