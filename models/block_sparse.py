@@ -80,23 +80,30 @@ def _forward(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale: fl
     compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     if max_blocks == 0 or skv == 0:  # no row lists a block
         return torch.zeros_like(q)
+    n_kvb = num_blocks(skv, block_kv)
     count = kv_count.expand(batch, heads, n_qb).long()
-    index = kv_index.expand(batch, heads, n_qb, max_blocks).long()
+    index = kv_index.expand(batch, heads, n_qb, max_blocks).long().clamp(0, n_kvb - 1)
     listed = torch.arange(max_blocks, device=q.device) < count.unsqueeze(-1)  # [B, H, nQB, M]
-    tokens = index.clamp_min(0).unsqueeze(-1) * block_kv + torch.arange(block_kv, device=q.device)  # [B, H, nQB, M, bkv]
-    valid = (listed.unsqueeze(-1) & (tokens < skv)).flatten(-2)  # [B, H, nQB, M*bkv]
-    tokens = tokens.clamp_max(skv - 1).flatten(-2)
+    in_length = (index.unsqueeze(-1) * block_kv + torch.arange(block_kv, device=q.device)) < skv
+    valid = (listed.unsqueeze(-1) & in_length).flatten(-2)  # [B, H, nQB, M*bkv]
     qp = torch.nn.functional.pad(q.to(compute) * scale, (0, 0, 0, n_qb * block_q - sq))
     qb = qp.reshape(batch, heads, n_qb, block_q, dim)
-    kc, vc = k.to(compute), v.to(compute)
-    per_block = max(1, batch * heads * max_blocks * block_kv * dim * 2 * kc.element_size())
+
+    def blocked(x):  # [B, H, Skv, D] -> [B, H, nKVB, bkv, D], the last block zero-padded
+        x = torch.nn.functional.pad(x.to(compute), (0, 0, 0, n_kvb * block_kv - skv))
+        return x.reshape(batch, heads, n_kvb, block_kv, dim)
+
+    kb, vb = blocked(k), blocked(v)
+    rows_b = torch.arange(batch, device=q.device).view(batch, 1, 1, 1)
+    rows_h = torch.arange(heads, device=q.device).view(1, heads, 1, 1)
+    per_block = max(1, batch * heads * max_blocks * block_kv * dim * 2 * kb.element_size())
     chunk = max(1, _CHUNK_BYTES // per_block)
     outputs = []
     for lo in range(0, n_qb, chunk):
         hi = min(lo + chunk, n_qb)
-        idx = tokens[:, :, lo:hi].reshape(batch, heads, -1, 1).expand(-1, -1, -1, dim)
-        keys = kc.gather(2, idx).reshape(batch, heads, hi - lo, -1, dim)  # [B, H, n, M*bkv, D]
-        values = vc.gather(2, idx).reshape(batch, heads, hi - lo, -1, dim)
+        picked = index[:, :, lo:hi]  # whole blocks are copied: one index per block, not per element
+        keys = kb[rows_b, rows_h, picked].reshape(batch, heads, hi - lo, -1, dim)  # [B, H, n, M*bkv, D]
+        values = vb[rows_b, rows_h, picked].reshape(batch, heads, hi - lo, -1, dim)
         logits = qb[:, :, lo:hi] @ keys.transpose(-1, -2)  # [B, H, n, bq, M*bkv]
         mask = valid[:, :, lo:hi]
         if not bool(mask.all()):  # padding slots or a partial last block
