@@ -80,6 +80,10 @@ def build(arch: str = "90", tensorrt_root: str | None = None, build_dir: str | o
         if not shutil.which(tool) and not (tool == "nvcc" and os.environ.get("CUDACXX")):
             raise AttnExportError(f"`plugins build` needs {tool}, which is not on PATH: {hint}", EXIT_MISSING_DEPENDENCY)
     _check_arch(arch)
+    if not (SOURCE_DIR / "CMakeLists.txt").is_file():
+        raise AttnExportError(f"`plugins build` needs the plugins/ sources, which a wheel install does not carry "
+                              f"(looked in {SOURCE_DIR}): run it from a source checkout (pip install -e .)",
+                              EXIT_MISSING_DEPENDENCY)
     out = Path(build_dir) if build_dir else default_build_dir()
     configure = ["cmake", "-S", str(SOURCE_DIR), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release",
                  f"-DCMAKE_CUDA_ARCHITECTURES={arch.replace(',', ';')}",

@@ -131,3 +131,11 @@ def test_no_api_that_tensorrt_11_removed():
                "int8=True", "fp16=True", "calibrator="]
     hits = [(p.name, name) for p in sources for name in removed if name in p.read_text()]
     assert not hits, hits
+
+
+def test_plugins_build_without_sources_is_exit_3(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "SOURCE_DIR", tmp_path / "no-plugins")
+    monkeypatch.setattr(native.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    with pytest.raises(AttnExportError, match="needs the plugins/ sources") as info:
+        native.build("90", build_dir=tmp_path / "b")
+    assert info.value.exit_code == 3
