@@ -214,7 +214,8 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
                quant_min_cosine, quant_max_error, input_shapes, factory, trust_pickle, inputs_npz, atol, rtol, seed,
                debug):
     """Export MODEL (zoo:NAME, a .pt2 archive, a checkpoint with --factory, or a pickle with
-    --trust-pickle) to OUTDIR/model.onnx and check parity (report.json). Exit 1 if parity fails."""
+    --trust-pickle) to OUTDIR/model.onnx (with --int8/--int4 also model.int8/int4.onnx; with TensorRT
+    also model.engine) and check parity (report.json). Exit 1 if parity fails."""
 
     def body():
         from attn_export.onnx_export import check_opset
