@@ -111,36 +111,57 @@ class EntropyCalibrator(HistogramCalibrator):
 
     def compute_amax(self) -> float:
         hist = self._checked().astype(np.float64)
-        levels = 2 ** (self.num_bits - 1)
         last_used = int(np.nonzero(hist)[0].max()) + 1
         if last_used <= self.start_bin:  # everything fits below the first candidate: nothing to clip
             return float(self.edges[last_used])
-        best_i, best_kl = NUM_BINS, np.inf
-        for i in range(self.start_bin, NUM_BINS + 1):
-            kl = _kl_after_quantization(hist, i, levels)
-            if kl < best_kl:
-                best_i, best_kl = i, kl
-        return float(self.edges[best_i])
+        search = _KLSearch(hist, 2 ** (self.num_bits - 1))
+        divergences = [search.kl(i) for i in range(self.start_bin, NUM_BINS + 1)]
+        return float(self.edges[self.start_bin + int(np.argmin(divergences))])
+
+
+class _KLSearch:
+    """KL(P || Q) of TensorRT's recipe for every clipping bin i, from prefix sums in O(levels) per i.
+
+    P: the first i bins, outliers folded into bin i-1. Q: bin j < i falls into level floor(j * levels / i);
+    each non-empty bin gets its level's mean over the non-empty bins of that level. With T_l / M_l the sum
+    / non-empty count of level l, O the outliers and R the total:
+    KL = (sum r log r - sum_l T_l log(T_l / M_l) - O log(mean of the last level)) / R + log(C_i / R),
+    where r are P's unnormalized bins and C_i = sum of the first i bins (Q's total).
+    """
+
+    def __init__(self, hist: np.ndarray, levels: int):
+        self.hist, self.levels = hist, levels
+        self.total = hist.sum()
+        self.sum = np.concatenate([[0.0], np.cumsum(hist)])
+        self.nonzero = np.concatenate([[0], np.cumsum(hist > 0)])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            hlogh = np.where(hist > 0, hist * np.log(hist), 0.0)
+        self.hlogh = np.concatenate([[0.0], np.cumsum(hlogh)])
+
+    def kl(self, i: int) -> float:
+        h_last = self.hist[i - 1]
+        outliers = self.total - self.sum[i]
+        if h_last == 0 and outliers > 0:
+            return np.inf  # P has mass where Q has none
+        bounds = -(-np.arange(self.levels + 1) * i // self.levels)  # first bin of each level: ceil(l * i / L)
+        sums = self.sum[bounds[1:]] - self.sum[bounds[:-1]]
+        members = self.nonzero[bounds[1:]] - self.nonzero[bounds[:-1]]
+        used = members > 0
+        means = sums[used] / members[used]
+        r_last = h_last + outliers
+        r_log_r = self.hlogh[i - 1] + (r_last * np.log(r_last) if r_last > 0 else 0.0)
+        r_log_q = float(np.sum(sums[used] * np.log(means)))
+        if outliers > 0:
+            last_level = (i - 1) * self.levels // i
+            r_log_q += outliers * np.log(sums[last_level] / members[last_level])
+        q_total = self.sum[i]
+        if q_total == 0:
+            return np.inf
+        return float((r_log_r - r_log_q) / self.total + np.log(q_total / self.total))
 
 
 def _kl_after_quantization(hist: np.ndarray, i: int, levels: int) -> float:
-    reference = hist[:i].copy()
-    reference[-1] += hist[i:].sum()  # clip: outliers land in the last kept bin
-    source = hist[:i]
-    level = (np.arange(i) * levels) // i  # the quantization level each kept bin falls into
-    used = source > 0
-    totals = np.bincount(level, weights=source, minlength=levels)
-    members = np.bincount(level[used], minlength=levels)
-    expanded = np.where(used, totals[level] / np.maximum(members[level], 1), 0.0)
-    p = reference / reference.sum()
-    q_sum = expanded.sum()
-    if q_sum == 0:
-        return np.inf
-    q = expanded / q_sum
-    support = p > 0
-    if np.any(q[support] == 0):
-        return np.inf
-    return float(np.sum(p[support] * np.log(p[support] / q[support])))
+    return _KLSearch(np.asarray(hist, dtype=np.float64), levels).kl(i)
 
 
 class MseCalibrator(HistogramCalibrator):
