@@ -51,18 +51,11 @@ def from_flex_block_mask(block_mask) -> tuple[torch.Tensor, torch.Tensor, int, i
     block_q, block_kv = (int(x) for x in block_mask.BLOCK_SIZE)
     n_kvb = num_blocks(block_mask.seq_lengths[1], block_kv)
     n_qb = num_blocks(block_mask.seq_lengths[0], block_q)
-    mask = _listed(block_mask.kv_num_blocks, block_mask.kv_indices, n_kvb)
+    mask = dense_block_mask(block_mask.kv_num_blocks, block_mask.kv_indices, n_kvb)
     if block_mask.full_kv_num_blocks is not None:
-        mask = mask | _listed(block_mask.full_kv_num_blocks, block_mask.full_kv_indices, n_kvb)
+        mask = mask | dense_block_mask(block_mask.full_kv_num_blocks, block_mask.full_kv_indices, n_kvb)
     kv_count, kv_index = from_block_mask(mask[:, :, :n_qb].cpu())
     return kv_count, kv_index, block_q, block_kv
-
-
-def _listed(counts: torch.Tensor, indices: torch.Tensor, n_kvb: int) -> torch.Tensor:
-    slots = torch.arange(indices.shape[-1], device=indices.device) < counts.unsqueeze(-1)
-    mask = torch.zeros(*indices.shape[:-1], n_kvb + 1, dtype=torch.bool, device=indices.device)
-    mask.scatter_(-1, torch.where(slots, indices.long(), n_kvb), True)
-    return mask[..., :n_kvb]
 
 
 def to_csr(kv_count: torch.Tensor, kv_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

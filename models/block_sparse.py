@@ -61,10 +61,9 @@ def check_inputs(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, check
         bad = int(used.min()) if int(used.min()) < 0 else int(used.max())
         raise AttnExportError(f"{_OP}: kv_index lists block {bad}; listed blocks must lie in [0, {n_kvb}) "
                               f"(ceil(Skv={k.shape[2]} / block_kv={block_kv}))")
-    if used.numel():
-        sorted_rows = torch.where(listed, kv_index.expand(listed.shape), -1 - torch.arange(max_blocks, device=kv_index.device)).sort(-1).values
-        if bool((sorted_rows[..., 1:] == sorted_rows[..., :-1]).any()):
-            raise AttnExportError(f"{_OP}: a row of kv_index lists one block twice; list each block once")
+    # A row whose distinct blocks are fewer than its count lists one block twice.
+    if used.numel() and bool((dense_block_mask(kv_count, kv_index, n_kvb).sum(-1) < kv_count).any()):
+        raise AttnExportError(f"{_OP}: a row of kv_index lists one block twice; list each block once")
 
 
 def _is_symbolic(t: torch.Tensor) -> bool:
