@@ -11,23 +11,13 @@ attending everything.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from attn_export.models import block_sparse_attention
 from attn_export.models.block_layout import from_block_mask
 
-
-def median_ms(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+from timing import median_ms
 
 
 def layout(n_blocks: int, per_row: int, heads: int, seed: int = 0):

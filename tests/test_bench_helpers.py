@@ -3,25 +3,20 @@ here on the CPU against the reference window indices, so the GPU comparison is l
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
-from pathlib import Path
 
 import pytest
 import torch
 
 from attn_export.models.neighborhood import NAParams, neighborhood_index
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_na_gpu.py"
+from bench_scripts import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_na_gpu", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_na_gpu")
 
 
 def dense_reference(spatial, params):
