@@ -19,15 +19,7 @@ import onnx
 
 from attn_export.calib.qdq import QuantOptions, quantize
 from attn_export.loader import load_model
-from attn_export.models import zoo
-from attn_export.pipeline import ExportOptions, export_job
-
-
-def feeds(name: str, loaded):
-    entry = zoo.entry(name)
-    if entry.calib_data is not None:
-        return entry.calib_data()
-    return ({n: t.numpy() for n, t in zip(loaded.input_names, loaded.random_inputs(1000 + s))} for s in range(10**6))
+from attn_export.pipeline import ExportOptions, calibration_source, export_job
 
 
 def main() -> None:
@@ -44,7 +36,7 @@ def main() -> None:
             export_job(loaded, tmp, ExportOptions(check=False), lambda title: contextlib.nullcontext())
             model = onnx.load(str(Path(tmp) / "model.onnx"))
         for method in args.methods:
-            data = feeds(name, loaded)  # loading the dataset is not calibration
+            data = calibration_source(loaded, model, ExportOptions()).feeds  # loading data is not calibration
             start = time.perf_counter()
             result = quantize(model, data, QuantOptions("int8", method, args.samples))
             total = time.perf_counter() - start

@@ -102,7 +102,8 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
             output_names = _output_names(loaded, examples)
             proto = export(model, examples, stage / ONNX_NAME, dynamic_shapes=None if loaded.program else dynamic,
                            opset=opts.opset, input_names=loaded.input_names, output_names=output_names)
-        feeds, source = check_feeds(loaded, stage / ONNX_NAME, opts.seed, user_feed, opts.inputs_npz)
+        feeds, source = (check_feeds(loaded, stage / ONNX_NAME, opts.seed, user_feed, opts.inputs_npz)
+                         if opts.check or build_engine else ([], ""))
         quant = None
         if opts.quant:
             with step(f"calibrate and quantize ({opts.quant.mode})"):
@@ -141,9 +142,8 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                     "parity": quant_report.to_dict(), **quant.summary()}
             summary = {**export_summary(proto), "converted_modules": loaded.conversions}
             _write_report(stage / REPORT_NAME, report, loaded, onnx=ONNX_NAME, export=summary,
-                          engine=ENGINE_NAME if engine else None, **extra)
-            if quant_report is not None and not quant_report.passed:
-                _mark_failed(stage / REPORT_NAME)
+                          engine=ENGINE_NAME if engine else None,
+                          failed=quant_report is not None and not quant_report.passed, **extra)
     return ExportResult(outdir / ONNX_NAME, outdir / REPORT_NAME if report else None, report,
                         outdir / ENGINE_NAME if engine else None, outdir / quant_name if quant_name else None,
                         quant_report, warnings)
@@ -160,29 +160,33 @@ def quantized_mode(onnx_path: Path) -> str | None:
     return "int4" if any(i.data_type in int4 for i in model.graph.initializer) else "int8"
 
 
-def _mark_failed(path: Path) -> None:
-    data = json.loads(path.read_text())
-    data["status"] = "fail"
-    path.write_text(json.dumps(data, indent=2) + "\n")
+def calibration_source(loaded: LoadedModel, proto, opts: ExportOptions):
+    """Where INT8 calibration samples come from: --calib-data, else the zoo model's own data, else seeded
+    random inputs (with the loud warning for a user's model)."""
+    from attn_export.calib import data as calib_data
+    from attn_export.models import zoo
+
+    if opts.calib_data:
+        return calib_data.from_spec(opts.calib_data, calib_data.input_infos(proto), opts.calib_preprocess)
+    if loaded.source.startswith("zoo:") and zoo.entry(loaded.source[4:]).calib_data is not None:
+        return calib_data.CalibSource(zoo.entry(loaded.source[4:]).calib_data(), f"{loaded.source} calibration data")
+    return calib_data.random_source(lambda seed: loaded.random_inputs(opts.seed + 1000 + seed),
+                                    loaded.input_names, warn=not loaded.source.startswith("zoo:"))
 
 
 def _quantize(loaded: LoadedModel, proto, path: Path, opts: ExportOptions):
     """Calibrate (INT8) and write Q/DQ into ``path``; returns the QuantResult and the data source."""
     from attn_export.calib import data as calib_data
     from attn_export.calib import qdq
-    from attn_export.models import zoo
 
+    int8 = opts.quant.mode == "int8"
     cached = qdq.read_cache(opts.calib_cache) if opts.calib_cache else None
     if cached is not None:
         source = calib_data.CalibSource((), f"calibration cache {opts.calib_cache}")
-    elif opts.calib_data:
-        source = calib_data.from_spec(opts.calib_data, calib_data.input_infos(proto), opts.calib_preprocess)
-    elif loaded.source.startswith("zoo:") and zoo.entry(loaded.source[4:]).calib_data is not None:
-        source = calib_data.CalibSource(zoo.entry(loaded.source[4:]).calib_data(), f"{loaded.source} calibration data")
-    else:
-        source = calib_data.random_source(lambda seed: loaded.random_inputs(opts.seed + 1000 + seed),
-                                          loaded.input_names, warn=not loaded.source.startswith("zoo:"))
-    int8 = opts.quant.mode == "int8"
+    elif int8 or opts.calib_data:  # (a given --calib-data is still read, so a bad file is reported)
+        source = calibration_source(loaded, proto, opts)
+    else:  # INT4 is weight-only: no data is read
+        source = calib_data.CalibSource((), "none (INT4 is weight-only)")
     result = qdq.quantize(proto, source.feeds if int8 else None, opts.quant, cached_amax=cached)
     qdq.save(result.model, path)
     if int8 and result.activation_amax:
@@ -220,8 +224,11 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
     return report
 
 
-def _write_report(path: Path, report: ParityReport, loaded: LoadedModel, **extra) -> None:
+def _write_report(path: Path, report: ParityReport, loaded: LoadedModel, failed: bool = False, **extra) -> None:
+    """report.json; ``failed`` marks a failure the parity report does not hold (the quantized check)."""
     data = {**report.to_dict(), "model": loaded.source, **extra}
+    if failed:
+        data["status"] = "fail"
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 

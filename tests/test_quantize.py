@@ -395,3 +395,21 @@ def test_bad_calibration_cache_is_exit_2(tmp_path):
         out = tmp_path / "out"
         assert_one_line_error(run("zoo:na1d-causal", "-o", out, *args), 2, fragment)
         assert not out.exists()
+
+
+def test_export_fails_and_says_so_when_the_quantized_check_fails(tmp_path):
+    out = tmp_path / "out"
+    result = run("zoo:na1d-causal", "-o", out, "--int8", "--calib-samples", "4", "--quant-min-cosine", "1.5")
+    assert result.exit_code == 1, result.output
+    assert "int8 parity FAILED" in result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "fail" and report["quantization"]["parity"]["status"] == "fail"
+    assert all(c["passed"] for c in report["comparisons"])  # the float check itself passed
+
+
+def test_int4_reads_no_calibration_data(tmp_path):
+    out = tmp_path / "out"
+    assert run("zoo:na1d-causal", "-o", out, "--int4").exit_code == 0
+    quant = json.loads((out / "report.json").read_text())["quantization"]
+    assert quant["calibration_data"] == "none (INT4 is weight-only)" and quant["warning"] is None
+    assert not (out / "calib_cache.json").exists()
