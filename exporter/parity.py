@@ -20,6 +20,11 @@ DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-4
 
 
+def _strict_json(fields: dict) -> dict:
+    """NaN and Inf become null: report.json stays strict JSON."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fields.items()}
+
+
 @dataclass(frozen=True)
 class Tolerances:
     """Default atol/rtol plus per-output overrides. An element passes if it meets atol OR rtol
@@ -53,7 +58,7 @@ class OutputResult:
 
     def to_dict(self) -> dict:
         # Strict JSON has no NaN or Infinity: a non-finite statistic becomes null (see "note").
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+        return _strict_json(asdict(self))
 
 
 @dataclass
@@ -280,7 +285,7 @@ class QuantOutputResult:
     passed: bool
 
     def to_dict(self) -> dict:
-        return {k: (_json_float(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        return _strict_json(asdict(self))
 
 
 @dataclass
@@ -320,8 +325,6 @@ class QuantParityReport:
         return "\n".join(lines)
 
 
-def _json_float(x: float):
-    return x if math.isfinite(x) else str(x)
 
 
 def quant_metrics(name: str, iteration: int, ref: np.ndarray, cand: np.ndarray, t: QuantThresholds) -> QuantOutputResult:
