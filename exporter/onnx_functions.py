@@ -16,20 +16,27 @@ from onnx.defs import OpSchema
 from attn_export.registry import BLOCK_SPARSE, DOMAIN, DOMAIN_VERSION, NEIGHBORHOOD
 
 _INT64_MAX = 2**63 - 1
+# Every custom node carries these (DESIGN.md section 4); optional in the schema.
+_PLUGIN_ATTRIBUTES = {"plugin_version": AttributeProto.STRING, "plugin_namespace": AttributeProto.STRING}
+_FLOAT_TYPES = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
+
+
+def _schema_attributes(attributes: dict) -> list:
+    return [OpSchema.Attribute(name, kind, required=name not in _PLUGIN_ATTRIBUTES) for name, kind in attributes.items()]
+
+
 _NA_ATTRIBUTES = {
     "kernel_size": AttributeProto.INTS,
     "stride": AttributeProto.INTS,
     "dilation": AttributeProto.INTS,
     "is_causal": AttributeProto.INTS,
     "scale": AttributeProto.FLOAT,
-    "plugin_version": AttributeProto.STRING,
-    "plugin_namespace": AttributeProto.STRING,
+    **_PLUGIN_ATTRIBUTES,
 }
 
 
 def neighborhood_schema() -> OpSchema:
     """The node contract of ``attn_export::NeighborhoodAttention`` (inputs, attributes, types)."""
-    float_types = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
     inputs = [
         OpSchema.FormalParameter(name, "T", doc)
         for name, doc in (("q", "[B, *spatial, heads, head_dim]"), ("k", "like q"), ("v", "like q"))
@@ -41,9 +48,8 @@ def neighborhood_schema() -> OpSchema:
         "Generalized neighborhood attention (attn-export DESIGN.md section 5).",
         inputs=inputs,
         outputs=[OpSchema.FormalParameter("out", "T", "like q")],
-        type_constraints=[("T", float_types, "float tensors")],
-        attributes=[OpSchema.Attribute(name, kind, required=name not in ("plugin_version", "plugin_namespace"))
-                    for name, kind in _NA_ATTRIBUTES.items()],
+        type_constraints=[("T", _FLOAT_TYPES, "float tensors")],
+        attributes=_schema_attributes(_NA_ATTRIBUTES),
     )
 
 
@@ -199,14 +205,12 @@ _BSA_ATTRIBUTES = {
     "block_q": AttributeProto.INT,
     "block_kv": AttributeProto.INT,
     "scale": AttributeProto.FLOAT,
-    "plugin_version": AttributeProto.STRING,
-    "plugin_namespace": AttributeProto.STRING,
+    **_PLUGIN_ATTRIBUTES,
 }
 
 
 def block_sparse_schema() -> OpSchema:
     """The node contract of ``attn_export::BlockSparseAttention``."""
-    float_types = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
     inputs = [OpSchema.FormalParameter(name, "T", doc) for name, doc in (
         ("q", "[B, H, Sq, D]"), ("k", "[B, H, Skv, D]"), ("v", "[B, H, Skv, D]"))]
     inputs += [OpSchema.FormalParameter(name, "I", doc) for name, doc in (
@@ -216,9 +220,8 @@ def block_sparse_schema() -> OpSchema:
         "Block-sparse attention over a padded-ELL block layout (attn-export DESIGN.md section 5).",
         inputs=inputs,
         outputs=[OpSchema.FormalParameter("out", "T", "like q")],
-        type_constraints=[("T", float_types, "float tensors"), ("I", ["tensor(int32)"], "block layout")],
-        attributes=[OpSchema.Attribute(name, kind, required=name not in ("plugin_version", "plugin_namespace"))
-                    for name, kind in _BSA_ATTRIBUTES.items()],
+        type_constraints=[("T", _FLOAT_TYPES, "float tensors"), ("I", ["tensor(int32)"], "block layout")],
+        attributes=_schema_attributes(_BSA_ATTRIBUTES),
     )
 
 
