@@ -10,19 +10,24 @@ namespace attnx {
 
 constexpr int kMaxHeadDim = 256;
 
-inline std::string axis_problem(const attnx_na_params& p, int a) {
-    const int n = p.spatial[a], k = p.kernel_size[a], s = p.stride[a], d = p.dilation[a];
+// The rules of one axis's window that need no input shape (also what the plugin checks on its fields).
+inline std::string window_problem(int k, int s, int d, int causal, int a) {
     const std::string where = " on axis " + std::to_string(a);
     if (k < 2) return "kernel_size=" + std::to_string(k) + where + " is below the minimum 2";
     if (s < 1 || s > k)
         return "stride=" + std::to_string(s) + where + " must lie in [1, kernel_size=" + std::to_string(k) + "]";
     if (d < 1) return "dilation=" + std::to_string(d) + where + " is below the minimum 1";
-    if (p.is_causal[a] != 0 && p.is_causal[a] != 1)
-        return "is_causal=" + std::to_string(p.is_causal[a]) + where + " must be 0 or 1";
-    if (static_cast<long long>(k) * d > n)
-        return "kernel_size*dilation=" + std::to_string(k) + "*" + std::to_string(d) + where +
-               " exceeds the axis length " + std::to_string(n) + "; use a smaller kernel or dilation";
+    if (causal != 0 && causal != 1) return "is_causal=" + std::to_string(causal) + where + " must be 0 or 1";
     return "";
+}
+
+inline std::string axis_problem(const attnx_na_params& p, int a) {
+    const int n = p.spatial[a], k = p.kernel_size[a], d = p.dilation[a];
+    std::string problem = window_problem(k, p.stride[a], d, p.is_causal[a], a);
+    if (problem.empty() && static_cast<long long>(k) * d > n)
+        problem = "kernel_size*dilation=" + std::to_string(k) + "*" + std::to_string(d) + " on axis " + std::to_string(a) +
+                  " exceeds the axis length " + std::to_string(n) + "; use a smaller kernel or dilation";
+    return problem;
 }
 
 // "" when p is valid; otherwise one sentence naming the parameter, the axis and the limit.

@@ -83,12 +83,8 @@ std::string parseFields(std::vector<FieldView> const& fields, NAConfig& cfg) {
         if (!problem.empty()) return problem;
     }
     for (int32_t a = 0; a < cfg.rank; ++a) {
-        int32_t const k = cfg.kernel_size[a], s = cfg.stride[a], d = cfg.dilation[a], c = cfg.is_causal[a];
-        std::string const where = " on axis " + std::to_string(a);
-        if (k < 2) return "kernel_size=" + std::to_string(k) + where + " is below the minimum 2";
-        if (s < 1 || s > k) return "stride=" + std::to_string(s) + where + " must lie in [1, kernel_size]";
-        if (d < 1) return "dilation=" + std::to_string(d) + where + " is below the minimum 1";
-        if (c != 0 && c != 1) return "is_causal=" + std::to_string(c) + where + " must be 0 or 1";
+        std::string const problem = window_problem(cfg.kernel_size[a], cfg.stride[a], cfg.dilation[a], cfg.is_causal[a], a);
+        if (!problem.empty()) return problem;
     }
     return "";
 }
