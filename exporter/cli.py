@@ -302,8 +302,7 @@ def check_cmd(model, onnx_file, report_path, engine_file, input_shapes, factory,
         if engine_file:
             from attn_export import trt
 
-            trt.require_tensorrt()
-            trt.require_plugin_library()
+            trt.require_engine_tools()
             if not os.path.isfile(engine_file):
                 raise AttnExportError(f"--engine {engine_file} does not exist; build one with `attn-export MODEL --engine`")
         loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=2)

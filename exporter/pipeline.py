@@ -54,8 +54,7 @@ class ExportOptions:
         from attn_export import trt
 
         if self.engine:
-            trt.require_tensorrt()
-            trt.require_plugin_library()
+            trt.require_engine_tools()
             return True
         return self.engine is None and trt.engine_available()
 

@@ -47,6 +47,11 @@ def require_plugin_library() -> Path:
     return path
 
 
+def require_engine_tools():
+    """TensorRT and the plugin library, or exit 3 naming the missing one: (tensorrt module, library path)."""
+    return require_tensorrt(), require_plugin_library()
+
+
 def engine_available() -> bool:
     """True when both TensorRT and the plugin library are present (the export builds an engine then)."""
     try:
@@ -89,8 +94,7 @@ def profile_from(onnx_inputs: Mapping[str, Sequence], shapes: Sequence[Mapping[s
 def build_engine(onnx_path: str | Path, engine_path: str | Path, profile: Mapping[str, ShapeRange],
                  timing_cache: str | Path | None = None, meta_path: str | Path | None = None) -> dict:
     """Build and write a serialized engine; returns its metadata (also written to ``meta_path``)."""
-    trt = require_tensorrt()
-    plugins = require_plugin_library()
+    trt, plugins = require_engine_tools()
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, LoadPlugins, NetworkFromOnnxPath, Profile
 
     trt_profile = Profile()
@@ -125,8 +129,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, profile: Mappin
 
 def trt_runner(engine_path: str | Path, name: str = "tensorrt"):
     """A Polygraphy TrtRunner over a built engine, with our plugin library loaded first."""
-    require_tensorrt()
-    plugins = require_plugin_library()
+    _, plugins = require_engine_tools()
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, LoadPlugins, TrtRunner
 
