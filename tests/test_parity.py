@@ -75,3 +75,36 @@ def test_bad_feeds_are_rejected(exported):
         check_parity(model, path, [{"x": np.zeros((1, 12, 8), np.float32)}])
     with pytest.raises(AttnExportError, match=r"unknown output\(s\) \['logits'\]"):
         check_parity(model, path, [{"x": np.zeros((1, 12, 16), np.float32)}], Tolerances(per_output_atol={"logits": 1}))
+
+
+def test_table_names_the_reference_input_shapes_scale_and_overall_verdict(exported):
+    model, path, feeds = exported
+    report = check_parity(model, path, feeds)
+    table = report.table()
+    assert table.splitlines()[0].startswith("reference: pytorch-cpu = ")
+    assert "input shape" in table and "x=1x12x16" in table
+    assert table.splitlines()[-1] == "overall: PASS (1 of 1 outputs within tolerance)"
+    (out,) = report.comparisons[0].outputs
+    ref = model(torch.from_numpy(feeds[0]["x"])).detach().numpy()
+    assert out.reference_mean_abs == pytest.approx(float(np.abs(ref).mean()), rel=1e-6)
+    assert out.reference_std == pytest.approx(float(ref.std()), rel=1e-5)
+    data = report.to_dict()
+    assert data["comparisons"][0]["input_shapes"] == "x=1x12x16" and data["warnings"] == []
+    assert data["reference"]["runner"] == "pytorch-cpu"
+    failed = check_parity(Shifted(model, lambda y: y + 1e-3), path, feeds).table()
+    assert failed.splitlines()[-1] == "overall: FAIL (0 of 1 outputs within tolerance)"
+
+
+def test_vacuous_references_are_warned_about(exported):
+    model, path, _ = exported
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.standard_normal((1, 12, 16)).astype(np.float32)} for _ in range(2)]
+    zeroed = Shifted(model, lambda y: y * 0.0)  # e.g. a residual branch whose last norm starts at zero
+    report = check_parity(zeroed, path, feeds, Tolerances(atol=10, rtol=10))
+    assert report.passed  # the tolerances are loose: only the warning tells the user
+    assert any("is the constant 0 on every check input" in w for w in report.warnings), report.warnings
+    assert report.to_dict()["warnings"] == report.warnings
+    ignores_input = Shifted(model, lambda y: torch.ones_like(y).cumsum(-1))
+    warnings = check_parity(ignores_input, path, feeds, Tolerances(atol=100, rtol=100)).warnings
+    assert any("identical for input sets 0 and 1" in w for w in warnings), warnings
+    assert check_parity(model, path, feeds).warnings == []

@@ -413,3 +413,36 @@ def test_int4_reads_no_calibration_data(tmp_path):
     quant = json.loads((out / "report.json").read_text())["quantization"]
     assert quant["calibration_data"] == "none (INT4 is weight-only)" and quant["warning"] is None
     assert not (out / "calib_cache.json").exists()
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_parity_judges_the_model_as_tensorrt_runs_it(small_onnx, mode, tmp_path):
+    """The gate evaluates Q/DQ exactly (as TensorRT does), not through ONNX Runtime's CPU integer kernels,
+    whose results depend on the CPU (AVX2 saturation; INT4 MatMulNBits quantizes activations)."""
+    from attn_export.parity import QUANT_THRESHOLDS, check_quantized, quant_metrics
+
+    torch_model, paths = small_onnx
+    path = tmp_path / f"small.{mode}.onnx"
+    qdq.save(quantize(onnx.load(paths[21 if mode == "int4" else 18]), feeds(), mode).model, path)
+    x = np.random.default_rng(4).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    report = check_quantized(torch_model, path, [{"x": x}], mode)
+    # Every graph optimization off: QuantizeLinear, DequantizeLinear and float MatMul/Conv exactly as written.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    exact = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.inference_mode():
+        ref = torch_model(torch.from_numpy(x)).numpy()
+    want = quant_metrics("y", 0, ref, exact, QUANT_THRESHOLDS[mode])
+    (got,) = [r for c, r in report.outputs if c == f"onnxruntime-{mode}"]
+    assert got.mean_abs_error == pytest.approx(want.mean_abs_error, rel=1e-5, abs=1e-7)
+    assert got.max_abs_error == pytest.approx(want.max_abs_error, rel=1e-5, abs=1e-7)
+    data = report.to_dict()
+    assert data["runtime"][f"onnxruntime-{mode}"]["session_config"] == {"session.disable_quant_qdq": "1"}
+    # ONNX Runtime's fused CPU kernels are shown, labelled with the CPU, and never decide the result.
+    fused = f"onnxruntime-{mode}-fused"
+    assert report.informational == [fused] and data["runtime"][fused]["cpu_isa"]
+    assert all(not o["gating"] for o in data["outputs"] if o["candidate"] == fused)
+    assert f"{fused}: informational, not a gate" in report.table()
+    for _, result in report.outputs:
+        result.passed = result.passed if _ != fused else False  # a failing informational row ...
+    assert report.passed  # ... does not fail the check
