@@ -36,7 +36,7 @@ def main() -> None:
             export_job(loaded, tmp, ExportOptions(check=False), lambda title: contextlib.nullcontext())
             model = onnx.load(str(Path(tmp) / "model.onnx"))
         for method in args.methods:
-            data = calibration_source(loaded, model, ExportOptions()).feeds  # loading data is not calibration
+            data = calibration_source(loaded, ExportOptions()).feeds  # loading data is not calibration
             start = time.perf_counter()
             result = quantize(model, data, QuantOptions("int8", method, args.samples))
             total = time.perf_counter() - start

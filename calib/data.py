@@ -14,6 +14,7 @@ inputs, with a loud warning (and the report says so).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
@@ -154,6 +155,45 @@ def _from_function(func: Callable, spec: str) -> Iterator[dict]:
                               f"({type(exc).__name__}: {exc})") from exc
     for feed in iterator:
         yield {name: np.asarray(value) for name, value in feed.items()} if isinstance(feed, Mapping) else feed
+
+
+def check_feed(feed: Mapping[str, np.ndarray], inputs: Mapping[str, InputInfo], index: int) -> dict[str, np.ndarray]:
+    """One calibration sample against the model's inputs: names, dtypes, ranks, fixed dims, finite."""
+    if not isinstance(feed, Mapping):
+        raise AttnExportError(f"calibration sample {index} is a {type(feed).__name__}; each sample must be a "
+                              "dict of input name -> array")
+    if set(feed) != set(inputs):
+        raise AttnExportError(f"calibration sample {index} has inputs {sorted(feed)}; the model's inputs are "
+                              f"{sorted(inputs)}")
+    checked = {}
+    for name, info in inputs.items():
+        array = np.asarray(feed[name])
+        if array.dtype != info.dtype:
+            raise AttnExportError(f"calibration sample {index}: '{name}' is {array.dtype}; the model takes "
+                                  f"{info.dtype.name}")
+        if array.ndim != len(info.shape):
+            raise AttnExportError(f"calibration sample {index}: '{name}' has shape {list(array.shape)}; the model "
+                                  f"takes {len(info.shape)} dims {list(info.shape)}")
+        for axis, (got, dim) in enumerate(zip(array.shape, info.shape)):
+            if isinstance(dim, int) and dim != got:
+                raise AttnExportError(f"calibration sample {index}: '{name}' has shape {list(array.shape)}; axis "
+                                      f"{axis} must be {dim}")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            bad = "NaN" if np.isnan(array).any() else "Inf"
+            raise AttnExportError(f"calibration sample {index}: '{name}' contains {bad}; remove or fix that sample")
+        checked[name] = array
+    return checked
+
+
+def checked_source(source: CalibSource, inputs: Sequence[InputInfo]) -> CalibSource:
+    """``source`` with its first sample read and checked against ``inputs`` now (before any export work);
+    the samples still stream, the first one included."""
+    feeds = iter(source.feeds)
+    first = next(feeds, None)
+    if first is None:
+        raise AttnExportError(f"calibration data {source.description} is empty; give at least one sample")
+    check_feed(first, {i.name: i for i in inputs}, 0)
+    return CalibSource(itertools.chain([first], feeds), source.description, source.warning)
 
 
 def input_infos(model) -> list[InputInfo]:

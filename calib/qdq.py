@@ -22,6 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from attn_export.calib.calibrators import DEFAULT_METHOD, CalibConfig, make_calibrator
+from attn_export.calib.data import InputInfo, check_feed
 from attn_export.errors import AttnExportError
 
 MODES = ("int8", "int4")
@@ -159,7 +160,7 @@ def calibrate(model: onnx.ModelProto, activations: Sequence[str], data: Iterable
         if name not in existing:
             probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    inputs = {i.name: i for i in session.get_inputs()}
+    inputs = {i.name: InputInfo(i.name, i.shape, np.dtype(_ORT_DTYPES.get(i.type, np.float32))) for i in session.get_inputs()}
     calibrators = {name: make_calibrator(config) for name in activations}
     used = 0
     for index, feed in enumerate(data):
@@ -178,35 +179,6 @@ def calibrate(model: onnx.ModelProto, activations: Sequence[str], data: Iterable
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
                "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
                "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
-
-
-def check_feed(feed: Mapping[str, np.ndarray], inputs: Mapping, index: int) -> dict[str, np.ndarray]:
-    """One calibration sample against the model's inputs: names, dtypes, ranks, fixed dims, finite."""
-    if not isinstance(feed, Mapping):
-        raise AttnExportError(f"calibration sample {index} is a {type(feed).__name__}; each sample must be a "
-                              "dict of input name -> array")
-    if set(feed) != set(inputs):
-        raise AttnExportError(f"calibration sample {index} has inputs {sorted(feed)}; the model's inputs are "
-                              f"{sorted(inputs)}")
-    checked = {}
-    for name, meta in inputs.items():
-        array = np.asarray(feed[name])
-        want = _ORT_DTYPES.get(meta.type)
-        if want is not None and array.dtype != want:
-            raise AttnExportError(f"calibration sample {index}: '{name}' is {array.dtype}; the model takes "
-                                  f"{np.dtype(want).name}")
-        if array.ndim != len(meta.shape):
-            raise AttnExportError(f"calibration sample {index}: '{name}' has shape {list(array.shape)}; the model "
-                                  f"takes {len(meta.shape)} dims {meta.shape}")
-        for axis, (got, dim) in enumerate(zip(array.shape, meta.shape)):
-            if isinstance(dim, int) and dim != got:
-                raise AttnExportError(f"calibration sample {index}: '{name}' has shape {list(array.shape)}; axis "
-                                      f"{axis} must be {dim}")
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            bad = "NaN" if np.isnan(array).any() else "Inf"
-            raise AttnExportError(f"calibration sample {index}: '{name}' contains {bad}; remove or fix that sample")
-        checked[name] = array
-    return checked
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,6 +49,11 @@ def _from_natten(module: nn.Module) -> nn.Module:
 CONVERTERS: tuple[Converter, ...] = (Converter("natten", _is_natten_na, _from_natten),)
 
 
+def needs_conversion(model: nn.Module) -> bool:
+    """Whether ``model`` holds a module that a converter recognises."""
+    return any(c.matches(m) for m in model.modules() for c in CONVERTERS)
+
+
 def convert_modules(model: nn.Module) -> tuple[nn.Module, list[str]]:
     """Replace every recognised third-party attention module in ``model`` (in place where nested).
 

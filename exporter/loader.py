@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import importlib
 import importlib.util
 import inspect
+import logging
 import pickle
 import re
 import sys
@@ -24,12 +27,13 @@ class LoadedModel:
     """What the export and parity steps need, whatever the source."""
 
     source: str
-    module: torch.nn.Module  # the PyTorch reference for parity
+    module: torch.nn.Module  # what is exported: the model with third-party attention converted to ours
     inputs: list[InputSpec]
     program: torch.export.ExportedProgram | None = None  # a .pt2 is exported as saved
     dynamic_shapes: Callable[[bool, bool], dict | None] | None = None
     spatial: dict = field(default_factory=dict)  # input name -> axis -> zoo.DynamicDim (zoo models)
     conversions: list[str] = field(default_factory=list)  # third-party modules swapped for ours
+    original: torch.nn.Module | None = None  # the model as the user wrote it, when modules were converted
 
     @property
     def input_names(self) -> list[str]:
@@ -83,13 +87,53 @@ def load_model(
             raise AttnExportError(f"model file {spec} does not exist; give a path, or zoo:NAME (see `attn-export zoo`)")
         if path.is_dir():
             raise AttnExportError(f"model path {spec} is a folder; give a .pt2 archive or a checkpoint file")
-        if path.suffix == ".pt2":
+        kind = archive_kind(path)
+        if kind == "torchscript":
+            raise AttnExportError(
+                f"{path} is a TorchScript archive (torch.jit.save), which torch.export cannot trace: save the eager "
+                "model with torch.export.save (.pt2), or its state_dict and pass --factory module:function")
+        if kind == "export":
             loaded = _load_exported_program(path)
+        elif path.suffix == ".pt2":
+            raise AttnExportError(f"cannot read {path} as a torch.export archive ("
+                                  f"{'a zip without an export program' if kind == 'zip' else 'not a zip archive'}); "
+                                  "write it with torch.export.save")
         elif factory:
             loaded = _load_checkpoint(path, factory)
         else:
             loaded = _load_pickled_module(path, trust_pickle)
     return _apply_input_shapes(loaded, input_shapes or {})
+
+
+def archive_kind(path: Path) -> str:
+    """What a model file holds, judged by its content, not its name: "torchscript" (torch.jit.save),
+    "export" (torch.export.save), "zip" (torch.save's zip format) or "other" (not a zip: legacy
+    torch.save, a raw pickle, or a broken file)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "other"
+    tails = {name.split("/", 1)[1] for name in names if "/" in name}
+    if "archive_format" in tails or any(t.startswith("models/") and t.endswith(".json") for t in tails):
+        return "export"
+    if "constants.pkl" in tails and any(t.startswith("code/") for t in tails):
+        return "torchscript"
+    return "zip"
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch.export logs a traceback (and a note on file names) before raising; our one-line error says it all."""
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _load_zoo(name: str) -> LoadedModel:
@@ -102,7 +146,8 @@ def _load_zoo(name: str) -> LoadedModel:
 
 def _load_exported_program(path: Path) -> LoadedModel:
     try:
-        program = torch.export.load(str(path))
+        with _quiet_torch_logs():
+            program = torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001 - corrupt archives raise many types
         raise AttnExportError(f"cannot read {path} as a torch.export archive ({_brief(exc)}); "
                               "write it with torch.export.save") from exc
@@ -152,6 +197,7 @@ def _load_checkpoint(path: Path, factory: str) -> LoadedModel:
 
 def _load_pickled_module(path: Path, trust_pickle: bool) -> LoadedModel:
     if trust_pickle:
+        _import_from_cwd()  # the pickle names the user's classes, as --factory names the user's module
         obj = _torch_load(path, weights_only=False)
         if not isinstance(obj, torch.nn.Module):
             raise AttnExportError(f"{path} holds a {type(obj).__name__}, not an nn.Module; "
@@ -202,8 +248,7 @@ def resolve_callable(target: str, flag: str):
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
         else:
-            if "" not in sys.path:
-                sys.path.insert(0, "")
+            _import_from_cwd()
             module = importlib.import_module(module_name)
     except AttnExportError:
         raise
@@ -215,6 +260,13 @@ def resolve_callable(target: str, flag: str):
     return func
 
 
+def _import_from_cwd() -> None:
+    """Make modules in the current folder importable, as `python -m` would (the console script's sys.path
+    starts at its own bin/ folder instead)."""
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, "")
+
+
 def _call_factory(factory: str):
     func = resolve_callable(factory, "--factory")
     try:
@@ -224,9 +276,11 @@ def _call_factory(factory: str):
 
 
 def _module_model(source: str, model: torch.nn.Module, examples) -> LoadedModel:
-    from attn_export.convert import convert_modules
+    from attn_export.convert import convert_modules, needs_conversion
 
-    model, converted = convert_modules(model)
+    # Convert a copy: the model as written stays the parity reference, so a wrong conversion is caught.
+    original = model if needs_conversion(model) else None
+    model, converted = convert_modules(copy.deepcopy(model)) if original is not None else (model, [])
     names = [p.name for p in inspect.signature(model.forward).parameters.values()
              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if examples is not None:
@@ -241,7 +295,7 @@ def _module_model(source: str, model: torch.nn.Module, examples) -> LoadedModel:
     def dynamic_shapes(batch: bool, spatial: bool) -> dict | None:
         return {i.name: {0: batch_dim()} for i in inputs} if batch else None
 
-    return LoadedModel(source, model, inputs, dynamic_shapes=dynamic_shapes, conversions=converted)
+    return LoadedModel(source, model, inputs, dynamic_shapes=dynamic_shapes, conversions=converted, original=original)
 
 
 def _input_from_example(name: str, ex: torch.Tensor) -> InputSpec:

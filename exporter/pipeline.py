@@ -34,7 +34,7 @@ DEFAULT_SEED = 0
 class ExportOptions:
     opset: int | None = None
     dynamic_batch: bool = True
-    dynamic_spatial: bool = True  # where the model declares dynamic spatial dims (zoo models)
+    dynamic_spatial: bool | None = None  # None: dynamic where the model declares spatial dims (zoo models)
     check: bool = True
     tolerances: Tolerances = field(default_factory=Tolerances)
     inputs_npz: str | None = None
@@ -87,15 +87,18 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
 
     outdir = Path(outdir)
     build_engine = opts.wants_engine()
-    # Read user inputs before any work, so that a bad file fails fast.
+    _check_dynamic_spatial(loaded, opts.dynamic_spatial)
+    # Read user inputs and the first calibration sample before any work, so that a bad file fails fast.
     user_feed = read_inputs(opts.inputs_npz, loaded) if opts.check and opts.inputs_npz else None
+    calib = _calibration_data(loaded, opts) if opts.quant else None
     quant_name = quantized_name(opts.quant.mode) if opts.quant else None
     owned = (ONNX_NAME, REPORT_NAME, ENGINE_NAME, ENGINE_META_NAME, quantized_name("int8"), quantized_name("int4"),
              CALIB_CACHE_NAME)
     warnings: list[str] = []
     with staged_output(outdir, owned=owned) as stage:
         with step("export to ONNX"):
-            dynamic = loaded.dynamic_shapes(opts.dynamic_batch, opts.dynamic_spatial) if loaded.dynamic_shapes else None
+            spatial = opts.dynamic_spatial is not False  # declared spatial dims are dynamic unless refused
+            dynamic = loaded.dynamic_shapes(opts.dynamic_batch, spatial) if loaded.dynamic_shapes else None
             examples = loaded.random_inputs(opts.seed)
             model = loaded.program if loaded.program is not None else loaded.module
             output_names = _output_names(loaded, examples)
@@ -106,7 +109,7 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
         quant = None
         if opts.quant:
             with step(f"calibrate and quantize ({opts.quant.mode})"):
-                quant, calib = _quantize(loaded, proto, stage / quant_name, opts)
+                quant = _quantize(proto, calib, stage / quant_name, opts)
                 if calib.warning:
                     warnings.append(calib.warning)
         final = stage / (quant_name or ONNX_NAME)  # the engine is built from what ships
@@ -122,18 +125,20 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                 engine = stage / ENGINE_NAME
         report = quant_report = None
         if opts.check:
+            reference = parity_reference(loaded, feeds[0])
             title = "check parity: PyTorch vs ONNX Runtime" + (" vs TensorRT" if engine and not quant else "")
             with step(title):
                 from attn_export.parity import check_parity
 
-                report = check_parity(loaded.module, stage / ONNX_NAME, feeds, opts.tolerances, opts.command, source,
+                report = check_parity(reference, stage / ONNX_NAME, feeds, opts.tolerances, opts.command, source,
                                       engine_path=None if quant else engine)
+            warnings += report.warnings
             extra = {}
             if quant:
                 with step(f"check {opts.quant.mode} parity: PyTorch fp32 vs quantized"):
                     from attn_export.parity import check_quantized
 
-                    quant_report = check_quantized(loaded.module, stage / quant_name, feeds, opts.quant.mode,
+                    quant_report = check_quantized(reference, stage / quant_name, feeds, opts.quant.mode,
                                                    opts.quant_thresholds, engine_path=engine)
                 extra["quantization"] = {
                     "onnx": quant_name, "mode": opts.quant.mode, "method": opts.quant.method,
@@ -159,38 +164,73 @@ def quantized_mode(onnx_path: Path) -> str | None:
     return "int4" if any(i.data_type in int4 for i in model.graph.initializer) else "int8"
 
 
-def calibration_source(loaded: LoadedModel, proto, opts: ExportOptions):
+def _check_dynamic_spatial(loaded: LoadedModel, dynamic_spatial: bool | None) -> None:
+    """An explicit --dynamic-spatial / --static-spatial must be one this model source can honour."""
+    if loaded.program is not None and dynamic_spatial is not None:
+        raise AttnExportError(f"--{'dynamic' if dynamic_spatial else 'static'}-spatial: {loaded.source} is a "
+                              "torch.export archive, exported with the dynamic shapes it was saved with; drop the flag")
+    if dynamic_spatial and not loaded.spatial:
+        raise AttnExportError(f"--dynamic-spatial: {loaded.source} declares no dynamic spatial dims (zoo models do); "
+                              "drop the flag, or save a .pt2 with torch.export and your own dynamic_shapes")
+
+
+def model_input_infos(loaded: LoadedModel, opts: ExportOptions):
+    """The inputs the exported ONNX file will take, before it exists: dtypes, and the export shapes with the
+    batch and declared spatial dims symbolic where they will be dynamic."""
+    from attn_export.calib.data import InputInfo
+
+    infos = []
+    for spec in loaded.inputs:
+        dims: list = list(spec.shape)
+        if opts.dynamic_batch and loaded.program is None:
+            dims[0] = "batch"
+        if opts.dynamic_spatial is not False:
+            for axis, dim in loaded.spatial.get(spec.name, {}).items():
+                dims[axis] = dim.name
+        infos.append(InputInfo(spec.name, dims, np.dtype(str(spec.dtype).replace("torch.", ""))))
+    return infos
+
+
+def calibration_source(loaded: LoadedModel, opts: ExportOptions, infos=None):
     """Where INT8 calibration samples come from: --calib-data, else the zoo model's own data, else seeded
-    random inputs (with the loud warning for a user's model)."""
+    random inputs (with the loud warning for a user's model). ``infos`` describe the model's inputs."""
     from attn_export.calib import data as calib_data
     from attn_export.models import zoo
 
     if opts.calib_data:
-        return calib_data.from_spec(opts.calib_data, calib_data.input_infos(proto), opts.calib_preprocess)
+        infos = infos if infos is not None else model_input_infos(loaded, opts)
+        return calib_data.from_spec(opts.calib_data, infos, opts.calib_preprocess)
     if loaded.source.startswith("zoo:") and zoo.entry(loaded.source[4:]).calib_data is not None:
         return calib_data.CalibSource(zoo.entry(loaded.source[4:]).calib_data(), f"{loaded.source} calibration data")
     return calib_data.random_source(lambda seed: loaded.random_inputs(opts.seed + 1000 + seed),
                                     loaded.input_names, warn=not loaded.source.startswith("zoo:"))
 
 
-def _quantize(loaded: LoadedModel, proto, path: Path, opts: ExportOptions):
-    """Calibrate (INT8) and write Q/DQ into ``path``; returns the QuantResult and the data source."""
+def _calibration_data(loaded: LoadedModel, opts: ExportOptions):
+    """The calibration source of this run, its first sample already checked against the model's inputs:
+    none for a calibration cache or INT4 (weight-only; a given --calib-data is still read, so a bad file is
+    reported)."""
     from attn_export.calib import data as calib_data
+
+    if opts.calib_cache:
+        return calib_data.CalibSource((), f"calibration cache {opts.calib_cache}")
+    if opts.quant.mode != "int8" and not opts.calib_data:
+        return calib_data.CalibSource((), "none (INT4 is weight-only)")
+    infos = model_input_infos(loaded, opts)
+    return calib_data.checked_source(calibration_source(loaded, opts, infos), infos)
+
+
+def _quantize(proto, source, path: Path, opts: ExportOptions):
+    """Calibrate (INT8) on ``source`` and write Q/DQ into ``path``; returns the QuantResult."""
     from attn_export.calib import qdq
 
     int8 = opts.quant.mode == "int8"
     cached = qdq.read_cache(opts.calib_cache) if opts.calib_cache else None
-    if cached is not None:
-        source = calib_data.CalibSource((), f"calibration cache {opts.calib_cache}")
-    elif int8 or opts.calib_data:  # (a given --calib-data is still read, so a bad file is reported)
-        source = calibration_source(loaded, proto, opts)
-    else:  # INT4 is weight-only: no data is read
-        source = calib_data.CalibSource((), "none (INT4 is weight-only)")
     result = qdq.quantize(proto, source.feeds if int8 else None, opts.quant, cached_amax=cached)
     qdq.save(result.model, path)
     if int8 and result.activation_amax:
         qdq.write_cache(path.parent / CALIB_CACHE_NAME, result, opts.quant, source.description)
-    return result, source
+    return result
 
 
 def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: str | os.PathLike | None,
@@ -206,21 +246,43 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
     user_feed = read_inputs(opts.inputs_npz, loaded) if opts.inputs_npz else None
     feeds, source = check_feeds(loaded, onnx_path, opts.seed, user_feed, opts.inputs_npz)
     mode = quantized_mode(onnx_path)
+    reference = parity_reference(loaded, feeds[0])
     if mode:  # a Q/DQ model: the quantization-aware criterion, not elementwise tolerances
         with step(f"check {mode} parity: PyTorch fp32 vs quantized ONNX" + (" and TensorRT" if engine_path else "")):
             from attn_export.parity import check_quantized
 
-            report = check_quantized(loaded.module, onnx_path, feeds, mode, opts.quant_thresholds,
-                                     engine_path=engine_path)
+            report = check_quantized(reference, onnx_path, feeds, mode, opts.quant_thresholds, engine_path=engine_path)
     else:
         with step("check parity: PyTorch vs ONNX Runtime" + (" vs TensorRT" if engine_path else "")):
-            report = check_parity(loaded.module, onnx_path, feeds, opts.tolerances, opts.command, source,
+            report = check_parity(reference, onnx_path, feeds, opts.tolerances, opts.command, source,
                                   engine_path=engine_path)
     if report_path:
         report_path = Path(report_path)
         with staged_output(report_path.parent) as stage:
             _write_report(stage / report_path.name, report, loaded)
     return report
+
+
+def parity_reference(loaded: LoadedModel, feed: dict):
+    """The reference of the parity check: the model as the user wrote it, when third-party modules were
+    converted and the original runs here (so a wrong conversion fails the check); else the loaded model."""
+    import torch
+
+    from attn_export.parity import Reference
+
+    if loaded.original is None:
+        return Reference(loaded.module)
+    args = [torch.from_numpy(np.ascontiguousarray(feed[name])) for name in loaded.input_names]
+    try:
+        with torch.inference_mode():
+            loaded.original(*args)
+    except Exception as exc:  # noqa: BLE001 - e.g. a third-party kernel that needs a GPU
+        brief = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        return Reference(loaded.module, "pytorch-converted",
+                         f"the converted model on the CPU: the original cannot run here ({brief})")
+    return Reference(loaded.original, "pytorch-original",
+                     f"the model as written ({len(loaded.conversions)} third-party attention modules, unconverted), "
+                     "on the CPU")
 
 
 def _write_report(path: Path, report: ParityReport, loaded: LoadedModel, failed: bool = False, **extra) -> None:

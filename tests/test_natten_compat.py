@@ -137,3 +137,32 @@ def test_legacy_modules_keep_their_relative_position_bias():
     attn = neighborhood_attention_reference(q, k, v, (3, 3), (1, 1), (2, 2), (False, False), rpb=legacy.rpb)
     want = legacy.proj(attn.float().flatten(-2))
     torch.testing.assert_close(converted(x), want, atol=1e-5, rtol=0)
+
+
+def test_parity_reference_is_the_original_natten_model_so_a_wrong_conversion_fails(tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from attn_export import convert
+    from attn_export.cli import main
+
+    torch.save(build_natten_net().state_dict(), tmp_path / "natten.pt")
+    args = [str(tmp_path / "natten.pt"), "--factory", f"{__name__}:build_natten_net", "--input-shape", "seq=1x20x32",
+            "--input-shape", "image=1x9x10x32", "--input-shape", "video=1x4x6x5x32"]
+    good = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "good")])
+    assert good.exit_code == 0, good.output
+    report = json.loads((tmp_path / "good" / "report.json").read_text())
+    assert report["reference"]["runner"] == "pytorch-original"
+    assert "pytorch-original vs onnxruntime-cpu" in good.output
+
+    def slightly_wrong(module):  # a converter bug: the output projection's bias is off by 1e-2
+        layer = convert._from_natten(module)
+        with torch.no_grad():
+            layer.proj.bias += 1e-2
+        return layer
+
+    monkeypatch.setattr(convert, "CONVERTERS", (convert.Converter("natten", convert._is_natten_na, slightly_wrong),))
+    bad = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "bad")])
+    assert bad.exit_code == 1, bad.output
+    assert json.loads((tmp_path / "bad" / "report.json").read_text())["status"] == "fail"
