@@ -176,8 +176,9 @@ def main():
 @click.option("-o", "--output", "outdir", default="out", show_default=True, metavar="OUTDIR",
               help="Folder for model.onnx and report.json (written atomically).")
 @click.option("--dynamic-batch/--static-batch", default=True, show_default=True, help="Dynamic batch dimension.")
-@click.option("--dynamic-spatial/--static-spatial", default=True, show_default=True,
-              help="Dynamic spatial dims where the model declares them (zoo models).")
+@click.option("--dynamic-spatial/--static-spatial", default=None,
+              help="Dynamic spatial dims where the model declares them (zoo models) [default: dynamic for zoo models, "
+                   "static for checkpoints and pickles; a .pt2 keeps its own].")
 @click.option("--opset", type=int, help="ONNX opset (18-23, default 18).")
 @click.option("--no-check", is_flag=True, help="Skip the PyTorch vs ONNX Runtime parity check.")
 @click.option("--engine/--no-engine", default=None,
@@ -238,8 +239,6 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
         steps = 2 + quantizing + opts.engine + opts.check * (1 + quantizing)
         loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=steps)
         result = export_job(loaded, outdir, opts, step)
-        for warning in result.warnings:
-            click.echo(f"WARNING: {warning}", err=True)
         for path in (result.onnx_path, result.quantized_path, result.engine_path):
             if path:
                 click.echo(f"wrote {path}")
@@ -250,6 +249,8 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
             if not result.quant_report.passed:
                 click.echo(f"{opts.quant.mode} parity FAILED: see the table above and {result.report_path}", err=True)
                 code = EXIT_CHECK_FAILED
+        for warning in result.warnings:  # after the tables, where they are seen
+            click.echo(f"WARNING: {warning}", err=True)
         return code
 
     _run(debug, body)
@@ -307,7 +308,10 @@ def check_cmd(model, onnx_file, report_path, engine_file, input_shapes, factory,
                 raise AttnExportError(f"--engine {engine_file} does not exist; build one with `attn-export MODEL --engine`")
         loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=2)
         report = check_job(loaded, onnx_file, report_path, opts, step, engine_path=engine_file)
-        return _report_outcome(report, report_path)
+        code = _report_outcome(report, report_path)
+        for warning in report.warnings:
+            click.echo(f"WARNING: {warning}", err=True)
+        return code
 
     _run(debug, body)
 
@@ -321,10 +325,6 @@ def zoo_cmd():
         entry = zoo.entry(name)
         shapes = ", ".join(f"{s.name}={'x'.join(map(str, s.shape))}" for s in entry.inputs)
         click.echo(f"{name:<14} {shapes:<26} {entry.description}")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main(prog_name="attn-export")
 
 
 @main.group("plugins")
@@ -384,3 +384,7 @@ def plugins_path_cmd():
         return 0
 
     _run(False, body)
+
+
+if __name__ == "__main__":  # pragma: no cover - last, so that every command above is registered
+    main(prog_name="attn-export")

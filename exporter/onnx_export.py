@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -145,7 +146,8 @@ def _torch_onnx_export(model, example_inputs, dynamic_shapes, opset, input_names
     sink = io.StringIO()
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(sink), warnings.catch_warnings():
+        # Inference only: a trace with gradients on fails in ops without a CPU backward (FlexAttention).
+        with contextlib.redirect_stdout(sink), warnings.catch_warnings(), torch.no_grad():
             # torch's own deprecation and dim-renaming notes, not the user's business
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
             warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape constraints")
@@ -157,10 +159,62 @@ def _torch_onnx_export(model, example_inputs, dynamic_shapes, opset, input_names
                 external_data=False,
             )
     except Exception as exc:  # noqa: BLE001 - re-raised as the one expected error type
+        blocker = unexportable_attention(model, example_inputs, dynamic_shapes)
+        if blocker:
+            raise AttnExportError(blocker) from exc
         hint = "rerun with --debug for details"
         if dynamic_shapes:
             hint += "; if a dynamic dimension is the cause, export with --static-batch / --static-spatial"
         raise wrap_failure(exc, "export to ONNX", hint) from exc
+
+
+# Attention calls that torch.export traces but no ONNX exporter translates, and what to use instead.
+_UNEXPORTABLE_ATTENTION = {
+    "flex_attention": ("FlexAttention (torch.nn.attention.flex_attention)",
+                       "write the attention with attn_export.models.block_sparse_attention (block layouts: "
+                       "attn_export.models.block_layout.from_flex_block_mask) or neighborhood_attention"),
+}
+_NATTEN_HINT = ("call attn_export.models.neighborhood_attention (same arguments and layout) or use NATTEN's "
+                "NeighborhoodAttention modules, which attn-export converts")
+
+
+def unexportable_attention(model, example_inputs, dynamic_shapes) -> str | None:
+    """A one-line explanation when ``model`` calls an attention that has no ONNX translation (FlexAttention,
+    NATTEN's functional API, which runs FlexAttention on the CPU), naming the call site; else None."""
+    try:
+        if isinstance(model, torch.export.ExportedProgram):
+            program = model
+        else:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic_shapes, strict=False)
+    except Exception:  # noqa: BLE001 - the export failed for another reason: the caller reports it
+        return None
+    for node in program.graph.nodes:
+        kind = _UNEXPORTABLE_ATTENTION.get(getattr(node.target, "__name__", str(node.target)))
+        if node.op != "call_function" or kind is None:
+            continue
+        what, instead = kind
+        stack = node.meta.get("nn_module_stack") or {}
+        path, cls = list(stack.values())[-1] if stack else ("", type(model).__name__)
+        where, code = _user_frame(node.meta.get("stack_trace") or "")
+        if "natten" in code or "/natten/" in (node.meta.get("stack_trace") or ""):
+            what, instead = "NATTEN's functional API (it runs FlexAttention on the CPU)", _NATTEN_HINT
+        site = f" at {where} (`{code}`)" if where else ""
+        return (f"layer '{path or '<model>'}' ({str(cls).rsplit('.', 1)[-1]}) calls {what}{site}, which has no ONNX "
+                f"export: {instead}; a converter for these calls is planned")
+    return None
+
+
+def _user_frame(stack_trace: str) -> tuple[str, str]:
+    """The innermost frame of the user's code in a traced node's stack trace: ("file.py:LINE", code)."""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in [^\n]*\n\s*([^\n]*)', stack_trace)
+    user = [(f, n, c) for f, n, c in frames
+            if not f.startswith("<") and not re.search(r"[/\\](torch|natten)[/\\]", f)]
+    if not user:
+        return "", ""
+    file, line, code = user[-1]
+    return f"{Path(file).name}:{line}", code.strip()
 
 
 def _avoid_size_one_specialization(example_inputs, dynamic_shapes):

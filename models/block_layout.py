@@ -7,6 +7,8 @@ Padded ELL (DESIGN.md section 5): ``kv_count`` int32 ``[B|1, H|1, nQB]``, ``kv_i
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from attn_export.errors import AttnExportError
@@ -40,21 +42,33 @@ def to_block_mask(kv_count: torch.Tensor, kv_index: torch.Tensor, n_kv_blocks: i
     return dense_block_mask(kv_count, kv_index, n_kv_blocks)
 
 
-def from_flex_block_mask(block_mask) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """Padded ELL and (block_q, block_kv) from a FlexAttention ``BlockMask``: its full blocks
-    (full_kv_num_blocks / full_kv_indices) and partial blocks (kv_num_blocks / kv_indices) together.
+def from_flex_block_mask(block_mask, allow_partial: bool = False) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Padded ELL and (block_q, block_kv) from a FlexAttention ``BlockMask``.
 
-    Every listed block is attended in full: the result equals FlexAttention exactly when the BlockMask's
-    mask_mod is uniform inside each block (block-aligned patterns). Rows past the sequence length are
-    masked by length, as in FlexAttention.
+    A BlockMask lists full blocks (full_kv_num_blocks / full_kv_indices: every element attended) and
+    partial blocks (kv_num_blocks / kv_indices: the mask_mod decides per element). Padded ELL attends
+    every listed block in full, so only a BlockMask without partial blocks converts exactly; one with
+    partial blocks is refused, unless ``allow_partial`` (then they are attended in full, with a warning).
+    A BlockMask made without full blocks (``full_kv_num_blocks is None``) lists every block as partial:
+    build it with create_block_mask, which separates them. Rows past the sequence length are masked by
+    length, as in FlexAttention.
     """
     block_q, block_kv = (int(x) for x in block_mask.BLOCK_SIZE)
     n_kvb = num_blocks(block_mask.seq_lengths[1], block_kv)
     n_qb = num_blocks(block_mask.seq_lengths[0], block_q)
-    mask = dense_block_mask(block_mask.kv_num_blocks, block_mask.kv_indices, n_kvb)
+    partial = dense_block_mask(block_mask.kv_num_blocks, block_mask.kv_indices, n_kvb)[:, :, :n_qb]
+    mask = partial.clone()
     if block_mask.full_kv_num_blocks is not None:
-        mask = mask | dense_block_mask(block_mask.full_kv_num_blocks, block_mask.full_kv_indices, n_kvb)
-    kv_count, kv_index = from_block_mask(mask[:, :, :n_qb].cpu())
+        mask |= dense_block_mask(block_mask.full_kv_num_blocks, block_mask.full_kv_indices, n_kvb)[:, :, :n_qb]
+    partial_count = int(partial.sum())
+    if partial_count:
+        message = (f"the FlexAttention BlockMask has {partial_count} partial blocks (its mask_mod masks inside them); "
+                   "padded-ELL layouts attend listed blocks in full, so only block-aligned masks convert exactly")
+        if not allow_partial:
+            raise AttnExportError(f"{message}: use a mask aligned to BLOCK_SIZE={block_q}x{block_kv}, or pass "
+                                  "allow_partial=True to attend the partial blocks in full")
+        warnings.warn(f"{message}; allow_partial=True attends them in full, which changes the attention", stacklevel=2)
+    kv_count, kv_index = from_block_mask(mask.cpu())
     return kv_count, kv_index, block_q, block_kv
 
 

@@ -112,17 +112,38 @@ def test_agrees_with_flex_attention_given_the_same_block_mask(sq, skv, block):
     torch.testing.assert_close(block_sparse_attention(q, k, v, count, index, bq, bkv), expected, atol=1e-5, rtol=0)
 
 
-def test_flex_conversion_keeps_full_and_partial_blocks():
+def causal_in_block_mod(b, h, q_idx, kv_idx):  # the diagonal block is only partly attended (causal inside)
+    return (kv_idx // 16 < q_idx // 16) | ((kv_idx // 16 == q_idx // 16) & (kv_idx <= q_idx))
+
+
+def test_flex_conversion_refuses_partial_blocks_unless_allowed():
     from torch.nn.attention.flex_attention import create_block_mask
 
-    def mask_mod(b, h, q_idx, kv_idx):  # the diagonal block is only partly attended (causal inside)
-        return (kv_idx // 16 < q_idx // 16) | ((kv_idx // 16 == q_idx // 16) & (kv_idx <= q_idx))
-
-    block_mask = create_block_mask(mask_mod, 1, 1, 64, 64, device="cpu", BLOCK_SIZE=16)
-    assert int(block_mask.full_kv_num_blocks.sum()) > 0 and int(block_mask.kv_num_blocks.sum()) > 0
-    count, index, _, _ = layout.from_flex_block_mask(block_mask)
+    block_mask = create_block_mask(causal_in_block_mod, 1, 1, 64, 64, device="cpu", BLOCK_SIZE=16)
+    assert int(block_mask.full_kv_num_blocks.sum()) > 0 and int(block_mask.kv_num_blocks.sum()) == 4
+    with pytest.raises(AttnExportError, match="has 4 partial blocks .* only block-aligned masks convert exactly"):
+        layout.from_flex_block_mask(block_mask)
+    with pytest.warns(UserWarning, match="allow_partial=True attends them in full"):
+        count, index, _, _ = layout.from_flex_block_mask(block_mask, allow_partial=True)
     expected = torch.tril(torch.ones(4, 4, dtype=torch.bool))  # full below the diagonal, partial on it
     assert torch.equal(layout.to_block_mask(count, index, 4)[0, 0], expected)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_partial_blocks_attended_in_full_differ_from_flex_attention():
+    """Why partial blocks are refused: an 8-token sliding window in 16-token blocks, attended in full, is a
+    different attention."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    def window(b, h, q_idx, kv_idx):
+        return (q_idx - kv_idx).abs() <= 8
+
+    block_mask = create_block_mask(window, 1, 1, 64, 64, device="cpu", BLOCK_SIZE=16)
+    with pytest.warns(UserWarning):
+        count, index, bq, bkv = layout.from_flex_block_mask(block_mask, allow_partial=True)
+    q, k, v = torch.randn(3, 1, 2, 64, 16, generator=torch.Generator().manual_seed(5)).unbind(0)
+    diff = (block_sparse_attention(q, k, v, count, index, bq, bkv) - flex_attention(q, k, v, block_mask=block_mask))
+    assert float(diff.abs().max()) > 0.1
 
 
 # ------------------------------------------------------------------------------------------ layouts

@@ -271,3 +271,118 @@ def test_static_export_and_inputs_the_onnx_model_rejects(tmp_path):
     np.savez(tmp_path / "short.npz", tokens=np.zeros((1, 64), np.int64))
     rejected = run("check", SMALL, tmp_path / "model.onnx", "--inputs", tmp_path / "short.npz")
     assert_one_line_error(rejected, 2, "running the models on the check inputs failed")
+
+
+# ------------------------------------------------------------------------------------------- issue 13 defects
+
+
+def console(*args, cwd=None, env=None):
+    """The installed console script (not `python -m`, whose sys.path differs), as a user runs it."""
+    exe = Path(sys.executable).with_name("attn-export")
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+
+
+def test_module_entry_point_knows_every_command():
+    proc = subprocess.run([sys.executable, "-m", "attn_export.cli", "plugins", "path"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode in (0, 3), proc.stderr
+    assert proc.stdout.startswith("kernels: ") and "plugins: " in proc.stdout
+
+
+def test_random_bytes_give_one_line_and_no_torch_traceback(tmp_path):
+    (tmp_path / "junk.pt2").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    proc = console(tmp_path / "junk.pt2", "-o", tmp_path / "o")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "torch/export" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "not a zip archive" in errors[0], proc.stderr
+
+
+def test_torchscript_files_are_named_and_refused(tmp_path):
+    torch.jit.save(torch.jit.script(torch.nn.Linear(4, 2)), tmp_path / "scripted.pt")
+    for extra in ([], ["--trust-pickle"], ["--factory", f"{__name__}:build_tiny"]):
+        result = run(tmp_path / "scripted.pt", "-o", tmp_path / "o", *extra)
+        assert_one_line_error(result, 2, "is a TorchScript archive (torch.jit.save), which torch.export cannot trace")
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_archives_are_recognised_by_content_not_name(tmp_path):
+    program = torch.export.export(build_tiny(), (torch.randn(2, 12, 16),))
+    torch.export.save(program, tmp_path / "program.pt2")
+    (tmp_path / "program.pt2").rename(tmp_path / "model.pt")
+    result = run(tmp_path / "model.pt", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["status"] == "pass"
+
+
+def test_trust_pickle_imports_the_users_module_from_the_current_folder(tmp_path):
+    (tmp_path / "mymodels.py").write_text(
+        "import torch\n\nclass Doubler(torch.nn.Module):\n    def forward(self, x):\n        return 2 * x\n")
+    code = ("import sys, torch; sys.path.insert(0, '.'); import mymodels; "
+            "torch.save(mymodels.Doubler(), 'whole.pt')")
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = console("whole.pt", "--trust-pickle", "--input-shape", "x=1x4", "-o", "out", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["status"] == "pass"
+
+
+def test_dynamic_spatial_is_refused_where_it_cannot_apply(tmp_path):
+    torch.save(build_tiny().state_dict(), tmp_path / "tiny.pt")
+    result = run(tmp_path / "tiny.pt", "--factory", f"{__name__}:build_tiny", "--input-shape", "x=1x10x16",
+                 "--dynamic-spatial", "-o", tmp_path / "o")
+    assert_one_line_error(result, 2, "--dynamic-spatial: ")
+    assert "declares no dynamic spatial dims" in result.stderr
+    program = torch.export.export(build_tiny(), (torch.randn(2, 12, 16),))
+    torch.export.save(program, tmp_path / "tiny.pt2")
+    assert_one_line_error(run(tmp_path / "tiny.pt2", "--static-spatial", "-o", tmp_path / "o"), 2,
+                          "exported with the dynamic shapes it was saved with")
+    assert not (tmp_path / "o").exists()
+    ok = run(tmp_path / "tiny.pt", "--factory", f"{__name__}:build_tiny", "--input-shape", "x=1x10x16",
+             "--static-spatial", "-o", tmp_path / "o")
+    assert ok.exit_code == 0, ok.output
+
+
+def test_bad_calibration_data_fails_before_the_export(tmp_path):
+    np.savez(tmp_path / "calib.npz", tokens=np.zeros((4, 128), np.float32))  # the model takes int64 tokens
+    result = run(SMALL, "-o", tmp_path / "o", "--int8", "--calib-data", tmp_path / "calib.npz")
+    assert_one_line_error(result, 2, "calibration sample 0: 'tokens' is float32; the model takes int64")
+    assert "export to ONNX" not in result.stderr
+    np.savez(tmp_path / "short.npz", tokens=np.zeros((4, 64, 2), np.int64))
+    result = run(SMALL, "-o", tmp_path / "o", "--int8", "--calib-data", tmp_path / "short.npz")
+    assert_one_line_error(result, 2, "'tokens' has shape [1, 64, 2]; the model takes 2 dims")
+    assert not (tmp_path / "o").exists()
+
+
+FLEX_MODEL = """
+import torch
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+
+class SlidingWindow(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(16, 48)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).reshape(x.shape[0], 32, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        mask = create_block_mask(lambda b, h, i, j: (i - j).abs() <= 4, None, None, 32, 32, device="cpu")
+        return flex_attention(q, k, v, block_mask=mask)
+
+
+def build():
+    return SlidingWindow(), (torch.randn(1, 32, 16),)
+"""
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+def test_flex_attention_calls_are_named_not_blamed_on_gradients(tmp_path):
+    (tmp_path / "flexmodel.py").write_text(FLEX_MODEL)
+    namespace: dict = {}
+    exec(FLEX_MODEL, namespace)
+    torch.save(namespace["build"]()[0].state_dict(), tmp_path / "flex.pt")
+    result = run(tmp_path / "flex.pt", "--factory", f"{tmp_path / 'flexmodel.py'}:build", "-o", tmp_path / "o")
+    assert_one_line_error(result, 2, "calls FlexAttention (torch.nn.attention.flex_attention) at flexmodel.py:14 "
+                                     "(`return flex_attention(q, k, v, block_mask=mask)`), which has no ONNX export")
+    assert "backward" not in result.stderr
+    assert not (tmp_path / "o").exists()
