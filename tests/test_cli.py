@@ -386,3 +386,43 @@ def test_flex_attention_calls_are_named_not_blamed_on_gradients(tmp_path):
                                      "(`return flex_attention(q, k, v, block_mask=mask)`), which has no ONNX export")
     assert "backward" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+class GpuOnlyAttention(torch.nn.Module):
+    """A third-party layer whose own forward cannot run on this machine (a CUDA-only kernel)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = NeighborhoodAttention1D(16, 2, 5)
+
+    def forward(self, x):
+        raise RuntimeError("this kernel needs a CUDA device")
+
+
+class WrapsGpuOnly(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = GpuOnlyAttention()
+
+    def forward(self, x):
+        return self.attn(x)
+
+
+def build_gpu_only():
+    torch.manual_seed(1)
+    return WrapsGpuOnly().eval()
+
+
+def test_parity_reference_falls_back_to_the_converted_model_and_says_why(tmp_path, monkeypatch):
+    from attn_export import convert
+
+    converter = convert.Converter("gpu-only", lambda m: isinstance(m, GpuOnlyAttention), lambda m: m.inner)
+    monkeypatch.setattr(convert, "CONVERTERS", (converter,))
+    torch.save(build_gpu_only().state_dict(), tmp_path / "m.pt")
+    result = run(tmp_path / "m.pt", "--factory", f"{__name__}:build_gpu_only", "--input-shape", "x=1x10x16",
+                 "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    reference = json.loads((tmp_path / "out" / "report.json").read_text())["reference"]
+    assert reference["runner"] == "pytorch-converted"
+    assert "the original cannot run here (this kernel needs a CUDA device)" in reference["model"]
+    assert "pytorch-converted vs onnxruntime-cpu" in result.output
