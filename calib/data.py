@@ -22,6 +22,10 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from attn_export.errors import EXIT_MISSING_DEPENDENCY, AttnExportError
+from attn_export.onnx_utils import InputInfo
+from attn_export.onnx_utils import graph_inputs as input_infos
+
+__all__ = ["CalibSource", "InputInfo", "check_feed", "checked_source", "from_spec", "input_infos", "random_source"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".tif", ".tiff"}
 PREPROCESS = ("raw", "unit", "imagenet")
@@ -36,13 +40,6 @@ class CalibSource:
     feeds: Iterable[Mapping[str, np.ndarray]]
     description: str
     warning: str | None = None
-
-
-@dataclass(frozen=True)
-class InputInfo:
-    name: str
-    shape: Sequence  # ints, or names for dynamic dims
-    dtype: np.dtype
 
 
 def from_spec(spec: str, inputs: Sequence[InputInfo], preprocess: str = "raw") -> CalibSource:
@@ -194,18 +191,3 @@ def checked_source(source: CalibSource, inputs: Sequence[InputInfo]) -> CalibSou
         raise AttnExportError(f"calibration data {source.description} is empty; give at least one sample")
     check_feed(first, {i.name: i for i in inputs}, 0)
     return CalibSource(itertools.chain([first], feeds), source.description, source.warning)
-
-
-def input_infos(model) -> list[InputInfo]:
-    """The graph inputs of an ONNX model (initializers excluded) as InputInfo."""
-    from onnx import helper
-
-    initializers = {i.name for i in model.graph.initializer}
-    infos = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
-        infos.append(InputInfo(value.name, dims, np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))))
-    return infos

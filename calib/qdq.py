@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from attn_export.calib.calibrators import DEFAULT_METHOD, CalibConfig, make_calibrator
 from attn_export.calib.data import InputInfo, check_feed
 from attn_export.errors import AttnExportError
+from attn_export.onnx_utils import opset_of, save_atomically
 
 MODES = ("int8", "int4")
 QUANTIZABLE = {"int8": ("MatMul", "Gemm", "Conv"), "int4": ("MatMul", "Gemm")}
@@ -193,7 +194,7 @@ def quantize(model: onnx.ModelProto, data: Iterable[Mapping[str, np.ndarray]] | 
     """
     options.validate()
     if options.mode == "int4":
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        opset = opset_of(model)
         if opset < INT4_MIN_OPSET:
             raise AttnExportError(f"INT4 block-wise DequantizeLinear needs opset >= {INT4_MIN_OPSET}; the model has "
                                   f"opset {opset}: export with --opset {INT4_MIN_OPSET} (the CLI does this for --int4)")
@@ -367,6 +368,4 @@ def read_cache(path: str | Path) -> dict[str, float]:
 
 
 def save(model: onnx.ModelProto, path: Path) -> None:
-    from attn_export.onnx_export import save_atomically
-
     save_atomically(model, path)

@@ -15,86 +15,13 @@ import onnx
 import torch
 
 from attn_export.errors import AttnExportError, wrap_failure
-from attn_export.onnx_functions import (
-    RPB_OVERLOAD,
-    block_sparse_function,
-    block_sparse_schema,
-    neighborhood_function,
-    neighborhood_schema,
-)
-from attn_export.registry import BLOCK_SPARSE, DOMAIN, DOMAIN_VERSION, NEIGHBORHOOD
+from attn_export.onnx_ops import attach_local_functions, custom_translation_table
+from attn_export.onnx_utils import save_atomically
 
 DEFAULT_OPSET = 18  # the lowest opset the torch dynamo exporter and TensorRT 10 both handle well
 SUPPORTED_OPSETS = tuple(range(18, 24))
-MIN_IR_VERSION = 10  # function overloads (the rpb form of NeighborhoodAttention)
 
-
-def _neighborhood_translation():
-    import onnxscript
-
-    node = onnxscript.values.Op(
-        onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION), NEIGHBORHOOD.onnx_op_type, neighborhood_schema()
-    )
-
-    def translate(q, k, v, kernel_size, stride, dilation, is_causal, scale, rpb=None):
-        return node(
-            q, k, v, rpb,
-            kernel_size=list(kernel_size), stride=list(stride), dilation=list(dilation),
-            is_causal=[int(c) for c in is_causal], scale=float(scale),
-            plugin_version=NEIGHBORHOOD.plugin_version, plugin_namespace=NEIGHBORHOOD.plugin_namespace,
-        )
-
-    return translate
-
-
-def _block_sparse_translation():
-    import onnxscript
-
-    node = onnxscript.values.Op(
-        onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION), BLOCK_SPARSE.onnx_op_type, block_sparse_schema()
-    )
-
-    def translate(q, k, v, kv_count, kv_index, block_q, block_kv, scale):
-        return node(
-            q, k, v, kv_count, kv_index, block_q=int(block_q), block_kv=int(block_kv), scale=float(scale),
-            plugin_version=BLOCK_SPARSE.plugin_version, plugin_namespace=BLOCK_SPARSE.plugin_namespace,
-        )
-
-    return translate
-
-
-def custom_translation_table() -> dict:
-    import attn_export.models  # noqa: F401  (registers the torch custom ops)
-
-    ops = torch.ops.attn_export
-    return {ops.neighborhood_attention.default: _neighborhood_translation(),
-            ops.block_sparse_attention.default: _block_sparse_translation()}
-
-
-def attach_local_functions(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Give every custom attention node its model-local decomposition (after export: the exporter
-    would inline a function it was handed) and mark the rpb form with its function overload."""
-    onnx_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), DEFAULT_OPSET)
-    needed = set()
-    block_sparse = False
-    for node in model.graph.node:
-        block_sparse |= node.domain == DOMAIN and node.op_type == BLOCK_SPARSE.onnx_op_type
-        if node.domain == DOMAIN and node.op_type == NEIGHBORHOOD.onnx_op_type:
-            with_rpb = len(node.input) == 4 and node.input[3] != ""
-            del node.input[4 if with_rpb else 3:]  # drop a trailing empty optional input
-            node.overload = RPB_OVERLOAD if with_rpb else ""
-            needed.add(with_rpb)
-    have = {(f.domain, f.name, f.overload) for f in model.functions}
-    for with_rpb in sorted(needed):
-        key = (DOMAIN, NEIGHBORHOOD.onnx_op_type, RPB_OVERLOAD if with_rpb else "")
-        if key not in have:
-            model.functions.append(neighborhood_function(onnx_opset, with_rpb))
-    if block_sparse and (DOMAIN, BLOCK_SPARSE.onnx_op_type, "") not in have:
-        model.functions.append(block_sparse_function(onnx_opset))
-    if (needed or block_sparse) and not any(o.domain == DOMAIN for o in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
-    model.ir_version = max(model.ir_version, MIN_IR_VERSION)
-    return model
+__all__ = ["DEFAULT_OPSET", "SUPPORTED_OPSETS", "attach_local_functions", "check_opset", "export", "save_atomically"]
 
 
 def check_opset(opset: int | None) -> int:
@@ -227,13 +154,3 @@ def _avoid_size_one_specialization(example_inputs, dynamic_shapes):
                     tensor = torch.cat([tensor, tensor], dim=dim)
         grown.append(tensor)
     return tuple(grown) + tuple(example_inputs[len(grown):])
-
-
-def save_atomically(proto: onnx.ModelProto, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        onnx.save_model(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

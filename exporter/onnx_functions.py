@@ -11,46 +11,24 @@ spatial size and batch. 1-D and 2-D inputs are padded to 3 axes (kernel 1) insid
 from __future__ import annotations
 
 from onnx import AttributeProto, FunctionProto, TensorProto, helper
-from onnx.defs import OpSchema
 
-from attn_export.registry import BLOCK_SPARSE, DOMAIN, DOMAIN_VERSION, NEIGHBORHOOD
+from attn_export.registry import BLOCK_SPARSE, DOMAIN, NEIGHBORHOOD, PLUGIN_ATTRIBUTES, OpSpec
 
 _INT64_MAX = 2**63 - 1
-# Every custom node carries these (DESIGN.md section 4); optional in the schema.
-_PLUGIN_ATTRIBUTES = {"plugin_version": AttributeProto.STRING, "plugin_namespace": AttributeProto.STRING}
-_FLOAT_TYPES = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
 
 
-def _schema_attributes(attributes: dict) -> list:
-    return [OpSchema.Attribute(name, kind, required=name not in _PLUGIN_ATTRIBUTES) for name, kind in attributes.items()]
-
-
-_NA_ATTRIBUTES = {
-    "kernel_size": AttributeProto.INTS,
-    "stride": AttributeProto.INTS,
-    "dilation": AttributeProto.INTS,
-    "is_causal": AttributeProto.INTS,
-    "scale": AttributeProto.FLOAT,
-    **_PLUGIN_ATTRIBUTES,
-}
-
-
-def neighborhood_schema() -> OpSchema:
-    """The node contract of ``attn_export::NeighborhoodAttention`` (inputs, attributes, types)."""
-    inputs = [
-        OpSchema.FormalParameter(name, "T", doc)
-        for name, doc in (("q", "[B, *spatial, heads, head_dim]"), ("k", "like q"), ("v", "like q"))
-    ]
-    inputs.append(OpSchema.FormalParameter(
-        "rpb", "T", "[heads, 2k-1 per axis] additive bias", param_option=OpSchema.FormalParameterOption.Optional))
-    return OpSchema(
-        NEIGHBORHOOD.onnx_op_type, DOMAIN, DOMAIN_VERSION,
-        "Generalized neighborhood attention (attn-export DESIGN.md section 5).",
-        inputs=inputs,
-        outputs=[OpSchema.FormalParameter("out", "T", "like q")],
-        type_constraints=[("T", _FLOAT_TYPES, "float tensors")],
-        attributes=_schema_attributes(_NA_ATTRIBUTES),
+def function_proto(spec: OpSpec, overload: str, nodes: list, onnx_opset: int) -> FunctionProto:
+    """The FunctionProto of ``spec``'s ``overload``: its required inputs plus the optional one the overload
+    names, every attribute of the node (plugin attributes included), standard ops of ``onnx_opset``."""
+    inputs = [i.name for i in spec.inputs if not i.optional or i.name == overload]
+    function = helper.make_function(
+        DOMAIN, spec.onnx_op_type, inputs, [o.name for o in spec.outputs], nodes,
+        opset_imports=[helper.make_opsetid("", onnx_opset)],
+        attributes=[a.name for a in spec.attributes] + list(PLUGIN_ATTRIBUTES),
     )
+    if len(spec.overloads) > 1:
+        function.overload = overload
+    return function
 
 
 class _Body:
@@ -124,16 +102,14 @@ def _axis_window(b: _Body, n: str, k: str, s: str, d: str, causal: str):
     return key, rel, valid
 
 
-RPB_OVERLOAD = "rpb"
-
-
-def neighborhood_function(onnx_opset: int, with_rpb: bool) -> FunctionProto:
+def neighborhood_function(onnx_opset: int, overload: str = "") -> FunctionProto:
     """The model-local function for ``attn_export::NeighborhoodAttention``: a gather decomposition.
 
     Each query gathers its prod(k) keys and values ([B, H, N, K, D]); nothing of size N x N exists.
     ONNX Runtime cannot inline a function whose optional input is missing, so the 4-input form
     (with rpb) is the function overload ``"rpb"`` and the 3-input form is the default overload.
     """
+    with_rpb = overload == "rpb"
     b = _Body("na_")
     kernel = b.attr_ref("kernel_size", AttributeProto.INTS)
     stride = b.attr_ref("stride", AttributeProto.INTS)
@@ -189,43 +165,13 @@ def neighborhood_function(onnx_opset: int, with_rpb: bool) -> FunctionProto:
     nan = b.CastLike(b.op("Constant", value_float=float("nan")), out)
     b.nodes.append(helper.make_node("Where", [too_short, nan, out], ["out"]))
 
-    function = helper.make_function(
-        DOMAIN, NEIGHBORHOOD.onnx_op_type, ["q", "k", "v"] + (["rpb"] if with_rpb else []), ["out"], b.nodes,
-        opset_imports=[helper.make_opsetid("", onnx_opset)],
-        attributes=list(_NA_ATTRIBUTES),
-    )
-    function.overload = RPB_OVERLOAD if with_rpb else ""
-    return function
+    return function_proto(NEIGHBORHOOD, overload, b.nodes, onnx_opset)
 
 
 # ---------------------------------------------------------------------------------------------
 # Block-sparse attention
 
-_BSA_ATTRIBUTES = {
-    "block_q": AttributeProto.INT,
-    "block_kv": AttributeProto.INT,
-    "scale": AttributeProto.FLOAT,
-    **_PLUGIN_ATTRIBUTES,
-}
-
-
-def block_sparse_schema() -> OpSchema:
-    """The node contract of ``attn_export::BlockSparseAttention``."""
-    inputs = [OpSchema.FormalParameter(name, "T", doc) for name, doc in (
-        ("q", "[B, H, Sq, D]"), ("k", "[B, H, Skv, D]"), ("v", "[B, H, Skv, D]"))]
-    inputs += [OpSchema.FormalParameter(name, "I", doc) for name, doc in (
-        ("kv_count", "int32 [B|1, H|1, nQB]"), ("kv_index", "int32 [B|1, H|1, nQB, max_blocks], -1 padded"))]
-    return OpSchema(
-        BLOCK_SPARSE.onnx_op_type, DOMAIN, DOMAIN_VERSION,
-        "Block-sparse attention over a padded-ELL block layout (attn-export DESIGN.md section 5).",
-        inputs=inputs,
-        outputs=[OpSchema.FormalParameter("out", "T", "like q")],
-        type_constraints=[("T", _FLOAT_TYPES, "float tensors"), ("I", ["tensor(int32)"], "block layout")],
-        attributes=_schema_attributes(_BSA_ATTRIBUTES),
-    )
-
-
-def block_sparse_function(onnx_opset: int) -> FunctionProto:
+def block_sparse_function(onnx_opset: int, overload: str = "") -> FunctionProto:
     """The model-local function for ``attn_export::BlockSparseAttention``: gathers the listed blocks.
 
     Per query block, the keys and values of its max_blocks listed kv blocks are gathered
@@ -280,8 +226,4 @@ def block_sparse_function(onnx_opset: int) -> FunctionProto:
     out = b.Div(b.MatMul(weights, gather_blocks("v")), total)  # [B, H, nQB, bq, D]
     out = b.Reshape(out, b.Concat(batch, heads, b.ints(-1), dim, axis=0))
     b.nodes.append(helper.make_node("Slice", [out, b.ints(0), b.Unsqueeze(sq, unsq0), b.ints(2)], ["out"]))
-    return helper.make_function(
-        DOMAIN, BLOCK_SPARSE.onnx_op_type, ["q", "k", "v", "kv_count", "kv_index"], ["out"], b.nodes,
-        opset_imports=[helper.make_opsetid("", onnx_opset)],
-        attributes=list(_BSA_ATTRIBUTES),
-    )
+    return function_proto(BLOCK_SPARSE, overload, b.nodes, onnx_opset)

@@ -151,13 +151,10 @@ def _onnxruntime_runner(onnx_path: str | Path, name: str = "onnxruntime-cpu", ex
 def onnx_io(onnx_path: str | Path) -> tuple[dict[str, list], list[str]]:
     """The graph inputs of an ONNX file (initializers excluded), each with its dims (an int, or a
     symbolic name where the dim is dynamic), and its output names."""
-    import onnx
+    from attn_export.onnx_utils import graph_inputs, load_graph
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    initializers = {i.name for i in graph.initializer}
-    inputs = {i.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in i.type.tensor_type.shape.dim]
-              for i in graph.input if i.name not in initializers}
-    return inputs, [o.name for o in graph.output]
+    model = load_graph(onnx_path)
+    return {i.name: list(i.shape) for i in graph_inputs(model)}, [o.name for o in model.graph.output]
 
 
 def _check_feeds(feeds: Sequence[Mapping[str, np.ndarray]], input_names: Sequence[str]) -> None:

@@ -372,9 +372,11 @@ def _output_names(loaded: LoadedModel, examples) -> list[str]:
 
 
 def export_summary(proto) -> dict:
+    from attn_export.onnx_utils import opset_of
+
     custom = Counter(n.op_type for n in proto.graph.node if n.domain == DOMAIN)
     return {
-        "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+        "opset": opset_of(proto),
         "custom_nodes": dict(custom),
         "local_functions": sorted(f"{f.domain}::{f.name}" + (f"[{f.overload}]" if f.overload else "")
                                   for f in proto.functions),

@@ -1,11 +1,67 @@
-"""One registry entry per attention op: every layer (torch, ONNX, TensorRT) takes its names from here."""
+"""The op contract: one registry entry per attention op, from which every layer takes its names and shapes.
+
+Each :class:`OpSpec` declares the torch custom op, the ONNX node (inputs, attributes, type constraints), the
+model-local function that decomposes it into standard ops, and the TensorRT plugin folder. The ONNX schema,
+the torch -> ONNX translation, the local functions attached after export, the plugin field checks and the
+contract tests are all loops over ``OPS``. Adding an op means new files plus one entry here.
+
+Import-light on purpose (no torch, no onnx): hooks are dotted paths ("module:function") resolved on use.
+"""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from typing import Callable
 
 DOMAIN = "attn_export"  # ONNX domain, torch library namespace and TensorRT plugin namespace
 DOMAIN_VERSION = 1
+PLUGIN_ATTRIBUTES = ("plugin_version", "plugin_namespace")  # on every custom node (TensorRT prefers the plugin)
+
+# What the TensorRT ONNX parser hands a plugin for each ONNX attribute type (INT(S) become int32 fields).
+FIELD_TYPES = {"INT": "int32", "INTS": "int32", "FLOAT": "float32", "FLOATS": "float32", "STRING": "char"}
+FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(bfloat16)")
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    type_var: str  # a type constraint of the op ("T", "I")
+    doc: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """An ONNX attribute of the node, which is also a TensorRT plugin field of the same name."""
+
+    name: str
+    onnx_type: str  # "INT", "INTS", "FLOAT", "STRING"
+    doc: str
+    count: str = "1"  # values: "1", or "rank" (one per spatial axis)
+    required: bool = True
+    torch_arg: str | None = None  # the torch op argument it comes from (default: the same name)
+
+    @property
+    def field_type(self) -> str:
+        return FIELD_TYPES[self.onnx_type]
+
+    def from_torch(self, value):
+        """The attribute value for the torch op's argument value."""
+        if self.onnx_type == "INTS":
+            return [int(v) for v in value]
+        if self.onnx_type == "INT":
+            return int(value)
+        if self.onnx_type == "FLOAT":
+            return float(value)
+        return str(value)
+
+
+@dataclass(frozen=True)
+class TypeConstraint:
+    name: str
+    allowed: tuple[str, ...]
+    doc: str
 
 
 @dataclass(frozen=True)
@@ -13,7 +69,16 @@ class OpSpec:
     key: str  # short name used in docs and the CLI
     torch_name: str  # torch custom op name inside the `attn_export` library
     onnx_op_type: str  # ONNX node op_type in DOMAIN; also the TensorRT plugin name
+    doc: str
+    inputs: tuple[Input, ...]
+    attributes: tuple[Attribute, ...]  # the op's own; PLUGIN_ATTRIBUTES are added to every node
+    type_constraints: tuple[TypeConstraint, ...]
+    local_function: str  # "module:function", called as f(onnx_opset, overload) -> onnx.FunctionProto
+    outputs: tuple[Input, ...] = (Input("out", "T", "like q"),)
+    plugin: str | None = None  # folder under plugins/trt/ with the TensorRT plugin, None while there is none
     plugin_version: str = "1"
+    node_args: str | None = None  # "module:function" mapping the torch op's arguments to (inputs, attributes)
+    overload_of: str | None = None  # "module:function" choosing a node's function overload (default: see below)
 
     @property
     def torch_qualname(self) -> str:
@@ -27,10 +92,61 @@ class OpSpec:
     def plugin_namespace(self) -> str:
         return DOMAIN
 
+    @property
+    def overloads(self) -> tuple[str, ...]:
+        """Function overloads: "" (every optional input absent) and one per optional input present. ONNX
+        Runtime inlines a function by renaming its inputs, so a missing optional input needs its own body."""
+        return ("",) + tuple(i.name for i in self.inputs if i.optional)
 
-NEIGHBORHOOD = OpSpec("neighborhood", "neighborhood_attention", "NeighborhoodAttention")
-BLOCK_SPARSE = OpSpec("block-sparse", "block_sparse_attention", "BlockSparseAttention")
-PARO = OpSpec("paro", "paro_attention", "ParoAttention")
+    def hook(self, name: str) -> Callable | None:
+        """A declared hook ("local_function", "node_args", "overload_of") as a callable; None if undeclared."""
+        target = getattr(self, name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)
 
-OPS: dict[str, OpSpec] = {spec.key: spec for spec in (NEIGHBORHOOD, BLOCK_SPARSE, PARO)}
 
+_T = TypeConstraint("T", FLOAT_TYPES, "float tensors")
+
+NEIGHBORHOOD = OpSpec(
+    key="neighborhood",
+    torch_name="neighborhood_attention",
+    onnx_op_type="NeighborhoodAttention",
+    doc="Generalized neighborhood attention (NATTEN semantics, docs/ops/neighborhood_attention.md).",
+    inputs=(Input("q", "T", "[B, *spatial, heads, head_dim]"), Input("k", "T", "like q"), Input("v", "T", "like q"),
+            Input("rpb", "T", "[heads, 2k-1 per axis] additive bias", optional=True)),
+    attributes=(Attribute("kernel_size", "INTS", "window size per spatial axis", "rank"),
+                Attribute("stride", "INTS", "stride per axis (stride == kernel: blocked)", "rank"),
+                Attribute("dilation", "INTS", "dilation per axis", "rank"),
+                Attribute("is_causal", "INTS", "0/1 per axis", "rank"),
+                Attribute("scale", "FLOAT", "logit scale (the exporter writes head_dim**-0.5 by default)")),
+    type_constraints=(_T,),
+    local_function="attn_export.onnx_functions:neighborhood_function",
+    plugin="neighborhoodAttention",
+)
+
+BLOCK_SPARSE = OpSpec(
+    key="block-sparse",
+    torch_name="block_sparse_attention",
+    onnx_op_type="BlockSparseAttention",
+    doc="Block-sparse attention over a padded-ELL block layout (docs/ops/block_sparse_attention.md).",
+    inputs=(Input("q", "T", "[B, H, Sq, D]"), Input("k", "T", "[B, H, Skv, D]"), Input("v", "T", "[B, H, Skv, D]"),
+            Input("kv_count", "I", "int32 [B|1, H|1, nQB]"),
+            Input("kv_index", "I", "int32 [B|1, H|1, nQB, max_blocks], -1 padded")),
+    attributes=(Attribute("block_q", "INT", "query block size"),
+                Attribute("block_kv", "INT", "key/value block size"),
+                Attribute("scale", "FLOAT", "logit scale (the exporter writes head_dim**-0.5 by default)")),
+    type_constraints=(_T, TypeConstraint("I", ("tensor(int32)",), "block layout")),
+    local_function="attn_export.onnx_functions:block_sparse_function",
+)
+
+OPS: dict[str, OpSpec] = {spec.key: spec for spec in (NEIGHBORHOOD, BLOCK_SPARSE)}
+
+
+def by_onnx_op_type(op_type: str) -> OpSpec | None:
+    return next((spec for spec in OPS.values() if spec.onnx_op_type == op_type), None)
+
+
+def by_torch_name(name: str) -> OpSpec | None:
+    return next((spec for spec in OPS.values() if spec.torch_name == name), None)
