@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attn_export.errors import EXIT_MISSING_DEPENDENCY, AttnExportError
+from attn_export.registry import NEIGHBORHOOD
 
 PLUGIN_LIB_ENV = "ATTN_EXPORT_PLUGIN_LIB"
 KERNELS_LIB_ENV = "ATTN_EXPORT_KERNELS_LIB"
@@ -25,6 +26,9 @@ PLUGIN_LIB_NAME = "libattnx_trt_plugins.so"
 KERNELS_LIB_NAME = "libattnx_kernels.so"
 SOURCE_DIR = Path(__file__).resolve().parents[1] / "plugins"
 BUILD_HINT = "build it with `attn-export plugins build`"
+# The ops libattnx_trt_plugins.so provides a TensorRT plugin for (plugins/trt/*): an engine build checks
+# that every node of these ops became a plugin layer. Other custom ops run their model-local function.
+PLUGIN_OPS = (NEIGHBORHOOD,)
 
 
 def default_build_dir() -> Path:
