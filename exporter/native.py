@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attn_export.errors import EXIT_MISSING_DEPENDENCY, AttnExportError
+from attn_export.registry import NEIGHBORHOOD
 
 PLUGIN_LIB_ENV = "ATTN_EXPORT_PLUGIN_LIB"
 KERNELS_LIB_ENV = "ATTN_EXPORT_KERNELS_LIB"
@@ -25,6 +26,9 @@ PLUGIN_LIB_NAME = "libattnx_trt_plugins.so"
 KERNELS_LIB_NAME = "libattnx_kernels.so"
 SOURCE_DIR = Path(__file__).resolve().parents[1] / "plugins"
 BUILD_HINT = "build it with `attn-export plugins build`"
+# The ops libattnx_trt_plugins.so provides a TensorRT plugin for (plugins/trt/*): an engine build checks
+# that every node of these ops became a plugin layer. Other custom ops run their model-local function.
+PLUGIN_OPS = (NEIGHBORHOOD,)
 
 
 def default_build_dir() -> Path:
@@ -202,21 +206,47 @@ class NativeKernels:
 
     def neighborhood_attention(self, q, k, v, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
                                rpb=None, out=None, stream=None):
-        """out = NA(q, k, v) on q's CUDA device and the current torch stream (or ``stream``)."""
+        """out = NA(q, k, v) on q's CUDA device (made current for the call) and that device's current torch
+        stream (or ``stream``). ``out`` must not overlap q, k, v or rpb."""
         import torch
 
-        for name, t in (("q", q), ("k", k), ("v", v), ("rpb", rpb), ("out", out)):
-            if t is not None and not (t.is_cuda and t.is_contiguous() and t.dtype == q.dtype):
-                raise AttnExportError(f"{name} must be a contiguous CUDA tensor of q's dtype ({q.dtype})")
         if k.shape != q.shape or v.shape != q.shape:
             raise AttnExportError(f"q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        if out is not None and out.shape != q.shape:
+            raise AttnExportError(f"out has shape {tuple(out.shape)}; it must have q's shape {tuple(q.shape)}")
         p = self.params(q, kernel_size, stride, dilation, is_causal, scale, has_rpb=rpb is not None)
+        if rpb is not None:
+            bias_shape = (p.heads, *(2 * p.kernel_size[a] - 1 for a in range(p.rank)))
+            if tuple(rpb.shape) != bias_shape:
+                raise AttnExportError(f"rpb has shape {tuple(rpb.shape)}; expected [heads, 2k-1 per axis] = "
+                                      f"{bias_shape}")
+        inputs = (("q", q), ("k", k), ("v", v), ("rpb", rpb))
+        if out is not None:
+            for name, t in inputs:
+                if t is not None and _overlaps(out, t):
+                    raise AttnExportError(f"out overlaps {name} in memory; pass a separate output tensor (or none)")
+        for name, t in (*inputs, ("out", out)):
+            if t is not None and not (t.is_cuda and t.is_contiguous() and t.dtype == q.dtype):
+                raise AttnExportError(f"{name} must be a contiguous CUDA tensor of q's dtype ({q.dtype})")
+            if t is not None and t.device != q.device:
+                raise AttnExportError(f"{name} is on {t.device} but q is on {q.device}; put all tensors on one device")
+        if stream is not None and stream.device != q.device:
+            raise AttnExportError(f"stream belongs to {stream.device} but q is on {q.device}")
         self._check(self.lib.attnx_na_validate(ctypes.byref(p)))
-        out = torch.empty_like(q) if out is None else out
-        size = self.lib.attnx_na_workspace_size(ctypes.byref(p))
-        workspace = torch.empty(size, dtype=torch.uint8, device=q.device) if size else None
-        stream = stream if stream is not None else torch.cuda.current_stream(q.device)
-        self._check(self.lib.attnx_na_forward(
-            ctypes.byref(p), q.data_ptr(), k.data_ptr(), v.data_ptr(), rpb.data_ptr() if rpb is not None else None,
-            out.data_ptr(), workspace.data_ptr() if workspace is not None else None, size, stream.cuda_stream))
+        # The launcher runs on the thread's current device: make it q's for this call.
+        with torch.cuda.device(q.device):
+            out = torch.empty_like(q) if out is None else out
+            size = self.lib.attnx_na_workspace_size(ctypes.byref(p))
+            workspace = torch.empty(size, dtype=torch.uint8, device=q.device) if size else None
+            stream = stream if stream is not None else torch.cuda.current_stream(q.device)
+            self._check(self.lib.attnx_na_forward(
+                ctypes.byref(p), q.data_ptr(), k.data_ptr(), v.data_ptr(), rpb.data_ptr() if rpb is not None else None,
+                out.data_ptr(), workspace.data_ptr() if workspace is not None else None, size, stream.cuda_stream))
         return out
+
+
+def _overlaps(a, b) -> bool:
+    """Whether two contiguous tensors share bytes."""
+    start_a, start_b = a.data_ptr(), b.data_ptr()
+    end_a, end_b = start_a + a.numel() * a.element_size(), start_b + b.numel() * b.element_size()
+    return a.numel() > 0 and b.numel() > 0 and start_a < end_b and start_b < end_a

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from attn_export.errors import EXIT_MISSING_DEPENDENCY, AttnExportError, wrap_failure
-from attn_export.native import BUILD_HINT, PLUGIN_LIB_ENV, PLUGIN_LIB_NAME, plugin_library
+from attn_export.native import BUILD_HINT, PLUGIN_LIB_ENV, PLUGIN_LIB_NAME, PLUGIN_OPS, plugin_library
+from attn_export.registry import DOMAIN
 
 DEFAULT_MAX_BATCH = 16
+LOG_HINT = "rerun with --debug; the TensorRT log names the node"
 TRT_INSTALL_HINT = ("install TensorRT (pip install 'attn-export[trt]', tensorrt>=10.8) on a machine with an NVIDIA "
                     "GPU and driver, or pass --no-engine")
 
@@ -100,14 +102,20 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, profile: Mappin
     trt_profile = Profile()
     for name, shapes in profile.items():
         trt_profile.add(name, shapes.min, shapes.opt, shapes.max)
-    network = LoadPlugins(plugins=[str(plugins)], obj=NetworkFromOnnxPath(str(onnx_path), strongly_typed=True))
     config = CreateConfig(profiles=[trt_profile], load_timing_cache=str(timing_cache) if timing_cache else None)
     start = time.perf_counter()
+    try:
+        network = LoadPlugins(plugins=[str(plugins)], obj=NetworkFromOnnxPath(str(onnx_path), strongly_typed=True))()
+    except Exception as exc:  # noqa: BLE001 - parser failures arrive as many types
+        raise wrap_failure(exc, "parsing the ONNX file for TensorRT", LOG_HINT) from exc
+    # Without our plugin registered, the ONNX parser silently runs the nodes' model-local functions: the
+    # engine would build and pass parity without ever running our kernels. Refuse that engine.
+    plugin_layers = check_plugin_layers(plugin_nodes(onnx_path), network_layers(trt, network[1]), Path(onnx_path).name)
     try:
         engine = EngineBytesFromNetwork(network, config=config,
                                         save_timing_cache=str(timing_cache) if timing_cache else None)()
     except Exception as exc:  # noqa: BLE001 - parser / builder failures arrive as many types
-        raise wrap_failure(exc, "building the TensorRT engine", "rerun with --debug; the TensorRT log names the node") from exc
+        raise wrap_failure(exc, "building the TensorRT engine", LOG_HINT) from exc
     engine_path = Path(engine_path)
     engine_path.write_bytes(bytes(engine))
     meta = {
@@ -117,6 +125,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, profile: Mappin
         "strongly_typed": True,
         "plugin_library": str(plugins),
         "plugin_library_sha256": _sha256(plugins),
+        "plugin_layers": plugin_layers,
         "onnx_sha256": _sha256(Path(onnx_path)),
         "profile": {n: {"min": list(s.min), "opt": list(s.opt), "max": list(s.max)} for n, s in profile.items()},
         "timing_cache": str(timing_cache) if timing_cache else None,
@@ -125,6 +134,67 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, profile: Mappin
     if meta_path:
         Path(meta_path).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+PLUGIN_LAYER_TYPES = ("PLUGIN_V3", "PLUGIN_V2", "PLUGIN")
+
+
+def plugin_nodes(onnx_path: str | Path) -> list[dict]:
+    """The main graph's nodes of ops the plugin library provides: [{"node": name, "op": op_type}]."""
+    import onnx
+
+    ops = {spec.onnx_op_type for spec in PLUGIN_OPS}
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return [{"node": n.name, "op": n.op_type} for n in graph.node if n.domain == DOMAIN and n.op_type in ops]
+
+
+def network_layers(trt, network) -> list[dict]:
+    """The parsed network's layers: name, type and, for plugin layers, the plugin's identity when the
+    bindings expose it (plugin, version, namespace; None otherwise)."""
+    layers = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        kind = str(layer.type).rsplit(".", 1)[-1]
+        entry = {"layer": layer.name, "type": kind}
+        if kind in PLUGIN_LAYER_TYPES:
+            entry.update(zip(("plugin", "version", "namespace"), _plugin_identity(trt, layer), strict=True))
+        layers.append(entry)
+    return layers
+
+
+def _plugin_identity(trt, layer) -> tuple:
+    try:
+        layer.__class__ = trt.IPluginV3Layer  # the bindings hand out plain ILayer objects
+        plugin = layer.get_plugin() if hasattr(layer, "get_plugin") else layer.plugin
+        core = plugin.get_capability_interface(trt.PluginCapabilityType.CORE)
+        return core.plugin_name, core.plugin_version, core.plugin_namespace
+    except Exception:  # noqa: BLE001 - a V2 plugin layer or bindings without these accessors
+        return None, None, None
+
+
+def check_plugin_layers(nodes: Sequence[dict], layers: Sequence[dict], onnx_name: str = "the ONNX file") -> list[dict]:
+    """The plugin layers serving ``nodes`` (from plugin_nodes); exit 3 naming the nodes that did not
+    become one. A plugin layer counts for a node when its plugin is (node's op, attn_export), or, where
+    the bindings cannot tell the plugin, when it carries the node's name (the parser names it so)."""
+    served, missing = [], []
+    for op in dict.fromkeys(n["op"] for n in nodes):
+        names = [n["node"] for n in nodes if n["op"] == op]
+        ours = [layer for layer in layers if layer["type"] in PLUGIN_LAYER_TYPES and (
+            (layer.get("plugin"), layer.get("namespace")) == (op, DOMAIN)
+            or (layer.get("plugin") is None and layer["layer"] in names))]
+        served += ours
+        if len(ours) < len(names):
+            seen = {layer["layer"] for layer in ours}
+            unserved = [n for n in names if n not in seen] or names
+            missing.append(f"{len(names) - len(ours)} of {len(names)} {op} nodes (" +
+                           ", ".join(f"'{n}'" for n in unserved[:3]) + (", ..." if len(unserved) > 3 else "") + ")")
+    if missing:
+        raise AttnExportError(
+            f"the TensorRT ONNX parser did not turn {'; '.join(missing)} of {onnx_name} into {DOMAIN} plugin "
+            f"layers: it inlined their model-local ONNX functions, so the engine would never run our kernels; the "
+            f"plugin library was not registered while parsing: check that {PLUGIN_LIB_NAME} loads and registers "
+            f"them in this process ({BUILD_HINT} for this TensorRT version)", EXIT_MISSING_DEPENDENCY)
+    return served
 
 
 def trt_runner(engine_path: str | Path, name: str = "tensorrt"):

@@ -1,74 +1,214 @@
 #!/usr/bin/env bash
-# GPU check for a machine with CUDA 13 and PyTorch (cu130), without TensorRT: build the kernels for
-# the local GPU (or use $ATTN_EXPORT_KERNELS_LIB), run the gpu test tier against the fp32 reference,
-# optionally compute-sanitizer on small cases, then benchmark. Results go to $OUT (default ./gpu-out);
-# the last thing printed is the benchmark table. Target: under 6 minutes on an H100.
+# GPU check for one short lease on a machine with CUDA and PyTorch, without TensorRT and without network:
+# build the kernels for the local GPU (or use $ATTN_EXPORT_KERNELS_LIB), run the gpu test tier against the
+# fp32 reference, compute-sanitizer on our kernels only, then benchmark. The whole run stays inside
+# BUDGET_S (default 300 s) under `timeout`; each step gets min(its own budget, what is left).
+# Results land in $OUT as they happen, in at most 6 files:
+#   gpu-check.log          everything (build errors, pytest -v, sanitizer, benchmark), one combined log
+#   summary.txt            one line per step and the verdict
+#   pytest-gpu.xml         JUnit of the gpu tests
+#   bench_na_gpu.jsonl     one JSON line per benchmark record, appended as each finishes
+# Correctness failures stop early: no benchmark; the time goes to memcheck on the failing tests.
 #
-#   OUT=/tmp/out scripts/gpu-check.sh            # SANITIZE=0 skips compute-sanitizer, QUICK=1 head_dim 128 only
+#   OUT=/tmp/out scripts/gpu-check.sh     # PYTHON (python3), BUDGET_S (300), SANITIZE=0, QUICK=1 (head_dim 128)
+#   step budgets (s): BUILD_S=150 TESTS_S=100 MEMCHECK_S=60 BENCH_S=150 RACECHECK_MIN_S=45, TEST_TIMEOUT_S=30
+#   dry run without a GPU: GPU_TESTS (pytest target) and BENCH_ARGS (e.g. "--simulate 0.2") override steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-out}"
 BUILD="${BUILD:-$PWD/build/gpu-check}"
-mkdir -p "$OUT" "$BUILD"
-start=$(date +%s)
-status=0
-stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
+PY="${PYTHON:-python3}"
+BUDGET_S="${BUDGET_S:-300}"
+LOG="$OUT/gpu-check.log"
+SUMMARY="$OUT/summary.txt"
 
-stamp "device: $(nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader | head -1)"
-arch="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '. ')"
+# ---- outer shell: the whole run under `timeout`, then the verdict even if the budget ran out ----
+if [[ -z "${GPU_CHECK_INNER:-}" ]]; then
+  mkdir -p "$OUT" "$BUILD"
+  : >"$LOG"
+  : >"$SUMMARY"
+  GPU_CHECK_INNER=1 GPU_CHECK_START="$(date +%s)" timeout -k 5 "$BUDGET_S" bash "$0" "$@"
+  rc=$?
+  if [[ $rc == 124 || $rc == 137 ]]; then
+    echo "TIMEOUT: the ${BUDGET_S} s budget ran out; every result written so far is kept" | tee -a "$SUMMARY" "$LOG"
+  fi
+  echo "== summary ($OUT: $(ls "$OUT" | tr '\n' ' '))"
+  cat "$SUMMARY"
+  exit $rc
+fi
+
+# ---- inner run ----
+start="$GPU_CHECK_START"
+status=0
+elapsed() { echo $(( $(date +%s) - start )); }
+left() { echo $(( BUDGET_S - $(elapsed) )); }
+stamp() { echo "[$(elapsed) s] $*" | tee -a "$LOG"; }
+note() { echo "$*" | tee -a "$SUMMARY" "$LOG"; }
+# Runs a command with its output both in FILE (for parsing) and, as it comes, in the combined log.
+logged() {
+  local file="$1"
+  shift
+  PYTHONUNBUFFERED=1 "$@" 2>&1 | tee "$file" >>"$LOG"
+  return "${PIPESTATUS[0]}"
+}
+# Seconds a step may take: min(its budget, what is left minus a reserve for the summary).
+# Never 0: `timeout 0` would mean no limit at all.
+budget() { local b="$1" l; l=$(( $(left) - 10 )); (( l < b )) && b=$l; (( b < 1 )) && b=1; echo "$b"; }
+
+stamp "budget: ${BUDGET_S} s in all; build <=${BUILD_S:-150}, tests <=${TESTS_S:-100}, memcheck <=${MEMCHECK_S:-60}," \
+      "benchmark <=${BENCH_S:-150}, racecheck only with >=${RACECHECK_MIN_S:-45} s left; python: $PY"
+gpu="$(nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader 2>/dev/null | head -1)"
+stamp "device: ${gpu:-unknown (nvidia-smi gave nothing)}"
+arch="$(echo "$gpu" | awk -F', *' '{print $2}' | tr -d '. ')"
+[[ "$arch" =~ ^[0-9]+$ ]] || arch=native  # CMake asks the driver
+stamp "architecture: $arch"
 
 # attn_export importable without installing anything (no network on the GPU machine): lay the three
 # source folders out as the one package they form (pyproject's package-dir mapping) on PYTHONPATH.
-if ! python -c "import attn_export" 2>/dev/null; then
+if ! "$PY" -c "import attn_export" 2>/dev/null; then
   pkg="$BUILD/pkg"
   rm -rf "$pkg" && mkdir -p "$pkg"
   cp -r exporter "$pkg/attn_export" && cp -r models "$pkg/attn_export/models" && cp -r calib "$pkg/attn_export/calib"
   export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
-  python -c "import attn_export.native, attn_export.models" || { echo "cannot import attn_export from $pkg"; exit 3; }
+  "$PY" -c "import attn_export.native, attn_export.models" >>"$LOG" 2>&1 ||
+    { note "setup: FAILED, cannot import attn_export from $pkg with $PY"; exit 3; }
 fi
 
 # 1. Kernels for this GPU.
 if [[ -n "${ATTN_EXPORT_KERNELS_LIB:-}" && -f "${ATTN_EXPORT_KERNELS_LIB}" ]]; then
-  stamp "using prebuilt ${ATTN_EXPORT_KERNELS_LIB}"
+  note "build: skipped, using ${ATTN_EXPORT_KERNELS_LIB}"
 else
-  stamp "building libattnx_kernels.so for sm_${arch}"
+  t=$(budget "${BUILD_S:-150}")
+  stamp "building libattnx_kernels.so for $arch (<= $t s)"
   if command -v cmake >/dev/null; then
-    cmake -S plugins -B "$BUILD" -DCMAKE_CUDA_ARCHITECTURES="$arch" -DATTNX_BUILD_TESTS=OFF >"$OUT/build.log" 2>&1 &&
-      cmake --build "$BUILD" -j "$(nproc)" --target attnx_kernels >>"$OUT/build.log" 2>&1
+    timeout "$t" cmake -S plugins -B "$BUILD" -DCMAKE_CUDA_ARCHITECTURES="$arch" -DATTNX_BUILD_TESTS=OFF >"$BUILD/build.log" 2>&1 &&
+      timeout "$t" cmake --build "$BUILD" -j "$(nproc)" --target attnx_kernels >>"$BUILD/build.log" 2>&1
   else  # no CMake on the image: the same flags by hand
-    nvcc -std=c++17 -O3 -arch="sm_${arch}" -Xcompiler -fPIC,-fvisibility=hidden -shared -cudart static \
+    [[ "$arch" == native ]] && nvarch="-arch=native" || nvarch="-arch=sm_${arch}"
+    timeout "$t" nvcc -std=c++17 -O3 "$nvarch" -Xcompiler -fPIC,-fvisibility=hidden -shared -cudart static \
       --expt-relaxed-constexpr -Xlinker --version-script=plugins/kernels/exports.map \
-      plugins/kernels/na_forward.cu -o "$BUILD/libattnx_kernels.so" >"$OUT/build.log" 2>&1
-  fi || { tail -30 "$OUT/build.log"; echo "kernel build FAILED (full log $OUT/build.log)"; exit 1; }
+      plugins/kernels/na_forward.cu -o "$BUILD/libattnx_kernels.so" >"$BUILD/build.log" 2>&1
+  fi
+  rc=$?
+  if [[ $rc != 0 ]]; then
+    tail -40 "$BUILD/build.log" >>"$LOG"
+    note "build: FAILED (rc $rc$([[ $rc == 124 ]] && echo ', timed out'); last lines in gpu-check.log)"
+    exit 1
+  fi
   export ATTN_EXPORT_KERNELS_LIB="$BUILD/libattnx_kernels.so"
+  note "build: ok in $(elapsed) s"
 fi
-stamp "kernels: $ATTN_EXPORT_KERNELS_LIB"
+
+# compute-sanitizer on our kernels only; "unsupported here" (e.g. a sandboxed GPU) is a skip, not a failure.
+sanitize() {
+  local tool="$1" t="$2" tmp rc
+  shift 2
+  if [[ "${SANITIZE:-1}" != 1 ]]; then note "$tool: skipped (SANITIZE=0)"; return 0; fi
+  if ! command -v compute-sanitizer >/dev/null; then note "$tool: skipped (compute-sanitizer not installed)"; return 0; fi
+  if (( t < 15 )); then note "$tool: skipped (no time left)"; return 0; fi
+  stamp "compute-sanitizer --tool $tool on $* (<= $t s)"
+  tmp="$BUILD/sanitizer-$tool.txt"
+  logged "$tmp" timeout -k 5 "$t" compute-sanitizer --tool "$tool" --kernel-name kns=na_fused_kernel --error-exitcode 9 "$@"
+  rc=$?
+  if grep -qiE "device not supported|not supported on this|unsupported (device|gpu|platform)" "$tmp"; then
+    note "$tool: SKIPPED (sanitizer unsupported here: $(grep -m1 -iE 'not supported|unsupported' "$tmp" | sed 's/^=* *//' | cut -c1-100))"
+  elif [[ $rc == 124 || $rc == 137 ]]; then
+    note "$tool: inconclusive (stopped after $t s)"
+  elif [[ $rc == 0 ]]; then
+    note "$tool: clean ($(grep -m1 -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$tmp" | sed 's/^=* *//'))"
+  else
+    note "$tool: FAILED (rc $rc; $(grep -m1 -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$tmp" | sed 's/^=* *//'))"
+    status=1
+  fi
+}
 
 # 2. Correctness: kernels vs the fp32 reference (fresh random inputs, NaN-poisoned outputs).
-stamp "pytest -m gpu"
-python -m pytest -m gpu tests/test_gpu_kernels.py -q -p no:cacheprovider --junitxml="$OUT/pytest-gpu.xml" \
-  >"$OUT/pytest-gpu.log" 2>&1 || status=1
-tail -15 "$OUT/pytest-gpu.log"
-# A GPU check whose tests all skipped proved nothing.
-grep -qE "[0-9]+ passed" "$OUT/pytest-gpu.log" || { status=1; echo "no gpu test passed (see the skip reasons above)"; }
-
-# 3. compute-sanitizer memcheck and racecheck on one small case per kernel path.
-if [[ "${SANITIZE:-1}" == 1 ]] && command -v compute-sanitizer >/dev/null; then
-  for tool in memcheck racecheck; do
-    stamp "compute-sanitizer --tool $tool"
-    timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 9 python scripts/gpu_sanitize_cases.py \
-      >"$OUT/sanitizer-$tool.log" 2>&1 || { status=1; tail -20 "$OUT/sanitizer-$tool.log"; }
-    grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitizer-$tool.log" || true
-  done
+tests="${GPU_TESTS:-tests/test_gpu_kernels.py}"
+t=$(budget "${TESTS_S:-100}")
+per_test=()
+if "$PY" -c "import pytest_timeout" 2>/dev/null; then
+  per_test=(--timeout="${TEST_TIMEOUT_S:-30}")
+  per_test_note="per-test timeout ${TEST_TIMEOUT_S:-30} s"
+else
+  per_test_note="pytest-timeout absent: the run as a whole is limited"
+fi
+stamp "pytest -m gpu $tests (<= $t s, --maxfail 5, $per_test_note)"
+# pytest -v prints each result as it finishes; unbuffered and through tee, the log has them even if killed.
+logged "$BUILD/pytest.txt" timeout -k 5 "$t" "$PY" -m pytest -m gpu "$tests" -v -p no:cacheprovider --maxfail=5 -rfE \
+  "${per_test[@]}" --junitxml="$OUT/pytest-gpu.xml"
+rc=$?
+result="$(grep -E '^=+ .*(passed|failed|skipped|error|no tests ran).* in [0-9.]+s' "$BUILD/pytest.txt" | tail -1 | tr -d '=' | xargs)"
+passed=$(echo "$result" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' || echo 0)
+mapfile -t failing < <(grep -oE '^[^ ]+::[^ ]+ (FAILED|ERROR)' "$BUILD/pytest.txt" | awk '{print $1}' | head -2)
+if [[ -z "$result" ]]; then
+  last="$(grep -oE '^[^ ]+::[^ ]+' "$BUILD/pytest.txt" | tail -1)"
+  note "tests: FAILED, pytest stopped after $t s without a summary (hung test? last started: ${last:-none})"
+  correct=0
+elif [[ $rc != 0 || ${passed:-0} == 0 ]]; then
+  note "tests: FAILED ($result)$([[ ${passed:-0} == 0 ]] && echo '; no gpu test passed: a run that only skips proves nothing')"
+  correct=0
+else
+  note "tests: ok ($result)"
+  correct=1
 fi
 
-# 4. Benchmark; its table is printed last.
-stamp "benchmark"
-bench_args=(--json "$OUT/bench_na_gpu.json" --budget-s "${FLEX_BUDGET_S:-180}")
+if [[ $correct == 0 ]]; then
+  # 3a. Early stop: no benchmark; the remaining time goes to the sanitizer on what failed.
+  status=1
+  note "early stop: correctness failed, no benchmark"
+  if (( ${#failing[@]} )); then
+    target=("$PY" -m pytest -x -q -p no:cacheprovider "${failing[@]}")
+  else  # nothing failed by name (all skipped, or a hang): one small case per kernel path
+    target=("$PY" scripts/gpu_sanitize_cases.py)
+  fi
+  sanitize memcheck "$(budget 150)" "${target[@]}"
+  if (( $(left) >= ${RACECHECK_MIN_S:-45} )); then
+    sanitize racecheck "$(budget 90)" "${target[@]}"
+  else
+    note "racecheck: skipped ($(left) s left)"
+  fi
+  note "verdict: FAILED after $(elapsed) s"
+  exit 1
+fi
+
+# 3. memcheck on one small case per kernel path.
+sanitize memcheck "$(budget "${MEMCHECK_S:-60}")" "$PY" scripts/gpu_sanitize_cases.py
+
+# 4. Benchmark: each record is appended to the JSONL the moment it exists.
+t=$(budget "${BENCH_S:-150}")
+stamp "benchmark (<= $t s)"
+bench_args=(--jsonl "$OUT/bench_na_gpu.jsonl" --deadline-s "$(( t > 20 ? t - 15 : t ))")
 [[ "${QUICK:-0}" == 1 ]] && bench_args+=(--quick)
-python bench/bench_na_gpu.py "${bench_args[@]}" >"$OUT/bench.log" 2>"$OUT/bench.err" || status=1
-stamp "done (status $status)"
-echo "pytest: $(tail -1 "$OUT/pytest-gpu.log")"
-[[ -s "$OUT/bench.log" ]] || { echo "benchmark produced no table:"; tail -5 "$OUT/bench.err"; }
-cat "$OUT/bench.log"
+# shellcheck disable=SC2206
+bench_args+=(${BENCH_ARGS:-})
+logged "$BUILD/bench.txt" timeout -k 5 "$t" "$PY" bench/bench_na_gpu.py "${bench_args[@]}"
+rc=$?
+rows=$(grep -c '"kind": "case"' "$OUT/bench_na_gpu.jsonl" 2>/dev/null)
+rows=${rows:-0}
+bench_done=1
+if [[ $rc == 124 || $rc == 137 ]]; then
+  bench_done=0
+  note "benchmark: stopped after $t s (time budget); $rows case rows kept in bench_na_gpu.jsonl"
+elif [[ $rc != 0 ]]; then
+  note "benchmark: FAILED (rc $rc; $rows case rows in bench_na_gpu.jsonl; see gpu-check.log)"
+  status=1
+else
+  note "benchmark: ok, $rows case rows"
+fi
+
+# 5. racecheck, only if time remains.
+if (( $(left) >= ${RACECHECK_MIN_S:-45} )); then
+  sanitize racecheck "$(budget 90)" "$PY" scripts/gpu_sanitize_cases.py
+else
+  note "racecheck: skipped ($(left) s left)"
+fi
+
+if [[ $bench_done == 1 ]]; then
+  sed -n '/^fp16, /,$p' "$BUILD/bench.txt"
+else  # the benchmark was stopped before its table: the table of the rows it kept
+  "$PY" bench/bench_na_gpu.py --table-from "$OUT/bench_na_gpu.jsonl" 2>&1 | tee -a "$LOG"
+fi
+verdict=$([[ $status == 0 ]] && echo ok || echo FAILED)
+[[ $status == 0 && $bench_done == 0 ]] && verdict="ok (benchmark incomplete)"
+note "verdict: $verdict after $(elapsed) s"
 exit $status

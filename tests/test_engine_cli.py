@@ -3,6 +3,7 @@ profile rules; the plugin-library lookup; `plugins build` preconditions."""
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 
@@ -139,3 +140,152 @@ def test_plugins_build_without_sources_is_exit_3(monkeypatch, tmp_path):
     with pytest.raises(AttnExportError, match="needs the plugins/ sources") as info:
         native.build("90", build_dir=tmp_path / "b")
     assert info.value.exit_code == 3
+
+
+# --- every node of an op the plugin library provides must become a plugin layer (no silent fallback)
+
+def na_layer(name, plugin="NeighborhoodAttention", namespace="attn_export", kind="PLUGIN_V3"):
+    return {"layer": name, "type": kind, "plugin": plugin, "version": "1", "namespace": namespace}
+
+
+NA_NODES = [{"node": "na0", "op": "NeighborhoodAttention"}, {"node": "na1", "op": "NeighborhoodAttention"}]
+# What the parser makes of a node whose plugin is not registered: its local function's body, inlined.
+FALLBACK = [{"layer": f"na{i}/{op}", "type": op} for i in range(2) for op in ("MATRIX_MULTIPLY", "SOFTMAX")]
+
+
+def test_plugin_layers_found_for_every_node():
+    layers = [{"layer": "input_proj", "type": "CONVOLUTION"}, na_layer("na0"), na_layer("na1")]
+    assert trt.check_plugin_layers(NA_NODES, layers) == [na_layer("na0"), na_layer("na1")]
+    assert trt.check_plugin_layers([], FALLBACK) == []  # no node of a plugin op: nothing to check
+
+
+def test_function_fallback_is_exit_3_naming_the_nodes():
+    with pytest.raises(AttnExportError) as info:
+        trt.check_plugin_layers(NA_NODES, FALLBACK, "model.onnx")
+    assert info.value.exit_code == 3
+    message = str(info.value)
+    assert "2 of 2 NeighborhoodAttention nodes ('na0', 'na1') of model.onnx" in message
+    assert "model-local ONNX function" in message and native.PLUGIN_LIB_NAME in message
+    assert "\n" not in message
+
+
+def test_partial_and_foreign_plugin_layers_do_not_count():
+    with pytest.raises(AttnExportError, match=r"1 of 2 NeighborhoodAttention nodes \('na1'\)"):
+        trt.check_plugin_layers(NA_NODES, [na_layer("na0"), *FALLBACK[2:]])
+    # another library's plugin of the same name, or a plugin of another op, is not ours
+    foreign = [na_layer("na0", namespace=""), na_layer("na1", plugin="Other")]
+    with pytest.raises(AttnExportError, match="2 of 2"):
+        trt.check_plugin_layers(NA_NODES, foreign)
+
+
+def test_unidentified_plugin_layer_counts_by_node_name():
+    """Bindings that cannot tell a plugin layer's plugin: the parser names the layer after its node."""
+    unknown = [na_layer("na0", plugin=None, namespace=None), na_layer("na1", plugin=None, namespace=None)]
+    assert len(trt.check_plugin_layers(NA_NODES, unknown)) == 2
+    with pytest.raises(AttnExportError, match="'na1'"):
+        trt.check_plugin_layers(NA_NODES, [unknown[0], {**unknown[1], "layer": "something_else"}])
+
+
+class FakeTrt:
+    """The parts of the tensorrt module that network_layers uses."""
+
+    class LayerType:
+        PLUGIN_V3, SOFTMAX = "LayerType.PLUGIN_V3", "LayerType.SOFTMAX"
+
+    class PluginCapabilityType:
+        CORE = "core"
+
+    class ILayer:
+        def __init__(self, name, kind, plugin=None):
+            self.name, self.type, self._plugin = name, kind, plugin
+
+    class IPluginV3Layer(ILayer):
+        def get_plugin(self):
+            return self._plugin
+
+
+class FakePlugin:
+    def __init__(self, name, namespace):
+        self.core = types.SimpleNamespace(plugin_name=name, plugin_version="1", plugin_namespace=namespace)
+
+    def get_capability_interface(self, kind):
+        assert kind == FakeTrt.PluginCapabilityType.CORE
+        return self.core
+
+
+class FakeNetwork:
+    def __init__(self, layers):
+        self.layers = layers
+        self.num_layers = len(layers)
+
+    def get_layer(self, i):
+        return self.layers[i]
+
+
+def test_network_layers_reads_plugin_identity():
+    network = FakeNetwork([FakeTrt.ILayer("soft", FakeTrt.LayerType.SOFTMAX),
+                           FakeTrt.ILayer("na0", FakeTrt.LayerType.PLUGIN_V3, FakePlugin("NeighborhoodAttention",
+                                                                                          "attn_export"))])
+    assert trt.network_layers(FakeTrt, network) == [{"layer": "soft", "type": "SOFTMAX"}, na_layer("na0")]
+
+
+@pytest.fixture
+def fake_engine_tools(monkeypatch, tmp_path, fake_plugin_library):
+    """build_engine with Polygraphy's loaders and TensorRT faked: the 'parsed' network is settable."""
+    import onnx
+    from onnx import helper
+    from polygraphy.backend import trt as poly
+
+    state = {"network": None, "built": 0}
+    class FakeTensorRT(FakeTrt):
+        __version__ = "10.14-fake"
+
+    monkeypatch.setattr(trt, "require_engine_tools", lambda: (FakeTensorRT, fake_plugin_library))
+
+    class Profile(dict):
+        def add(self, name, *shapes):
+            self[name] = shapes
+
+    def build(network, config=None, save_timing_cache=None):
+        def call():
+            state["built"] += 1
+            return b"engine-bytes"
+        return call
+
+    monkeypatch.setattr(poly, "Profile", Profile)
+    monkeypatch.setattr(poly, "CreateConfig", lambda **kw: kw)
+    monkeypatch.setattr(poly, "NetworkFromOnnxPath",
+                        lambda path, **kw: (lambda: ("builder", state["network"], "parser")))
+    monkeypatch.setattr(poly, "LoadPlugins", lambda plugins, obj: obj)
+    monkeypatch.setattr(poly, "EngineBytesFromNetwork", build)
+    nodes = [helper.make_node("NeighborhoodAttention", ["x", "x", "x"], ["y"], name="na0", domain="attn_export"),
+             helper.make_node("BlockSparseAttention", ["y"], ["z"], name="bsa0", domain="attn_export")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 2, 4])],
+                              [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [1, 8, 2, 4])])
+    onnx_path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph), onnx_path)
+    return state, onnx_path
+
+
+def test_engine_build_without_plugin_layers_fails_with_exit_3(fake_engine_tools, tmp_path):
+    state, onnx_path = fake_engine_tools
+    state["network"] = FakeNetwork([FakeTrt.ILayer("na0/MatMul", "LayerType.MATRIX_MULTIPLY"),
+                                    FakeTrt.ILayer("bsa0/Gather", "LayerType.GATHER")])
+    profile = {"x": trt.ShapeRange((1, 8, 2, 4), (1, 8, 2, 4), (1, 8, 2, 4))}
+    with pytest.raises(AttnExportError, match=r"1 of 1 NeighborhoodAttention nodes \('na0'\) of model.onnx") as info:
+        trt.build_engine(onnx_path, tmp_path / "model.engine", profile, meta_path=tmp_path / "engine.json")
+    assert info.value.exit_code == 3
+    assert state["built"] == 0 and not (tmp_path / "model.engine").exists() and not (tmp_path / "engine.json").exists()
+
+
+def test_engine_json_lists_the_plugin_layers(fake_engine_tools, tmp_path):
+    state, onnx_path = fake_engine_tools
+    # BlockSparseAttention has no plugin yet: its local function is expected, not an error.
+    state["network"] = FakeNetwork([
+        FakeTrt.ILayer("na0", FakeTrt.LayerType.PLUGIN_V3, FakePlugin("NeighborhoodAttention", "attn_export")),
+        FakeTrt.ILayer("bsa0/Gather", "LayerType.GATHER")])
+    profile = {"x": trt.ShapeRange((1, 8, 2, 4), (1, 8, 2, 4), (1, 8, 2, 4))}
+    meta = trt.build_engine(onnx_path, tmp_path / "model.engine", profile, meta_path=tmp_path / "engine.json")
+    assert meta["plugin_layers"] == [na_layer("na0")]
+    assert json.loads((tmp_path / "engine.json").read_text())["plugin_layers"] == [na_layer("na0")]
+    assert state["built"] == 1

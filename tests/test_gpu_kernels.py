@@ -29,14 +29,15 @@ def kernels():
     return native.NativeKernels()
 
 
-def run_case(kernels, spatial, kw, dtype, heads=2, dim=32, batch=2, use_rpb=False, seed=0, scale=None, misalign=False):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
+def run_case(kernels, spatial, kw, dtype, heads=2, dim=32, batch=2, use_rpb=False, seed=0, scale=None, misalign=False,
+             device="cuda"):
+    gen = torch.Generator(device=device).manual_seed(seed)
     shape = (batch, *spatial, heads, dim)
 
     def rand(*s):
-        x = torch.randn(*s, generator=gen, device="cuda", dtype=torch.float32)
+        x = torch.randn(*s, generator=gen, device=device, dtype=torch.float32)
         if misalign:  # contiguous but 2 bytes off a 16-byte boundary: must take the generic path
-            buf = torch.empty(x.numel() + 1, device="cuda", dtype=dtype)
+            buf = torch.empty(x.numel() + 1, device=device, dtype=dtype)
             view = buf[1:].view(s)
             view.copy_(x)
             return view
@@ -46,7 +47,7 @@ def run_case(kernels, spatial, kw, dtype, heads=2, dim=32, batch=2, use_rpb=Fals
     rpb = rand(heads, *[2 * x - 1 for x in kw["kernel_size"]]) if use_rpb else None
     out = torch.full_like(q, float("nan"))
     kernels.neighborhood_attention(q, k, v, rpb=rpb, out=out, scale=scale, **kw)
-    torch.cuda.synchronize()
+    torch.cuda.synchronize(q.device)
     ref = neighborhood_attention(q.float(), k.float(), v.float(), rpb=None if rpb is None else rpb.float(),
                                  scale=scale, **kw)
     assert torch.isfinite(out).all(), "the kernel left unwritten (NaN) outputs"
@@ -110,3 +111,22 @@ def test_empty_batch_and_invalid_shape(kernels):
     q = torch.randn(1, 8, 2, 32, device="cuda")
     with pytest.raises(Exception, match="exceeds the axis length 8"):
         kernels.neighborhood_attention(q, q, q, kernel_size=3, dilation=3)
+
+
+@pytest.mark.parametrize("dim", [97, 199])  # tile 64 fits only without the static array on sm_86/89/120, sm_80/87
+def test_head_dims_at_the_shared_memory_edge(kernels, dim):
+    run_case(kernels, [20, 18], dict(kernel_size=(5, 3)), torch.float16, dim=dim, heads=1, batch=1, seed=11)
+
+
+@pytest.mark.parametrize("batch, heads", [(1, 65537), (65537, 1)])
+def test_batch_or_heads_beyond_the_grid_limit(kernels, batch, heads):
+    """gridDim.y/z stop at 65,535: the launcher splits the grid, each chunk with its own pointers."""
+    run_case(kernels, [8], dict(kernel_size=(3,)), torch.float16, dim=8, heads=heads, batch=batch, seed=12,
+             use_rpb=True)
+
+
+def test_launch_on_the_device_of_q(kernels):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs: q on cuda:1 while cuda:0 is current")
+    with torch.cuda.device(0):
+        run_case(kernels, [12, 12], dict(kernel_size=5), torch.float16, dim=64, device="cuda:1", seed=13)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ctypes
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -31,6 +33,32 @@ def test_plugin_creator_is_registered(tensorrt):
     assert creator is not None
 
 
+LOAD_LIBRARY = """
+import ctypes, sys
+import tensorrt as trt
+registry = trt.get_plugin_registry()
+key = ("NeighborhoodAttention", "1", "attn_export")
+if sys.argv[2] == "preloaded":  # polygraphy --plugins first, then load_library in the same process
+    ctypes.CDLL(sys.argv[1])
+    assert registry.get_creator(*key) is not None, "static registration missing"
+handle = registry.load_library(sys.argv[1])
+assert handle is not None, "load_library returned None (duplicate registration?)"
+assert registry.get_creator(*key) is not None
+registry.deregister_library(handle)
+assert registry.get_creator(*key) is None, "deregister_library left the creator registered"
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("order", ["fresh", "preloaded"])
+def test_load_library_registers_once_and_unloads(tensorrt, order):
+    """IPluginRegistry.load_library (trtexec --dynamicPlugins) in a fresh process: the static
+    registration must not duplicate the loader's (TensorRT 11 then returns None)."""
+    result = subprocess.run([sys.executable, "-c", LOAD_LIBRARY, str(native.plugin_library()), order],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("model", ["zoo:nat-tiny", "zoo:dinat-tiny", "zoo:na1d-causal", "zoo:na3d-video"])
 def test_engine_parity_with_pytorch_and_onnxruntime(tensorrt, model, tmp_path):
     out = tmp_path / "out"
@@ -41,5 +69,7 @@ def test_engine_parity_with_pytorch_and_onnxruntime(tensorrt, model, tmp_path):
     assert "tensorrt" in candidates and report["status"] == "pass"
     meta = json.loads((out / "engine.json").read_text())
     assert meta["strongly_typed"] and (out / "model.engine").stat().st_size == meta["bytes"]
+    assert meta["plugin_layers"], "the engine must run the NeighborhoodAttention plugin, not the local function"
+    assert all(layer["type"] == "PLUGIN_V3" for layer in meta["plugin_layers"])
     check = run("check", model, out / "model.onnx", "--engine", out / "model.engine")
     assert check.exit_code == 0, check.output

@@ -1,9 +1,12 @@
-// C ABI launcher: validates the parameters, picks the kernel path and tile, and launches.
+// C ABI launcher: validates the parameters, picks the kernel path and tile (na_launch.h), and launches.
+#include <atomic>
+#include <mutex>
 #include <string>
 
 #include "attnx_kernels.h"
 #include "na_check.h"
 #include "na_fused.cuh"
+#include "na_launch.h"
 
 namespace {
 
@@ -15,74 +18,91 @@ attnx_status fail(attnx_status status, const std::string& message) {
 }
 
 struct Device {
+    int id = 0;
     int major = 0;
-    int max_smem = 0;  // opt-in dynamic shared memory per block
+    int max_smem = 0;  // opt-in shared memory per block (dynamic + static)
 };
 
+// Per-device attributes, queried once per device instead of on every launch (enqueue is hot).
+constexpr int kCachedDevices = 64;
+std::atomic<int> g_major[kCachedDevices];     // 0: not queried yet
+std::atomic<int> g_max_smem[kCachedDevices];  // published before g_major
+
+bool query(int id, Device& dev) {
+    return cudaDeviceGetAttribute(&dev.major, cudaDevAttrComputeCapabilityMajor, id) == cudaSuccess &&
+           cudaDeviceGetAttribute(&dev.max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, id) == cudaSuccess;
+}
+
 bool current_device(Device& dev) {
-    int id = 0;
-    if (cudaGetDevice(&id) != cudaSuccess) return false;
-    if (cudaDeviceGetAttribute(&dev.major, cudaDevAttrComputeCapabilityMajor, id) != cudaSuccess) return false;
-    return cudaDeviceGetAttribute(&dev.max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, id) == cudaSuccess;
-}
-
-bool tensor_core_head_dim(int dim) { return dim == 32 || dim == 64 || dim == 128; }
-
-template <typename T>
-size_t tensor_core_smem(int dim) { return attnx::SmemPlan<T, 64, true>::total(dim); }
-
-template <typename T, int TILE>
-size_t generic_smem(int dim) { return attnx::SmemPlan<T, TILE, false>::total(dim); }
-
-template <typename T>
-int generic_tile(int dim, int max_smem) {
-    if (generic_smem<T, 64>(dim) <= static_cast<size_t>(max_smem)) return 64;
-    if (generic_smem<T, 32>(dim) <= static_cast<size_t>(max_smem)) return 32;
-    if (generic_smem<T, 16>(dim) <= static_cast<size_t>(max_smem)) return 16;
-    return 0;
-}
-
-template <typename T>
-attnx_na_path select_path(const attnx_na_params& p, const Device& dev) {
-    if (p.dtype != ATTNX_FLOAT32 && tensor_core_head_dim(p.head_dim) && dev.major >= 8 &&
-        tensor_core_smem<T>(p.head_dim) <= static_cast<size_t>(dev.max_smem))
-        return ATTNX_PATH_TENSOR_CORE;
-    return generic_tile<T>(p.head_dim, dev.max_smem) ? ATTNX_PATH_GENERIC : ATTNX_PATH_NONE;
+    if (cudaGetDevice(&dev.id) != cudaSuccess) return false;
+    if (dev.id < 0 || dev.id >= kCachedDevices) return query(dev.id, dev);
+    dev.major = g_major[dev.id].load(std::memory_order_acquire);
+    if (dev.major > 0) {
+        dev.max_smem = g_max_smem[dev.id].load(std::memory_order_relaxed);
+        return true;
+    }
+    if (!query(dev.id, dev)) return false;
+    g_max_smem[dev.id].store(dev.max_smem, std::memory_order_relaxed);
+    g_major[dev.id].store(dev.major, std::memory_order_release);
+    return true;
 }
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
 
+// cudaFuncSetAttribute(MaxDynamicSharedMemorySize) once per kernel instantiation, device and larger
+// size, not on every launch. The mutex keeps a smaller size from overwriting a larger one.
 template <typename T, int TILE, bool TC>
-attnx_status launch(const attnx_na_params& p, const void* q, const void* k, const void* v, const void* rpb, void* out,
-                    cudaStream_t stream) {
+cudaError_t allow_dynamic_smem(int device, size_t bytes) {
+    static std::atomic<size_t> allowed[kCachedDevices];
+    static std::mutex mutex;
+    const bool cached = device >= 0 && device < kCachedDevices;
+    if (cached && bytes <= allowed[device].load(std::memory_order_acquire)) return cudaSuccess;
+    std::lock_guard<std::mutex> lock(mutex);
+    if (cached && bytes <= allowed[device].load(std::memory_order_acquire)) return cudaSuccess;
+    const cudaError_t err = cudaFuncSetAttribute(attnx::na_fused_kernel<T, TILE, TC>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (err == cudaSuccess && cached) allowed[device].store(bytes, std::memory_order_release);
+    return err;
+}
+
+template <typename T, int TILE, bool TC>
+attnx_status launch(const attnx_na_params& p, const Device& dev, size_t smem, const void* q, const void* k,
+                    const void* v, const void* rpb, void* out, cudaStream_t stream) {
     const attnx::NaProblem problem = attnx::make_problem(p, TILE);
-    const size_t smem = attnx::SmemPlan<T, TILE, TC>::total(p.head_dim);
-    auto kernel = attnx::na_fused_kernel<T, TILE, TC>;
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    cudaError_t err = allow_dynamic_smem<T, TILE, TC>(dev.id, smem);
     if (err != cudaSuccess) return fail(ATTNX_CUDA_ERROR, std::string("cudaFuncSetAttribute: ") + cudaGetErrorString(err));
-    const dim3 grid(problem.query_tiles(), p.heads, p.batch);
-    kernel<<<grid, attnx::kThreads, smem, stream>>>(problem, static_cast<const T*>(q), static_cast<const T*>(k),
-                                                    static_cast<const T*>(v), static_cast<const T*>(rpb),
-                                                    static_cast<T*>(out));
-    err = cudaGetLastError();
-    if (err != cudaSuccess) return fail(ATTNX_CUDA_ERROR, std::string("kernel launch: ") + cudaGetErrorString(err));
-    return ATTNX_OK;
+    const long long table = static_cast<long long>(2 * problem.k[0] - 1) * (2 * problem.k[1] - 1) * (2 * problem.k[2] - 1);
+    attnx_status status = ATTNX_OK;
+    // gridDim.y and gridDim.z stop at 65,535: larger batch or head counts launch in chunks, with the
+    // pointers offset to the chunk's first batch and head (strides stay those of the whole tensor).
+    attnx::for_each_grid_chunk(p.batch, p.heads, [&](int b0, int batches, int h0, int heads) {
+        if (status != ATTNX_OK) return;
+        const long long offset = b0 * problem.batch_stride + static_cast<long long>(h0) * p.head_dim;
+        const dim3 grid(problem.query_tiles(), heads, batches);
+        attnx::na_fused_kernel<T, TILE, TC><<<grid, attnx::kThreads, smem, stream>>>(
+            problem, static_cast<const T*>(q) + offset, static_cast<const T*>(k) + offset,
+            static_cast<const T*>(v) + offset, rpb ? static_cast<const T*>(rpb) + h0 * table : nullptr,
+            static_cast<T*>(out) + offset);
+        const cudaError_t launched = cudaGetLastError();
+        if (launched != cudaSuccess)
+            status = fail(ATTNX_CUDA_ERROR, std::string("kernel launch: ") + cudaGetErrorString(launched));
+    });
+    return status;
 }
 
 template <typename T>
 attnx_status dispatch(const attnx_na_params& p, const Device& dev, const void* q, const void* k, const void* v,
                       const void* rpb, void* out, cudaStream_t stream) {
-    attnx_na_path path = select_path<T>(p, dev);
-    // The vectorized tensor-core loads need 16-byte aligned rows; fall back rather than fault.
-    if (path == ATTNX_PATH_TENSOR_CORE && !(aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out)))
-        path = generic_tile<T>(p.head_dim, dev.max_smem) ? ATTNX_PATH_GENERIC : ATTNX_PATH_NONE;
+    // The vectorized tensor-core loads need 16-byte aligned rows; otherwise the generic path runs.
+    const bool aligned = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
+    const attnx::LaunchChoice c = attnx::choose_launch(p.dtype, p.head_dim, dev.major, dev.max_smem, aligned);
     if constexpr (!std::is_same<T, float>::value) {
-        if (path == ATTNX_PATH_TENSOR_CORE) return launch<T, 64, true>(p, q, k, v, rpb, out, stream);
+        if (c.path == ATTNX_PATH_TENSOR_CORE) return launch<T, 64, true>(p, dev, c.dynamic_smem, q, k, v, rpb, out, stream);
     }
-    switch (path == ATTNX_PATH_GENERIC ? generic_tile<T>(p.head_dim, dev.max_smem) : 0) {
-        case 64: return launch<T, 64, false>(p, q, k, v, rpb, out, stream);
-        case 32: return launch<T, 32, false>(p, q, k, v, rpb, out, stream);
-        case 16: return launch<T, 16, false>(p, q, k, v, rpb, out, stream);
+    switch (c.path == ATTNX_PATH_GENERIC ? c.tile : 0) {
+        case 64: return launch<T, 64, false>(p, dev, c.dynamic_smem, q, k, v, rpb, out, stream);
+        case 32: return launch<T, 32, false>(p, dev, c.dynamic_smem, q, k, v, rpb, out, stream);
+        case 16: return launch<T, 16, false>(p, dev, c.dynamic_smem, q, k, v, rpb, out, stream);
         default:
             return fail(ATTNX_UNSUPPORTED, "head_dim=" + std::to_string(p.head_dim) +
                                                " needs more shared memory than this GPU offers per block");
@@ -113,11 +133,7 @@ size_t attnx_na_workspace_size(const attnx_na_params*) { return 0; }
 attnx_na_path attnx_na_select_path(const attnx_na_params* params) {
     Device dev;
     if (attnx_na_validate(params) != ATTNX_OK || !current_device(dev)) return ATTNX_PATH_NONE;
-    switch (params->dtype) {
-        case ATTNX_FLOAT16: return select_path<__half>(*params, dev);
-        case ATTNX_BFLOAT16: return select_path<__nv_bfloat16>(*params, dev);
-        default: return select_path<float>(*params, dev);
-    }
+    return attnx::choose_launch(params->dtype, params->head_dim, dev.major, dev.max_smem, true).path;
 }
 
 attnx_status attnx_na_forward(const attnx_na_params* params, const void* q, const void* k, const void* v,

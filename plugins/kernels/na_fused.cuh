@@ -15,11 +15,10 @@
 
 #include <type_traits>
 
+#include "na_launch.h"
 #include "na_problem.h"
 
 namespace attnx {
-
-constexpr int kThreads = 128;  // 4 warps; the tensor-core path gives each warp 16 query rows
 
 template <typename T>
 __device__ __forceinline__ float to_float(T x) { return static_cast<float>(x); }
@@ -44,34 +43,13 @@ __device__ __forceinline__ float warp_sum(float x) {
     return x;
 }
 
-// Shared-memory plan of one block; the host computes the same sizes to set the dynamic limit.
-template <typename T, int TILE, bool TensorCore>
-struct SmemPlan {
-    using P = typename std::conditional<TensorCore, T, float>::type;  // probabilities' storage type
-    static constexpr int kPadIn = TensorCore ? 8 : (sizeof(T) == 4 ? 1 : 2);  // WMMA: ldm % 8 == 0
-    static constexpr int kPadScore = TensorCore ? 4 : 1;
-    static constexpr int kPadProb = TensorCore ? 8 : 1;
-    __host__ __device__ static int ld_in(int dim) { return dim + kPadIn; }
-    __host__ __device__ static int ld_out(int dim) { return dim + 4; }
-    __host__ __device__ static size_t align(size_t bytes) { return (bytes + 127) & ~size_t(127); }
-    __host__ __device__ static size_t qkv_bytes(int dim) { return align(sizeof(T) * TILE * ld_in(dim)); }
-    __host__ __device__ static size_t score_bytes() { return align(sizeof(float) * TILE * (TILE + kPadScore)); }
-    __host__ __device__ static size_t prob_bytes() { return align(sizeof(P) * TILE * (TILE + kPadProb)); }
-    __host__ __device__ static size_t out_bytes(int dim) { return align(sizeof(float) * TILE * ld_out(dim)); }
-    // Row statistics (m, l) and per-slot coordinates: 3 floats-or-ints per slot for each of
-    // q window begin/end, q group coordinate, kv group coordinate, plus 2 validity flags.
-    __host__ __device__ static size_t index_bytes() { return align(sizeof(int) * TILE * (2 + 4 * kMaxRank + 2)); }
-    __host__ __device__ static size_t total(int dim) {
-        return 3 * qkv_bytes(dim) + score_bytes() + prob_bytes() + out_bytes(dim) + index_bytes();
-    }
-};
-
 template <typename T, int TILE, bool TensorCore>
 __global__ void __launch_bounds__(kThreads)
     na_fused_kernel(NaProblem pr, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                     const T* __restrict__ rpb, T* __restrict__ out) {
-    using Plan = SmemPlan<T, TILE, TensorCore>;
-    using P = typename Plan::P;
+    using Plan = SmemPlan<sizeof(T), TILE, TensorCore>;
+    using P = typename std::conditional<TensorCore, T, float>::type;  // probabilities' storage type
+    static_assert(sizeof(P) == Plan::kProbBytes, "the plan sizes the probabilities as the kernel stores them");
     static_assert(!TensorCore || TILE == 64, "the tensor-core path gives 4 warps 16 rows each");
     const int dim = pr.dim;
     const int ldi = Plan::ld_in(dim), ldo = Plan::ld_out(dim);
@@ -157,7 +135,8 @@ __global__ void __launch_bounds__(kThreads)
         }
     };
 
-    __shared__ long long row_offset[TILE];
+    // Static shared memory: counted by Plan::static_bytes() (tests compare it with ptxas's report).
+    __shared__ long long row_offset[Plan::kRowOffsets];
 
     // Query slots: coordinates, windows, validity; then Q and the accumulators.
     for (int r = tid; r < TILE; r += kThreads) {

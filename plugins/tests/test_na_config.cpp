@@ -31,6 +31,7 @@ void check(bool ok, std::string const& what, int line) {
 struct Fields {
     std::vector<int32_t> kernel{7, 7}, stride{1, 1}, dilation{1, 1}, causal{0, 0};
     float scale = 0.125f;
+    bool with_scale = true;  // an ONNX node may omit scale
     std::vector<FieldView> extra;
     std::vector<FieldView> build() const {
         std::vector<FieldView> f{
@@ -38,8 +39,8 @@ struct Fields {
             {"stride", FieldType::kInt32, stride.data(), static_cast<int32_t>(stride.size())},
             {"dilation", FieldType::kInt32, dilation.data(), static_cast<int32_t>(dilation.size())},
             {"is_causal", FieldType::kInt32, causal.data(), static_cast<int32_t>(causal.size())},
-            {"scale", FieldType::kFloat32, &scale, 1},
         };
+        if (with_scale) f.push_back({"scale", FieldType::kFloat32, &scale, 1});
         f.insert(f.end(), extra.begin(), extra.end());
         return f;
     }
@@ -83,7 +84,36 @@ void test_defaults_and_broadcast() {
     CHECK(parseFields(fields, cfg).empty());
     CHECK(cfg.rank == 3 && cfg.kernel_size[2] == 7);
     CHECK(cfg.stride[0] == 2 && cfg.stride[2] == 2 && cfg.dilation[1] == 1 && cfg.is_causal[2] == 0);
-    CHECK(cfg.scale == 0.f);  // default head_dim ** -0.5, resolved by the kernel
+    CHECK(!cfg.has_scale);  // default head_dim ** -0.5, resolved with the input shape
+}
+
+// A node without scale must survive serialization: the runtime phase parses what the build phase wrote
+// (an engine built from such a node could not be deserialized when "absent" was written as scale 0).
+void test_absent_scale_round_trip() {
+    Fields f;
+    f.with_scale = false;
+    NAConfig first, second;
+    CHECK(parseFields(f.build(), first).empty());
+    CHECK(!first.has_scale);
+    std::vector<FieldView> const saved = serializeFields(first);
+    for (FieldView const& field : saved) CHECK(field.name != "scale");
+    CHECK(parseFields(saved, second).empty());
+    CHECK(!second.has_scale);
+    // The default is resolved for the kernel from head_dim: 64 ** -0.5 = 0.125, 32 ** -0.5.
+    CHECK(kernelParams(second, tensor({1, 16, 16, 2, 64}), false).scale == 0.125f);
+    CHECK(std::fabs(kernelParams(second, tensor({1, 16, 16, 2, 32}), false).scale - 0.17677669f) < 1e-7f);
+    // An explicit scale still wins and round-trips.
+    f.with_scale = true;
+    f.scale = 0.3f;
+    CHECK(parseFields(f.build(), first).empty());
+    CHECK(parseFields(serializeFields(first), second).empty());
+    CHECK(second.has_scale && second.scale == 0.3f);
+    CHECK(kernelParams(second, tensor({1, 16, 16, 2, 64}), false).scale == 0.3f);
+    // A float64 scale that vanishes as float32 is refused instead of becoming "absent" or 0.
+    double const tiny = 1e-60;
+    int32_t const kernel[1] = {3};
+    CHECK_ERROR(parse({{"kernel_size", FieldType::kInt32, kernel, 1}, {"scale", FieldType::kFloat64, &tiny, 1}}),
+                "finite positive");
 }
 
 void test_malformed_fields() {
@@ -150,10 +180,11 @@ void test_serialization_round_trip() {
             f.causal[a] = static_cast<int32_t>(rng() % 2);
         }
         f.scale = 0.01f + static_cast<float>(rng() % 1000) / 997.f;
+        f.with_scale = rng() % 4 != 0;
         NAConfig first, second;
         CHECK(parseFields(f.build(), first).empty());
         CHECK(parseFields(serializeFields(first), second).empty());
-        CHECK(second.rank == first.rank && second.scale == first.scale);
+        CHECK(second.rank == first.rank && second.has_scale == f.with_scale && second.scale == first.scale);
         for (int a = 0; a < rank; ++a)
             CHECK(second.kernel_size[a] == f.kernel[a] && second.stride[a] == f.stride[a] &&
                   second.dilation[a] == f.dilation[a] && second.is_causal[a] == f.causal[a]);
@@ -231,6 +262,7 @@ void test_kernel_params() {
 int main() {
     test_valid_fields();
     test_defaults_and_broadcast();
+    test_absent_scale_round_trip();
     test_malformed_fields();
     test_serialization_round_trip();
     test_input_checks();

@@ -1,8 +1,12 @@
 // CPU test of the built plugin library through its only exports (getCreators, setLoggerFinder), with
-// the real TensorRT headers but no TensorRT runtime: the creator validates fields and logs why it
-// refuses, plugins serialize and rebuild, format/type rules and configure-time shape checks hold.
+// the real TensorRT headers but no TensorRT runtime: both registration paths against a fake process
+// registry that refuses duplicates as TensorRT 11 does, the creator validates fields and logs why it
+// refuses, plugins serialize and rebuild (with and without scale), format/type rules, configure-time
+// shape checks, and enqueue taking its shapes from its descriptors.
 // Usage: test_plugin_glue path/to/libattnx_trt_plugins.so
 #include <dlfcn.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -40,6 +44,95 @@ public:
     ILogger* findLogger() override { return &logger; }
 };
 
+// TensorRT's process registry as the library sees it (dlsym(RTLD_DEFAULT, "getPluginRegistry"); this
+// executable exports the symbol). Like TensorRT, it refuses a second creator of the same name, version
+// and namespace; TensorRT 11's loadLibrary returns null when registering what getCreators returned fails.
+class FakeRegistry : public IPluginRegistry {
+public:
+    struct Entry {
+        IPluginCreatorInterface* creator;
+        std::string key;
+    };
+    std::vector<Entry> entries;
+    int32_t refused = 0;
+
+    static std::string keyOf(IPluginCreatorInterface& creator, AsciiChar const* ns) {
+        auto& v3 = static_cast<IPluginCreatorV3One&>(creator);
+        return std::string(v3.getPluginName()) + "/" + v3.getPluginVersion() + "/" + (ns ? ns : "");
+    }
+    bool registerCreator(IPluginCreatorInterface& creator, AsciiChar const* const ns) noexcept override {
+        std::string const key = keyOf(creator, ns);
+        for (Entry const& e : entries)
+            if (e.key == key) {
+                ++refused;
+                return false;
+            }
+        entries.push_back({&creator, key});
+        return true;
+    }
+    bool deregisterCreator(IPluginCreatorInterface const& creator) noexcept override {
+        for (size_t i = 0; i < entries.size(); ++i)
+            if (entries[i].creator == &creator) {
+                entries.erase(entries.begin() + static_cast<std::ptrdiff_t>(i));
+                return true;
+            }
+        return false;
+    }
+    // Emulates IPluginRegistry::loadLibrary on an already dlopened library (dlopen ran its static
+    // initializer): register everything getCreators returns; any refusal makes the load fail.
+    bool loadLibraryEmulated(void* lib) {
+        using GetCreators = IPluginCreatorInterface* const* (*)(int32_t&);
+        auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
+        int32_t count = 0;
+        IPluginCreatorInterface* const* list = getCreators(count);
+        bool ok = count > 0;
+        for (int32_t i = 0; i < count; ++i) {
+            ok = registerCreator(*list[i], static_cast<IPluginCreatorV3One*>(list[i])->getPluginNamespace()) && ok;
+            loaded.push_back(list[i]);
+        }
+        return ok;
+    }
+    void deregisterLibraryEmulated() {
+        for (IPluginCreatorInterface* c : loaded) deregisterCreator(*c);
+        loaded.clear();
+    }
+    std::vector<IPluginCreatorInterface*> loaded;
+
+    // The rest of the interface: unused by the library.
+#if NV_TENSORRT_MAJOR < 11
+    bool registerCreator(IPluginCreator&, AsciiChar const* const) noexcept override { return false; }
+    IPluginCreator* const* getPluginCreatorList(int32_t* const n) const noexcept override {
+        *n = 0;
+        return nullptr;
+    }
+    IPluginCreator* getPluginCreator(AsciiChar const* const, AsciiChar const* const, AsciiChar const* const) noexcept override {
+        return nullptr;
+    }
+    bool deregisterCreator(IPluginCreator const&) noexcept override { return false; }
+#endif
+    void setErrorRecorder(IErrorRecorder* const) noexcept override {}
+    IErrorRecorder* getErrorRecorder() const noexcept override { return nullptr; }
+    bool isParentSearchEnabled() const override { return false; }
+    void setParentSearchEnabled(bool const) override {}
+    PluginLibraryHandle loadLibrary(AsciiChar const*) noexcept override { return nullptr; }
+    void deregisterLibrary(PluginLibraryHandle) noexcept override {}
+    IPluginCreatorInterface* const* getAllCreators(int32_t* const n) const noexcept override {
+        *n = 0;
+        return nullptr;
+    }
+    IPluginCreatorInterface* getCreator(AsciiChar const* const, AsciiChar const* const, AsciiChar const* const) noexcept override {
+        return nullptr;
+    }
+    IPluginResource* acquirePluginResource(AsciiChar const*, IPluginResource*) noexcept override { return nullptr; }
+    int32_t releasePluginResource(AsciiChar const*) noexcept override { return 0; }
+    IPluginCreatorInterface* const* getAllCreatorsRecursive(int32_t* const n) noexcept override {
+        *n = 0;
+        return nullptr;
+    }
+};
+
+FakeRegistry g_registry;
+
 DynamicPluginTensorDesc tensor(std::vector<int64_t> dims, DataType type = DataType::kHALF) {
     DynamicPluginTensorDesc d{};
     d.desc.type = type;
@@ -51,6 +144,8 @@ DynamicPluginTensorDesc tensor(std::vector<int64_t> dims, DataType type = DataTy
 }
 
 }  // namespace
+
+extern "C" TENSORRTAPI IPluginRegistry* getPluginRegistry() noexcept { return &g_registry; }
 
 int main(int argc, char** argv) {
     if (argc != 2) return 2;
@@ -66,7 +161,21 @@ int main(int argc, char** argv) {
     CHECK(getCreators && setLoggerFinder);
     CHECK(dlsym(lib, "attnx_na_forward") == nullptr);  // the kernels are linked in, not exported
     Finder finder;
+
+    // Path 1, dlopen without loadLibrary (ctypes.CDLL, polygraphy --plugins, --staticPlugins): the
+    // static initializer registered the creator once, under the attn_export namespace.
+    CHECK(g_registry.entries.size() == 1 && g_registry.refused == 0);
+    CHECK(g_registry.entries[0].key == "NeighborhoodAttention/1/attn_export");
+    // Path 2, IPluginRegistry::loadLibrary (Python load_library, --dynamicPlugins): it dlopens (the
+    // static initializer above), sets the logger, calls getCreators and registers the result. That
+    // registration must not be a duplicate, and deregisterLibrary must leave nothing behind.
     setLoggerFinder(&finder);
+    CHECK(g_registry.loadLibraryEmulated(lib));
+    CHECK(g_registry.refused == 0 && g_registry.entries.size() == 1);
+    g_registry.deregisterLibraryEmulated();
+    CHECK(g_registry.entries.empty());
+    CHECK(g_registry.loadLibraryEmulated(lib));  // a second load_library after unloading
+    CHECK(g_registry.refused == 0 && g_registry.entries.size() == 1);
 
     int32_t count = 0;
     IPluginCreatorInterface* const* creators = getCreators(count);
@@ -104,6 +213,22 @@ int main(int argc, char** argv) {
     CHECK(creator->createPlugin("empty", nullptr, TensorRTPhase::kBUILD) == nullptr);
     CHECK(finder.logger.last.find("kernel_size") != std::string::npos);
 
+    // A node without scale (default head_dim ** -0.5): its engine must deserialize, i.e. the runtime
+    // phase must accept what the build phase serialized.
+    std::vector<PluginField> noScale{fields[0], PluginField("stride", stride, PluginFieldType::kINT32, 2)};
+    PluginFieldCollection noScaleFc{static_cast<int32_t>(noScale.size()), noScale.data()};
+    IPluginV3* scaleless = creator->createPlugin("na_default_scale", &noScaleFc, TensorRTPhase::kBUILD);
+    CHECK(scaleless != nullptr);
+    auto* scalelessRuntime =
+        static_cast<IPluginV3OneRuntime*>(scaleless->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    PluginFieldCollection const* scalelessSaved = scalelessRuntime->getFieldsToSerialize();
+    CHECK(scalelessSaved != nullptr);
+    for (int32_t i = 0; i < scalelessSaved->nbFields; ++i) CHECK(std::strcmp(scalelessSaved->fields[i].name, "scale") != 0);
+    IPluginV3* scalelessRestored = creator->createPlugin("na_default_scale", scalelessSaved, TensorRTPhase::kRUNTIME);
+    CHECK(scalelessRestored != nullptr);
+    delete scalelessRestored;
+    delete scaleless;
+
     auto* core = static_cast<IPluginV3OneCore*>(plugin->getCapabilityInterface(PluginCapabilityType::kCORE));
     auto* build = static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
     auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
@@ -137,6 +262,19 @@ int main(int argc, char** argv) {
     CHECK(!build->supportsFormatCombination(1, io, 3, 1));
     io[0].desc.type = DataType::kINT8;
     CHECK(!build->supportsFormatCombination(0, io, 3, 1));
+    // TensorRT defines only inOut[0..pos] when it asks about pos: descriptors past pos sit in an
+    // unreadable page here, so reading one crashes the test.
+    long const page = sysconf(_SC_PAGESIZE);
+    size_t const span = ((4 * sizeof(DynamicPluginTensorDesc)) / page + 1) * page;
+    auto* region = static_cast<unsigned char*>(mmap(nullptr, span + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    CHECK(region != MAP_FAILED);
+    CHECK(mprotect(region + span, page, PROT_NONE) == 0);
+    for (int32_t pos = 0; pos < 4; ++pos) {
+        auto* guarded = reinterpret_cast<DynamicPluginTensorDesc*>(region + span) - (pos + 1);
+        for (int32_t i = 0; i <= pos; ++i) guarded[i] = tensor({2, 20, 24, 4, 64});
+        CHECK(build->supportsFormatCombination(pos, guarded, 3, 1));
+    }
+    munmap(region, span + page);
 
     // Configure-time shape checks on the profile's min and max (dilation 2 * kernel 7 = 14 rows).
     DynamicPluginTensorDesc in[3] = {tensor({2, 20, 24, 4, 64}), tensor({2, 20, 24, 4, 64}), tensor({2, 20, 24, 4, 64})};
@@ -153,6 +291,22 @@ int main(int argc, char** argv) {
     concrete[2].dims.d[2] = 23;
     CHECK(runtime->onShapeChange(concrete, 3, &out[0].desc, 1) == -1);
     CHECK(finder.logger.last.find("v [2,20,23,4,64] differs from q") != std::string::npos);
+
+    // enqueue takes the shapes of its own descriptors, not those of the last onShapeChange: an empty
+    // batch launches nothing (no device needed), a shape the op cannot take is refused with the reason.
+    concrete[2].dims.d[2] = 24;
+    CHECK(runtime->onShapeChange(concrete, 3, &out[0].desc, 1) == 0);
+    PluginTensorDesc call[3] = {concrete[0], concrete[1], concrete[2]};
+    for (auto& t : call) t.dims.d[0] = 0;
+    void const* noInputs[3] = {nullptr, nullptr, nullptr};
+    void* noOutputs[1] = {nullptr};
+    CHECK(runtime->enqueue(call, &out[0].desc, noInputs, noOutputs, nullptr, nullptr) == 0);
+    for (auto& t : call) {
+        t.dims.d[0] = 2;
+        t.dims.d[1] = 12;  // 12 rows < kernel 7 * dilation 2
+    }
+    CHECK(runtime->enqueue(call, &out[0].desc, noInputs, noOutputs, nullptr, nullptr) == -1);
+    CHECK(finder.logger.last.find("spatial axis 0 has length 12") != std::string::npos);
 
     IPluginV3* attached = runtime->attachToContext(nullptr);
     CHECK(attached != nullptr);

@@ -67,8 +67,11 @@ std::string parseFields(std::vector<FieldView> const& fields, NAConfig& cfg) {
             else {
                 double const v = f.type == FieldType::kFloat32 ? *static_cast<float const*>(f.data)
                                                                : *static_cast<double const*>(f.data);
-                if (!(std::isfinite(v) && v > 0)) problem = describe(f) + " must be a finite positive number";
-                cfg.scale = static_cast<float>(v);
+                float const narrowed = static_cast<float>(v);  // a double may overflow or vanish as a float
+                if (!(std::isfinite(v) && v > 0 && std::isfinite(narrowed) && narrowed > 0))
+                    problem = describe(f) + " must be a finite positive number";
+                cfg.scale = narrowed;
+                cfg.has_scale = true;
             }
         } else if (f.name == "plugin_version" || f.name == "plugin_namespace") {
             std::string value;
@@ -90,13 +93,14 @@ std::string parseFields(std::vector<FieldView> const& fields, NAConfig& cfg) {
 }
 
 std::vector<FieldView> serializeFields(NAConfig const& cfg) {
-    return {
+    std::vector<FieldView> fields{
         {"kernel_size", FieldType::kInt32, cfg.kernel_size, cfg.rank},
         {"stride", FieldType::kInt32, cfg.stride, cfg.rank},
         {"dilation", FieldType::kInt32, cfg.dilation, cfg.rank},
         {"is_causal", FieldType::kInt32, cfg.is_causal, cfg.rank},
-        {"scale", FieldType::kFloat32, &cfg.scale, 1},
     };
+    if (cfg.has_scale) fields.push_back({"scale", FieldType::kFloat32, &cfg.scale, 1});
+    return fields;
 }
 
 std::string checkInputs(NAConfig const& cfg, TensorInfo const* inputs, int32_t nbInputs) {
@@ -160,7 +164,7 @@ attnx_na_params kernelParams(NAConfig const& cfg, TensorInfo const& q, bool hasR
         p.dilation[a] = cfg.dilation[a];
         p.is_causal[a] = cfg.is_causal[a];
     }
-    p.scale = cfg.scale;
+    p.scale = cfg.has_scale ? cfg.scale : 1.f / std::sqrt(static_cast<float>(p.head_dim));
     p.dtype = q.type == DType::kFloat16 ? ATTNX_FLOAT16 : q.type == DType::kBFloat16 ? ATTNX_BFLOAT16 : ATTNX_FLOAT32;
     p.has_rpb = hasRpb ? 1 : 0;
     return p;

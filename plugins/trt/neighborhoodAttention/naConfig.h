@@ -45,13 +45,17 @@ struct NAConfig {
     int32_t stride[ATTNX_MAX_RANK] = {1, 1, 1};
     int32_t dilation[ATTNX_MAX_RANK] = {1, 1, 1};
     int32_t is_causal[ATTNX_MAX_RANK] = {0, 0, 0};
-    float scale = 0.f;  // 0: head_dim ** -0.5
+    // The ONNX node may omit scale (default head_dim ** -0.5, known only with the input shape): "absent"
+    // is stored explicitly, serialized as a missing field, and resolved in kernelParams.
+    bool has_scale = false;
+    float scale = 0.f;  // meaningful only when has_scale
 };
 
 // Fills cfg from fields; returns "" or one sentence saying which field is wrong and why.
 std::string parseFields(std::vector<FieldView> const& fields, NAConfig& cfg);
 
-// The fields that getFieldsToSerialize returns; they point into cfg, which must outlive them.
+// The fields that getFieldsToSerialize returns (scale only when the node gave one); they point into cfg,
+// which must outlive them. parseFields(serializeFields(cfg)) reproduces cfg.
 std::vector<FieldView> serializeFields(NAConfig const& cfg);
 
 // q, k, v [, rpb]: returns "" if the inputs suit cfg; checks every dimension that is already known.
@@ -60,7 +64,8 @@ std::string checkInputs(NAConfig const& cfg, TensorInfo const* inputs, int32_t n
 // supportsFormatCombination: q, k, v, out (and rpb) linear, one type among fp32/fp16/bf16.
 bool supportsFormat(int32_t pos, TensorInfo const* inOut, int32_t nbInputs, int32_t nbOutputs);
 
-// Kernel parameters for concrete input shapes (checkInputs must have passed).
+// Kernel parameters for concrete input shapes (checkInputs must have passed); an absent scale becomes
+// head_dim ** -0.5 here, so the kernel always receives an explicit positive scale.
 attnx_na_params kernelParams(NAConfig const& cfg, TensorInfo const& q, bool hasRpb);
 
 }  // namespace plugin

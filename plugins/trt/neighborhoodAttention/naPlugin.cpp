@@ -90,7 +90,7 @@ IPluginCapability* NeighborhoodAttentionPlugin::getCapabilityInterface(PluginCap
 IPluginV3* NeighborhoodAttentionPlugin::clone() noexcept {
     try {
         auto* copy = new NeighborhoodAttentionPlugin(mConfig);
-        copy->mParams = mParams;
+        copy->mNbInputs = mNbInputs;
         return copy;
     } catch (std::exception const& e) {
         reportFailure("clone", &e);
@@ -128,6 +128,7 @@ int32_t NeighborhoodAttentionPlugin::configurePlugin(DynamicPluginTensorDesc con
                 return -1;
             }
         }
+        mNbInputs = nbInputs;
         return 0;
     } catch (std::exception const& e) {
         return reportFailure("configurePlugin", &e);
@@ -165,8 +166,10 @@ int32_t NeighborhoodAttentionPlugin::getOutputShapes(DimsExprs const* inputs, in
 bool NeighborhoodAttentionPlugin::supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* inOut,
                                                             int32_t nbInputs, int32_t nbOutputs) noexcept {
     try {
-        std::vector<TensorInfo> const all = infos(inOut, nbInputs + nbOutputs, &DynamicPluginTensorDesc::max);
-        return supportsFormat(pos, all.data(), nbInputs, nbOutputs);
+        // Only inOut[0..pos] are defined when TensorRT asks about pos: never read past it.
+        if (pos < 0 || pos >= nbInputs + nbOutputs) return false;
+        std::vector<TensorInfo> const upToPos = infos(inOut, pos + 1, &DynamicPluginTensorDesc::max);
+        return supportsFormat(pos, upToPos.data(), nbInputs, nbOutputs);
     } catch (std::exception const& e) {
         reportFailure("supportsFormatCombination", &e);
         return false;
@@ -196,25 +199,39 @@ int32_t NeighborhoodAttentionPlugin::onShapeChange(PluginTensorDesc const* in, i
             logError(std::string(kPluginName) + ": " + problem);
             return -1;
         }
-        mParams = kernelParams(mConfig, inputs[0], nbInputs == 4);
-        if (attnx_na_validate(&mParams) != ATTNX_OK) {
+        attnx_na_params const params = kernelParams(mConfig, inputs[0], nbInputs == 4);
+        if (attnx_na_validate(&params) != ATTNX_OK) {
             logError(std::string(kPluginName) + ": " + attnx_last_error());
             return -1;
         }
+        mNbInputs = nbInputs;
         return 0;
     } catch (std::exception const& e) {
         return reportFailure("onShapeChange", &e);
     }
 }
 
-int32_t NeighborhoodAttentionPlugin::enqueue(PluginTensorDesc const* /*inputDesc*/, PluginTensorDesc const* /*outputDesc*/,
+int32_t NeighborhoodAttentionPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,
                                              void const* const* inputs, void* const* outputs, void* workspace,
                                              cudaStream_t stream) noexcept {
     try {
-        void const* rpb = mParams.has_rpb ? inputs[3] : nullptr;
-        size_t const workspaceSize = attnx_na_workspace_size(&mParams);
+        // The shapes of this call, from its descriptors (as TensorRT's own V3 plugins do): nothing cached.
+        if (mNbInputs != 3 && mNbInputs != 4) {
+            logError(std::string(kPluginName) + "::enqueue: called before configurePlugin/onShapeChange");
+            return -1;
+        }
+        TensorInfo current[4];
+        for (int32_t i = 0; i < mNbInputs; ++i) current[i] = toInfo(inputDesc[i], inputDesc[i].dims);
+        std::string const problem = checkInputs(mConfig, current, mNbInputs);
+        if (!problem.empty()) {
+            logError(std::string(kPluginName) + "::enqueue: " + problem);
+            return -1;
+        }
+        attnx_na_params const params = kernelParams(mConfig, current[0], mNbInputs == 4);
+        void const* rpb = params.has_rpb ? inputs[3] : nullptr;
+        size_t const workspaceSize = attnx_na_workspace_size(&params);
         attnx_status const status =
-            attnx_na_forward(&mParams, inputs[0], inputs[1], inputs[2], rpb, outputs[0], workspace, workspaceSize, stream);
+            attnx_na_forward(&params, inputs[0], inputs[1], inputs[2], rpb, outputs[0], workspace, workspaceSize, stream);
         if (status != ATTNX_OK) {
             logError(std::string(kPluginName) + "::enqueue: " + attnx_last_error());
             return -1;

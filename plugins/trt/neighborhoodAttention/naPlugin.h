@@ -53,7 +53,9 @@ public:
 
 private:
     NAConfig mConfig;
-    attnx_na_params mParams{};  // for the shapes of the last onShapeChange
+    // 3 (q, k, v) or 4 (with rpb), from configurePlugin / onShapeChange: enqueue receives descriptors but
+    // no count. Shapes are never cached: enqueue takes them from its inputDesc.
+    int32_t mNbInputs = 0;
     std::vector<nvinfer1::PluginField> mSerialized;
     nvinfer1::PluginFieldCollection mSerializedCollection{};
 };

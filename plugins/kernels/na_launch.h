@@ -1,0 +1,95 @@
+// Host-side launch plan of the fused neighborhood-attention kernel, shared by the launcher
+// (na_forward.cu), the kernel (the shared-memory layout) and the CPU tests (no CUDA include):
+//   - SmemPlan: the block's dynamic shared memory AND its static __shared__ arrays; a launch needs
+//     dynamic + static <= the device's opt-in limit per block, or it fails instead of using a smaller tile;
+//   - choose_launch: the path (tensor-core or generic) and tile for a dtype, head_dim and device;
+//   - for_each_grid_chunk: grids within CUDA's limits (gridDim.y, gridDim.z <= 65,535) for any batch
+//     and head count.
+#pragma once
+
+#include <stddef.h>
+
+#include "attnx_types.h"
+#include "na_index.h"
+
+namespace attnx {
+
+constexpr int kThreads = 128;  // 4 warps; the tensor-core path gives each warp 16 query rows
+constexpr int kMaxGridYZ = 65535;
+
+// Shared memory of one block. ElemBytes: size of q/k/v's element type; the probabilities are stored in
+// the input type on the tensor-core path, in fp32 otherwise.
+template <int ElemBytes, int TILE, bool TensorCore>
+struct SmemPlan {
+    static constexpr int kProbBytes = TensorCore ? ElemBytes : 4;
+    static constexpr int kPadIn = TensorCore ? 8 : (ElemBytes == 4 ? 1 : 2);  // WMMA: ldm % 8 == 0
+    static constexpr int kPadScore = TensorCore ? 4 : 1;
+    static constexpr int kPadProb = TensorCore ? 8 : 1;
+    // The kernel's static __shared__ array: one 64-bit global row offset per tile slot.
+    static constexpr int kRowOffsets = TILE;
+    ATTNX_HD static int ld_in(int dim) { return dim + kPadIn; }
+    ATTNX_HD static int ld_out(int dim) { return dim + 4; }
+    ATTNX_HD static size_t align(size_t bytes) { return (bytes + 127) & ~size_t(127); }
+    ATTNX_HD static size_t qkv_bytes(int dim) { return align(size_t(ElemBytes) * TILE * ld_in(dim)); }
+    ATTNX_HD static size_t score_bytes() { return align(sizeof(float) * TILE * (TILE + kPadScore)); }
+    ATTNX_HD static size_t prob_bytes() { return align(size_t(kProbBytes) * TILE * (TILE + kPadProb)); }
+    ATTNX_HD static size_t out_bytes(int dim) { return align(sizeof(float) * TILE * ld_out(dim)); }
+    // Row statistics (m, l), per-slot window begin/end and coordinates of queries and keys (one int per
+    // axis each), and the two validity flags.
+    ATTNX_HD static size_t index_bytes() { return align(sizeof(int) * TILE * (2 + 4 * kMaxRank + 2)); }
+    // Dynamic shared memory (the launch's third argument).
+    ATTNX_HD static size_t total(int dim) {
+        return 3 * qkv_bytes(dim) + score_bytes() + prob_bytes() + out_bytes(dim) + index_bytes();
+    }
+    // Static shared memory, counted against the same per-block limit.
+    ATTNX_HD static size_t static_bytes() { return sizeof(long long) * kRowOffsets; }
+    ATTNX_HD static size_t block_bytes(int dim) { return total(dim) + static_bytes(); }
+};
+
+struct LaunchChoice {
+    attnx_na_path path;
+    int tile;             // tokens per query / kv tile (0 when path is ATTNX_PATH_NONE)
+    size_t dynamic_smem;  // bytes, the launch's dynamic shared memory
+    size_t static_smem;   // bytes of static __shared__ arrays
+};
+
+inline bool tensor_core_head_dim(int dim) { return dim == 32 || dim == 64 || dim == 128; }
+
+template <int ElemBytes, int TILE, bool TC>
+inline bool fits(int dim, size_t max_smem) { return SmemPlan<ElemBytes, TILE, TC>::block_bytes(dim) <= max_smem; }
+
+template <int ElemBytes, int TILE, bool TC>
+inline LaunchChoice choice(int dim) {
+    using Plan = SmemPlan<ElemBytes, TILE, TC>;
+    return LaunchChoice{TC ? ATTNX_PATH_TENSOR_CORE : ATTNX_PATH_GENERIC, TILE, Plan::total(dim), Plan::static_bytes()};
+}
+
+template <int ElemBytes>
+inline LaunchChoice choose_launch_for(int dim, int cc_major, size_t max_smem, bool aligned) {
+    // Tensor cores: fp16/bf16, head_dim 32/64/128, sm_80+, 16-byte aligned rows (vectorized loads).
+    if (ElemBytes == 2 && tensor_core_head_dim(dim) && cc_major >= 8 && aligned && fits<ElemBytes, 64, true>(dim, max_smem))
+        return choice<ElemBytes, 64, true>(dim);
+    if (fits<ElemBytes, 64, false>(dim, max_smem)) return choice<ElemBytes, 64, false>(dim);
+    if (fits<ElemBytes, 32, false>(dim, max_smem)) return choice<ElemBytes, 32, false>(dim);
+    if (fits<ElemBytes, 16, false>(dim, max_smem)) return choice<ElemBytes, 16, false>(dim);
+    return LaunchChoice{ATTNX_PATH_NONE, 0, 0, 0};
+}
+
+// The kernel a call runs on a device of compute capability major `cc_major` whose opt-in shared memory
+// per block is `max_smem` bytes; `aligned`: q, k, v and out start on 16-byte boundaries.
+inline LaunchChoice choose_launch(int dtype, int dim, int cc_major, size_t max_smem, bool aligned) {
+    return dtype == ATTNX_FLOAT32 ? choose_launch_for<4>(dim, cc_major, max_smem, aligned)
+                                  : choose_launch_for<2>(dim, cc_major, max_smem, aligned);
+}
+
+// Calls f(batch0, batches, head0, heads) for grids of at most kMaxGridYZ heads (gridDim.y) and batches
+// (gridDim.z) that together cover [0, batch) x [0, heads) once. The launcher offsets the tensor
+// pointers by batch0 and head0 (the kernel's strides stay those of the whole tensor).
+template <typename F>
+inline void for_each_grid_chunk(int batch, int heads, F&& f) {
+    for (int b0 = 0; b0 < batch; b0 += kMaxGridYZ)
+        for (int h0 = 0; h0 < heads; h0 += kMaxGridYZ)
+            f(b0, batch - b0 < kMaxGridYZ ? batch - b0 : kMaxGridYZ, h0, heads - h0 < kMaxGridYZ ? heads - h0 : kMaxGridYZ);
+}
+
+}  // namespace attnx
