@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import importlib
 
+from attn_export.defaults import __version__
 from attn_export.errors import AttnExportError
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "export": "attn_export.onnx_export",
     "check_parity": "attn_export.parity",
+    "run": "attn_export.pipeline",
+    "check": "attn_export.pipeline",
+    "ExportOptions": "attn_export.pipeline",
 }
 
-__all__ = ["AttnExportError", "__version__", "check_parity", "export"]  # the last two load lazily
+__all__ = ["AttnExportError", "ExportOptions", "__version__", "check", "check_parity", "export", "run"]  # lazy: _LAZY
 
 
 def __getattr__(name: str):

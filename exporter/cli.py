@@ -14,6 +14,7 @@ import time
 
 import click
 
+from attn_export import defaults
 from attn_export.errors import EXIT_CHECK_FAILED, AttnExportError
 
 EPILOG = """\b
@@ -81,7 +82,7 @@ class StepProgress:
 
 
 def _parse_tolerances(atol: tuple[str, ...], rtol: tuple[str, ...]):
-    from attn_export.parity import DEFAULT_ATOL, DEFAULT_RTOL, Tolerances
+    from attn_export.parity import Tolerances
 
     def split(values, flag, default):
         base, per_output = default, {}
@@ -99,8 +100,8 @@ def _parse_tolerances(atol: tuple[str, ...], rtol: tuple[str, ...]):
                 base = tol
         return base, per_output
 
-    a, per_a = split(atol, "--atol", DEFAULT_ATOL)
-    r, per_r = split(rtol, "--rtol", DEFAULT_RTOL)
+    a, per_a = split(atol, "--atol", defaults.ATOL)
+    r, per_r = split(rtol, "--rtol", defaults.RTOL)
     return Tolerances(a, r, per_a, per_r)
 
 
@@ -114,14 +115,25 @@ def _model_options(func):
                      help="Allow loading a pickled whole module; this runs code from the file."),
         click.option("--inputs", "inputs_npz", type=click.Path(dir_okay=False), metavar="FILE.npz",
                      help="Check on these inputs (a .npz keyed by input name) instead of seeded random ones."),
-        click.option("--atol", multiple=True, metavar="[OUTPUT=]TOL", help="Absolute tolerance (default 1e-4)."),
-        click.option("--rtol", multiple=True, metavar="[OUTPUT=]TOL", help="Relative tolerance (default 1e-4)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs."),
+        click.option("--atol", multiple=True, metavar="[OUTPUT=]TOL",
+                     help=f"Absolute tolerance (default {defaults.ATOL:g})."),
+        click.option("--rtol", multiple=True, metavar="[OUTPUT=]TOL",
+                     help=f"Relative tolerance (default {defaults.RTOL:g})."),
+        click.option("--seed", type=int, default=defaults.SEED, show_default=True, help="Seed of random inputs."),
         click.option("--debug", is_flag=True, help="Show tracebacks."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _quant_threshold_options(func):
+    cosine = ", ".join(f"{c} {m}" for m, (c, _) in defaults.QUANT_THRESHOLDS.items())
+    error = ", ".join(f"{e:.2f} {m}" for m, (_, e) in defaults.QUANT_THRESHOLDS.items())
+    func = click.option("--quant-max-error", type=float, help="Quantized parity: largest mean |error| / mean "
+                        f"|reference| [default: {error}].")(func)
+    return click.option("--quant-min-cosine", type=float, help="Quantized parity: least cosine similarity per output "
+                        f"[default: {cosine}].")(func)
 
 
 def _load(model: str, factory, trust_pickle: bool, input_shapes, steps: int):
@@ -179,36 +191,37 @@ def main():
 @click.option("--dynamic-spatial/--static-spatial", default=None,
               help="Dynamic spatial dims where the model declares them (zoo models) [default: dynamic for zoo models, "
                    "static for checkpoints and pickles; a .pt2 keeps its own].")
-@click.option("--opset", type=int, help="ONNX opset (18-23, default 18).")
+@click.option("--opset", type=int, help=f"ONNX opset ({defaults.SUPPORTED_OPSETS[0]}-{defaults.SUPPORTED_OPSETS[-1]}, "
+                                        f"default {defaults.OPSET}; --int4 needs {defaults.INT4_MIN_OPSET}).")
 @click.option("--no-check", is_flag=True, help="Skip the PyTorch vs ONNX Runtime parity check.")
 @click.option("--engine/--no-engine", default=None,
               help="Build OUTDIR/model.engine with TensorRT and the plugin library [default: when both are present]; "
                    "parity then also runs the engine. --engine without them exits 3.")
-@click.option("--max-batch", type=int, default=16, show_default=True,
+@click.option("--max-batch", type=int, default=defaults.MAX_BATCH, show_default=True,
               help="Largest batch of the engine's optimization profile (with --dynamic-batch).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), metavar="FILE",
               help="TensorRT timing cache to read and update (speeds up rebuilds).")
-@click.option("--int8", is_flag=True, help="Also write OUTDIR/model.int8.onnx: W8A8 Q/DQ on MatMul/Gemm/Conv, calibrated.")
+@click.option("--int8", is_flag=True,
+              help="Also write OUTDIR/model.int8.onnx: W8A8 Q/DQ on MatMul/Gemm/Conv, calibrated.")
 @click.option("--int4", is_flag=True, help="Also write OUTDIR/model.int4.onnx: INT4 weight-only blocks on MatMul/Gemm "
                                            "(exports with opset 21).")
-@click.option("--int4-block", type=int, default=128, show_default=True, help="INT4 block size along the input dim.")
-@click.option("--calib-method", default="max", show_default=True, metavar="NAME",
+@click.option("--int4-block", type=int, default=defaults.INT4_BLOCK, show_default=True,
+              help="INT4 block size along the input dim.")
+@click.option("--calib-method", default=defaults.CALIB_METHOD, show_default=True, metavar="NAME",
               help="Activation calibrator: max, percentile (99.99), entropy (KL, as TensorRT) or mse.")
-@click.option("--calib-samples", type=int, default=128, show_default=True, help="Calibration samples to use.")
+@click.option("--calib-samples", type=int, default=defaults.CALIB_SAMPLES, show_default=True,
+              help="Calibration samples to use.")
 @click.option("--calib-data", metavar="SOURCE",
               help="A .npz / .npy of inputs, a folder of images, or file.py:function returning feed dicts "
                    "[default: the zoo model's data; seeded random data, with a warning, for other models].")
 @click.option("--calib-cache", type=click.Path(dir_okay=False), metavar="FILE",
               help="Reuse the activation amax of an earlier --int8 run (its OUTDIR/calib_cache.json) instead of "
                    "calibrating.")
-@click.option("--calib-preprocess", default="raw", show_default=True, metavar="raw|unit|imagenet",
+@click.option("--calib-preprocess", default=defaults.CALIB_PREPROCESS, show_default=True, metavar="raw|unit|imagenet",
               help="For an image folder: pixels 0-255 (raw), 0-1 (unit) or ImageNet-normalized RGB.")
 @click.option("--exclude", multiple=True, metavar="PATTERN",
               help="Keep nodes or weights whose name matches this glob in float (repeatable).")
-@click.option("--quant-min-cosine", type=float, help="Quantized parity: least cosine similarity per output "
-                                                     "[default: 0.99 int8, 0.98 int4].")
-@click.option("--quant-max-error", type=float, help="Quantized parity: largest mean |error| / mean |reference| "
-                                                    "[default: 0.10 int8, 0.25 int4].")
+@_quant_threshold_options
 @_model_options
 def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, engine, max_batch, timing_cache,
                int8, int4, int4_block, calib_method, calib_samples, calib_data, calib_cache, calib_preprocess, exclude,
@@ -219,30 +232,25 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
     also model.engine) and check parity (report.json). Exit 1 if parity fails."""
 
     def body():
-        from attn_export.onnx_export import check_opset
         from attn_export.pipeline import ExportOptions, export_job
 
-        opts = ExportOptions(opset=check_opset(opset), dynamic_batch=dynamic_batch, dynamic_spatial=dynamic_spatial,
-                             check=not no_check, tolerances=_parse_tolerances(atol, rtol), inputs_npz=inputs_npz,
-                             seed=seed, command=["attn-export", *sys.argv[1:]], engine=engine, max_batch=max_batch,
-                             timing_cache=timing_cache)
-        _quant_options(opts, opset, int8, int4, int4_block, calib_method, calib_samples, calib_data,
-                       calib_preprocess, exclude, quant_min_cosine, quant_max_error)
-        if calib_cache:
-            if not int8:
-                raise AttnExportError("--calib-cache holds INT8 activation ranges: add --int8")
-            if calib_data:
-                raise AttnExportError("--calib-cache replaces calibration: drop --calib-data")
-            opts.calib_cache = calib_cache
-        opts.engine = opts.wants_engine()  # an explicit --engine without TensorRT fails here, before any work
-        quantizing = opts.quant is not None
-        steps = 2 + quantizing + opts.engine + opts.check * (1 + quantizing)
-        loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=steps)
+        if int8 and int4:
+            raise AttnExportError("--int8 and --int4 are exclusive: choose one")
+        opts = ExportOptions(
+            opset=opset, dynamic_batch=dynamic_batch, dynamic_spatial=dynamic_spatial, check=not no_check,
+            tolerances=_parse_tolerances(atol, rtol), inputs_npz=inputs_npz, seed=seed,
+            command=["attn-export", *sys.argv[1:]], engine=engine, max_batch=max_batch, timing_cache=timing_cache,
+            quantize="int8" if int8 else "int4" if int4 else None, int4_block=int4_block, calib_method=calib_method,
+            calib_samples=calib_samples, calib_data=calib_data, calib_cache=calib_cache,
+            calib_preprocess=calib_preprocess, exclude=exclude, quant_min_cosine=quant_min_cosine,
+            quant_max_error=quant_max_error,
+        ).prepare()  # every flag is checked before any work
+        loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=opts.step_count())
         result = export_job(loaded, outdir, opts, step)
         for path in (result.onnx_path, result.quantized_path, result.engine_path):
             if path:
                 click.echo(f"wrote {path}")
-        code = _report_outcome(result.report, None if quantizing else result.report_path)
+        code = _report_outcome(result.report, None if result.quant_report else result.report_path)
         if result.quant_report is not None:
             click.echo(result.quant_report.table())
             click.echo(f"wrote {result.report_path}")
@@ -256,57 +264,30 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
     _run(debug, body)
 
 
-def _quant_options(opts, opset, int8, int4, int4_block, method, samples, data, preprocess, exclude, min_cosine,
-                   max_error) -> None:
-    """Fill opts.quant (and the opset INT4 needs) from the quantization flags; checks them before any work."""
-    if not (int8 or int4):
-        if data or exclude:
-            raise AttnExportError("--calib-data and --exclude apply to quantization: add --int8 or --int4")
-        return
-    if int8 and int4:
-        raise AttnExportError("--int8 and --int4 are exclusive: choose one")
-    from attn_export.calib.qdq import INT4_MIN_OPSET, QuantOptions
-    from attn_export.parity import QUANT_THRESHOLDS, QuantThresholds
-
-    mode = "int8" if int8 else "int4"
-    if int4:
-        if opset is not None and opset < INT4_MIN_OPSET:
-            raise AttnExportError(f"--int4 needs --opset {INT4_MIN_OPSET} or newer (block-wise DequantizeLinear)")
-        opts.opset = max(opts.opset, INT4_MIN_OPSET)
-    opts.quant = QuantOptions(mode, method, samples, int4_block, tuple(exclude))
-    opts.quant.validate()
-    opts.calib_data, opts.calib_preprocess = data, preprocess
-    base = QUANT_THRESHOLDS[mode]
-    opts.quant_thresholds = QuantThresholds(base.min_cosine if min_cosine is None else min_cosine,
-                                            base.max_mean_error if max_error is None else max_error)
-
-
 @main.command("check")
 @click.argument("model")
 @click.argument("onnx_file", type=click.Path(), metavar="ONNX")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @click.option("--engine", "engine_file", type=click.Path(dir_okay=False), metavar="ENGINE",
               help="Also run this TensorRT engine (needs TensorRT and the plugin library; else exit 3).")
+@_quant_threshold_options
 @_model_options
-def check_cmd(model, onnx_file, report_path, engine_file, input_shapes, factory, trust_pickle, inputs_npz, atol, rtol,
-              seed, debug):
+def check_cmd(model, onnx_file, report_path, engine_file, quant_min_cosine, quant_max_error, input_shapes, factory,
+              trust_pickle, inputs_npz, atol, rtol, seed, debug):
     """Compare MODEL in PyTorch with ONNX on ONNX Runtime (and a TensorRT engine); exit 1 on a
-    mismatch (for CI).
+    mismatch (for CI). A quantized (Q/DQ) file is judged by cosine and mean error.
 
     Random inputs cover two batch sizes where the ONNX batch dimension is dynamic."""
 
     def body():
-        from attn_export.pipeline import ExportOptions, check_job
+        from attn_export.pipeline import CHECK_STEPS, ExportOptions, check_job, require_engine_file
 
-        opts = ExportOptions(tolerances=_parse_tolerances(atol, rtol),
-                             inputs_npz=inputs_npz, seed=seed, command=["attn-export", *sys.argv[1:]])
+        opts = ExportOptions(tolerances=_parse_tolerances(atol, rtol), inputs_npz=inputs_npz, seed=seed,
+                             command=["attn-export", *sys.argv[1:]], quant_min_cosine=quant_min_cosine,
+                             quant_max_error=quant_max_error)
         if engine_file:
-            from attn_export import trt
-
-            trt.require_engine_tools()
-            if not os.path.isfile(engine_file):
-                raise AttnExportError(f"--engine {engine_file} does not exist; build one with `attn-export MODEL --engine`")
-        loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=2)
+            require_engine_file(engine_file)  # before loading the model
+        loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=CHECK_STEPS)
         report = check_job(loaded, onnx_file, report_path, opts, step, engine_path=engine_file)
         code = _report_outcome(report, report_path)
         for warning in report.warnings:
@@ -379,7 +360,8 @@ def plugins_path_cmd():
         click.echo(f"kernels: {kernels or 'not found'}")
         click.echo(f"plugins: {plugins or 'not found'}")
         if plugins is None:
-            click.echo(f"error: no {native.PLUGIN_LIB_NAME}; {native.BUILD_HINT} or set {native.PLUGIN_LIB_ENV}", err=True)
+            click.echo(f"error: no {native.PLUGIN_LIB_NAME}; {native.BUILD_HINT} or set {native.PLUGIN_LIB_ENV}",
+                       err=True)
             return EXIT_MISSING_DEPENDENCY
         return 0
 

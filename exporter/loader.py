@@ -12,9 +12,9 @@ import pickle
 import re
 import sys
 import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -70,14 +70,19 @@ def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
 
 
 def load_model(
-    spec: str,
+    spec: str | torch.nn.Module,
     factory: str | None = None,
     trust_pickle: bool = False,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    example_inputs=None,
 ) -> LoadedModel:
+    """Load ``spec``: "zoo:NAME", a model file (see the README's table), or an nn.Module already built in
+    Python (its inputs from ``example_inputs`` or ``input_shapes``)."""
     import attn_export.models  # noqa: F401  (registers the custom ops a .pt2 refers to)
 
-    if spec.startswith("zoo:"):
+    if isinstance(spec, torch.nn.Module):
+        loaded = _module_model(f"<{type(spec).__name__}>", spec.eval(), example_inputs)
+    elif spec.startswith("zoo:"):
         if factory:
             raise AttnExportError("--factory applies to checkpoints, not to zoo models; drop it")
         loaded = _load_zoo(spec[4:])
@@ -141,14 +146,15 @@ def _load_zoo(name: str) -> LoadedModel:
 
     entry = zoo.entry(name)
     model, _ = zoo.create(name)
-    return LoadedModel(f"zoo:{name}", model, list(entry.inputs), dynamic_shapes=entry.dynamic_shapes, spatial=entry.spatial)
+    return LoadedModel(f"zoo:{name}", model, list(entry.inputs), dynamic_shapes=entry.dynamic_shapes,
+                       spatial=entry.spatial)
 
 
 def _load_exported_program(path: Path) -> LoadedModel:
     try:
         with _quiet_torch_logs():
             program = torch.export.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - corrupt archives raise many types
+    except Exception as exc:
         raise AttnExportError(f"cannot read {path} as a torch.export archive ({_brief(exc)}); "
                               "write it with torch.export.save") from exc
     user_inputs = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
@@ -209,7 +215,7 @@ def _load_pickled_module(path: Path, trust_pickle: bool) -> LoadedModel:
         raise AttnExportError(
             f"{path} is a pickled object and loading it runs arbitrary code: pass --trust-pickle if you trust its "
             "source, or save a state dict and pass --factory module:function") from exc
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise _unreadable(path, exc) from exc
     raise AttnExportError(
         f"{path} holds {'a state dict' if isinstance(obj, Mapping) else 'a ' + type(obj).__name__} but no model; "
@@ -224,7 +230,7 @@ def _torch_load(path: Path, weights_only: bool):
             raise AttnExportError(f"checkpoint {path} contains pickled objects beyond tensors; loading them runs "
                                   "code: save model.state_dict() instead") from exc
         raise _unreadable(path, exc) from exc
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise _unreadable(path, exc) from exc
 
 
@@ -252,7 +258,7 @@ def resolve_callable(target: str, flag: str):
             module = importlib.import_module(module_name)
     except AttnExportError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise AttnExportError(f"{flag} {target}: cannot import {module_name} ({_brief(exc)})") from exc
     func = getattr(module, func_name, None)
     if not callable(func):
@@ -271,7 +277,7 @@ def _call_factory(factory: str):
     func = resolve_callable(factory, "--factory")
     try:
         return func()
-    except Exception as exc:  # noqa: BLE001 - user code
+    except Exception as exc:
         raise wrap_failure(exc, f"--factory {factory}", "fix the factory (--debug shows the traceback)") from exc
 
 

@@ -2,54 +2,116 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from attn_export import defaults
 from attn_export.errors import AttnExportError, wrap_failure
 from attn_export.loader import LoadedModel
 from attn_export.outdir import staged_output
 from attn_export.parity import ParityReport, Tolerances, onnx_io
+from attn_export.registry import DOMAIN
 
 if TYPE_CHECKING:
     from attn_export.calib.qdq import QuantOptions
     from attn_export.parity import QuantParityReport, QuantThresholds
-from attn_export.registry import DOMAIN
 
 ONNX_NAME = "model.onnx"
 REPORT_NAME = "report.json"
 ENGINE_NAME = "model.engine"
 ENGINE_META_NAME = "engine.json"
 CALIB_CACHE_NAME = "calib_cache.json"
-DEFAULT_SEED = 0
+QUANT_MODES = ("int8", "int4")
 
 
 @dataclass
 class ExportOptions:
-    opset: int | None = None
+    """Everything an export or a check can be asked for, as the CLI flags name it. ``prepare()`` checks the
+    combination and resolves what follows from it (opset, quantization, thresholds, engine) before any work."""
+
+    opset: int | None = None  # default: defaults.OPSET (INT4: at least defaults.INT4_MIN_OPSET)
     dynamic_batch: bool = True
     dynamic_spatial: bool | None = None  # None: dynamic where the model declares spatial dims (zoo models)
     check: bool = True
     tolerances: Tolerances = field(default_factory=Tolerances)
     inputs_npz: str | None = None
-    seed: int = DEFAULT_SEED
+    seed: int = defaults.SEED
     command: Sequence[str] = field(default_factory=lambda: list(sys.argv))
     engine: bool | None = None  # None: build one when TensorRT and the plugin library are present
-    max_batch: int = 16
+    max_batch: int = defaults.MAX_BATCH
     timing_cache: str | None = None
-    quant: "QuantOptions | None" = None  # --int8 / --int4
+    quantize: str | None = None  # "int8" or "int4"
+    int4_block: int = defaults.INT4_BLOCK
+    calib_method: str = defaults.CALIB_METHOD
+    calib_samples: int = defaults.CALIB_SAMPLES
     calib_data: str | None = None
     calib_cache: str | None = None  # reuse the amax of an earlier INT8 calibration
-    calib_preprocess: str = "raw"
-    quant_thresholds: "QuantThresholds | None" = None
+    calib_preprocess: str = defaults.CALIB_PREPROCESS
+    exclude: Sequence[str] = ()
+    quant_min_cosine: float | None = None  # default: defaults.QUANT_THRESHOLDS[mode]
+    quant_max_error: float | None = None
+    # Resolved by prepare():
+    quant: QuantOptions | None = None
+    quant_thresholds: QuantThresholds | None = None
+    prepared: bool = False
 
-    def wants_engine(self) -> bool:
+    def prepare(self) -> ExportOptions:
+        """Check the options and resolve the derived ones, in place; an explicit --engine without TensorRT
+        or the plugin library fails here. Idempotent."""
+        if self.prepared:
+            return self
+        from attn_export.onnx_export import check_opset
+
+        if self.quantize is None:
+            if self.calib_data or self.exclude:
+                raise AttnExportError("--calib-data and --exclude apply to quantization: add --int8 or --int4")
+            if self.calib_cache:
+                raise AttnExportError("--calib-cache holds INT8 activation ranges: add --int8")
+            self.opset = check_opset(self.opset)
+        else:
+            self._prepare_quantization()
+        if self.max_batch < 1:
+            raise AttnExportError(f"--max-batch {self.max_batch} must be at least 1")
+        self.engine = self._wants_engine()
+        self.prepared = True
+        return self
+
+    def _prepare_quantization(self) -> None:
+        from attn_export.calib.qdq import QuantOptions
+        from attn_export.onnx_export import check_opset
+        from attn_export.parity import QUANT_THRESHOLDS, QuantThresholds
+
+        mode = self.quantize
+        if mode not in QUANT_MODES:
+            raise AttnExportError(f"quantization mode '{mode}' is not one of {', '.join(QUANT_MODES)}")
+        if mode == "int4":
+            if self.opset is not None and self.opset < defaults.INT4_MIN_OPSET:
+                raise AttnExportError(f"--int4 needs --opset {defaults.INT4_MIN_OPSET} or newer (block-wise "
+                                      "DequantizeLinear)")
+            self.opset = max(check_opset(self.opset), defaults.INT4_MIN_OPSET)
+            if self.calib_cache:
+                raise AttnExportError("--calib-cache holds INT8 activation ranges: add --int8")
+        else:
+            self.opset = check_opset(self.opset)
+        if self.calib_cache and self.calib_data:
+            raise AttnExportError("--calib-cache replaces calibration: drop --calib-data")
+        self.quant = QuantOptions(mode, self.calib_method, self.calib_samples, self.int4_block, tuple(self.exclude))
+        self.quant.validate()
+        base = QUANT_THRESHOLDS[mode]
+        self.quant_thresholds = QuantThresholds(
+            base.min_cosine if self.quant_min_cosine is None else self.quant_min_cosine,
+            base.max_mean_error if self.quant_max_error is None else self.quant_max_error)
+
+    def _wants_engine(self) -> bool:
         """Whether to build an engine; an explicit request without TensorRT fails here, before any work."""
         from attn_export import trt
 
@@ -57,6 +119,25 @@ class ExportOptions:
             trt.require_engine_tools()
             return True
         return self.engine is None and trt.engine_available()
+
+    def step_titles(self) -> dict[str, str]:
+        """The title of every step this export runs, keyed by role, in order (load comes first)."""
+        titles = {"export": "export to ONNX"}
+        mode = self.quant.mode if self.quant else None
+        if mode:
+            titles["quantize"] = f"calibrate and quantize ({mode})"
+        if self.engine:
+            titles["engine"] = "build TensorRT engine"
+        if self.check:
+            titles["check"] = "check parity: PyTorch vs ONNX Runtime" + (" vs TensorRT" if self.engine and not mode
+                                                                         else "")
+            if mode:
+                titles["check_quantized"] = f"check {mode} parity: PyTorch fp32 vs quantized"
+        return titles
+
+    def step_count(self) -> int:
+        """Steps of an export, loading included (for numbered progress)."""
+        return 1 + len(self.prepare().step_titles())
 
 
 @dataclass
@@ -66,7 +147,7 @@ class ExportResult:
     report: ParityReport | None
     engine_path: Path | None = None
     quantized_path: Path | None = None
-    quant_report: "QuantParityReport | None" = None
+    quant_report: QuantParityReport | None = None
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -78,15 +159,20 @@ def quantized_name(mode: str) -> str:
     return f"model.{mode}.onnx"
 
 
-def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptions, step) -> ExportResult:
-    """Write OUTDIR/model.onnx and (unless opts.check is False) OUTDIR/report.json atomically.
+def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptions, step=None) -> ExportResult:
+    """Write OUTDIR/model.onnx and (unless opts.check is False) OUTDIR/report.json atomically, with the
+    quantized file and the engine when asked for.
 
-    ``step(title)`` returns a context manager that reports progress of one step.
+    ``step(title)`` returns a context manager that reports progress of one step (default: silent); the
+    titles are ``opts.step_titles()``.
     """
     from attn_export.onnx_export import export
 
+    opts.prepare()
+    step = step or _silent_step
+    titles = opts.step_titles()
     outdir = Path(outdir)
-    build_engine = opts.wants_engine()
+    build_engine = opts.engine
     _check_dynamic_spatial(loaded, opts.dynamic_spatial)
     # Read user inputs and the first calibration sample before any work, so that a bad file fails fast.
     user_feed = read_inputs(opts.inputs_npz, loaded) if opts.check and opts.inputs_npz else None
@@ -96,7 +182,7 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
              CALIB_CACHE_NAME)
     warnings: list[str] = []
     with staged_output(outdir, owned=owned) as stage:
-        with step("export to ONNX"):
+        with step(titles["export"]):
             spatial = opts.dynamic_spatial is not False  # declared spatial dims are dynamic unless refused
             dynamic = loaded.dynamic_shapes(opts.dynamic_batch, spatial) if loaded.dynamic_shapes else None
             examples = loaded.random_inputs(opts.seed)
@@ -108,26 +194,26 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                          if opts.check or build_engine else ([], ""))
         quant = None
         if opts.quant:
-            with step(f"calibrate and quantize ({opts.quant.mode})"):
+            with step(titles["quantize"]):
                 quant = _quantize(proto, calib, stage / quant_name, opts)
                 if calib.warning:
                     warnings.append(calib.warning)
         final = stage / (quant_name or ONNX_NAME)  # the engine is built from what ships
         engine = None
         if build_engine:
-            with step("build TensorRT engine"):
+            with step(titles["engine"]):
                 from attn_export import trt
 
                 inputs, _ = onnx_io(final)
-                shapes = [{i.name: i.shape for i in loaded.inputs}] + [{n: a.shape for n, a in f.items()} for f in feeds]
+                shapes = [{i.name: i.shape for i in loaded.inputs}]
+                shapes += [{n: a.shape for n, a in f.items()} for f in feeds]
                 trt.build_engine(final, stage / ENGINE_NAME, trt.profile_from(inputs, shapes, opts.max_batch),
                                  opts.timing_cache, meta_path=stage / ENGINE_META_NAME)
                 engine = stage / ENGINE_NAME
         report = quant_report = None
         if opts.check:
             reference = parity_reference(loaded, feeds[0])
-            title = "check parity: PyTorch vs ONNX Runtime" + (" vs TensorRT" if engine and not quant else "")
-            with step(title):
+            with step(titles["check"]):
                 from attn_export.parity import check_parity
 
                 report = check_parity(reference, stage / ONNX_NAME, feeds, opts.tolerances, opts.command, source,
@@ -135,7 +221,7 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
             warnings += report.warnings
             extra = {}
             if quant:
-                with step(f"check {opts.quant.mode} parity: PyTorch fp32 vs quantized"):
+                with step(titles["check_quantized"]):
                     from attn_export.parity import check_quantized
 
                     quant_report = check_quantized(reference, stage / quant_name, feeds, opts.quant.mode,
@@ -151,6 +237,11 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
     return ExportResult(outdir / ONNX_NAME, outdir / REPORT_NAME if report else None, report,
                         outdir / ENGINE_NAME if engine else None, outdir / quant_name if quant_name else None,
                         quant_report, warnings)
+
+
+@contextlib.contextmanager
+def _silent_step(title: str):
+    yield
 
 
 def quantized_mode(onnx_path: Path) -> str | None:
@@ -234,24 +325,28 @@ def _quantize(proto, source, path: Path, opts: ExportOptions):
 
 
 def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: str | os.PathLike | None,
-              opts: ExportOptions, step, engine_path: str | os.PathLike | None = None) -> ParityReport:
-    """Compare an existing ONNX file (and optionally a TensorRT engine built from it) with the
-    PyTorch model; optionally write the JSON report."""
-    from attn_export.parity import check_parity
+              opts: ExportOptions, step=None, engine_path: str | os.PathLike | None = None):
+    """Compare an existing ONNX file (and optionally a TensorRT engine built from it) with the PyTorch
+    model; optionally write the JSON report. A Q/DQ file is judged by the quantized criterion."""
+    from attn_export.parity import QUANT_THRESHOLDS, QuantThresholds, check_parity, check_quantized
 
+    step = step or _silent_step
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise AttnExportError(f"ONNX file {onnx_path} does not exist; export one first with `attn-export MODEL -o DIR`")
     _validate_onnx(onnx_path)
+    if engine_path is not None:
+        require_engine_file(engine_path)
     user_feed = read_inputs(opts.inputs_npz, loaded) if opts.inputs_npz else None
     feeds, source = check_feeds(loaded, onnx_path, opts.seed, user_feed, opts.inputs_npz)
     mode = quantized_mode(onnx_path)
     reference = parity_reference(loaded, feeds[0])
     if mode:  # a Q/DQ model: the quantization-aware criterion, not elementwise tolerances
+        base = QUANT_THRESHOLDS[mode]
+        thresholds = QuantThresholds(base.min_cosine if opts.quant_min_cosine is None else opts.quant_min_cosine,
+                                     base.max_mean_error if opts.quant_max_error is None else opts.quant_max_error)
         with step(f"check {mode} parity: PyTorch fp32 vs quantized ONNX" + (" and TensorRT" if engine_path else "")):
-            from attn_export.parity import check_quantized
-
-            report = check_quantized(reference, onnx_path, feeds, mode, opts.quant_thresholds, engine_path=engine_path)
+            report = check_quantized(reference, onnx_path, feeds, mode, thresholds, engine_path=engine_path)
     else:
         with step("check parity: PyTorch vs ONNX Runtime" + (" vs TensorRT" if engine_path else "")):
             report = check_parity(reference, onnx_path, feeds, opts.tolerances, opts.command, source,
@@ -261,6 +356,18 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
         with staged_output(report_path.parent) as stage:
             _write_report(stage / report_path.name, report, loaded)
     return report
+
+
+def require_engine_file(path: str | os.PathLike) -> None:
+    """A check of an engine needs TensorRT, the plugin library and the file (exit 3 / 2 naming the missing one)."""
+    from attn_export import trt
+
+    trt.require_engine_tools()
+    if not Path(path).is_file():
+        raise AttnExportError(f"--engine {path} does not exist; build one with `attn-export MODEL --engine`")
+
+
+CHECK_STEPS = 2  # load, check
 
 
 def parity_reference(loaded: LoadedModel, feed: dict):
@@ -276,7 +383,7 @@ def parity_reference(loaded: LoadedModel, feed: dict):
     try:
         with torch.inference_mode():
             loaded.original(*args)
-    except Exception as exc:  # noqa: BLE001 - e.g. a third-party kernel that needs a GPU
+    except Exception as exc:
         brief = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         return Reference(loaded.module, "pytorch-converted",
                          f"the converted model on the CPU: the original cannot run here ({brief})")
@@ -325,7 +432,7 @@ def read_inputs(path: str, loaded: LoadedModel) -> dict:
             feed = {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise AttnExportError(f"--inputs file {path} does not exist") from None
-    except Exception as exc:  # noqa: BLE001 - corrupt or non-npz files raise many types
+    except Exception as exc:
         raise AttnExportError(f"cannot read --inputs {path} as a .npz of arrays ({type(exc).__name__}); "
                               "write it with numpy.savez(path, NAME=array, ...)") from exc
     if set(feed) != set(loaded.input_names):
@@ -336,7 +443,8 @@ def read_inputs(path: str, loaded: LoadedModel) -> dict:
         if array.dtype.name != want:
             raise AttnExportError(f"--inputs {path}: '{info.name}' is {array.dtype.name}; the model takes {want}")
         if info.shape and array.ndim != len(info.shape):
-            raise AttnExportError(f"--inputs {path}: '{info.name}' has {array.ndim} dims; the model takes {len(info.shape)}")
+            raise AttnExportError(f"--inputs {path}: '{info.name}' has {array.ndim} dims; the model takes "
+                                  f"{len(info.shape)}")
     return feed
 
 
@@ -362,9 +470,10 @@ def _output_names(loaded: LoadedModel, examples) -> list[str]:
             count = len(torch.utils._pytree.tree_leaves(loaded.module(*examples)))
     except AttnExportError as exc:
         raise AttnExportError(f"layer '{running[-1]}': {exc}" if running else str(exc)) from exc
-    except Exception as exc:  # noqa: BLE001 - the model rejects inputs of these shapes
+    except Exception as exc:
         shapes = ", ".join(f"{i.name}={'x'.join(map(str, i.shape))}" for i in loaded.inputs)
-        raise wrap_failure(exc, f"running the model on inputs {shapes}", "pass --input-shape with shapes it accepts") from exc
+        raise wrap_failure(exc, f"running the model on inputs {shapes}",
+                           "pass --input-shape with shapes it accepts") from exc
     finally:
         for hook in hooks:
             hook.remove()
@@ -380,7 +489,8 @@ def export_summary(proto) -> dict:
         "custom_nodes": dict(custom),
         "local_functions": sorted(f"{f.domain}::{f.name}" + (f"[{f.overload}]" if f.overload else "")
                                   for f in proto.functions),
-        "inputs": {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input},
+        "inputs": {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+                   for i in proto.graph.input},
     }
 
 
@@ -389,5 +499,40 @@ def _validate_onnx(path: Path) -> None:
 
     try:
         onnx.checker.check_model(str(path))
-    except Exception as exc:  # noqa: BLE001
-        raise AttnExportError(f"{path} is not a valid ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+    except Exception as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AttnExportError(f"{path} is not a valid ONNX model ({detail})") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# The Python API: what `attn-export MODEL` and `attn-export check` do, without the CLI.
+
+
+def run(model, outdir: str | os.PathLike = "out", *, factory: str | None = None, trust_pickle: bool = False,
+        input_shapes: Mapping[str, Sequence[int]] | None = None, example_inputs=None, progress=None,
+        **options) -> ExportResult:
+    """Export ``model`` ("zoo:NAME", a file, or an nn.Module) to ``outdir`` as `attn-export MODEL` does.
+
+    ``options`` are ExportOptions fields (``quantize="int8"``, ``opset=21``, ``engine=False``, ...). Raises
+    AttnExportError (its ``exit_code`` says what kind) for bad input; check ``result.passed``.
+    """
+    from attn_export.loader import load_model
+
+    opts = ExportOptions(**options).prepare()
+    loaded = load_model(model, factory, trust_pickle, _shapes(input_shapes), example_inputs)
+    return export_job(loaded, outdir, opts, progress)
+
+
+def check(model, onnx_path: str | os.PathLike, report: str | os.PathLike | None = None, *,
+          engine: str | os.PathLike | None = None, factory: str | None = None, trust_pickle: bool = False,
+          input_shapes: Mapping[str, Sequence[int]] | None = None, example_inputs=None, progress=None, **options):
+    """Compare ``model`` with an exported ONNX file (and engine) as `attn-export check` does; returns the report."""
+    from attn_export.loader import load_model
+
+    opts = ExportOptions(**options)
+    loaded = load_model(model, factory, trust_pickle, _shapes(input_shapes), example_inputs)
+    return check_job(loaded, onnx_path, report, opts, progress, engine_path=engine)
+
+
+def _shapes(input_shapes) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(int(d) for d in dims) for name, dims in (input_shapes or {}).items()}

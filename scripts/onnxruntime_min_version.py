@@ -11,7 +11,6 @@ onnxruntime (Q/DQ evaluated exactly) within 1e-4.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import subprocess
 import sys
@@ -39,23 +38,17 @@ print(json.dumps(result))
 
 
 def export_all(folder: Path) -> list[tuple[Path, Path]]:
+    import attn_export
     from attn_export.loader import load_model
     from attn_export.models import zoo
-    from attn_export.pipeline import ExportOptions, export_job
 
     files = []
     for name in zoo.names():
-        modes = ("", "int8", "int4") if name == "na1d-causal" else ("",)
-        for mode in modes:
-            from attn_export.calib.qdq import QuantOptions
-
-            opts = ExportOptions(check=False, engine=False, opset=21 if mode == "int4" else None,
-                                 quant=QuantOptions(mode, samples=4) if mode else None)
+        for mode in ("", "int8", "int4") if name == "na1d-causal" else ("",):
             out = folder / f"{name}-{mode or 'fp32'}"
+            attn_export.run(f"zoo:{name}", out, check=False, engine=False, quantize=mode or None, calib_samples=4)
             loaded = load_model(f"zoo:{name}")
-            export_job(loaded, out, opts, lambda title: contextlib.nullcontext())
-            feed = {n: t.numpy() for n, t in zip(loaded.input_names, loaded.random_inputs(0))}
-            np.savez(out / "feed.npz", **feed)
+            np.savez(out / "feed.npz", **{n: t.numpy() for n, t in zip(loaded.input_names, loaded.random_inputs(0))})
             files.append((out / (f"model.{mode}.onnx" if mode else "model.onnx"), out / "feed.npz"))
     return files
 
