@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from attn_export.errors import AttnExportError
+from attn_export.models.custom_op import register_attention_op
 from attn_export.registry import BLOCK_SPARSE
 
 _OP = "block_sparse_attention"
@@ -115,34 +116,12 @@ def _forward(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale: fl
     return out.reshape(batch, heads, n_qb * block_q, dim)[:, :, :sq].to(q.dtype)
 
 
-@torch.library.custom_op(BLOCK_SPARSE.torch_qualname, mutates_args=())
-def _block_sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_count: torch.Tensor,
-                               kv_index: torch.Tensor, block_q: int, block_kv: int, scale: float) -> torch.Tensor:
+def _block_sparse_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_count: torch.Tensor,
+                                kv_index: torch.Tensor, block_q: int, block_kv: int, scale: float) -> torch.Tensor:
     return _forward(q, k, v, kv_count, kv_index, block_q, block_kv, scale)
 
 
-@_block_sparse_attention_op.register_fake
-def _(q, k, v, kv_count, kv_index, block_q, block_kv, scale):
-    return q.new_empty(q.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, kv_count, kv_index, block_q, block_kv, scale = inputs
-    ctx.args = (block_q, block_kv, scale)
-    ctx.save_for_backward(q, k, v, kv_count, kv_index)
-
-
-def _backward(ctx, grad_out):
-    # Recompute the differentiable forward and let autograd derive the gradient: no stored scores.
-    q, k, v, kv_count, kv_index = ctx.saved_tensors
-    with torch.enable_grad():
-        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
-        out = _forward(*leaves, kv_count, kv_index, *ctx.args)
-        grads = torch.autograd.grad(out, leaves, grad_out)
-    return grads[0], grads[1], grads[2], None, None, None, None, None
-
-
-_block_sparse_attention_op.register_autograd(_backward, setup_context=_setup_context)
+_block_sparse_attention_op = register_attention_op(BLOCK_SPARSE, _block_sparse_attention_cpu)
 
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_count: torch.Tensor,

@@ -1,4 +1,5 @@
-"""Neighborhood-attention layers: channels-last ``[B, *spatial, C]`` in and out, as in NATTEN."""
+"""Attention layers: neighborhood attention over channels-last ``[B, *spatial, C]`` (as in NATTEN) and
+block-sparse self-attention over ``[B, N, C]`` tokens."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import torch
 from torch import nn
 
 from attn_export.errors import AttnExportError
+from attn_export.models.block_layout import from_block_mask, topk_routing
+from attn_export.models.block_sparse import block_sparse_attention
 from attn_export.models.neighborhood import NAParams, neighborhood_attention
 
 
@@ -78,3 +81,29 @@ class NeighborhoodAttention3D(NeighborhoodAttentionND):
     """3-D neighborhood attention over ``[B, T, H, W, C]``."""
 
     rank = 3
+
+
+class BlockSparseSelfAttention(nn.Module):
+    """Multi-head self-attention over [B, N, C] tokens whose attention is block-sparse: a fixed layout
+    (buffers, exported as initializers) or BiFormer-style top-k routing computed from q and k per call."""
+
+    def __init__(self, dim: int, heads: int, block: int, layout: torch.Tensor | None = None, topk: int | None = None):
+        super().__init__()
+        if (layout is None) == (topk is None):
+            raise AttnExportError("BlockSparseSelfAttention takes either a fixed block layout or topk routing")
+        self.heads, self.block, self.topk = heads, block, topk
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        if layout is not None:
+            kv_count, kv_index = from_block_mask(layout)
+            self.register_buffer("kv_count", kv_count)
+            self.register_buffer("kv_index", kv_index)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        if self.topk:
+            kv_count, kv_index = topk_routing(q, k, self.block, self.block, self.topk)
+        else:
+            kv_count, kv_index = self.kv_count, self.kv_index
+        out = block_sparse_attention(q, k, v, kv_count, kv_index, self.block, self.block)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))

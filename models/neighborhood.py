@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 
 from attn_export.errors import AttnExportError
+from attn_export.models.custom_op import register_attention_op
 from attn_export.registry import NEIGHBORHOOD
 
 _OP = "neighborhood_attention"
@@ -48,10 +49,11 @@ class NAParams:
         return tuple(2 * k - 1 for k in self.kernel_size)
 
     @classmethod
-    def from_args(cls, rank, kernel_size, stride=1, dilation=1, is_causal=False) -> "NAParams":
+    def from_args(cls, rank, kernel_size, stride=1, dilation=1, is_causal=False) -> NAParams:
         if not 1 <= rank <= 3:
             raise AttnExportError(
-                f"{_OP}: inputs have {rank} spatial axes; expected [B, *spatial, heads, head_dim] with 1, 2 or 3 spatial axes"
+                f"{_OP}: inputs have {rank} spatial axes; expected [B, *spatial, heads, head_dim] with 1, 2 or 3 "
+                "spatial axes"
             )
         return cls(
             kernel_size=_per_axis("kernel_size", kernel_size, rank, int),
@@ -84,10 +86,12 @@ def _per_axis(name: str, value, rank: int, kind: type) -> tuple:
     try:
         values = tuple(value)
     except TypeError:
-        raise AttnExportError(f"{_OP}: {name}={value!r} must be an {kind.__name__} or a sequence of one per spatial axis") from None
+        raise AttnExportError(f"{_OP}: {name}={value!r} must be an {kind.__name__} or a sequence of one per "
+                              "spatial axis") from None
     if len(values) != rank:
         raise AttnExportError(
-            f"{_OP}: {name} has {len(values)} values but the input has {rank} spatial axes; give one value or one per axis"
+            f"{_OP}: {name} has {len(values)} values but the input has {rank} spatial axes; give one value or one "
+            "per axis"
         )
     for axis, item in enumerate(values):
         if isinstance(item, bool) != (kind is bool) or not isinstance(item, (int, bool)):
@@ -163,7 +167,7 @@ def _neighborhood_index(spatial_shape: tuple[int, ...], params: NAParams, device
 # CPU implementation (differentiable torch ops, chunked over queries).
 
 
-def _forward(q, k, v, params: NAParams, scale: float, rpb: Optional[torch.Tensor]) -> torch.Tensor:
+def _forward(q, k, v, params: NAParams, scale: float, rpb: torch.Tensor | None) -> torch.Tensor:
     batch, *spatial, heads, dim = q.shape
     n_tokens = math.prod(spatial)
     key, rel, valid = neighborhood_index(spatial, params, q.device)
@@ -191,8 +195,7 @@ def _forward(q, k, v, params: NAParams, scale: float, rpb: Optional[torch.Tensor
     return out.transpose(1, 2).reshape(q.shape).to(q.dtype)
 
 
-@torch.library.custom_op(NEIGHBORHOOD.torch_qualname, mutates_args=())
-def _neighborhood_attention_op(
+def _neighborhood_attention_cpu(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -201,38 +204,13 @@ def _neighborhood_attention_op(
     dilation: Sequence[int],
     is_causal: Sequence[bool],
     scale: float,
-    rpb: Optional[torch.Tensor] = None,
+    rpb: torch.Tensor | None = None,
 ) -> torch.Tensor:
     params = NAParams(tuple(kernel_size), tuple(stride), tuple(dilation), tuple(is_causal))
     return _forward(q, k, v, params, scale, rpb)
 
 
-@_neighborhood_attention_op.register_fake
-def _(q, k, v, kernel_size, stride, dilation, is_causal, scale, rpb=None):
-    return q.new_empty(q.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, kernel_size, stride, dilation, is_causal, scale, rpb = inputs
-    ctx.params = NAParams(tuple(kernel_size), tuple(stride), tuple(dilation), tuple(is_causal))
-    ctx.scale = scale
-    ctx.has_rpb = rpb is not None
-    ctx.save_for_backward(q, k, v, rpb)
-
-
-def _backward(ctx, grad_out):
-    # Recompute the differentiable forward and let autograd derive the gradient: no stored scores.
-    q, k, v, rpb = ctx.saved_tensors
-    with torch.enable_grad():
-        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
-        bias = rpb.detach().requires_grad_(True) if ctx.has_rpb else None
-        out = _forward(*leaves, ctx.params, ctx.scale, bias)
-        grads = torch.autograd.grad(out, leaves + ([bias] if bias is not None else []), grad_out)
-    grad_rpb = grads[3] if ctx.has_rpb else None
-    return grads[0], grads[1], grads[2], None, None, None, None, None, grad_rpb
-
-
-_neighborhood_attention_op.register_autograd(_backward, setup_context=_setup_context)
+_neighborhood_attention_op = register_attention_op(NEIGHBORHOOD, _neighborhood_attention_cpu)
 
 
 def neighborhood_attention(
@@ -274,7 +252,8 @@ def _check_tensors(q, k, v) -> None:
             f"{_OP}: q has {q.dim()} dims; expected [B, *spatial, heads, head_dim] with 1, 2 or 3 spatial axes"
         )
     if q.shape != k.shape or q.shape != v.shape:
-        raise AttnExportError(f"{_OP}: q, k and v must have one shape; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise AttnExportError(f"{_OP}: q, k and v must have one shape; got {tuple(q.shape)}, {tuple(k.shape)}, "
+                              f"{tuple(v.shape)}")
     if q.dtype != k.dtype or q.dtype != v.dtype:
         raise AttnExportError(f"{_OP}: q, k and v must have one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
 
@@ -284,4 +263,5 @@ def _check_rpb(rpb: torch.Tensor, params: NAParams, heads: int) -> None:
         raise AttnExportError(f"{_OP}: rpb is only defined for non-causal attention; drop rpb or is_causal")
     expected = (heads, *params.rpb_shape_tail)
     if tuple(rpb.shape) != expected:
-        raise AttnExportError(f"{_OP}: rpb has shape {tuple(rpb.shape)}; expected [heads, 2k-1 per axis] = {list(expected)}")
+        raise AttnExportError(f"{_OP}: rpb has shape {tuple(rpb.shape)}; expected [heads, 2k-1 per axis] = "
+                              f"{list(expected)}")
