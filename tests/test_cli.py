@@ -14,48 +14,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from click.testing import CliRunner
 
-from attn_export.cli import main
-from attn_export.models import NeighborhoodAttention1D
-
-SMALL = "zoo:na1d-causal"  # the fastest zoo model
-
-
-def run(*args, cwd=None):
-    runner = CliRunner()
-    if cwd is None:
-        return runner.invoke(main, list(map(str, args)))
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return runner.invoke(main, list(map(str, args)))
-    finally:
-        os.chdir(old)
-
-
-def assert_one_line_error(result, code: int, fragment: str):
-    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, result.stderr
-    assert fragment in lines[0], lines[0]
-    assert "Traceback" not in result.output
-
-
-class TinyModel(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.attn = NeighborhoodAttention1D(16, 2, 5)
-
-    def forward(self, x):
-        return self.attn(x)
-
-
-def build_tiny():
-    torch.manual_seed(1)
-    return TinyModel().eval()
-
+from helpers import SMALL, TinyModel, assert_one_line_error, build_tiny, console, run  # noqa: F401
 
 # ------------------------------------------------------------------------------------------- happy paths
 
@@ -127,7 +87,7 @@ def test_pt2_archive_keeps_its_own_dynamic_shapes(tmp_path, dynamic):
 def test_checkpoint_with_factory_file_and_user_inputs(tmp_path):
     torch.save(build_tiny().state_dict(), tmp_path / "tiny.pt")
     (tmp_path / "factory.py").write_text(
-        "from test_cli import TinyModel\n\ndef build():\n    return TinyModel()\n")
+        "from helpers import TinyModel\n\ndef build():\n    return TinyModel()\n")
     np.savez(tmp_path / "inputs.npz", x=np.random.default_rng(0).standard_normal((3, 10, 16)).astype(np.float32))
     result = run(tmp_path / "tiny.pt", "--factory", f"{tmp_path / 'factory.py'}:build",
                  "--input-shape", "x=1x10x16", "--inputs", tmp_path / "inputs.npz", "-o", tmp_path / "out")
@@ -171,7 +131,7 @@ def test_corrupt_files(tmp_path):
     good = tmp_path / "good.pt"
     torch.save(build_tiny().state_dict(), good)
     (tmp_path / "cut.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    factory = f"{__name__}:build_tiny"
+    factory = "helpers:build_tiny"
     assert_one_line_error(run(tmp_path / "cut.pt", "--factory", factory, "-o", tmp_path / "o"), 2, "cannot read")
     assert not (tmp_path / "o").exists()
 
@@ -180,7 +140,7 @@ def test_state_dict_without_factory_and_mismatched_checkpoint(tmp_path):
     torch.save(build_tiny().state_dict(), tmp_path / "sd.pt")
     assert_one_line_error(run(tmp_path / "sd.pt", "-o", tmp_path / "o"), 2, "pass --factory")
     torch.save({"other.weight": torch.zeros(2)}, tmp_path / "wrong.pt")
-    assert_one_line_error(run(tmp_path / "wrong.pt", "--factory", f"{__name__}:build_tiny", "-o", tmp_path / "o"),
+    assert_one_line_error(run(tmp_path / "wrong.pt", "--factory", "helpers:build_tiny", "-o", tmp_path / "o"),
                           2, "does not fit the model")
     assert_one_line_error(run(tmp_path / "sd.pt", "--factory", "no_such_module_xyz:build", "-o", tmp_path / "o"),
                           2, "cannot import no_such_module_xyz")
@@ -189,9 +149,10 @@ def test_state_dict_without_factory_and_mismatched_checkpoint(tmp_path):
 def test_factory_that_raises_and_inputs_the_model_rejects(tmp_path):
     (tmp_path / "factory.py").write_text("def build():\n    raise RuntimeError('no weights here')\n")
     torch.save(build_tiny().state_dict(), tmp_path / "sd.pt")
-    assert_one_line_error(run(tmp_path / "sd.pt", "--factory", f"{tmp_path / 'factory.py'}:build", "-o", tmp_path / "o"),
+    factory = f"{tmp_path / 'factory.py'}:build"
+    assert_one_line_error(run(tmp_path / "sd.pt", "--factory", factory, "-o", tmp_path / "o"),
                           2, "--factory " + str(tmp_path / "factory.py") + ":build failed: no weights here")
-    result = run(tmp_path / "sd.pt", "--factory", f"{__name__}:build_tiny", "--input-shape", "x=1x10x8",
+    result = run(tmp_path / "sd.pt", "--factory", "helpers:build_tiny", "--input-shape", "x=1x10x8",
                  "-o", tmp_path / "o")
     assert_one_line_error(result, 2, "running the model on inputs x=1x10x8 failed")
     assert not (tmp_path / "o").exists()
@@ -234,11 +195,13 @@ def test_bad_user_inputs_and_tolerances(tmp_path):
     assert_one_line_error(run(SMALL, "--inputs", tmp_path / "float.npz", "-o", tmp_path / "o"), 2,
                           "'tokens' is float32; the model takes int64")
     (tmp_path / "junk.npz").write_bytes(b"junk")
-    assert_one_line_error(run(SMALL, "--inputs", tmp_path / "junk.npz", "-o", tmp_path / "o"), 2, "cannot read --inputs")
+    assert_one_line_error(run(SMALL, "--inputs", tmp_path / "junk.npz", "-o", tmp_path / "o"), 2,
+                          "cannot read --inputs")
     assert_one_line_error(run(SMALL, "--atol", "tiny", "-o", tmp_path / "o"), 2, "--atol 'tiny' is not a number")
     assert_one_line_error(run(SMALL, "--atol", "logits=1e-3", "-o", tmp_path / "o"), 2,
                           "tolerance given for unknown output(s) ['logits']")
-    assert_one_line_error(run(SMALL, "--opset", "11", "-o", tmp_path / "o"), 2, "opset 11 is not supported; use one of 18 to 23")
+    assert_one_line_error(run(SMALL, "--opset", "11", "-o", tmp_path / "o"), 2,
+                          "opset 11 is not supported; use one of 18 to 23")
     assert not (tmp_path / "o").exists()
 
 
@@ -276,12 +239,6 @@ def test_static_export_and_inputs_the_onnx_model_rejects(tmp_path):
 # ------------------------------------------------------------------------------------------- issue 13 defects
 
 
-def console(*args, cwd=None, env=None):
-    """The installed console script (not `python -m`, whose sys.path differs), as a user runs it."""
-    exe = Path(sys.executable).with_name("attn-export")
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
-
-
 def test_module_entry_point_knows_every_command():
     proc = subprocess.run([sys.executable, "-m", "attn_export.cli", "plugins", "path"], capture_output=True, text=True,
                           timeout=120)
@@ -300,7 +257,7 @@ def test_random_bytes_give_one_line_and_no_torch_traceback(tmp_path):
 
 def test_torchscript_files_are_named_and_refused(tmp_path):
     torch.jit.save(torch.jit.script(torch.nn.Linear(4, 2)), tmp_path / "scripted.pt")
-    for extra in ([], ["--trust-pickle"], ["--factory", f"{__name__}:build_tiny"]):
+    for extra in ([], ["--trust-pickle"], ["--factory", "helpers:build_tiny"]):
         result = run(tmp_path / "scripted.pt", "-o", tmp_path / "o", *extra)
         assert_one_line_error(result, 2, "is a TorchScript archive (torch.jit.save), which torch.export cannot trace")
     assert not (tmp_path / "o").exists()
@@ -329,7 +286,7 @@ def test_trust_pickle_imports_the_users_module_from_the_current_folder(tmp_path)
 
 def test_dynamic_spatial_is_refused_where_it_cannot_apply(tmp_path):
     torch.save(build_tiny().state_dict(), tmp_path / "tiny.pt")
-    result = run(tmp_path / "tiny.pt", "--factory", f"{__name__}:build_tiny", "--input-shape", "x=1x10x16",
+    result = run(tmp_path / "tiny.pt", "--factory", "helpers:build_tiny", "--input-shape", "x=1x10x16",
                  "--dynamic-spatial", "-o", tmp_path / "o")
     assert_one_line_error(result, 2, "--dynamic-spatial: ")
     assert "declares no dynamic spatial dims" in result.stderr
@@ -338,7 +295,7 @@ def test_dynamic_spatial_is_refused_where_it_cannot_apply(tmp_path):
     assert_one_line_error(run(tmp_path / "tiny.pt2", "--static-spatial", "-o", tmp_path / "o"), 2,
                           "exported with the dynamic shapes it was saved with")
     assert not (tmp_path / "o").exists()
-    ok = run(tmp_path / "tiny.pt", "--factory", f"{__name__}:build_tiny", "--input-shape", "x=1x10x16",
+    ok = run(tmp_path / "tiny.pt", "--factory", "helpers:build_tiny", "--input-shape", "x=1x10x16",
              "--static-spatial", "-o", tmp_path / "o")
     assert ok.exit_code == 0, ok.output
 
@@ -388,38 +345,15 @@ def test_flex_attention_calls_are_named_not_blamed_on_gradients(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-class GpuOnlyAttention(torch.nn.Module):
-    """A third-party layer whose own forward cannot run on this machine (a CUDA-only kernel)."""
-
-    def __init__(self):
-        super().__init__()
-        self.inner = NeighborhoodAttention1D(16, 2, 5)
-
-    def forward(self, x):
-        raise RuntimeError("this kernel needs a CUDA device")
-
-
-class WrapsGpuOnly(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.attn = GpuOnlyAttention()
-
-    def forward(self, x):
-        return self.attn(x)
-
-
-def build_gpu_only():
-    torch.manual_seed(1)
-    return WrapsGpuOnly().eval()
-
-
 def test_parity_reference_falls_back_to_the_converted_model_and_says_why(tmp_path, monkeypatch):
     from attn_export import convert
+
+    from helpers import GpuOnlyAttention, build_gpu_only
 
     converter = convert.Converter("gpu-only", lambda m: isinstance(m, GpuOnlyAttention), lambda m: m.inner)
     monkeypatch.setattr(convert, "CONVERTERS", (converter,))
     torch.save(build_gpu_only().state_dict(), tmp_path / "m.pt")
-    result = run(tmp_path / "m.pt", "--factory", f"{__name__}:build_gpu_only", "--input-shape", "x=1x10x16",
+    result = run(tmp_path / "m.pt", "--factory", "helpers:build_gpu_only", "--input-shape", "x=1x10x16",
                  "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
     reference = json.loads((tmp_path / "out" / "report.json").read_text())["reference"]

@@ -12,7 +12,7 @@ import pytest
 from attn_export import native, trt
 from attn_export.errors import AttnExportError
 
-from test_cli import SMALL, assert_one_line_error, run
+from helpers import SMALL, assert_one_line_error, run
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ natten = pytest.importorskip("natten", reason="NATTEN not installed: pip install
 from attn_export.convert import convert_modules  # noqa: E402
 from attn_export.models import NeighborhoodAttention2D, neighborhood_attention  # noqa: E402
 
+from helpers import build_natten_net  # noqa: E402
 from oracle import make_inputs, neighborhood_attention_reference, random_config  # noqa: E402
 
 ATOL = 1e-4  # NATTEN's Flex backend (fp32, eager) vs our fp32 op
@@ -61,22 +62,6 @@ def test_op_matches_natten(cfg):
     torch.testing.assert_close(neighborhood_attention(q, k, v, **args), want, atol=ATOL, rtol=0)
 
 
-class NattenNet(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.seq = natten.NeighborhoodAttention1D(32, 2, 5, is_causal=True)
-        self.image = torch.nn.Sequential(natten.NeighborhoodAttention2D(32, 4, 3, dilation=2), torch.nn.GELU())
-        self.video = natten.NeighborhoodAttention3D(32, 2, (2, 3, 3), stride=(1, 2, 1))
-
-    def forward(self, seq, image, video):
-        return self.seq(seq), self.image(image), self.video(video)
-
-
-def build_natten_net():
-    torch.manual_seed(0)
-    return NattenNet().eval()
-
-
 def test_converted_natten_modules_give_natten_outputs():
     model = build_natten_net()
     inputs = (torch.randn(2, 20, 32), torch.randn(2, 9, 10, 32), torch.randn(2, 4, 6, 5, 32))
@@ -100,7 +85,7 @@ def test_cli_exports_a_natten_checkpoint(tmp_path):
 
     torch.save(build_natten_net().state_dict(), tmp_path / "natten.pt")
     result = CliRunner().invoke(main, [
-        str(tmp_path / "natten.pt"), "--factory", f"{__name__}:build_natten_net", "-o", str(tmp_path / "out"),
+        str(tmp_path / "natten.pt"), "--factory", "helpers:build_natten_net", "-o", str(tmp_path / "out"),
         "--input-shape", "seq=1x20x32", "--input-shape", "image=1x9x10x32", "--input-shape", "video=1x4x6x5x32"])
     assert result.exit_code == 0, result.output
     assert "converted seq: natten.modules.NeighborhoodAttention1D" in result.stderr
@@ -148,7 +133,7 @@ def test_parity_reference_is_the_original_natten_model_so_a_wrong_conversion_fai
     from attn_export.cli import main
 
     torch.save(build_natten_net().state_dict(), tmp_path / "natten.pt")
-    args = [str(tmp_path / "natten.pt"), "--factory", f"{__name__}:build_natten_net", "--input-shape", "seq=1x20x32",
+    args = [str(tmp_path / "natten.pt"), "--factory", "helpers:build_natten_net", "--input-shape", "seq=1x20x32",
             "--input-shape", "image=1x9x10x32", "--input-shape", "video=1x4x6x5x32"]
     good = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "good")])
     assert good.exit_code == 0, good.output

@@ -15,29 +15,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from attn_export.calib import quantize
+from attn_export.calib import qdq, quantize
 from attn_export.calib.qdq import QuantOptions
-from attn_export.calib import qdq
 from attn_export.errors import AttnExportError
-from attn_export.models import NeighborhoodAttention2D
 from attn_export.onnx_export import export
 from attn_export.registry import DOMAIN
 
-from test_cli import assert_one_line_error, run
-
-
-class Small(torch.nn.Module):
-    """Conv -> NA (Linear qkv/proj inside) -> Linear head: every quantizable op kind, and a custom node."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
-        self.attn = NeighborhoodAttention2D(16, 2, 3)
-        self.head = torch.nn.Linear(16, 5)
-
-    def forward(self, x):
-        y = self.attn(self.conv(x).permute(0, 2, 3, 1))
-        return self.head(y.mean(dim=(1, 2)))
+from helpers import Small, assert_one_line_error, run
 
 
 @pytest.fixture(scope="module")
@@ -313,7 +297,7 @@ def test_cli_int8_writes_the_quantized_model_and_report(tmp_path):
 
 
 def test_cli_random_calibration_warns_loudly(tmp_path):
-    (tmp_path / "factory.py").write_text("from test_quantize import Small\n\ndef build():\n    return Small()\n")
+    (tmp_path / "factory.py").write_text("from helpers import Small\n\ndef build():\n    return Small()\n")
     torch.manual_seed(0)
     torch.save(Small().state_dict(), tmp_path / "small.pt")
     out = tmp_path / "out"

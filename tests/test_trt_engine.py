@@ -12,7 +12,7 @@ import pytest
 
 from attn_export import native, trt
 
-from test_cli import run
+from helpers import run
 
 pytestmark = pytest.mark.trt
 

@@ -1,0 +1,147 @@
+"""Helpers the test modules share (tests never import one another): the CLI runner and its one-line-error
+check, the console script, small models that --factory and pickles can name (``helpers:build_tiny``), and the
+random block-sparse cases."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from click.testing import CliRunner
+
+from attn_export.cli import main
+from attn_export.models import NeighborhoodAttention1D, NeighborhoodAttention2D
+from attn_export.models import block_layout as layout
+from attn_export.models.block_sparse import num_blocks
+
+SMALL = "zoo:na1d-causal"  # the fastest zoo model
+
+
+def run(*args, cwd=None):
+    runner = CliRunner()
+    if cwd is None:
+        return runner.invoke(main, list(map(str, args)))
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return runner.invoke(main, list(map(str, args)))
+    finally:
+        os.chdir(old)
+
+
+def assert_one_line_error(result, code: int, fragment: str):
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+class TinyModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = NeighborhoodAttention1D(16, 2, 5)
+
+    def forward(self, x):
+        return self.attn(x)
+
+
+def build_tiny():
+    torch.manual_seed(1)
+    return TinyModel().eval()
+
+
+def console(*args, cwd=None, env=None):
+    """The installed console script (not `python -m`, whose sys.path differs), as a user runs it."""
+    exe = Path(sys.executable).with_name("attn-export")
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+
+
+class Small(torch.nn.Module):
+    """Conv -> NA (Linear qkv/proj inside) -> Linear head: every quantizable op kind, and a custom node."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.attn = NeighborhoodAttention2D(16, 2, 3)
+        self.head = torch.nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = self.attn(self.conv(x).permute(0, 2, 3, 1))
+        return self.head(y.mean(dim=(1, 2)))
+
+
+def random_layout(rng: random.Random, lead_b: int, lead_h: int, n_qb: int, n_kvb: int, density: float):
+    mask = torch.rand(lead_b, lead_h, n_qb, n_kvb, generator=torch.Generator().manual_seed(rng.randint(0, 10**6)))
+    mask = mask < density
+    extra = rng.randint(0, 2)  # max_blocks wider than needed: -1 padding beyond the counts
+    return layout.from_block_mask(mask, max_blocks=int(mask.sum(-1).max()) + extra)
+
+
+def random_case(seed: int):
+    rng = random.Random(seed)
+    batch, heads, dim = rng.randint(1, 2), rng.randint(1, 3), rng.choice([4, 8, 16])
+    block_q, block_kv = rng.choice([1, 3, 4, 8, 16]), rng.choice([1, 2, 5, 8, 16])
+    sq, skv = rng.randint(1, 70), rng.randint(1, 70)
+    lead_b = rng.choice([1, batch])
+    lead_h = rng.choice([1, heads])
+    count, index = random_layout(rng, lead_b, lead_h, num_blocks(sq, block_q), num_blocks(skv, block_kv),
+                                 rng.choice([0.0, 0.2, 0.5, 1.0]))
+    if rng.random() < 0.5 and lead_b == 1:  # broadcast kv_count and kv_index independently
+        count = count[:, :1].contiguous() if bool((count == count[:, :1]).all()) else count
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, sq, dim, generator=gen)
+    k = torch.randn(batch, heads, skv, dim, generator=gen)
+    v = torch.randn(batch, heads, skv, dim, generator=gen)
+    scale = rng.choice([None, 0.7])
+    return q, k, v, count, index, block_q, block_kv, scale
+
+
+class NattenNet(torch.nn.Module):
+    """NATTEN's modules in 1-D (causal), 2-D (dilated) and 3-D (strided); needs NATTEN installed."""
+
+    def __init__(self):
+        super().__init__()
+        import natten
+
+        self.seq = natten.NeighborhoodAttention1D(32, 2, 5, is_causal=True)
+        self.image = torch.nn.Sequential(natten.NeighborhoodAttention2D(32, 4, 3, dilation=2), torch.nn.GELU())
+        self.video = natten.NeighborhoodAttention3D(32, 2, (2, 3, 3), stride=(1, 2, 1))
+
+    def forward(self, seq, image, video):
+        return self.seq(seq), self.image(image), self.video(video)
+
+
+def build_natten_net():
+    torch.manual_seed(0)
+    return NattenNet().eval()
+
+
+class GpuOnlyAttention(torch.nn.Module):
+    """A third-party layer whose own forward cannot run on this machine (a CUDA-only kernel)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = NeighborhoodAttention1D(16, 2, 5)
+
+    def forward(self, x):
+        raise RuntimeError("this kernel needs a CUDA device")
+
+
+class WrapsGpuOnly(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = GpuOnlyAttention()
+
+    def forward(self, x):
+        return self.attn(x)
+
+
+def build_gpu_only():
+    torch.manual_seed(1)
+    return WrapsGpuOnly().eval()
