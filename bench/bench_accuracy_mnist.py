@@ -93,7 +93,8 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(result, indent=2))
     base = result["top1"]["pytorch fp32"]
     print(f"nat-mnist, {result['test_images']} test images; INT8 calibrated on {result['calibration_samples']} "
-          f"training images (seconds per method: {result['int8_calibration_seconds']}); INT4 block {result['int4_block']}")
+          f"training images (seconds per method: {result['int8_calibration_seconds']}); "
+          f"INT4 block {result['int4_block']}")
     print("| model | runtime | top-1 % | vs PyTorch fp32 (points) |")
     print("|---|---|---|---|")
     for name, top1 in result["top1"].items():

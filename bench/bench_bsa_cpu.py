@@ -11,13 +11,13 @@ attending everything.
 from __future__ import annotations
 
 import argparse
+import functools
 
 import torch
+from timing import median_ms
 
 from attn_export.models import block_sparse_attention
 from attn_export.models.block_layout import from_block_mask
-
-from timing import median_ms
 
 
 def layout(n_blocks: int, per_row: int, heads: int, seed: int = 0):
@@ -46,7 +46,8 @@ def main() -> None:
         for density in args.densities:
             per_row = max(1, round(density * n_blocks))
             count, index = layout(n_blocks, per_row, args.heads)
-            ms = median_ms(lambda: block_sparse_attention(q, k, v, count, index, args.block, args.block), args.reps)
+            ms = median_ms(functools.partial(block_sparse_attention, q, k, v, count, index, args.block, args.block),
+                           args.reps)
             rows.append((density, per_row, ms))
     full = next((ms for d, _, ms in rows if d == 1.0), rows[-1][2])
     print(f"S={args.seq}, block {args.block}, {args.heads} heads, head_dim {args.dim}, fp32, "

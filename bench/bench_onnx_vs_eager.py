@@ -9,6 +9,7 @@ eager / ORT (above 1 means ONNX Runtime is faster).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -47,9 +48,9 @@ def main():
             xs = random_inputs(entry.inputs, seed=batch, shapes={s.name: (batch, *s.shape[1:]) for s in entry.inputs})
             feed = {s.name: x.numpy() for s, x in zip(entry.inputs, xs)}
             with torch.inference_mode():
-                eager = median_ms(lambda: model(*xs), args.reps)
+                eager = median_ms(functools.partial(model, *xs), args.reps)
                 want = model(*xs).numpy()
-            onnx_ms = median_ms(lambda: session.run(None, feed), args.reps)
+            onnx_ms = median_ms(functools.partial(session.run, None, feed), args.reps)
             diff = float(np.abs(session.run(None, feed)[0] - want).max())
             print(f"| {name} | {batch} | {eager:.2f} | {onnx_ms:.2f} | {eager / onnx_ms:.2f}x | {diff:.1e} |")
 

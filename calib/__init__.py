@@ -9,18 +9,19 @@ Calibrators (collect / reset / compute_amax): attn_export.calib.calibrators.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
+from attn_export import defaults
 from attn_export.calib.calibrators import CALIBRATORS, DEFAULT_METHOD, CalibConfig, make_calibrator
-from attn_export.calib.qdq import MODES, QuantOptions, QuantResult, QuantizedTensor
+from attn_export.calib.qdq import MODES, QuantizedTensor, QuantOptions, QuantResult
 
 __all__ = ["CALIBRATORS", "CalibConfig", "MODES", "QuantOptions", "QuantResult", "QuantizedTensor", "make_calibrator",
            "quantize"]
 
 
 def quantize(model, calib_data: Iterable[Mapping] | str | None = None, mode: str = "int8", method: str = DEFAULT_METHOD,
-             samples: int = 128, int4_block: int = 128, exclude: Sequence[str] = (),
+             samples: int = defaults.CALIB_SAMPLES, int4_block: int = defaults.INT4_BLOCK, exclude: Sequence[str] = (),
              output_path: str | os.PathLike | None = None) -> QuantResult:
     """Quantize ``model`` (an onnx.ModelProto or a path). ``calib_data``: an iterable of feed dicts, or a
     ``--calib-data`` spec (.npz, .npy, image folder, file.py:function); INT4 needs none."""

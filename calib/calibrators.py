@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from attn_export import defaults
 from attn_export.errors import AttnExportError
 
 NUM_BINS = 2048
 # max, as ModelOpt's INT8 default: entropy (TensorRT's legacy default) clips nat-mnist's bimodal input
 # pixels at the background level and drops top-1 from 97.3% to 55% (docs/accuracy.md).
-DEFAULT_METHOD = "max"
+DEFAULT_METHOD = defaults.CALIB_METHOD
 
 
 class MaxCalibrator:
@@ -207,5 +208,6 @@ def make_calibrator(config: CalibConfig | str):
     try:
         cls = CALIBRATORS[config.method]
     except KeyError:
-        raise AttnExportError(f"unknown calibration method '{config.method}'; use one of {', '.join(CALIBRATORS)}") from None
+        raise AttnExportError(f"unknown calibration method '{config.method}'; use one of "
+                              f"{', '.join(CALIBRATORS)}") from None
     return cls(**config.options)

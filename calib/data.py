@@ -15,9 +15,9 @@ inputs, with a loud warning (and the report says so).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -80,11 +80,12 @@ def _npz(path: Path, inputs: Sequence[InputInfo]) -> Iterator[dict]:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise AttnExportError(f"--calib-data {path} does not exist") from None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise AttnExportError(f"--calib-data {path} is not a readable .npz ({type(exc).__name__})") from exc
     names = {i.name for i in inputs}
     if set(archive.files) != names:
-        raise AttnExportError(f"--calib-data {path} holds {sorted(archive.files)}; the model's inputs are {sorted(names)}")
+        raise AttnExportError(f"--calib-data {path} holds {sorted(archive.files)}; the model's inputs are "
+                              f"{sorted(names)}")
     arrays = {n: archive[n] for n in archive.files}
     counts = {n: a.shape[0] if a.ndim else 0 for n, a in arrays.items()}
     if len(set(counts.values())) != 1:
@@ -94,12 +95,13 @@ def _npz(path: Path, inputs: Sequence[InputInfo]) -> Iterator[dict]:
 
 def _npy(path: Path, inputs: Sequence[InputInfo]) -> Iterator[dict]:
     if len(inputs) != 1:
-        raise AttnExportError(f"--calib-data {path}: a .npy holds one input but the model has {len(inputs)}; use a .npz")
+        raise AttnExportError(f"--calib-data {path}: a .npy holds one input but the model has {len(inputs)}; "
+                              "use a .npz")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise AttnExportError(f"--calib-data {path} does not exist") from None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise AttnExportError(f"--calib-data {path} is not a readable .npy ({type(exc).__name__})") from exc
     return _rows({inputs[0].name: array})
 
@@ -115,11 +117,13 @@ def _images(folder: Path, inputs: Sequence[InputInfo], preprocess: str) -> Itera
         raise AttnExportError("--calib-data with a folder of images needs a model with one [N, C, H, W] input")
     _, channels, height, width = inputs[0].shape
     if not all(isinstance(d, int) for d in (channels, height, width)) or channels not in (1, 3):
-        raise AttnExportError(f"--calib-data images: the input shape {list(inputs[0].shape)} needs fixed C (1 or 3), H, W")
+        raise AttnExportError(f"--calib-data images: the input shape {list(inputs[0].shape)} needs fixed C (1 or 3), "
+                              "H, W")
     try:
         from PIL import Image
     except ImportError:
-        raise AttnExportError("reading a folder of images needs Pillow: pip install pillow", EXIT_MISSING_DEPENDENCY) from None
+        raise AttnExportError("reading a folder of images needs Pillow: pip install pillow",
+                              EXIT_MISSING_DEPENDENCY) from None
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise AttnExportError(f"--calib-data {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -130,7 +134,7 @@ def _images(folder: Path, inputs: Sequence[InputInfo], preprocess: str) -> Itera
                 with Image.open(file) as image:
                     image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
                     pixels = np.asarray(image, np.float32).reshape(height, width, channels)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise AttnExportError(f"--calib-data: cannot read image {file} ({type(exc).__name__})") from exc
             if preprocess == "unit":
                 pixels = pixels / 255.0
@@ -147,7 +151,7 @@ def _from_function(func: Callable, spec: str) -> Iterator[dict]:
     try:
         data = func()
         iterator = iter(data)
-    except Exception as exc:  # noqa: BLE001 - user code
+    except Exception as exc:
         raise AttnExportError(f"--calib-data {spec}: the function failed or did not return an iterable "
                               f"({type(exc).__name__}: {exc})") from exc
     for feed in iterator:

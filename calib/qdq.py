@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import fnmatch
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from attn_export import defaults
 from attn_export.calib.calibrators import DEFAULT_METHOD, CalibConfig, make_calibrator
 from attn_export.calib.data import InputInfo, check_feed
 from attn_export.errors import AttnExportError
@@ -28,7 +29,7 @@ from attn_export.onnx_utils import opset_of, save_atomically
 
 MODES = ("int8", "int4")
 QUANTIZABLE = {"int8": ("MatMul", "Gemm", "Conv"), "int4": ("MatMul", "Gemm")}
-INT4_MIN_OPSET = 21
+INT4_MIN_OPSET = defaults.INT4_MIN_OPSET
 _FLOAT = {TensorProto.FLOAT}
 _MIN_AMAX = 1e-8  # an all-zero tensor still gets a valid (positive) scale
 
@@ -37,8 +38,8 @@ _MIN_AMAX = 1e-8  # an all-zero tensor still gets a valid (positive) scale
 class QuantOptions:
     mode: str = "int8"
     method: str = DEFAULT_METHOD
-    samples: int = 128
-    int4_block: int = 128
+    samples: int = defaults.CALIB_SAMPLES
+    int4_block: int = defaults.INT4_BLOCK
     exclude: Sequence[str] = ()
     method_options: dict = field(default_factory=dict)
 
@@ -161,7 +162,8 @@ def calibrate(model: onnx.ModelProto, activations: Sequence[str], data: Iterable
         if name not in existing:
             probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    inputs = {i.name: InputInfo(i.name, i.shape, np.dtype(_ORT_DTYPES.get(i.type, np.float32))) for i in session.get_inputs()}
+    inputs = {i.name: InputInfo(i.name, i.shape, np.dtype(_ORT_DTYPES.get(i.type, np.float32)))
+              for i in session.get_inputs()}
     calibrators = {name: make_calibrator(config) for name in activations}
     used = 0
     for index, feed in enumerate(data):
@@ -212,7 +214,8 @@ def quantize(model: onnx.ModelProto, data: Iterable[Mapping[str, np.ndarray]] | 
         missing = [a for a in activations if a not in cached_amax]
         if missing:
             raise AttnExportError(f"the calibration cache has no amax for {len(missing)} tensors of this model "
-                                  f"(e.g. '{missing[0]}'); it belongs to another model or --exclude: drop --calib-cache")
+                                  f"(e.g. '{missing[0]}'); it belongs to another model or --exclude: "
+                                  "drop --calib-cache")
         amax = {a: max(float(cached_amax[a]), _MIN_AMAX) for a in activations}
     elif activations:
         if data is None:
@@ -236,7 +239,7 @@ def quantize(model: onnx.ModelProto, data: Iterable[Mapping[str, np.ndarray]] | 
     writer.finish()
     try:
         onnx.checker.check_model(out, full_check=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise AttnExportError(f"the quantized model fails onnx.checker: {str(exc).splitlines()[0]}") from exc
     return QuantResult(out, tensors, used, seconds, amax)
 

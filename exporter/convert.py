@@ -7,8 +7,8 @@ unchanged. Converters are data: one entry per third-party class family.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
@@ -79,7 +79,7 @@ def _convert_one(module: nn.Module, where: str, replaced: list[str]) -> nn.Modul
     source = f"{type(module).__module__}.{type(module).__name__}"
     try:
         new = converter.convert(module)
-    except Exception as exc:  # noqa: BLE001 - an unexpected third-party version
+    except Exception as exc:
         raise AttnExportError(f"cannot convert {source} at '{where}' ({exc}); please report its version") from exc
     replaced.append(f"{where}: {source} -> attn_export.models.{type(new).__name__}")
     return new

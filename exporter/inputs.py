@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 
@@ -31,6 +31,6 @@ def random_inputs(specs: Sequence[InputSpec], seed: int,
     return tuple(random_tensor(shapes.get(s.name, s.shape), s.dtype, s.low, s.high, gen) for s in specs)
 
 
-def batch_dim() -> "torch.export.Dim":
+def batch_dim() -> torch.export.Dim:
     """The dynamic batch dimension every export shares (one name, so all inputs share one batch)."""
     return torch.export.Dim("batch", min=1, max=4096)

@@ -82,7 +82,8 @@ def build(arch: str = "90", tensorrt_root: str | None = None, build_dir: str | o
     for tool, hint in (("cmake", "pip install cmake, or your OS package"),
                        ("nvcc", "install the CUDA toolkit and put its bin/ on PATH")):
         if not shutil.which(tool) and not (tool == "nvcc" and os.environ.get("CUDACXX")):
-            raise AttnExportError(f"`plugins build` needs {tool}, which is not on PATH: {hint}", EXIT_MISSING_DEPENDENCY)
+            raise AttnExportError(f"`plugins build` needs {tool}, which is not on PATH: {hint}",
+                                  EXIT_MISSING_DEPENDENCY)
     _check_arch(arch)
     if not (SOURCE_DIR / "CMakeLists.txt").is_file():
         raise AttnExportError(f"`plugins build` needs the plugins/ sources, which a wheel install does not carry "
@@ -131,7 +132,8 @@ def _check_arch(arch: str) -> None:
         if not number.isdigit():
             raise AttnExportError(f"--arch '{arch}' is not a CUDA architecture list such as 90, 80;90 or native")
         if int(number) < 80:
-            raise AttnExportError(f"--arch {part}: the kernels need sm_80 or newer (bf16 tensor cores); use 80 or above")
+            raise AttnExportError(f"--arch {part}: the kernels need sm_80 or newer (bf16 tensor cores); "
+                                  "use 80 or above")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +182,8 @@ class NativeKernels:
             raise AttnExportError(f"{path} has ABI version {lib.attnx_abi_version()}, this package expects "
                                   f"{self.ABI_VERSION}; rebuild with `attn-export plugins build`")
 
-    def params(self, q, kernel_size, stride=1, dilation=1, is_causal=False, scale=None, has_rpb=False) -> NAParamsStruct:
+    def params(self, q, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
+               has_rpb=False) -> NAParamsStruct:
         from attn_export.models.neighborhood import NAParams
 
         batch, *spatial, heads, dim = q.shape

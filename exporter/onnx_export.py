@@ -8,18 +8,19 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import onnx
 import torch
 
+from attn_export import defaults
 from attn_export.errors import AttnExportError, wrap_failure
 from attn_export.onnx_ops import attach_local_functions, custom_translation_table
 from attn_export.onnx_utils import save_atomically
 
-DEFAULT_OPSET = 18  # the lowest opset the torch dynamo exporter and TensorRT 10 both handle well
-SUPPORTED_OPSETS = tuple(range(18, 24))
+DEFAULT_OPSET = defaults.OPSET
+SUPPORTED_OPSETS = defaults.SUPPORTED_OPSETS
 
 __all__ = ["DEFAULT_OPSET", "SUPPORTED_OPSETS", "attach_local_functions", "check_opset", "export", "save_atomically"]
 
@@ -28,7 +29,8 @@ def check_opset(opset: int | None) -> int:
     """The opset to export with: DEFAULT_OPSET, or a supported one given by the user."""
     opset = DEFAULT_OPSET if opset is None else int(opset)
     if opset not in SUPPORTED_OPSETS:
-        raise AttnExportError(f"opset {opset} is not supported; use one of {SUPPORTED_OPSETS[0]} to {SUPPORTED_OPSETS[-1]}")
+        raise AttnExportError(f"opset {opset} is not supported; use one of {SUPPORTED_OPSETS[0]} to "
+                              f"{SUPPORTED_OPSETS[-1]}")
     return opset
 
 
@@ -85,7 +87,7 @@ def _torch_onnx_export(model, example_inputs, dynamic_shapes, opset, input_names
                 custom_translation_table=custom_translation_table(), optimize=True, verbose=False,
                 external_data=False,
             )
-    except Exception as exc:  # noqa: BLE001 - re-raised as the one expected error type
+    except Exception as exc:
         blocker = unexportable_attention(model, example_inputs, dynamic_shapes)
         if blocker:
             raise AttnExportError(blocker) from exc
@@ -115,7 +117,7 @@ def unexportable_attention(model, example_inputs, dynamic_shapes) -> str | None:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 program = torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic_shapes, strict=False)
-    except Exception:  # noqa: BLE001 - the export failed for another reason: the caller reports it
+    except Exception:
         return None
     for node in program.graph.nodes:
         kind = _UNEXPORTABLE_ATTENTION.get(getattr(node.target, "__name__", str(node.target)))

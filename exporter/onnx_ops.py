@@ -5,19 +5,20 @@ the model-local functions attached after export. Nothing here names an op: every
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
+from functools import cache
 
 import onnx
 from onnx import AttributeProto
 from onnx.defs import OpSchema
 
+from attn_export import defaults
 from attn_export.onnx_utils import opset_of
 from attn_export.registry import DOMAIN, DOMAIN_VERSION, OPS, PLUGIN_ATTRIBUTES, OpSpec, by_onnx_op_type
 
 MIN_IR_VERSION = 10  # function overloads (an optional input present or absent)
 
 
-@lru_cache(maxsize=None)
+@cache
 def schema(spec: OpSpec) -> OpSchema:
     """The node contract of ``spec``: inputs, outputs, attributes (plus the plugin attributes), types."""
 
@@ -101,9 +102,7 @@ def choose_overload(spec: OpSpec, node: onnx.NodeProto) -> str:
 def attach_local_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     """Give every custom attention node its model-local decomposition (after export: the exporter would
     inline a function it was handed) and mark nodes with an optional input with their overload."""
-    from attn_export.onnx_export import DEFAULT_OPSET
-
-    onnx_opset = opset_of(model, DEFAULT_OPSET)
+    onnx_opset = opset_of(model, defaults.OPSET)
     needed: set[tuple[int, int]] = set()  # (registry position, overload position): a stable order
     specs = list(OPS.values())
     for node in model.graph.node:

@@ -13,19 +13,20 @@ import platform
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
+from attn_export import defaults
 from attn_export.errors import AttnExportError, wrap_failure
 
-DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-4
+DEFAULT_ATOL = defaults.ATOL
+DEFAULT_RTOL = defaults.RTOL
 REFERENCE_NAME = "pytorch-cpu"
 
 
@@ -174,7 +175,7 @@ def _run(runners, feeds, what: str, hint: str):
     G_LOGGER.module_severity = G_LOGGER.CRITICAL
     try:
         return Comparator.run(runners, data_loader=[dict(f) for f in feeds])
-    except Exception as exc:  # noqa: BLE001 - a model that rejects the inputs is bad input
+    except Exception as exc:
         raise wrap_failure(exc, what, hint) from exc
     finally:
         G_LOGGER.module_severity = severity
@@ -196,7 +197,7 @@ class ReferenceScale:
     std: float
 
     @classmethod
-    def of(cls, array: np.ndarray | None) -> "ReferenceScale":
+    def of(cls, array: np.ndarray | None) -> ReferenceScale:
         if array is None or not np.size(array):
             return cls(float("nan"), float("nan"))
         values = np.asarray(array, np.float64)
@@ -213,8 +214,9 @@ def vacuity_warnings(reference_outputs: Sequence[Mapping[str, np.ndarray]],
         arrays = [np.asarray(out[name]) for out in reference_outputs if name in out]
         values = [a for a in arrays if a.size]
         if values and all(a.min() == a.max() for a in values) and len({float(a.flat[0]) for a in values}) == 1:
-            warnings.append(f"reference output '{name}' is the constant {float(values[0].flat[0]) + 0.0:g} on every check "
-                            "input: the comparison proves little (untrained or zero-initialized layers?)")
+            constant = float(values[0].flat[0]) + 0.0  # -0.0 reads as 0
+            warnings.append(f"reference output '{name}' is the constant {constant:g} on every check input: the "
+                            "comparison proves little (untrained or zero-initialized layers?)")
             continue
         for i in range(len(arrays)):
             for j in range(i + 1, len(arrays)):
@@ -437,7 +439,7 @@ class QuantThresholds:
     max_mean_error: float
 
 
-QUANT_THRESHOLDS = {"int8": QuantThresholds(0.99, 0.10), "int4": QuantThresholds(0.98, 0.25)}
+QUANT_THRESHOLDS = {mode: QuantThresholds(*values) for mode, values in defaults.QUANT_THRESHOLDS.items()}
 
 
 @dataclass
@@ -510,7 +512,8 @@ class QuantParityReport:
         return "\n".join(lines)
 
 
-def quant_metrics(name: str, iteration: int, ref: np.ndarray, cand: np.ndarray, t: QuantThresholds) -> QuantOutputResult:
+def quant_metrics(name: str, iteration: int, ref: np.ndarray, cand: np.ndarray,
+                  t: QuantThresholds) -> QuantOutputResult:
     nan = float("nan")
     scale = ReferenceScale.of(ref)
     if ref.shape != cand.shape:

@@ -11,8 +11,8 @@ Import-light on purpose (no torch, no onnx): hooks are dotted paths ("module:fun
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 DOMAIN = "attn_export"  # ONNX domain, torch library namespace and TensorRT plugin namespace
 DOMAIN_VERSION = 1

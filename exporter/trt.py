@@ -10,15 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
+from attn_export import defaults
 from attn_export.errors import EXIT_MISSING_DEPENDENCY, AttnExportError, wrap_failure
 from attn_export.native import BUILD_HINT, PLUGIN_LIB_ENV, PLUGIN_LIB_NAME, PLUGIN_OPS, plugin_library
 from attn_export.registry import DOMAIN
 
-DEFAULT_MAX_BATCH = 16
+DEFAULT_MAX_BATCH = defaults.MAX_BATCH
 LOG_HINT = "rerun with --debug; the TensorRT log names the node"
 TRT_INSTALL_HINT = ("install TensorRT (pip install 'attn-export[trt]', tensorrt>=10.8) on a machine with an NVIDIA "
                     "GPU and driver, or pass --no-engine")
@@ -28,7 +29,7 @@ def tensorrt_module():
     """The tensorrt module, or None when it is absent (or a PyPI download stub that cannot import)."""
     try:
         import tensorrt
-    except Exception:  # noqa: BLE001 - missing, or a stub/driver-less install failing at import
+    except Exception:
         return None
     return tensorrt if hasattr(tensorrt, "Builder") else None
 
@@ -106,7 +107,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, profile: Mappin
     start = time.perf_counter()
     try:
         network = LoadPlugins(plugins=[str(plugins)], obj=NetworkFromOnnxPath(str(onnx_path), strongly_typed=True))()
-    except Exception as exc:  # noqa: BLE001 - parser failures arrive as many types
+    except Exception as exc:
         raise wrap_failure(exc, "parsing the ONNX file for TensorRT", LOG_HINT) from exc
     # Without our plugin registered, the ONNX parser silently runs the nodes' model-local functions: the
     # engine would build and pass parity without ever running our kernels. Refuse that engine.
@@ -114,7 +115,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, profile: Mappin
     try:
         engine = EngineBytesFromNetwork(network, config=config,
                                         save_timing_cache=str(timing_cache) if timing_cache else None)()
-    except Exception as exc:  # noqa: BLE001 - parser / builder failures arrive as many types
+    except Exception as exc:
         raise wrap_failure(exc, "building the TensorRT engine", LOG_HINT) from exc
     engine_path = Path(engine_path)
     engine_path.write_bytes(bytes(engine))
@@ -168,7 +169,7 @@ def _plugin_identity(trt, layer) -> tuple:
         plugin = layer.get_plugin() if hasattr(layer, "get_plugin") else layer.plugin
         core = plugin.get_capability_interface(trt.PluginCapabilityType.CORE)
         return core.plugin_name, core.plugin_version, core.plugin_namespace
-    except Exception:  # noqa: BLE001 - a V2 plugin layer or bindings without these accessors
+    except Exception:
         return None, None, None
 
 
@@ -203,7 +204,8 @@ def trt_runner(engine_path: str | Path, name: str = "tensorrt"):
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, LoadPlugins, TrtRunner
 
-    return TrtRunner(LoadPlugins(plugins=[str(plugins)], obj=EngineFromBytes(BytesFromPath(str(engine_path)))), name=name)
+    engine = EngineFromBytes(BytesFromPath(str(engine_path)))
+    return TrtRunner(LoadPlugins(plugins=[str(plugins)], obj=engine), name=name)
 
 
 def _sha256(path: Path) -> str:

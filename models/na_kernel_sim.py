@@ -133,7 +133,7 @@ def _one_tile(qf, kf, vf, bias, out, local, first, group, glen, kk, ss, dd, cc, 
     end = torch.tensor([[w[1] for w in ws] for ws in windows])
     kk_t = torch.tensor(kk)
     rel_stride = torch.tensor([(2 * kk[1] - 1) * (2 * kk[2] - 1), 2 * kk[2] - 1, 1])
-    q_rows = torch.stack([qf[:, i, j, l] for (i, j, l) in q_tok], dim=2).float()  # [B, H, rows, D]
+    q_rows = torch.stack([qf[:, i, j, m] for (i, j, m) in q_tok], dim=2).float()  # [B, H, rows, D]
     q_rows = q_rows * torch.tensor(q_valid, dtype=torch.float32)[:, None]
     acc = torch.zeros(q_rows.shape)
     row_max = torch.full(q_rows.shape[:3], float("-inf"))
@@ -150,8 +150,8 @@ def _one_tile(qf, kf, vf, bias, out, local, first, group, glen, kk, ss, dd, cc, 
         rel = ((kv_at - q_at[:, None] + kk_t - 1) * rel_stride).sum(dim=-1)
         stats.kv_slots_in_window += int(mask.sum())
         valid_kv = torch.tensor(kv_valid, dtype=torch.float32)[:, None]
-        k_rows = torch.stack([kf[:, i, j, l] for (i, j, l) in kv_tok], dim=2).float() * valid_kv
-        v_rows = torch.stack([vf[:, i, j, l] for (i, j, l) in kv_tok], dim=2).float() * valid_kv
+        k_rows = torch.stack([kf[:, i, j, m] for (i, j, m) in kv_tok], dim=2).float() * valid_kv
+        v_rows = torch.stack([vf[:, i, j, m] for (i, j, m) in kv_tok], dim=2).float() * valid_kv
         logits = (q_rows @ k_rows.transpose(-1, -2)) * scale_log2
         if bias is not None:
             flat = bias.reshape(bias.shape[0], -1)

@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "models" / "weights" / "nat_mnist.pt"))
+    weights = Path(__file__).resolve().parents[1] / "models" / "weights" / "nat_mnist.pt"
+    parser.add_argument("--out", default=str(weights))
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     x_train, x_test, y_train, y_test = load_split()

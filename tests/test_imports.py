@@ -6,7 +6,6 @@ import pkgutil
 import subprocess
 import sys
 
-
 OPTIONAL = ["tensorrt", "tensorrt_libs", "pycuda", "cuda", "cupy", "onnxruntime_gpu"]
 
 BLOCKER = f"""

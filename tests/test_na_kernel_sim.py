@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from attn_export.models import na_kernel_sim as sim
-from attn_export.models.neighborhood import neighborhood_attention, neighborhood_index, NAParams
+from attn_export.models.neighborhood import NAParams, neighborhood_attention, neighborhood_index
 
 
 def random_config(rng: random.Random):

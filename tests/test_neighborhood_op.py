@@ -86,7 +86,8 @@ def test_gradients_match_reference():
     inputs = [t.double().requires_grad_(True) for t in make_inputs(cfg, 3)]
     args = (cfg["kernel"], cfg["stride"], cfg["dilation"], cfg["causal"])
     got = torch.autograd.grad(neighborhood_attention(*inputs[:3], *args, rpb=inputs[3]).square().sum(), inputs)
-    want = torch.autograd.grad(neighborhood_attention_reference(*inputs[:3], *args, rpb=inputs[3]).square().sum(), inputs)
+    reference = neighborhood_attention_reference(*inputs[:3], *args, rpb=inputs[3])
+    want = torch.autograd.grad(reference.square().sum(), inputs)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-9, rtol=1e-7)
 
@@ -112,7 +113,8 @@ def test_long_inputs_are_chunked_without_changing_the_result(monkeypatch):
         (dict(kernel_size=(3, 3)), (1, 8, 2, 4), "kernel_size has 2 values but the input has 1 spatial axes"),
         (dict(kernel_size=3), (1, 2, 4), "expected [B, *spatial, heads, head_dim]"),
         (dict(kernel_size=3), (1, 4, 4, 4, 4, 2, 4), "expected [B, *spatial, heads, head_dim]"),
-        (dict(kernel_size=3, is_causal=True, rpb=torch.zeros(2, 5)), (1, 8, 2, 4), "rpb is only defined for non-causal"),
+        (dict(kernel_size=3, is_causal=True, rpb=torch.zeros(2, 5)), (1, 8, 2, 4),
+         "rpb is only defined for non-causal"),
         (dict(kernel_size=3, rpb=torch.zeros(2, 4)), (1, 8, 2, 4), "expected [heads, 2k-1 per axis] = [2, 5]"),
         (dict(kernel_size=2.5), (1, 8, 2, 4), "must be an int"),
     ],

@@ -184,7 +184,8 @@ def test_every_supported_opset_exports_and_runs(opset, tmp_path):
     proto = export(layer, (x,), tmp_path / "m.onnx", opset=opset, input_names=["x"], output_names=["y"])
     assert next(o.version for o in proto.opset_import if o.domain == "") == opset
     assert all(f.opset_import[0].version == opset for f in proto.functions)
-    (got,) = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x": x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(got, layer(x).numpy(), atol=1e-5, rtol=0)
 
