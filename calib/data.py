@@ -151,7 +151,7 @@ def _from_function(func: Callable, spec: str) -> Iterator[dict]:
     try:
         data = func()
         iterator = iter(data)
-    except Exception as exc:
+    except Exception as exc:  # user code
         raise AttnExportError(f"--calib-data {spec}: the function failed or did not return an iterable "
                               f"({type(exc).__name__}: {exc})") from exc
     for feed in iterator:

@@ -79,7 +79,7 @@ def _convert_one(module: nn.Module, where: str, replaced: list[str]) -> nn.Modul
     source = f"{type(module).__module__}.{type(module).__name__}"
     try:
         new = converter.convert(module)
-    except Exception as exc:
+    except Exception as exc:  # an unexpected third-party version
         raise AttnExportError(f"cannot convert {source} at '{where}' ({exc}); please report its version") from exc
     replaced.append(f"{where}: {source} -> attn_export.models.{type(new).__name__}")
     return new

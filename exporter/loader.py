@@ -154,7 +154,7 @@ def _load_exported_program(path: Path) -> LoadedModel:
     try:
         with _quiet_torch_logs():
             program = torch.export.load(str(path))
-    except Exception as exc:
+    except Exception as exc:  # corrupt archives raise many types
         raise AttnExportError(f"cannot read {path} as a torch.export archive ({_brief(exc)}); "
                               "write it with torch.export.save") from exc
     user_inputs = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
@@ -277,7 +277,7 @@ def _call_factory(factory: str):
     func = resolve_callable(factory, "--factory")
     try:
         return func()
-    except Exception as exc:
+    except Exception as exc:  # user code
         raise wrap_failure(exc, f"--factory {factory}", "fix the factory (--debug shows the traceback)") from exc
 
 

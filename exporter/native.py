@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attn_export.errors import EXIT_MISSING_DEPENDENCY, AttnExportError
-from attn_export.registry import NEIGHBORHOOD
+from attn_export.registry import OPS
 
 PLUGIN_LIB_ENV = "ATTN_EXPORT_PLUGIN_LIB"
 KERNELS_LIB_ENV = "ATTN_EXPORT_KERNELS_LIB"
@@ -28,7 +28,7 @@ SOURCE_DIR = Path(__file__).resolve().parents[1] / "plugins"
 BUILD_HINT = "build it with `attn-export plugins build`"
 # The ops libattnx_trt_plugins.so provides a TensorRT plugin for (plugins/trt/*): an engine build checks
 # that every node of these ops became a plugin layer. Other custom ops run their model-local function.
-PLUGIN_OPS = (NEIGHBORHOOD,)
+PLUGIN_OPS = tuple(spec for spec in OPS.values() if spec.plugin)
 
 
 def default_build_dir() -> Path:
@@ -205,7 +205,11 @@ class NativeKernels:
                                   2 if status == 1 else EXIT_MISSING_DEPENDENCY)
 
     def select_path(self, q, kernel_size, **kw) -> str:
-        return PATHS[self.lib.attnx_na_select_path(ctypes.byref(self.params(q, kernel_size, **kw)))]
+        """The kernel path a call would take on q's device (tile plans depend on the device)."""
+        import torch
+
+        with torch.cuda.device(q.device):
+            return PATHS[self.lib.attnx_na_select_path(ctypes.byref(self.params(q, kernel_size, **kw)))]
 
     def neighborhood_attention(self, q, k, v, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
                                rpb=None, out=None, stream=None):

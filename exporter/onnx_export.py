@@ -87,7 +87,7 @@ def _torch_onnx_export(model, example_inputs, dynamic_shapes, opset, input_names
                 custom_translation_table=custom_translation_table(), optimize=True, verbose=False,
                 external_data=False,
             )
-    except Exception as exc:
+    except Exception as exc:  # re-raised as the one expected error type
         blocker = unexportable_attention(model, example_inputs, dynamic_shapes)
         if blocker:
             raise AttnExportError(blocker) from exc
@@ -117,7 +117,7 @@ def unexportable_attention(model, example_inputs, dynamic_shapes) -> str | None:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 program = torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic_shapes, strict=False)
-    except Exception:
+    except Exception:  # noqa: BLE001 - the export failed for another reason: the caller reports it
         return None
     for node in program.graph.nodes:
         kind = _UNEXPORTABLE_ATTENTION.get(getattr(node.target, "__name__", str(node.target)))

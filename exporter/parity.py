@@ -175,7 +175,7 @@ def _run(runners, feeds, what: str, hint: str):
     G_LOGGER.module_severity = G_LOGGER.CRITICAL
     try:
         return Comparator.run(runners, data_loader=[dict(f) for f in feeds])
-    except Exception as exc:
+    except Exception as exc:  # a model that rejects the inputs is bad input
         raise wrap_failure(exc, what, hint) from exc
     finally:
         G_LOGGER.module_severity = severity

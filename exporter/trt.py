@@ -29,7 +29,7 @@ def tensorrt_module():
     """The tensorrt module, or None when it is absent (or a PyPI download stub that cannot import)."""
     try:
         import tensorrt
-    except Exception:
+    except Exception:  # noqa: BLE001 - missing, or a stub/driver-less install failing at import
         return None
     return tensorrt if hasattr(tensorrt, "Builder") else None
 
@@ -107,7 +107,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, profile: Mappin
     start = time.perf_counter()
     try:
         network = LoadPlugins(plugins=[str(plugins)], obj=NetworkFromOnnxPath(str(onnx_path), strongly_typed=True))()
-    except Exception as exc:
+    except Exception as exc:  # parser failures arrive as many types
         raise wrap_failure(exc, "parsing the ONNX file for TensorRT", LOG_HINT) from exc
     # Without our plugin registered, the ONNX parser silently runs the nodes' model-local functions: the
     # engine would build and pass parity without ever running our kernels. Refuse that engine.
@@ -115,7 +115,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, profile: Mappin
     try:
         engine = EngineBytesFromNetwork(network, config=config,
                                         save_timing_cache=str(timing_cache) if timing_cache else None)()
-    except Exception as exc:
+    except Exception as exc:  # parser / builder failures arrive as many types
         raise wrap_failure(exc, "building the TensorRT engine", LOG_HINT) from exc
     engine_path = Path(engine_path)
     engine_path.write_bytes(bytes(engine))
@@ -158,18 +158,22 @@ def network_layers(trt, network) -> list[dict]:
         kind = str(layer.type).rsplit(".", 1)[-1]
         entry = {"layer": layer.name, "type": kind}
         if kind in PLUGIN_LAYER_TYPES:
-            entry.update(zip(("plugin", "version", "namespace"), _plugin_identity(trt, layer), strict=True))
+            entry.update(zip(("plugin", "version", "namespace"), _plugin_identity(trt, layer, kind), strict=True))
         layers.append(entry)
     return layers
 
 
-def _plugin_identity(trt, layer) -> tuple:
+def _plugin_identity(trt, layer, kind: str) -> tuple:
+    """(name, version, namespace) of a V3 plugin layer's plugin; None for other plugin layers (ours are V3).
+    The bindings hand out plain ILayer objects: only a PLUGIN_V3 layer may be viewed as IPluginV3Layer
+    (viewing a V2 layer as V3 would call the wrong virtual methods, which no except clause catches)."""
+    if kind != "PLUGIN_V3":
+        return None, None, None
     try:
-        layer.__class__ = trt.IPluginV3Layer  # the bindings hand out plain ILayer objects
-        plugin = layer.get_plugin() if hasattr(layer, "get_plugin") else layer.plugin
-        core = plugin.get_capability_interface(trt.PluginCapabilityType.CORE)
+        layer.__class__ = trt.IPluginV3Layer
+        core = layer.plugin.get_capability_interface(trt.PluginCapabilityType.CORE)
         return core.plugin_name, core.plugin_version, core.plugin_namespace
-    except Exception:
+    except Exception:  # noqa: BLE001 - bindings without these attributes: the layer name still identifies it
         return None, None, None
 
 

@@ -190,17 +190,22 @@ class FakeTrt:
     """The parts of the tensorrt module that network_layers uses."""
 
     class LayerType:
-        PLUGIN_V3, SOFTMAX = "LayerType.PLUGIN_V3", "LayerType.SOFTMAX"
+        PLUGIN_V3, PLUGIN_V2, SOFTMAX = "LayerType.PLUGIN_V3", "LayerType.PLUGIN_V2", "LayerType.SOFTMAX"
 
     class PluginCapabilityType:
         CORE = "core"
+
+    misviewed: list = []  # layers whose plugin was read through the wrong class
 
     class ILayer:
         def __init__(self, name, kind, plugin=None):
             self.name, self.type, self._plugin = name, kind, plugin
 
     class IPluginV3Layer(ILayer):
-        def get_plugin(self):
+        @property
+        def plugin(self):  # an IPluginV3: only a V3 layer may be viewed as one (else a crash, not an exception)
+            if self.type != FakeTrt.LayerType.PLUGIN_V3:
+                FakeTrt.misviewed.append(self.name)
             return self._plugin
 
 
@@ -227,6 +232,15 @@ def test_network_layers_reads_plugin_identity():
                            FakeTrt.ILayer("na0", FakeTrt.LayerType.PLUGIN_V3, FakePlugin("NeighborhoodAttention",
                                                                                           "attn_export"))])
     assert trt.network_layers(FakeTrt, network) == [{"layer": "soft", "type": "SOFTMAX"}, na_layer("na0")]
+
+
+def test_v2_plugin_layers_are_never_viewed_as_v3():
+    """Another library's (or the parser's own) V2 plugin layer: no identity is read through the V3 class."""
+    FakeTrt.misviewed.clear()
+    network = FakeNetwork([FakeTrt.ILayer("nms", FakeTrt.LayerType.PLUGIN_V2, object())])
+    assert trt.network_layers(FakeTrt, network) == [
+        {"layer": "nms", "type": "PLUGIN_V2", "plugin": None, "version": None, "namespace": None}]
+    assert FakeTrt.misviewed == []
 
 
 @pytest.fixture
