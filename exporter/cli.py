@@ -221,10 +221,25 @@ def main():
               help="For an image folder: pixels 0-255 (raw), 0-1 (unit) or ImageNet-normalized RGB.")
 @click.option("--exclude", multiple=True, metavar="PATTERN",
               help="Keep nodes or weights whose name matches this glob in float (repeatable).")
+@click.option("--paro/--no-paro", default=None,
+              help="Replace every F.scaled_dot_product_attention call with PARO attention (per-head token order, "
+                   "block mask, INT8/INT4): plans them on calibration data and writes OUTDIR/paro_plan.json "
+                   "[default: off; on for zoo models built for it].")
+@click.option("--paro-grid", metavar="FxHxW", help="PARO: the token grid (frames x height x width) after the prefix.")
+@click.option("--paro-prefix", type=int, metavar="P", help="PARO: text / register tokens before the grid [0].")
+@click.option("--paro-density", type=float, metavar="D", help="PARO: fraction of blocks kept per head [0.3].")
+@click.option("--paro-block", type=int, metavar="N", help="PARO: block size of the mask, in tokens [64].")
+@click.option("--paro-qk", metavar="int8|int4|fp16", help="PARO: QK precision [--int8/--int4's, else int8].")
+@click.option("--paro-pv", metavar="int8|int4|fp16", help="PARO: PV precision [--int8/--int4's, else int8].")
+@click.option("--paro-buckets", type=int, metavar="T", help="PARO: one mask per diffusion-time bucket; the model "
+                                                           "needs a 'timestep' input in [0, 1] [1].")
+@click.option("--paro-plan", type=click.Path(dir_okay=False), metavar="FILE",
+              help="PARO: reuse this plan (an earlier OUTDIR/paro_plan.json) instead of planning.")
 @_quant_threshold_options
 @_model_options
 def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, engine, max_batch, timing_cache,
                int8, int4, int4_block, calib_method, calib_samples, calib_data, calib_cache, calib_preprocess, exclude,
+               paro, paro_grid, paro_prefix, paro_density, paro_block, paro_qk, paro_pv, paro_buckets, paro_plan,
                quant_min_cosine, quant_max_error, input_shapes, factory, trust_pickle, inputs_npz, atol, rtol, seed,
                debug):
     """Export MODEL (zoo:NAME, a .pt2 archive, a checkpoint with --factory, or a pickle with
@@ -243,14 +258,28 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
             quantize="int8" if int8 else "int4" if int4 else None, int4_block=int4_block, calib_method=calib_method,
             calib_samples=calib_samples, calib_data=calib_data, calib_cache=calib_cache,
             calib_preprocess=calib_preprocess, exclude=exclude, quant_min_cosine=quant_min_cosine,
-            quant_max_error=quant_max_error,
+            quant_max_error=quant_max_error, paro=paro, paro_grid=paro_grid, paro_prefix=paro_prefix,
+            paro_density=paro_density, paro_block=paro_block, paro_qk=paro_qk, paro_pv=paro_pv,
+            paro_buckets=paro_buckets, paro_plan=paro_plan,
         ).prepare()  # every flag is checked before any work
-        loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=opts.step_count())
+        loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=opts.step_count(model))
         result = export_job(loaded, outdir, opts, step)
-        for path in (result.onnx_path, result.quantized_path, result.engine_path):
+        for path in (result.onnx_path, result.quantized_path, result.engine_path, result.paro_plan_path):
             if path:
                 click.echo(f"wrote {path}")
-        code = _report_outcome(result.report, None if result.quant_report else result.report_path)
+        if result.paro_plan is not None:
+            from attn_export.paro_export import plan_table
+
+            click.echo(plan_table(result.paro_plan))
+        extra_reports = result.quant_report or result.paro_report
+        code = _report_outcome(result.report, None if extra_reports else result.report_path)
+        if result.paro_report is not None:
+            click.echo(result.paro_report.table())
+            if not result.paro_report.passed:
+                click.echo(f"PARO quality FAILED: see the table above and {result.report_path}", err=True)
+                code = EXIT_CHECK_FAILED
+            if result.quant_report is None:
+                click.echo(f"wrote {result.report_path}")
         if result.quant_report is not None:
             click.echo(result.quant_report.table())
             click.echo(f"wrote {result.report_path}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from onnx import AttributeProto, FunctionProto, TensorProto, helper
 
-from attn_export.registry import BLOCK_SPARSE, DOMAIN, NEIGHBORHOOD, PLUGIN_ATTRIBUTES, OpSpec
+from attn_export.registry import BLOCK_SPARSE, DOMAIN, NEIGHBORHOOD, PARO, PLUGIN_ATTRIBUTES, OpSpec
 
 _INT64_MAX = 2**63 - 1
 
@@ -227,3 +227,101 @@ def block_sparse_function(onnx_opset: int, overload: str = "") -> FunctionProto:
     out = b.Reshape(out, b.Concat(batch, heads, b.ints(-1), dim, axis=0))
     b.nodes.append(helper.make_node("Slice", [out, b.ints(0), b.Unsqueeze(sq, unsq0), b.ints(2)], ["out"]))
     return function_proto(BLOCK_SPARSE, overload, b.nodes, onnx_opset)
+
+
+# ---------------------------------------------------------------------------------------------
+# PARO attention
+
+
+def paro_function(onnx_opset: int, overload: str = "") -> FunctionProto:
+    """The model-local function for ``attn_export::ParoAttention``, step for step the reference op: gather
+    q, k, v by perm_idx, fake-quantize QK per token group (K mean-smoothed) and V per channel, attend the
+    listed blocks of the permuted sequence (gathered, never N x N) with P fake-quantized per tile, and
+    scatter the output back. Computed in float32 whatever T; bits of 16 select the unquantized values."""
+    b = _Body("paro_")
+    block = b.attr_ref("block", AttributeProto.INT)
+    attrs = {name: b.attr_ref(name, AttributeProto.INT) for name in ("qk_bits", "pv_bits", "q_group", "k_group",
+                                                                     "smooth_k")}
+    scale = b.attr_ref("scale", AttributeProto.FLOAT)
+    zero, one = b.scalar(0), b.scalar(1)
+    unsq0 = b.ints(0)
+    fq, fk, fv = (b.Cast(x, to=TensorProto.FLOAT) for x in ("q", "k", "v"))
+    shape = b.Shape(fq)
+    batch, heads = b.Slice(shape, b.ints(0), b.ints(1)), b.Slice(shape, b.ints(1), b.ints(2))
+    n = b.Squeeze(b.Slice(shape, b.ints(2), b.ints(3)), unsq0)
+    dim = b.Slice(shape, b.ints(3), b.ints(4))
+
+    def float_const(value: float) -> str:
+        return b.op("Constant", value_float=value)
+
+    def top(bits: str) -> str:  # 2^(bits-1) - 1, as float
+        exponent = b.Cast(b.Sub(bits, one), to=TensorProto.FLOAT)
+        return b.Sub(b.Pow(float_const(2.0), exponent), float_const(1.0))
+
+    def nonzero(scale_q: str, fallback: str) -> str:  # a scale of 0 (amax 0, or underflow) -> fallback
+        return b.Where(b.Equal(scale_q, float_const(0.0)), fallback, scale_q)
+
+    def fake_quant(x: str, amax: str, top_value: str) -> str:  # symmetric, round half to even
+        scale_q = nonzero(b.Div(amax, top_value), float_const(1.0))
+        return b.Mul(b.Clip(b.Round(b.Div(x, scale_q)), b.Neg(top_value), top_value), scale_q)
+
+    def quantize_groups(x: str, group: str, top_value: str) -> str:  # one scale per `group` tokens
+        pad = b.Mod(b.Sub(group, b.Mod(n, group)), group)
+        pads = b.Concat(b.ints(0, 0, 0, 0, 0, 0), b.Unsqueeze(pad, unsq0), b.ints(0), axis=0)
+        grouped = b.Reshape(b.Pad(x, pads), b.Concat(batch, heads, b.ints(-1), b.Unsqueeze(group, unsq0), dim,
+                                                     axis=0))
+        amax = b.ReduceMax(b.Abs(grouped), b.ints(3, 4), keepdims=1)
+        flat = b.Reshape(fake_quant(grouped, amax, top_value), b.Concat(batch, heads, b.ints(-1), dim, axis=0))
+        return b.Slice(flat, b.ints(0), b.Unsqueeze(n, unsq0), b.ints(2))
+
+    # 1. Each head's order: gather along the tokens.
+    gather = b.Expand(b.Unsqueeze(b.Cast("perm_idx", to=TensorProto.INT64), b.ints(0, 3)), shape)  # [B, H, N, D]
+    qp, kp, vp = (b.GatherElements(x, gather, axis=2) for x in (fq, fk, fv))
+    # 2. QK per token group (K mean-smoothed first), V per channel; bits 16 keep the float values.
+    qk_on = b.Less(attrs["qk_bits"], b.scalar(16))
+    pv_on = b.Less(attrs["pv_bits"], b.scalar(16))
+    qk_top, pv_top = top(attrs["qk_bits"]), top(attrs["pv_bits"])
+    smooth = b.And(b.Cast(attrs["smooth_k"], to=TensorProto.BOOL), qk_on)
+    kp = b.Where(smooth, b.Sub(kp, b.ReduceMean(kp, b.ints(2), keepdims=1)), kp)
+    qp = b.Where(qk_on, quantize_groups(qp, attrs["q_group"], qk_top), qp)
+    kp = b.Where(qk_on, quantize_groups(kp, attrs["k_group"], qk_top), kp)
+    vp = b.Where(pv_on, fake_quant(vp, b.ReduceMax(b.Abs(vp), b.ints(2), keepdims=1), pv_top), vp)
+
+    # 3. The listed blocks of the permuted sequence (as block-sparse attention, block x block).
+    n_b = b.Div(b.Sub(b.Add(n, block), one), block)  # ceil(N / block)
+    max_blocks = b.Slice(b.Shape("kv_index"), b.ints(3), b.ints(4))
+    layout = b.Concat(batch, heads, b.Unsqueeze(n_b, unsq0), axis=0)
+    count = b.Cast(b.Expand("kv_count", layout), to=TensorProto.INT64)  # [B, H, nb]
+    index = b.Cast(b.Expand("kv_index", b.Concat(layout, max_blocks, axis=0)), to=TensorProto.INT64)
+    listed = b.Less(b.Range(zero, b.Squeeze(max_blocks, unsq0), one), b.Unsqueeze(count, b.ints(-1)))
+    tokens = b.Add(b.Unsqueeze(b.Mul(b.Max(index, zero), block), b.ints(-1)), b.Range(zero, block, one))
+    valid = b.Reshape(b.And(b.Unsqueeze(listed, b.ints(-1)), b.Less(tokens, n)),
+                      b.Concat(layout, b.ints(-1), axis=0))  # [B, H, nb, M*block]
+    tokens = b.Reshape(b.Min(tokens, b.Sub(n, one)), b.Concat(batch, heads, b.ints(-1, 1), axis=0))
+
+    def gather_blocks(x: str) -> str:  # [B, H, N, D] -> [B, H, nb, M*block, D]
+        return b.Reshape(b.GatherND(x, tokens, batch_dims=2), b.Concat(layout, b.ints(-1), dim, axis=0))
+
+    padded = b.Mul(n_b, block)
+    pads = b.Concat(b.ints(0, 0, 0, 0, 0, 0), b.Unsqueeze(b.Sub(padded, n), unsq0), b.ints(0), axis=0)
+    q_blocks = b.Reshape(b.Pad(qp, pads), b.Concat(layout, b.Unsqueeze(block, unsq0), dim, axis=0))
+    logits = b.Mul(b.MatMul(q_blocks, b.Transpose(gather_blocks(kp), perm=[0, 1, 2, 4, 3])), scale)
+    logits = b.Where(b.Unsqueeze(valid, b.ints(-2)), logits, float_const(float("-inf")))
+    last = b.ints(-1)
+    p = b.Exp(b.Sub(logits, b.ReduceMax(logits, last, keepdims=1)))  # unnormalised, 0 where masked
+    total = b.ReduceSum(p, last, keepdims=1)  # the denominator: unquantized
+    # P per (query block, kv block) tile over its real query rows: scale max(p) / qmax, 1 / qmax if all zero.
+    tiles = b.Reshape(p, b.Concat(layout, b.Unsqueeze(block, unsq0), max_blocks, b.Unsqueeze(block, unsq0),
+                                  axis=0))  # [B, H, nb, block, M, block]
+    rows_valid = b.Reshape(b.Cast(b.Less(b.Range(zero, padded, one), n), to=TensorProto.FLOAT),
+                           b.Concat(b.Unsqueeze(n_b, unsq0), b.Unsqueeze(block, unsq0), b.ints(1, 1), axis=0))
+    peak = b.ReduceMax(b.Mul(tiles, rows_valid), b.ints(3, 5), keepdims=1)
+    step = nonzero(b.Div(peak, pv_top), b.Div(float_const(1.0), pv_top))
+    p_q = b.Mul(b.Clip(b.Round(b.Div(tiles, step)), float_const(0.0), pv_top), step)
+    p = b.Where(pv_on, b.Reshape(p_q, b.Shape(p)), p)
+    out = b.Div(b.MatMul(p, gather_blocks(vp)), total)  # [B, H, nb, block, D]
+    out = b.Slice(b.Reshape(out, b.Concat(batch, heads, b.ints(-1), dim, axis=0)), b.ints(0), b.Unsqueeze(n, unsq0),
+                  b.ints(2))
+    # 4. Back to the original token order.
+    b.nodes.append(helper.make_node("CastLike", [b.ScatterElements(out, gather, out, axis=2), "q"], ["out"]))
+    return function_proto(PARO, overload, b.nodes, onnx_opset)

@@ -30,6 +30,8 @@ REPORT_NAME = "report.json"
 ENGINE_NAME = "model.engine"
 ENGINE_META_NAME = "engine.json"
 CALIB_CACHE_NAME = "calib_cache.json"
+PARO_PLAN_NAME = "paro_plan.json"
+PARO_ARRAYS_NAME = "paro_plan.npz"
 QUANT_MODES = ("int8", "int4")
 
 
@@ -59,6 +61,15 @@ class ExportOptions:
     exclude: Sequence[str] = ()
     quant_min_cosine: float | None = None  # default: defaults.QUANT_THRESHOLDS[mode]
     quant_max_error: float | None = None
+    paro: bool | None = None  # None: as the zoo model declares (paro-dit-tiny exports with PARO)
+    paro_grid: str | None = None  # "FxHxW"
+    paro_prefix: int | None = None
+    paro_density: float | None = None
+    paro_block: int | None = None
+    paro_qk: str | None = None  # "int8" | "int4" | "fp16"; default: --int8/--int4's precision, else int8
+    paro_pv: str | None = None
+    paro_buckets: int | None = None
+    paro_plan: str | None = None  # reuse a plan (its paro_plan.json) instead of planning
     # Resolved by prepare():
     quant: QuantOptions | None = None
     quant_thresholds: QuantThresholds | None = None
@@ -81,6 +92,7 @@ class ExportOptions:
             self._prepare_quantization()
         if self.max_batch < 1:
             raise AttnExportError(f"--max-batch {self.max_batch} must be at least 1")
+        self._check_paro_flags()
         self.engine = self._wants_engine()
         self.prepared = True
         return self
@@ -111,6 +123,62 @@ class ExportOptions:
             base.min_cosine if self.quant_min_cosine is None else self.quant_min_cosine,
             base.max_mean_error if self.quant_max_error is None else self.quant_max_error)
 
+    def _check_paro_flags(self) -> None:
+        """PARO flags without --paro, and values that are wrong whatever the model (before any work)."""
+        from attn_export import paro_export
+
+        given = [name for name in ("grid", "prefix", "density", "block", "qk", "pv", "buckets", "plan")
+                 if getattr(self, f"paro_{name}") is not None]
+        if given and self.paro is False:
+            raise AttnExportError(f"--paro-{given[0]} applies to PARO: drop --no-paro")
+        if self.paro_grid is not None:
+            paro_export.parse_grid(self.paro_grid)
+        if self.paro_density is not None and not 0 < self.paro_density <= 1:
+            raise AttnExportError(f"--paro-density {self.paro_density} must lie in (0, 1]")
+        if self.paro_prefix is not None and self.paro_prefix < 0:
+            raise AttnExportError(f"--paro-prefix {self.paro_prefix} must be a non-negative token count")
+        if self.paro_block is not None and self.paro_block < 1:
+            raise AttnExportError(f"--paro-block {self.paro_block} must be a positive token count")
+        if self.paro_buckets is not None and self.paro_buckets < 1:
+            raise AttnExportError(f"--paro-buckets {self.paro_buckets} must be at least 1")
+        paro_export.parse_bits(self.paro_qk, "--paro-qk", 8)
+        paro_export.parse_bits(self.paro_pv, "--paro-pv", 8)
+
+    def paro_for(self, source: str) -> bool:
+        """Whether an export of ``source`` uses PARO: --paro / --no-paro, else the zoo model's own default."""
+        from attn_export import paro_export
+
+        if self.paro is not None:
+            return self.paro
+        return paro_export.zoo_paro(source) is not None or any(
+            getattr(self, f"paro_{name}") is not None for name in ("grid", "plan"))
+
+    def paro_settings(self, source: str):
+        """The resolved PARO settings of an export of ``source`` (None without PARO): flags first, then the
+        zoo model's defaults; bits default to --int8/--int4's precision, else int8."""
+        from attn_export import paro_export
+        from attn_export.calib.paro import DEFAULT_BLOCK, DEFAULT_DENSITY
+
+        if not self.paro_for(source):
+            return None
+        zoo = paro_export.zoo_paro(source)
+        if self.paro_grid is None and zoo is None:
+            raise AttnExportError("--paro needs --paro-grid FxHxW: the frames, height and width of the token grid "
+                                  "(plus --paro-prefix for text or register tokens before it)")
+        default_bits = 4 if self.quantize == "int4" else 8
+        plan = self.paro_plan
+        if plan is None and zoo is not None and self.paro_grid is None and self.paro_density is None \
+                and self.paro_block is None and self.paro_buckets is None:
+            plan = str(zoo.plan_path())  # the plan the zoo model ships
+        return paro_export.ParoSettings(
+            grid=paro_export.parse_grid(self.paro_grid) if self.paro_grid else tuple(zoo.grid),
+            prefix=self.paro_prefix if self.paro_prefix is not None else (zoo.prefix if zoo else 0),
+            block=self.paro_block or (zoo.block if zoo else DEFAULT_BLOCK),
+            density=self.paro_density or (zoo.density if zoo else DEFAULT_DENSITY),
+            qk_bits=paro_export.parse_bits(self.paro_qk, "--paro-qk", default_bits),
+            pv_bits=paro_export.parse_bits(self.paro_pv, "--paro-pv", default_bits),
+            buckets=self.paro_buckets or 1, plan_file=plan)
+
     def _wants_engine(self) -> bool:
         """Whether to build an engine; an explicit request without TensorRT fails here, before any work."""
         from attn_export import trt
@@ -120,9 +188,13 @@ class ExportOptions:
             return True
         return self.engine is None and trt.engine_available()
 
-    def step_titles(self) -> dict[str, str]:
-        """The title of every step this export runs, keyed by role, in order (load comes first)."""
-        titles = {"export": "export to ONNX"}
+    def step_titles(self, source: str = "") -> dict[str, str]:
+        """The title of every step an export of ``source`` runs, keyed by role, in order (load comes first)."""
+        titles = {}
+        paro = self.paro_for(source)
+        if paro:
+            titles["paro"] = "plan PARO attention" if self.paro_plan is None else "load the PARO plan"
+        titles["export"] = "export to ONNX"
         mode = self.quant.mode if self.quant else None
         if mode:
             titles["quantize"] = f"calibrate and quantize ({mode})"
@@ -131,13 +203,15 @@ class ExportOptions:
         if self.check:
             titles["check"] = "check parity: PyTorch vs ONNX Runtime" + (" vs TensorRT" if self.engine and not mode
                                                                          else "")
+            if paro:
+                titles["check_paro"] = "check PARO quality: PyTorch dense vs ONNX Runtime"
             if mode:
                 titles["check_quantized"] = f"check {mode} parity: PyTorch fp32 vs quantized"
         return titles
 
-    def step_count(self) -> int:
-        """Steps of an export, loading included (for numbered progress)."""
-        return 1 + len(self.prepare().step_titles())
+    def step_count(self, source: str = "") -> int:
+        """Steps of an export of ``source``, loading included (for numbered progress)."""
+        return 1 + len(self.prepare().step_titles(source))
 
 
 @dataclass
@@ -149,10 +223,13 @@ class ExportResult:
     quantized_path: Path | None = None
     quant_report: QuantParityReport | None = None
     warnings: list[str] = field(default_factory=list)
+    paro_report: QuantParityReport | None = None  # the PARO file against the dense model
+    paro_plan_path: Path | None = None
+    paro_plan: object | None = None  # attn_export.calib.paro.ParoPlan
 
     @property
     def passed(self) -> bool:
-        return (self.report is None or self.report.passed) and (self.quant_report is None or self.quant_report.passed)
+        return all(r is None or r.passed for r in (self.report, self.quant_report, self.paro_report))
 
 
 def quantized_name(mode: str) -> str:
@@ -170,7 +247,8 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
 
     opts.prepare()
     step = step or _silent_step
-    titles = opts.step_titles()
+    titles = opts.step_titles(loaded.source)
+    paro = opts.paro_settings(loaded.source)
     outdir = Path(outdir)
     build_engine = opts.engine
     _check_dynamic_spatial(loaded, opts.dynamic_spatial)
@@ -179,9 +257,14 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
     calib = _calibration_data(loaded, opts) if opts.quant else None
     quant_name = quantized_name(opts.quant.mode) if opts.quant else None
     owned = (ONNX_NAME, REPORT_NAME, ENGINE_NAME, ENGINE_META_NAME, quantized_name("int8"), quantized_name("int4"),
-             CALIB_CACHE_NAME)
+             CALIB_CACHE_NAME, PARO_PLAN_NAME, PARO_ARRAYS_NAME)
     warnings: list[str] = []
+    original, paro_job = loaded, None
     with staged_output(outdir, owned=owned) as stage:
+        if paro:
+            with step(titles["paro"]):
+                paro_job = _paro_job(loaded, opts, paro, stage)
+                loaded = paro_job.loaded  # the model to export: its SDPA calls run as paro_attention
         with step(titles["export"]):
             spatial = opts.dynamic_spatial is not False  # declared spatial dims are dynamic unless refused
             dynamic = loaded.dynamic_shapes(opts.dynamic_batch, spatial) if loaded.dynamic_shapes else None
@@ -192,6 +275,10 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                            opset=opts.opset, input_names=loaded.input_names, output_names=output_names)
         feeds, source = (check_feeds(loaded, stage / ONNX_NAME, opts.seed, user_feed, opts.inputs_npz)
                          if opts.check or build_engine else ([], ""))
+        if paro:
+            from attn_export.paro_export import with_buckets
+
+            feeds = with_buckets(feeds, paro)
         quant = None
         if opts.quant:
             with step(titles["quantize"]):
@@ -210,16 +297,26 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                 trt.build_engine(final, stage / ENGINE_NAME, trt.profile_from(inputs, shapes, opts.max_batch),
                                  opts.timing_cache, meta_path=stage / ENGINE_META_NAME)
                 engine = stage / ENGINE_NAME
-        report = quant_report = None
+        report = quant_report = paro_report = None
         if opts.check:
-            reference = parity_reference(loaded, feeds[0])
+            reference = parity_reference(loaded, feeds[0]) if not paro else _paro_reference(loaded)
             with step(titles["check"]):
                 from attn_export.parity import check_parity
 
-                report = check_parity(reference, stage / ONNX_NAME, feeds, opts.tolerances, opts.command, source,
+                tolerances = paro_tolerances(paro, opts.tolerances) if paro else opts.tolerances
+                report = check_parity(reference, stage / ONNX_NAME, feeds, tolerances, opts.command, source,
                                       engine_path=None if quant else engine)
             warnings += report.warnings
             extra = {}
+            if paro:
+                with step(titles["check_paro"]):
+                    paro_report = _check_paro(original, paro, stage / ONNX_NAME, feeds, opts)
+                extra["paro"] = {"onnx": ONNX_NAME, "plan": PARO_PLAN_NAME, "settings": paro.to_dict(),
+                                 "planned": paro_job.planned, "calls": paro_job.plan.summary()["calls"],
+                                 "skipped_calls": paro_job.plan.summary()["skipped_calls"],
+                                 "parity": paro_report.to_dict()}
+            if quant and paro:
+                reference = _paro_dense_reference(original, paro)  # the quantized file against the dense model
             if quant:
                 with step(titles["check_quantized"]):
                     from attn_export.parity import check_quantized
@@ -233,10 +330,74 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
             summary = {**export_summary(proto), "converted_modules": loaded.conversions}
             _write_report(stage / REPORT_NAME, report, loaded, onnx=ONNX_NAME, export=summary,
                           engine=ENGINE_NAME if engine else None,
-                          failed=quant_report is not None and not quant_report.passed, **extra)
+                          failed=any(r is not None and not r.passed for r in (quant_report, paro_report)), **extra)
     return ExportResult(outdir / ONNX_NAME, outdir / REPORT_NAME if report else None, report,
                         outdir / ENGINE_NAME if engine else None, outdir / quant_name if quant_name else None,
-                        quant_report, warnings)
+                        quant_report, warnings, paro_report, outdir / PARO_PLAN_NAME if paro_job else None,
+                        paro_job.plan if paro_job else None)
+
+
+def _paro_job(loaded: LoadedModel, opts: ExportOptions, paro, stage: Path):
+    """Plan (or load the plan of) the model's SDPA calls, measure the held-out quality per head, save the plan."""
+    import itertools
+
+    from attn_export import paro_export
+
+    if paro.plan_file:
+        feeds, description = (), f"plan file {paro.plan_file}"
+    else:
+        source = calibration_source(loaded, opts)
+        feeds, description = itertools.islice(source.feeds, opts.calib_samples), source.description
+    job = paro_export.prepare(loaded, paro, feeds, description)
+    if opts.check:
+        paro_export.held_out_quality(loaded, job.plan, paro, opts.seed)
+    job.plan.save(stage / PARO_PLAN_NAME)
+    return job
+
+
+def _paro_reference(exported: LoadedModel):
+    from attn_export.parity import Reference
+
+    return Reference(exported.module, "pytorch-paro", "the model with its SDPA calls run as paro_attention (the "
+                     "exported computation), on the CPU")
+
+
+def _paro_dense_reference(original: LoadedModel, paro):
+    from attn_export.parity import Reference
+    from attn_export.paro_export import DropBucket
+
+    model = DropBucket(original.module).eval() if paro.buckets > 1 else original.module
+    return Reference(model, "pytorch-dense", "the model as written (dense attention), on the CPU")
+
+
+# Fake quantization rounds at half steps: runtimes whose sums differ in the last bit round a rare element one
+# step apart (one P step moves an output by up to |v| / qmax). The elementwise check of a quantized PARO
+# export therefore tolerates that much (atol or rtol), never less than asked for.
+PARO_TOLERANCE_FLOOR = {16: 0.0, 8: 2e-3, 4: 2e-2}
+
+
+def paro_tolerances(paro, tolerances: Tolerances) -> Tolerances:
+    floor = PARO_TOLERANCE_FLOOR[min(paro.qk_bits, paro.pv_bits)]
+    return Tolerances(max(tolerances.atol, floor), max(tolerances.rtol, floor),
+                      {n: max(t, floor) for n, t in tolerances.per_output_atol.items()},
+                      {n: max(t, floor) for n, t in tolerances.per_output_rtol.items()})
+
+
+def paro_thresholds(paro, opts: ExportOptions):
+    """PARO quality thresholds: those of the coarser precision (fp16 PARO, sparse only: int8's)."""
+    from attn_export.parity import QUANT_THRESHOLDS, QuantThresholds
+
+    base = QUANT_THRESHOLDS["int4" if min(paro.qk_bits, paro.pv_bits) == 4 else "int8"]
+    return QuantThresholds(base.min_cosine if opts.quant_min_cosine is None else opts.quant_min_cosine,
+                           base.max_mean_error if opts.quant_max_error is None else opts.quant_max_error)
+
+
+def _check_paro(original: LoadedModel, paro, onnx_path: Path, feeds, opts: ExportOptions):
+    """The PARO file against the dense model it replaces, by the quantization-aware criterion."""
+    from attn_export.parity import check_quantized
+
+    return check_quantized(_paro_dense_reference(original, paro), onnx_path, feeds, paro.mode,
+                           paro_thresholds(paro, opts), fused_row=False)
 
 
 @contextlib.contextmanager

@@ -141,7 +141,28 @@ BLOCK_SPARSE = OpSpec(
     local_function="attn_export.onnx_functions:block_sparse_function",
 )
 
-OPS: dict[str, OpSpec] = {spec.key: spec for spec in (NEIGHBORHOOD, BLOCK_SPARSE)}
+PARO = OpSpec(
+    key="paro",
+    torch_name="paro_attention",
+    onnx_op_type="ParoAttention",
+    doc="PARO attention: per-head token reordering, block-sparse, INT8/INT4 QK and PV (docs/ops/paro_attention.md).",
+    inputs=(Input("q", "T", "[B, heads, N, D], N = prefix + F*H*W"), Input("k", "T", "like q"),
+            Input("v", "T", "like q"),
+            Input("perm_idx", "I", "int32 [heads, N]: original index of the token at each permuted position"),
+            Input("kv_count", "I", "int32 [B|1, heads, nb], over the permuted sequence"),
+            Input("kv_index", "I", "int32 [B|1, heads, nb, max_blocks], -1 padded")),
+    attributes=(Attribute("block", "INT", "block size of the layout (query and key blocks)"),
+                Attribute("qk_bits", "INT", "16 (no quantization), 8 or 4"),
+                Attribute("pv_bits", "INT", "16 (no quantization), 8 or 4"),
+                Attribute("q_group", "INT", "tokens per Q quantization scale"),
+                Attribute("k_group", "INT", "tokens per K quantization scale"),
+                Attribute("smooth_k", "INT", "0/1: subtract the mean of K before quantizing it"),
+                Attribute("scale", "FLOAT", "logit scale (the exporter writes head_dim**-0.5 by default)")),
+    type_constraints=(_T, TypeConstraint("I", ("tensor(int32)",), "permutation and block layout")),
+    local_function="attn_export.onnx_functions:paro_function",
+)
+
+OPS: dict[str, OpSpec] = {spec.key: spec for spec in (NEIGHBORHOOD, BLOCK_SPARSE, PARO)}
 
 
 def by_onnx_op_type(op_type: str) -> OpSpec | None:

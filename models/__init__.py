@@ -8,6 +8,7 @@ from attn_export.models.layers import (
     NeighborhoodAttention3D,
 )
 from attn_export.models.neighborhood import NAParams, neighborhood_attention
+from attn_export.models.paro import paro_attention
 
 __all__ = [
     "BlockSparseSelfAttention",
@@ -17,4 +18,5 @@ __all__ = [
     "NeighborhoodAttention1D",
     "NeighborhoodAttention2D",
     "NeighborhoodAttention3D",
+    "paro_attention",
 ]

@@ -107,3 +107,54 @@ class BlockSparseSelfAttention(nn.Module):
             kv_count, kv_index = self.kv_count, self.kv_index
         out = block_sparse_attention(q, k, v, kv_count, kv_index, self.block, self.block)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+def rope_angles(grid: tuple[int, int, int], prefix: int, head_dim: int, base: float = 10.0) -> torch.Tensor:
+    """3-D rotary angles ``[prefix + F*H*W, head_dim // 2]``: a third of the rotation pairs per grid axis
+    (F, H, W), frequencies base ** (-j / pairs); prefix tokens are not rotated (angle 0)."""
+    pairs = head_dim // 2
+    per_axis = [pairs // 3 + (1 if a < pairs % 3 else 0) for a in range(3)]
+    coords = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in grid), indexing="ij"),
+                         dim=-1).reshape(-1, 3)
+    angles = [coords[:, a:a + 1] * base ** (-torch.arange(per_axis[a], dtype=torch.float32) / max(1, per_axis[a]))
+              for a in range(3)]
+    return torch.cat([torch.zeros(prefix, pairs), torch.cat(angles, dim=1)])
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (2j, 2j+1) of ``x [..., N, D]`` by ``angles [N, D/2]``."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    cos, sin = angles.cos(), angles.sin()
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+
+
+class ParoAttention(nn.Module):
+    """Multi-head self-attention over ``[B, N, C]`` with N = prefix + F*H*W tokens, as video DiTs write it:
+    qkv projection, optional 3-D RoPE on the grid tokens (before any reordering), one
+    ``F.scaled_dot_product_attention`` call, output projection. Exported dense as written, or, with
+    ``attn-export --paro``, each call becomes one ParoAttention node with its planned order and mask."""
+
+    def __init__(self, dim: int, num_heads: int, grid: tuple[int, int, int] | None = None, prefix: int = 0,
+                 rope: bool = True, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise AttnExportError(f"ParoAttention: dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        if rope:
+            if grid is None:
+                raise AttnExportError("ParoAttention: rope=True needs the token grid (F, H, W)")
+            self.register_buffer("angles", rope_angles(tuple(grid), prefix, self.head_dim), persistent=False)
+        else:
+            self.angles = None
+
+    def forward(self, x: torch.Tensor, q_gain: torch.Tensor | None = None) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.angles is not None:
+            q, k = apply_rope(q, self.angles), apply_rope(k, self.angles)
+        if q_gain is not None:  # e.g. a timestep-dependent sharpness, [B] -> per sample
+            q = q * q_gain.view(batch, 1, 1, 1)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))

@@ -19,6 +19,7 @@ from attn_export.models.layers import (
     NeighborhoodAttention1D,
     NeighborhoodAttention2D,
     NeighborhoodAttention3D,
+    ParoAttention,
 )
 
 SEED = 0
@@ -188,6 +189,85 @@ class BlockSparseViT(nn.Module):
         return self.head(self.norm(x).mean(dim=1))
 
 
+PARO_DIT_GRID = (4, 8, 8)  # latent frames x patches high x patches wide
+PARO_DIT_PREFIX = 8  # text tokens
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding ``[B, dim]`` of diffusion times t in [0, 1) (as DiT, on t * 1000)."""
+    half = dim // 2
+    freqs = torch.exp(-torch.arange(half, dtype=torch.float32) * (torch.log(torch.tensor(10000.0)) / half))
+    angles = (t.float() * 1000)[:, None] * freqs[None]
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+class DiTBlock(nn.Module):
+    """A DiT block with adaLN modulation: x + (1 + gate) * attn(modulate(norm(x))), the same for the MLP."""
+
+    def __init__(self, dim: int, heads: int, grid, prefix: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.attn = ParoAttention(dim, heads, grid, prefix)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.mlp = Mlp(dim, 4.0)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, q_gain: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)[:, None].chunk(6, dim=-1)
+        # 1 + gate: at random weights the attention path must carry weight, or checks would not see it
+        x = x + (1 + gate1) * self.attn(self.norm1(x) * (1 + scale1) + shift1, q_gain)
+        return x + (1 + gate2) * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+
+
+# Per head of every block: the q/k bias magnitude on the rotary channels of each grid axis (F, H, W). A large
+# bias on an axis's RoPE pairs makes attention sharp along that axis, a small one broad: the heads attend
+# along frames (temporal), rows (vertical), columns (horizontal) or a small box (local).
+PARO_DIT_HEADS = {"temporal": (0.5, 4.0, 4.0), "vertical": (4.0, 0.5, 4.0), "horizontal": (4.0, 4.0, 0.5),
+                  "local": (2.0, 2.0, 2.0)}
+
+
+class ParoDiT(nn.Module):
+    """paro-dit-tiny: a video DiT on a 4 x 16 x 16 latent (patches 1 x 2 x 2: a 4 x 8 x 8 token grid) after 8
+    text tokens, 3-D RoPE, timestep adaLN, 2 blocks of 4 heads. Its q/k biases make each head attend along one
+    axis (PARO_DIT_HEADS) and the timestep sharpens all of them, so the PARO planner has real decisions."""
+
+    def __init__(self, dim: int = 192, heads: int = 4, depth: int = 2, channels: int = 4, text_dim: int = 32):
+        super().__init__()
+        self.grid, self.prefix, self.channels = PARO_DIT_GRID, PARO_DIT_PREFIX, channels
+        self.patch = nn.Conv3d(channels, dim, (1, 2, 2), (1, 2, 2))
+        self.text = nn.Linear(text_dim, dim)
+        self.t_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.blocks = nn.ModuleList(DiTBlock(dim, heads, self.grid, self.prefix) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        self.out = nn.Linear(dim, channels * 4)
+        self._positional_heads(dim, heads)
+
+    def _positional_heads(self, dim: int, heads: int) -> None:
+        head_dim, kinds = dim // heads, list(PARO_DIT_HEADS.values())
+        pairs = head_dim // 2
+        axis_of_pair = [a for a in range(3) for _ in range(pairs // 3 + (1 if a < pairs % 3 else 0))]
+        with torch.no_grad():
+            for block in self.blocks:
+                block.attn.qkv.weight.mul_(0.1)  # content terms small next to the positional ones
+                bias = block.attn.qkv.bias.view(3, heads, pairs, 2)
+                bias.zero_()
+                for h in range(heads):
+                    for j, axis in enumerate(axis_of_pair):
+                        bias[0, h, j, 0] = bias[1, h, j, 0] = kinds[h % len(kinds)][axis]
+
+    def forward(self, latent: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        batch, _, frames, height, width = latent.shape
+        x = self.patch(latent).flatten(2).transpose(1, 2)  # [B, F*H/2*W/2, dim]
+        x = torch.cat([self.text(text), x], dim=1)
+        cond = self.t_mlp(timestep_embedding(timestep, x.shape[-1]))
+        q_gain = 0.75 + timestep.float()  # later (noisier) steps attend more sharply
+        for block in self.blocks:
+            x = block(x, cond, q_gain)
+        x = self.out(self.norm(x[:, self.prefix:]))  # [B, F*h*w, C*2*2]
+        x = x.reshape(batch, frames, height // 2, width // 2, self.channels, 2, 2)
+        return x.permute(0, 4, 1, 2, 5, 3, 6).reshape(batch, self.channels, frames, height, width)
+
+
 # ------------------------------------------------------------------------------------ the registry
 
 
@@ -202,6 +282,23 @@ class DynamicDim:
 
 
 @dataclass(frozen=True)
+class ZooParo:
+    """A zoo model exported with PARO by default: the token grid of its attention and the plan it ships
+    (``weights/<plan>.json`` + ``.npz``, made by scripts/plan_paro_dit_tiny.py with the same planner)."""
+
+    grid: tuple[int, int, int]
+    prefix: int
+    block: int
+    density: float
+    plan: str
+
+    def plan_path(self):
+        from importlib import resources
+
+        return resources.files("attn_export.models").joinpath(f"weights/{self.plan}.json")
+
+
+@dataclass(frozen=True)
 class ZooEntry:
     name: str
     description: str
@@ -211,6 +308,7 @@ class ZooEntry:
     # The model's own calibration data: () -> iterable of feed dicts. None: seeded random inputs of
     # `inputs` (the random-weight zoo models have no data distribution of their own).
     calib_data: Callable[[], object] | None = None
+    paro: ZooParo | None = None  # PARO by default: its grid and the plan it ships
 
     def example_inputs(self, seed: int = SEED) -> tuple[torch.Tensor, ...]:
         return random_inputs(self.inputs, seed)
@@ -271,6 +369,14 @@ _ENTRIES = (
         "ViT on 32x32 RGB, 64 tokens in 8-token blocks, fixed local (+-1 block) plus global (block 0) layout",
         BlockSparseViT,
         (InputSpec("images", (1, 3, 32, 32)),),
+    ),
+    ZooEntry(
+        "paro-dit-tiny",
+        "video DiT, 8 text + 4x8x8 patch tokens, 3-D RoPE, heads along frames/rows/columns; PARO with a shipped plan",
+        ParoDiT,
+        (InputSpec("latent", (1, 4, 4, 16, 16)), InputSpec("text", (1, PARO_DIT_PREFIX, 32)),
+         InputSpec("timestep", (1,), low=0.0, high=1.0)),
+        paro=ZooParo(PARO_DIT_GRID, PARO_DIT_PREFIX, block=32, density=0.3, plan="paro_dit_tiny_plan"),
     ),
     ZooEntry(
         "biformer-tiny",

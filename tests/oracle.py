@@ -114,3 +114,55 @@ def block_sparse_reference(q, k, v, kv_count, kv_index, block_q, block_kv, scale
                 weights = torch.softmax(logits, dim=0)
                 out[b, h, i] = weights @ v[b, h, keys].double()
     return out
+
+
+def _fake_quant(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric fake quantization of one group, round half to even, scale = amax / qmax (amax 0 -> 1)."""
+    top = 2 ** (bits - 1) - 1
+    scale = x.abs().max() / top
+    scale = scale if scale > 0 else torch.ones((), dtype=x.dtype)  # amax 0 (or underflow): scale 1
+    return torch.clamp(torch.round(x / scale), -top, top) * scale
+
+
+def paro_reference(q, k, v, perm_idx, kv_count, kv_index, block, qk_bits=8, pv_bits=8, q_group=32, k_group=64,
+                   smooth_k=True, scale=None, dtype=torch.float64):
+    """PARO attention written straight from its contract (docs/ops/paro_attention.md), one batch and head at a
+    time with loops over groups, channels and tiles and a dense N x N mask, in ``dtype``."""
+    batch, heads, n, dim = q.shape
+    scale = dim ** -0.5 if scale is None else scale
+    n_blocks = -(-n // block)
+    out = torch.zeros(batch, heads, n, dim, dtype=dtype)
+    for b in range(batch):
+        for h in range(heads):
+            perm = perm_idx[h].long()
+            qp, kp, vp = (x[b, h, perm].to(dtype).clone() for x in (q, k, v))
+            if qk_bits < 16:
+                if smooth_k:
+                    kp = kp - kp.mean(dim=0)
+                for x, group in ((qp, q_group), (kp, k_group)):
+                    for start in range(0, n, group):
+                        x[start:start + group] = _fake_quant(x[start:start + group], qk_bits)
+            if pv_bits < 16:
+                for d in range(dim):
+                    vp[:, d] = _fake_quant(vp[:, d], pv_bits)
+            allowed = torch.zeros(n, n, dtype=torch.bool)
+            cb, ch = min(b, kv_count.shape[0] - 1), min(h, kv_count.shape[1] - 1)
+            ib, ih = min(b, kv_index.shape[0] - 1), min(h, kv_index.shape[1] - 1)
+            for row in range(n_blocks):
+                for slot in range(int(kv_count[cb, ch, row])):
+                    col = int(kv_index[ib, ih, row, slot])
+                    allowed[row * block:(row + 1) * block, col * block:(col + 1) * block] = True
+            logits = (qp @ kp.T) * scale
+            logits[~allowed] = float("-inf")
+            p = torch.exp(logits - logits.max(dim=1, keepdim=True).values)
+            total = p.sum(dim=1, keepdim=True)
+            if pv_bits < 16:
+                top = 2 ** (pv_bits - 1) - 1
+                for row in range(n_blocks):
+                    for col in range(n_blocks):
+                        tile = p[row * block:(row + 1) * block, col * block:(col + 1) * block]
+                        step = tile.max() / top
+                        step = step if step > 0 else torch.tensor(1.0 / top, dtype=dtype)
+                        tile.copy_(torch.clamp(torch.round(tile / step), 0, top) * step)
+            out[b, h, perm] = (p @ vp) / total
+    return out
