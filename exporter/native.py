@@ -9,6 +9,7 @@ at import time.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -208,7 +209,7 @@ class NativeKernels:
         """The kernel path a call would take on q's device (tile plans depend on the device)."""
         import torch
 
-        with torch.cuda.device(q.device):
+        with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
             return PATHS[self.lib.attnx_na_select_path(ctypes.byref(self.params(q, kernel_size, **kw)))]
 
     def neighborhood_attention(self, q, k, v, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
