@@ -76,25 +76,30 @@ def tile_statistics(q: torch.Tensor, k: torch.Tensor, grid: Sequence[int], prefi
     buckets = [0] * samples if buckets is None else list(buckets)
     per_bucket = [max(1, buckets.count(t)) for t in range(n_buckets)]
     nb = _num_blocks(n, block)
-    chunk = chunk or block
+    full = (n // block) * block  # tokens in whole blocks; a partial tail block is reduced on its own
+    chunk = chunk or 4 * block
     perms = torch.stack([grid_permutation(o, grid, prefix) for o in range(len(ORDER_NAMES))])  # [6, N]
     positions = torch.empty_like(perms).scatter_(1, perms, torch.arange(n).expand_as(perms))  # inverse
     row_blocks = positions // block  # [6, N]: each token's block under each order
     mass = torch.zeros(len(ORDER_NAMES), n_buckets, nb, nb, dtype=torch.float64)
     peak = torch.zeros_like(mass)
-    pad = nb * block - n
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
-        averaged = torch.zeros(n_buckets, hi - lo, n, dtype=torch.float64)
+        averaged = torch.zeros(n_buckets, hi - lo, n)
         for s in range(samples):
             logits = (q[s, lo:hi].float() @ k[s].float().T) * scale
-            averaged[buckets[s]] += torch.softmax(logits, dim=-1).double() / per_bucket[buckets[s]]
+            averaged[buckets[s]] += torch.softmax(logits, dim=-1) / per_bucket[buckets[s]]
         for o in range(len(ORDER_NAMES)):
-            tiles = torch.nn.functional.pad(averaged[:, :, perms[o]], (0, pad)).reshape(n_buckets, hi - lo, nb, block)
+            permuted = averaged.index_select(2, perms[o])  # columns in the order's sequence
+            whole = permuted[..., :full].reshape(n_buckets, hi - lo, full // block, block)
+            sums, peaks = whole.sum(-1), whole.amax(-1)
+            if full < n:
+                tail = permuted[..., full:]
+                sums = torch.cat([sums, tail.sum(-1, keepdim=True)], dim=-1)
+                peaks = torch.cat([peaks, tail.amax(-1, keepdim=True)], dim=-1)
             rows = row_blocks[o, lo:hi]
-            mass[o].index_add_(1, rows, tiles.sum(-1))
-            index = rows.view(1, -1, 1).expand(n_buckets, -1, nb)
-            peak[o].scatter_reduce_(1, index, tiles.amax(-1), "amax")
+            mass[o].index_add_(1, rows, sums.double())
+            peak[o].scatter_reduce_(1, rows.view(1, -1, 1).expand(n_buckets, -1, nb), peaks.double(), "amax")
     return mass, peak
 
 

@@ -24,6 +24,7 @@ from attn_export.loader import LoadedModel
 PLAN_NAME = "paro_plan.json"  # and paro_plan.npz beside it
 BUCKET_INPUT = "paro_bucket"
 TIMESTEP_INPUT = "timestep"
+BUCKETS_METADATA = "attn_export.paro_buckets"
 BITS = {"int8": 8, "int4": 4, "fp16": 16}
 BIT_NAMES = {bits: name for name, bits in BITS.items()}
 HELD_OUT_SAMPLES = 2  # inputs the held-out quality metrics use (seeded, never calibration data)
@@ -221,16 +222,26 @@ def _signature(module: torch.nn.Module, names: Sequence[str]) -> None:
     module.forward = named
 
 
-def with_buckets(feeds: list[dict], settings: ParoSettings) -> list[dict]:
+def add_buckets(feeds: list[dict], buckets: int) -> list[dict]:
     """Check feeds with the ``paro_bucket`` input a bucketed export takes, derived from each feed's timestep
     as the runtime derives it (floor(t * T))."""
-    if settings.buckets <= 1:
-        return feeds
     out = []
     for feed in feeds:
-        bucket = buckets_of(torch.from_numpy(np.asarray(feed[TIMESTEP_INPUT])), settings.buckets)[0]
+        bucket = buckets_of(torch.from_numpy(np.asarray(feed[TIMESTEP_INPUT])), buckets)[0]
         out.append({**feed, BUCKET_INPUT: np.array([bucket], np.int64)})
     return out
+
+
+def mark_buckets(proto, path, buckets: int) -> None:
+    """Record the bucket count in the exported file (metadata), so that `attn-export check` derives the
+    paro_bucket input as the export did."""
+    import onnx
+
+    from attn_export.onnx_utils import save_atomically
+
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                        BUCKETS_METADATA: str(buckets)})
+    save_atomically(proto, path)
 
 
 class DropBucket(torch.nn.Module):

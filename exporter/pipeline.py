@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -275,10 +276,11 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                            opset=opts.opset, input_names=loaded.input_names, output_names=output_names)
         feeds, source = (check_feeds(loaded, stage / ONNX_NAME, opts.seed, user_feed, opts.inputs_npz)
                          if opts.check or build_engine else ([], ""))
-        if paro:
-            from attn_export.paro_export import with_buckets
+        if paro and paro.buckets > 1:
+            from attn_export.paro_export import add_buckets, mark_buckets
 
-            feeds = with_buckets(feeds, paro)
+            mark_buckets(proto, stage / ONNX_NAME, paro.buckets)
+            feeds = add_buckets(feeds, paro.buckets)
         quant = None
         if opts.quant:
             with step(titles["quantize"]):
@@ -405,6 +407,24 @@ def _silent_step(title: str):
     yield
 
 
+def paro_in(onnx_path: Path) -> dict | None:
+    """For a file with ParoAttention nodes: its criterion name ("paro-int8", by the coarsest bits of its
+    nodes) and its timestep buckets (model metadata, 1 without); None for other files."""
+    import onnx
+
+    from attn_export.paro_export import BIT_NAMES, BUCKETS_METADATA
+    from attn_export.registry import PARO
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    nodes = [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == PARO.onnx_op_type]
+    if not nodes:
+        return None
+    bits = min(onnx.helper.get_attribute_value(a) for n in nodes for a in n.attribute if a.name in ("qk_bits",
+                                                                                                 "pv_bits"))
+    buckets = next((int(p.value) for p in model.metadata_props if p.key == BUCKETS_METADATA), 1)
+    return {"mode": f"paro-{BIT_NAMES[bits]}", "buckets": buckets}
+
+
 def quantized_mode(onnx_path: Path) -> str | None:
     """"int4" / "int8" for a file with DequantizeLinear nodes (by its narrowest quantized initializer)."""
     import onnx
@@ -500,14 +520,23 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
         require_engine_file(engine_path)
     user_feed = read_inputs(opts.inputs_npz, loaded) if opts.inputs_npz else None
     feeds, source = check_feeds(loaded, onnx_path, opts.seed, user_feed, opts.inputs_npz)
-    mode = quantized_mode(onnx_path)
+    mode = qdq_mode = quantized_mode(onnx_path)
+    paro = paro_in(onnx_path)
+    if paro:  # a PARO file approximates the dense model: its buckets come from the timestep, as at run time
+        from attn_export.paro_export import DropBucket, add_buckets
+
+        feeds = add_buckets(feeds, paro["buckets"]) if paro["buckets"] > 1 else feeds
+        if paro["buckets"] > 1:
+            loaded = dataclasses.replace(loaded, module=DropBucket(loaded.module).eval())
+        mode = mode or paro["mode"]
     reference = parity_reference(loaded, feeds[0])
-    if mode:  # a Q/DQ model: the quantization-aware criterion, not elementwise tolerances
-        base = QUANT_THRESHOLDS[mode]
+    if mode:  # Q/DQ or PARO: the quantization-aware criterion, not elementwise tolerances
+        base = QUANT_THRESHOLDS["int4" if mode.endswith("int4") else "int8"]
         thresholds = QuantThresholds(base.min_cosine if opts.quant_min_cosine is None else opts.quant_min_cosine,
                                      base.max_mean_error if opts.quant_max_error is None else opts.quant_max_error)
         with step(f"check {mode} parity: PyTorch fp32 vs quantized ONNX" + (" and TensorRT" if engine_path else "")):
-            report = check_quantized(reference, onnx_path, feeds, mode, thresholds, engine_path=engine_path)
+            report = check_quantized(reference, onnx_path, feeds, mode, thresholds, engine_path=engine_path,
+                                     fused_row=qdq_mode is not None)
     else:
         with step("check parity: PyTorch vs ONNX Runtime" + (" vs TensorRT" if engine_path else "")):
             report = check_parity(reference, onnx_path, feeds, opts.tolerances, opts.command, source,
@@ -568,11 +597,15 @@ def check_feeds(loaded: LoadedModel, onnx_path: Path, seed: int, user_feed: dict
     that the ONNX file kept dynamic, so the check exercises the dynamism the file claims."""
     if user_feed is not None:
         return [user_feed], str(user_source)
+    from attn_export.paro_export import BUCKET_INPUT
+
     base = {i.name: i.shape for i in loaded.inputs}
     dynamic = _dynamic_axes(onnx_path)
+    batched = {name: axes for name, axes in dynamic.items() if name != BUCKET_INPUT}  # the bucket has no batch
     variants = [base]
-    if dynamic and all(0 in axes for axes in dynamic.values()):
-        variants.append({name: (shape[0] + 1, *shape[1:]) for name, shape in base.items()})
+    if batched and all(0 in axes for axes in batched.values()):
+        variants.append({name: (shape[0] + 1, *shape[1:]) if name in batched else shape
+                         for name, shape in base.items()})
     grown = loaded.grown_spatial_shapes(dynamic)
     if grown != base:
         variants.append(grown)

@@ -145,3 +145,48 @@ class WrapsGpuOnly(torch.nn.Module):
 def build_gpu_only():
     torch.manual_seed(1)
     return WrapsGpuOnly().eval()
+
+
+class SdpaGridModel(torch.nn.Module):
+    """A user's model as PARO meets it: tokens [B, 2 + 2*4*4, 32] through two attention layers that call
+    F.scaled_dot_product_attention (RoPE'd q/k whose biases make the heads local, as trained video models
+    are), and one call PARO must leave alone (cross-attention to 3 memory tokens)."""
+
+    grid, prefix = (2, 4, 4), 2
+
+    def __init__(self):
+        super().__init__()
+        from attn_export.models.layers import ParoAttention
+
+        self.layers = torch.nn.ModuleList(ParoAttention(32, 2, self.grid, self.prefix) for _ in range(2))
+        self.memory = torch.nn.Parameter(torch.randn(1, 2, 3, 16))
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.qkv.bias[:64].fill_(2.0)  # q and k: strong positional terms on every RoPE pair
+
+    def forward(self, tokens):
+        for layer in self.layers:
+            tokens = tokens + layer(tokens)
+        q = tokens.reshape(tokens.shape[0], -1, 2, 16).transpose(1, 2)
+        memory = self.memory.expand(tokens.shape[0], -1, -1, -1)
+        cross = torch.nn.functional.scaled_dot_product_attention(q, memory, memory)
+        return tokens + cross.transpose(1, 2).reshape(tokens.shape)
+
+
+def build_sdpa_grid_model():
+    torch.manual_seed(2)
+    return SdpaGridModel().eval(), (torch.randn(1, 34, 32),)
+
+
+class NoAttention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def build_no_attention():
+    torch.manual_seed(0)
+    return NoAttention().eval(), (torch.randn(1, 10, 8),)
