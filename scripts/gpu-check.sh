@@ -87,7 +87,7 @@ else
     [[ "$arch" == native ]] && nvarch="-arch=native" || nvarch="-arch=sm_${arch}"
     timeout "$t" nvcc -std=c++17 -O3 "$nvarch" -Xcompiler -fPIC,-fvisibility=hidden -shared -cudart static \
       --expt-relaxed-constexpr -Xlinker --version-script=plugins/kernels/exports.map \
-      plugins/kernels/na_forward.cu -o "$BUILD/libattnx_kernels.so" >"$BUILD/build.log" 2>&1
+      plugins/kernels/attnx_abi.cpp plugins/kernels/na_forward.cu -o "$BUILD/libattnx_kernels.so" >"$BUILD/build.log" 2>&1
   fi
   rc=$?
   if [[ $rc != 0 ]]; then
