@@ -1,12 +1,16 @@
 // CPU test of the built plugin library as a whole, through its only exports (getCreators,
 // setLoggerFinder), with the real TensorRT headers but no TensorRT runtime: both registration paths
-// against a fake process registry that refuses duplicates as TensorRT 11 does, and what every creator
-// must do (V3One, the attn_export namespace, its field list, refusing a node with an unknown field with
-// a logged reason). Each plugin's own behaviour:
+// against a fake process registry that refuses duplicates as TensorRT 11 does, no registration next to
+// another TensorRT major, and what every creator must do (V3One, the attn_export namespace, its field
+// list, refusing a node with an unknown field with a logged reason). Each plugin's own behaviour:
 // tests/test_<folder>_glue.cpp.
 // Usage: test_plugin_glue path/to/libattnx_trt_plugins.so
 #include <dlfcn.h>
+#include <stdlib.h>
+#include <unistd.h>
 
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -105,12 +109,53 @@ public:
 };
 
 FakeRegistry g_registry;
+// What the fake getInferLibVersion reports: (major * 100 + minor) * 100 + patch, as TensorRT's.
+int32_t g_inferVersion = (NV_TENSORRT_MAJOR * 100 + NV_TENSORRT_MINOR) * 100 + NV_TENSORRT_PATCH;
+
+std::string readAll(char const* path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Next to a TensorRT of another major, the static initializer must not register (the registry's
+// vtable would not match these headers) and must say why. A copy of the library, so that dlopen runs
+// its static initializer again.
+void checkOtherMajorIsRefused(char const* libPath) {
+    char copy[] = "/tmp/attnx_glue_copy_XXXXXX";
+    int const copyFd = mkstemp(copy);
+    CHECK(copyFd >= 0);
+    close(copyFd);
+    std::ofstream(copy, std::ios::binary) << readAll(libPath);
+    char log[] = "/tmp/attnx_glue_log_XXXXXX";
+    int const logFd = mkstemp(log);
+    CHECK(logFd >= 0);
+    std::fflush(stderr);
+    int const savedStderr = dup(2);
+    dup2(logFd, 2);  // no logger finder yet: the warning goes to stderr
+    g_inferVersion = (NV_TENSORRT_MAJOR + 1) * 10000;
+    void* other = dlopen(copy, RTLD_NOW | RTLD_LOCAL);
+    g_inferVersion = (NV_TENSORRT_MAJOR * 100 + NV_TENSORRT_MINOR) * 100 + NV_TENSORRT_PATCH;
+    std::fflush(stderr);
+    dup2(savedStderr, 2);
+    close(savedStderr);
+    close(logFd);
+    std::string const text = readAll(log);
+    unlink(copy);
+    unlink(log);
+    CHECK(other != nullptr);
+    CHECK(g_registry.entries.empty() && g_registry.refused == 0);
+    std::string const expected = "compiled for TensorRT " + std::to_string(NV_TENSORRT_MAJOR);
+    CHECK(text.find("not registering statically") != std::string::npos && text.find(expected) != std::string::npos);
+}
+
 }  // namespace
 
 extern "C" TENSORRTAPI IPluginRegistry* getPluginRegistry() noexcept { return &g_registry; }
+extern "C" TENSORRTAPI int32_t getInferLibVersion() noexcept { return g_inferVersion; }
 
 int main(int argc, char** argv) {
     if (argc != 2) return 2;
+    checkOtherMajorIsRefused(argv[1]);
     void* lib = openLibrary(argv[1]);
     auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
     auto setLoggerFinder = reinterpret_cast<SetFinder>(dlsym(lib, "setLoggerFinder"));
