@@ -1,4 +1,5 @@
-"""Compile the TensorRT-free, CUDA-free C++ of plugins/ with the host compiler for CPU unit tests."""
+"""Compile the TensorRT-free, CUDA-free C++ of plugins/ with the host compiler for CPU unit tests, and find
+the plugin folders (plugins/trt/<folder>/ with a *Plugin.cpp) that every per-plugin test loops over."""
 
 from __future__ import annotations
 
@@ -10,7 +11,29 @@ from pathlib import Path
 import pytest
 
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
-INCLUDE_DIRS = [PLUGINS / "kernels", PLUGINS / "trt" / "neighborhoodAttention"]
+COMMON = PLUGINS / "trt" / "common"
+INCLUDE_DIRS = [PLUGINS / "kernels", COMMON]
+# The TensorRT-free part of plugins/trt/common (the rest, pluginGlue/pluginLogger/pluginRegistration, is glue).
+COMMON_LOGIC = [COMMON / "pluginFields.cpp", COMMON / "tensorInfo.cpp"]
+COMMON_LOGIC_HEADERS = [COMMON / "pluginFields.h", COMMON / "tensorInfo.h"]
+
+
+def plugin_folders() -> list[Path]:
+    """Every plugin folder: plugins/trt/*/ with IPluginV3 glue (*Plugin.cpp); common/ has none."""
+    return sorted(d for d in (PLUGINS / "trt").iterdir() if d.is_dir() and any(d.glob("*Plugin.cpp")))
+
+
+def logic_files(folder: Path) -> list[Path]:
+    """A plugin's TensorRT-free files: everything but its *Plugin.* glue and README."""
+    return sorted(p for p in folder.iterdir() if p.suffix in {".h", ".cpp"} and not p.stem.endswith("Plugin"))
+
+
+def config_header(folder: Path) -> Path:
+    """The plugin's TensorRT-free header (*Config.h), which holds its declaration (PluginDecl kDecl in
+    namespace attnx::plugin::<folder>)."""
+    headers = sorted(folder.glob("*Config.h"))
+    assert len(headers) == 1, f"{folder.name}: expected one *Config.h with the plugin's declaration, found {headers}"
+    return headers[0]
 
 
 def host_compiler() -> str:
@@ -20,10 +43,12 @@ def host_compiler() -> str:
     return cxx
 
 
-def compile_program(sources: list[Path], output: Path, defines: tuple[str, ...] = ()) -> Path:
-    """Builds one executable; a compile error fails the test with the compiler's message."""
+def compile_program(sources: list[Path], output: Path, defines: tuple[str, ...] = (),
+                    include_dirs: tuple[Path, ...] = ()) -> Path:
+    """Builds one executable (no TensorRT include path: a TensorRT include fails the build); a compile
+    error fails the test with the compiler's message."""
     cmd = [host_compiler(), "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror"]
-    cmd += [f"-I{d}" for d in INCLUDE_DIRS] + [f"-D{d}" for d in defines]
+    cmd += [f"-I{d}" for d in [*INCLUDE_DIRS, *include_dirs]] + [f"-D{d}" for d in defines]
     cmd += [str(s) for s in sources] + ["-o", str(output)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:

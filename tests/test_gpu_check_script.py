@@ -1,5 +1,6 @@
-"""Dry runs of scripts/gpu-check.sh on this CPU machine: a stub nvidia-smi, a stub compute-sanitizer that
-reports "device not supported" (as under a GPU sandbox), and stand-in tests and a simulated benchmark
+"""Dry runs of scripts/gpu-check.sh on this CPU machine: a stub nvidia-smi, stub compute-sanitizers (one that
+reports "device not supported", as under a GPU sandbox, and ones that run their target and report no error
+or one), and stand-in tests and a simulated benchmark
 prove the control flow the one GPU lease depends on: the time budget, results kept as they happen
 (JSON lines even when the benchmark hangs), the early stop after correctness failures with the
 sanitizer pointed at the failing test, and at most 6 files in $OUT."""
@@ -34,17 +35,26 @@ def stub(path: Path, text: str) -> None:
     path.chmod(0o755)
 
 
+# compute-sanitizer stand-ins: unsupported on this device (as under a GPU sandbox), or running the target
+# after its own options and reporting no error (exit: the target's) or one (exit: --error-exitcode 9).
+RUN_TARGET = 'while [[ $# -gt 0 && "$1" != --error-exitcode ]]; do shift; done\nshift 2\n"$@"\nrc=$?\n'
+SANITIZERS = {
+    "unsupported": 'echo "========= Error: Device not supported. Please refer to the documentation."\nexit 1\n',
+    "clean": RUN_TARGET + 'echo "========= ERROR SUMMARY: 0 errors"\nexit $rc\n',
+    "finds": RUN_TARGET + 'echo "========= ERROR SUMMARY: 1 error"\nexit 9\n',
+}
+
+
 @pytest.fixture
 def dry_run(tmp_path):
     """Runs the script with stubs; returns (exit code, stdout, $OUT, seconds)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    stub(bin_dir / "compute-sanitizer", 'echo "stub compute-sanitizer $*"\n'
-         'echo "========= Error: Device not supported. Please refer to the documentation."\nexit 1\n')
     fake_lib = tmp_path / "libattnx_kernels.so"
     fake_lib.write_bytes(b"")  # the build is not what a dry run proves; the gpu tests skip before loading it
 
-    def run(nvidia_smi="NVIDIA Stub H200, 9.0, 580.00", tests=None, **env):
+    def run(nvidia_smi="NVIDIA Stub H200, 9.0, 580.00", tests=None, sanitizer="unsupported", **env):
+        stub(bin_dir / "compute-sanitizer", 'echo "stub compute-sanitizer $*"\n' + SANITIZERS[sanitizer])
         stub(bin_dir / "nvidia-smi", f'echo "{nvidia_smi}"\n' if nvidia_smi else "exit 0\n")
         out = tmp_path / "out"
         environ = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": sys.executable,
@@ -90,6 +100,21 @@ def test_failing_test_gets_the_sanitizer_and_no_benchmark(dry_run):
     assert sanitized and "--kernel-name kns=na_fused_kernel" in sanitized[0]
     assert "test_wrong[48]" in sanitized[0]  # the failing test, not the generic cases
     assert not (out / "bench_na_gpu.jsonl").exists()
+
+
+def test_sanitizer_verdict_is_its_own_exit_code_not_the_failing_target(dry_run):
+    """Early stop: the target is a test that fails anyway (pytest exit 1). The sanitizer is FAILED only
+    when it found something (its --error-exitcode 9), not because the target it ran failed."""
+    rc, text, out, _ = dry_run(tests="fail", sanitizer="clean")
+    assert rc == 1
+    lines = summary(out)
+    assert "memcheck: clean (target failed, rc 1; ERROR SUMMARY: 0 errors)" in lines, lines
+    assert "racecheck: clean (target failed, rc 1;" in lines and "memcheck: FAILED" not in lines
+    assert "verdict: FAILED" in lines  # the failing test still fails the run
+
+    rc, text, out, _ = dry_run(tests="fail", sanitizer="finds")
+    assert rc == 1
+    assert "memcheck: FAILED (ERROR SUMMARY: 1 error)" in summary(out)
 
 
 def test_hanging_benchmark_keeps_its_rows_within_the_budget(dry_run):

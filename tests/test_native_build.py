@@ -6,6 +6,7 @@ kernel library works without a GPU for everything that needs none."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 
 from attn_export import native
 from attn_export.errors import AttnExportError
+
+from native_tools import plugin_folders
 
 pytestmark = pytest.mark.native
 REPO = Path(__file__).resolve().parents[1]
@@ -62,9 +65,14 @@ def test_plugin_library_compiled_against_tensorrt_headers(native_build):
 
 
 def test_ctest_cpu_tests_pass(native_build):
+    """ctest ran the library's and the common code's tests, and for every plugin folder its config test
+    (TensorRT-free logic) and glue test (its creator in the built library)."""
     result = subprocess.run(["ctest", "--output-on-failure"], cwd=native_build, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "plugin_glue" in result.stdout and "na_config" in result.stdout
+    ran = set(re.findall(r"Test\s+#\d+: (\S+) \.+\s+Passed", result.stdout))
+    expected = {"plugin_glue", "common_fields", "common_glue"}
+    expected |= {f"{folder.name}_{kind}" for folder in plugin_folders() for kind in ("config", "glue")}
+    assert expected <= ran, f"not run or not passed: {sorted(expected - ran)}"
 
 
 def test_ctypes_binding_validates_without_a_gpu(native_build):

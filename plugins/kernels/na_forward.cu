@@ -1,8 +1,10 @@
 // C ABI launcher: validates the parameters, picks the kernel path and tile (na_launch.h), and launches.
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <string>
 
+#include "attnx_abi.h"
 #include "attnx_kernels.h"
 #include "na_check.h"
 #include "na_fused.cuh"
@@ -10,12 +12,7 @@
 
 namespace {
 
-thread_local std::string g_last_error;
-
-attnx_status fail(attnx_status status, const std::string& message) {
-    g_last_error = message;
-    return status;
-}
+using attnx::fail;
 
 struct Device {
     int id = 0;
@@ -49,20 +46,28 @@ bool current_device(Device& dev) {
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
 
-// cudaFuncSetAttribute(MaxDynamicSharedMemorySize) once per kernel instantiation, device and larger
-// size, not on every launch. The mutex keeps a smaller size from overwriting a larger one.
+// cudaFuncSetAttribute(MaxDynamicSharedMemorySize) once per kernel instantiation, device number and
+// larger size, not on every launch. The mutex keeps a smaller size from overwriting a larger one.
+// The attribute really belongs to the CUDA context, which the cache cannot see (cudaDeviceReset, or a
+// second context on the same device): `force` sets it again whatever the cache says (see launch).
 template <typename T, int TILE, bool TC>
-cudaError_t allow_dynamic_smem(int device, size_t bytes) {
+cudaError_t allow_dynamic_smem(int device, size_t bytes, bool force = false) {
     static std::atomic<size_t> allowed[kCachedDevices];
     static std::mutex mutex;
     const bool cached = device >= 0 && device < kCachedDevices;
-    if (cached && bytes <= allowed[device].load(std::memory_order_acquire)) return cudaSuccess;
+    if (!force && cached && bytes <= allowed[device].load(std::memory_order_acquire)) return cudaSuccess;
     std::lock_guard<std::mutex> lock(mutex);
-    if (cached && bytes <= allowed[device].load(std::memory_order_acquire)) return cudaSuccess;
+    if (!force && cached && bytes <= allowed[device].load(std::memory_order_acquire)) return cudaSuccess;
+    const size_t size = cached ? std::max(bytes, allowed[device].load(std::memory_order_acquire)) : bytes;
     const cudaError_t err = cudaFuncSetAttribute(attnx::na_fused_kernel<T, TILE, TC>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-    if (err == cudaSuccess && cached) allowed[device].store(bytes, std::memory_order_release);
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(size));
+    if (err == cudaSuccess && cached) allowed[device].store(size, std::memory_order_release);
     return err;
+}
+
+// What a launch reports when the context lacks the shared-memory attribute the cache believed set.
+bool missing_smem_attribute(cudaError_t err) {
+    return err == cudaErrorInvalidValue || err == cudaErrorLaunchOutOfResources;
 }
 
 template <typename T, int TILE, bool TC>
@@ -79,11 +84,18 @@ attnx_status launch(const attnx_na_params& p, const Device& dev, size_t smem, co
         if (status != ATTNX_OK) return;
         const long long offset = b0 * problem.batch_stride + static_cast<long long>(h0) * p.head_dim;
         const dim3 grid(problem.query_tiles(), heads, batches);
-        attnx::na_fused_kernel<T, TILE, TC><<<grid, attnx::kThreads, smem, stream>>>(
-            problem, static_cast<const T*>(q) + offset, static_cast<const T*>(k) + offset,
-            static_cast<const T*>(v) + offset, rpb ? static_cast<const T*>(rpb) + h0 * table : nullptr,
-            static_cast<T*>(out) + offset);
-        const cudaError_t launched = cudaGetLastError();
+        const auto run = [&] {
+            attnx::na_fused_kernel<T, TILE, TC><<<grid, attnx::kThreads, smem, stream>>>(
+                problem, static_cast<const T*>(q) + offset, static_cast<const T*>(k) + offset,
+                static_cast<const T*>(v) + offset, rpb ? static_cast<const T*>(rpb) + h0 * table : nullptr,
+                static_cast<T*>(out) + offset);
+            return cudaGetLastError();  // launch errors are not sticky: this also clears them
+        };
+        cudaError_t launched = run();
+        // A new context (after cudaDeviceReset, or another one on this device) starts without the
+        // attribute although the per-device cache says it is set: set it again and retry once.
+        if (missing_smem_attribute(launched) && allow_dynamic_smem<T, TILE, TC>(dev.id, smem, true) == cudaSuccess)
+            launched = run();
         if (launched != cudaSuccess)
             status = fail(ATTNX_CUDA_ERROR, std::string("kernel launch: ") + cudaGetErrorString(launched));
     });
@@ -113,10 +125,6 @@ attnx_status dispatch(const attnx_na_params& p, const Device& dev, const void* q
 
 extern "C" {
 
-int32_t attnx_abi_version(void) { return ATTNX_ABI_VERSION; }
-
-const char* attnx_last_error(void) { return g_last_error.c_str(); }
-
 attnx_status attnx_na_validate(const attnx_na_params* params) {
     if (!params) return fail(ATTNX_INVALID_ARGUMENT, "params is null");
     const std::string problem = attnx::na_problem(*params);
@@ -124,7 +132,7 @@ attnx_status attnx_na_validate(const attnx_na_params* params) {
     if (params->head_dim > attnx::kMaxHeadDim)
         return fail(ATTNX_UNSUPPORTED, "head_dim=" + std::to_string(params->head_dim) + " exceeds the supported maximum " +
                                            std::to_string(attnx::kMaxHeadDim));
-    g_last_error.clear();
+    attnx::clear_error();
     return ATTNX_OK;
 }
 

@@ -1,48 +1,25 @@
-// CPU test of the built plugin library through its only exports (getCreators, setLoggerFinder), with
-// the real TensorRT headers but no TensorRT runtime: both registration paths against a fake process
-// registry that refuses duplicates as TensorRT 11 does, the creator validates fields and logs why it
-// refuses, plugins serialize and rebuild (with and without scale), format/type rules, configure-time
-// shape checks, and enqueue taking its shapes from its descriptors.
+// CPU test of the built plugin library as a whole, through its only exports (getCreators,
+// setLoggerFinder), with the real TensorRT headers but no TensorRT runtime: both registration paths
+// against a fake process registry that refuses duplicates as TensorRT 11 does, no registration next to
+// another TensorRT major, and what every creator must do (V3One, the attn_export namespace, its field
+// list, refusing a node with an unknown field with a logged reason). Each plugin's own behaviour:
+// tests/test_<folder>_glue.cpp.
 // Usage: test_plugin_glue path/to/libattnx_trt_plugins.so
 #include <dlfcn.h>
-#include <sys/mman.h>
+#include <stdlib.h>
 #include <unistd.h>
 
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
-#include "NvInferRuntime.h"
+#include "glueTestSupport.h"
 
 using namespace nvinfer1;
+using namespace gluetest;
 
 namespace {
-
-int g_checks = 0;
-void check(bool ok, char const* what, int line) {
-    ++g_checks;
-    if (!ok) {
-        std::fprintf(stderr, "FAILED (line %d): %s\n", line, what);
-        std::exit(1);
-    }
-}
-#define CHECK(cond) check((cond), #cond, __LINE__)
-
-class CapturingLogger : public ILogger {
-public:
-    std::string last;
-    void log(Severity severity, char const* msg) noexcept override {
-        if (severity <= Severity::kWARNING) last = msg;
-    }
-};
-
-class Finder : public ILoggerFinder {
-public:
-    CapturingLogger logger;
-    ILogger* findLogger() override { return &logger; }
-};
 
 // TensorRT's process registry as the library sees it (dlsym(RTLD_DEFAULT, "getPluginRegistry"); this
 // executable exports the symbol). Like TensorRT, it refuses a second creator of the same name, version
@@ -132,30 +109,54 @@ public:
 };
 
 FakeRegistry g_registry;
+// What the fake getInferLibVersion reports: (major * 100 + minor) * 100 + patch, as TensorRT's.
+int32_t g_inferVersion = (NV_TENSORRT_MAJOR * 100 + NV_TENSORRT_MINOR) * 100 + NV_TENSORRT_PATCH;
 
-DynamicPluginTensorDesc tensor(std::vector<int64_t> dims, DataType type = DataType::kHALF) {
-    DynamicPluginTensorDesc d{};
-    d.desc.type = type;
-    d.desc.format = TensorFormat::kLINEAR;
-    d.desc.dims.nbDims = static_cast<int32_t>(dims.size());
-    for (size_t i = 0; i < dims.size(); ++i) d.desc.dims.d[i] = dims[i];
-    d.min = d.opt = d.max = d.desc.dims;
-    return d;
+std::string readAll(char const* path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Next to a TensorRT of another major, the static initializer must not register (the registry's
+// vtable would not match these headers) and must say why. A copy of the library, so that dlopen runs
+// its static initializer again.
+void checkOtherMajorIsRefused(char const* libPath) {
+    char copy[] = "/tmp/attnx_glue_copy_XXXXXX";
+    int const copyFd = mkstemp(copy);
+    CHECK(copyFd >= 0);
+    close(copyFd);
+    std::ofstream(copy, std::ios::binary) << readAll(libPath);
+    char log[] = "/tmp/attnx_glue_log_XXXXXX";
+    int const logFd = mkstemp(log);
+    CHECK(logFd >= 0);
+    std::fflush(stderr);
+    int const savedStderr = dup(2);
+    dup2(logFd, 2);  // no logger finder yet: the warning goes to stderr
+    g_inferVersion = (NV_TENSORRT_MAJOR + 1) * 10000;
+    void* other = dlopen(copy, RTLD_NOW | RTLD_LOCAL);
+    g_inferVersion = (NV_TENSORRT_MAJOR * 100 + NV_TENSORRT_MINOR) * 100 + NV_TENSORRT_PATCH;
+    std::fflush(stderr);
+    dup2(savedStderr, 2);
+    close(savedStderr);
+    close(logFd);
+    std::string const text = readAll(log);
+    unlink(copy);
+    unlink(log);
+    CHECK(other != nullptr);
+    CHECK(g_registry.entries.empty() && g_registry.refused == 0);
+    std::string const expected = "compiled for TensorRT " + std::to_string(NV_TENSORRT_MAJOR);
+    CHECK(text.find("not registering statically") != std::string::npos && text.find(expected) != std::string::npos);
 }
 
 }  // namespace
 
 extern "C" TENSORRTAPI IPluginRegistry* getPluginRegistry() noexcept { return &g_registry; }
+extern "C" TENSORRTAPI int32_t getInferLibVersion() noexcept { return g_inferVersion; }
 
 int main(int argc, char** argv) {
     if (argc != 2) return 2;
-    void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-        std::fprintf(stderr, "dlopen: %s\n", dlerror());
-        return 1;
-    }
-    using GetCreators = IPluginCreatorInterface* const* (*)(int32_t&);
-    using SetFinder = void (*)(ILoggerFinder*);
+    checkOtherMajorIsRefused(argv[1]);
+    void* lib = openLibrary(argv[1]);
     auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
     auto setLoggerFinder = reinterpret_cast<SetFinder>(dlsym(lib, "setLoggerFinder"));
     CHECK(getCreators && setLoggerFinder);
@@ -163,156 +164,47 @@ int main(int argc, char** argv) {
     Finder finder;
 
     // Path 1, dlopen without loadLibrary (ctypes.CDLL, polygraphy --plugins, --staticPlugins): the
-    // static initializer registered the creator once, under the attn_export namespace.
-    CHECK(g_registry.entries.size() == 1 && g_registry.refused == 0);
-    CHECK(g_registry.entries[0].key == "NeighborhoodAttention/1/attn_export");
+    // static initializer registered every creator once, under the attn_export namespace.
+    size_t const registered = g_registry.entries.size();
+    CHECK(registered >= 1 && g_registry.refused == 0);
+    std::vector<std::string> staticKeys;
+    for (auto const& e : g_registry.entries) {
+        CHECK(e.key.size() > 12 && e.key.compare(e.key.size() - 12, 12, "/attn_export") == 0);
+        staticKeys.push_back(e.key);
+    }
     // Path 2, IPluginRegistry::loadLibrary (Python load_library, --dynamicPlugins): it dlopens (the
     // static initializer above), sets the logger, calls getCreators and registers the result. That
     // registration must not be a duplicate, and deregisterLibrary must leave nothing behind.
     setLoggerFinder(&finder);
     CHECK(g_registry.loadLibraryEmulated(lib));
-    CHECK(g_registry.refused == 0 && g_registry.entries.size() == 1);
+    CHECK(g_registry.refused == 0 && g_registry.entries.size() == registered);
+    for (size_t i = 0; i < registered; ++i) CHECK(g_registry.entries[i].key == staticKeys[i]);
     g_registry.deregisterLibraryEmulated();
     CHECK(g_registry.entries.empty());
     CHECK(g_registry.loadLibraryEmulated(lib));  // a second load_library after unloading
-    CHECK(g_registry.refused == 0 && g_registry.entries.size() == 1);
+    CHECK(g_registry.refused == 0 && g_registry.entries.size() == registered);
 
     int32_t count = 0;
     IPluginCreatorInterface* const* creators = getCreators(count);
-    CHECK(count == 1);
-    CHECK(std::strcmp(creators[0]->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0);
-    auto* creator = static_cast<IPluginCreatorV3One*>(creators[0]);
-    CHECK(std::strcmp(creator->getPluginName(), "NeighborhoodAttention") == 0);
-    CHECK(std::strcmp(creator->getPluginVersion(), "1") == 0);
-    CHECK(std::strcmp(creator->getPluginNamespace(), "attn_export") == 0);
-    CHECK(creator->getFieldNames()->nbFields == 5);
+    CHECK(static_cast<size_t>(count) == registered);
+    for (int32_t i = 0; i < count; ++i) CHECK(std::strcmp(creators[i]->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0);
 
-    // Fields as the TensorRT ONNX parser delivers the node's attributes (INTS -> int32).
-    int32_t const kernel[2] = {7, 5}, stride[2] = {1, 5}, dilation[2] = {2, 1}, causal[2] = {0, 0};
-    float const scale = 0.2f;
-    char const version[] = "1";
-    std::vector<PluginField> fields{
-        PluginField("kernel_size", kernel, PluginFieldType::kINT32, 2),
-        PluginField("stride", stride, PluginFieldType::kINT32, 2),
-        PluginField("dilation", dilation, PluginFieldType::kINT32, 2),
-        PluginField("is_causal", causal, PluginFieldType::kINT32, 2),
-        PluginField("scale", &scale, PluginFieldType::kFLOAT32, 1),
-        PluginField("plugin_version", version, PluginFieldType::kCHAR, 1),
-    };
-    PluginFieldCollection fc{static_cast<int32_t>(fields.size()), fields.data()};
-    IPluginV3* plugin = creator->createPlugin("na0", &fc, TensorRTPhase::kBUILD);
-    CHECK(plugin != nullptr);
-
-    // Malformed fields: nullptr and a logged reason naming the node and the field, never a crash.
-    int32_t const badStride[2] = {9, 1};
-    fields[1] = PluginField("stride", badStride, PluginFieldType::kINT32, 2);
-    PluginFieldCollection bad{static_cast<int32_t>(fields.size()), fields.data()};
-    CHECK(creator->createPlugin("na_bad", &bad, TensorRTPhase::kBUILD) == nullptr);
-    CHECK(finder.logger.last.find("na_bad") != std::string::npos);
-    CHECK(finder.logger.last.find("stride=9 on axis 0") != std::string::npos);
-    CHECK(creator->createPlugin("empty", nullptr, TensorRTPhase::kBUILD) == nullptr);
-    CHECK(finder.logger.last.find("kernel_size") != std::string::npos);
-
-    // A node without scale (default head_dim ** -0.5): its engine must deserialize, i.e. the runtime
-    // phase must accept what the build phase serialized.
-    std::vector<PluginField> noScale{fields[0], PluginField("stride", stride, PluginFieldType::kINT32, 2)};
-    PluginFieldCollection noScaleFc{static_cast<int32_t>(noScale.size()), noScale.data()};
-    IPluginV3* scaleless = creator->createPlugin("na_default_scale", &noScaleFc, TensorRTPhase::kBUILD);
-    CHECK(scaleless != nullptr);
-    auto* scalelessRuntime =
-        static_cast<IPluginV3OneRuntime*>(scaleless->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
-    PluginFieldCollection const* scalelessSaved = scalelessRuntime->getFieldsToSerialize();
-    CHECK(scalelessSaved != nullptr);
-    for (int32_t i = 0; i < scalelessSaved->nbFields; ++i) CHECK(std::strcmp(scalelessSaved->fields[i].name, "scale") != 0);
-    IPluginV3* scalelessRestored = creator->createPlugin("na_default_scale", scalelessSaved, TensorRTPhase::kRUNTIME);
-    CHECK(scalelessRestored != nullptr);
-    delete scalelessRestored;
-    delete scaleless;
-
-    auto* core = static_cast<IPluginV3OneCore*>(plugin->getCapabilityInterface(PluginCapabilityType::kCORE));
-    auto* build = static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
-    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
-    CHECK(core && build && runtime);
-    CHECK(std::strcmp(core->getPluginName(), "NeighborhoodAttention") == 0);
-    CHECK(build->getNbOutputs() == 1);
-
-    // Serialization: the runtime phase rebuilds an identical plugin from getFieldsToSerialize.
-    PluginFieldCollection const* saved = runtime->getFieldsToSerialize();
-    CHECK(saved && saved->nbFields == 5);
-    IPluginV3* restored = creator->createPlugin("na0", saved, TensorRTPhase::kRUNTIME);
-    CHECK(restored != nullptr);
-    auto* restoredRuntime = static_cast<IPluginV3OneRuntime*>(restored->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
-    PluginFieldCollection const* again = restoredRuntime->getFieldsToSerialize();
-    CHECK(again->nbFields == saved->nbFields);
-    for (int32_t i = 0; i < again->nbFields; ++i) {
-        CHECK(std::strcmp(again->fields[i].name, saved->fields[i].name) == 0);
-        CHECK(again->fields[i].length == saved->fields[i].length && again->fields[i].type == saved->fields[i].type);
-        size_t const bytes = again->fields[i].type == PluginFieldType::kFLOAT32 ? 4 : 4 * again->fields[i].length;
-        CHECK(std::memcmp(again->fields[i].data, saved->fields[i].data, bytes) == 0);
+    // Every creator: its field list, and a node with an unknown field refused (nullptr) with a logged
+    // reason naming the node.
+    for (int32_t i = 0; i < count; ++i) {
+        auto* creator = static_cast<IPluginCreatorV3One*>(creators[i]);
+        PluginFieldCollection const* names = creator->getFieldNames();
+        CHECK(names != nullptr && names->nbFields >= 1);
+        for (int32_t f = 0; f < names->nbFields; ++f) CHECK(names->fields[f].name && *names->fields[f].name);
+        int32_t const one = 1;
+        PluginField const unknown("no_such_field", &one, PluginFieldType::kINT32, 1);
+        PluginFieldCollection const fc{1, &unknown};
+        finder.logger.last.clear();
+        CHECK(creator->createPlugin("node_x", &fc, TensorRTPhase::kBUILD) == nullptr);
+        CHECK(finder.logger.last.find("node_x") != std::string::npos);
+        // An absent collection is "no fields": a plugin or a logged refusal, never a crash.
+        delete creator->createPlugin("node_y", nullptr, TensorRTPhase::kBUILD);
     }
-
-    // Types and formats: fp16 in, fp16 out; int8 refused; mixed types refused.
-    DataType outType = DataType::kFLOAT;
-    DataType const inTypes[3] = {DataType::kBF16, DataType::kBF16, DataType::kBF16};
-    CHECK(build->getOutputDataTypes(&outType, 1, inTypes, 3) == 0 && outType == DataType::kBF16);
-    DynamicPluginTensorDesc io[4] = {tensor({2, 20, 24, 4, 64}), tensor({2, 20, 24, 4, 64}), tensor({2, 20, 24, 4, 64}),
-                                     tensor({2, 20, 24, 4, 64})};
-    for (int32_t pos = 0; pos < 4; ++pos) CHECK(build->supportsFormatCombination(pos, io, 3, 1));
-    io[1].desc.type = DataType::kFLOAT;
-    CHECK(!build->supportsFormatCombination(1, io, 3, 1));
-    io[0].desc.type = DataType::kINT8;
-    CHECK(!build->supportsFormatCombination(0, io, 3, 1));
-    // TensorRT defines only inOut[0..pos] when it asks about pos: descriptors past pos sit in an
-    // unreadable page here, so reading one crashes the test.
-    long const page = sysconf(_SC_PAGESIZE);
-    size_t const span = ((4 * sizeof(DynamicPluginTensorDesc)) / page + 1) * page;
-    auto* region = static_cast<unsigned char*>(mmap(nullptr, span + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-    CHECK(region != MAP_FAILED);
-    CHECK(mprotect(region + span, page, PROT_NONE) == 0);
-    for (int32_t pos = 0; pos < 4; ++pos) {
-        auto* guarded = reinterpret_cast<DynamicPluginTensorDesc*>(region + span) - (pos + 1);
-        for (int32_t i = 0; i <= pos; ++i) guarded[i] = tensor({2, 20, 24, 4, 64});
-        CHECK(build->supportsFormatCombination(pos, guarded, 3, 1));
-    }
-    munmap(region, span + page);
-
-    // Configure-time shape checks on the profile's min and max (dilation 2 * kernel 7 = 14 rows).
-    DynamicPluginTensorDesc in[3] = {tensor({2, 20, 24, 4, 64}), tensor({2, 20, 24, 4, 64}), tensor({2, 20, 24, 4, 64})};
-    DynamicPluginTensorDesc out[1] = {tensor({2, 20, 24, 4, 64})};
-    CHECK(build->configurePlugin(in, 3, out, 1) == 0);
-    for (auto& t : in) t.min.d[1] = 12;
-    CHECK(build->configurePlugin(in, 3, out, 1) == -1);
-    CHECK(finder.logger.last.find("spatial axis 0 has length 12") != std::string::npos);
-    CHECK(build->getWorkspaceSize(in, 3, out, 1) == 0);
-
-    // Runtime shapes: a valid shape configures the kernel call; a wrong one is refused with a reason.
-    PluginTensorDesc concrete[3] = {in[0].desc, in[1].desc, in[2].desc};
-    CHECK(runtime->onShapeChange(concrete, 3, &out[0].desc, 1) == 0);
-    concrete[2].dims.d[2] = 23;
-    CHECK(runtime->onShapeChange(concrete, 3, &out[0].desc, 1) == -1);
-    CHECK(finder.logger.last.find("v [2,20,23,4,64] differs from q") != std::string::npos);
-
-    // enqueue takes the shapes of its own descriptors, not those of the last onShapeChange: an empty
-    // batch launches nothing (no device needed), a shape the op cannot take is refused with the reason.
-    concrete[2].dims.d[2] = 24;
-    CHECK(runtime->onShapeChange(concrete, 3, &out[0].desc, 1) == 0);
-    PluginTensorDesc call[3] = {concrete[0], concrete[1], concrete[2]};
-    for (auto& t : call) t.dims.d[0] = 0;
-    void const* noInputs[3] = {nullptr, nullptr, nullptr};
-    void* noOutputs[1] = {nullptr};
-    CHECK(runtime->enqueue(call, &out[0].desc, noInputs, noOutputs, nullptr, nullptr) == 0);
-    for (auto& t : call) {
-        t.dims.d[0] = 2;
-        t.dims.d[1] = 12;  // 12 rows < kernel 7 * dilation 2
-    }
-    CHECK(runtime->enqueue(call, &out[0].desc, noInputs, noOutputs, nullptr, nullptr) == -1);
-    CHECK(finder.logger.last.find("spatial axis 0 has length 12") != std::string::npos);
-
-    IPluginV3* attached = runtime->attachToContext(nullptr);
-    CHECK(attached != nullptr);
-    delete attached;
-    delete restored;
-    delete plugin;
     std::printf("%d checks passed\n", g_checks);
     return 0;
 }

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "NvInferVersion.h"
 #include "pluginLogger.h"
 
 namespace attnx {
@@ -27,20 +28,41 @@ StaticState& state() {
 
 }  // namespace
 
+#define ATTNX_STRINGIFY_(x) #x
+#define ATTNX_STRINGIFY(x) ATTNX_STRINGIFY_(x)
+
 // Looked up at load time instead of linked: the library has no link dependency on libnvinfer and
 // registers only where TensorRT is already in the process. libnvinfer may have been loaded without
-// RTLD_GLOBAL (Python's `import tensorrt`), so also ask the loader for it by name, without loading it.
+// RTLD_GLOBAL (Python's `import tensorrt`), so also ask the loader for it by name, without loading it;
+// only for the TensorRT major these headers describe, and only after getInferLibVersion() (looked up
+// the same way) confirms that major: another major's registry has other vtable slots.
 nvinfer1::IPluginRegistry* processRegistry() noexcept {
     using GetRegistry = nvinfer1::IPluginRegistry* (*)();
-    void* symbol = dlsym(RTLD_DEFAULT, "getPluginRegistry");
-    for (char const* name : {"libnvinfer.so.11", "libnvinfer.so.10", "libnvinfer.so"}) {
-        if (symbol) break;
-        if (void* handle = dlopen(name, RTLD_NOW | RTLD_NOLOAD)) {
-            symbol = dlsym(handle, "getPluginRegistry");
+    using GetVersion = int32_t (*)();
+    void* registry = dlsym(RTLD_DEFAULT, "getPluginRegistry");
+    void* version = registry ? dlsym(RTLD_DEFAULT, "getInferLibVersion") : nullptr;
+    if (!registry) {
+        if (void* handle = dlopen("libnvinfer.so." ATTNX_STRINGIFY(NV_TENSORRT_MAJOR), RTLD_NOW | RTLD_NOLOAD)) {
+            registry = dlsym(handle, "getPluginRegistry");
+            version = dlsym(handle, "getInferLibVersion");
             dlclose(handle);  // drops only the reference RTLD_NOLOAD added
         }
     }
-    return symbol ? reinterpret_cast<GetRegistry>(symbol)() : nullptr;
+    if (!registry) return nullptr;
+    int32_t const found = version ? reinterpret_cast<GetVersion>(version)() : -1;
+    if (found / 10000 != NV_TENSORRT_MAJOR) {
+        try {
+            logWarning("not registering statically: the process's TensorRT is " +
+                       (found < 0 ? std::string("of unknown version (no getInferLibVersion)")
+                                  : std::to_string(found / 10000) + "." + std::to_string(found / 100 % 100)) +
+                       " but this library was compiled for TensorRT " + std::to_string(NV_TENSORRT_MAJOR) +
+                       "; rebuild it against the TensorRT in use");
+        } catch (...) {
+            // Out of memory while reporting: still refuse the registry.
+        }
+        return nullptr;
+    }
+    return reinterpret_cast<GetRegistry>(registry)();
 }
 
 void registerStatically(nvinfer1::IPluginCreatorInterface* const* creators, int32_t count,

@@ -17,7 +17,8 @@
 namespace attnx {
 namespace plugin {
 
-// TensorRT's process-wide registry if libnvinfer is already loaded (looked up, never linked or loaded).
+// TensorRT's process-wide registry if libnvinfer of the TensorRT major these headers describe is already
+// loaded (looked up, never linked or loaded); nullptr, with a warning, for another major.
 nvinfer1::IPluginRegistry* processRegistry() noexcept;
 
 // Static path: registers each creator under `pluginNamespace`; a no-op without TensorRT in the process.

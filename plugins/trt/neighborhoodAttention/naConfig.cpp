@@ -1,111 +1,66 @@
 #include "naConfig.h"
 
 #include <cmath>
-#include <cstring>
 
 #include "na_check.h"
 
 namespace attnx {
 namespace plugin {
-namespace {
 
-std::string describe(FieldView const& f) { return "field '" + std::string(f.name) + "'"; }
-
-// Reads an integer list of 1 or `rank` values (int32 or int64); a single value is broadcast.
-std::string readInts(FieldView const& f, int32_t rank, int32_t* out) {
-    if (f.type != FieldType::kInt32 && f.type != FieldType::kInt64)
-        return describe(f) + " must hold int32 or int64 values";
-    if (!f.data || (f.length != 1 && f.length != rank))
-        return describe(f) + " has " + std::to_string(f.length) + " values; give 1 or one per spatial axis (" +
-               std::to_string(rank) + ")";
-    for (int32_t a = 0; a < rank; ++a) {
-        int32_t const i = f.length == 1 ? 0 : a;
-        int64_t const value = f.type == FieldType::kInt32 ? static_cast<int32_t const*>(f.data)[i]
-                                                          : static_cast<int64_t const*>(f.data)[i];
-        if (value < INT32_MIN || value > INT32_MAX) return describe(f) + " holds a value outside int32";
-        out[a] = static_cast<int32_t>(value);
-    }
-    return "";
-}
-
-std::string readString(FieldView const& f, std::string& out) {
-    if (f.type != FieldType::kChar || (f.length > 0 && !f.data)) return describe(f) + " must be a string";
-    char const* text = static_cast<char const*>(f.data);
-    out.assign(text, f.length > 0 ? strnlen(text, static_cast<size_t>(f.length)) : 0);
-    return "";
-}
-
-std::string dimsText(TensorInfo const& t) {
-    std::string s = "[";
-    for (int32_t i = 0; i < t.nbDims; ++i) s += (i ? "," : "") + std::to_string(t.dims[i]);
-    return s + "]";
-}
-
-bool known(int64_t d) { return d >= 0; }
-
-}  // namespace
+using namespace neighborhoodAttention;
 
 std::string parseFields(std::vector<FieldView> const& fields, NAConfig& cfg) {
     cfg = NAConfig{};
     FieldView const* kernel = nullptr;
     for (FieldView const& f : fields)
-        if (f.name == "kernel_size") kernel = &f;
+        if (f.name == kFields[kKernelSize].name) kernel = &f;
     if (!kernel) return "field 'kernel_size' is missing; it gives the window size per spatial axis";
     if (kernel->length < 1 || kernel->length > ATTNX_MAX_RANK)
         return "field 'kernel_size' has " + std::to_string(kernel->length) + " values; give 1 to 3 (one per spatial axis)";
     cfg.rank = kernel->length;
 
-    for (FieldView const& f : fields) {
-        std::string problem;
-        if (f.name == "kernel_size") problem = readInts(f, cfg.rank, cfg.kernel_size);
-        else if (f.name == "stride") problem = readInts(f, cfg.rank, cfg.stride);
-        else if (f.name == "dilation") problem = readInts(f, cfg.rank, cfg.dilation);
-        else if (f.name == "is_causal") problem = readInts(f, cfg.rank, cfg.is_causal);
-        else if (f.name == "scale") {
-            if ((f.type != FieldType::kFloat32 && f.type != FieldType::kFloat64) || f.length != 1 || !f.data)
-                problem = describe(f) + " must be one float32 or float64 value";
-            else {
-                double const v = f.type == FieldType::kFloat32 ? *static_cast<float const*>(f.data)
-                                                               : *static_cast<double const*>(f.data);
+    std::string const problem = parseDeclared(kDecl, fields, [&](int32_t field, FieldView const& f) -> std::string {
+        switch (field) {
+            case kKernelSize: return readInts(f, cfg.rank, cfg.kernel_size);
+            case kStride: return readInts(f, cfg.rank, cfg.stride);
+            case kDilation: return readInts(f, cfg.rank, cfg.dilation);
+            case kIsCausal: return readInts(f, cfg.rank, cfg.is_causal);
+            case kScale: {
+                double v = 0;
+                std::string const bad = readFloat(f, v);
+                if (!bad.empty()) return bad;
                 float const narrowed = static_cast<float>(v);  // a double may overflow or vanish as a float
-                if (!(std::isfinite(v) && v > 0 && std::isfinite(narrowed) && narrowed > 0))
-                    problem = describe(f) + " must be a finite positive number";
                 cfg.scale = narrowed;
                 cfg.has_scale = true;
+                if (!(std::isfinite(v) && v > 0 && std::isfinite(narrowed) && narrowed > 0))
+                    return "field 'scale' must be a finite positive number";
+                return "";
             }
-        } else if (f.name == "plugin_version" || f.name == "plugin_namespace") {
-            std::string value;
-            problem = readString(f, value);
-            std::string const expected = f.name == "plugin_version" ? kPluginVersion : kPluginNamespace;
-            if (problem.empty() && value != expected)
-                problem = describe(f) + " is '" + value + "' but this library provides '" + expected + "'";
-        } else {
-            problem = "unknown field '" + std::string(f.name) + "'; NeighborhoodAttention takes kernel_size, stride, dilation, "
-                      "is_causal, scale, plugin_version, plugin_namespace";
+            default: return "";
         }
-        if (!problem.empty()) return problem;
-    }
+    });
+    if (!problem.empty()) return problem;
     for (int32_t a = 0; a < cfg.rank; ++a) {
-        std::string const problem = window_problem(cfg.kernel_size[a], cfg.stride[a], cfg.dilation[a], cfg.is_causal[a], a);
-        if (!problem.empty()) return problem;
+        std::string const axis = window_problem(cfg.kernel_size[a], cfg.stride[a], cfg.dilation[a], cfg.is_causal[a], a);
+        if (!axis.empty()) return axis;
     }
     return "";
 }
 
 std::vector<FieldView> serializeFields(NAConfig const& cfg) {
     std::vector<FieldView> fields{
-        {"kernel_size", FieldType::kInt32, cfg.kernel_size, cfg.rank},
-        {"stride", FieldType::kInt32, cfg.stride, cfg.rank},
-        {"dilation", FieldType::kInt32, cfg.dilation, cfg.rank},
-        {"is_causal", FieldType::kInt32, cfg.is_causal, cfg.rank},
+        fieldOf(kFields[kKernelSize], cfg.kernel_size, cfg.rank),
+        fieldOf(kFields[kStride], cfg.stride, cfg.rank),
+        fieldOf(kFields[kDilation], cfg.dilation, cfg.rank),
+        fieldOf(kFields[kIsCausal], cfg.is_causal, cfg.rank),
     };
-    if (cfg.has_scale) fields.push_back({"scale", FieldType::kFloat32, &cfg.scale, 1});
+    if (cfg.has_scale) fields.push_back(fieldOf(kFields[kScale], &cfg.scale, 1));
     return fields;
 }
 
 std::string checkInputs(NAConfig const& cfg, TensorInfo const* inputs, int32_t nbInputs) {
     if (nbInputs != 3 && nbInputs != 4)
-        return "NeighborhoodAttention takes 3 inputs (q, k, v) or 4 (q, k, v, rpb), got " + std::to_string(nbInputs);
+        return std::string(kDecl.name) + " takes 3 inputs (q, k, v) or 4 (q, k, v, rpb), got " + std::to_string(nbInputs);
     static char const* const names[] = {"q", "k", "v", "rpb"};
     TensorInfo const& q = inputs[0];
     int32_t const want = cfg.rank + 3;  // [B, *spatial, heads, head_dim]
@@ -116,27 +71,27 @@ std::string checkInputs(NAConfig const& cfg, TensorInfo const* inputs, int32_t n
                    std::to_string(cfg.rank) + " axes: expected [batch, *spatial, heads, head_dim] of rank " +
                    std::to_string(want);
         for (int32_t d = 0; d < want; ++d)
-            if (known(t.dims[d]) && known(q.dims[d]) && t.dims[d] != q.dims[d])
+            if (isKnownDim(t.dims[d]) && isKnownDim(q.dims[d]) && t.dims[d] != q.dims[d])
                 return std::string(names[i]) + " " + dimsText(t) + " differs from q " + dimsText(q) + "; q, k and v must match";
     }
     for (int32_t a = 0; a < cfg.rank; ++a) {
         int64_t const n = q.dims[1 + a];
-        if (known(n) && static_cast<int64_t>(cfg.kernel_size[a]) * cfg.dilation[a] > n)
+        if (isKnownDim(n) && static_cast<int64_t>(cfg.kernel_size[a]) * cfg.dilation[a] > n)
             return "spatial axis " + std::to_string(a) + " has length " + std::to_string(n) + ", below kernel_size*dilation=" +
                    std::to_string(cfg.kernel_size[a] * cfg.dilation[a]) + "; use a larger input or a smaller window";
     }
     int64_t const heads = q.dims[want - 2], headDim = q.dims[want - 1];
-    if (known(headDim) && headDim > kMaxHeadDim)
+    if (isKnownDim(headDim) && headDim > kMaxHeadDim)
         return "head_dim=" + std::to_string(headDim) + " exceeds the supported maximum " + std::to_string(kMaxHeadDim);
     if (nbInputs == 4) {
         TensorInfo const& rpb = inputs[3];
         for (int32_t a = 0; a < cfg.rank; ++a)
             if (cfg.is_causal[a]) return "rpb is not defined for causal axis " + std::to_string(a) + "; drop the bias input";
         if (rpb.nbDims != cfg.rank + 1) return "rpb has rank " + std::to_string(rpb.nbDims) + "; expected [heads, 2k-1 per axis]";
-        if (known(rpb.dims[0]) && known(heads) && rpb.dims[0] != heads)
+        if (isKnownDim(rpb.dims[0]) && isKnownDim(heads) && rpb.dims[0] != heads)
             return "rpb " + dimsText(rpb) + " has " + std::to_string(rpb.dims[0]) + " heads but q has " + std::to_string(heads);
         for (int32_t a = 0; a < cfg.rank; ++a)
-            if (known(rpb.dims[1 + a]) && rpb.dims[1 + a] != 2 * cfg.kernel_size[a] - 1)
+            if (isKnownDim(rpb.dims[1 + a]) && rpb.dims[1 + a] != 2 * cfg.kernel_size[a] - 1)
                 return "rpb " + dimsText(rpb) + " axis " + std::to_string(a + 1) + " must be 2*kernel_size-1=" +
                        std::to_string(2 * cfg.kernel_size[a] - 1);
     }

@@ -1,43 +1,44 @@
-// TensorRT-free logic of the NeighborhoodAttention plugin: attribute parsing and validation, shape and
-// format rules, serialization. The IPluginV3 glue (naPlugin.cpp) only converts TensorRT types to and
-// from these; tests/test_native_plugin_logic.py runs the CPU tests in plugins/tests/.
+// TensorRT-free logic of the NeighborhoodAttention plugin: its declaration (name, version, fields),
+// attribute parsing and validation, shape and format rules, serialization. The IPluginV3 glue
+// (naPlugin.cpp) only converts TensorRT types to and from these; tests/test_native_plugin_logic.py runs
+// the CPU tests in plugins/tests/test_neighborhoodAttention_config.cpp.
 // Contract: plugins/trt/neighborhoodAttention/README.md.
 #pragma once
 
 #include <cstdint>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "attnx_types.h"
+#include "pluginFields.h"
+#include "tensorInfo.h"
 
 namespace attnx {
 namespace plugin {
 
-constexpr char const* kPluginName = "NeighborhoodAttention";
-constexpr char const* kPluginVersion = "1";
-constexpr char const* kPluginNamespace = "attn_export";
+// The plugin's declaration, written once: its name and version, and the field table that parsing,
+// serialization and the creator's field list use (the namespace is kPluginNamespace). The enclosing
+// namespace is the plugin's folder name, where tests/test_op_contract.py finds it to compare with the
+// op registry.
+namespace neighborhoodAttention {
 
-// A plugin field as TensorRT passes it, without TensorRT's types.
-enum class FieldType { kInt32, kInt64, kFloat32, kFloat64, kChar, kOther };
+enum Field : int32_t { kKernelSize, kStride, kDilation, kIsCausal, kScale };
 
-struct FieldView {
-    std::string_view name;  // serializeFields uses literals: name.data() is NUL-terminated
-    FieldType type;
-    void const* data;
-    int32_t length;
+constexpr FieldSpec kFields[] = {
+    {"kernel_size", FieldType::kInt32, FieldCount::kRank, true},  // its length sets the rank
+    {"stride", FieldType::kInt32, FieldCount::kRank, false},      // default 1
+    {"dilation", FieldType::kInt32, FieldCount::kRank, false},    // default 1
+    {"is_causal", FieldType::kInt32, FieldCount::kRank, false},   // default 0
+    {"scale", FieldType::kFloat32, FieldCount::kOne, false},      // default head_dim ** -0.5
 };
+constexpr PluginDecl kDecl = declare("NeighborhoodAttention", "1", kFields);
 
-enum class DType { kFloat32, kFloat16, kBFloat16, kOther };
+static_assert(sameName(kFields[kKernelSize].name, "kernel_size") && sameName(kFields[kStride].name, "stride") &&
+                  sameName(kFields[kDilation].name, "dilation") && sameName(kFields[kIsCausal].name, "is_causal") &&
+                  sameName(kFields[kScale].name, "scale"),
+              "Field indices must follow kFields");
 
-// One tensor as TensorRT describes it at build time: type, linear format or not, rank and dims
-// (-1 for a dimension that is still dynamic).
-struct TensorInfo {
-    DType type;
-    bool linear;
-    int32_t nbDims;
-    int64_t dims[8];
-};
+}  // namespace neighborhoodAttention
 
 struct NAConfig {
     int32_t rank = 0;  // number of spatial axes, from the length of kernel_size

@@ -2,12 +2,10 @@
 // TensorRT-free logic (naConfig.h) and the kernel C ABI (attnx_kernels.h). Contract: README.md here.
 #pragma once
 
-#include <string>
-#include <vector>
-
 #include "NvInferRuntime.h"
 #include "attnx_types.h"
 #include "naConfig.h"
+#include "pluginGlue.h"
 
 namespace attnx {
 namespace plugin {
@@ -56,23 +54,15 @@ private:
     // 3 (q, k, v) or 4 (with rpb), from configurePlugin / onShapeChange: enqueue receives descriptors but
     // no count. Shapes are never cached: enqueue takes them from its inputDesc.
     int32_t mNbInputs = 0;
-    std::vector<nvinfer1::PluginField> mSerialized;
-    nvinfer1::PluginFieldCollection mSerializedCollection{};
+    SerializedFields mSerialized;
 };
 
-class NeighborhoodAttentionCreator : public nvinfer1::IPluginCreatorV3One {
+// Name, version, namespace and field list come from neighborhoodAttention::kDecl.
+class NeighborhoodAttentionCreator : public DeclaredCreator {
 public:
     NeighborhoodAttentionCreator();
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
     nvinfer1::IPluginV3* createPlugin(char const* name, nvinfer1::PluginFieldCollection const* fc,
                                       nvinfer1::TensorRTPhase phase) noexcept override;
-
-private:
-    std::vector<nvinfer1::PluginField> mFieldNames;
-    nvinfer1::PluginFieldCollection mFieldCollection{};
 };
 
 }  // namespace plugin

@@ -1,5 +1,6 @@
 // CPU unit tests of the NeighborhoodAttention plugin's TensorRT-free logic (naConfig.cpp):
-// attribute parsing with malformed fields, serialization round trips, shape and format rules.
+// attribute parsing with malformed fields, serialization round trips, shape and format rules. Built with
+// plugins/trt/common's TensorRT-free sources and no TensorRT include path.
 // Exits non-zero on the first failing check and prints it. Run by tests/test_native_plugin_logic.py.
 #include <cmath>
 #include <cstdio>
@@ -151,7 +152,8 @@ void test_malformed_fields() {
     CHECK_ERROR(parse({{"kernel_size", FieldType::kInt32, seven, 2}, {"scale", FieldType::kInt32, seven, 1}}), "float32");
     CHECK_ERROR(parse({{"kernel_size", FieldType::kInt32, nullptr, 2}}), "kernel_size");
     CHECK_ERROR(parse({{"kernel_size", FieldType::kInt32, seven, 2}, {"window", FieldType::kInt32, seven, 2}}),
-                "unknown field 'window'");
+                "unknown field 'window'; NeighborhoodAttention takes kernel_size, stride, dilation, is_causal, scale, "
+                "plugin_version, plugin_namespace");
     int64_t const huge[1] = {int64_t(1) << 40};
     CHECK_ERROR(parse({{"kernel_size", FieldType::kInt64, huge, 1}}), "outside int32");
     std::string const v2 = "2", other = "other";
@@ -162,6 +164,20 @@ void test_malformed_fields() {
     CHECK_ERROR(parse(f.build()), "plugin_namespace");
     f.extra = {{"plugin_namespace", FieldType::kInt32, seven, 1}};
     CHECK_ERROR(parse(f.build()), "must be a string");
+}
+
+// Serialization writes the declared fields: the table's names and types, nothing else.
+void test_serialized_fields_follow_the_table() {
+    Fields f;
+    NAConfig cfg;
+    CHECK(parseFields(f.build(), cfg).empty());
+    std::vector<FieldView> const saved = serializeFields(cfg);
+    CHECK(static_cast<int32_t>(saved.size()) == neighborhoodAttention::kDecl.nbFields);
+    for (FieldView const& field : saved) {
+        int32_t const i = neighborhoodAttention::kDecl.find(field.name);
+        CHECK(i >= 0 && field.type == neighborhoodAttention::kFields[i].type);
+        CHECK(field.length == (neighborhoodAttention::kFields[i].count == FieldCount::kOne ? 1 : cfg.rank));
+    }
 }
 
 void test_serialization_round_trip() {
@@ -264,6 +280,7 @@ int main() {
     test_defaults_and_broadcast();
     test_absent_scale_round_trip();
     test_malformed_fields();
+    test_serialized_fields_follow_the_table();
     test_serialization_round_trip();
     test_input_checks();
     test_formats();
