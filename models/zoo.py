@@ -248,7 +248,7 @@ class ParoDiT(nn.Module):
         axis_of_pair = [a for a in range(3) for _ in range(pairs // 3 + (1 if a < pairs % 3 else 0))]
         with torch.no_grad():
             for block in self.blocks:
-                block.attn.qkv.weight.mul_(0.1)  # content terms small next to the positional ones
+                block.attn.qkv.weight[:2 * dim].mul_(0.1)  # q, k: content terms small next to the positional
                 bias = block.attn.qkv.bias.view(3, heads, pairs, 2)
                 bias.zero_()
                 for h in range(heads):
@@ -376,7 +376,7 @@ _ENTRIES = (
         ParoDiT,
         (InputSpec("latent", (1, 4, 4, 16, 16)), InputSpec("text", (1, PARO_DIT_PREFIX, 32)),
          InputSpec("timestep", (1,), low=0.0, high=1.0)),
-        paro=ZooParo(PARO_DIT_GRID, PARO_DIT_PREFIX, block=32, density=0.3, plan="paro_dit_tiny_plan"),
+        paro=ZooParo(PARO_DIT_GRID, PARO_DIT_PREFIX, block=16, density=0.3, plan="paro_dit_tiny_plan"),
     ),
     ZooEntry(
         "biformer-tiny",

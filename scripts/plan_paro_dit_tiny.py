@@ -1,6 +1,6 @@
 """Make the PARO plan that zoo:paro-dit-tiny ships (models/weights/paro_dit_tiny_plan.json + .npz).
 
-The same planner and calibration data as `attn-export zoo:paro-dit-tiny --paro-density 0.3 --paro-block 32`
+The same planner and calibration data as `attn-export zoo:paro-dit-tiny --paro-density 0.3 --paro-block 16`
 (seeded random inputs of the zoo model, --calib-samples of them), written into the package.
 
     python scripts/plan_paro_dit_tiny.py [--samples 128]
