@@ -224,59 +224,57 @@ def neighborhood_function(onnx_opset: int, overload: str = "") -> FunctionProto:
 # Block-sparse attention
 
 def block_sparse_function(onnx_opset: int, overload: str = "") -> FunctionProto:
-    """The model-local function for ``attn_export::BlockSparseAttention``: gathers the listed blocks.
+    """The model-local function for ``attn_export::BlockSparseAttention``: batched GEMMs over listed blocks.
 
-    Per query block, the keys and values of its max_blocks listed kv blocks are gathered
-    ([B, H, nQB, max_blocks * block_kv, D]); unlisted slots and keys past Skv are masked, so memory
-    grows with the listed blocks, never with Sq x Skv. Rows with no block give zeros.
+    K and V are viewed as [B, H, nKVB, block_kv, D] and each query block's max_blocks listed blocks are
+    gathered whole (GatherND over block numbers, no per-token indices) into [B, H, nQB, max_blocks * block_kv,
+    D]; then MatMul, an additive mask (unlisted slots, keys past Skv), Softmax and MatMul per query block.
+    Memory grows with the listed blocks, never with Sq x Skv. Rows with no block give zeros.
     """
     b = _Body("bsa_")
     block_q = b.attr_ref("block_q", AttributeProto.INT)
     block_kv = b.attr_ref("block_kv", AttributeProto.INT)
     scale = b.attr_ref("scale", AttributeProto.FLOAT)
     zero, one = b.scalar(0), b.scalar(1)
+    unsq0, last = b.ints(0), b.ints(-1)
     q_shape, k_shape = b.Shape("q"), b.Shape("k")
     batch, heads = b.Slice(q_shape, b.ints(0), b.ints(1)), b.Slice(q_shape, b.ints(1), b.ints(2))
-    sq = b.Squeeze(b.Slice(q_shape, b.ints(2), b.ints(3)), b.ints(0))
-    skv = b.Squeeze(b.Slice(k_shape, b.ints(2), b.ints(3)), b.ints(0))
+    sq = b.Squeeze(b.Slice(q_shape, b.ints(2), b.ints(3)), unsq0)
+    skv = b.Squeeze(b.Slice(k_shape, b.ints(2), b.ints(3)), unsq0)
     dim = b.Slice(q_shape, b.ints(3), b.ints(4))
-    n_qb = b.Div(b.Sub(b.Add(sq, block_q), one), block_q)  # ceil(Sq / block_q)
-    max_blocks = b.Slice(b.Shape("kv_index"), b.ints(3), b.ints(4))
-    unsq0 = b.ints(0)
-    layout = b.Concat(batch, heads, b.Unsqueeze(n_qb, unsq0), axis=0)
 
+    def blocks(length: str, block: str) -> str:  # ceil(length / block)
+        return b.Div(b.Sub(b.Add(length, block), one), block)
+
+    def padded(x: str, length: str, block: str) -> str:  # [B, H, S, D] -> [B, H, nBlocks, block, D], zero-padded
+        pads = b.Concat(b.ints(0, 0, 0, 0, 0, 0), b.Unsqueeze(b.Sub(b.Mul(blocks(length, block), block), length),
+                                                              unsq0), b.ints(0), axis=0)
+        return b.Reshape(b.Pad(x, pads), b.Concat(batch, heads, last, b.Unsqueeze(block, unsq0), dim, axis=0))
+
+    n_qb, n_kvb = blocks(sq, block_q), blocks(skv, block_kv)
+    max_blocks = b.Slice(b.Shape("kv_index"), b.ints(3), b.ints(4))
+    layout = b.Concat(batch, heads, b.Unsqueeze(n_qb, unsq0), axis=0)
     count = b.Cast(b.Expand("kv_count", layout), to=TensorProto.INT64)  # [B, H, nQB]
     index = b.Cast(b.Expand("kv_index", b.Concat(layout, max_blocks, axis=0)), to=TensorProto.INT64)
-    slot = b.Range(zero, b.Squeeze(max_blocks, unsq0), one)
-    listed = b.Less(slot, b.Unsqueeze(count, b.ints(-1)))  # [B, H, nQB, M]
-    first = b.Mul(b.Max(index, zero), block_kv)
-    tokens = b.Add(b.Unsqueeze(first, b.ints(-1)), b.Range(zero, block_kv, one))  # [B, H, nQB, M, bkv]
-    valid = b.And(b.Unsqueeze(listed, b.ints(-1)), b.Less(tokens, skv))
-    flat = b.Concat(layout, b.ints(-1), axis=0)
-    valid = b.Reshape(valid, flat)  # [B, H, nQB, M*bkv]
-    tokens = b.Reshape(b.Min(tokens, b.Sub(skv, one)), b.Concat(batch, heads, b.ints(-1, 1), axis=0))
+    index = b.Min(b.Max(index, zero), b.Sub(n_kvb, one))  # [B, H, nQB, M]: never out of bounds
+    listed = b.Less(b.Range(zero, b.Squeeze(max_blocks, unsq0), one), b.Unsqueeze(count, last))  # [B, H, nQB, M]
+    tokens = b.Add(b.Unsqueeze(b.Mul(index, block_kv), last), b.Range(zero, block_kv, one))  # [B, H, nQB, M, bkv]
+    # The mask per listed slot and key: listed and before Skv. A per-block element mask (FlexAttention's partial
+    # blocks, [B|1, H|1, nQB, M, bq, bkv]) would be moved to [.., nQB, bq, M * bkv] and added here.
+    valid = b.Reshape(b.And(b.Unsqueeze(listed, last), b.Less(tokens, skv)), b.Concat(layout, b.ints(1, -1), axis=0))
+    zero_f = b.CastLike(b.op("Constant", value_float=0.0), "q")
+    mask = b.Where(valid, zero_f, b.CastLike(b.op("Constant", value_float=float("-inf")), "q"))  # [B, H, nQB, 1, W]
+    picked = b.Unsqueeze(b.Reshape(index, b.Concat(batch, heads, last, axis=0)), last)  # [B, H, nQB * M, 1]
 
-    def gather_blocks(x: str) -> str:  # [B, H, Skv, D] -> [B, H, nQB, M*bkv, D]
-        picked = b.GatherND(x, tokens, batch_dims=2)  # [B, H, nQB*M*bkv, D]
-        return b.Reshape(picked, b.Concat(layout, b.ints(-1), dim, axis=0))
+    def gather_blocks(x: str) -> str:  # [B, H, Skv, D] -> [B, H, nQB, M * bkv, D]: whole blocks
+        return b.Reshape(b.GatherND(padded(x, skv, block_kv), picked, batch_dims=2),
+                         b.Concat(layout, last, dim, axis=0))
 
-    pad = b.Sub(b.Mul(n_qb, block_q), sq)
-    pads = b.Concat(b.ints(0, 0, 0, 0, 0, 0), b.Unsqueeze(pad, unsq0), b.ints(0), axis=0)
-    q_blocks = b.Reshape(b.Pad(b.Mul("q", b.CastLike(scale, "q")), pads),
-                         b.Concat(layout, b.Unsqueeze(block_q, unsq0), dim, axis=0))  # [B, H, nQB, bq, D]
-    logits = b.MatMul(q_blocks, b.Transpose(gather_blocks("k"), perm=[0, 1, 2, 4, 3]))  # [B, H, nQB, bq, M*bkv]
-    neg_inf = b.CastLike(b.op("Constant", value_float=float("-inf")), logits)
-    logits = b.Where(b.Unsqueeze(valid, b.ints(-2)), logits, neg_inf)
-    last = b.ints(-1)
-    peak = b.ReduceMax(logits, last, keepdims=1)
-    no_block = b.Equal(peak, neg_inf)  # (IsInf lacks fp16 before opset 20)
-    peak = b.Where(no_block, b.CastLike(b.op("Constant", value_float=0.0), peak), peak)
-    weights = b.Exp(b.Sub(logits, peak))
-    total = b.ReduceSum(weights, last, keepdims=1)
-    empty = b.Equal(total, b.CastLike(b.op("Constant", value_float=0.0), total))  # a row with no block
-    total = b.Where(empty, b.CastLike(b.op("Constant", value_float=1.0), total), total)
-    out = b.Div(b.MatMul(weights, gather_blocks("v")), total)  # [B, H, nQB, bq, D]
-    out = b.Reshape(out, b.Concat(batch, heads, b.ints(-1), dim, axis=0))
+    q_blocks = padded(b.Mul("q", b.CastLike(scale, "q")), sq, block_q)  # [B, H, nQB, bq, D]
+    logits = b.Add(b.MatMul(q_blocks, b.Transpose(gather_blocks("k"), perm=[0, 1, 2, 4, 3])), mask)
+    out = b.MatMul(b.Softmax(logits, axis=-1), gather_blocks("v"))  # [B, H, nQB, bq, D]
+    empty = b.Unsqueeze(b.Equal(count, zero), b.ints(-1, -2))  # a row with no block: Softmax gave NaN, want 0
+    out = b.Reshape(b.Where(empty, zero_f, out), b.Concat(batch, heads, last, dim, axis=0))
     b.nodes.append(helper.make_node("Slice", [out, b.ints(0), b.Unsqueeze(sq, unsq0), b.ints(2)], ["out"]))
     return function_proto(BLOCK_SPARSE, overload, b.nodes, onnx_opset)
 
