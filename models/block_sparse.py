@@ -18,10 +18,13 @@ import torch
 
 from attn_export.errors import AttnExportError
 from attn_export.models.custom_op import register_attention_op
+from attn_export.models.neighborhood import select_rows
 from attn_export.registry import BLOCK_SPARSE
 
 _OP = "block_sparse_attention"
-_CHUNK_BYTES = 2 << 20  # gathered K/V of a chunk of query blocks: stays in cache, below the mmap threshold
+# Gathered K/V of one chunk of query blocks (bytes): bounds memory; few chunks, as few parallel regions as
+# possible (attn_export.models.neighborhood._CHUNK_BYTES says why), copied into reused scratch buffers.
+_CHUNK_BYTES = 8 << 20
 
 
 def num_blocks(length: int, block: int) -> int:
@@ -159,9 +162,10 @@ def _attend_gathered(qb, k, v, layout: _Layout, rows, block_kv: int, scale: floa
     for lo in range(0, rows.numel(), chunk):
         part = slice(lo, lo + chunk)
         picked = flat.view(bh, -1, slots)[:, part].reshape(-1)
-        keys, values = (x.index_select(0, picked).view(bh, -1, slots * block_kv, dim) for x in (kb, vb))
+        keys, values = (select_rows(x, 0, picked, role).view(bh, -1, slots * block_kv, dim)
+                        for x, role in ((kb, "k"), (vb, "v")))
         outputs.append(torch.nn.functional.scaled_dot_product_attention(
-            qb.index_select(1, rows[part]), keys, values, attn_mask=None if mask is None else mask[:, part],
+            _query_rows(qb, rows[part]), keys, values, attn_mask=None if mask is None else mask[:, part],
             scale=scale))
     return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
 
@@ -175,8 +179,16 @@ def _attend_all_blocks(qb, k, v, layout: _Layout, rows, block_kv: int, scale: fl
     mask = _additive(valid.unsqueeze(-2), qb.dtype)  # [L, rows, 1, Skv]; a per-block element mask: scatter here
     n = rows.numel()
     return torch.nn.functional.scaled_dot_product_attention(
-        qb.index_select(1, rows), k.unsqueeze(1).expand(bh, n, skv, dim), v.unsqueeze(1).expand(bh, n, skv, dim),
+        _query_rows(qb, rows), k.unsqueeze(1).expand(bh, n, skv, dim), v.unsqueeze(1).expand(bh, n, skv, dim),
         attn_mask=mask, scale=scale)
+
+
+def _query_rows(qb: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Query blocks ``rows`` of qb [B*H, nQB, bq, D]: a view when they are a contiguous run."""
+    first = int(rows[0])
+    if int(rows[-1]) - first + 1 == rows.numel():  # rows ascend: a run of consecutive blocks
+        return qb[:, first:first + rows.numel()]
+    return select_rows(qb, 1, rows, "q")
 
 
 def _blocked(x: torch.Tensor, block: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,9 +23,14 @@ from attn_export.models.custom_op import register_attention_op
 from attn_export.registry import NEIGHBORHOOD
 
 _OP = "neighborhood_attention"
-# Upper bound on the gathered K/V working set of one chunk of queries or tiles (bytes): keeps memory flat
-# in N, the working set in cache, and each buffer below malloc's mmap threshold.
-_CHUNK_BYTES = 2 << 20
+# Upper bound on the gathered K/V working set of one chunk of queries or tiles (bytes): keeps memory flat in N.
+# Chunks are few on purpose: each is several parallel regions, and a region waits for its slowest thread
+# (on a shared machine, a thread the scheduler has parked).
+_CHUNK_BYTES = 8 << 20
+# Per-thread scratch buffers for the rows a chunk copies (query tiles, key boxes, listed blocks): a fresh large
+# tensor page-faults on every call (about 2.4 us per 4 KB page on the project's VM, as much as the work
+# itself), so calls that record no gradient reuse one buffer per role, at most _CHUNK_BYTES each.
+_scratch = threading.local()
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,7 @@ def neighborhood_index(spatial_shape: Sequence[int], params: NAParams, device=No
 
 
 @functools.lru_cache(maxsize=16)  # a hierarchical model needs one entry per stage resolution and window
+@torch.inference_mode(False)  # cached indices must also serve calls that record gradients
 def _neighborhood_index(spatial_shape: tuple[int, ...], params: NAParams, device: str):
     rank = params.rank
     key = rel = valid = None
@@ -255,6 +262,7 @@ def _fold(parts, combine):
 
 
 @functools.lru_cache(maxsize=16)  # one entry per stage resolution and window, as neighborhood_index
+@torch.inference_mode(False)
 def tile_plan(spatial: tuple[int, ...], params: NAParams, tile: tuple[int, ...], with_rel: bool,
               device: str = "cpu") -> TilePlan:
     rank = params.rank
@@ -325,6 +333,21 @@ def _forward(q, k, v, params: NAParams, scale: float, rpb: torch.Tensor | None) 
     return _forward_tiled(q, k, v, params, scale, rpb, tile)
 
 
+def select_rows(x: torch.Tensor, dim: int, index: torch.Tensor, role: str) -> torch.Tensor:
+    """``x.index_select(dim, index)``, written into this thread's scratch buffer for ``role`` when no gradient
+    is recorded (the result is valid until the thread's next call with the same role)."""
+    if x.requires_grad or x.device.type != "cpu":
+        return x.index_select(dim, index)
+    shape = (*x.shape[:dim], index.numel(), *x.shape[dim + 1:])
+    size = math.prod(shape)
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(role)
+    if buffer is None or buffer.numel() < size or buffer.dtype != x.dtype:
+        with torch.inference_mode(False):  # a normal tensor serves calls in and out of inference mode
+            buffer = buffers[role] = torch.empty(size, dtype=x.dtype)
+    return torch.index_select(x, dim, index, out=buffer[:size].view(shape))
+
+
 def _compute_dtype(q: torch.Tensor) -> torch.dtype:
     return torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
 
@@ -348,13 +371,14 @@ def _attend_tiles(q, k, v, plan: TilePlan, rpb: torch.Tensor | None, tiles: slic
     """Outputs [B, tiles * T, H, D] of a run of tiles: SDPA over [T, W] per tile, masked by the window rule."""
     batch, _, heads, dim = q.shape
 
-    def pick(x, index):  # [B, N, H, D] -> [B * tiles, H, rows, D]: whole token rows copied
+    def pick(x, index, role):  # [B, N, H, D] -> [B * tiles, H, rows, D]: whole token rows copied
         rows = index[tiles]
-        return x.index_select(1, rows.reshape(-1)).view(batch * rows.shape[0], -1, heads, dim).transpose(1, 2)
+        picked = select_rows(x, 1, rows.reshape(-1), role)
+        return picked.view(batch * rows.shape[0], -1, heads, dim).transpose(1, 2)
 
     mask = _tile_mask(plan, rpb, tiles, batch, q.dtype)
     out = torch.nn.functional.scaled_dot_product_attention(
-        pick(q, plan.query), pick(k, plan.key), pick(v, plan.key), attn_mask=mask, scale=scale)
+        pick(q, plan.query, "q"), pick(k, plan.key, "k"), pick(v, plan.key, "v"), attn_mask=mask, scale=scale)
     return out.transpose(1, 2).reshape(batch, -1, heads, dim)
 
 

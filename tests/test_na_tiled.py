@@ -135,3 +135,30 @@ def test_cost_rule_gathers_only_where_tiles_cost_more():
     """Three queries: a tile's fixed cost exceeds gathering 2 keys each; 4096 queries never gather."""
     assert choose_tile((3,), NAParams.from_args(1, 2), 32) is None
     assert choose_tile((4096,), NAParams.from_args(1, 2), 32) is not None
+
+
+def test_scratch_buffers_are_per_thread():
+    """Calls that record no gradient copy rows into per-thread scratch buffers: threads never share one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    inputs = [torch.randn(2, 24, 20, 2, 8, generator=torch.Generator().manual_seed(s)) for s in range(6)]
+    want = [neighborhood_attention(x, x, x, 5, dilation=2) for x in inputs]
+    with ThreadPoolExecutor(3) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda x: neighborhood_attention(x, x, x, 5, dilation=2), inputs))
+            for g, w in zip(got, want):
+                assert torch.equal(g, w)
+
+
+def test_inference_mode_calls_and_gradient_calls_share_the_caches():
+    """A plan cached during inference_mode (and the scratch buffers) must also serve a call recording gradients."""
+    cfg = dict(spatial=[19, 17], kernel=[5, 3], stride=[1, 1], dilation=[1, 2], causal=[False, False],
+               heads=2, dim=8, batch=1, rpb=True)
+    q, k, v, rpb = make_inputs(cfg, 9)
+    args = (cfg["kernel"], cfg["stride"], cfg["dilation"], cfg["causal"])
+    with torch.inference_mode():
+        first = neighborhood_attention(q, k, v, *args, rpb=rpb)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, rpb)]
+    out = neighborhood_attention(*leaves[:3], *args, rpb=leaves[3])
+    out.square().sum().backward()
+    assert torch.equal(out.detach(), first) and all(t.grad is not None for t in leaves)
