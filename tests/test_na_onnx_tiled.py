@@ -61,9 +61,10 @@ def edge_config(rng: random.Random) -> dict:
 
 @pytest.mark.parametrize("seed", range(30))
 def test_shipped_tiles_at_their_edges_match_reference(seed):
+    """At every supported opset (18 to 23, one per seed in turn)."""
     cfg = edge_config(random.Random(seed))
     q, k, v, rpb = make_inputs(cfg, seed)
-    got = run_cpu(na_single_node_model(cfg), feed_of(q, k, v, rpb))
+    got = run_cpu(na_single_node_model(cfg, opset=18 + seed % 6), feed_of(q, k, v, rpb))
     np.testing.assert_allclose(got, reference(cfg, q, k, v, rpb), atol=1e-5, rtol=0, err_msg=str(cfg))
 
 
@@ -129,13 +130,15 @@ def run_all(model, feed):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
 
 
-def test_half_precision_tiles():
+@pytest.mark.parametrize("opset", [18, 23])
+def test_half_precision_tiles(opset):
     cfg = dict(spatial=[13, 18], kernel=[5, 3], stride=[2, 1], dilation=[1, 2], causal=[False, False],
                heads=2, dim=16, batch=2, rpb=True)
     q, k, v, rpb = make_inputs(cfg, 4)
     from onnx import TensorProto
 
-    got = run_cpu(na_single_node_model(cfg, TensorProto.FLOAT16), feed_of(q.half(), k.half(), v.half(), rpb.half()))
+    got = run_cpu(na_single_node_model(cfg, TensorProto.FLOAT16, opset=opset),
+                  feed_of(q.half(), k.half(), v.half(), rpb.half()))
     assert got.dtype == np.float16
     np.testing.assert_allclose(got.astype(np.float32), reference(cfg, q, k, v, rpb), atol=1e-2, rtol=0)
     assert torch.isfinite(torch.from_numpy(got.astype(np.float32))).all()
