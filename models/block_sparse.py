@@ -24,7 +24,7 @@ from attn_export.registry import BLOCK_SPARSE
 _OP = "block_sparse_attention"
 # Gathered K/V of one chunk of query blocks (bytes): bounds memory; few chunks, as few parallel regions as
 # possible (attn_export.models.neighborhood._CHUNK_BYTES says why), copied into reused scratch buffers.
-_CHUNK_BYTES = 8 << 20
+_CHUNK_BYTES = 32 << 20
 
 
 def num_blocks(length: int, block: int) -> int:
@@ -98,8 +98,7 @@ def _forward(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale: fl
     lead = torch.broadcast_shapes(kv_count.shape[:2], kv_index.shape[:2])
     count = kv_count.expand(*lead, n_qb).long()
     index = kv_index.expand(*lead, n_qb, max_blocks).long().clamp(0, n_kvb - 1)
-    qp = torch.nn.functional.pad(q.to(compute), (0, 0, 0, n_qb * block_q - sq))
-    qb = qp.reshape(batch * heads, n_qb, block_q, dim)
+    qb = _blocked(q.to(compute).reshape(batch * heads, sq, dim), block_q).view(batch * heads, n_qb, block_q, dim)
     kf, vf = (x.to(compute).reshape(batch * heads, skv, dim) for x in (k, v))
     listed = count.amax(dim=(0, 1))  # [nQB]: the most blocks a row lists in any batch and head
     every = listed * _GATHERED_BLOCK_COST > n_kvb * _ALL_BLOCKS_COST
@@ -152,12 +151,14 @@ def _attend_gathered(qb, k, v, layout: _Layout, rows, block_kv: int, scale: floa
     index = layout.rows(layout.index[..., rows, :slots])  # [L, rows, slots], L = 1 or B*H
     # Keys of each slot: listed (slot < count) and before Skv (the last block may be partial). A per-block
     # element mask (FlexAttention's partial blocks) would be added here, [L, rows, block_q, slots * block_kv].
-    listed = torch.arange(slots, device=device) < layout.rows(layout.count[..., rows]).unsqueeze(-1)
-    in_length = index.unsqueeze(-1) * block_kv + torch.arange(block_kv, device=device) < skv
-    mask = _additive((listed.unsqueeze(-1) & in_length).flatten(-2).unsqueeze(-2), qb.dtype)  # [L, rows, 1, W]
+    mask = None
+    if int(layout.count[..., rows].min()) < slots or skv % block_kv:  # else every slot holds block_kv keys
+        listed = torch.arange(slots, device=device) < layout.rows(layout.count[..., rows]).unsqueeze(-1)
+        in_length = index.unsqueeze(-1) * block_kv + torch.arange(block_kv, device=device) < skv
+        mask = _additive((listed.unsqueeze(-1) & in_length).flatten(-2).unsqueeze(-2), qb.dtype)  # [L, rows, 1, W]
     flat = (index + torch.arange(bh, device=device).view(-1, 1, 1) * n_kvb).flatten(1)  # [B*H, rows * slots]
     kb, vb = (_blocked(x, block_kv) for x in (k, v))
-    chunk = max(1, _CHUNK_BYTES // (bh * slots * block_kv * dim * 2 * kb.element_size()))
+    chunk = max(1, _CHUNK_BYTES // (bh * slots * block_kv * dim * kb.element_size()))  # rows per K (and V) buffer
     outputs = []
     for lo in range(0, rows.numel(), chunk):
         part = slice(lo, lo + chunk)
@@ -174,9 +175,12 @@ def _attend_all_blocks(qb, k, v, layout: _Layout, rows, block_kv: int, scale: fl
     """Rows ``rows`` of query blocks against all of K and V (views, no copy), unlisted blocks masked."""
     bh, _, _, dim = qb.shape
     skv = k.shape[1]
-    blocks = dense_block_mask(layout.count[..., rows], layout.index[..., rows, :], num_blocks(skv, block_kv))
-    valid = layout.rows(blocks).repeat_interleave(block_kv, dim=-1)[..., :skv]
-    mask = _additive(valid.unsqueeze(-2), qb.dtype)  # [L, rows, 1, Skv]; a per-block element mask: scatter here
+    n_kvb = num_blocks(skv, block_kv)
+    mask = None
+    if int(layout.count[..., rows].min()) < n_kvb:  # else each row lists every block (each once: checked)
+        blocks = dense_block_mask(layout.count[..., rows], layout.index[..., rows, :], n_kvb)
+        valid = layout.rows(blocks).repeat_interleave(block_kv, dim=-1)[..., :skv]
+        mask = _additive(valid.unsqueeze(-2), qb.dtype)  # [L, rows, 1, Skv]; a per-block element mask: scatter here
     n = rows.numel()
     return torch.nn.functional.scaled_dot_product_attention(
         _query_rows(qb, rows), k.unsqueeze(1).expand(bh, n, skv, dim), v.unsqueeze(1).expand(bh, n, skv, dim),

@@ -23,10 +23,10 @@ from attn_export.models.custom_op import register_attention_op
 from attn_export.registry import NEIGHBORHOOD
 
 _OP = "neighborhood_attention"
-# Upper bound on the gathered K/V working set of one chunk of queries or tiles (bytes): keeps memory flat in N.
-# Chunks are few on purpose: each is several parallel regions, and a region waits for its slowest thread
-# (on a shared machine, a thread the scheduler has parked).
-_CHUNK_BYTES = 8 << 20
+# Upper bound on one buffer of gathered rows (bytes) in a chunk of queries or tiles: keeps memory flat in N.
+# Chunks are few on purpose: each costs several parallel regions, and a region waits for its slowest thread;
+# on the project's VM shared with other jobs, a region cost about 8 ms (a parked thread's time slice).
+_CHUNK_BYTES = 32 << 20
 # Per-thread scratch buffers for the rows a chunk copies (query tiles, key boxes, listed blocks): a fresh large
 # tensor page-faults on every call (about 2.4 us per 4 KB page on the project's VM, as much as the work
 # itself), so calls that record no gradient reuse one buffer per role, at most _CHUNK_BYTES each.
