@@ -6,7 +6,11 @@ of ru_maxrss during the first full-size call, after a warm-up on a tiny input. T
 alternate one dense SDPA call and one call of the implementation; the table gives the median times and
 the median, min and max of the per-round ratios (the spread is the machine's noise).
 
-    python bench/bench_cpu_attention.py [--reps 7] [--only na bsa] [--impls op onnx] [--quick]
+    python bench/bench_cpu_attention.py [--reps 7] [--only na bsa] [--impls op onnx] [--quick] [--threads N]
+
+--threads sets torch's and ONNX Runtime's intra-op threads alike (default: each library's own, the cores).
+On a machine shared with other jobs, one thread is the contention-robust comparison: a parallel region
+then waits for a thread the scheduler has parked, and the implementations differ in how many they open.
 """
 
 from __future__ import annotations
@@ -34,7 +38,15 @@ BSA_DENSITIES = [0.1, 0.25, 0.5, 1.0]
 QUICK = {("na2d", (32, 32), 7), ("na2d", (64, 64), 7)}
 
 
-def na_session(rank: int, kernel: int):
+def session_options(threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads  # 0: ONNX Runtime's default
+    return options
+
+
+def na_session(rank: int, kernel: int, threads: int):
     """ONNX Runtime session of one NeighborhoodAttention node with its local function (dynamic shapes)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -49,10 +61,10 @@ def na_session(rank: int, kernel: int):
     graph = helper.make_graph([node], "na", [helper.make_tensor_value_info(n, TensorProto.FLOAT, sym) for n in "qkv"],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, sym)])
     model = attach_local_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)]))
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
 
 
-def bsa_session():
+def bsa_session(threads: int):
     """ONNX Runtime session of one BlockSparseAttention node with its local function (dynamic shapes)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -69,7 +81,7 @@ def bsa_session():
     inputs += [info("kv_count", TensorProto.INT32, 3), info("kv_index", TensorProto.INT32, 4)]
     graph = helper.make_graph([node], "bsa", inputs, [info("out", TensorProto.FLOAT, 4)])
     model = attach_local_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)]))
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def random_layout(n_blocks: int, per_row: int, heads: int, seed: int = 0):
@@ -83,7 +95,7 @@ def random_layout(n_blocks: int, per_row: int, heads: int, seed: int = 0):
     return from_block_mask(mask.scatter_(-1, scores.topk(per_row, dim=-1).indices, True))
 
 
-def na_workload(spatial: tuple[int, ...], kernel: int, impl: str):
+def na_workload(spatial: tuple[int, ...], kernel: int, impl: str, threads: int):
     """(run(inputs), inputs of the full size, inputs of a tiny size, SDPA's q, k, v) for one NA case."""
     import torch
 
@@ -97,7 +109,7 @@ def na_workload(spatial: tuple[int, ...], kernel: int, impl: str):
         def run(q, k, v):
             return neighborhood_attention(q, k, v, kernel)
     else:
-        session = na_session(len(spatial), kernel)
+        session = na_session(len(spatial), kernel, threads)
 
         def run(q, k, v):
             return session.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})
@@ -105,7 +117,7 @@ def na_workload(spatial: tuple[int, ...], kernel: int, impl: str):
     return run, full, tiny, dense
 
 
-def bsa_workload(density: float, impl: str):
+def bsa_workload(density: float, impl: str, threads: int):
     import torch
 
     from attn_export.models import block_sparse_attention
@@ -118,7 +130,7 @@ def bsa_workload(density: float, impl: str):
         def run(q, k, v, c, i):
             return block_sparse_attention(q, k, v, c, i, BSA_BLOCK, BSA_BLOCK)
     else:
-        session = bsa_session()
+        session = bsa_session(threads)
 
         def run(q, k, v, c, i):
             return session.run(None, dict(zip(("q", "k", "v", "kv_count", "kv_index"), (t.numpy() for t in
@@ -126,15 +138,15 @@ def bsa_workload(density: float, impl: str):
     return run, full, tiny, full[:3]
 
 
-def measure(case: dict, impl: str, reps: int) -> dict:
+def measure(case: dict, impl: str, reps: int, threads: int) -> dict:
     """Peak RSS growth of the first full-size call, then `reps` alternating rounds of dense SDPA and impl."""
     import torch
 
     torch.manual_seed(0)
     if case["kind"] == "bsa":
-        run, full, tiny, dense_qkv = bsa_workload(case["density"], impl)
+        run, full, tiny, dense_qkv = bsa_workload(case["density"], impl, threads)
     else:
-        run, full, tiny, dense_qkv = na_workload(tuple(case["spatial"]), case["kernel"], impl)
+        run, full, tiny, dense_qkv = na_workload(tuple(case["spatial"]), case["kernel"], impl, threads)
     sdpa = torch.nn.functional.scaled_dot_product_attention
     with torch.inference_mode():
         run(*tiny)
@@ -177,15 +189,18 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=["na", "bsa"], default=["na", "bsa"])
     parser.add_argument("--impls", nargs="+", choices=["op", "onnx"], default=["op", "onnx"])
     parser.add_argument("--quick", action="store_true", help="only the cases of the issue's goal table")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads of torch and ONNX Runtime")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.case:
-        case, impl = json.loads(args.case)
-        print(json.dumps(measure(case, impl, args.reps)))
-        return
     import onnxruntime
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.case:
+        case, impl = json.loads(args.case)
+        print(json.dumps(measure(case, impl, args.reps, args.threads)))
+        return
     print(f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime "
           f"{onnxruntime.__version__}, fp32, batch 1; NA {NA_HEADS} heads, head_dim {NA_DIM}, stride 1, dilation 1; "
           f"block-sparse {BSA_HEADS} heads, head_dim {BSA_DIM}; {args.reps} rounds, {time.strftime('%Y-%m-%d')}")
@@ -193,8 +208,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for case in cases(args.only, args.quick):
         for impl in args.impls:
-            proc = subprocess.run([sys.executable, __file__, "--reps", str(args.reps), "--case",
-                                   json.dumps([case, impl])], capture_output=True, text=True, check=True)
+            proc = subprocess.run([sys.executable, __file__, "--reps", str(args.reps), "--threads", str(args.threads),
+                                   "--case", json.dumps([case, impl])], capture_output=True, text=True, check=True)
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             name, tokens = label(case)
             print(f"| {name} | {tokens} | {'torch op' if impl == 'op' else 'ONNX fn (ORT)'} | {r['ms']:.2f} | "
