@@ -219,6 +219,7 @@ def axis_box(n: int, k: int, s: int, d: int, causal: bool, tile: int) -> tuple[i
 
 
 def axis_tiles(n: int, k: int, s: int, d: int, causal: bool, tile: int, device=None) -> AxisTiles:
+    """Tiles of one axis: their query and box tokens, the window rule on each box, each token's tile and slot."""
     g, n_g, ip, start, end = _axis_tile_windows(n, k, s, d, causal, tile, device)
     low = start.amin(1, keepdim=True)
     jp = low + torch.arange(int((end.amax(1, keepdim=True) - low).max()), device=device)  # [U, W]
@@ -322,8 +323,7 @@ def choose_tile(spatial: tuple[int, ...], params: NAParams, dim: int) -> tuple[i
 
 
 # ---------------------------------------------------------------------------------------------
-# CPU implementation (differentiable torch ops, chunked so that the working set stays in cache and
-# below malloc's mmap threshold: fresh mmaps page-fault on every call).
+# CPU implementation (differentiable torch ops, chunked so that memory stays flat in N).
 
 
 def _forward(q, k, v, params: NAParams, scale: float, rpb: torch.Tensor | None) -> torch.Tensor:
