@@ -97,10 +97,10 @@ def _window(b: _Body, ip: str, n_g: str, k: str, s: str, causal: str):
             b.Where(is_causal, b.Min(b.Add(ip, one), n_g), b.Add(start_nc, k)))
 
 
-def _axis_tiles(b: _Body, n: str, k: str, s: str, d: str, causal: str, tile: str) -> dict:
+def _axis_tiles(b: _Body, n: str, k: str, s: str, d: str, causal: str, tile: str, with_rel: bool) -> dict:
     """One axis cut into U = d * ceil(ceil(n / d) / tile) tiles of `tile` queries of one dilation group
     (scalar int64 inputs). Mirrors attn_export.models.neighborhood.axis_tiles: query [U, T] and key [U, W]
-    tokens, inside and rel [U, T, W], unit and slot [n] of each token, U and T."""
+    tokens, inside (and, for rpb, rel) [U, T, W], unit and slot [n] of each token, U and T."""
     zero, one = b.scalar(0), b.scalar(1)
     col, box = b.ints(-1), b.ints(1)
 
@@ -121,17 +121,19 @@ def _axis_tiles(b: _Body, n: str, k: str, s: str, d: str, causal: str, tile: str
     jp = b.Add(low, b.Range(zero, width, one))  # [U, W]
     slots = b.Unsqueeze(jp, box)  # [U, 1, W]
     i = b.Div(b.Range(zero, n, one), d)
-    return {
+    tiles = {
         "query": b.Add(b.Mul(ip, d), g),
         "key": b.Add(b.Mul(b.Min(jp, b.Sub(n_g, one)), d), g),
         "inside": b.And(b.GreaterOrEqual(slots, b.Unsqueeze(start, col)), b.Less(slots, b.Unsqueeze(end, col))),
-        "rel": b.Clip(b.Add(b.Sub(slots, b.Unsqueeze(ip, col)), b.Sub(k, one)), zero,
-                      b.Sub(b.Add(k, k), b.scalar(2))),
         "unit": b.Add(b.Mul(b.Mod(b.Range(zero, n, one), d), per_group), b.Div(i, tile)),
         "slot": b.Mod(i, tile),
         "units": b.Mul(d, per_group),
         "rows": tile,
     }
+    if with_rel:
+        tiles["rel"] = b.Clip(b.Add(b.Sub(slots, b.Unsqueeze(ip, col)), b.Sub(k, one)), zero,
+                              b.Sub(b.Add(k, k), b.scalar(2)))
+    return tiles
 
 
 def neighborhood_function(onnx_opset: int, overload: str = "") -> FunctionProto:
@@ -168,7 +170,7 @@ def neighborhood_function(onnx_opset: int, overload: str = "") -> FunctionProto:
     neg_inf = b.CastLike(b.op("Constant", value_float=float("-inf")), "q")
     for axis in range(3):
         n, k, s, d, c, t = (b.Gather(x, b.scalar(axis), axis=0) for x in per_axis)
-        tiled = _axis_tiles(b, n, k, s, d, c, t)
+        tiled = _axis_tiles(b, n, k, s, d, c, t, with_rpb)
         # The window rule as an additive mask per axis: their sum is 0 where the slot is inside on every axis.
         tiled["mask"] = b.Where(tiled["inside"], zero_f, neg_inf)
         axes.append(dict(tiled, n=n, span=b.Sub(b.Add(k, k), b.scalar(1))))
