@@ -264,6 +264,8 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
         ).prepare()  # every flag is checked before any work
         loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=opts.step_count(model))
         result = export_job(loaded, outdir, opts, step)
+        for line in result.converted_calls:
+            click.echo(f"    converted call {line}", err=True)
         for path in (result.onnx_path, result.quantized_path, result.engine_path, result.paro_plan_path):
             if path:
                 click.echo(f"wrote {path}")

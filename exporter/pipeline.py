@@ -227,6 +227,7 @@ class ExportResult:
     paro_report: QuantParityReport | None = None  # the PARO file against the dense model
     paro_plan_path: Path | None = None
     paro_plan: object | None = None  # attn_export.calib.paro.ParoPlan
+    converted_calls: list[str] = field(default_factory=list)  # NATTEN / FlexAttention calls run as our ops
 
     @property
     def passed(self) -> bool:
@@ -262,6 +263,7 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
     warnings: list[str] = []
     original, paro_job = loaded, None
     with staged_output(outdir, owned=owned) as stage:
+        loaded, call_records = _convert_calls(loaded, opts.seed)
         if paro:
             with step(titles["paro"]):
                 paro_job = _paro_job(loaded, opts, paro, stage)
@@ -329,14 +331,37 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                     "onnx": quant_name, "mode": opts.quant.mode, "method": opts.quant.method,
                     "calibration_data": calib.description, "warning": calib.warning,
                     "parity": quant_report.to_dict(), **quant.summary()}
-            summary = {**export_summary(proto), "converted_modules": loaded.conversions}
+            summary = {**export_summary(proto), "converted_modules": loaded.conversions,
+                       "converted_calls": [r.describe() for r in call_records]}
             _write_report(stage / REPORT_NAME, report, loaded, onnx=ONNX_NAME, export=summary,
                           engine=ENGINE_NAME if engine else None,
                           failed=any(r is not None and not r.passed for r in (quant_report, paro_report)), **extra)
     return ExportResult(outdir / ONNX_NAME, outdir / REPORT_NAME if report else None, report,
                         outdir / ENGINE_NAME if engine else None, outdir / quant_name if quant_name else None,
                         quant_report, warnings, paro_report, outdir / PARO_PLAN_NAME if paro_job else None,
-                        paro_job.plan if paro_job else None)
+                        paro_job.plan if paro_job else None, [r.describe() for r in call_records])
+
+
+def _convert_calls(loaded: LoadedModel, seed: int):
+    """The model with its NATTEN functional and FlexAttention calls converted to our ops (analysed in one
+    eager pass); the model as written stays the parity reference. Unchanged when it makes no such call."""
+    from attn_export.call_convert import CallConverter, ConversionRefused, Converted
+    from attn_export.inputs import name_forward_inputs
+
+    if loaded.program is not None:
+        return loaded, []
+    converter = CallConverter()
+    try:
+        records = converter.analyse(loaded.module, loaded.random_inputs(seed))
+    except ConversionRefused:
+        raise
+    except Exception:  # noqa: BLE001 - the model rejects these inputs: the export step names the failure
+        return loaded, []
+    if not records:
+        return loaded, []
+    module = name_forward_inputs(Converted(loaded.module, converter).train(loaded.module.training),
+                                 loaded.input_names)
+    return dataclasses.replace(loaded, module=module, original=loaded.original or loaded.module), records
 
 
 def _paro_job(loaded: LoadedModel, opts: ExportOptions, paro, stage: Path):
@@ -578,8 +603,7 @@ def parity_reference(loaded: LoadedModel, feed: dict):
         return Reference(loaded.module, "pytorch-converted",
                          f"the converted model on the CPU: the original cannot run here ({brief})")
     return Reference(loaded.original, "pytorch-original",
-                     f"the model as written ({len(loaded.conversions)} third-party attention modules, unconverted), "
-                     "on the CPU")
+                     "the model as written (its third-party attention modules and calls unconverted), on the CPU")
 
 
 def _write_report(path: Path, report: ParityReport, loaded: LoadedModel, failed: bool = False, **extra) -> None:
