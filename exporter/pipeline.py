@@ -162,6 +162,9 @@ class ExportOptions:
 
         if not self.paro_for(source):
             return None
+        if self.dynamic_spatial:
+            raise AttnExportError("--dynamic-spatial: a PARO plan is made for one token count (its grid); export "
+                                  "with static spatial dims, or with --no-paro")
         zoo = paro_export.zoo_paro(source)
         if self.paro_grid is None and zoo is None:
             raise AttnExportError("--paro needs --paro-grid FxHxW: the frames, height and width of the token grid "
