@@ -426,7 +426,10 @@ def ci_template_cmd(output, gpu, model, onnx, factory, input_shapes, installs, f
 
     def body():
         from attn_export.ci import WorkflowOptions, workflow_yaml
+        from attn_export.loader import parse_input_shapes
         from attn_export.outdir import write_text_atomically
+
+        parse_input_shapes(input_shapes)  # the parser takes any string: the shapes must be ones the check reads
 
         path = Path(output)
         if path.is_dir():
