@@ -233,3 +233,45 @@ def test_cpu_job_runs_green_on_a_zoo_model_and_red_on_a_broken_one(tmp_path):
     assert outcomes["Job summary"] == 0  # if: always(): the failure is still summarized
     assert int(junit_shape(uploaded / "junit.xml").get("failures")) > 0
     assert (repo / "step-summary.md").read_text().startswith("## attn-export parity: FAIL")
+
+
+def test_a_failure_after_the_reports_were_staged_leaves_none_of_them(tmp_path, monkeypatch):
+    """The Triton entry fails after the JUnit and summary files were staged: all are discarded, old ones kept."""
+    from attn_export import triton
+
+    def broken(*args, **kwargs):
+        raise AttnExportError("disk full while writing the Triton entry")
+
+    monkeypatch.setattr(triton, "write_entry", broken)
+    (tmp_path / "junit.xml").write_text("old junit")
+    result = run(SMALL, "-o", tmp_path / "out", "--junit", tmp_path / "junit.xml", "--summary",
+                 tmp_path / "reports" / "summary.md", "--triton-repo", tmp_path / "repo")
+    assert_one_line_error(result, 2, "disk full while writing the Triton entry")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml"]  # no out/, reports/, repo/ or staging
+    assert (tmp_path / "junit.xml").read_text() == "old junit"
+
+
+def test_extras_commit_whole_folders_and_discard_what_they_created(tmp_path):
+    from attn_export.outdir import Extras
+
+    (tmp_path / "repo" / "model").mkdir(parents=True)
+    (tmp_path / "repo" / "model" / "stale.txt").write_text("old")
+    extras = Extras()
+    folder = extras.path(tmp_path / "repo" / "model", folder=True)
+    (folder / "config.pbtxt").write_text("new")
+    extras.path(tmp_path / "a" / "b" / "report.md").write_text("report")
+    assert not (tmp_path / "a" / "b" / "report.md").exists()  # nothing in place before the commit
+    extras.commit()
+    assert sorted(p.name for p in (tmp_path / "repo" / "model").iterdir()) == ["config.pbtxt"]
+    assert (tmp_path / "a" / "b" / "report.md").read_text() == "report"
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["model"]
+    (tmp_path / "plain").mkdir()  # what lands gets a plain mkdir's permissions, not mkdtemp's private 0700
+    assert (tmp_path / "repo" / "model").stat().st_mode == (tmp_path / "plain").stat().st_mode
+    (tmp_path / "plain").rmdir()
+
+    extras = Extras()
+    extras.path(tmp_path / "new" / "deep" / "junit.xml").write_text("x")
+    extras.path(tmp_path / "repo" / "other", folder=True)
+    extras.discard()
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["model"]
