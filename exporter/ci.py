@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import platform
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from attn_export import defaults
@@ -343,3 +345,19 @@ jobs:
           if-no-files-found: warn
 """
     return text
+
+
+def write_workflow(path: str | os.PathLike, opts: WorkflowOptions, force: bool = False) -> Path:
+    """Write the workflow to ``path`` atomically; refuses a folder, an existing file without ``force``, and input
+    shapes the check could not read (the CLI parser takes any string for them)."""
+    from attn_export.loader import parse_input_shapes
+    from attn_export.outdir import write_text_atomically
+
+    path = Path(path)
+    if path.is_dir():
+        raise AttnExportError(f"-o {path} is a folder; pass the workflow file's path")
+    if path.exists() and not force:
+        raise AttnExportError(f"{path} exists; pass --force to replace it")
+    args = list(opts.model_args)
+    parse_input_shapes([args[i + 1] for i, a in enumerate(args[:-1]) if a == "--input-shape"])
+    return write_text_atomically(workflow_yaml(opts), path)

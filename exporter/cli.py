@@ -11,7 +11,6 @@ import os
 import sys
 import threading
 import time
-from pathlib import Path
 
 import click
 
@@ -425,24 +424,13 @@ def ci_template_cmd(output, gpu, model, onnx, factory, input_shapes, installs, f
     self-hosted-runner job that builds the plugins and checks the TensorRT engine."""
 
     def body():
-        from attn_export.ci import WorkflowOptions, workflow_yaml
-        from attn_export.loader import parse_input_shapes
-        from attn_export.outdir import write_text_atomically
+        from attn_export.ci import WorkflowOptions, write_workflow
 
-        parse_input_shapes(input_shapes)  # the parser takes any string: the shapes must be ones the check reads
-
-        path = Path(output)
-        if path.is_dir():
-            raise AttnExportError(f"-o {output} is a folder; pass the workflow file's path")
-        if path.exists() and not force:
-            raise AttnExportError(f"{output} exists; pass --force to replace it")
         model_args = [*(["--factory", factory] if factory else []),
                       *(a for shape in input_shapes for a in ("--input-shape", shape))]
         opts = WorkflowOptions(model=model, onnx=onnx, model_args=model_args, gpu=gpu,
                                install=tuple(installs) or WorkflowOptions.install)
-        text = workflow_yaml(opts)  # parses each attn-export command with this CLI first
-        write_text_atomically(text, path)
-        click.echo(f"wrote {path}")
+        click.echo(f"wrote {write_workflow(output, opts, force)}")
         return 0
 
     _run(debug, body)

@@ -404,8 +404,7 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                                paro_report, warnings)
         triton_command = None
         if opts.triton_repo:
-            triton_command = _write_triton(extras, opts, triton_name, final, engine, profiles if engine or
-                                           opts.shape_profiles else ())
+            triton_command = _write_triton(extras, opts, triton_name, final, engine, profiles)
     triton_path = Path(opts.triton_repo) / triton_name if opts.triton_repo else None
     return ExportResult(outdir / ONNX_NAME, outdir / REPORT_NAME if report else None, report,
                         outdir / ENGINE_NAME if engine else None, outdir / quant_name if quant_name else None,

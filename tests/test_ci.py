@@ -23,7 +23,10 @@ from attn_export.errors import AttnExportError
 
 from helpers import SMALL, assert_one_line_error, run
 
-yaml = pytest.importorskip("yaml", reason="pyyaml (the dev extra) parses the workflow")
+
+@pytest.fixture
+def yaml():
+    return pytest.importorskip("yaml", reason="pyyaml (the dev extra) parses the workflow")
 
 
 def junit_shape(path: Path) -> ET.Element:
@@ -163,7 +166,7 @@ def test_validate_invocation_uses_the_cli_parser():
 
 
 @pytest.mark.parametrize("gpu", [False, True])
-def test_workflow_parses_and_every_command_is_a_valid_invocation(tmp_path, gpu):
+def test_workflow_parses_and_every_command_is_a_valid_invocation(tmp_path, gpu, yaml):
     path = tmp_path / ".github" / "workflows" / "parity.yml"
     result = run("ci-template", "-o", path, *(["--gpu"] if gpu else []))
     assert result.exit_code == 0, result.output
@@ -211,7 +214,7 @@ def run_cpu_job(workflow: dict, cwd: Path) -> list[tuple[str, int]]:
     return outcomes
 
 
-def test_cpu_job_runs_green_on_a_zoo_model_and_red_on_a_broken_one(tmp_path):
+def test_cpu_job_runs_green_on_a_zoo_model_and_red_on_a_broken_one(tmp_path, yaml):
     repo = tmp_path / "repo"
     repo.mkdir()
     assert run(SMALL, "-o", tmp_path / "export", "--no-check").exit_code == 0
