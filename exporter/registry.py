@@ -139,6 +139,7 @@ BLOCK_SPARSE = OpSpec(
                 Attribute("scale", "FLOAT", "logit scale (the exporter writes head_dim**-0.5 by default)")),
     type_constraints=(_T, TypeConstraint("I", ("tensor(int32)",), "block layout")),
     local_function="attn_export.onnx_functions:block_sparse_function",
+    plugin="blockSparseAttention",
 )
 
 PARO = OpSpec(
@@ -160,6 +161,7 @@ PARO = OpSpec(
                 Attribute("scale", "FLOAT", "logit scale (the exporter writes head_dim**-0.5 by default)")),
     type_constraints=(_T, TypeConstraint("I", ("tensor(int32)",), "permutation and block layout")),
     local_function="attn_export.onnx_functions:paro_function",
+    plugin="paroAttention",
 )
 
 OPS: dict[str, OpSpec] = {spec.key: spec for spec in (NEIGHBORHOOD, BLOCK_SPARSE, PARO)}
