@@ -63,7 +63,11 @@ class VirtualKeys:
         if self.seq_kv % self.block_kv == 0:
             return False
         tail = ceil_div(self.seq_kv, self.block_kv) - 1
-        return any(self.blocks[s] == tail for s in range(first // self.block_kv, last // self.block_kv + 1))
+        for s in range(first // self.block_kv, last // self.block_kv + 1):
+            last_in_block = min(last, (s + 1) * self.block_kv - 1) - s * self.block_kv
+            if self.blocks[s] == tail and tail * self.block_kv + last_in_block >= self.seq_kv:
+                return True
+        return False
 
 
 @dataclass

@@ -118,13 +118,9 @@ struct NaPolicy {
         // Interior: every slot is a real key inside the window of every query of the tile. Windows are
         // monotone in the query index, so the first and last valid query of each axis decide.
         bool interior = tile_tokens == kBlockN;
-        for (int a = 0; a < kMaxRank && interior; ++a) {
-            const int last_q = min(first[a] + p.pr.tile[a], glen[a]) - 1;
-            const int lo = window(last_q, glen[a], p.pr.k[a], p.pr.s[a], p.pr.causal[a] != 0).begin;
-            const int hi = window(first[a], glen[a], p.pr.k[a], p.pr.s[a], p.pr.causal[a] != 0).end;
-            const int kv_last = cur_first[a] + p.pr.tile[a] - 1;
-            interior = cur_first[a] >= lo && kv_last < hi && kv_last < kv_end[a];
-        }
+        for (int a = 0; a < kMaxRank && interior; ++a)
+            interior = kv_tile_interior(first[a], min(first[a] + p.pr.tile[a], glen[a]) - 1, cur_first[a], p.pr.tile[a],
+                                        kv_end[a], glen[a], p.pr.k[a], p.pr.s[a], p.pr.causal[a] != 0);
         cur_masked = !interior || p.rpb != nullptr;  // the bias is per element: the element path
     }
     __device__ bool masked(int) const { return cur_masked; }

@@ -49,14 +49,17 @@ struct VirtualKeys {
         const int k = row.block(v / block_kv) * block_kv + v % block_kv;
         return k < seq_kv ? k : -1;
     }
-    // Whether tile t holds a slot without a key: past the end, or a listed block that is the partial tail.
+    // Whether tile t holds a slot without a key (exactly): past the list's end, or in the part of the partial
+    // tail block that lies at or past seq_kv.
     ATTNX_HD bool tile_masked(int t, int tile) const {
         const int first = t * tile, last = first + tile - 1;
         if (last >= slots()) return true;
         if (seq_kv % block_kv == 0) return false;
         const int tail = ceil_div(seq_kv, block_kv) - 1;
-        for (int s = first / block_kv; s <= last / block_kv; ++s)
-            if (row.block(s) == tail) return true;
+        for (int s = first / block_kv; s <= last / block_kv; ++s) {
+            const int last_in_block = (last < (s + 1) * block_kv - 1 ? last : (s + 1) * block_kv - 1) - s * block_kv;
+            if (row.block(s) == tail && tail * block_kv + last_in_block >= seq_kv) return true;
+        }
         return false;
     }
 };

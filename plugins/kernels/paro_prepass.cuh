@@ -22,26 +22,28 @@ __global__ void __launch_bounds__(kThreads)
     channel_stats_kernel(int bh_count, int seq, int dim, const T* __restrict__ k, const T* __restrict__ v,
                          float* __restrict__ k_mean, float* __restrict__ v_scale, float v_qmax) {
     __shared__ float sum[kThreads], amax[kThreads];
-    const int lanes_per_channel = kThreads / dim > 0 ? kThreads / dim : 1;
+    // `channels` channels per pass, `lanes` threads per channel splitting the tokens (the rest idle).
+    const int channels = dim < kThreads ? dim : kThreads;
+    const int lanes = kThreads / channels;
+    const int c_local = threadIdx.x % channels, part = threadIdx.x / channels;
     for (int bh = blockIdx.x; bh < bh_count; bh += gridDim.x) {
         const long long base = static_cast<long long>(bh) * seq * dim;
-        for (int c0 = 0; c0 < dim; c0 += kThreads / lanes_per_channel) {
-            const int c = c0 + threadIdx.x % (kThreads / lanes_per_channel);
-            const int part = threadIdx.x / (kThreads / lanes_per_channel);
+        for (int c0 = 0; c0 < dim; c0 += channels) {
+            const int c = c0 + c_local;
+            const bool active = part < lanes && c < dim;
             float s = 0.f, a = 0.f;
-            if (c < dim)
-                for (int n = part; n < seq; n += lanes_per_channel) {
+            if (active)
+                for (int n = part; n < seq; n += lanes) {
                     if (k_mean) s += generic::load(k + base + static_cast<long long>(n) * dim + c);
                     if (v_scale) a = fmaxf(a, fabsf(generic::load(v + base + static_cast<long long>(n) * dim + c)));
                 }
             sum[threadIdx.x] = s;
             amax[threadIdx.x] = a;
             __syncthreads();
-            if (part == 0 && c < dim) {
-                const int stride = kThreads / lanes_per_channel;
-                for (int j = 1; j < lanes_per_channel; ++j) {
-                    s += sum[threadIdx.x + j * stride];
-                    a = fmaxf(a, amax[threadIdx.x + j * stride]);
+            if (active && part == 0) {
+                for (int j = 1; j < lanes; ++j) {
+                    s += sum[threadIdx.x + j * channels];
+                    a = fmaxf(a, amax[threadIdx.x + j * channels]);
                 }
                 if (k_mean) k_mean[static_cast<long long>(bh) * dim + c] = s / seq;
                 if (v_scale) {
