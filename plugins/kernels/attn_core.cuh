@@ -98,36 +98,42 @@ __device__ __forceinline__ float quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// Copies `kBlockN` rows of HeadDim elements into a swizzled tile; row_offset(r) is the row's element offset
-// in src, or -1 for a row that does not exist (zero-filled).
-template <class Geo, typename Elem, class RowOffset>
-__device__ __forceinline__ void load_tile(const Elem* src, Elem* tile, RowOffset&& row_offset) {
+// Copies kBlockN rows of HeadDim elements of `a` (and, with `b`, of b) into swizzled tiles. rows(r, off_a,
+// off_b) gives the row's element offsets, -1 for a row that does not exist (zero-filled). Each thread walks
+// its rows once for both tensors (the offsets of K and V rows are one index computation).
+template <class Geo, typename Elem, class Rows>
+__device__ __forceinline__ void load_rows(const Elem* a, Elem* tile_a, const Elem* b, Elem* tile_b, Rows&& rows) {
     typename Geo::TileLayout layout;
     constexpr int kPerThread = kBlockN * Geo::kChunks / kThreads;
     static_assert(kBlockN * Geo::kChunks % kThreads == 0, "whole chunks per thread");
     const int tid = threadIdx.x;
     // Consecutive threads take consecutive chunks of a row: coalesced 16-byte reads.
-    long long offset = -1;
+    long long off_a = -1, off_b = -1;
     int cached_row = -1;
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {
         const int chunk = tid + i * kThreads;
         const int row = chunk / Geo::kChunks, col = (chunk % Geo::kChunks) * 8;
         if (row != cached_row) {
-            offset = row_offset(row);
+            rows(row, off_a, off_b);
             cached_row = row;
         }
-        const bool ok = offset >= 0;
-        copy_chunk(ok ? src + offset + col : src, tile + layout(row, col), ok);
+        copy_chunk(off_a >= 0 ? a + off_a + col : a, tile_a + layout(row, col), off_a >= 0);
+        if (b) copy_chunk(off_b >= 0 ? b + off_b + col : b, tile_b + layout(row, col), off_b >= 0);
     }
 }
 
 // One query tile. Policy (attn_policies.cuh) provides, per block:
 //   bool begin()                      false: an empty tile (nothing to do)
+//   void stage(float* shared)         copies per-block tables into the dynamic shared memory past the core's
+//                                     own (the neighborhood bias); visible after the loop's first barrier
 //   void set_rows(r0, r1)             the two query rows of this thread (slots 0 and 1)
 //   int kv_tiles()                    kv tiles to visit, in order 0..kv_tiles()-1
 //   long long q_row(r), o_row(r)      element offsets of query row r in q and out, -1: no such row
-//   long long k_row(t, r), v_row(t, r)  element offsets of row r of kv tile t in k and v (-1: none)
+//   Tile kv_tile(t)                   per-tile addressing state (NA: the box origin), computed once per load
+//   void kv_row(tile, r, k_off, v_off)  element offsets of row r of that kv tile in k and v (-1: none)
+//   void prepare_tile(t)              before tile t's barrier: per-tile shared tables (the neighborhood's slot
+//                                     coordinates)
 //   void set_tile(t)                  before tile t's logits
 //   bool masked(t)                    tile t needs the element mask (false for interior tiles)
 //   bool keep(slot, c)                the element mask of the current (masked) tile
@@ -146,9 +152,11 @@ __global__ void __launch_bounds__(kThreads)
     Elem* sK_ptr = sQ_ptr + Geo::kTileElems;
     Elem* sV_ptr = sK_ptr + kStages * Geo::kTileElems;
     float* tile_max_exchange = reinterpret_cast<float*>(sV_ptr + kStages * Geo::kTileElems);  // [2][kWarps]
+    static_assert(Geo::kSmemBytes % 16 == 0, "a staged table starts aligned past the core's shared memory");
 
     Policy policy(params);
     if (!policy.begin()) return;
+    policy.stage(reinterpret_cast<float*>(smem_raw + Geo::kSmemBytes));
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int n_tiles = policy.kv_tiles();
 
@@ -168,16 +176,20 @@ __global__ void __launch_bounds__(kThreads)
 
     auto issue_kv = [&](int t) {
         const int stage = t % kStages;
-        load_tile<Geo>(k, sK_ptr + stage * Geo::kTileElems, [&](int r) { return policy.k_row(t, r); });
-        load_tile<Geo>(v, sV_ptr + stage * Geo::kTileElems, [&](int r) { return policy.v_row(t, r); });
+        const auto tile = policy.kv_tile(t);
+        load_rows<Geo>(k, sK_ptr + stage * Geo::kTileElems, v, sV_ptr + stage * Geo::kTileElems,
+                       [&](int r, long long& k_off, long long& v_off) { policy.kv_row(tile, r, k_off, v_off); });
     };
 
     // Prologue: Q and kv tile 0 (group 0), kv tile 1 (group 1). A group may be empty; counts stay uniform.
-    load_tile<Geo>(q, sQ_ptr, [&](int r) { return policy.q_row(r); });
-    if (n_tiles > 0) issue_kv(0);
-    cp_async_fence();
-    if (n_tiles > 1) issue_kv(1);
-    cp_async_fence();
+    // (A loop, not unrolled: one copy of the loader's index math instead of one per stage.)
+    load_rows<Geo>(q, sQ_ptr, static_cast<const Elem*>(nullptr), static_cast<Elem*>(nullptr),
+                   [&](int r, long long& q_off, long long&) { q_off = policy.q_row(r); });
+#pragma unroll 1
+    for (int t = 0; t < kStages; ++t) {
+        if (t < n_tiles) issue_kv(t);
+        cp_async_fence();
+    }
 
     Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<HeadDim>>{});
     clear(acc_o);
@@ -192,17 +204,23 @@ __global__ void __launch_bounds__(kThreads)
     auto thr_copy_b = smem_copy_b.get_thread_slice(tid);
     auto thr_copy_bt = smem_copy_bt.get_thread_slice(tid);
 
-    Tensor tSrQ = thr_mma.partition_fragment_A(sQ);  // Q stays in registers for every kv tile
+    // Q stays in registers for every kv tile (ptxas, sm_90, head_dim 128: 236 registers, no spill); false
+    // re-reads it from shared memory per k-slice, as FlashAttention-2 does, should a policy need the registers.
+    constexpr bool kQInRegisters = true;
+    Tensor tSrQ = thr_mma.partition_fragment_A(sQ);
+    Tensor tSsQ = thr_copy_a.partition_S(sQ);
+    Tensor tSrQ_view = thr_copy_a.retile_D(tSrQ);
     bool q_loaded = false;
 
     for (int t = 0; t < n_tiles; ++t) {
+        policy.prepare_tile(t);
         cp_async_wait<1>();  // everything but the newest group: tile t (and Q) have landed
         __syncthreads();
         const int stage = t % kStages;
         Tensor sK = make_tensor(make_smem_ptr(sK_ptr + stage * Geo::kTileElems), typename Geo::TileLayout{});
         Tensor sVt = make_tensor(make_smem_ptr(sV_ptr + stage * Geo::kTileElems), typename Geo::TileLayoutT{});
-        if (!q_loaded) {
-            copy(smem_copy_a, thr_copy_a.partition_S(sQ), thr_copy_a.retile_D(tSrQ));
+        if (kQInRegisters && !q_loaded) {
+            copy(smem_copy_a, tSsQ, tSrQ_view);
             q_loaded = true;
         }
 
@@ -215,6 +233,7 @@ __global__ void __launch_bounds__(kThreads)
         Tensor tSrK_view = thr_copy_b.retile_D(tSrK);
 #pragma unroll
         for (int kk = 0; kk < size<2>(tSrK); ++kk) {
+            if constexpr (!kQInRegisters) copy(smem_copy_a, tSsQ(_, _, kk), tSrQ_view(_, _, kk));
             copy(smem_copy_b, tSsK(_, _, kk), tSrK_view(_, _, kk));
             gemm(tiled_mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
         }

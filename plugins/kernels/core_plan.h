@@ -21,6 +21,12 @@ inline bool core_fits(int dtype, int dim, int cc_major, size_t max_smem, bool al
     return dtype != ATTNX_FLOAT32 && core_head_dim(dim) && cc_major >= 8 && aligned && core_smem_bytes(dim) <= max_smem;
 }
 
+// Neighborhood with a bias: the core stages the head's table (prod(2k-1) floats) in shared memory next to its
+// tiles; where that does not fit on this device, the first-generation kernel takes the call.
+constexpr bool na_rpb_staged(long long table, int dim, size_t max_smem) {
+    return core_smem_bytes(dim) + sizeof(float) * static_cast<size_t>(table) <= max_smem;
+}
+
 // Block-sparse: the core needs a query block of whole 64-query tiles (any block_kv: listed blocks are read
 // as one virtual key sequence); else the generic kernel.
 inline attnx_path bsa_path(const attnx_bsa_params& p, int cc_major, size_t max_smem, bool aligned) {

@@ -4,6 +4,7 @@
 
 #include "attn_policies.cuh"
 #include "attnx_abi.h"
+#include "core_plan.h"
 #include "launch_util.h"
 #include "na_core.h"
 #include "na_launch.h"  // for_each_grid_chunk
@@ -13,13 +14,15 @@ namespace {
 using attnx::fail;
 
 template <typename Elem, int HD>
-attnx_status launch_core(const attnx_na_params& p, int device, const void* q, const void* k, const void* v,
+attnx_status launch_core(const attnx_na_params& p, int device, size_t max_smem, const void* q, const void* k, const void* v,
                          const void* rpb, void* out, cudaStream_t stream) {
     using Policy = attnx::core::NaPolicy<Elem>;
     constexpr auto kernel = attnx::core::attention_core_kernel<Elem, HD, Policy>;
-    const size_t smem = attnx::core::Geometry<Elem, HD>::kSmemBytes;
     const attnx::NaProblem problem = attnx::make_problem(p, attnx::core::kBlockN);
     const long long table = static_cast<long long>(2 * problem.k[0] - 1) * (2 * problem.k[1] - 1) * (2 * problem.k[2] - 1);
+    // na_forward.cu sends a bias here only when its table fits in shared memory next to the tiles.
+    const size_t smem = attnx::core::Geometry<Elem, HD>::kSmemBytes + (rpb ? sizeof(float) * table : 0);
+    if (smem > max_smem) return fail(ATTNX_UNSUPPORTED, "the bias table does not fit in shared memory");
     cudaError_t status = cudaSuccess;
     attnx::for_each_grid_chunk(p.batch, p.heads, [&](int b0, int batches, int h0, int heads) {
         if (status != cudaSuccess) return;
@@ -38,12 +41,12 @@ attnx_status launch_core(const attnx_na_params& p, int device, const void* q, co
 }
 
 template <typename Elem>
-attnx_status dispatch_core(const attnx_na_params& p, int device, const void* q, const void* k, const void* v,
+attnx_status dispatch_core(const attnx_na_params& p, int device, size_t max_smem, const void* q, const void* k, const void* v,
                            const void* rpb, void* out, cudaStream_t stream) {
     switch (p.head_dim) {
-        case 32: return launch_core<Elem, 32>(p, device, q, k, v, rpb, out, stream);
-        case 64: return launch_core<Elem, 64>(p, device, q, k, v, rpb, out, stream);
-        default: return launch_core<Elem, 128>(p, device, q, k, v, rpb, out, stream);
+        case 32: return launch_core<Elem, 32>(p, device, max_smem, q, k, v, rpb, out, stream);
+        case 64: return launch_core<Elem, 64>(p, device, max_smem, q, k, v, rpb, out, stream);
+        default: return launch_core<Elem, 128>(p, device, max_smem, q, k, v, rpb, out, stream);
     }
 }
 
@@ -51,10 +54,10 @@ attnx_status dispatch_core(const attnx_na_params& p, int device, const void* q, 
 
 namespace attnx {
 
-attnx_status na_core_forward(const attnx_na_params& p, int device, const void* q, const void* k, const void* v,
+attnx_status na_core_forward(const attnx_na_params& p, int device, size_t max_smem, const void* q, const void* k, const void* v,
                              const void* rpb, void* out, cudaStream_t stream) {
-    return p.dtype == ATTNX_FLOAT16 ? dispatch_core<cute::half_t>(p, device, q, k, v, rpb, out, stream)
-                                    : dispatch_core<cute::bfloat16_t>(p, device, q, k, v, rpb, out, stream);
+    return p.dtype == ATTNX_FLOAT16 ? dispatch_core<cute::half_t>(p, device, max_smem, q, k, v, rpb, out, stream)
+                                    : dispatch_core<cute::bfloat16_t>(p, device, max_smem, q, k, v, rpb, out, stream);
 }
 
 }  // namespace attnx

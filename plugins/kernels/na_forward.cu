@@ -50,9 +50,14 @@ attnx_status launch(const attnx_na_params& p, const Device& dev, size_t smem, co
     return status;
 }
 
-// The path of a call: the core where it fits (core_plan.h), else the first generation's plan.
+// The path of a call: the core where it fits (core_plan.h; with a bias, its table staged in shared memory
+// too), else the first generation's plan.
 attnx_na_path na_path(const attnx_na_params& p, const Device& dev, bool aligned) {
-    if (attnx::core_fits(p.dtype, p.head_dim, dev.major, dev.max_smem, aligned)) return ATTNX_PATH_CORE;
+    long long table = 1;
+    for (int a = 0; a < p.rank; ++a) table *= 2LL * p.kernel_size[a] - 1;
+    if (attnx::core_fits(p.dtype, p.head_dim, dev.major, dev.max_smem, aligned) &&
+        (!p.has_rpb || attnx::na_rpb_staged(table, p.head_dim, dev.max_smem)))
+        return ATTNX_PATH_CORE;
     return attnx::choose_launch(p.dtype, p.head_dim, dev.major, dev.max_smem, aligned).path;
 }
 
@@ -61,7 +66,7 @@ attnx_status dispatch(const attnx_na_params& p, const Device& dev, const void* q
                       const void* rpb, void* out, cudaStream_t stream) {
     // The vectorized core loads need 16-byte aligned rows; otherwise the generic path runs.
     const bool aligned = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
-    if (na_path(p, dev, aligned) == ATTNX_PATH_CORE) return attnx::na_core_forward(p, dev.id, q, k, v, rpb, out, stream);
+    if (na_path(p, dev, aligned) == ATTNX_PATH_CORE) return attnx::na_core_forward(p, dev.id, dev.max_smem, q, k, v, rpb, out, stream);
     const attnx::LaunchChoice c = attnx::choose_launch(p.dtype, p.head_dim, dev.major, dev.max_smem, aligned);
     switch (c.path == ATTNX_PATH_GENERIC ? c.tile : 0) {
         case 64: return launch<T, 64, false>(p, dev, c.dynamic_smem, q, k, v, rpb, out, stream);
