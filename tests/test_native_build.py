@@ -65,12 +65,13 @@ def test_plugin_library_compiled_against_tensorrt_headers(native_build):
 
 
 def test_ctest_cpu_tests_pass(native_build):
-    """ctest ran the library's and the common code's tests, and for every plugin folder its config test
+    """ctest ran the library's and the common code's tests, the core's layout check (core_layout_check.cu:
+    fragments, ldmatrix replayed per warp, the swizzled tiles), and for every plugin folder its config test
     (TensorRT-free logic) and glue test (its creator in the built library)."""
     result = subprocess.run(["ctest", "--output-on-failure"], cwd=native_build, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
     ran = set(re.findall(r"Test\s+#\d+: (\S+) \.+\s+Passed", result.stdout))
-    expected = {"plugin_glue", "common_fields", "common_glue"}
+    expected = {"plugin_glue", "common_fields", "common_glue", "core_layout"}
     expected |= {f"{folder.name}_{kind}" for folder in plugin_folders() for kind in ("config", "glue")}
     assert expected <= ran, f"not run or not passed: {sorted(expected - ran)}"
 

@@ -72,7 +72,7 @@ struct Geometry {
 // The accumulator layout of S (m16n8 C fragments) read as the A operand of the next MMA (m16n8k16):
 // ((2,2),M,N) -> ((2,2,2),M,N/2). Registers stay in place; only their indexing changes.
 template <class Layout>
-__device__ __forceinline__ auto acc_as_a_operand(Layout l) {
+CUTE_HOST_DEVICE auto acc_as_a_operand(Layout l) {
     auto split = logical_divide(l, Shape<Underscore, Underscore, _2>{});  // ((2,2),M,(2,N/2))
     return make_layout(make_layout(get<0>(split), get<2, 0>(split)), get<1>(split), get<2, 1>(split));
 }
@@ -192,6 +192,7 @@ __global__ void __launch_bounds__(kThreads)
     }
 
     Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<HeadDim>>{});
+    static_assert(decltype(size<1>(acc_o))::value == 1, "row_slot assumes one 16-row MMA per warp");
     clear(acc_o);
     float row_max[2] = {-INFINITY, -INFINITY};
     float row_sum[2] = {0.f, 0.f};  // this thread's partial sums; the quad's are added at the end
