@@ -44,6 +44,7 @@ struct NaPolicy {
         int kv_bias[kBlockN];  // with a bias: sum over axes of kv_pos * rpb_stride (the key's part of the index)
     };
     static constexpr int kOutside = 1 << 29;
+    static_assert(sizeof(Block) <= kNaStaticSmem, "core_plan.h counts the policy's static shared memory");
     static __device__ Block& shared_block() {
         __shared__ Block block;
         return block;

@@ -21,10 +21,14 @@ inline bool core_fits(int dtype, int dim, int cc_major, size_t max_smem, bool al
     return dtype != ATTNX_FLOAT32 && core_head_dim(dim) && cc_major >= 8 && aligned && core_smem_bytes(dim) <= max_smem;
 }
 
+// The neighborhood policy's static shared memory (its per-block state and slot coordinates) is at most this;
+// attn_policies.cuh checks it. It counts against the same per-block limit as the dynamic memory.
+constexpr size_t kNaStaticSmem = 2048;
+
 // Neighborhood with a bias: the core stages the head's table (prod(2k-1) floats) in shared memory next to its
 // tiles; where that does not fit on this device, the first-generation kernel takes the call.
 constexpr bool na_rpb_staged(long long table, int dim, size_t max_smem) {
-    return core_smem_bytes(dim) + sizeof(float) * static_cast<size_t>(table) <= max_smem;
+    return core_smem_bytes(dim) + kNaStaticSmem + sizeof(float) * static_cast<size_t>(table) <= max_smem;
 }
 
 // Block-sparse: the core needs a query block of whole 64-query tiles (any block_kv: listed blocks are read

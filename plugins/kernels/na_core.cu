@@ -22,7 +22,7 @@ attnx_status launch_core(const attnx_na_params& p, int device, size_t max_smem, 
     const long long table = static_cast<long long>(2 * problem.k[0] - 1) * (2 * problem.k[1] - 1) * (2 * problem.k[2] - 1);
     // na_forward.cu sends a bias here only when its table fits in shared memory next to the tiles.
     const size_t smem = attnx::core::Geometry<Elem, HD>::kSmemBytes + (rpb ? sizeof(float) * table : 0);
-    if (smem > max_smem) return fail(ATTNX_UNSUPPORTED, "the bias table does not fit in shared memory");
+    if (smem + attnx::kNaStaticSmem > max_smem) return fail(ATTNX_UNSUPPORTED, "the bias table does not fit in shared memory");
     cudaError_t status = cudaSuccess;
     attnx::for_each_grid_chunk(p.batch, p.heads, [&](int b0, int batches, int h0, int heads) {
         if (status != cudaSuccess) return;
