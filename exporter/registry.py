@@ -143,6 +143,7 @@ BLOCK_SPARSE = OpSpec(
     type_constraints=(_T, TypeConstraint("I", ("tensor(int32)",), "block layout")),
     local_function="attn_export.onnx_functions:block_sparse_function",
     torch_op="attn_export.models.block_sparse:block_sparse_attention",
+    plugin="blockSparseAttention",
 )
 
 PARO = OpSpec(
@@ -165,6 +166,7 @@ PARO = OpSpec(
     type_constraints=(_T, TypeConstraint("I", ("tensor(int32)",), "permutation and block layout")),
     local_function="attn_export.onnx_functions:paro_function",
     torch_op="attn_export.models.paro:paro_attention",
+    plugin="paroAttention",
 )
 
 OPS: dict[str, OpSpec] = {spec.key: spec for spec in (NEIGHBORHOOD, BLOCK_SPARSE, PARO)}
