@@ -22,7 +22,10 @@ Examples:
   attn-export zoo:nat-tiny -o out/nat-tiny
   attn-export model.pt2 -o out/ --input-shape images=1x3x224x224
   attn-export ckpt.pt --factory mypkg.models:build -o out/
-  attn-export check zoo:nat-tiny out/nat-tiny/model.onnx --report out/check.json
+  attn-export check zoo:nat-tiny out/nat-tiny/model.onnx --report out/check.json --junit out/junit.xml
+  attn-export zoo:nat-tiny -o out --triton-repo out/triton --shapes images=1x3x64x64:8x3x224x224:32x3x384x384
+  attn-export bench out/nat-tiny --batch 1 --batch 8
+  attn-export ci-template --gpu -o .github/workflows/parity.yml
   attn-export zoo
   attn-export plugins build --arch 90
 
@@ -100,8 +103,9 @@ def _parse_tolerances(atol: tuple[str, ...], rtol: tuple[str, ...]):
                 base = tol
         return base, per_output
 
-    a, per_a = split(atol, "--atol", defaults.ATOL)
-    r, per_r = split(rtol, "--rtol", defaults.RTOL)
+    # None where not given: the precision's default (fp16 / bf16 files have their own)
+    a, per_a = split(atol, "--atol", None)
+    r, per_r = split(rtol, "--rtol", None)
     return Tolerances(a, r, per_a, per_r)
 
 
@@ -116,15 +120,25 @@ def _model_options(func):
         click.option("--inputs", "inputs_npz", type=click.Path(dir_okay=False), metavar="FILE.npz",
                      help="Check on these inputs (a .npz keyed by input name) instead of seeded random ones."),
         click.option("--atol", multiple=True, metavar="[OUTPUT=]TOL",
-                     help=f"Absolute tolerance (default {defaults.ATOL:g})."),
+                     help=f"Absolute tolerance (default {defaults.ATOL:g}; fp16 / bf16 files: "
+                          f"{defaults.DTYPE_TOLERANCES['fp16']:g} / {defaults.DTYPE_TOLERANCES['bf16']:g} x each "
+                          "output's mean |reference|)."),
         click.option("--rtol", multiple=True, metavar="[OUTPUT=]TOL",
-                     help=f"Relative tolerance (default {defaults.RTOL:g})."),
+                     help=f"Relative tolerance (default {defaults.RTOL:g}; fp16 / bf16 files: "
+                          f"{defaults.DTYPE_TOLERANCES['fp16']:g} / {defaults.DTYPE_TOLERANCES['bf16']:g})."),
         click.option("--seed", type=int, default=defaults.SEED, show_default=True, help="Seed of random inputs."),
         click.option("--debug", is_flag=True, help="Show tracebacks."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _ci_report_options(func):
+    func = click.option("--summary", type=click.Path(), metavar="FILE.md",  # a folder: one-line error (prepare)
+                        help="Also write the check as Markdown (a CI job summary page).")(func)
+    return click.option("--junit", type=click.Path(), metavar="FILE.xml",
+                        help="Also write the check as JUnit XML: one test case per output and input set.")(func)
 
 
 def _quant_threshold_options(func):
@@ -235,11 +249,27 @@ def main():
                                                            "needs a 'timestep' input in [0, 1] [1].")
 @click.option("--paro-plan", type=click.Path(dir_okay=False), metavar="FILE",
               help="PARO: reuse this plan (an earlier OUTDIR/paro_plan.json) instead of planning.")
+@click.option("--dtype", default=defaults.DTYPE, show_default=True, metavar="fp32|fp16|bf16",
+              help="Precision of the exported file (attention nodes included); checked against the fp32 PyTorch "
+                   f"model with the precision's tolerances. bf16 exports with opset >= {defaults.BF16_MIN_OPSET}.")
+@click.option("--shapes", multiple=True, metavar="NAME=MIN:OPT:MAX",
+              help="Engine optimization profile range of an input, e.g. images=1x3x64x64:8x3x224x224:32x3x384x384 "
+                   "(repeatable; only dims the ONNX file leaves dynamic may vary) [default: the check's shapes, "
+                   "batch 1 to --max-batch].")
+@click.option("--profile", "profiles", multiple=True, metavar="NAME=MIN:OPT:MAX,...",
+              help="One more optimization profile: comma-separated ranges (repeatable; inputs left out take the "
+                   "default range). --shapes gives the first profile.")
+@click.option("--triton-repo", type=click.Path(), metavar="DIR",
+              help="Also write a Triton model repository entry DIR/NAME: the engine (tensorrt_plan, with the plugin "
+                   "library) or, without one, model.onnx (onnxruntime_onnx); config.pbtxt and serve.sh.")
+@click.option("--triton-name", metavar="NAME", help="Name of the Triton entry [the model's: zoo:nat-tiny -> nat-tiny].")
+@_ci_report_options
 @_quant_threshold_options
 @_model_options
 def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, engine, max_batch, timing_cache,
                int8, int4, int4_block, calib_method, calib_samples, calib_data, calib_cache, calib_preprocess, exclude,
                paro, paro_grid, paro_prefix, paro_density, paro_block, paro_qk, paro_pv, paro_buckets, paro_plan,
+               dtype, shapes, profiles, triton_repo, triton_name, junit, summary,
                quant_min_cosine, quant_max_error, input_shapes, factory, trust_pickle, inputs_npz, atol, rtol, seed,
                debug):
     """Export MODEL (zoo:NAME, a .pt2 archive, a checkpoint with --factory, or a pickle with
@@ -260,10 +290,13 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
             calib_preprocess=calib_preprocess, exclude=exclude, quant_min_cosine=quant_min_cosine,
             quant_max_error=quant_max_error, paro=paro, paro_grid=paro_grid, paro_prefix=paro_prefix,
             paro_density=paro_density, paro_block=paro_block, paro_qk=paro_qk, paro_pv=paro_pv,
-            paro_buckets=paro_buckets, paro_plan=paro_plan,
+            paro_buckets=paro_buckets, paro_plan=paro_plan, dtype=dtype, shapes=shapes, profiles=profiles,
+            junit=junit, summary=summary, triton_repo=triton_repo, triton_name=triton_name,
         ).prepare()  # every flag is checked before any work
         loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=opts.step_count(model))
         result = export_job(loaded, outdir, opts, step)
+        for line in result.converted_calls:
+            click.echo(f"    converted call {line}", err=True)
         for path in (result.onnx_path, result.quantized_path, result.engine_path, result.paro_plan_path):
             if path:
                 click.echo(f"wrote {path}")
@@ -286,11 +319,21 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
             if not result.quant_report.passed:
                 click.echo(f"{opts.quant.mode} parity FAILED: see the table above and {result.report_path}", err=True)
                 code = EXIT_CHECK_FAILED
+        _echo_extra_files(result.junit_path, result.summary_path)
+        if result.triton_path:
+            click.echo(f"wrote {result.triton_path} (Triton model repository entry); serve it with "
+                       f"{result.triton_path / 'serve.sh'}")
         for warning in result.warnings:  # after the tables, where they are seen
             click.echo(f"WARNING: {warning}", err=True)
         return code
 
     _run(debug, body)
+
+
+def _echo_extra_files(*paths) -> None:
+    for path in paths:
+        if path:
+            click.echo(f"wrote {path}")
 
 
 @main.command("check")
@@ -299,10 +342,11 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @click.option("--engine", "engine_file", type=click.Path(dir_okay=False), metavar="ENGINE",
               help="Also run this TensorRT engine (needs TensorRT and the plugin library; else exit 3).")
+@_ci_report_options
 @_quant_threshold_options
 @_model_options
-def check_cmd(model, onnx_file, report_path, engine_file, quant_min_cosine, quant_max_error, input_shapes, factory,
-              trust_pickle, inputs_npz, atol, rtol, seed, debug):
+def check_cmd(model, onnx_file, report_path, engine_file, junit, summary, quant_min_cosine, quant_max_error,
+              input_shapes, factory, trust_pickle, inputs_npz, atol, rtol, seed, debug):
     """Compare MODEL in PyTorch with ONNX on ONNX Runtime (and a TensorRT engine); exit 1 on a
     mismatch (for CI). A quantized (Q/DQ) file is judged by cosine and mean error.
 
@@ -313,15 +357,83 @@ def check_cmd(model, onnx_file, report_path, engine_file, quant_min_cosine, quan
 
         opts = ExportOptions(tolerances=_parse_tolerances(atol, rtol), inputs_npz=inputs_npz, seed=seed,
                              command=["attn-export", *sys.argv[1:]], quant_min_cosine=quant_min_cosine,
-                             quant_max_error=quant_max_error)
+                             quant_max_error=quant_max_error, junit=junit, summary=summary)
+        opts.prepare_check(report_path)  # before loading the model
         if engine_file:
-            require_engine_file(engine_file)  # before loading the model
+            require_engine_file(engine_file)
         loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=CHECK_STEPS)
         report = check_job(loaded, onnx_file, report_path, opts, step, engine_path=engine_file)
         code = _report_outcome(report, report_path)
+        _echo_extra_files(junit, summary)
         for warning in report.warnings:
             click.echo(f"WARNING: {warning}", err=True)
         return code
+
+    _run(debug, body)
+
+
+@main.command("bench")
+@click.argument("outdir", type=click.Path(), metavar="OUTDIR")
+@click.option("--runtime", "runtimes", multiple=True, metavar="ort|trt|torch",
+              help="Runtimes to time (repeatable) [default: all; ort also tries ONNX Runtime's CUDA and TensorRT "
+                   "providers, torch also CUDA; what is absent is listed as skipped].")
+@click.option("--batch", "batches", multiple=True, type=int, metavar="N",
+              help=f"Batch sizes (repeatable) [default: {', '.join(map(str, defaults.BENCH_BATCHES))}].")
+@click.option("--iters", type=int, default=defaults.BENCH_ITERS, show_default=True, help="Timed runs per row.")
+@click.option("--warmup", type=int, default=defaults.BENCH_WARMUP, show_default=True,
+              help="Untimed runs before them.")
+@click.option("--onnx", "onnx_name", default="model.onnx", show_default=True, metavar="FILE",
+              help="The ONNX file in OUTDIR to run (e.g. model.int8.onnx).")
+@click.option("--model", metavar="MODEL", help="The PyTorch model for the eager rows [report.json's, with its "
+                                               "--factory and --input-shape].")
+@click.option("--factory", metavar="MODULE:FUNC", help="With --model: the function that builds it.")
+@click.option("--trust-pickle", is_flag=True, help="Allow loading a pickled model for the eager rows.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def bench_cmd(outdir, runtimes, batches, iters, warmup, onnx_name, model, factory, trust_pickle, debug):
+    """Time the export in OUTDIR: latency p50 / p90 / p99 and throughput per runtime and batch, next to
+    PyTorch eager; prints a table and writes OUTDIR/bench.json."""
+
+    def body():
+        from attn_export.bench import BENCH_NAME, BenchOptions, bench
+
+        opts = BenchOptions(runtimes, batches, iters, warmup, onnx_name, model, factory, trust_pickle).prepare()
+        report = bench(outdir, opts, progress=lambda line: click.echo(f"timing {line} ...", err=True))
+        click.echo(report.table())
+        click.echo(f"wrote {os.path.join(outdir, BENCH_NAME)}")
+        return 0
+
+    _run(debug, body)
+
+
+@main.command("ci-template")
+@click.option("-o", "--output", "output", default=defaults.CI_WORKFLOW, show_default=True, metavar="PATH",
+              type=click.Path(), help="Where to write the workflow.")
+@click.option("--gpu", is_flag=True, help="Add a job for a self-hosted GPU runner: build the plugins and check the "
+                                         "TensorRT engine.")
+@click.option("--model", default="zoo:nat-tiny", show_default=True, metavar="MODEL", help="The model to check.")
+@click.option("--onnx", default="model.onnx", show_default=True, metavar="FILE",
+              help="The committed ONNX file the CPU job checks the model against.")
+@click.option("--factory", metavar="MODULE:FUNC", help="For a checkpoint MODEL: the function that builds it.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Input shapes (repeatable).")
+@click.option("--install", "installs", multiple=True, metavar="REQUIREMENT",
+              help="pip requirements the jobs install (repeatable), e.g. -e . for your package "
+                   f"[default: attn-export=={defaults.__version__}].")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def ci_template_cmd(output, gpu, model, onnx, factory, input_shapes, installs, force, debug):
+    """Write a GitHub Actions workflow that checks parity in CI: a CPU job (install, `attn-export check` of the
+    model against the committed ONNX, JUnit and report.json uploaded, Markdown job summary) and, with --gpu, a
+    self-hosted-runner job that builds the plugins and checks the TensorRT engine."""
+
+    def body():
+        from attn_export.ci import WorkflowOptions, write_workflow
+
+        model_args = [*(["--factory", factory] if factory else []),
+                      *(a for shape in input_shapes for a in ("--input-shape", shape))]
+        opts = WorkflowOptions(model=model, onnx=onnx, model_args=model_args, gpu=gpu,
+                               install=tuple(installs) or WorkflowOptions.install)
+        click.echo(f"wrote {write_workflow(output, opts, force)}")
+        return 0
 
     _run(debug, body)
 

@@ -28,3 +28,20 @@ INT4_BLOCK = 128
 
 # TensorRT engines
 MAX_BATCH = 16  # largest batch of the optimization profile when the batch is dynamic
+
+# Export precision (--dtype). fp16 / bf16 files are checked against the fp32 PyTorch model with atol = TOL x the
+# output's mean |reference| and rtol = TOL: about 20 units of fp16's rounding (2^-11) and 13 of bf16's (2^-8),
+# the margin for a few rounded layers in a row; the design's GPU-kernel tolerances are the same numbers.
+DTYPE = "fp32"
+DTYPE_TOLERANCES = {"fp16": 1e-2, "bf16": 5e-2}
+BF16_MIN_OPSET = 22  # ONNX gave Conv (and ConvTranspose, pooling, ...) bfloat16 in opset 22
+
+# Deployment
+TRITON_REPO_VERSION = 1  # the model version folder of a written Triton repository
+TRITON_MAX_QUEUE_DELAY_US = 100  # dynamic batching: how long Triton waits to fill a preferred batch
+BENCH_ITERS = 50
+BENCH_WARMUP = 5
+BENCH_BATCHES = (1,)
+CI_PYTHON = "3.11"
+CI_TORCH = "torch==2.13.0"  # the version the project tests with; the workflow installs its CPU wheel
+CI_WORKFLOW = ".github/workflows/parity.yml"

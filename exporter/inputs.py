@@ -34,3 +34,18 @@ def random_inputs(specs: Sequence[InputSpec], seed: int,
 def batch_dim() -> torch.export.Dim:
     """The dynamic batch dimension every export shares (one name, so all inputs share one batch)."""
     return torch.export.Dim("batch", min=1, max=4096)
+
+
+def name_forward_inputs(module: torch.nn.Module, names: Sequence[str]) -> torch.nn.Module:
+    """Give a wrapper's ``forward(*inputs)`` named parameters, which torch.export binds dynamic shapes to."""
+    import inspect
+
+    forward = module.forward
+
+    def named(*args):
+        return forward(*args)
+
+    named.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
+    module.forward = named
+    return module

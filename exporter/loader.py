@@ -78,7 +78,9 @@ def load_model(
 ) -> LoadedModel:
     """Load ``spec``: "zoo:NAME", a model file (see the README's table), or an nn.Module already built in
     Python (its inputs from ``example_inputs`` or ``input_shapes``)."""
-    import attn_export.models  # noqa: F401  (registers the custom ops a .pt2 refers to)
+    from attn_export.registry import register_torch_ops
+
+    register_torch_ops()  # the custom ops a .pt2 refers to
 
     if isinstance(spec, torch.nn.Module):
         loaded = _module_model(f"<{type(spec).__name__}>", spec.eval(), example_inputs)

@@ -78,7 +78,9 @@ def build(arch: str = "90", tensorrt_root: str | None = None, build_dir: str | o
 
     ``arch`` is a CMake CUDA_ARCHITECTURES list ("90", "80;90", "native"); ``fetch_trt_headers``
     downloads TensorRT headers (PyPI wheel kernel-lens) into the build folder when none are found,
-    which is enough to compile the plugin but not to run it.
+    which is enough to compile the plugin but not to run it. The kernels need the CUTLASS/CuTe headers:
+    $CUTLASS_DIR (a checkout, or a folder prepared with ``cmake -DDEST=DIR -P plugins/cmake/fetch_cutlass.cmake``)
+    when set, else they are downloaded once into the build folder (PyPI wheel nvidia-cutlass).
     """
     for tool, hint in (("cmake", "pip install cmake, or your OS package"),
                        ("nvcc", "install the CUDA toolkit and put its bin/ on PATH")):
@@ -93,7 +95,7 @@ def build(arch: str = "90", tensorrt_root: str | None = None, build_dir: str | o
     out = Path(build_dir) if build_dir else default_build_dir()
     configure = ["cmake", "-S", str(SOURCE_DIR), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release",
                  f"-DCMAKE_CUDA_ARCHITECTURES={arch.replace(',', ';')}",
-                 f"-DATTNX_FETCH_TRT_HEADERS={'ON' if fetch_trt_headers else 'OFF'}"]
+                 f"-DATTNX_FETCH_TRT_HEADERS={'ON' if fetch_trt_headers else 'OFF'}", "-DATTNX_FETCH_CUTLASS=ON"]
     if tensorrt_root:
         if not Path(tensorrt_root).is_dir():
             raise AttnExportError(f"--tensorrt-root {tensorrt_root} is not a folder")
@@ -141,7 +143,7 @@ def _check_arch(arch: str) -> None:
 # Kernels from Python (ctypes): the GPU tests and benchmarks call the C ABI directly.
 
 _DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
-PATHS = {0: "none", 1: "tensor-core", 2: "generic"}
+PATHS = {0: "none", 1: "tensor-core", 2: "generic", 3: "core"}
 
 
 class NAParamsStruct(ctypes.Structure):
@@ -155,10 +157,53 @@ class NAParamsStruct(ctypes.Structure):
     ]
 
 
-class NativeKernels:
-    """The C ABI of libattnx_kernels.so, for torch CUDA tensors in NATTEN layout."""
+class LayoutStruct(ctypes.Structure):
+    """Mirror of attnx_block_layout: the dims of kv_count [count_batch, count_heads, rows] and kv_index
+    [index_batch, index_heads, rows, max_blocks]."""
 
-    ABI_VERSION = 1
+    _fields_ = [("rows", ctypes.c_int32), ("max_blocks", ctypes.c_int32), ("count_batch", ctypes.c_int32),
+                ("count_heads", ctypes.c_int32), ("index_batch", ctypes.c_int32), ("index_heads", ctypes.c_int32)]
+
+
+class BSAParamsStruct(ctypes.Structure):
+    """Mirror of attnx_bsa_params."""
+
+    _fields_ = [("batch", ctypes.c_int32), ("heads", ctypes.c_int32), ("seq_q", ctypes.c_int32),
+                ("seq_kv", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("block_q", ctypes.c_int32),
+                ("block_kv", ctypes.c_int32), ("layout", LayoutStruct), ("scale", ctypes.c_float),
+                ("dtype", ctypes.c_int32)]
+
+
+class ParoParamsStruct(ctypes.Structure):
+    """Mirror of attnx_paro_params."""
+
+    _fields_ = [("batch", ctypes.c_int32), ("heads", ctypes.c_int32), ("seq", ctypes.c_int32),
+                ("head_dim", ctypes.c_int32), ("block", ctypes.c_int32), ("layout", LayoutStruct),
+                ("qk_bits", ctypes.c_int32), ("pv_bits", ctypes.c_int32), ("q_group", ctypes.c_int32),
+                ("k_group", ctypes.c_int32), ("smooth_k", ctypes.c_int32), ("scale", ctypes.c_float),
+                ("dtype", ctypes.c_int32)]
+
+
+def _layout(kv_count, kv_index) -> LayoutStruct:
+    if kv_count.dim() != 3 or kv_index.dim() != 4:
+        raise AttnExportError(f"kv_count must be [B|1, H|1, rows] and kv_index [B|1, H|1, rows, max_blocks]; got "
+                              f"{tuple(kv_count.shape)} and {tuple(kv_index.shape)}")
+    return LayoutStruct(rows=kv_count.shape[2], max_blocks=kv_index.shape[3], count_batch=kv_count.shape[0],
+                        count_heads=kv_count.shape[1], index_batch=kv_index.shape[0], index_heads=kv_index.shape[1])
+
+
+def _dtype_code(q) -> int:
+    dtype = str(q.dtype).replace("torch.", "")
+    if dtype not in _DTYPES:
+        raise AttnExportError(f"the kernels take float32, float16 or bfloat16, not {dtype}")
+    return _DTYPES[dtype]
+
+
+class NativeKernels:
+    """The C ABI of libattnx_kernels.so, for torch CUDA tensors: neighborhood attention in NATTEN layout,
+    block-sparse and PARO attention in SDPA layout."""
+
+    ABI_VERSION = 2
 
     def __init__(self, path: str | os.PathLike | None = None):
         path = path or kernels_library()
@@ -179,6 +224,12 @@ class NativeKernels:
         lib.attnx_na_workspace_size.restype = ctypes.c_size_t
         lib.attnx_na_forward.argtypes = [ctypes.POINTER(NAParamsStruct)] + [ctypes.c_void_p] * 6 + [ctypes.c_size_t,
                                                                                                     ctypes.c_void_p]
+        for op, struct, pointers in (("bsa", BSAParamsStruct, 6), ("paro", ParoParamsStruct, 7)):
+            for fn in ("validate", "select_path", "workspace_size", "forward"):
+                getattr(lib, f"attnx_{op}_{fn}").argtypes = [ctypes.POINTER(struct)]
+            getattr(lib, f"attnx_{op}_workspace_size").restype = ctypes.c_size_t
+            getattr(lib, f"attnx_{op}_forward").argtypes = ([ctypes.POINTER(struct)] + [ctypes.c_void_p] * pointers +
+                                                             [ctypes.c_size_t, ctypes.c_void_p])
         if lib.attnx_abi_version() != self.ABI_VERSION:
             raise AttnExportError(f"{path} has ABI version {lib.attnx_abi_version()}, this package expects "
                                   f"{self.ABI_VERSION}; rebuild with `attn-export plugins build`")
@@ -199,11 +250,10 @@ class NativeKernels:
             p.dilation[a], p.is_causal[a] = na.dilation[a], int(na.is_causal[a])
         return p
 
-    def _check(self, status: int) -> None:
+    def _check(self, status: int, op: str = "neighborhood attention") -> None:
         if status != 0:
             message = self.lib.attnx_last_error().decode()
-            raise AttnExportError(f"neighborhood attention kernel: {message}",
-                                  2 if status == 1 else EXIT_MISSING_DEPENDENCY)
+            raise AttnExportError(f"{op} kernel: {message}", 2 if status == 1 else EXIT_MISSING_DEPENDENCY)
 
     def select_path(self, q, kernel_size, **kw) -> str:
         """The kernel path a call would take on q's device (tile plans depend on the device)."""
@@ -250,6 +300,101 @@ class NativeKernels:
             self._check(self.lib.attnx_na_forward(
                 ctypes.byref(p), q.data_ptr(), k.data_ptr(), v.data_ptr(), rpb.data_ptr() if rpb is not None else None,
                 out.data_ptr(), workspace.data_ptr() if workspace is not None else None, size, stream.cuda_stream))
+        return out
+
+
+    # ---- block-sparse and PARO attention ([B, H, S, D] tensors)
+
+    def bsa_params(self, q, k, kv_count, kv_index, block_q: int, block_kv: int, scale=None) -> BSAParamsStruct:
+        if q.dim() != 4 or k.dim() != 4:
+            raise AttnExportError(f"q and k must be [B, H, S, D]; got {tuple(q.shape)} and {tuple(k.shape)}")
+        batch, heads, seq_q, dim = q.shape
+        return BSAParamsStruct(batch=batch, heads=heads, seq_q=seq_q, seq_kv=k.shape[2], head_dim=dim,
+                               block_q=int(block_q), block_kv=int(block_kv), layout=_layout(kv_count, kv_index),
+                               scale=0.0 if scale is None else float(scale), dtype=_dtype_code(q))
+
+    def paro_params(self, q, kv_count, kv_index, block=64, qk_bits=8, pv_bits=8, q_group=32, k_group=64,
+                    smooth_k=True, scale=None) -> ParoParamsStruct:
+        if q.dim() != 4:
+            raise AttnExportError(f"q must be [B, heads, N, D]; got {tuple(q.shape)}")
+        batch, heads, seq, dim = q.shape
+        return ParoParamsStruct(batch=batch, heads=heads, seq=seq, head_dim=dim, block=int(block),
+                                layout=_layout(kv_count, kv_index), qk_bits=int(qk_bits), pv_bits=int(pv_bits),
+                                q_group=int(q_group), k_group=int(k_group), smooth_k=int(bool(smooth_k)),
+                                scale=0.0 if scale is None else float(scale), dtype=_dtype_code(q))
+
+    def bsa_select_path(self, q, k, kv_count, kv_index, block_q, block_kv) -> str:
+        import torch
+
+        with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+            p = self.bsa_params(q, k, kv_count, kv_index, block_q, block_kv)
+            return PATHS[self.lib.attnx_bsa_select_path(ctypes.byref(p))]
+
+    def paro_select_path(self, q, kv_count, kv_index, **kw) -> str:
+        import torch
+
+        with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+            return PATHS[self.lib.attnx_paro_select_path(ctypes.byref(self.paro_params(q, kv_count, kv_index, **kw)))]
+
+    def _cuda_inputs(self, q, tensors, out) -> None:
+        for name, t in tensors:
+            floating = name in ("k", "v", "out")
+            if not (t.is_cuda and t.is_contiguous()) or (floating and t.dtype != q.dtype):
+                raise AttnExportError(f"{name} must be a contiguous CUDA tensor" + (f" of q's dtype ({q.dtype})"
+                                                                                    if floating else ""))
+            if not floating and name != "q" and str(t.dtype) != "torch.int32":
+                raise AttnExportError(f"{name} must be int32, not {t.dtype}")
+            if t.device != q.device:
+                raise AttnExportError(f"{name} is on {t.device} but q is on {q.device}; put all tensors on one device")
+        if out is not None:
+            for name, t in tensors:
+                if name != "out" and _overlaps(out, t):
+                    raise AttnExportError(f"out overlaps {name} in memory; pass a separate output tensor (or none)")
+
+    def block_sparse_attention(self, q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale=None, out=None,
+                               stream=None):
+        """Block-sparse attention (DESIGN.md section 5) on q's CUDA device and current stream."""
+        import torch
+
+        if k.shape != v.shape:
+            raise AttnExportError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have one shape")
+        p = self.bsa_params(q, k, kv_count, kv_index, block_q, block_kv, scale)
+        tensors = [("q", q), ("k", k), ("v", v), ("kv_count", kv_count), ("kv_index", kv_index)]
+        self._cuda_inputs(q, tensors + ([("out", out)] if out is not None else []), out)
+        self._check(self.lib.attnx_bsa_validate(ctypes.byref(p)), "block-sparse attention")
+        with torch.cuda.device(q.device):
+            out = torch.empty_like(q) if out is None else out
+            stream = stream if stream is not None else torch.cuda.current_stream(q.device)
+            self._check(self.lib.attnx_bsa_forward(
+                ctypes.byref(p), q.data_ptr(), k.data_ptr(), v.data_ptr(), kv_count.data_ptr(), kv_index.data_ptr(),
+                out.data_ptr(), None, 0, stream.cuda_stream), "block-sparse attention")
+        return out
+
+    def paro_attention(self, q, k, v, perm_idx, kv_count, kv_index, block=64, qk_bits=8, pv_bits=8, q_group=32,
+                       k_group=64, smooth_k=True, scale=None, out=None, stream=None):
+        """PARO attention (../shared/PARO.md section 2) on q's CUDA device and current stream; the workspace of
+        the quantization pre-pass is allocated here."""
+        import torch
+
+        if k.shape != q.shape or v.shape != q.shape:
+            raise AttnExportError(f"q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        p = self.paro_params(q, kv_count, kv_index, block, qk_bits, pv_bits, q_group, k_group, smooth_k, scale)
+        tensors = [("q", q), ("k", k), ("v", v), ("perm_idx", perm_idx), ("kv_count", kv_count),
+                   ("kv_index", kv_index)]
+        self._cuda_inputs(q, tensors + ([("out", out)] if out is not None else []), out)
+        if tuple(perm_idx.shape) != (q.shape[1], q.shape[2]):
+            raise AttnExportError(f"perm_idx must be [heads, N] = {(q.shape[1], q.shape[2])}; "
+                                  f"got {tuple(perm_idx.shape)}")
+        self._check(self.lib.attnx_paro_validate(ctypes.byref(p)), "PARO attention")
+        with torch.cuda.device(q.device):
+            out = torch.empty_like(q) if out is None else out
+            size = self.lib.attnx_paro_workspace_size(ctypes.byref(p))
+            workspace = torch.empty(size, dtype=torch.uint8, device=q.device) if size else None
+            stream = stream if stream is not None else torch.cuda.current_stream(q.device)
+            self._check(self.lib.attnx_paro_forward(
+                ctypes.byref(p), q.data_ptr(), k.data_ptr(), v.data_ptr(), perm_idx.data_ptr(), kv_count.data_ptr(),
+                kv_index.data_ptr(), out.data_ptr(), workspace.data_ptr() if workspace is not None else None, size,
+                stream.cuda_stream), "PARO attention")
         return out
 
 

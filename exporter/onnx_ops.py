@@ -13,7 +13,15 @@ from onnx.defs import OpSchema
 
 from attn_export import defaults
 from attn_export.onnx_utils import opset_of
-from attn_export.registry import DOMAIN, DOMAIN_VERSION, OPS, PLUGIN_ATTRIBUTES, OpSpec, by_onnx_op_type
+from attn_export.registry import (
+    DOMAIN,
+    DOMAIN_VERSION,
+    OPS,
+    PLUGIN_ATTRIBUTES,
+    OpSpec,
+    by_onnx_op_type,
+    register_torch_ops,
+)
 
 MIN_IR_VERSION = 10  # function overloads (an optional input present or absent)
 
@@ -47,8 +55,7 @@ def node_args(spec: OpSpec, values: dict) -> tuple[list, dict]:
 def _torch_signature(spec: OpSpec) -> inspect.Signature:
     import torch
 
-    import attn_export.models  # noqa: F401  (registers the torch custom ops)
-
+    spec.hook("torch_op")  # importing the op's module registers its torch custom op
     arguments = getattr(getattr(torch.ops, DOMAIN), spec.torch_name).default._schema.arguments
     return inspect.Signature([
         inspect.Parameter(a.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
@@ -79,8 +86,7 @@ def translation(spec: OpSpec):
 def custom_translation_table() -> dict:
     import torch
 
-    import attn_export.models  # noqa: F401  (registers the torch custom ops)
-
+    register_torch_ops()
     library = getattr(torch.ops, DOMAIN)
     return {getattr(library, spec.torch_name).default: translation(spec) for spec in OPS.values()}
 

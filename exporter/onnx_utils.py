@@ -30,18 +30,22 @@ def opset_of(model: onnx.ModelProto, default: int = 0) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default)
 
 
+def _info(value: onnx.ValueInfoProto) -> InputInfo:
+    tensor = value.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
+    return InputInfo(value.name, dims, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)))
+
+
 def graph_inputs(model: onnx.ModelProto | str | os.PathLike) -> list[InputInfo]:
     """The graph inputs of a model (initializers excluded), in order."""
     graph = load_graph(model).graph
     initializers = {i.name for i in graph.initializer}
-    infos = []
-    for value in graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
-        infos.append(InputInfo(value.name, dims, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))))
-    return infos
+    return [_info(value) for value in graph.input if value.name not in initializers]
+
+
+def graph_outputs(model: onnx.ModelProto | str | os.PathLike) -> list[InputInfo]:
+    """The graph outputs of a model, in order (same fields as graph_inputs)."""
+    return [_info(value) for value in load_graph(model).graph.output]
 
 
 def save_atomically(proto: onnx.ModelProto, path: str | os.PathLike) -> None:

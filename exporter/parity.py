@@ -85,7 +85,10 @@ class TorchCpuRunner(BaseRunner):
         return meta
 
     def infer_impl(self, feed_dict):
-        args = [torch.from_numpy(np.ascontiguousarray(feed_dict[n])) for n in self.input_names]
+        # A low-precision export's feeds are fp16 / bf16: the fp32 reference runs on the same values, cast up.
+        args = [torch.from_numpy(np.ascontiguousarray(
+            feed_dict[n].astype(np.float32) if _low_precision(feed_dict[n]) else feed_dict[n]))
+            for n in self.input_names]
         start = time.perf_counter()
         with torch.inference_mode():
             outputs = torch.utils._pytree.tree_leaves(self.model(*args))
@@ -94,6 +97,10 @@ class TorchCpuRunner(BaseRunner):
             raise AttnExportError(f"the PyTorch model returned {len(outputs)} tensors but the ONNX model has "
                                   f"{len(self.output_names)} outputs")
         return OrderedDict((n, t.detach().cpu().numpy()) for n, t in zip(self.output_names, outputs))
+
+
+def _low_precision(array: np.ndarray) -> bool:
+    return str(array.dtype) in ("float16", "bfloat16")
 
 
 # ONNX Runtime session settings for Q/DQ models: no Q/DQ fusions into ONNX Runtime's own integer kernels
@@ -234,15 +241,32 @@ def vacuity_warnings(reference_outputs: Sequence[Mapping[str, np.ndarray]],
 @dataclass(frozen=True)
 class Tolerances:
     """Default atol/rtol plus per-output overrides. An element passes if it meets atol OR rtol
-    (Polygraphy's elementwise rule); an output passes if every element does."""
+    (Polygraphy's elementwise rule); an output passes if every element does.
 
-    atol: float = DEFAULT_ATOL
-    rtol: float = DEFAULT_RTOL
+    None stands for "not given": attn_export.precision.tolerances() fills it in with the export precision's
+    default. ``atol_scale``: the default atol is relative to each output's mean |reference| (fp16 / bf16 files,
+    whose rounding error grows with the values' size); per-output atol values stay absolute."""
+
+    atol: float | None = DEFAULT_ATOL
+    rtol: float | None = DEFAULT_RTOL
     per_output_atol: Mapping[str, float] = field(default_factory=dict)
     per_output_rtol: Mapping[str, float] = field(default_factory=dict)
+    atol_scale: bool = False
 
-    def for_output(self, name: str) -> tuple[float, float]:
-        return self.per_output_atol.get(name, self.atol), self.per_output_rtol.get(name, self.rtol)
+    def for_output(self, name: str, scale: float = 1.0) -> tuple[float, float]:
+        """(atol, rtol) of output ``name``; ``scale`` is its mean |reference| (used with atol_scale)."""
+        atol = DEFAULT_ATOL if self.atol is None else self.atol
+        if name in self.per_output_atol:
+            atol = self.per_output_atol[name]
+        elif self.atol_scale and math.isfinite(scale):
+            atol *= scale
+        return atol, self.per_output_rtol.get(name, DEFAULT_RTOL if self.rtol is None else self.rtol)
+
+    def describe(self) -> str:
+        """The rule, as the table and report.json state it."""
+        atol = DEFAULT_ATOL if self.atol is None else self.atol
+        rtol = DEFAULT_RTOL if self.rtol is None else self.rtol
+        return f"atol {atol:g}{' x mean |reference| per output' if self.atol_scale else ''}, rtol {rtol:g}"
 
     def check_names(self, output_names: Sequence[str]) -> None:
         unknown = (set(self.per_output_atol) | set(self.per_output_rtol)) - set(output_names)
@@ -296,6 +320,9 @@ class ParityReport:
     reference: dict = field(default_factory=dict)
     runtime: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    precision: str = "fp32"
+    tolerances: str = ""  # the rule, e.g. "atol 0.01 x mean |reference| per output, rtol 0.01"
+    skipped: list[dict] = field(default_factory=list)  # runners that could not run here: {"runner", "reason"}
 
     @property
     def passed(self) -> bool:
@@ -305,6 +332,8 @@ class ParityReport:
         return {
             "status": "pass" if self.passed else "fail",
             "criterion": "per element |a-b| <= atol or |a-b| <= rtol*|reference|",
+            "precision": self.precision,
+            "tolerances": self.tolerances,
             "onnx": self.onnx,
             "reference": self.reference,
             "comparisons": [
@@ -313,6 +342,7 @@ class ParityReport:
                  "outputs": {o.name: o.to_dict() for o in c.outputs}}
                 for c in self.comparisons
             ],
+            "skipped": self.skipped,
             "warnings": self.warnings,
             "inputs": self.inputs,
             "runtime": self.runtime,
@@ -329,11 +359,15 @@ class ParityReport:
                  ("PASS" if o.passed else "FAIL") + (f" ({o.note})" if o.note else ""))
                 for c in self.comparisons for o in c.outputs]
         outputs = [o for c in self.comparisons for o in c.outputs]
-        return "\n".join([f"reference: {self.reference.get('runner', REFERENCE_NAME)} = "
-                          f"{self.reference.get('model', 'the PyTorch model')}",
-                          render_table(head, rows),
-                          _overall_line(self.passed, sum(o.passed for o in outputs), len(outputs),
-                                        "outputs within tolerance")])
+        lines = [f"reference: {self.reference.get('runner', REFERENCE_NAME)} = "
+                 f"{self.reference.get('model', 'the PyTorch model')}"]
+        if self.precision != "fp32":
+            lines.append(f"precision: {self.precision} file against the fp32 reference; tolerances: {self.tolerances}")
+        lines.append(render_table(head, rows))
+        lines += [f"{s['runner']}: SKIPPED ({s['reason']})" for s in self.skipped]
+        lines.append(_overall_line(self.passed, sum(o.passed for o in outputs), len(outputs),
+                                   "outputs within tolerance"))
+        return "\n".join(lines)
 
 
 def versions() -> dict:
@@ -382,9 +416,14 @@ def check_parity(
     command: Sequence[str] | None = None,
     input_source: str = "",
     engine_path: str | Path | None = None,
+    precision: str = "fp32",
+    skip_onnxruntime: str | None = None,
 ) -> ParityReport:
     """Run the reference (``model``, or a Reference naming which model it is), the ONNX file (and the
-    TensorRT engine, if given) on each feed and compare every output with the reference's."""
+    TensorRT engine, if given) on each feed and compare every output with the reference's.
+
+    ``precision``: the file's (feeds in it; the reference runs them cast up to fp32). ``skip_onnxruntime``:
+    why ONNX Runtime cannot run the file here (its row is reported as skipped; an engine must then be given)."""
     from polygraphy.comparator import Comparator, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
 
@@ -393,15 +432,25 @@ def check_parity(
     input_names = list(inputs)
     tolerances.check_names(output_names)
     _check_feeds(feeds, input_names)
-    runners = [TorchCpuRunner(reference.model, feeds, input_names, output_names, reference.name),
-               _onnxruntime_runner(onnx_path)]
+    runners = [TorchCpuRunner(reference.model, feeds, input_names, output_names, reference.name)]
+    skipped = []
+    if skip_onnxruntime:
+        skipped.append({"runner": "onnxruntime-cpu", "reason": skip_onnxruntime})
+    else:
+        runners.append(_onnxruntime_runner(onnx_path))
     if engine_path is not None:
         from attn_export.trt import trt_runner
 
         runners.append(trt_runner(engine_path))
+    if len(runners) < 2:
+        raise AttnExportError(f"nothing can run {onnx_path} here: {skip_onnxruntime}")
     results = _run(runners, feeds, "running the models on the check inputs", "check the input shapes and dtypes")
-    per_atol = {n: tolerances.for_output(n)[0] for n in output_names}
-    per_rtol = {n: tolerances.for_output(n)[1] for n in output_names}
+    # Scale-relative tolerances (fp16 / bf16) need each output's mean |reference| over every input set.
+    scales = {n: float(np.mean([np.abs(np.asarray(out[n], np.float64)).mean()
+                                for out in dict(results)[reference.name] if n in out and np.size(out[n])] or [1.0]))
+              for n in output_names}
+    per_atol = {n: tolerances.for_output(n, scales[n])[0] for n in output_names}
+    per_rtol = {n: tolerances.for_output(n, scales[n])[1] for n in output_names}
     severity = G_LOGGER.module_severity
     G_LOGGER.module_severity = G_LOGGER.CRITICAL  # our table replaces Polygraphy's per-output log
     try:
@@ -416,14 +465,16 @@ def check_parity(
         for it, per_output in enumerate(iterations):
             ref, cand = outputs_by_runner[ref_name][it], outputs_by_runner[cand_name][it]
             outs = [_output_result(n, per_output.get(n), ref[n] if n in ref else None,
-                                   cand[n] if n in cand else None, *tolerances.for_output(n))
+                                   cand[n] if n in cand else None, per_atol[n], per_rtol[n])
                     for n in output_names]
             comparisons.append(Comparison(ref_name, cand_name, it, outs, _shape_label(feeds[it])))
     described = {n: {"shapes": [list(f[n].shape) for f in feeds], "dtype": str(feeds[0][n].dtype),
                      "source": input_source} for n in input_names}
+    runtime = {} if skip_onnxruntime else {"onnxruntime-cpu": onnxruntime_settings(False)}
     return ParityReport(comparisons, described, versions(), list(command if command is not None else sys.argv),
-                        str(onnx_path), reference.to_dict(), {"onnxruntime-cpu": onnxruntime_settings(False)},
-                        vacuity_warnings(outputs_by_runner[reference.name], feeds))
+                        str(onnx_path), reference.to_dict(), runtime,
+                        vacuity_warnings(outputs_by_runner[reference.name], feeds), precision, tolerances.describe(),
+                        skipped)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from attn_export.errors import AttnExportError
-from attn_export.inputs import InputSpec
+from attn_export.inputs import InputSpec, name_forward_inputs
 from attn_export.loader import LoadedModel
 
 PLAN_NAME = "paro_plan.json"  # and paro_plan.npz beside it
@@ -194,7 +194,7 @@ class _Planned(torch.nn.Module):
 def _export_model(loaded: LoadedModel, plan, settings: ParoSettings) -> LoadedModel:
     bucketed = settings.buckets > 1
     module = _Planned(loaded.module, plan, settings, bucketed).train(loaded.module.training)
-    _signature(module, loaded.input_names + ([BUCKET_INPUT] if bucketed else []))
+    name_forward_inputs(module, loaded.input_names + ([BUCKET_INPUT] if bucketed else []))
     inputs = list(loaded.inputs)
     if bucketed:
         inputs.append(InputSpec(BUCKET_INPUT, (1,), torch.int64, 0, settings.buckets))
@@ -206,20 +206,6 @@ def _export_model(loaded: LoadedModel, plan, settings: ParoSettings) -> LoadedMo
 
     return dataclasses.replace(loaded, module=module, inputs=inputs, dynamic_shapes=dynamic_shapes, spatial={},
                                original=None)
-
-
-def _signature(module: torch.nn.Module, names: Sequence[str]) -> None:
-    """Give ``module.forward(*inputs)`` named parameters, which torch.export binds dynamic shapes to."""
-    import inspect
-
-    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
-    forward = module.forward
-
-    def named(*args):
-        return forward(*args)
-
-    named.__signature__ = inspect.Signature(params)
-    module.forward = named
 
 
 def add_buckets(feeds: list[dict], buckets: int) -> list[dict]:

@@ -18,13 +18,14 @@ import numpy as np
 from attn_export import defaults
 from attn_export.errors import AttnExportError, wrap_failure
 from attn_export.loader import LoadedModel
-from attn_export.outdir import staged_output
-from attn_export.parity import ParityReport, Tolerances, onnx_io
+from attn_export.onnx_utils import save_atomically
+from attn_export.outdir import Extras, staged_extras, staged_output
+from attn_export.parity import ParityReport, QuantParityReport, Tolerances, onnx_io
 from attn_export.registry import DOMAIN
 
 if TYPE_CHECKING:
     from attn_export.calib.qdq import QuantOptions
-    from attn_export.parity import QuantParityReport, QuantThresholds
+    from attn_export.parity import QuantThresholds
 
 ONNX_NAME = "model.onnx"
 REPORT_NAME = "report.json"
@@ -45,7 +46,7 @@ class ExportOptions:
     dynamic_batch: bool = True
     dynamic_spatial: bool | None = None  # None: dynamic where the model declares spatial dims (zoo models)
     check: bool = True
-    tolerances: Tolerances = field(default_factory=Tolerances)
+    tolerances: Tolerances = field(default_factory=lambda: Tolerances(None, None))  # None: the precision's default
     inputs_npz: str | None = None
     seed: int = defaults.SEED
     command: Sequence[str] = field(default_factory=lambda: list(sys.argv))
@@ -71,9 +72,17 @@ class ExportOptions:
     paro_pv: str | None = None
     paro_buckets: int | None = None
     paro_plan: str | None = None  # reuse a plan (its paro_plan.json) instead of planning
+    dtype: str = defaults.DTYPE  # "fp32" | "fp16" | "bf16": the precision of the exported file
+    shapes: Sequence[str] = ()  # --shapes NAME=MIN:OPT:MAX: the engine's first optimization profile
+    profiles: Sequence[str] = ()  # --profile "NAME=MIN:OPT:MAX,...": one more profile each
+    junit: str | None = None  # JUnit XML of the parity check
+    summary: str | None = None  # Markdown summary of the parity check
+    triton_repo: str | None = None  # write a Triton model repository entry here
+    triton_name: str | None = None  # its name [the model's]
     # Resolved by prepare():
     quant: QuantOptions | None = None
     quant_thresholds: QuantThresholds | None = None
+    shape_profiles: list = field(default_factory=list)  # attn_export.shapes.Profile per --shapes / --profile
     prepared: bool = False
 
     def prepare(self) -> ExportOptions:
@@ -81,8 +90,29 @@ class ExportOptions:
         or the plugin library fails here. Idempotent."""
         if self.prepared:
             return self
+        from attn_export import precision, shapes, triton
         from attn_export.onnx_export import check_opset
 
+        self.dtype = precision.check_name(self.dtype)
+        if self.dtype != "fp32" and self.quantize:
+            raise AttnExportError(f"--dtype {self.dtype} and --{self.quantize} are exclusive: Q/DQ files are "
+                                  "calibrated and checked in fp32")
+        if self.dtype != "fp32" and self.paro:
+            raise AttnExportError(f"--dtype {self.dtype} does not apply to PARO exports (their attention quantizes "
+                                  "itself): drop one")
+        if self.dtype == "bf16":
+            if self.opset is not None and self.opset < defaults.BF16_MIN_OPSET:
+                raise AttnExportError(f"--dtype bf16 needs --opset {defaults.BF16_MIN_OPSET} or newer (ONNX has "
+                                      "bfloat16 Conv from opset 22)")
+            self.opset = max(check_opset(self.opset), defaults.BF16_MIN_OPSET)
+        self.tolerances = precision.tolerances(self.dtype, self.tolerances)
+        self.shape_profiles = shapes.parse_profiles(self.shapes, self.profiles)
+        if (self.junit or self.summary) and not self.check:
+            raise AttnExportError(f"--{'junit' if self.junit else 'summary'} reports the parity check: drop --no-check")
+        self.prepare_check()
+        triton.check_repository_path(self.triton_repo, self.triton_name)
+        if self.triton_name is not None:
+            triton.model_name("", self.triton_name)
         if self.quantize is None:
             if self.calib_data or self.exclude:
                 raise AttnExportError("--calib-data and --exclude apply to quantization: add --int8 or --int4")
@@ -96,6 +126,14 @@ class ExportOptions:
         self._check_paro_flags()
         self.engine = self._wants_engine()
         self.prepared = True
+        return self
+
+    def prepare_check(self, report: str | os.PathLike | None = None) -> ExportOptions:
+        """What `attn-export check` can be asked for beyond the model: its report files must be writable paths
+        (not folders). Called by prepare(), and by the check before it loads the model."""
+        for flag, path in (("--report", report), ("--junit", self.junit), ("--summary", self.summary)):
+            if path is not None and Path(path).is_dir():
+                raise AttnExportError(f"{flag} {path} is a folder; pass a file path")
         return self
 
     def _prepare_quantization(self) -> None:
@@ -162,6 +200,9 @@ class ExportOptions:
 
         if not self.paro_for(source):
             return None
+        if self.dynamic_spatial:
+            raise AttnExportError("--dynamic-spatial: a PARO plan is made for one token count (its grid); export "
+                                  "with static spatial dims, or with --no-paro")
         zoo = paro_export.zoo_paro(source)
         if self.paro_grid is None and zoo is None:
             raise AttnExportError("--paro needs --paro-grid FxHxW: the frames, height and width of the token grid "
@@ -227,6 +268,11 @@ class ExportResult:
     paro_report: QuantParityReport | None = None  # the PARO file against the dense model
     paro_plan_path: Path | None = None
     paro_plan: object | None = None  # attn_export.calib.paro.ParoPlan
+    converted_calls: list[str] = field(default_factory=list)  # NATTEN / FlexAttention calls run as our ops
+    junit_path: Path | None = None
+    summary_path: Path | None = None
+    triton_path: Path | None = None  # DIR/NAME
+    triton_command: str | None = None  # the line in DIR/NAME/serve.sh that starts Triton
 
     @property
     def passed(self) -> bool:
@@ -239,20 +285,26 @@ def quantized_name(mode: str) -> str:
 
 def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptions, step=None) -> ExportResult:
     """Write OUTDIR/model.onnx and (unless opts.check is False) OUTDIR/report.json atomically, with the
-    quantized file and the engine when asked for.
+    quantized file, the engine, the JUnit and summary files and the Triton entry when asked for.
 
     ``step(title)`` returns a context manager that reports progress of one step (default: silent); the
     titles are ``opts.step_titles()``.
     """
+    from attn_export import precision, shapes
     from attn_export.onnx_export import export
 
     opts.prepare()
     step = step or _silent_step
     titles = opts.step_titles(loaded.source)
     paro = opts.paro_settings(loaded.source)
+    dtype = opts.dtype
     outdir = Path(outdir)
     build_engine = opts.engine
     _check_dynamic_spatial(loaded, opts.dynamic_spatial)
+    _check_precision(loaded, dtype, paro)
+    triton_name = _triton_name(loaded, opts)
+    if opts.shape_profiles:  # names, ranks and static dims as the file will have them, before any work
+        shapes.check_against_model(opts.shape_profiles, _expected_inputs(loaded, opts), loaded.source, loaded.spatial)
     # Read user inputs and the first calibration sample before any work, so that a bad file fails fast.
     user_feed = read_inputs(opts.inputs_npz, loaded) if opts.check and opts.inputs_npz else None
     calib = _calibration_data(loaded, opts) if opts.quant else None
@@ -261,7 +313,9 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
              CALIB_CACHE_NAME, PARO_PLAN_NAME, PARO_ARRAYS_NAME)
     warnings: list[str] = []
     original, paro_job = loaded, None
-    with staged_output(outdir, owned=owned) as stage:
+    extras = Extras()
+    with staged_output(outdir, owned=owned, extras=extras) as stage:
+        loaded, call_records = _convert_calls(loaded, opts.seed)
         if paro:
             with step(titles["paro"]):
                 paro_job = _paro_job(loaded, opts, paro, stage)
@@ -272,10 +326,18 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
             examples = loaded.random_inputs(opts.seed)
             model = loaded.program if loaded.program is not None else loaded.module
             output_names = _output_names(loaded, examples)
-            proto = export(model, examples, stage / ONNX_NAME, dynamic_shapes=None if loaded.program else dynamic,
-                           opset=opts.opset, input_names=loaded.input_names, output_names=output_names)
+            proto = export(precision.cast_module(model, dtype), precision.cast_tensors(examples, dtype),
+                           stage / ONNX_NAME, dynamic_shapes=None if loaded.program else dynamic, opset=opts.opset,
+                           input_names=loaded.input_names, output_names=output_names)
+            if dtype != "fp32":
+                precision.mark(proto, dtype)
+                save_atomically(proto, stage / ONNX_NAME)
+        onnx_inputs, _ = onnx_io(stage / ONNX_NAME)
+        if opts.shape_profiles:  # what the file declares dynamic is the last word
+            shapes.check_against_model(opts.shape_profiles, onnx_inputs, ONNX_NAME)
         feeds, source = (check_feeds(loaded, stage / ONNX_NAME, opts.seed, user_feed, opts.inputs_npz)
                          if opts.check or build_engine else ([], ""))
+        feeds = precision.cast_feeds(feeds, dtype)
         if paro and paro.buckets > 1:
             from attn_export.paro_export import add_buckets, mark_buckets
 
@@ -288,27 +350,37 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                 if calib.warning:
                     warnings.append(calib.warning)
         final = stage / (quant_name or ONNX_NAME)  # the engine is built from what ships
+        seen = [{i.name: i.shape for i in loaded.inputs}, *({n: a.shape for n, a in f.items()} for f in feeds)]
+        profiles = shapes.engine_profiles(onnx_inputs, opts.shape_profiles, seen, opts.max_batch) \
+            if build_engine or opts.shape_profiles else []
         engine = None
         if build_engine:
             with step(titles["engine"]):
                 from attn_export import trt
 
-                inputs, _ = onnx_io(final)
-                shapes = [{i.name: i.shape for i in loaded.inputs}]
-                shapes += [{n: a.shape for n, a in f.items()} for f in feeds]
-                trt.build_engine(final, stage / ENGINE_NAME, trt.profile_from(inputs, shapes, opts.max_batch),
-                                 opts.timing_cache, meta_path=stage / ENGINE_META_NAME)
+                if opts.check:  # the engine's runner uses its first profile
+                    shapes.check_covers(profiles[0], [{n: a.shape for n, a in f.items()} for f in feeds])
+                trt.build_engine(final, stage / ENGINE_NAME, profiles, opts.timing_cache,
+                                 meta_path=stage / ENGINE_META_NAME, precision=dtype)
                 engine = stage / ENGINE_NAME
+        elif opts.shape_profiles:
+            warnings.append("no TensorRT engine was built here (no TensorRT or plugin library): --shapes / --profile "
+                            "were checked against model.onnx and shape the Triton entry only")
         report = quant_report = paro_report = None
         if opts.check:
             reference = parity_reference(loaded, feeds[0]) if not paro else _paro_reference(loaded)
+            refusal = precision.onnxruntime_refusal(stage / ONNX_NAME) if dtype != "fp32" else None
+            if refusal and engine is None:
+                raise precision.unrunnable_error(ONNX_NAME, dtype, refusal)
             with step(titles["check"]):
                 from attn_export.parity import check_parity
 
                 tolerances = paro_tolerances(paro, opts.tolerances) if paro else opts.tolerances
                 report = check_parity(reference, stage / ONNX_NAME, feeds, tolerances, opts.command, source,
-                                      engine_path=None if quant else engine)
+                                      engine_path=None if quant else engine, precision=dtype,
+                                      skip_onnxruntime=refusal)
             warnings += report.warnings
+            warnings += [f"{s['runner']} was not compared: {s['reason']}" for s in report.skipped]
             extra = {}
             if paro:
                 with step(titles["check_paro"]):
@@ -329,14 +401,103 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                     "onnx": quant_name, "mode": opts.quant.mode, "method": opts.quant.method,
                     "calibration_data": calib.description, "warning": calib.warning,
                     "parity": quant_report.to_dict(), **quant.summary()}
-            summary = {**export_summary(proto), "converted_modules": loaded.conversions}
+            summary = {**export_summary(proto), "precision": dtype, "converted_modules": loaded.conversions,
+                       "converted_calls": [r.describe() for r in call_records]}
             _write_report(stage / REPORT_NAME, report, loaded, onnx=ONNX_NAME, export=summary,
                           engine=ENGINE_NAME if engine else None,
                           failed=any(r is not None and not r.passed for r in (quant_report, paro_report)), **extra)
+            _write_check_files(extras, opts, loaded.source, str(outdir / ONNX_NAME), report, quant_report,
+                               paro_report, warnings)
+        triton_command = None
+        if opts.triton_repo:
+            triton_command = _write_triton(extras, opts, triton_name, final, engine, profiles)
+    triton_path = Path(opts.triton_repo) / triton_name if opts.triton_repo else None
     return ExportResult(outdir / ONNX_NAME, outdir / REPORT_NAME if report else None, report,
                         outdir / ENGINE_NAME if engine else None, outdir / quant_name if quant_name else None,
                         quant_report, warnings, paro_report, outdir / PARO_PLAN_NAME if paro_job else None,
-                        paro_job.plan if paro_job else None)
+                        paro_job.plan if paro_job else None, [r.describe() for r in call_records],
+                        Path(opts.junit) if opts.junit else None, Path(opts.summary) if opts.summary else None,
+                        triton_path, triton_command)
+
+
+def _convert_calls(loaded: LoadedModel, seed: int):
+    """The model with its NATTEN functional and FlexAttention calls converted to our ops (analysed in one
+    eager pass); the model as written stays the parity reference. Unchanged when it makes no such call."""
+    from attn_export.call_convert import CallConverter, ConversionRefused, Converted
+    from attn_export.inputs import name_forward_inputs
+
+    if loaded.program is not None:
+        return loaded, []
+    converter = CallConverter()
+    try:
+        records = converter.analyse(loaded.module, loaded.random_inputs(seed))
+    except ConversionRefused:
+        raise
+    except Exception:  # noqa: BLE001 - the model rejects these inputs: the export step names the failure
+        return loaded, []
+    if not records:
+        return loaded, []
+    module = name_forward_inputs(Converted(loaded.module, converter).train(loaded.module.training),
+                                 loaded.input_names)
+    return dataclasses.replace(loaded, module=module, original=loaded.original or loaded.module), records
+
+
+def _check_precision(loaded: LoadedModel, dtype: str, paro) -> None:
+    """--dtype fp16 / bf16 casts an nn.Module; a .pt2 program is exported as saved, and PARO quantizes itself."""
+    if dtype == "fp32":
+        return
+    if loaded.program is not None:
+        raise AttnExportError(f"--dtype {dtype}: {loaded.source} is a torch.export archive, exported as saved; "
+                              f"export the module in {dtype} and save that, or drop --dtype")
+    if paro:
+        raise AttnExportError(f"--dtype {dtype} does not apply to PARO exports ({loaded.source} exports with PARO): "
+                              "pass --no-paro, or drop --dtype")
+
+
+def _expected_inputs(loaded: LoadedModel, opts: ExportOptions) -> dict[str, list]:
+    """Each input's dims as the ONNX file will declare them (a name where dynamic), predicted before the export;
+    a .pt2 keeps dynamic shapes we cannot read ahead, so there only names and ranks are known."""
+    if loaded.program is not None:
+        return {i.name: ["?"] * len(i.shape) for i in loaded.inputs}
+    return {info.name: list(info.shape) for info in model_input_infos(loaded, opts)}
+
+
+def _triton_name(loaded: LoadedModel, opts: ExportOptions) -> str | None:
+    from attn_export import triton
+
+    if not opts.triton_repo:
+        return None
+    name = triton.model_name(loaded.source, opts.triton_name)
+    triton.check_repository_path(opts.triton_repo, name)
+    return name
+
+
+def _write_triton(extras, opts: ExportOptions, name: str, final: Path, engine: Path | None, profiles) -> str:
+    """Stage DIR/NAME (the engine and the plugin library, or the ONNX file) for the commit; returns serve.sh's line."""
+    from attn_export import native, triton
+
+    kind = "engine" if engine else "onnx"
+    entry = triton.entry_for(final, name, kind, profiles, opts.max_batch)
+    folder = extras.path(Path(opts.triton_repo) / name, folder=True)
+    return triton.write_entry(folder, entry, engine or final, native.plugin_library() if engine else None)
+
+
+def _write_check_files(extras, opts: ExportOptions, model: str, onnx: str, report, quant_report=None,
+                       paro_report=None, warnings=()) -> None:
+    """Stage the JUnit and Markdown files of a check (committed with the report, or discarded with it)."""
+    from attn_export import ci
+
+    if opts.junit:
+        properties = {"model": model, "onnx_file": onnx}
+        if report is not None:
+            properties.update(precision=report.precision, tolerances=report.tolerances,
+                              **{f"version.{k}": v for k, v in report.versions.items()})
+        extras.path(opts.junit).write_text(ci.junit_xml(ci.report_cases(report, quant_report, paro_report),
+                                                        properties=properties))
+    if opts.summary:
+        extras.path(opts.summary).write_text(ci.summary_markdown(
+            model, onnx, report, quant_report, paro_report, warnings,
+            report.versions if report is not None else None))
 
 
 def _paro_job(loaded: LoadedModel, opts: ExportOptions, paro, stage: Path):
@@ -508,18 +669,23 @@ def _quantize(proto, source, path: Path, opts: ExportOptions):
 def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: str | os.PathLike | None,
               opts: ExportOptions, step=None, engine_path: str | os.PathLike | None = None):
     """Compare an existing ONNX file (and optionally a TensorRT engine built from it) with the PyTorch
-    model; optionally write the JSON report. A Q/DQ file is judged by the quantized criterion."""
+    model; optionally write the JSON report (and opts.junit / opts.summary, all or none of them). A Q/DQ file
+    is judged by the quantized criterion; an fp16 / bf16 file by its precision's tolerances."""
+    from attn_export import precision
     from attn_export.parity import QUANT_THRESHOLDS, QuantThresholds, check_parity, check_quantized
 
     step = step or _silent_step
+    opts.prepare_check(report_path)
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise AttnExportError(f"ONNX file {onnx_path} does not exist; export one first with `attn-export MODEL -o DIR`")
     _validate_onnx(onnx_path)
     if engine_path is not None:
         require_engine_file(engine_path)
+    dtype = precision.onnx_precision(onnx_path)
     user_feed = read_inputs(opts.inputs_npz, loaded) if opts.inputs_npz else None
     feeds, source = check_feeds(loaded, onnx_path, opts.seed, user_feed, opts.inputs_npz)
+    feeds = precision.cast_feeds(feeds, dtype)
     mode = qdq_mode = quantized_mode(onnx_path)
     paro = paro_in(onnx_path)
     if paro:  # a PARO file approximates the dense model: its buckets come from the timestep, as at run time
@@ -538,13 +704,21 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
             report = check_quantized(reference, onnx_path, feeds, mode, thresholds, engine_path=engine_path,
                                      fused_row=qdq_mode is not None)
     else:
+        refusal = precision.onnxruntime_refusal(onnx_path) if dtype != "fp32" else None
+        if refusal and engine_path is None:
+            raise precision.unrunnable_error(onnx_path.name, dtype, refusal, export=False)
         with step("check parity: PyTorch vs ONNX Runtime" + (" vs TensorRT" if engine_path else "")):
-            report = check_parity(reference, onnx_path, feeds, opts.tolerances, opts.command, source,
-                                  engine_path=engine_path)
-    if report_path:
-        report_path = Path(report_path)
-        with staged_output(report_path.parent) as stage:
-            _write_report(stage / report_path.name, report, loaded)
+            report = check_parity(reference, onnx_path, feeds, precision.tolerances(dtype, opts.tolerances),
+                                  opts.command, source, engine_path=engine_path, precision=dtype,
+                                  skip_onnxruntime=refusal)
+    if report_path or opts.junit or opts.summary:
+        with staged_extras() as extras:
+            if report_path:
+                _write_report(extras.path(report_path), report, loaded)
+            quant = isinstance(report, QuantParityReport)
+            _write_check_files(extras, opts, loaded.source, str(onnx_path), None if quant else report,
+                               report if quant and not paro else None, report if quant and paro else None,
+                               report.warnings)
     return report
 
 
@@ -578,8 +752,7 @@ def parity_reference(loaded: LoadedModel, feed: dict):
         return Reference(loaded.module, "pytorch-converted",
                          f"the converted model on the CPU: the original cannot run here ({brief})")
     return Reference(loaded.original, "pytorch-original",
-                     f"the model as written ({len(loaded.conversions)} third-party attention modules, unconverted), "
-                     "on the CPU")
+                     "the model as written (its third-party attention modules and calls unconverted), on the CPU")
 
 
 def _write_report(path: Path, report: ParityReport, loaded: LoadedModel, failed: bool = False, **extra) -> None:

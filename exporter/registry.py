@@ -74,6 +74,7 @@ class OpSpec:
     attributes: tuple[Attribute, ...]  # the op's own; PLUGIN_ATTRIBUTES are added to every node
     type_constraints: tuple[TypeConstraint, ...]
     local_function: str  # "module:function", called as f(onnx_opset, overload) -> onnx.FunctionProto
+    torch_op: str  # "module:function": the Python op; importing its module registers the torch custom op
     outputs: tuple[Input, ...] = (Input("out", "T", "like q"),)
     plugin: str | None = None  # folder under plugins/trt/ with the TensorRT plugin, None while there is none
     plugin_version: str = "1"
@@ -99,7 +100,8 @@ class OpSpec:
         return ("",) + tuple(i.name for i in self.inputs if i.optional)
 
     def hook(self, name: str) -> Callable | None:
-        """A declared hook ("local_function", "node_args", "overload_of") as a callable; None if undeclared."""
+        """A declared hook ("torch_op", "local_function", "node_args", "overload_of") as a callable; None if
+        undeclared."""
         target = getattr(self, name)
         if target is None:
             return None
@@ -123,6 +125,7 @@ NEIGHBORHOOD = OpSpec(
                 Attribute("scale", "FLOAT", "logit scale (the exporter writes head_dim**-0.5 by default)")),
     type_constraints=(_T,),
     local_function="attn_export.onnx_functions:neighborhood_function",
+    torch_op="attn_export.models.neighborhood:neighborhood_attention",
     plugin="neighborhoodAttention",
 )
 
@@ -139,6 +142,8 @@ BLOCK_SPARSE = OpSpec(
                 Attribute("scale", "FLOAT", "logit scale (the exporter writes head_dim**-0.5 by default)")),
     type_constraints=(_T, TypeConstraint("I", ("tensor(int32)",), "block layout")),
     local_function="attn_export.onnx_functions:block_sparse_function",
+    torch_op="attn_export.models.block_sparse:block_sparse_attention",
+    plugin="blockSparseAttention",
 )
 
 PARO = OpSpec(
@@ -160,6 +165,8 @@ PARO = OpSpec(
                 Attribute("scale", "FLOAT", "logit scale (the exporter writes head_dim**-0.5 by default)")),
     type_constraints=(_T, TypeConstraint("I", ("tensor(int32)",), "permutation and block layout")),
     local_function="attn_export.onnx_functions:paro_function",
+    torch_op="attn_export.models.paro:paro_attention",
+    plugin="paroAttention",
 )
 
 OPS: dict[str, OpSpec] = {spec.key: spec for spec in (NEIGHBORHOOD, BLOCK_SPARSE, PARO)}
@@ -171,3 +178,9 @@ def by_onnx_op_type(op_type: str) -> OpSpec | None:
 
 def by_torch_name(name: str) -> OpSpec | None:
     return next((spec for spec in OPS.values() if spec.torch_name == name), None)
+
+
+def register_torch_ops() -> None:
+    """Import every op's module, which registers its torch custom op (a .pt2 or a translation needs them)."""
+    for spec in OPS.values():
+        spec.hook("torch_op")

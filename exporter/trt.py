@@ -11,13 +11,14 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from attn_export import defaults
 from attn_export.errors import EXIT_MISSING_DEPENDENCY, AttnExportError, wrap_failure
 from attn_export.native import BUILD_HINT, PLUGIN_LIB_ENV, PLUGIN_LIB_NAME, PLUGIN_OPS, plugin_library
+from attn_export.precision import onnx_precision
 from attn_export.registry import DOMAIN
+from attn_export.shapes import ShapeRange, default_profile, profiles_to_json  # ShapeRange: also trt.ShapeRange
 
 DEFAULT_MAX_BATCH = defaults.MAX_BATCH
 LOG_HINT = "rerun with --debug; the TensorRT log names the node"
@@ -63,47 +64,30 @@ def engine_available() -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class ShapeRange:
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-
 def profile_from(onnx_inputs: Mapping[str, Sequence], shapes: Sequence[Mapping[str, Sequence[int]]],
                  max_batch: int = DEFAULT_MAX_BATCH) -> dict[str, ShapeRange]:
-    """One optimization profile covering ``shapes`` (the export shapes first, then the check's other
-    input sets): opt is the export shape, each dim the ONNX file leaves symbolic ranges over the
-    sizes seen, and a symbolic batch (--dynamic-batch) over [1, max_batch]."""
-    if max_batch < 1:
-        raise AttnExportError(f"--max-batch {max_batch} must be at least 1")
-    profile = {}
-    for name, dims in onnx_inputs.items():
-        seen = [tuple(int(x) for x in s[name]) for s in shapes if name in s]
-        if not seen:
-            raise AttnExportError(f"no shape for ONNX input '{name}'; pass --input-shape {name}=DIMS")
-        opt, low, high = seen[0], list(seen[0]), list(seen[0])
-        for axis, dim in enumerate(dims):
-            if isinstance(dim, int):
-                continue
-            low[axis] = min(s[axis] for s in seen)
-            high[axis] = max(s[axis] for s in seen)
-            if axis == 0:
-                low[0], high[0] = 1, max(max_batch, high[0])
-        profile[name] = ShapeRange(tuple(low), opt, tuple(high))
-    return profile
+    """The default optimization profile (attn_export.shapes.default_profile)."""
+    return default_profile(onnx_inputs, shapes, max_batch)
 
 
-def build_engine(onnx_path: str | Path, engine_path: str | Path, profile: Mapping[str, ShapeRange],
-                 timing_cache: str | Path | None = None, meta_path: str | Path | None = None) -> dict:
-    """Build and write a serialized engine; returns its metadata (also written to ``meta_path``)."""
+def build_engine(onnx_path: str | Path, engine_path: str | Path,
+                 profiles: Mapping[str, ShapeRange] | Sequence[Mapping[str, ShapeRange]],
+                 timing_cache: str | Path | None = None, meta_path: str | Path | None = None,
+                 precision: str | None = None) -> dict:
+    """Build and write a serialized engine with one optimization profile per entry of ``profiles`` (one
+    mapping: one profile); returns its metadata (also written to ``meta_path``). ``precision`` is recorded
+    only: the network is strongly typed, so the ONNX file's types decide."""
     trt, plugins = require_engine_tools()
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, LoadPlugins, NetworkFromOnnxPath, Profile
 
-    trt_profile = Profile()
-    for name, shapes in profile.items():
-        trt_profile.add(name, shapes.min, shapes.opt, shapes.max)
-    config = CreateConfig(profiles=[trt_profile], load_timing_cache=str(timing_cache) if timing_cache else None)
+    profiles = [profiles] if isinstance(profiles, Mapping) else list(profiles)
+    trt_profiles = []
+    for profile in profiles:
+        trt_profile = Profile()
+        for name, shapes in profile.items():
+            trt_profile.add(name, shapes.min, shapes.opt, shapes.max)
+        trt_profiles.append(trt_profile)
+    config = CreateConfig(profiles=trt_profiles, load_timing_cache=str(timing_cache) if timing_cache else None)
     start = time.perf_counter()
     try:
         network = LoadPlugins(plugins=[str(plugins)], obj=NetworkFromOnnxPath(str(onnx_path), strongly_typed=True))()
@@ -128,7 +112,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, profile: Mappin
         "plugin_library_sha256": _sha256(plugins),
         "plugin_layers": plugin_layers,
         "onnx_sha256": _sha256(Path(onnx_path)),
-        "profile": {n: {"min": list(s.min), "opt": list(s.opt), "max": list(s.max)} for n, s in profile.items()},
+        "precision": precision or onnx_precision(onnx_path),
+        "profile": profiles_to_json(profiles)[0],  # the first, as earlier engine.json files had it
+        "profiles": profiles_to_json(profiles),
         "timing_cache": str(timing_cache) if timing_cache else None,
         "build_seconds": round(time.perf_counter() - start, 2),
     }

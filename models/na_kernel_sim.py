@@ -1,4 +1,7 @@
-"""CPU replay of the fused CUDA kernel's exact algorithm (plugins/kernels/na_fused.cuh).
+"""CPU replay of the neighborhood kernels' algorithm: the first-generation kernel (plugins/kernels/na_fused.cuh)
+and the fused core's neighborhood tile policy (attn_core.cuh + attn_policies.cuh's NaPolicy, the same tiles with
+64 slots), whose interior rule -- a kv tile inside the window of every query of the tile needs no element mask,
+decided from the first and last query of each axis -- is checked here on every tile it calls interior.
 
 Same normalization (three spatial axes, missing leading axes of length 1), same tile shape, same query
 tiles per dilation group, same kv box and row-major kv tile order, same element masks, and the same
@@ -39,6 +42,22 @@ def tile_kv_range(first: int, last: int, n_g: int, k: int, s: int, causal: bool)
     return window(first, n_g, k, s, causal)[0], window(last, n_g, k, s, causal)[1]
 
 
+def tile_interior(first, glen, tile, kk, ss, cc, kv_first, kv_end, tile_tokens) -> bool:
+    """Mirrors NaPolicy::set_tile: every slot of the kv tile at kv_first is a real key inside the window of
+    every query of the query tile at first (windows are monotone in the query index: the first and last valid
+    query of each axis decide)."""
+    if tile_tokens != 64:
+        return False
+    for a in range(MAX_RANK):
+        last_q = min(first[a] + tile[a], glen[a]) - 1
+        lo = window(last_q, glen[a], kk[a], ss[a], cc[a])[0]
+        hi = window(first[a], glen[a], kk[a], ss[a], cc[a])[1]
+        kv_last = kv_first[a] + tile[a] - 1
+        if not (kv_first[a] >= lo and kv_last < hi and kv_last < kv_end[a]):
+            return False
+    return True
+
+
 def choose_tile_shape(n: list[int], d: list[int], tile_tokens: int) -> list[int]:
     """Mirrors attnx::choose_tile_shape: double axes innermost first while they have room."""
     rank = len(n)
@@ -61,6 +80,7 @@ class SimStats:
     query_tiles: int = 0  # non-empty query tiles
     kv_tiles: int = 0  # kv tiles visited, summed over query tiles
     kv_slots_in_window: int = 0  # (query, key) pairs that were inside a window
+    interior_tiles: int = 0  # kv tiles the core visits without an element mask
 
 
 def simulate(
@@ -149,6 +169,10 @@ def _one_tile(qf, kf, vf, bias, out, local, first, group, glen, kk, ss, dd, cc, 
         mask = inside & torch.tensor(q_valid)[:, None] & torch.tensor(kv_valid)[None]
         rel = ((kv_at - q_at[:, None] + kk_t - 1) * rel_stride).sum(dim=-1)
         stats.kv_slots_in_window += int(mask.sum())
+        if tile_interior(first, glen, tile, kk, ss, cc, kv_first, [b[1] for b in box], len(local)):
+            # The core skips the mask here: it must keep every valid query's every key.
+            assert bool(mask[torch.tensor(q_valid)].all()), f"interior tile {kv_first} of {first} needs a mask"
+            stats.interior_tiles += 1
         valid_kv = torch.tensor(kv_valid, dtype=torch.float32)[:, None]
         k_rows = torch.stack([kf[:, i, j, m] for (i, j, m) in kv_tok], dim=2).float() * valid_kv
         v_rows = torch.stack([vf[:, i, j, m] for (i, j, m) in kv_tok], dim=2).float() * valid_kv

@@ -268,6 +268,72 @@ class ParoDiT(nn.Module):
         return x.permute(0, 4, 1, 2, 5, 3, 6).reshape(batch, self.channels, frames, height, width)
 
 
+class FlexBlock(nn.Module):
+    """A pre-norm transformer block whose attention is written with torch's flex_attention and a BlockMask,
+    as users write sliding-window and document masks. attn-export converts the call when exporting."""
+
+    def __init__(self, dim: int, heads: int, mask_mod, block_size: int):
+        super().__init__()
+        self.heads, self.mask_mod, self.block_size = heads, mask_mod, block_size
+        self.norm1, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.norm2, self.mlp = nn.LayerNorm(dim), Mlp(dim, 2.0)
+        self._masks: dict = {}
+
+    def block_mask(self, length: int):
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        if length not in self._masks:  # one BlockMask per sequence length, as users cache them
+            self._masks[length] = create_block_mask(self.mask_mod, None, None, length, length, device="cpu",
+                                                    BLOCK_SIZE=self.block_size)
+        return self._masks[length]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        batch, tokens, dim = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3,
+                                                                                                          1, 4)
+        out = flex_attention(q, k, v, block_mask=self.block_mask(tokens))
+        x = x + self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+        return x + self.mlp(self.norm2(x))
+
+
+FLEX_WINDOW = 16
+
+
+def sliding_causal(b, h, q_idx, kv_idx):
+    """Causal sliding window of FLEX_WINDOW tokens (the query included)."""
+    return (q_idx >= kv_idx) & (q_idx - kv_idx < FLEX_WINDOW)
+
+
+FLEX_DOCUMENTS = (40, 56, 32)  # three packed documents of 128 tokens: boundaries inside 32-token blocks
+
+
+def _document_ids() -> torch.Tensor:
+    return torch.cat([torch.full((n,), i) for i, n in enumerate(FLEX_DOCUMENTS)])
+
+
+_DOCUMENTS = _document_ids()
+
+
+def same_document_causal(b, h, q_idx, kv_idx):
+    """Document masking of packed sequences: causal attention within each document."""
+    return (_DOCUMENTS[q_idx] == _DOCUMENTS[kv_idx]) & (q_idx >= kv_idx)
+
+
+class FlexLM(nn.Module):
+    """A small language model of FlexBlocks: tokens -> embeddings -> blocks -> logits."""
+
+    def __init__(self, mask_mod, block_size: int, vocab: int = 256, dim: int = 64, heads: int = 4, depth: int = 2):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.blocks = nn.Sequential(*(FlexBlock(dim, heads, mask_mod, block_size) for _ in range(depth)))
+        self.norm, self.lm_head = nn.LayerNorm(dim), nn.Linear(dim, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(self.blocks(self.embed(tokens))))
+
+
 # ------------------------------------------------------------------------------------ the registry
 
 
@@ -377,6 +443,18 @@ _ENTRIES = (
         (InputSpec("latent", (1, 4, 4, 16, 16)), InputSpec("text", (1, PARO_DIT_PREFIX, 32)),
          InputSpec("timestep", (1,), low=0.0, high=1.0)),
         paro=ZooParo(PARO_DIT_GRID, PARO_DIT_PREFIX, block=16, density=0.3, plan="paro_dit_tiny_plan"),
+    ),
+    ZooEntry(
+        "flex-swa-tiny",
+        "1-D causal LM whose blocks call flex_attention with a sliding-window (16) + causal BlockMask, 128 tokens",
+        lambda: FlexLM(sliding_causal, 32),
+        (InputSpec("tokens", (1, 128), torch.int64, 0, 256),),
+    ),
+    ZooEntry(
+        "flex-doc-tiny",
+        "1-D LM over 3 packed documents (40+56+32 tokens): flex_attention with a document + causal BlockMask",
+        lambda: FlexLM(same_document_causal, 32),
+        (InputSpec("tokens", (1, 128), torch.int64, 0, 256),),
     ),
     ZooEntry(
         "biformer-tiny",

@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # GPU check for one short lease on a machine with CUDA and PyTorch, without TensorRT and without network:
 # build the kernels for the local GPU (or use $ATTN_EXPORT_KERNELS_LIB), run the gpu test tier against the
-# fp32 reference, compute-sanitizer on our kernels only, then benchmark. The whole run stays inside
+# fp32 reference (neighborhood, block-sparse, PARO), compute-sanitizer on our kernels only, then benchmark
+# (neighborhood, then block-sparse and PARO). The whole run stays inside
 # BUDGET_S (default 300 s) under `timeout`; each step gets min(its own budget, what is left).
 # Results land in $OUT as they happen, in at most 6 files:
 #   gpu-check.log          everything (build errors, pytest -v, sanitizer, benchmark), one combined log
 #   summary.txt            one line per step and the verdict
 #   pytest-gpu.xml         JUnit of the gpu tests
-#   bench_na_gpu.jsonl     one JSON line per benchmark record, appended as each finishes
+#   bench_na_gpu.jsonl     one JSON line per neighborhood benchmark record, appended as each finishes
+#   bench_sparse_gpu.jsonl the same for block-sparse and PARO
+# The kernels need the CUTLASS/CuTe headers and the GPU machine has no network: prepare them once where there
+# is network, `cmake -DDEST=build/cutlass -P plugins/cmake/fetch_cutlass.cmake`, and carry build/cutlass
+# (27 MB; or set CUTLASS_DIR).
 # Correctness failures stop early: no benchmark; the time goes to memcheck on the failing tests.
 #
 #   OUT=/tmp/out scripts/gpu-check.sh     # PYTHON (python3), BUDGET_S (300), SANITIZE=0, QUICK=1 (head_dim 128)
-#   step budgets (s): BUILD_S=150 TESTS_S=100 MEMCHECK_S=60 BENCH_S=150 RACECHECK_MIN_S=45, TEST_TIMEOUT_S=30
+#   step budgets (s): BUILD_S=150 TESTS_S=100 MEMCHECK_S=60 BENCH_S=90 (neighborhood; block-sparse and PARO
+#   get SPARSE_BENCH_S=60 of what is left) RACECHECK_MIN_S=45, TEST_TIMEOUT_S=30
 #   dry run without a GPU: GPU_TESTS (pytest target) and BENCH_ARGS (e.g. "--simulate 0.2") override steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +25,7 @@ OUT="${OUT:-$PWD/gpu-out}"
 BUILD="${BUILD:-$PWD/build/gpu-check}"
 PY="${PYTHON:-python3}"
 BUDGET_S="${BUDGET_S:-300}"
+CUTLASS_DIR="${CUTLASS_DIR:-$PWD/build/cutlass}"
 LOG="$OUT/gpu-check.log"
 SUMMARY="$OUT/summary.txt"
 
@@ -56,7 +63,7 @@ logged() {
 budget() { local b="$1" l; l=$(( $(left) - 10 )); (( l < b )) && b=$l; (( b < 1 )) && b=1; echo "$b"; }
 
 stamp "budget: ${BUDGET_S} s in all; build <=${BUILD_S:-150}, tests <=${TESTS_S:-100}, memcheck <=${MEMCHECK_S:-60}," \
-      "benchmark <=${BENCH_S:-150}, racecheck only with >=${RACECHECK_MIN_S:-45} s left; python: $PY"
+      "benchmark <=${BENCH_S:-90} + ${SPARSE_BENCH_S:-60}, racecheck only with >=${RACECHECK_MIN_S:-45} s left; python: $PY"
 gpu="$(nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader 2>/dev/null | head -1)"
 stamp "device: ${gpu:-unknown (nvidia-smi gave nothing)}"
 arch="$(echo "$gpu" | awk -F', *' '{print $2}' | tr -d '. ')"
@@ -79,15 +86,22 @@ if [[ -n "${ATTN_EXPORT_KERNELS_LIB:-}" && -f "${ATTN_EXPORT_KERNELS_LIB}" ]]; t
   note "build: skipped, using ${ATTN_EXPORT_KERNELS_LIB}"
 else
   t=$(budget "${BUILD_S:-150}")
-  stamp "building libattnx_kernels.so for $arch (<= $t s)"
+  stamp "building libattnx_kernels.so for $arch (<= $t s; CUTLASS headers from $CUTLASS_DIR)"
+  if [[ ! -f "$CUTLASS_DIR/include/cute/tensor.hpp" ]]; then
+    note "build: FAILED, no CUTLASS headers in $CUTLASS_DIR (prepare them where there is network:" \
+         "cmake -DDEST=build/cutlass -P plugins/cmake/fetch_cutlass.cmake, and carry build/cutlass)"
+    exit 3
+  fi
   if command -v cmake >/dev/null; then
-    timeout "$t" cmake -S plugins -B "$BUILD" -DCMAKE_CUDA_ARCHITECTURES="$arch" -DATTNX_BUILD_TESTS=OFF >"$BUILD/build.log" 2>&1 &&
+    timeout "$t" cmake -S plugins -B "$BUILD" -DCMAKE_CUDA_ARCHITECTURES="$arch" -DATTNX_BUILD_TESTS=OFF \
+      -DCUTLASS_DIR="$CUTLASS_DIR" >"$BUILD/build.log" 2>&1 &&
       timeout "$t" cmake --build "$BUILD" -j "$(nproc)" --target attnx_kernels >>"$BUILD/build.log" 2>&1
   else  # no CMake on the image: the same flags by hand
     [[ "$arch" == native ]] && nvarch="-arch=native" || nvarch="-arch=sm_${arch}"
     timeout "$t" nvcc -std=c++17 -O3 "$nvarch" -Xcompiler -fPIC,-fvisibility=hidden -shared -cudart static \
-      --expt-relaxed-constexpr -Xlinker --version-script=plugins/kernels/exports.map \
-      plugins/kernels/attnx_abi.cpp plugins/kernels/na_forward.cu -o "$BUILD/libattnx_kernels.so" >"$BUILD/build.log" 2>&1
+      --expt-relaxed-constexpr -Xlinker --version-script=plugins/kernels/exports.map -isystem "$CUTLASS_DIR/include" \
+      plugins/kernels/attnx_abi.cpp plugins/kernels/na_forward.cu plugins/kernels/na_core.cu \
+      plugins/kernels/bsa_forward.cu plugins/kernels/paro_forward.cu -o "$BUILD/libattnx_kernels.so" >"$BUILD/build.log" 2>&1
   fi
   rc=$?
   if [[ $rc != 0 ]]; then
@@ -110,7 +124,8 @@ sanitize() {
   if (( t < 15 )); then note "$tool: skipped (no time left)"; return 0; fi
   stamp "compute-sanitizer --tool $tool on $* (<= $t s)"
   tmp="$BUILD/sanitizer-$tool.txt"
-  logged "$tmp" timeout -k 5 "$t" compute-sanitizer --tool "$tool" --kernel-name kns=na_fused_kernel --error-exitcode 9 "$@"
+  # Every kernel of ours lives in namespace attnx: the filter keeps torch's kernels out.
+  logged "$tmp" timeout -k 5 "$t" compute-sanitizer --tool "$tool" --kernel-name kns=attnx --error-exitcode 9 "$@"
   rc=$?
   if grep -qiE "device not supported|not supported on this|unsupported (device|gpu|platform)" "$tmp"; then
     note "$tool: SKIPPED (sanitizer unsupported here: $(grep -m1 -iE 'not supported|unsupported' "$tmp" | sed 's/^=* *//' | cut -c1-100))"
@@ -134,7 +149,8 @@ sanitize() {
 }
 
 # 2. Correctness: kernels vs the fp32 reference (fresh random inputs, NaN-poisoned outputs).
-tests="${GPU_TESTS:-tests/test_gpu_kernels.py}"
+tests="${GPU_TESTS:-tests/test_gpu_kernels.py tests/test_gpu_sparse_kernels.py}"
+read -ra test_paths <<<"$tests"
 t=$(budget "${TESTS_S:-100}")
 per_test=()
 if "$PY" -c "import pytest_timeout" 2>/dev/null; then
@@ -145,7 +161,7 @@ else
 fi
 stamp "pytest -m gpu $tests (<= $t s, --maxfail 5, $per_test_note)"
 # pytest -v prints each result as it finishes; unbuffered and through tee, the log has them even if killed.
-logged "$BUILD/pytest.txt" timeout -k 5 "$t" "$PY" -m pytest -m gpu "$tests" -v -p no:cacheprovider --maxfail=5 -rfE \
+logged "$BUILD/pytest.txt" timeout -k 5 "$t" "$PY" -m pytest -m gpu "${test_paths[@]}" -v -p no:cacheprovider --maxfail=5 -rfE \
   "${per_test[@]}" --junitxml="$OUT/pytest-gpu.xml"
 rc=$?
 result="$(grep -E '^=+ .*(passed|failed|skipped|error|no tests ran).* in [0-9.]+s' "$BUILD/pytest.txt" | tail -1 | tr -d '=' | xargs)"
@@ -186,7 +202,7 @@ fi
 sanitize memcheck "$(budget "${MEMCHECK_S:-60}")" "$PY" scripts/gpu_sanitize_cases.py
 
 # 4. Benchmark: each record is appended to the JSONL the moment it exists.
-t=$(budget "${BENCH_S:-150}")
+t=$(budget "${BENCH_S:-90}")
 stamp "benchmark (<= $t s)"
 bench_args=(--jsonl "$OUT/bench_na_gpu.jsonl" --deadline-s "$(( t > 20 ? t - 15 : t ))")
 [[ "${QUICK:-0}" == 1 ]] && bench_args+=(--quick)
@@ -207,6 +223,32 @@ else
   note "benchmark: ok, $rows case rows"
 fi
 
+# 4b. Block-sparse and PARO rows, in what is left (never the racecheck's reserve from an unfinished run).
+if (( $(left) >= 25 )); then
+  t=$(budget "${SPARSE_BENCH_S:-60}")
+  stamp "sparse benchmark (<= $t s)"
+  sparse_args=(--jsonl "$OUT/bench_sparse_gpu.jsonl" --deadline-s "$(( t > 20 ? t - 15 : t ))")
+  [[ "${QUICK:-0}" == 1 ]] && sparse_args+=(--quick)
+  # shellcheck disable=SC2206
+  sparse_args+=(${SPARSE_BENCH_ARGS:-})
+  logged "$BUILD/bench_sparse.txt" timeout -k 5 "$t" "$PY" bench/bench_sparse_gpu.py "${sparse_args[@]}"
+  rc=$?
+  sparse_rows=$(grep -c '"kind": "case"' "$OUT/bench_sparse_gpu.jsonl" 2>/dev/null)
+  sparse_rows=${sparse_rows:-0}
+  if [[ $rc == 124 || $rc == 137 ]]; then
+    bench_done=0
+    note "sparse benchmark: stopped after $t s (time budget); $sparse_rows case rows kept in bench_sparse_gpu.jsonl"
+  elif [[ $rc != 0 ]]; then
+    note "sparse benchmark: FAILED (rc $rc; $sparse_rows case rows in bench_sparse_gpu.jsonl; see gpu-check.log)"
+    status=1
+  else
+    note "sparse benchmark: ok, $sparse_rows case rows"
+  fi
+else
+  bench_done=0
+  note "sparse benchmark: skipped ($(left) s left)"
+fi
+
 # 5. racecheck, only if time remains.
 if (( $(left) >= ${RACECHECK_MIN_S:-45} )); then
   sanitize racecheck "$(budget 90)" "$PY" scripts/gpu_sanitize_cases.py
@@ -214,11 +256,9 @@ else
   note "racecheck: skipped ($(left) s left)"
 fi
 
-if [[ $bench_done == 1 ]]; then
-  sed -n '/^fp16, /,$p' "$BUILD/bench.txt"
-else  # the benchmark was stopped before its table: the table of the rows it kept
-  "$PY" bench/bench_na_gpu.py --table-from "$OUT/bench_na_gpu.jsonl" 2>&1 | tee -a "$LOG"
-fi
+# The tables of the rows each benchmark kept (also when one was stopped before printing its own).
+"$PY" bench/bench_na_gpu.py --table-from "$OUT/bench_na_gpu.jsonl" 2>&1 | tee -a "$LOG"
+[[ -f "$OUT/bench_sparse_gpu.jsonl" ]] && "$PY" bench/bench_sparse_gpu.py --table-from "$OUT/bench_sparse_gpu.jsonl" 2>&1 | tee -a "$LOG"
 verdict=$([[ $status == 0 ]] && echo ok || echo FAILED)
 [[ $status == 0 && $bench_done == 0 ]] && verdict="ok (benchmark incomplete)"
 note "verdict: $verdict after $(elapsed) s"

@@ -286,7 +286,9 @@ def test_engine_build_without_plugin_layers_fails_with_exit_3(fake_engine_tools,
     state["network"] = FakeNetwork([FakeTrt.ILayer("na0/MatMul", "LayerType.MATRIX_MULTIPLY"),
                                     FakeTrt.ILayer("bsa0/Gather", "LayerType.GATHER")])
     profile = {"x": trt.ShapeRange((1, 8, 2, 4), (1, 8, 2, 4), (1, 8, 2, 4))}
-    with pytest.raises(AttnExportError, match=r"1 of 1 NeighborhoodAttention nodes \('na0'\) of model.onnx") as info:
+    # Every op of the registry has a plugin now: both nodes must have become plugin layers.
+    with pytest.raises(AttnExportError, match=r"1 of 1 NeighborhoodAttention nodes \('na0'\); "
+                                              r"1 of 1 BlockSparseAttention nodes \('bsa0'\) of model.onnx") as info:
         trt.build_engine(onnx_path, tmp_path / "model.engine", profile, meta_path=tmp_path / "engine.json")
     assert info.value.exit_code == 3
     assert state["built"] == 0 and not (tmp_path / "model.engine").exists() and not (tmp_path / "engine.json").exists()
@@ -294,12 +296,12 @@ def test_engine_build_without_plugin_layers_fails_with_exit_3(fake_engine_tools,
 
 def test_engine_json_lists_the_plugin_layers(fake_engine_tools, tmp_path):
     state, onnx_path = fake_engine_tools
-    # BlockSparseAttention has no plugin yet: its local function is expected, not an error.
     state["network"] = FakeNetwork([
         FakeTrt.ILayer("na0", FakeTrt.LayerType.PLUGIN_V3, FakePlugin("NeighborhoodAttention", "attn_export")),
-        FakeTrt.ILayer("bsa0/Gather", "LayerType.GATHER")])
+        FakeTrt.ILayer("bsa0", FakeTrt.LayerType.PLUGIN_V3, FakePlugin("BlockSparseAttention", "attn_export"))])
     profile = {"x": trt.ShapeRange((1, 8, 2, 4), (1, 8, 2, 4), (1, 8, 2, 4))}
     meta = trt.build_engine(onnx_path, tmp_path / "model.engine", profile, meta_path=tmp_path / "engine.json")
-    assert meta["plugin_layers"] == [na_layer("na0")]
-    assert json.loads((tmp_path / "engine.json").read_text())["plugin_layers"] == [na_layer("na0")]
+    layers = [na_layer("na0"), na_layer("bsa0", plugin="BlockSparseAttention")]
+    assert meta["plugin_layers"] == layers
+    assert json.loads((tmp_path / "engine.json").read_text())["plugin_layers"] == layers
     assert state["built"] == 1

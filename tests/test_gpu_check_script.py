@@ -80,6 +80,8 @@ def test_skipped_gpu_tier_stops_early_with_sanitizer_skipped(dry_run):
     rc, text, out, _ = dry_run()
     assert rc == 1
     assert "budget: 300 s in all" in text and "architecture: 90" in text
+    # The gpu tier of all three ops: neighborhood, block-sparse and PARO.
+    assert "pytest -m gpu tests/test_gpu_kernels.py tests/test_gpu_sparse_kernels.py" in text
     lines = summary(out)
     assert "no gpu test passed" in lines and "early stop: correctness failed, no benchmark" in lines
     assert "memcheck: SKIPPED (sanitizer unsupported here" in lines  # not a failure of ours
@@ -97,7 +99,7 @@ def test_failing_test_gets_the_sanitizer_and_no_benchmark(dry_run):
     assert "tests: FAILED (1 failed, 1 passed" in lines and "early stop" in lines
     log = (out / "gpu-check.log").read_text()
     sanitized = [line for line in log.splitlines() if line.startswith("stub compute-sanitizer --tool memcheck")]
-    assert sanitized and "--kernel-name kns=na_fused_kernel" in sanitized[0]
+    assert sanitized and "--kernel-name kns=attnx" in sanitized[0]  # every kernel of ours, none of torch's
     assert "test_wrong[48]" in sanitized[0]  # the failing test, not the generic cases
     assert not (out / "bench_na_gpu.jsonl").exists()
 
@@ -133,4 +135,25 @@ def test_hanging_benchmark_keeps_its_rows_within_the_budget(dry_run):
     log = (out / "gpu-check.log").read_text()
     assert log.count('"kind": "case"') == 3  # printed as they finished, before the kill
     assert "3 case rows from" in text  # the table of the kept rows
+    assert len(list(out.iterdir())) <= 6
+
+
+def test_benchmarks_cover_the_three_ops(dry_run):
+    """Tests pass; both benchmarks run (simulated): the neighborhood rows, then block-sparse (density
+    10/25/50/100%, S = 16k/32k, head_dim 64/128) and PARO (CogVideoX, density 0.3/0.5, INT8/INT4) rows, each in
+    its own JSONL; their tables are printed; still at most 6 files."""
+    rc, text, out, _ = dry_run(tests="pass", BUDGET_S="120", BENCH_ARGS="--simulate 0.01 --no-flex",
+                               SPARSE_BENCH_ARGS="--simulate 0.01")
+    assert rc == 0, text
+    lines = summary(out)
+    assert "benchmark: ok, 14 case rows" in lines and "sparse benchmark: ok, 20 case rows" in lines, lines
+    records = [json.loads(line) for line in (out / "bench_sparse_gpu.jsonl").read_text().splitlines()]
+    cases = [r for r in records if r["kind"] == "case"]
+    assert {r["op"] for r in cases} == {"bsa", "paro"}
+    bsa = [r for r in cases if r["op"] == "bsa"]
+    assert {(r["seq"], r["head_dim"], r["density"]) for r in bsa} == {
+        (s, d, x) for s in (16384, 32768) for d in (64, 128) for x in (0.1, 0.25, 0.5, 1.0)}
+    paro = [r for r in cases if r["op"] == "paro"]
+    assert {(r["seq"], r["density"], r["bits"]) for r in paro} == {(17776, d, b) for d in (0.3, 0.5) for b in (8, 4)}
+    assert "20 case rows from" in text and "verdict: ok after" in lines
     assert len(list(out.iterdir())) <= 6

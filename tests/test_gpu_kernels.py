@@ -1,4 +1,5 @@
-"""GPU tier: the fused CUDA kernel (through its C ABI) against the fp32 PyTorch reference.
+"""GPU tier: the neighborhood kernels (the fused core for fp16/bf16 at head_dim 32/64/128, the first generation's
+generic kernel otherwise; through the C ABI) against the fp32 PyTorch reference.
 
 Tolerances (DESIGN.md section 7, rtol 0): fp32 1e-4, fp16 1e-2, bf16 5e-2. Every run uses fresh random
 inputs and an output buffer poisoned with NaN, so a query the kernel never writes fails the test.
@@ -81,10 +82,13 @@ def test_random_configs(kernels, dtype, dim, seed):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_tensor_core_path_is_selected(kernels, dtype):
+def test_core_path_is_selected(kernels, dtype):
+    """fp16/bf16 at head_dim 32/64/128 run the fused core (attn_core.cuh); fp32 and other head_dims the
+    first generation's generic kernel."""
     q = torch.empty(1, 16, 16, 2, 64, device="cuda", dtype=dtype)
-    assert kernels.select_path(q, kernel_size=7) == "tensor-core"
+    assert kernels.select_path(q, kernel_size=7) == "core"
     assert kernels.select_path(q.float(), kernel_size=7) == "generic"
+    assert kernels.select_path(torch.empty(1, 16, 16, 2, 48, device="cuda", dtype=dtype), kernel_size=7) == "generic"
 
 
 @pytest.mark.parametrize("spatial, kw", [

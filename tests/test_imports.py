@@ -6,7 +6,7 @@ import pkgutil
 import subprocess
 import sys
 
-OPTIONAL = ["tensorrt", "tensorrt_libs", "pycuda", "cuda", "cupy", "onnxruntime_gpu"]
+OPTIONAL = ["tensorrt", "tensorrt_libs", "pycuda", "cuda", "cupy", "onnxruntime_gpu", "tritonclient", "grpc", "yaml"]
 
 BLOCKER = f"""
 import sys
@@ -35,7 +35,8 @@ def _all_modules() -> list[str]:
 def test_every_module_imports_without_optional_dependencies():
     modules = _all_modules()
     assert {"attn_export.cli", "attn_export.models.zoo", "attn_export.calib", "attn_export.trt",
-            "attn_export.native", "attn_export.models.na_kernel_sim"} <= set(modules)
+            "attn_export.native", "attn_export.models.na_kernel_sim", "attn_export.ci", "attn_export.triton",
+            "attn_export.bench", "attn_export.shapes", "attn_export.precision"} <= set(modules)
     proc = _run("import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
                 + "import tensorrt\n")
     # The last line proves the blocker works: tensorrt must fail to import even where it is installed.
@@ -50,6 +51,9 @@ def test_import_is_light_and_help_works_without_optional_dependencies():
     assert "Usage: attn-export" in proc.stdout
     proc = _run("from attn_export.cli import main\nmain(['export', '--help'], prog_name='attn-export')")
     assert proc.returncode == 0 and "--trust-pickle" in proc.stdout
+    for command, flag in (("bench", "--runtime"), ("ci-template", "--gpu")):
+        proc = _run(f"from attn_export.cli import main\nmain([{command!r}, '--help'], prog_name='attn-export')")
+        assert proc.returncode == 0 and flag in proc.stdout, proc.stderr
 
 
 def test_source_folders_are_not_importable_as_top_level_packages(tmp_path):

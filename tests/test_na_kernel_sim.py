@@ -66,6 +66,27 @@ def test_tensor_core_rounding_stays_within_the_gpu_tolerance(dtype, atol, seed):
     torch.testing.assert_close(out.float(), ref, atol=atol, rtol=0)
 
 
+@pytest.mark.parametrize("seed", range(40, 60))
+def test_core_interior_tiles_are_sound_on_random_configs(seed):
+    """simulate() asserts on every tile the core's interior rule lets through unmasked that no pair of it is
+    outside a window; large windows must actually produce interior tiles."""
+    spatial, kw, use_rpb = random_config(random.Random(seed))
+    kw["kernel_size"] = [max(k, 4) for k in kw["kernel_size"]]
+    room = {1: 40, 2: 8, 3: 2}[len(spatial)]  # Python loops over tiles: keep 2-D and 3-D small
+    spatial = [max(n, k * d + room) for n, k, d in zip(spatial, kw["kernel_size"], kw["dilation"], strict=True)]
+    q, k, v, _ = make_inputs(spatial, kw, False, heads=1, batch=1, seed=seed)
+    stats = sim.SimStats()
+    out = sim.simulate(q, k, v, stats=stats, **kw)
+    torch.testing.assert_close(out, neighborhood_attention(q, k, v, **kw), atol=1e-5, rtol=0)
+
+
+def test_core_skips_the_mask_on_large_windows():
+    q, k, v, _ = make_inputs([256], dict(kernel_size=[129]), False, batch=1, heads=1)
+    stats = sim.SimStats()
+    sim.simulate(q, k, v, kernel_size=129, stats=stats)
+    assert stats.interior_tiles >= stats.query_tiles  # at least one unmasked tile per query tile
+
+
 def test_blocked_windows_need_no_masking_inside_tiles():
     """stride == kernel (blocked attention) with a tile-aligned window: every visited kv slot counts."""
     q, k, v, _ = make_inputs([16, 16], dict(kernel_size=[8, 8]), False, batch=1)
@@ -73,6 +94,7 @@ def test_blocked_windows_need_no_masking_inside_tiles():
     sim.simulate(q, k, v, kernel_size=8, stride=8, tile_tokens=64, stats=stats)
     assert stats.kv_tiles * 64 * 64 == stats.kv_slots_in_window  # 64 queries x 64 keys, all inside
     assert stats.query_tiles == 4 and stats.kv_tiles == 4
+    assert stats.interior_tiles == 4  # the core masks none of them
 
 
 def test_visits_only_the_tiles_a_query_tile_touches():

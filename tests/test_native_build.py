@@ -65,12 +65,13 @@ def test_plugin_library_compiled_against_tensorrt_headers(native_build):
 
 
 def test_ctest_cpu_tests_pass(native_build):
-    """ctest ran the library's and the common code's tests, and for every plugin folder its config test
+    """ctest ran the library's and the common code's tests, the core's layout check (core_layout_check.cu:
+    fragments, ldmatrix replayed per warp, the swizzled tiles), and for every plugin folder its config test
     (TensorRT-free logic) and glue test (its creator in the built library)."""
     result = subprocess.run(["ctest", "--output-on-failure"], cwd=native_build, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
     ran = set(re.findall(r"Test\s+#\d+: (\S+) \.+\s+Passed", result.stdout))
-    expected = {"plugin_glue", "common_fields", "common_glue"}
+    expected = {"plugin_glue", "common_fields", "common_glue", "core_layout"}
     expected |= {f"{folder.name}_{kind}" for folder in plugin_folders() for kind in ("config", "glue")}
     assert expected <= ran, f"not run or not passed: {sorted(expected - ran)}"
 
@@ -100,3 +101,33 @@ def test_missing_kernel_library_is_exit_3(monkeypatch, tmp_path):
     with pytest.raises(AttnExportError, match="plugins build") as info:
         native.NativeKernels()
     assert info.value.exit_code == 3
+
+
+def test_ctypes_binding_of_block_sparse_and_paro_without_a_gpu(native_build):
+    """attnx_bsa_* / attnx_paro_* through the binding's structs: validation messages, PARO's workspace, and
+    CPU tensors refused before any launch."""
+    import torch
+
+    kernels = native.NativeKernels(native_build / native.KERNELS_LIB_NAME)
+    q = torch.empty(2, 4, 200, 64, dtype=torch.float16)
+    count = torch.ones(1, 4, 4, dtype=torch.int32)
+    index = torch.zeros(2, 1, 4, 3, dtype=torch.int32)
+    p = kernels.bsa_params(q, q, count, index, 64, 32)
+    assert kernels.lib.attnx_bsa_validate(p) == 0 and kernels.lib.attnx_bsa_workspace_size(p) == 0
+    p.layout.rows = 5
+    assert kernels.lib.attnx_bsa_validate(p) == 1
+    assert "the sequence needs 4" in kernels.lib.attnx_last_error().decode()
+    with pytest.raises(AttnExportError, match="CUDA tensor"):
+        kernels.block_sparse_attention(q, q, q, count, index, 64, 32)
+
+    count, index = torch.ones(1, 4, 4, dtype=torch.int32), torch.zeros(1, 4, 4, 2, dtype=torch.int32)
+    p = kernels.paro_params(q, count, index, block=64, qk_bits=8, pv_bits=4)
+    assert kernels.lib.attnx_paro_validate(p) == 0
+    operand = 2 * 4 * 200 * 64 * 2
+    assert 3 * operand < kernels.lib.attnx_paro_workspace_size(p) < 3 * operand + 16384
+    p.qk_bits = p.pv_bits = 16
+    assert kernels.lib.attnx_paro_workspace_size(p) == 0
+    p.qk_bits = 6
+    assert kernels.lib.attnx_paro_validate(p) == 1 and "qk_bits=6" in kernels.lib.attnx_last_error().decode()
+    if not torch.cuda.is_available():
+        assert kernels.bsa_select_path(q, q, count, index, 64, 32) == "none"

@@ -83,7 +83,8 @@ def test_plan_counts_the_static_shared_memory_ptxas_compiled(launch_dump, tmp_pa
         elif current and (smem := re.search(r"(\d+) bytes smem", line)):
             compiled[current] = int(smem.group(1))
             current = None
-    assert len(compiled) == 11, compiled  # fp32: 3 generic tiles; fp16, bf16: 3 generic tiles + tensor core
+    # fp32, fp16, bf16: 3 generic tiles each (the WMMA path is no longer launched: the core in na_core.cu replaced it)
+    assert len(compiled) == 9, compiled
     elem = {"f": 4, "6__half": 2, "13__nv_bfloat16": 2}
     keys = sorted(compiled)
     planned = ask(launch_dump, [f"S {elem[t]} {tile} {tc}" for t, tile, tc in keys])

@@ -119,6 +119,7 @@ def test_timestep_buckets_select_the_layout_by_an_input(tmp_path):
     (["--paro-density", "1.5"], "--paro-density 1.5 must lie in (0, 1]"),
     (["--paro-qk", "int3"], "--paro-qk 'int3' is not one of int8, int4, fp16"),
     (["--paro-buckets", "2"], "--paro-buckets needs a model input named 'timestep'"),
+    (["--dynamic-spatial"], "--dynamic-spatial: a PARO plan is made for one token count"),
 ])
 def test_bad_paro_input_is_one_line_exit_2_and_nothing_written(args, fragment, tmp_path):
     torch.save(build_sdpa_grid_model()[0].state_dict(), tmp_path / "own.pt")
@@ -148,3 +149,26 @@ def test_no_paro_exports_the_zoo_model_dense(tmp_path):
     assert result.exit_code == 0, result.output
     _, nodes = paro_nodes(tmp_path / "out" / "model.onnx")
     assert nodes == [] and not (tmp_path / "out" / "paro_plan.json").exists()
+
+
+def test_the_shipped_plan_is_what_the_planner_makes_today():
+    """zoo:paro-dit-tiny ships the plan of scripts/plan_paro_dit_tiny.py: if the model or the planner changes,
+    the shipped plan must be made again."""
+    import itertools
+
+    from attn_export import paro_export
+    from attn_export.calib.paro import ParoPlan
+    from attn_export.loader import load_model
+    from attn_export.models import zoo
+    from attn_export.pipeline import ExportOptions, calibration_source
+
+    defaults = zoo.entry("paro-dit-tiny").paro
+    loaded = load_model("zoo:paro-dit-tiny")
+    settings = paro_export.ParoSettings(defaults.grid, defaults.prefix, defaults.block, defaults.density, 8, 8)
+    source = calibration_source(loaded, ExportOptions())
+    fresh = paro_export.prepare(loaded, settings, itertools.islice(source.feeds, ExportOptions().calib_samples),
+                                source.description).plan
+    shipped = ParoPlan.load(defaults.plan_path())
+    assert [c.head_info for c in shipped.calls] == [c.head_info for c in fresh.calls]
+    for a, b in zip(shipped.calls, fresh.calls):
+        assert np.array_equal(a.perm_idx, b.perm_idx) and np.array_equal(a.kv_index, b.kv_index)

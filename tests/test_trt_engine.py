@@ -73,3 +73,28 @@ def test_engine_parity_with_pytorch_and_onnxruntime(tensorrt, model, tmp_path):
     assert all(layer["type"] == "PLUGIN_V3" for layer in meta["plugin_layers"])
     check = run("check", model, out / "model.onnx", "--engine", out / "model.engine")
     assert check.exit_code == 0, check.output
+
+
+def test_fp16_engine_with_two_profiles_triton_entry_and_bench(tensorrt, tmp_path):
+    """The deployment path on real TensorRT: an fp16 engine with two optimization profiles checked against the fp32
+    model, engine.json recording them, a tensorrt_plan Triton entry with the plugin library, and bench timing it."""
+    out = tmp_path / "out"
+    result = run("zoo:nat-tiny", "-o", out, "--engine", "--dtype", "fp16",
+                 "--shapes", "images=1x3x64x64:2x3x64x64:4x3x96x96",
+                 "--profile", "images=4x3x64x64:8x3x128x128:16x3x256x256",
+                 "--triton-repo", tmp_path / "triton", "--junit", out / "junit.xml")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "pass" and report["precision"] == "fp16"
+    assert "tensorrt" in {c["candidate"] for c in report["comparisons"]}
+    meta = json.loads((out / "engine.json").read_text())
+    assert meta["precision"] == "fp16" and len(meta["profiles"]) == 2
+    assert meta["profiles"][1]["images"]["max"] == [16, 3, 256, 256]
+    entry = tmp_path / "triton" / "nat-tiny"
+    assert (entry / "1" / "model.plan").read_bytes() == (out / "model.engine").read_bytes()
+    assert (entry / "plugins" / native.PLUGIN_LIB_NAME).is_file()
+    assert "max_batch_size: 16" in (entry / "config.pbtxt").read_text()
+    bench = run("bench", out, "--runtime", "trt", "--runtime", "ort", "--iters", "5", "--batch", "2")
+    assert bench.exit_code == 0, bench.output
+    rows = {r["runtime"]: r for r in json.loads((out / "bench.json").read_text())["rows"]}
+    assert rows["tensorrt"]["status"] == "ok" and rows["tensorrt"]["p50_ms"] > 0

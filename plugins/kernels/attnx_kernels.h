@@ -32,6 +32,24 @@ ATTNX_API attnx_status attnx_na_forward(const attnx_na_params* params, const voi
                               const void* rpb, void* out, void* workspace, size_t workspace_size,
                               cudaStream_t stream);
 
+// Block-sparse attention (DESIGN.md section 5): the same four calls. kv_count / kv_index are the int32
+// layout tensors in device memory, shaped as params->layout says. No workspace.
+ATTNX_API attnx_status attnx_bsa_validate(const attnx_bsa_params* params);
+ATTNX_API size_t attnx_bsa_workspace_size(const attnx_bsa_params* params);
+ATTNX_API attnx_path attnx_bsa_select_path(const attnx_bsa_params* params);
+ATTNX_API attnx_status attnx_bsa_forward(const attnx_bsa_params* params, const void* q, const void* k, const void* v,
+                                         const int32_t* kv_count, const int32_t* kv_index, void* out, void* workspace,
+                                         size_t workspace_size, cudaStream_t stream);
+
+// PARO attention (../shared/PARO.md section 2). perm_idx int32 [heads, seq] in device memory. The workspace
+// holds the quantization pre-pass's operands and scales (0 bytes without quantization).
+ATTNX_API attnx_status attnx_paro_validate(const attnx_paro_params* params);
+ATTNX_API size_t attnx_paro_workspace_size(const attnx_paro_params* params);
+ATTNX_API attnx_path attnx_paro_select_path(const attnx_paro_params* params);
+ATTNX_API attnx_status attnx_paro_forward(const attnx_paro_params* params, const void* q, const void* k, const void* v,
+                                          const int32_t* perm_idx, const int32_t* kv_count, const int32_t* kv_index,
+                                          void* out, void* workspace, size_t workspace_size, cudaStream_t stream);
+
 // The reason for the last non-OK status on this thread ("" if none).
 ATTNX_API const char* attnx_last_error(void);
 

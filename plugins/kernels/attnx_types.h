@@ -8,7 +8,7 @@
 extern "C" {
 #endif
 
-#define ATTNX_ABI_VERSION 1
+#define ATTNX_ABI_VERSION 2  // 2: block-sparse and PARO entry points
 #define ATTNX_MAX_RANK 3
 
 typedef enum attnx_dtype { ATTNX_FLOAT32 = 0, ATTNX_FLOAT16 = 1, ATTNX_BFLOAT16 = 2 } attnx_dtype;
@@ -20,8 +20,16 @@ typedef enum attnx_status {
     ATTNX_CUDA_ERROR = 3,        // a CUDA call failed
 } attnx_status;
 
-// Which kernel a call runs: tensor-core (fp16/bf16, head_dim 32/64/128) or the generic CUDA-core path.
-typedef enum attnx_na_path { ATTNX_PATH_NONE = 0, ATTNX_PATH_TENSOR_CORE = 1, ATTNX_PATH_GENERIC = 2 } attnx_na_path;
+// Which kernel a call runs. TENSOR_CORE: the first-generation WMMA neighborhood kernel; GENERIC: a CUDA-core
+// kernel (any dtype and head_dim); CORE: the fused-attention core (mma.sync, cp.async pipeline, registers)
+// with the op's tile policy: fp16/bf16, head_dim 32/64/128, 16-byte aligned rows.
+typedef enum attnx_na_path {
+    ATTNX_PATH_NONE = 0,
+    ATTNX_PATH_TENSOR_CORE = 1,
+    ATTNX_PATH_GENERIC = 2,
+    ATTNX_PATH_CORE = 3,
+} attnx_na_path;
+typedef attnx_na_path attnx_path;
 
 // Neighborhood attention over [batch, *spatial, heads, head_dim] tensors (NATTEN layout, contiguous).
 // rpb, when present, is [heads, 2k_0-1, ...] of the same dtype. Arrays hold `rank` used entries.
@@ -39,6 +47,50 @@ typedef struct attnx_na_params {
     int32_t dtype;  // attnx_dtype of q, k, v, rpb and out
     int32_t has_rpb;
 } attnx_na_params;
+
+// A padded-ELL block layout in device memory (DESIGN.md section 5): kv_count int32
+// [count_batch, count_heads, rows] and kv_index int32 [index_batch, index_heads, rows, max_blocks]; a leading
+// dim of 1 broadcasts over batch or heads, independently for the two tensors. Listed entries are clamped
+// into range by the kernels (never an out-of-bounds read); a block listed twice in a row is undefined.
+typedef struct attnx_block_layout {
+    int32_t rows;  // query blocks: ceil(seq_q / block_q)
+    int32_t max_blocks;
+    int32_t count_batch, count_heads;
+    int32_t index_batch, index_heads;
+} attnx_block_layout;
+
+// Block-sparse attention over [batch, heads, seq, head_dim] tensors (SDPA layout, contiguous): q
+// [B, H, seq_q, D], k and v [B, H, seq_kv, D]. A row with no block gives zeros.
+typedef struct attnx_bsa_params {
+    int32_t batch;
+    int32_t heads;
+    int32_t seq_q;
+    int32_t seq_kv;
+    int32_t head_dim;
+    int32_t block_q;
+    int32_t block_kv;
+    attnx_block_layout layout;
+    float scale;   // softmax scale; <= 0 means head_dim ** -0.5
+    int32_t dtype;  // attnx_dtype of q, k, v and out
+} attnx_bsa_params;
+
+// PARO attention (../shared/PARO.md section 2) over [batch, heads, seq, head_dim] tensors; perm_idx int32
+// [heads, seq]; the layout is over ceil(seq / block) blocks of the permuted sequence.
+typedef struct attnx_paro_params {
+    int32_t batch;
+    int32_t heads;
+    int32_t seq;
+    int32_t head_dim;
+    int32_t block;
+    attnx_block_layout layout;
+    int32_t qk_bits;  // 16 (no quantization), 8 or 4
+    int32_t pv_bits;  // 16, 8 or 4
+    int32_t q_group;  // permuted tokens per Q scale
+    int32_t k_group;  // permuted tokens per K scale
+    int32_t smooth_k;  // 0/1: subtract K's mean over all tokens before quantizing it
+    float scale;
+    int32_t dtype;
+} attnx_paro_params;
 
 #ifdef __cplusplus
 }

@@ -1,81 +1,32 @@
-// C ABI launcher: validates the parameters, picks the kernel path and tile (na_launch.h), and launches.
-#include <algorithm>
-#include <atomic>
-#include <mutex>
+// C ABI launcher: validates the parameters, picks the kernel and launches it. fp16/bf16 with head_dim
+// 32/64/128 and aligned rows run the fused core (attn_core.cuh) with the neighborhood tile policy; everything
+// else runs the first-generation kernel's generic path (na_fused.cuh, tile from na_launch.h). The
+// first generation's WMMA path is no longer launched: wherever it fits, the core fits too (less shared memory).
 #include <string>
+#include <type_traits>
 
 #include "attnx_abi.h"
 #include "attnx_kernels.h"
+#include "core_plan.h"
+#include "launch_util.h"
 #include "na_check.h"
 #include "na_fused.cuh"
 #include "na_launch.h"
+#include "na_core.h"
 
 namespace {
 
 using attnx::fail;
 
-struct Device {
-    int id = 0;
-    int major = 0;
-    int max_smem = 0;  // opt-in shared memory per block (dynamic + static)
-};
-
-// Per-device attributes, queried once per device instead of on every launch (enqueue is hot).
-constexpr int kCachedDevices = 64;
-std::atomic<int> g_major[kCachedDevices];     // 0: not queried yet
-std::atomic<int> g_max_smem[kCachedDevices];  // published before g_major
-
-bool query(int id, Device& dev) {
-    return cudaDeviceGetAttribute(&dev.major, cudaDevAttrComputeCapabilityMajor, id) == cudaSuccess &&
-           cudaDeviceGetAttribute(&dev.max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, id) == cudaSuccess;
-}
-
-bool current_device(Device& dev) {
-    if (cudaGetDevice(&dev.id) != cudaSuccess) return false;
-    if (dev.id < 0 || dev.id >= kCachedDevices) return query(dev.id, dev);
-    dev.major = g_major[dev.id].load(std::memory_order_acquire);
-    if (dev.major > 0) {
-        dev.max_smem = g_max_smem[dev.id].load(std::memory_order_relaxed);
-        return true;
-    }
-    if (!query(dev.id, dev)) return false;
-    g_max_smem[dev.id].store(dev.max_smem, std::memory_order_relaxed);
-    g_major[dev.id].store(dev.major, std::memory_order_release);
-    return true;
-}
-
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
-
-// cudaFuncSetAttribute(MaxDynamicSharedMemorySize) once per kernel instantiation, device number and
-// larger size, not on every launch. The mutex keeps a smaller size from overwriting a larger one.
-// The attribute really belongs to the CUDA context, which the cache cannot see (cudaDeviceReset, or a
-// second context on the same device): `force` sets it again whatever the cache says (see launch).
-template <typename T, int TILE, bool TC>
-cudaError_t allow_dynamic_smem(int device, size_t bytes, bool force = false) {
-    static std::atomic<size_t> allowed[kCachedDevices];
-    static std::mutex mutex;
-    const bool cached = device >= 0 && device < kCachedDevices;
-    if (!force && cached && bytes <= allowed[device].load(std::memory_order_acquire)) return cudaSuccess;
-    std::lock_guard<std::mutex> lock(mutex);
-    if (!force && cached && bytes <= allowed[device].load(std::memory_order_acquire)) return cudaSuccess;
-    const size_t size = cached ? std::max(bytes, allowed[device].load(std::memory_order_acquire)) : bytes;
-    const cudaError_t err = cudaFuncSetAttribute(attnx::na_fused_kernel<T, TILE, TC>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(size));
-    if (err == cudaSuccess && cached) allowed[device].store(size, std::memory_order_release);
-    return err;
-}
-
-// What a launch reports when the context lacks the shared-memory attribute the cache believed set.
-bool missing_smem_attribute(cudaError_t err) {
-    return err == cudaErrorInvalidValue || err == cudaErrorLaunchOutOfResources;
-}
+using attnx::aligned16;
+using attnx::current_device;
+using attnx::Device;
 
 template <typename T, int TILE, bool TC>
 attnx_status launch(const attnx_na_params& p, const Device& dev, size_t smem, const void* q, const void* k,
                     const void* v, const void* rpb, void* out, cudaStream_t stream) {
     const attnx::NaProblem problem = attnx::make_problem(p, TILE);
-    cudaError_t err = allow_dynamic_smem<T, TILE, TC>(dev.id, smem);
-    if (err != cudaSuccess) return fail(ATTNX_CUDA_ERROR, std::string("cudaFuncSetAttribute: ") + cudaGetErrorString(err));
+    constexpr auto kernel = attnx::na_fused_kernel<T, TILE, TC>;
     const long long table = static_cast<long long>(2 * problem.k[0] - 1) * (2 * problem.k[1] - 1) * (2 * problem.k[2] - 1);
     attnx_status status = ATTNX_OK;
     // gridDim.y and gridDim.z stop at 65,535: larger batch or head counts launch in chunks, with the
@@ -84,33 +35,39 @@ attnx_status launch(const attnx_na_params& p, const Device& dev, size_t smem, co
         if (status != ATTNX_OK) return;
         const long long offset = b0 * problem.batch_stride + static_cast<long long>(h0) * p.head_dim;
         const dim3 grid(problem.query_tiles(), heads, batches);
-        const auto run = [&] {
-            attnx::na_fused_kernel<T, TILE, TC><<<grid, attnx::kThreads, smem, stream>>>(
+        // A new context (after cudaDeviceReset) starts without the shared-memory attribute although the
+        // per-device cache says it is set: launch_with_smem sets it again and retries once.
+        const cudaError_t launched = attnx::launch_with_smem<kernel>(dev.id, smem, [&] {
+            kernel<<<grid, attnx::kThreads, smem, stream>>>(
                 problem, static_cast<const T*>(q) + offset, static_cast<const T*>(k) + offset,
                 static_cast<const T*>(v) + offset, rpb ? static_cast<const T*>(rpb) + h0 * table : nullptr,
                 static_cast<T*>(out) + offset);
             return cudaGetLastError();  // launch errors are not sticky: this also clears them
-        };
-        cudaError_t launched = run();
-        // A new context (after cudaDeviceReset, or another one on this device) starts without the
-        // attribute although the per-device cache says it is set: set it again and retry once.
-        if (missing_smem_attribute(launched) && allow_dynamic_smem<T, TILE, TC>(dev.id, smem, true) == cudaSuccess)
-            launched = run();
+        });
         if (launched != cudaSuccess)
             status = fail(ATTNX_CUDA_ERROR, std::string("kernel launch: ") + cudaGetErrorString(launched));
     });
     return status;
 }
 
+// The path of a call: the core where it fits (core_plan.h; with a bias, its table staged in shared memory
+// too), else the first generation's plan.
+attnx_na_path na_path(const attnx_na_params& p, const Device& dev, bool aligned) {
+    long long table = 1;
+    for (int a = 0; a < p.rank; ++a) table *= 2LL * p.kernel_size[a] - 1;
+    if (attnx::core_fits(p.dtype, p.head_dim, dev.major, dev.max_smem, aligned) &&
+        (!p.has_rpb || attnx::na_rpb_staged(table, p.head_dim, dev.max_smem)))
+        return ATTNX_PATH_CORE;
+    return attnx::choose_launch(p.dtype, p.head_dim, dev.major, dev.max_smem, aligned).path;
+}
+
 template <typename T>
 attnx_status dispatch(const attnx_na_params& p, const Device& dev, const void* q, const void* k, const void* v,
                       const void* rpb, void* out, cudaStream_t stream) {
-    // The vectorized tensor-core loads need 16-byte aligned rows; otherwise the generic path runs.
+    // The vectorized core loads need 16-byte aligned rows; otherwise the generic path runs.
     const bool aligned = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
+    if (na_path(p, dev, aligned) == ATTNX_PATH_CORE) return attnx::na_core_forward(p, dev.id, dev.max_smem, q, k, v, rpb, out, stream);
     const attnx::LaunchChoice c = attnx::choose_launch(p.dtype, p.head_dim, dev.major, dev.max_smem, aligned);
-    if constexpr (!std::is_same<T, float>::value) {
-        if (c.path == ATTNX_PATH_TENSOR_CORE) return launch<T, 64, true>(p, dev, c.dynamic_smem, q, k, v, rpb, out, stream);
-    }
     switch (c.path == ATTNX_PATH_GENERIC ? c.tile : 0) {
         case 64: return launch<T, 64, false>(p, dev, c.dynamic_smem, q, k, v, rpb, out, stream);
         case 32: return launch<T, 32, false>(p, dev, c.dynamic_smem, q, k, v, rpb, out, stream);
@@ -141,7 +98,7 @@ size_t attnx_na_workspace_size(const attnx_na_params*) { return 0; }
 attnx_na_path attnx_na_select_path(const attnx_na_params* params) {
     Device dev;
     if (attnx_na_validate(params) != ATTNX_OK || !current_device(dev)) return ATTNX_PATH_NONE;
-    return attnx::choose_launch(params->dtype, params->head_dim, dev.major, dev.max_smem, true).path;
+    return na_path(*params, dev, true);
 }
 
 attnx_status attnx_na_forward(const attnx_na_params* params, const void* q, const void* k, const void* v,

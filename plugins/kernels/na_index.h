@@ -51,6 +51,17 @@ ATTNX_HD Range tile_kv_range(int q_first, int q_last, int n_g, int k, int s, boo
     return Range{lo.begin, hi.end};
 }
 
+// Whether the kv tile [kv_first, kv_first + tile) of one axis lies inside the window of every query in
+// [q_first, q_last] and below kv_end: windows are monotone in the query index, so the first and the last
+// query decide, exactly. A kv tile interior on every axis needs no element mask (the core skips it).
+ATTNX_HD bool kv_tile_interior(int q_first, int q_last, int kv_first, int tile, int kv_end, int n_g, int k, int s,
+                               bool causal) {
+    const int lo = window(q_last, n_g, k, s, causal).begin;
+    const int hi = window(q_first, n_g, k, s, causal).end;
+    const int kv_last = kv_first + tile - 1;
+    return kv_first >= lo && kv_last < hi && kv_last < kv_end;
+}
+
 // Relative-position-bias index of key jp for query ip on one axis, in [0, 2k-2] inside the window.
 ATTNX_HD int rpb_index(int jp, int ip, int k) { return jp - ip + k - 1; }
 

@@ -3,6 +3,7 @@
 //   W n k s d causal        -> "b e" per query i (window of i, group coordinates), one line
 //   T n k s d causal tile   -> "b e" per (group, tile) in order, one line
 //   S n0 n1 n2 d0 d1 d2 tokens -> the chosen tile shape, one line
+//   I n k s d causal tile   -> per (group, query tile, kv tile of its range) "kv_first interior", one line
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -33,6 +34,18 @@ int main() {
                         const attnx::Range r = attnx::tile_kv_range(first, last, n_g, k, s, causal != 0);
                         out << r.begin << ' ' << r.end << ' ';
                     }
+                }
+            }
+        } else if (kind == 'I') {
+            int n, k, s, d, causal, tile;
+            in >> n >> k >> s >> d >> causal >> tile;
+            for (int g = 0; g < d && g < n; ++g) {
+                const int n_g = attnx::group_length(n, d, g);
+                for (int first = 0; first < n_g; first += tile) {
+                    const int last = first + tile < n_g ? first + tile - 1 : n_g - 1;
+                    const attnx::Range r = attnx::tile_kv_range(first, last, n_g, k, s, causal != 0);
+                    for (int kv = r.begin; kv < r.end; kv += tile)
+                        out << kv << ' ' << attnx::kv_tile_interior(first, last, kv, tile, r.end, n_g, k, s, causal != 0) << ' ';
                 }
             }
         } else if (kind == 'S') {

@@ -98,7 +98,8 @@ int main() {
     for (FieldType t : {FieldType::kInt32, FieldType::kInt64, FieldType::kFloat32, FieldType::kFloat64, FieldType::kChar})
         CHECK(toFieldType(toPluginFieldType(t)) == t);
     CHECK(toDType(DataType::kHALF) == DType::kFloat16 && toDType(DataType::kBF16) == DType::kBFloat16 &&
-          toDType(DataType::kFLOAT) == DType::kFloat32 && toDType(DataType::kINT8) == DType::kOther);
+          toDType(DataType::kFLOAT) == DType::kFloat32 && toDType(DataType::kINT8) == DType::kOther &&
+          toDType(DataType::kINT32) == DType::kInt32);
     PluginTensorDesc desc{};
     desc.type = DataType::kHALF;
     desc.format = TensorFormat::kCHW32;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core_plan.h"
 #include "na_check.h"
 #include "naConfig.h"
 
@@ -273,6 +274,22 @@ void test_kernel_params() {
     CHECK_ERROR(attnx::na_problem(bad), "on axis 1 exceeds the axis length 9");
 }
 
+// Which kernel takes a call (core_plan.h): the fused core for fp16/bf16 at head_dim 32/64/128 with aligned
+// tensors; with a bias only when the head's table fits in shared memory next to the core's tiles.
+void test_core_path_rules() {
+    for (int dim = 1; dim <= 256; ++dim)
+        for (int dtype : {ATTNX_FLOAT32, ATTNX_FLOAT16, ATTNX_BFLOAT16}) {
+            bool const core = attnx::core_fits(dtype, dim, 9, 232448, true);
+            CHECK(core == (dtype != ATTNX_FLOAT32 && (dim == 32 || dim == 64 || dim == 128)));
+            CHECK(!attnx::core_fits(dtype, dim, 9, 232448, false) && !attnx::core_fits(dtype, dim, 7, 232448, true));
+        }
+    CHECK(attnx::core_fits(ATTNX_FLOAT16, 128, 8, 101376, true));  // sm_86/89/120: 80 KB fit
+    CHECK(attnx::na_rpb_staged(13 * 13, 128, 101376));              // 2-D k7: 676 bytes
+    CHECK(attnx::na_rpb_staged(4095, 128, 101376));                 // 1-D k2048: 16 KB
+    CHECK(!attnx::na_rpb_staged(253LL * 253, 128, 232448));         // 2-D k127: 256 KB, the generic kernel
+    CHECK(!attnx::na_rpb_staged(4700, 128, 101376) && attnx::na_rpb_staged(4700, 128, 232448));
+}
+
 }  // namespace
 
 int main() {
@@ -285,6 +302,7 @@ int main() {
     test_input_checks();
     test_formats();
     test_kernel_params();
+    test_core_path_rules();
     std::printf("%d checks passed\n", g_checks);
     return 0;
 }

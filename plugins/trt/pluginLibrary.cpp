@@ -4,7 +4,9 @@
 //
 // A new plugin adds its header below and one line to the creator list.
 #include "NvInferRuntime.h"
+#include "bsaPlugin.h"
 #include "naPlugin.h"
+#include "paroPlugin.h"
 #include "pluginFields.h"
 #include "pluginLogger.h"
 #include "pluginRegistration.h"
@@ -21,6 +23,8 @@ nvinfer1::IPluginCreatorInterface* creator() {
 nvinfer1::IPluginCreatorInterface* const* creators(int32_t& count) {
     static nvinfer1::IPluginCreatorInterface* const list[] = {
         creator<attnx::plugin::NeighborhoodAttentionCreator>(),
+        creator<attnx::plugin::BlockSparseAttentionCreator>(),
+        creator<attnx::plugin::ParoAttentionCreator>(),
     };
     count = static_cast<int32_t>(sizeof(list) / sizeof(list[0]));
     return list;

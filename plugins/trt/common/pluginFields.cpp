@@ -1,6 +1,7 @@
 #include "pluginFields.h"
 
 #include <climits>
+#include <cmath>
 #include <cstring>
 
 namespace attnx {
@@ -38,6 +39,26 @@ std::string readString(FieldView const& f, std::string& out) {
     if (f.type != FieldType::kChar || (f.length > 0 && !f.data)) return describe(f) + " must be a string";
     char const* text = static_cast<char const*>(f.data);
     out.assign(text, f.length > 0 ? strnlen(text, static_cast<size_t>(f.length)) : 0);
+    return "";
+}
+
+std::string readPositiveInt(FieldView const& f, int32_t& out) {
+    if (f.length != 1) return describe(f) + " must be one value";
+    std::string const bad = readInts(f, 1, &out);
+    if (!bad.empty()) return bad;
+    if (out < 1) return describe(f) + "=" + std::to_string(out) + " must be positive";
+    return "";
+}
+
+std::string readScale(FieldView const& f, bool& hasScale, float& scale) {
+    double v = 0;
+    std::string const bad = readFloat(f, v);
+    if (!bad.empty()) return bad;
+    float const narrowed = static_cast<float>(v);  // a double may overflow or vanish as a float
+    scale = narrowed;
+    hasScale = true;
+    if (!(std::isfinite(v) && v > 0 && std::isfinite(narrowed) && narrowed > 0))
+        return describe(f) + " must be a finite positive number";
     return "";
 }
 

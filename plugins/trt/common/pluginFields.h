@@ -91,6 +91,11 @@ std::string readInts(FieldView const& f, int32_t rank, int32_t* out);
 // One float32 or float64 value (range rules are the plugin's).
 std::string readFloat(FieldView const& f, double& out);
 std::string readString(FieldView const& f, std::string& out);
+// One integer >= 1 (block and group sizes).
+std::string readPositiveInt(FieldView const& f, int32_t& out);
+// The logit scale: one finite positive float (also as float32); sets hasScale (an absent scale is the
+// plugin's default head_dim ** -0.5, serialized as absent).
+std::string readScale(FieldView const& f, bool& hasScale, float& scale);
 
 // plugin_version / plugin_namespace: "" if `f` is neither or matches `decl`; else why not.
 bool isIdentityField(std::string_view name);

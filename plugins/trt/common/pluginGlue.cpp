@@ -34,6 +34,7 @@ DType toDType(DataType type) {
         case DataType::kFLOAT: return DType::kFloat32;
         case DataType::kHALF: return DType::kFloat16;
         case DataType::kBF16: return DType::kBFloat16;
+        case DataType::kINT32: return DType::kInt32;
         default: return DType::kOther;
     }
 }

@@ -9,5 +9,37 @@ std::string dimsText(TensorInfo const& t) {
     return s + "]";
 }
 
+namespace {
+
+// d may be 1 (broadcast) or `full`; unknown values pass.
+bool broadcastable(int64_t d, int64_t full, bool exact) {
+    return !isKnownDim(d) || !isKnownDim(full) || d == full || (d == 1 && !exact);
+}
+
+}  // namespace
+
+std::string layoutProblem(TensorInfo const& count, TensorInfo const& index, int64_t batch, int64_t heads, int64_t rows,
+                          bool headsExact) {
+    std::string const headsRule = headsExact ? "heads" : "H|1";
+    if (count.type != DType::kInt32 || index.type != DType::kInt32)
+        return "kv_count and kv_index must be int32 (the exporter writes int32 layouts)";
+    if (count.nbDims != 3) return "kv_count " + dimsText(count) + " must have rank 3: [B|1, " + headsRule + ", rows]";
+    if (index.nbDims != 4)
+        return "kv_index " + dimsText(index) + " must have rank 4: [B|1, " + headsRule + ", rows, max_blocks]";
+    for (TensorInfo const* t : {&count, &index}) {
+        char const* name = t == &count ? "kv_count " : "kv_index ";
+        if (!broadcastable(t->dims[0], batch, false))
+            return name + dimsText(*t) + " leads with " + std::to_string(t->dims[0]) + " batches; batch is " +
+                   std::to_string(batch) + " (give it or 1)";
+        if (!broadcastable(t->dims[1], heads, headsExact))
+            return name + dimsText(*t) + " has " + std::to_string(t->dims[1]) + " heads; the attention has " +
+                   std::to_string(heads) + (headsExact ? " (one layout per head)" : " (give it or 1)");
+        if (isKnownDim(t->dims[2]) && isKnownDim(rows) && t->dims[2] != rows)
+            return name + dimsText(*t) + " has " + std::to_string(t->dims[2]) + " query-block rows; the sequence needs " +
+                   std::to_string(rows);
+    }
+    return "";
+}
+
 }  // namespace plugin
 }  // namespace attnx

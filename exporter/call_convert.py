@@ -1,0 +1,308 @@
+"""Call-level conversion: the attention calls users write (NATTEN's functional API, FlexAttention) run as
+attn_export's ops while the model is traced, without editing the model.
+
+The functions are intercepted where the model finds them: every loaded module's global that holds
+``natten.na1d`` / ``na2d`` / ``na3d`` / ``neighborhood_attention_generic`` or
+``torch.nn.attention.flex_attention.flex_attention`` is swapped for a converter while the model runs
+(``from natten import na2d`` and ``natten.na2d(...)`` are both caught; a function reached only through a
+closure or an object attribute is not).
+
+- NATTEN calls become ``neighborhood_attention`` with NATTEN's layout and scale (the same semantics).
+- A FlexAttention call is analysed once, eagerly, on concrete tensors: its BlockMask's mask_mod is evaluated
+  on the index grid. A 1-D neighborhood pattern (causal sliding windows among them) becomes
+  ``neighborhood_attention``; any other mask becomes ``block_sparse_attention`` over the BlockMask's blocks,
+  exact only without partial blocks (those are refused until the op takes element masks). A call without a
+  mask or score_mod is dense attention. score_mods are refused, naming the function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from attn_export.errors import AttnExportError
+
+
+class ConversionRefused(AttnExportError):
+    """A NATTEN / FlexAttention call that cannot be converted (one line naming the call and why)."""
+
+_NATTEN_FUNCTIONS = ("na1d", "na2d", "na3d", "neighborhood_attention_generic")
+
+
+@dataclass
+class CallRecord:
+    """One converted call: what it was, where, and what it became (printed, and listed in report.json)."""
+
+    index: int
+    source: str  # e.g. "natten.na2d" or "flex_attention"
+    where: str  # file:line of the call
+    target: str  # what it runs as
+    plan: dict = field(default_factory=dict)  # FlexAttention: the op and its arguments (tensors included)
+
+    def describe(self) -> str:
+        return f"{self.source} at {self.where} -> {self.target}"
+
+
+def _caller(depth: int = 2) -> str:
+    frame = sys._getframe(depth)
+    return f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno}"
+
+
+def _targets() -> dict[Callable, str]:
+    """The third-party functions to intercept, by their source name. NATTEN is imported here when installed
+    (a model may import it only inside forward), never otherwise."""
+    import torch.nn.attention.flex_attention as flex
+
+    found = {flex.flex_attention: "flex_attention"}
+    if "natten" in sys.modules or importlib.util.find_spec("natten") is not None:
+        import natten.functional as natten
+
+        found.update({getattr(natten, name): f"natten.{name}" for name in _NATTEN_FUNCTIONS if hasattr(natten, name)})
+    return found
+
+
+def _namespaces(model: torch.nn.Module | None) -> list[dict]:
+    """The global namespaces a model's code reads: every loaded module's, and those of its layers' forward
+    functions (a model loaded from a file path need not be in sys.modules)."""
+    found = {id(m.__dict__): m.__dict__ for m in list(sys.modules.values())
+             if isinstance(getattr(m, "__dict__", None), dict)}
+    for layer in model.modules() if model is not None else ():
+        namespace = getattr(type(layer).forward, "__globals__", None)
+        if isinstance(namespace, dict):
+            found[id(namespace)] = namespace
+    return list(found.values())
+
+
+@contextlib.contextmanager
+def _swapped(replacements: dict[Callable, Callable], model: torch.nn.Module | None = None):
+    """Every global bound to a key of ``replacements`` (in any namespace the model reads) is rebound to its
+    value, then restored."""
+    swapped = []
+    for namespace in _namespaces(model):
+        for name, value in list(namespace.items()):
+            try:
+                replacement = replacements.get(value) if callable(value) else None
+            except TypeError:  # unhashable callables
+                replacement = None
+            if replacement is not None:
+                namespace[name] = replacement
+                swapped.append((namespace, name, value))
+    try:
+        yield
+    finally:
+        for namespace, name, value in swapped:
+            namespace[name] = value
+
+
+class CallConverter:
+    """Runs a model with its NATTEN / FlexAttention calls converted. ``analyse`` mode (eager, concrete
+    tensors) records each call and plans each FlexAttention call; ``replace`` mode (while tracing) runs the
+    recorded plans. Calls are numbered in execution order per forward pass."""
+
+    def __init__(self):
+        self.records: list[CallRecord] = []
+        self.analysing = True
+        self._count = 0
+        self._inside = 0  # > 0 while an intercepted original runs: its own inner calls (NATTEN -> flex) pass
+
+    def _original(self, function: Callable, *args, **kwargs):
+        self._inside += 1
+        try:
+            return function(*args, **kwargs)
+        finally:
+            self._inside -= 1
+
+    @contextlib.contextmanager
+    def active(self, model: torch.nn.Module | None = None):
+        self._count = 0
+        targets = _targets()
+        replacements = {}
+        for function, source in targets.items():
+            if source == "flex_attention":
+                replacements[function] = self._flex(function)
+            else:
+                replacements[function] = self._natten(function, source)
+        with _swapped(replacements, model):
+            yield self
+
+    def analyse(self, model: torch.nn.Module, inputs) -> list[CallRecord]:
+        """One eager forward pass that records and plans the calls (the model's own outputs are computed by
+        the original functions, so this pass also runs as written)."""
+        self.analysing, self.records = True, []
+        with torch.inference_mode(), self.active(model):
+            model(*inputs)
+        self.analysing = False
+        return self.records
+
+    def _next(self, source: str, where: str) -> tuple[int, CallRecord | None]:
+        index = self._count
+        self._count += 1
+        recorded = next((r for r in self.records if r.index == index), None)
+        if recorded is None and not self.analysing:
+            raise ConversionRefused(f"{source} at {where} is call {index} of this forward pass, but the analysis "
+                                  "pass saw fewer calls: the model's attention calls depend on its inputs")
+        return index, recorded
+
+    def _natten(self, original: Callable, source: str) -> Callable:
+        def convert(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
+                    additional_keys=None, additional_values=None, return_lse=False, **backend_options):
+            from attn_export.models import neighborhood_attention
+
+            if self._inside:
+                return original(query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
+                                additional_values, return_lse=return_lse, **backend_options)
+            where = _caller()
+            index, _ = self._next(source, where)
+            if additional_keys is not None or additional_values is not None:
+                raise ConversionRefused(f"{source}(...) at {where} passes additional_keys/additional_values, which "
+                                      "neighborhood_attention does not take: attend them in a separate call")
+            if return_lse:
+                raise ConversionRefused(f"{source}(...) at {where} asks for return_lse, which the exported op does "
+                                      "not return: drop return_lse")
+            if self.analysing:
+                self.records.append(CallRecord(index, source, where, "attn_export::neighborhood_attention"))
+                return self._original(original, query, key, value, kernel_size, stride, dilation, is_causal, scale)
+            return neighborhood_attention(query, key, value, kernel_size, stride, dilation,
+                                          False if is_causal is None else is_causal, scale)
+
+        return convert
+
+    def _flex(self, original: Callable) -> Callable:
+        def convert(query, key, value, score_mod=None, block_mask=None, scale=None, enable_gqa=False,
+                    return_lse=False, kernel_options=None, *, return_aux=None):
+            if self._inside:
+                return original(query, key, value, score_mod, block_mask, scale, enable_gqa, return_lse,
+                                kernel_options, return_aux=return_aux)
+            where = _caller()
+            index, recorded = self._next("flex_attention", where)
+            if enable_gqa or return_lse or return_aux is not None:
+                raise ConversionRefused(f"flex_attention at {where} uses enable_gqa / return_lse / return_aux, which "
+                                      "the exported ops do not provide: drop them for export")
+            if self.analysing:
+                plan = plan_flex(query, key, value, score_mod, block_mask, scale, where)
+                self.records.append(CallRecord(index, "flex_attention", where, plan["target"], plan))
+                return self._original(original, query, key, value, score_mod=score_mod, block_mask=block_mask,
+                                      scale=scale)
+            return run_plan(recorded.plan, query, key, value, scale)
+
+        return convert
+
+
+# ---------------------------------------------------------------------------------------------
+# FlexAttention: from a BlockMask to one of our ops
+
+
+def plan_flex(query, key, value, score_mod, block_mask, scale, where: str) -> dict:
+    """How to run one flex_attention call: {"target": ..., "op": "sdpa" | "na" | "block_sparse", ...}."""
+    if score_mod is not None:
+        name = getattr(score_mod, "__name__", type(score_mod).__name__)
+        raise ConversionRefused(f"flex_attention at {where} has score_mod {name}, which has no exported form yet: "
+                              "remove it for export, or fold an additive bias into the model")
+    if query.shape[-2] != key.shape[-2] and block_mask is not None and block_mask.seq_lengths != (
+            query.shape[-2], key.shape[-2]):
+        raise ConversionRefused(f"flex_attention at {where}: its BlockMask covers {block_mask.seq_lengths}, the "
+                              f"call attends {query.shape[-2]} x {key.shape[-2]}; build the mask for these lengths")
+    if block_mask is None:
+        return {"op": "sdpa", "target": "scaled_dot_product_attention (no mask)"}
+    from torch.nn.attention.flex_attention import create_mask
+
+    batch, heads, sq, skv = (int(x) for x in block_mask.shape)
+    mask = create_mask(block_mask.mask_mod, batch, heads, sq, skv, device="cpu")
+    window = neighborhood_window(mask)
+    if window is not None:
+        return {"op": "na", "target": "attn_export::neighborhood_attention " + _window_text(window), **window}
+    return _block_sparse_plan(mask, block_mask, where)
+
+
+def neighborhood_window(mask: torch.Tensor) -> dict | None:
+    """The 1-D neighborhood-attention parameters (kernel, stride, dilation, causal) whose window rule gives
+    exactly ``mask [B|1, H|1, S, S]`` (the same for every batch and head), or None."""
+    from attn_export.models.neighborhood import NAParams, neighborhood_index
+
+    if mask.shape[-1] != mask.shape[-2] or not bool((mask == mask[:1, :1]).all()):
+        return None
+    dense = mask[0, 0]
+    n = dense.shape[0]
+    causal = not bool(dense.triu(1).any())
+    row = dense[n - 1] if causal else dense[0]
+    keys = row.nonzero().flatten()
+    if keys.numel() < 2:
+        return None
+    kernel, dilation = keys.numel(), int(keys[1] - keys[0])
+    for stride in range(1, kernel + 1):
+        params = NAParams((kernel,), (stride,), (dilation,), (causal,))
+        if kernel * dilation > n:
+            return None
+        index, _, valid = neighborhood_index((n,), params)
+        rebuilt = torch.zeros(n, n, dtype=torch.bool)
+        rebuilt.scatter_(1, index, valid if valid is not None else torch.ones_like(index, dtype=torch.bool))
+        if torch.equal(rebuilt, dense):
+            return {"kernel": kernel, "stride": stride, "dilation": dilation, "causal": causal}
+    return None
+
+
+def _window_text(w: dict) -> str:
+    return (f"(kernel {w['kernel']}, stride {w['stride']}, dilation {w['dilation']}"
+            f"{', causal' if w['causal'] else ''})")
+
+
+def _block_sparse_plan(mask: torch.Tensor, block_mask, where: str) -> dict:
+    from attn_export.models.block_layout import from_block_mask
+
+    block_q, block_kv = (int(x) for x in block_mask.BLOCK_SIZE)
+    batch, heads, sq, skv = mask.shape
+    n_qb, n_kvb = -(-sq // block_q), -(-skv // block_kv)
+    padded = torch.zeros(batch, heads, n_qb * block_q, n_kvb * block_kv, dtype=torch.bool)
+    padded[..., :sq, :skv] = mask
+    tiles = padded.reshape(batch, heads, n_qb, block_q, n_kvb, block_kv)
+    any_ = tiles.any(dim=(3, 5))
+    # a tile is full when every real (query, key) element of it is attended
+    real = torch.zeros_like(padded)
+    real[..., :sq, :skv] = True
+    real_tiles = real.reshape(batch, heads, n_qb, block_q, n_kvb, block_kv)
+    full = (tiles | ~real_tiles).all(dim=(3, 5))
+    partial = int((any_ & ~full).sum())
+    if partial:
+        raise ConversionRefused(f"flex_attention at {where}: its mask has {partial} partial blocks of "
+                              f"{block_q}x{block_kv}, which padded-ELL block-sparse attention cannot represent "
+                              "exactly yet: align the mask to BLOCK_SIZE")
+    count, index = from_block_mask(any_)
+    return {"op": "block_sparse", "target": f"attn_export::block_sparse_attention (blocks {block_q}x{block_kv}, "
+            f"{int(any_.sum())} of {any_.numel()} listed)", "kv_count": count, "kv_index": index,
+            "block_q": block_q, "block_kv": block_kv}
+
+
+def run_plan(plan: dict, query, key, value, scale):
+    """Run one planned FlexAttention call with our ops ([B, H, S, D] in and out, as flex_attention)."""
+    from attn_export.models import block_sparse_attention, neighborhood_attention
+
+    if plan["op"] == "sdpa":
+        return torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=scale)
+    if plan["op"] == "na":
+        out = neighborhood_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                     plan["kernel"], plan["stride"], plan["dilation"], plan["causal"], scale)
+        return out.transpose(1, 2)
+    return block_sparse_attention(query, key, value, plan["kv_count"], plan["kv_index"], plan["block_q"],
+                                  plan["block_kv"], scale)
+
+
+class Converted(torch.nn.Module):
+    """``model`` with its analysed NATTEN / FlexAttention calls converted on every forward pass: what is
+    exported. The original model stays the parity reference."""
+
+    def __init__(self, model: torch.nn.Module, converter: CallConverter):
+        super().__init__()
+        self.model, self.converter = model, converter
+
+    def forward(self, *inputs):
+        with self.converter.active(self.model):
+            return self.model(*inputs)
+
+
+__all__ = ["CallConverter", "CallRecord", "ConversionRefused", "Converted", "neighborhood_window", "plan_flex",
+           "run_plan"]

@@ -1,0 +1,340 @@
+// The fused-attention core (second generation), shared by neighborhood, block-sparse and PARO attention.
+//
+// FlashAttention-2 structure for sm_80+, written on CuTe: a block of 4 warps owns one 64-query tile of one
+// (batch, head); each warp owns 16 query rows. Q is loaded once into registers; K and V tiles of 64 keys
+// stream through a 2-stage cp.async ring (tile n+1 is in flight while tile n is computed); S = Q K^T and
+// O += P V run on mma.sync (16x8x16, fp16/bf16 in, fp32 accumulate) with ldmatrix operand loads; scores,
+// probabilities and the output accumulator never leave registers; the softmax is online and in base 2.
+//
+// What differs between the ops is a tile policy (attn_policies.cuh): which kv tiles a query tile visits and
+// in what order, which of them need an element mask (interior tiles never do), the mask, and how rows are
+// addressed (direct, or gathered through an index). PARO adds per-row/per-column logit scales (its QK
+// quantization, done by a pre-pass into integer-valued operands) and per-tile P quantization.
+// Integer-valued operands in fp16/bf16 multiply exactly and sum exactly in fp32 (|q|,|k|,|p|,|v| <= 127,
+// 64-128 terms < 2^24): the s8 MMA would compute the same numbers, twice as fast (not used yet).
+// The simulators in attn_export.models.*_kernel_sim replay this algorithm on the CPU.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cute/tensor.hpp>
+
+#include "na_index.h"
+
+namespace attnx {
+namespace core {
+
+using namespace cute;
+
+constexpr int kBlockM = 64;  // queries per tile (4 warps x 16 rows)
+constexpr int kBlockN = 64;  // keys per kv tile
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kStages = 2;  // K/V tiles in flight
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <typename Elem>
+struct ElemTraits;
+template <>
+struct ElemTraits<half_t> {
+    using Mma = SM80_16x8x16_F32F16F16F32_TN;
+    using Native = __half;
+};
+template <>
+struct ElemTraits<bfloat16_t> {
+    using Mma = SM80_16x8x16_F32BF16BF16F32_TN;
+    using Native = __nv_bfloat16;
+};
+
+// Tile geometry of one head_dim: swizzled shared-memory layouts (conflict-free ldmatrix and cp.async),
+// the tiled MMA and the ldmatrix copy atoms.
+template <typename Elem, int HeadDim>
+struct Geometry {
+    static_assert(HeadDim == 32 || HeadDim == 64 || HeadDim == 128, "the core takes head_dim 32, 64 or 128");
+    static constexpr int kRowChunk = HeadDim >= 64 ? 64 : 32;  // elements per swizzle atom row
+    static constexpr int kSwizzleBits = kRowChunk == 64 ? 3 : 2;
+    using AtomLayout = decltype(composition(Swizzle<kSwizzleBits, 3, 3>{},
+                                            Layout<Shape<_8, Int<kRowChunk>>, Stride<Int<kRowChunk>, _1>>{}));
+    using TileLayout = decltype(tile_to_shape(AtomLayout{}, Shape<Int<kBlockN>, Int<HeadDim>>{}));
+    // V read as (head_dim, keys) for the B operand of P.V: the same memory, transposed view.
+    using TileLayoutT = decltype(composition(TileLayout{}, make_layout(Shape<Int<HeadDim>, Int<kBlockN>>{}, GenRowMajor{})));
+    using TiledMma = TiledMMA<MMA_Atom<typename ElemTraits<Elem>::Mma>, Layout<Shape<Int<kWarps>, _1, _1>>,
+                              Tile<Int<16 * kWarps>, _16, _16>>;
+    using LoadAtom = Copy_Atom<SM75_U32x4_LDSM_N, Elem>;
+    using LoadAtomT = Copy_Atom<SM75_U16x8_LDSM_T, Elem>;
+    static constexpr int kTileElems = kBlockN * HeadDim;
+    static constexpr int kChunks = HeadDim / 8;  // 16-byte chunks per row
+    // Q tile + kStages x (K tile + V tile) + the PARO tile-max exchange.
+    static constexpr size_t kSmemBytes = sizeof(Elem) * kTileElems * (1 + 2 * kStages) + 2 * kWarps * sizeof(float);
+};
+
+// The accumulator layout of S (m16n8 C fragments) read as the A operand of the next MMA (m16n8k16):
+// ((2,2),M,N) -> ((2,2,2),M,N/2). Registers stay in place; only their indexing changes.
+template <class Layout>
+CUTE_HOST_DEVICE auto acc_as_a_operand(Layout l) {
+    auto split = logical_divide(l, Shape<Underscore, Underscore, _2>{});  // ((2,2),M,(2,N/2))
+    return make_layout(make_layout(get<0>(split), get<2, 0>(split)), get<1>(split), get<2, 1>(split));
+}
+
+// 16-byte global -> shared copy; `pred` false writes zeros (padding rows, keys outside the sequence).
+__device__ __forceinline__ void copy_chunk(const void* src, void* dst, bool pred) {
+    SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<uint128_t>::copy(*static_cast<const uint128_t*>(src), *static_cast<uint128_t*>(dst),
+                                                     pred);
+}
+
+// Which of its two query rows (slot 0: warp*16 + lane/4, slot 1: that + 8) register i of an S or O
+// fragment belongs to. Fragments are ((2,2), 1, N) (one 16-row MMA per warp): the second of the inner
+// pair selects the row. Static, so that per-row values stay in registers (a slot computed from the
+// coordinates would index local memory).
+__host__ __device__ constexpr int row_slot(int i) { return (i >> 1) & 1; }
+
+__device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// Copies kBlockN rows of HeadDim elements of `a` (and, with `b`, of b) into swizzled tiles. rows(r, off_a,
+// off_b) gives the row's element offsets, -1 for a row that does not exist (zero-filled). Each thread walks
+// its rows once for both tensors (the offsets of K and V rows are one index computation).
+template <class Geo, typename Elem, class Rows>
+__device__ __forceinline__ void load_rows(const Elem* a, Elem* tile_a, const Elem* b, Elem* tile_b, Rows&& rows) {
+    typename Geo::TileLayout layout;
+    constexpr int kPerThread = kBlockN * Geo::kChunks / kThreads;
+    static_assert(kBlockN * Geo::kChunks % kThreads == 0, "whole chunks per thread");
+    const int tid = threadIdx.x;
+    // Consecutive threads take consecutive chunks of a row: coalesced 16-byte reads.
+    long long off_a = -1, off_b = -1;
+    int cached_row = -1;
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+        const int chunk = tid + i * kThreads;
+        const int row = chunk / Geo::kChunks, col = (chunk % Geo::kChunks) * 8;
+        if (row != cached_row) {
+            rows(row, off_a, off_b);
+            cached_row = row;
+        }
+        copy_chunk(off_a >= 0 ? a + off_a + col : a, tile_a + layout(row, col), off_a >= 0);
+        if (b) copy_chunk(off_b >= 0 ? b + off_b + col : b, tile_b + layout(row, col), off_b >= 0);
+    }
+}
+
+// One query tile. Policy (attn_policies.cuh) provides, per block:
+//   bool begin()                      false: an empty tile (nothing to do)
+//   void stage(float* shared)         copies per-block tables into the dynamic shared memory past the core's
+//                                     own (the neighborhood bias); visible after the loop's first barrier
+//   void set_rows(r0, r1)             the two query rows of this thread (slots 0 and 1)
+//   int kv_tiles()                    kv tiles to visit, in order 0..kv_tiles()-1
+//   long long q_row(r), o_row(r)      element offsets of query row r in q and out, -1: no such row
+//   Tile kv_tile(t)                   per-tile addressing state (NA: the box origin), computed once per load
+//   void kv_row(tile, r, k_off, v_off)  element offsets of row r of that kv tile in k and v (-1: none)
+//   void prepare_tile(t)              before tile t's barrier: per-tile shared tables (the neighborhood's slot
+//                                     coordinates)
+//   void set_tile(t)                  before tile t's logits
+//   bool masked(t)                    tile t needs the element mask (false for interior tiles)
+//   bool keep(slot, c)                the element mask of the current (masked) tile
+//   float logit(slot, c, dot)         the base-2 logit of a raw dot product (scale, bias, QK scales) of a
+//                                     kept element
+//   float finish(c)                   per-column output factor (PARO's V channel scale; else 1)
+//   static constexpr bool kBias       logit() adds a per-element term: every tile takes the element path
+//   static constexpr bool kQuantP     P is quantized per tile (PARO pv_bits < 16) with qmax_p() levels
+template <typename Elem, int HeadDim, class Policy>
+__global__ void __launch_bounds__(kThreads)
+    attention_core_kernel(const __grid_constant__ typename Policy::Params params, const Elem* __restrict__ q, const Elem* __restrict__ k,
+                          const Elem* __restrict__ v, Elem* __restrict__ out) {
+    using Geo = Geometry<Elem, HeadDim>;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    Elem* sQ_ptr = reinterpret_cast<Elem*>(smem_raw);
+    Elem* sK_ptr = sQ_ptr + Geo::kTileElems;
+    Elem* sV_ptr = sK_ptr + kStages * Geo::kTileElems;
+    float* tile_max_exchange = reinterpret_cast<float*>(sV_ptr + kStages * Geo::kTileElems);  // [2][kWarps]
+    static_assert(Geo::kSmemBytes % 16 == 0, "a staged table starts aligned past the core's shared memory");
+
+    Policy policy(params);
+    if (!policy.begin()) return;
+    policy.stage(reinterpret_cast<float*>(smem_raw + Geo::kSmemBytes));
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int n_tiles = policy.kv_tiles();
+
+    typename Geo::TiledMma tiled_mma;
+    auto thr_mma = tiled_mma.get_thread_slice(tid);
+    Tensor sQ = make_tensor(make_smem_ptr(sQ_ptr), typename Geo::TileLayout{});
+
+    // Row coordinates of this thread's accumulator elements: (row, col) of every S and O register.
+    Tensor cS = make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{});
+    Tensor tScS = thr_mma.partition_C(cS);
+    Tensor cO = make_identity_tensor(Shape<Int<kBlockM>, Int<HeadDim>>{});
+    Tensor tOcO = thr_mma.partition_C(cO);
+    // Each thread holds two query rows: warp*16 + lane/4 and that + 8 (slot 0 and 1).
+    const int row0 = warp * 16 + lane / 4;
+    const bool row_valid[2] = {policy.q_row(row0) >= 0, policy.q_row(row0 + 8) >= 0};
+    policy.set_rows(row0, row0 + 8);
+
+    auto issue_kv = [&](int t) {
+        const int stage = t % kStages;
+        const auto tile = policy.kv_tile(t);
+        load_rows<Geo>(k, sK_ptr + stage * Geo::kTileElems, v, sV_ptr + stage * Geo::kTileElems,
+                       [&](int r, long long& k_off, long long& v_off) { policy.kv_row(tile, r, k_off, v_off); });
+    };
+
+    // Prologue: Q and kv tile 0 (group 0), kv tile 1 (group 1). A group may be empty; counts stay uniform.
+    // (A loop, not unrolled: one copy of the loader's index math instead of one per stage.)
+    load_rows<Geo>(q, sQ_ptr, static_cast<const Elem*>(nullptr), static_cast<Elem*>(nullptr),
+                   [&](int r, long long& q_off, long long&) { q_off = policy.q_row(r); });
+#pragma unroll 1
+    for (int t = 0; t < kStages; ++t) {
+        if (t < n_tiles) issue_kv(t);
+        cp_async_fence();
+    }
+
+    Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<HeadDim>>{});
+    static_assert(decltype(size<1>(acc_o))::value == 1, "row_slot assumes one 16-row MMA per warp");
+    clear(acc_o);
+    float row_max[2] = {-INFINITY, -INFINITY};
+    float row_sum[2] = {0.f, 0.f};  // this thread's partial sums; the quad's are added at the end
+    float p_scale_prev = 1.f;       // PARO: the scale acc_o is expressed in (the last tile's P scale)
+
+    auto smem_copy_a = make_tiled_copy_A(typename Geo::LoadAtom{}, tiled_mma);
+    auto smem_copy_b = make_tiled_copy_B(typename Geo::LoadAtom{}, tiled_mma);
+    auto smem_copy_bt = make_tiled_copy_B(typename Geo::LoadAtomT{}, tiled_mma);
+    auto thr_copy_a = smem_copy_a.get_thread_slice(tid);
+    auto thr_copy_b = smem_copy_b.get_thread_slice(tid);
+    auto thr_copy_bt = smem_copy_bt.get_thread_slice(tid);
+
+    // Q stays in registers for every kv tile (ptxas, sm_90, head_dim 128: 236 registers, no spill); false
+    // re-reads it from shared memory per k-slice, as FlashAttention-2 does, should a policy need the registers.
+    constexpr bool kQInRegisters = true;
+    Tensor tSrQ = thr_mma.partition_fragment_A(sQ);
+    Tensor tSsQ = thr_copy_a.partition_S(sQ);
+    Tensor tSrQ_view = thr_copy_a.retile_D(tSrQ);
+    bool q_loaded = false;
+
+    for (int t = 0; t < n_tiles; ++t) {
+        policy.prepare_tile(t);
+        cp_async_wait<1>();  // everything but the newest group: tile t (and Q) have landed
+        __syncthreads();
+        const int stage = t % kStages;
+        Tensor sK = make_tensor(make_smem_ptr(sK_ptr + stage * Geo::kTileElems), typename Geo::TileLayout{});
+        Tensor sVt = make_tensor(make_smem_ptr(sV_ptr + stage * Geo::kTileElems), typename Geo::TileLayoutT{});
+        if (kQInRegisters && !q_loaded) {
+            copy(smem_copy_a, tSsQ, tSrQ_view);
+            q_loaded = true;
+        }
+
+        // S = Q K^T, fp32 in registers.
+        Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
+        static_assert(decltype(size<1>(acc_s))::value == 1, "row_slot assumes one 16-row MMA per warp");
+        clear(acc_s);
+        Tensor tSrK = thr_mma.partition_fragment_B(sK);
+        Tensor tSsK = thr_copy_b.partition_S(sK);
+        Tensor tSrK_view = thr_copy_b.retile_D(tSrK);
+#pragma unroll
+        for (int kk = 0; kk < size<2>(tSrK); ++kk) {
+            if constexpr (!kQInRegisters) copy(smem_copy_a, tSsQ(_, _, kk), tSrQ_view(_, _, kk));
+            copy(smem_copy_b, tSsK(_, _, kk), tSrK_view(_, _, kk));
+            gemm(tiled_mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
+        }
+
+        // Logits in base 2; the element mask only where the policy asks for it (never on interior tiles).
+        policy.set_tile(t);
+        const bool element_path = Policy::kBias || policy.masked(t);
+#pragma unroll
+        for (int i = 0; i < size(acc_s); ++i) {
+            const int slot = row_slot(i), c = get<1>(tScS(i));
+            const bool kept = !element_path || policy.keep(slot, c);
+            acc_s(i) = kept ? policy.logit(slot, c, acc_s(i)) : -INFINITY;
+        }
+
+        // Online softmax: new row maxima (the 4 threads of a quad share a row), rescale, exponentiate.
+        float tile_row_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int i = 0; i < size(acc_s); ++i) {
+            const int slot = row_slot(i);
+            tile_row_max[slot] = fmaxf(tile_row_max[slot], acc_s(i));
+        }
+        float alpha[2], base[2];
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+            const float m = fmaxf(row_max[s], quad_max(tile_row_max[s]));
+            base[s] = m == -INFINITY ? 0.f : m;  // a row with nothing kept so far
+            alpha[s] = exp2f(row_max[s] - base[s]);
+            row_max[s] = m;
+            row_sum[s] *= alpha[s];
+        }
+        float p_max = 0.f;
+#pragma unroll
+        for (int i = 0; i < size(acc_s); ++i) {
+            const int slot = row_slot(i);
+            const float p = exp2f(acc_s(i) - base[slot]);
+            row_sum[slot] += p;  // the denominator: unquantized probabilities
+            if (row_valid[slot]) p_max = fmaxf(p_max, p);
+            acc_s(i) = p;
+        }
+
+        float o_factor[2] = {alpha[0], alpha[1]};
+        if constexpr (Policy::kQuantP) {
+            // One P scale per (query tile, kv tile): max over the tile's real rows, shared by the 4 warps.
+            for (int off = 16; off > 0; off >>= 1) p_max = fmaxf(p_max, __shfl_xor_sync(0xffffffffu, p_max, off));
+            float* exchange = tile_max_exchange + (t & 1) * kWarps;
+            if (lane == 0) exchange[warp] = p_max;
+            __syncthreads();
+            float tile_max = exchange[0];
+            for (int w = 1; w < kWarps; ++w) tile_max = fmaxf(tile_max, exchange[w]);
+            const float qmax = policy.qmax_p();
+            float p_scale = tile_max / qmax;
+            if (p_scale == 0.f) p_scale = 1.f / qmax;
+#pragma unroll
+            for (int i = 0; i < size(acc_s); ++i) acc_s(i) = fminf(rintf(acc_s(i) / p_scale), qmax);
+            // acc_o holds O / p_scale_prev; after this tile it holds O / p_scale.
+            for (int s = 0; s < 2; ++s) o_factor[s] = alpha[s] * p_scale_prev / p_scale;
+            p_scale_prev = p_scale;
+        }
+#pragma unroll
+        for (int i = 0; i < size(acc_o); ++i) acc_o(i) *= o_factor[row_slot(i)];
+
+        // O += P V: P from registers as the A operand (rounded to Elem), V^T through ldmatrix.trans.
+        Tensor rP = make_tensor_like<Elem>(acc_s);
+#pragma unroll
+        for (int i = 0; i < size(acc_s); ++i) rP(i) = static_cast<Elem>(acc_s(i));
+        Tensor tOrP = make_tensor(rP.data(), acc_as_a_operand(rP.layout()));
+        Tensor tOrV = thr_mma.partition_fragment_B(sVt);
+        Tensor tOsV = thr_copy_bt.partition_S(sVt);
+        Tensor tOrV_view = thr_copy_bt.retile_D(tOrV);
+#pragma unroll
+        for (int kk = 0; kk < size<2>(tOrP); ++kk) {
+            copy(smem_copy_bt, tOsV(_, _, kk), tOrV_view(_, _, kk));
+            gemm(tiled_mma, tOrP(_, _, kk), tOrV(_, _, kk), acc_o);
+        }
+
+        __syncthreads();  // every warp is done with this stage
+        if (t + kStages < n_tiles) issue_kv(t + kStages);
+        cp_async_fence();
+    }
+    cp_async_wait<0>();
+
+    // Normalize and store: O = acc_o * p_scale / l (l summed over the quad); rows without keys give 0.
+    float inv[2];
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+        const float l = quad_sum(row_sum[s]);
+        inv[s] = l > 0.f ? p_scale_prev / l : 0.f;
+    }
+    const long long o_rows[2] = {policy.o_row(row0), policy.o_row(row0 + 8)};
+#pragma unroll
+    for (int i = 0; i < size(acc_o); i += 2) {  // (i, i+1): two adjacent columns of one row
+        const int c = get<1>(tOcO(i)), slot = row_slot(i);
+        if (o_rows[slot] < 0) continue;
+        const float x0 = acc_o(i) * inv[slot] * policy.finish(c);
+        const float x1 = acc_o(i + 1) * inv[slot] * policy.finish(c + 1);
+        Elem* dst = out + o_rows[slot] + c;
+        dst[0] = static_cast<Elem>(x0);
+        dst[1] = static_cast<Elem>(x1);
+    }
+}
+
+}  // namespace core
+}  // namespace attnx

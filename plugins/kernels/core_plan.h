@@ -1,0 +1,83 @@
+// Which kernel a block-sparse, PARO or neighborhood call runs (host, no CUDA include: the CPU tests and the
+// plugins use it), the core's shared memory, and PARO's workspace layout.
+#pragma once
+
+#include <stddef.h>
+
+#include "attnx_types.h"
+
+namespace attnx {
+
+constexpr int kCoreTile = 64;  // attn_core.cuh's kBlockM == kBlockN
+
+constexpr bool core_head_dim(int dim) { return dim == 32 || dim == 64 || dim == 128; }
+
+// Dynamic shared memory of the core: a Q tile and 2 stages of K and V tiles (2-byte elements), plus
+// PARO's tile-max exchange (2 x 4 floats). Must match attn_core.cuh's Geometry::kSmemBytes.
+constexpr size_t core_smem_bytes(int dim) { return size_t(2) * kCoreTile * dim * 5 + 2 * 4 * sizeof(float); }
+
+// The core: fp16/bf16, head_dim 32/64/128, sm_80+, 16-byte aligned tensors, enough shared memory.
+inline bool core_fits(int dtype, int dim, int cc_major, size_t max_smem, bool aligned) {
+    return dtype != ATTNX_FLOAT32 && core_head_dim(dim) && cc_major >= 8 && aligned && core_smem_bytes(dim) <= max_smem;
+}
+
+// The neighborhood policy's static shared memory (its per-block state and slot coordinates) is at most this;
+// attn_policies.cuh checks it. It counts against the same per-block limit as the dynamic memory.
+constexpr size_t kNaStaticSmem = 2048;
+
+// Neighborhood with a bias: the core stages the head's table (prod(2k-1) floats) in shared memory next to its
+// tiles; where that does not fit on this device, the first-generation kernel takes the call.
+constexpr bool na_rpb_staged(long long table, int dim, size_t max_smem) {
+    return core_smem_bytes(dim) + kNaStaticSmem + sizeof(float) * static_cast<size_t>(table) <= max_smem;
+}
+
+// Block-sparse: the core needs a query block of whole 64-query tiles (any block_kv: listed blocks are read
+// as one virtual key sequence); else the generic kernel.
+inline attnx_path bsa_path(const attnx_bsa_params& p, int cc_major, size_t max_smem, bool aligned) {
+    if (cc_major < 8) return ATTNX_PATH_NONE;
+    return core_fits(p.dtype, p.head_dim, cc_major, max_smem, aligned) && p.block_q % kCoreTile == 0 ? ATTNX_PATH_CORE
+                                                                                                      : ATTNX_PATH_GENERIC;
+}
+
+// PARO: the core needs block == 64 (a query tile is one query block, a kv tile one listed block, so its
+// per-tile P scale is the reference's); else the generic kernel.
+inline attnx_path paro_path(const attnx_paro_params& p, int cc_major, size_t max_smem, bool aligned) {
+    if (cc_major < 8) return ATTNX_PATH_NONE;
+    return core_fits(p.dtype, p.head_dim, cc_major, max_smem, aligned) && p.block == kCoreTile ? ATTNX_PATH_CORE
+                                                                                               : ATTNX_PATH_GENERIC;
+}
+
+// The generic kernel keeps one float per listed block in shared memory when P is quantized.
+inline size_t generic_smem_bytes(int max_blocks, bool quant_p) { return quant_p ? sizeof(float) * (max_blocks + 1) : 0; }
+
+inline int bytes_of(int dtype) { return dtype == ATTNX_FLOAT32 ? 4 : 2; }
+
+// PARO's workspace (the pre-pass's output), in 256-byte aligned segments; a segment is empty when its
+// quantization is off. Both kernels read the same layout.
+struct ParoWorkspace {
+    size_t q, k, v;                         // integer-valued operands [B, H, N, D], permuted order, input type
+    size_t q_scale, k_scale, k_mean, v_scale;  // float
+    size_t total;
+};
+
+inline size_t align256(size_t bytes) { return (bytes + 255) & ~size_t(255); }
+
+inline ParoWorkspace paro_workspace(const attnx_paro_params& p) {
+    const size_t rows = size_t(p.batch) * p.heads;
+    const size_t operand = align256(rows * size_t(p.seq) * p.head_dim * bytes_of(p.dtype));
+    const bool qk = p.qk_bits < 16, pv = p.pv_bits < 16;
+    ParoWorkspace w{};
+    size_t at = 0;
+    auto take = [&](size_t bytes) { const size_t here = at; at += align256(bytes); return here; };
+    w.q = take(qk ? operand : 0);
+    w.k = take(qk ? operand : 0);
+    w.v = take(pv ? operand : 0);
+    w.q_scale = take(qk ? sizeof(float) * rows * size_t((p.seq + p.q_group - 1) / p.q_group) : 0);
+    w.k_scale = take(qk ? sizeof(float) * rows * size_t((p.seq + p.k_group - 1) / p.k_group) : 0);
+    w.k_mean = take(qk && p.smooth_k ? sizeof(float) * rows * p.head_dim : 0);
+    w.v_scale = take(pv ? sizeof(float) * rows * p.head_dim : 0);
+    w.total = at;
+    return w;
+}
+
+}  // namespace attnx

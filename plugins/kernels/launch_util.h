@@ -1,0 +1,74 @@
+// Host helpers every launcher shares (CUDA runtime, no TensorRT): the current device's attributes, cached
+// per device (enqueue is hot), and the opt-in dynamic shared memory of a kernel, set once per kernel,
+// device and larger size. Internal to libattnx_kernels.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+
+namespace attnx {
+
+struct Device {
+    int id = 0;
+    int major = 0;
+    int max_smem = 0;  // opt-in shared memory per block (dynamic + static)
+};
+
+constexpr int kCachedDevices = 64;
+
+inline bool query_device(int id, Device& dev) {
+    return cudaDeviceGetAttribute(&dev.major, cudaDevAttrComputeCapabilityMajor, id) == cudaSuccess &&
+           cudaDeviceGetAttribute(&dev.max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, id) == cudaSuccess;
+}
+
+// The thread's current device, its attributes queried once per device for the process.
+inline bool current_device(Device& dev) {
+    static std::atomic<int> major[kCachedDevices];     // 0: not queried yet
+    static std::atomic<int> max_smem[kCachedDevices];  // published before major
+    if (cudaGetDevice(&dev.id) != cudaSuccess) return false;
+    if (dev.id < 0 || dev.id >= kCachedDevices) return query_device(dev.id, dev);
+    dev.major = major[dev.id].load(std::memory_order_acquire);
+    if (dev.major > 0) {
+        dev.max_smem = max_smem[dev.id].load(std::memory_order_relaxed);
+        return true;
+    }
+    if (!query_device(dev.id, dev)) return false;
+    max_smem[dev.id].store(dev.max_smem, std::memory_order_relaxed);
+    major[dev.id].store(dev.major, std::memory_order_release);
+    return true;
+}
+
+inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+
+// cudaFuncSetAttribute(MaxDynamicSharedMemorySize) for Kernel once per device and larger size. The
+// attribute belongs to the CUDA context, which the cache cannot see: `force` sets it whatever the cache says.
+template <auto Kernel>
+cudaError_t allow_smem(int device, size_t bytes, bool force = false) {
+    static std::atomic<size_t> allowed[kCachedDevices];
+    static std::mutex mutex;
+    const bool cached = device >= 0 && device < kCachedDevices;
+    if (!force && cached && bytes <= allowed[device].load(std::memory_order_acquire)) return cudaSuccess;
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!force && cached && bytes <= allowed[device].load(std::memory_order_acquire)) return cudaSuccess;
+    const size_t size = cached ? std::max(bytes, allowed[device].load(std::memory_order_acquire)) : bytes;
+    const cudaError_t err = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(size));
+    if (err == cudaSuccess && cached) allowed[device].store(size, std::memory_order_release);
+    return err;
+}
+
+// Launches run() (which returns cudaGetLastError after the launch); if the context lacks the attribute the
+// cache believed set (a new context after cudaDeviceReset), sets it again and retries once.
+template <auto Kernel, typename Run>
+cudaError_t launch_with_smem(int device, size_t bytes, Run&& run) {
+    cudaError_t err = allow_smem<Kernel>(device, bytes);
+    if (err != cudaSuccess) return err;
+    err = run();
+    if ((err == cudaErrorInvalidValue || err == cudaErrorLaunchOutOfResources) && allow_smem<Kernel>(device, bytes, true) == cudaSuccess)
+        err = run();
+    return err;
+}
+
+}  // namespace attnx

@@ -1,0 +1,63 @@
+// The neighborhood path of the fused-attention core (attn_core.cuh with attn_policies.cuh's NaPolicy), in
+// its own unit: it needs CUTLASS/CuTe, the first-generation kernels in na_forward.cu do not (and compile fast).
+#include <string>
+
+#include "attn_policies.cuh"
+#include "attnx_abi.h"
+#include "core_plan.h"
+#include "launch_util.h"
+#include "na_core.h"
+#include "na_launch.h"  // for_each_grid_chunk
+
+namespace {
+
+using attnx::fail;
+
+template <typename Elem, int HD>
+attnx_status launch_core(const attnx_na_params& p, int device, size_t max_smem, const void* q, const void* k, const void* v,
+                         const void* rpb, void* out, cudaStream_t stream) {
+    using Policy = attnx::core::NaPolicy<Elem>;
+    constexpr auto kernel = attnx::core::attention_core_kernel<Elem, HD, Policy>;
+    const attnx::NaProblem problem = attnx::make_problem(p, attnx::core::kBlockN);
+    const long long table = static_cast<long long>(2 * problem.k[0] - 1) * (2 * problem.k[1] - 1) * (2 * problem.k[2] - 1);
+    // na_forward.cu sends a bias here only when its table fits in shared memory next to the tiles.
+    const size_t smem = attnx::core::Geometry<Elem, HD>::kSmemBytes + (rpb ? sizeof(float) * table : 0);
+    if (smem + attnx::kNaStaticSmem > max_smem) return fail(ATTNX_UNSUPPORTED, "the bias table does not fit in shared memory");
+    cudaError_t status = cudaSuccess;
+    attnx::for_each_grid_chunk(p.batch, p.heads, [&](int b0, int batches, int h0, int heads) {
+        if (status != cudaSuccess) return;
+        const long long offset = b0 * problem.batch_stride + static_cast<long long>(h0) * p.head_dim;
+        const typename Policy::Params params{problem, rpb ? static_cast<const Elem*>(rpb) + h0 * table : nullptr};
+        const dim3 grid(problem.query_tiles(), heads, batches);
+        status = attnx::launch_with_smem<kernel>(device, smem, [&] {
+            kernel<<<grid, attnx::core::kThreads, smem, stream>>>(
+                params, static_cast<const Elem*>(q) + offset, static_cast<const Elem*>(k) + offset,
+                static_cast<const Elem*>(v) + offset, static_cast<Elem*>(out) + offset);
+            return cudaGetLastError();
+        });
+    });
+    if (status != cudaSuccess) return fail(ATTNX_CUDA_ERROR, std::string("kernel launch: ") + cudaGetErrorString(status));
+    return ATTNX_OK;
+}
+
+template <typename Elem>
+attnx_status dispatch_core(const attnx_na_params& p, int device, size_t max_smem, const void* q, const void* k, const void* v,
+                           const void* rpb, void* out, cudaStream_t stream) {
+    switch (p.head_dim) {
+        case 32: return launch_core<Elem, 32>(p, device, max_smem, q, k, v, rpb, out, stream);
+        case 64: return launch_core<Elem, 64>(p, device, max_smem, q, k, v, rpb, out, stream);
+        default: return launch_core<Elem, 128>(p, device, max_smem, q, k, v, rpb, out, stream);
+    }
+}
+
+}  // namespace
+
+namespace attnx {
+
+attnx_status na_core_forward(const attnx_na_params& p, int device, size_t max_smem, const void* q, const void* k, const void* v,
+                             const void* rpb, void* out, cudaStream_t stream) {
+    return p.dtype == ATTNX_FLOAT16 ? dispatch_core<cute::half_t>(p, device, max_smem, q, k, v, rpb, out, stream)
+                                    : dispatch_core<cute::bfloat16_t>(p, device, max_smem, q, k, v, rpb, out, stream);
+}
+
+}  // namespace attnx

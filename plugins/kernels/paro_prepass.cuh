@@ -1,0 +1,112 @@
+// PARO's quantization pre-pass (../shared/PARO.md section 2, steps 1 and 3-4): the scales need reductions
+// over whole token groups (Q per q_group, K per k_group permuted tokens, after subtracting K's mean over
+// all N) and whole channels (V over all N), which no single query tile sees. The pre-pass reads q, k, v
+// through perm_idx and writes integer-valued operands in the PERMUTED order into the workspace, in the
+// input type (|x| <= 127 is exact in fp16 and bf16), plus their float scales; the attention kernels then
+// read them directly. Without quantization nothing is written and the kernels gather through perm_idx.
+// Rounding as the reference: x / scale in fp32, round half to even (rintf), clamp to +-qmax; a scale of 0
+// becomes 1.
+#pragma once
+
+#include "attn_generic.cuh"
+
+namespace attnx {
+namespace paro {
+
+constexpr int kThreads = 256;
+
+// Per (batch, head): K's channel means (smooth_k) and V's channel scales (amax / qmax), over all N tokens
+// (order does not matter for either). k_mean / v_scale may be null when not needed.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    channel_stats_kernel(int bh_count, int seq, int dim, const T* __restrict__ k, const T* __restrict__ v,
+                         float* __restrict__ k_mean, float* __restrict__ v_scale, float v_qmax) {
+    __shared__ float sum[kThreads], amax[kThreads];
+    // `channels` channels per pass, `lanes` threads per channel splitting the tokens (the rest idle).
+    const int channels = dim < kThreads ? dim : kThreads;
+    const int lanes = kThreads / channels;
+    const int c_local = threadIdx.x % channels, part = threadIdx.x / channels;
+    for (int bh = blockIdx.x; bh < bh_count; bh += gridDim.x) {
+        const long long base = static_cast<long long>(bh) * seq * dim;
+        for (int c0 = 0; c0 < dim; c0 += channels) {
+            const int c = c0 + c_local;
+            const bool active = part < lanes && c < dim;
+            float s = 0.f, a = 0.f;
+            if (active)
+                for (int n = part; n < seq; n += lanes) {
+                    if (k_mean) s += generic::load(k + base + static_cast<long long>(n) * dim + c);
+                    if (v_scale) a = fmaxf(a, fabsf(generic::load(v + base + static_cast<long long>(n) * dim + c)));
+                }
+            sum[threadIdx.x] = s;
+            amax[threadIdx.x] = a;
+            __syncthreads();
+            if (active && part == 0) {
+                for (int j = 1; j < lanes; ++j) {
+                    s += sum[threadIdx.x + j * channels];
+                    a = fmaxf(a, amax[threadIdx.x + j * channels]);
+                }
+                if (k_mean) k_mean[static_cast<long long>(bh) * dim + c] = s / seq;
+                if (v_scale) {
+                    const float scale = a / v_qmax;
+                    v_scale[static_cast<long long>(bh) * dim + c] = scale == 0.f ? 1.f : scale;
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+
+// One group of `group` consecutive permuted tokens of one (batch, head) per block: amax over the group's
+// tokens and channels (of x - mean), then the integer values, in permuted order, and the group's scale.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    quantize_groups_kernel(int heads, int seq, int dim, int group, const int32_t* __restrict__ perm,
+                           const T* __restrict__ x, const float* __restrict__ mean, float qmax, T* __restrict__ dst,
+                           float* __restrict__ scales, int bh_count) {
+    __shared__ float red[kThreads / 32];
+    const int groups = ceil_div(seq, group);
+    for (int bh = blockIdx.y; bh < bh_count; bh += gridDim.y) {
+        const int h = bh % heads;
+        const long long base = static_cast<long long>(bh) * seq * dim;
+        const int first = blockIdx.x * group, count = min(group, seq - first) * dim;
+        auto value = [&](int e) {
+            const int n = first + e / dim, c = e % dim;
+            const float raw = generic::load(x + base + static_cast<long long>(perm[static_cast<long long>(h) * seq + n]) * dim + c);
+            return mean ? raw - mean[static_cast<long long>(bh) * dim + c] : raw;
+        };
+        float a = 0.f;
+        for (int e = threadIdx.x; e < count; e += kThreads) a = fmaxf(a, fabsf(value(e)));
+        for (int off = 16; off > 0; off >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, off));
+        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = a;
+        __syncthreads();
+        a = red[0];
+        for (int w = 1; w < kThreads / 32; ++w) a = fmaxf(a, red[w]);
+        __syncthreads();
+        float scale = a / qmax;
+        if (scale == 0.f) scale = 1.f;
+        for (int e = threadIdx.x; e < count; e += kThreads)
+            generic::store(dst + base + static_cast<long long>(first) * dim + e, fminf(fmaxf(rintf(value(e) / scale), -qmax), qmax));
+        if (threadIdx.x == 0) scales[static_cast<long long>(bh) * groups + blockIdx.x] = scale;
+    }
+}
+
+// V per channel: integer values in permuted order with the channel scales of channel_stats_kernel.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    quantize_channels_kernel(int heads, int seq, int dim, const int32_t* __restrict__ perm, const T* __restrict__ x,
+                             const float* __restrict__ scales, float qmax, T* __restrict__ dst, int bh_count) {
+    for (int bh = blockIdx.y; bh < bh_count; bh += gridDim.y) {
+        const int h = bh % heads;
+        const long long base = static_cast<long long>(bh) * seq * dim;
+        const long long total = static_cast<long long>(seq) * dim;
+        for (long long e = blockIdx.x * static_cast<long long>(kThreads) + threadIdx.x; e < total;
+             e += static_cast<long long>(gridDim.x) * kThreads) {
+            const int n = static_cast<int>(e / dim), c = static_cast<int>(e % dim);
+            const float raw = generic::load(x + base + static_cast<long long>(perm[static_cast<long long>(h) * seq + n]) * dim + c);
+            generic::store(dst + base + e, fminf(fmaxf(rintf(raw / scales[static_cast<long long>(bh) * dim + c]), -qmax), qmax));
+        }
+    }
+}
+
+}  // namespace paro
+}  // namespace attnx

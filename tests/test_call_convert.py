@@ -1,0 +1,138 @@
+"""Call-level conversion: NATTEN's functional API and FlexAttention calls export as our ops, checked against
+NATTEN and flex_attention themselves (the model as written is the reference), and what cannot convert is
+refused in one line naming the call."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+import attn_export
+import attn_export.parity
+from attn_export.call_convert import CallConverter, ConversionRefused, neighborhood_window
+from attn_export.models.neighborhood import NAParams, neighborhood_index
+
+from helpers import assert_one_line_error, run
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+
+
+class NattenCall(torch.nn.Module):
+    """A layer as users write it with NATTEN's functional API (no NATTEN module to convert)."""
+
+    def __init__(self, rank: int, dim: int, heads: int, **window):
+        super().__init__()
+        self.rank, self.heads, self.window = rank, heads, window
+        self.qkv, self.proj = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+
+    def forward(self, x):
+        import natten
+
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).unbind(-3)
+        function = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[self.rank]
+        return self.proj(function(q, k, v, **self.window).flatten(-2))
+
+
+def natten_cases(count: int):
+    rng = random.Random(7)
+    cases = []
+    while len(cases) < count:
+        rank = rng.randint(1, 3)
+        kernel = [rng.randint(2, 4) for _ in range(rank)]
+        dilation = [rng.choice([1, 1, 2]) for _ in range(rank)]
+        spatial = [k * d + rng.randint(0, 4) for k, d in zip(kernel, dilation)]
+        stride = [rng.randint(1, k) for k in kernel]
+        causal = [rng.random() < 0.3 for _ in range(rank)]
+        cases.append((spatial, dict(kernel_size=tuple(kernel), stride=tuple(stride), dilation=tuple(dilation),
+                                    is_causal=tuple(causal))))
+    return cases
+
+
+@pytest.mark.parametrize("spatial, window", natten_cases(8))
+def test_natten_functional_calls_export_and_match_natten(spatial, window, tmp_path):
+    pytest.importorskip("natten", reason="NATTEN not installed")
+    torch.manual_seed(0)
+    model = NattenCall(len(spatial), 16, 2, **window).eval()
+    result = attn_export.run(model, tmp_path, example_inputs=(torch.randn(1, *spatial, 16),), engine=False,
+                             tolerances=attn_export.parity.Tolerances(atol=1e-5, rtol=0))
+    assert result.passed, result.report.table()
+    assert result.converted_calls == [f"natten.na{len(spatial)}d at test_call_convert.py:36 -> "
+                                      "attn_export::neighborhood_attention"]
+    assert result.report.reference["runner"] == "pytorch-original"  # NATTEN itself
+    report = json.loads(result.report_path.read_text())
+    assert report["export"]["custom_nodes"] == {"NeighborhoodAttention": 1}
+
+
+def na_mask(n: int, kernel: int, stride: int, dilation: int, causal: bool) -> torch.Tensor:
+    index, _, valid = neighborhood_index((n,), NAParams((kernel,), (stride,), (dilation,), (causal,)))
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    mask.scatter_(1, index, valid if valid is not None else torch.ones_like(index, dtype=torch.bool))
+    return mask[None, None]
+
+
+def test_one_dimensional_neighborhood_masks_are_recognised_exactly():
+    rng = random.Random(3)
+    for _ in range(40):
+        kernel, dilation = rng.randint(2, 9), rng.choice([1, 1, 2, 3])
+        n = kernel * dilation + rng.randint(0, 20)
+        stride, causal = rng.randint(1, kernel), rng.random() < 0.5
+        found = neighborhood_window(na_mask(n, kernel, stride, dilation, causal))
+        assert found is not None
+        rebuilt = na_mask(n, found["kernel"], found["stride"], found["dilation"], found["causal"])
+        assert torch.equal(rebuilt, na_mask(n, kernel, stride, dilation, causal))
+    i = torch.arange(40)
+    sliding = ((i[:, None] - i[None, :]).abs() <= 3)[None, None]  # truncated at the borders: not NA
+    assert neighborhood_window(sliding) is None
+    causal_window = ((i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < 8))[None, None]
+    assert neighborhood_window(causal_window) == {"kernel": 8, "stride": 1, "dilation": 1, "causal": True}
+
+
+def test_flex_sliding_window_lm_exports_as_neighborhood_attention_and_matches_flex(tmp_path):
+    result = run("zoo:flex-swa-tiny", "-o", tmp_path, "--atol", "1e-5", "--rtol", "0")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["export"]["custom_nodes"] == {"NeighborhoodAttention": 2}
+    assert report["reference"]["runner"] == "pytorch-original"  # flex_attention itself
+    assert all("kernel 16, stride 1, dilation 1, causal" in c for c in report["export"]["converted_calls"])
+
+
+class Refused(torch.nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+
+    def forward(self, x):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        q = x.unflatten(-1, (2, -1)).transpose(1, 2)
+        if self.how == "gqa":
+            return flex_attention(q, q[:, :1], q[:, :1], enable_gqa=True)
+        import natten
+
+        return natten.na1d(x.unflatten(-1, (2, -1)), x.unflatten(-1, (2, -1)), x.unflatten(-1, (2, -1)), 3,
+                           additional_keys=x[:, :2].unflatten(-1, (2, -1)),
+                           additional_values=x[:, :2].unflatten(-1, (2, -1)))
+
+
+@pytest.mark.parametrize("how, fragment", [
+    ("gqa", "uses enable_gqa / return_lse / return_aux"),
+    ("additional_kv", "passes additional_keys/additional_values"),
+])
+def test_calls_that_cannot_convert_are_refused_naming_the_call(how, fragment):
+    if how == "additional_kv":
+        pytest.importorskip("natten")
+    with pytest.raises(ConversionRefused, match=fragment):
+        CallConverter().analyse(Refused(how), (torch.randn(1, 12, 8),))
+
+
+def test_flex_calls_the_converter_cannot_see_are_still_named_by_the_export(tmp_path, monkeypatch):
+    """A flex call reached through an object attribute escapes the interception: the export then names it."""
+    from attn_export import call_convert
+
+    monkeypatch.setattr(call_convert, "_targets", lambda: {})  # nothing intercepted
+    result = run("zoo:flex-swa-tiny", "-o", tmp_path / "o")
+    assert_one_line_error(result, 2, "calls FlexAttention (torch.nn.attention.flex_attention) at zoo.py")
+    assert not (tmp_path / "o").exists()
