@@ -73,7 +73,7 @@ class _Body:
 
 # Query tiles per rank (1, 2, 3 spatial axes), left-padded to 3 axes with 1: chosen on ONNX Runtime's CPU
 # provider (bench/bench_cpu_attention.py); each axis's tile is capped at its longest dilation group.
-_NA_TILES = ((1, 1, 16), (1, 4, 4), (2, 2, 4))
+_NA_TILES = ((1, 1, 16), (1, 4, 8), (2, 2, 4))
 
 
 def _window(b: _Body, ip: str, n_g: str, k: str, s: str, causal: str):

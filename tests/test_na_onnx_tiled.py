@@ -48,7 +48,7 @@ def test_random_tiles_match_reference(seed, monkeypatch):
 
 
 def edge_config(rng: random.Random) -> dict:
-    """Axes whose dilation groups straddle a multiple of the shipped tile (16 in 1-D, 4 in 2-D, 2/2/4 in 3-D)."""
+    """Axes whose dilation groups straddle a multiple of the shipped tile (16 in 1-D, 4 x 8 in 2-D, 2/2/4 in 3-D)."""
     rank = rng.choice([1, 2, 3])
     tile = onnx_functions._NA_TILES[rank - 1][3 - rank:]
     kernel = [rng.randint(2, 5) for _ in range(rank)]
