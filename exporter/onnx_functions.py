@@ -71,41 +71,78 @@ class _Body:
         return out
 
 
-def _axis_window(b: _Body, n: str, k: str, s: str, d: str, causal: str):
-    """Key index, relative-bias index and validity, each [n, k], for one axis (scalar int64 inputs).
+# Query tiles per rank (1, 2, 3 spatial axes), left-padded to 3 axes with 1: chosen on ONNX Runtime's CPU
+# provider (bench/bench_cpu_attention.py); each axis's tile is capped at its longest dilation group.
+_NA_TILES = ((1, 1, 16), (1, 4, 8), (2, 2, 4))
 
-    Mirrors attn_export.models.neighborhood.axis_window; see DESIGN.md section 5.
+
+def _window(b: _Body, ip: str, n_g: str, k: str, s: str, causal: str):
+    """Half-open key range [start, end) (group coordinates) of queries ip in groups of length n_g.
+
+    Mirrors attn_export.models.neighborhood._window; see DESIGN.md section 5.
     """
     zero, one, two = b.scalar(0), b.scalar(1), b.scalar(2)
-    i = b.Range(zero, n, one)
-    g, ip = b.Mod(i, d), b.Div(i, d)
-    n_g = b.Div(b.Sub(b.Add(n, d), b.Add(g, one)), d)  # ceil((n - g) / d)
     last = b.Sub(n_g, one)
     base = b.Mul(b.Div(ip, s), s)
     left = b.Div(k, two)
     right = b.Sub(b.Sub(k, left), one)
-    # non-causal: centred on the stride group's leader, shifted inside the axis at the borders
+    # non-causal: centred on the stride group's leader, shifted inside the group at the borders
     leader = b.Min(b.Add(base, b.Div(s, two)), last)
     start_nc = b.Sub(b.Max(b.Min(leader, b.Sub(last, right)), left), left)
-    # causal: ends at the query, starts k - 1 before the group's last member
+    # causal: ends at the query, starts k - 1 before the stride group's last member
     leader_c = b.Min(b.Sub(b.Add(base, s), one), last)
     start_c = b.Max(b.Add(b.Sub(leader_c, k), one), zero)
-    end_c = b.Min(b.Add(ip, one), n_g)
     is_causal = b.Cast(causal, to=TensorProto.BOOL)
-    start = b.Where(is_causal, start_c, start_nc)
-    end = b.Where(is_causal, end_c, b.Add(start_nc, k))
-    col = b.ints(1)
-    jp = b.Add(b.Unsqueeze(start, col), b.Range(zero, k, one))
-    valid = b.Less(jp, b.Unsqueeze(end, col))
-    key = b.Add(b.Mul(b.Min(jp, b.Unsqueeze(last, col)), d), b.Unsqueeze(g, col))
-    rel = b.Add(b.Sub(jp, b.Unsqueeze(ip, col)), b.Sub(k, one))
-    return key, rel, valid
+    return (b.Where(is_causal, start_c, start_nc),
+            b.Where(is_causal, b.Min(b.Add(ip, one), n_g), b.Add(start_nc, k)))
+
+
+def _axis_tiles(b: _Body, n: str, k: str, s: str, d: str, causal: str, tile: str, with_rel: bool) -> dict:
+    """One axis cut into U = d * ceil(ceil(n / d) / tile) tiles of `tile` queries of one dilation group
+    (scalar int64 inputs). Mirrors attn_export.models.neighborhood.axis_tiles: query [U, T] and key [U, W]
+    tokens, inside (and, for rpb, rel) [U, T, W], unit and slot [n] of each token, U and T."""
+    zero, one = b.scalar(0), b.scalar(1)
+    col, box = b.ints(-1), b.ints(1)
+
+    def ceil_div(x: str, y: str) -> str:
+        return b.Div(b.Sub(b.Add(x, y), one), y)
+
+    longest = ceil_div(n, d)
+    tile = b.Min(tile, longest)
+    per_group = ceil_div(longest, tile)
+    unit = b.Unsqueeze(b.Range(zero, b.Mul(d, per_group), one), col)  # [U, 1]
+    g = b.Div(unit, per_group)
+    n_g = ceil_div(b.Sub(n, g), d)
+    # Slots past the end of a shorter group repeat its last query: no row is empty, none is read.
+    ip = b.Min(b.Add(b.Mul(b.Mod(unit, per_group), tile), b.Range(zero, tile, one)), b.Sub(n_g, one))  # [U, T]
+    start, end = _window(b, ip, n_g, k, s, causal)
+    low = b.ReduceMin(start, box, keepdims=1)
+    width = b.ReduceMax(b.Sub(b.ReduceMax(end, box, keepdims=1), low), keepdims=0)
+    jp = b.Add(low, b.Range(zero, width, one))  # [U, W]
+    slots = b.Unsqueeze(jp, box)  # [U, 1, W]
+    i = b.Div(b.Range(zero, n, one), d)
+    tiles = {
+        "query": b.Add(b.Mul(ip, d), g),
+        "key": b.Add(b.Mul(b.Min(jp, b.Sub(n_g, one)), d), g),
+        "inside": b.And(b.GreaterOrEqual(slots, b.Unsqueeze(start, col)), b.Less(slots, b.Unsqueeze(end, col))),
+        "unit": b.Add(b.Mul(b.Mod(b.Range(zero, n, one), d), per_group), b.Div(i, tile)),
+        "slot": b.Mod(i, tile),
+        "units": b.Mul(d, per_group),
+        "rows": tile,
+    }
+    if with_rel:
+        tiles["rel"] = b.Clip(b.Add(b.Sub(slots, b.Unsqueeze(ip, col)), b.Sub(k, one)), zero,
+                              b.Sub(b.Add(k, k), b.scalar(2)))
+    return tiles
 
 
 def neighborhood_function(onnx_opset: int, overload: str = "") -> FunctionProto:
-    """The model-local function for ``attn_export::NeighborhoodAttention``: a gather decomposition.
+    """The model-local function for ``attn_export::NeighborhoodAttention``: tiled attention on GEMMs.
 
-    Each query gathers its prod(k) keys and values ([B, H, N, K, D]); nothing of size N x N exists.
+    The body computes the tiles of every axis from Shape(q) and the attributes (as the torch op's tiled
+    path does), gathers each tile's queries [B, H, U, T, D] and key box [B, H, U, W, D] once, and runs
+    MatMul, an additive mask (the window rule, plus the rpb gathered for the box), Softmax and MatMul; the
+    outputs return to token order with one Gather. Memory is O(N * W); nothing of size N x N exists.
     ONNX Runtime cannot inline a function whose optional input is missing, so the 4-input form
     (with rpb) is the function overload ``"rpb"`` and the 3-input form is the default overload.
     """
@@ -124,38 +161,55 @@ def neighborhood_function(onnx_opset: int, overload: str = "") -> FunctionProto:
     def pad3(values: str, filler: str) -> str:  # left-pad a per-axis list to 3 axes
         return b.Slice(b.Concat(filler, values, axis=0), last3, end)
 
-    per_axis = [pad3(x, ones3) for x in (spatial, kernel, stride, dilation)] + [pad3(causal, zeros3)]
-    grid_axes = ([1, 2, 4, 5], [0, 2, 3, 5], [0, 1, 3, 4])  # put n at a and k at 3 + a of a 6-D grid
-    key = rel = valid = None
-    kernel_sizes = []
+    rank = b.Sub(b.Size(kernel), b.scalar(1))
+    tiles = b.Gather(b.op("Constant", value=helper.make_tensor("tiles", TensorProto.INT64, [3, 3],
+                                                                 [t for row in _NA_TILES for t in row])), rank, axis=0)
+    per_axis = [pad3(x, ones3) for x in (spatial, kernel, stride, dilation)] + [pad3(causal, zeros3), tiles]
+    axes = []
+    zero_f = b.CastLike(b.op("Constant", value_float=0.0), "q")
+    neg_inf = b.CastLike(b.op("Constant", value_float=float("-inf")), "q")
     for axis in range(3):
-        n, k, s, d, c = (b.Gather(x, b.scalar(axis), axis=0) for x in per_axis)
-        kernel_sizes.append(k)
-        a_key, a_rel, a_valid = (b.Unsqueeze(x, b.ints(*grid_axes[axis])) for x in _axis_window(b, n, k, s, d, c))
-        span = b.Sub(b.Add(k, k), b.scalar(1))
-        key = a_key if key is None else b.Add(b.Mul(key, n), a_key)
-        rel = a_rel if rel is None else b.Add(b.Mul(rel, span), a_rel)
-        valid = a_valid if valid is None else b.And(valid, a_valid)
-    window = b.Unsqueeze(b.Mul(b.Mul(kernel_sizes[0], kernel_sizes[1]), kernel_sizes[2]), b.ints(0))
-    flat = b.Concat(b.ints(-1), window, axis=0)
-    key, rel, valid = (b.Reshape(x, flat) for x in (key, rel, valid))  # [N, K]
+        n, k, s, d, c, t = (b.Gather(x, b.scalar(axis), axis=0) for x in per_axis)
+        tiled = _axis_tiles(b, n, k, s, d, c, t, with_rpb)
+        # The window rule as an additive mask per axis: their sum is 0 where the slot is inside on every axis.
+        tiled["mask"] = b.Where(tiled["inside"], zero_f, neg_inf)
+        axes.append(dict(tiled, n=n, span=b.Sub(b.Add(k, k), b.scalar(1))))
 
-    tokens_shape = b.Concat(
-        b.Slice(q_shape, b.ints(0), b.ints(1)), b.ints(-1), b.Slice(q_shape, b.ints(-2), end), axis=0)
+    def on_grid(field: str, axis: int) -> str:  # dim j of a per-axis tensor -> dim 3 * j + axis
+        size = {"query": 2, "key": 2, "mask": 3, "rel": 3, "unit": 1, "slot": 1}[field]
+        missing = [3 * j + a for j in range(size) for a in range(3) if a != axis]
+        return b.Unsqueeze(axes[axis][field], b.ints(*missing))
+
+    def fold(field: str, weight: str | None) -> str:  # acc * axis[weight] + x (or acc + x) over the 3 axes
+        out = on_grid(field, 0)
+        for axis in (1, 2):
+            out = b.Add(b.Mul(out, axes[axis][weight]) if weight else out, on_grid(field, axis))
+        return out
+
+    rows = b.Unsqueeze(b.Mul(b.Mul(axes[0]["rows"], axes[1]["rows"]), axes[2]["rows"]), b.ints(0))
+    units = b.Unsqueeze(b.Mul(b.Mul(axes[0]["units"], axes[1]["units"]), axes[2]["units"]), b.ints(0))
+    minus1 = b.ints(-1)
+    query = b.Reshape(fold("query", "n"), b.Concat(units, rows, axis=0))  # [U, T]
+    key = b.Reshape(fold("key", "n"), b.Concat(units, minus1, axis=0))  # [U, W]
+    tile_shape = b.Concat(units, rows, minus1, axis=0)
+    row = b.Reshape(b.Add(b.Mul(fold("unit", "units"), rows), fold("slot", "rows")), minus1)  # [N]
 
     def heads_first(x: str) -> str:  # [B, *spatial, H, D] -> [B, H, N, D]
+        tokens_shape = b.Concat(b.Slice(q_shape, b.ints(0), b.ints(1)), minus1, b.Slice(q_shape, b.ints(-2), end),
+                                axis=0)
         return b.Transpose(b.Reshape(x, tokens_shape), perm=[0, 2, 1, 3])
 
-    qh = b.Mul(heads_first("q"), b.CastLike(scale, "q"))
-    keys = b.Gather(heads_first("k"), key, axis=2)  # [B, H, N, K, D]
-    logits = b.Squeeze(b.MatMul(keys, b.Unsqueeze(qh, b.ints(-1))), b.ints(-1))  # [B, H, N, K]
+    q_tiles = b.Gather(b.Mul(heads_first("q"), b.CastLike(scale, "q")), query, axis=2)  # [B, H, U, T, D]
+    k_box = b.Gather(heads_first("k"), key, axis=2)  # [B, H, U, W, D]
+    v_box = b.Gather(heads_first("v"), key, axis=2)
+    logits = b.MatMul(q_tiles, b.Transpose(k_box, perm=[0, 1, 2, 4, 3]))  # [B, H, U, T, W]
+    mask = b.Reshape(fold("mask", None), tile_shape)  # [U, T, W]
     if with_rpb:
-        bias = b.Gather(b.Reshape("rpb", b.ints(0, -1)), rel, axis=1)  # [H, N, K]
-        logits = b.Add(logits, bias)
-    neg_inf = b.CastLike(b.op("Constant", value_float=float("-inf")), logits)
-    probs = b.Softmax(b.Where(valid, logits, neg_inf), axis=-1)
-    values = b.Gather(heads_first("v"), key, axis=2)  # [B, H, N, K, D]
-    out = b.Squeeze(b.MatMul(b.Unsqueeze(probs, b.ints(-2)), values), b.ints(-2))  # [B, H, N, D]
+        rel = b.Reshape(fold("rel", "span"), tile_shape)
+        mask = b.Add(b.Gather(b.Reshape("rpb", b.ints(0, -1)), rel, axis=1), mask)  # [H, U, T, W]
+    out = b.MatMul(b.Softmax(b.Add(logits, mask), axis=-1), v_box)  # [B, H, U, T, D]
+    out = b.Gather(b.Reshape(out, b.Concat(b.Slice(b.Shape(out), b.ints(0), b.ints(2)), minus1,
+                                           b.Slice(q_shape, b.ints(-1), end), axis=0)), row, axis=2)  # [B, H, N, D]
     out = b.Reshape(b.Transpose(out, perm=[0, 2, 1, 3]), q_shape)
     # ONNX has no assert: an axis shorter than kernel*dilation (invalid, DESIGN.md section 5) makes the
     # whole output NaN rather than a silently wrong answer from clamped windows.
@@ -172,59 +226,57 @@ def neighborhood_function(onnx_opset: int, overload: str = "") -> FunctionProto:
 # Block-sparse attention
 
 def block_sparse_function(onnx_opset: int, overload: str = "") -> FunctionProto:
-    """The model-local function for ``attn_export::BlockSparseAttention``: gathers the listed blocks.
+    """The model-local function for ``attn_export::BlockSparseAttention``: batched GEMMs over listed blocks.
 
-    Per query block, the keys and values of its max_blocks listed kv blocks are gathered
-    ([B, H, nQB, max_blocks * block_kv, D]); unlisted slots and keys past Skv are masked, so memory
-    grows with the listed blocks, never with Sq x Skv. Rows with no block give zeros.
+    K and V are viewed as [B, H, nKVB, block_kv, D] and each query block's max_blocks listed blocks are
+    gathered whole (GatherND over block numbers, no per-token indices) into [B, H, nQB, max_blocks * block_kv,
+    D]; then MatMul, an additive mask (unlisted slots, keys past Skv), Softmax and MatMul per query block.
+    Memory grows with the listed blocks, never with Sq x Skv. Rows with no block give zeros.
     """
     b = _Body("bsa_")
     block_q = b.attr_ref("block_q", AttributeProto.INT)
     block_kv = b.attr_ref("block_kv", AttributeProto.INT)
     scale = b.attr_ref("scale", AttributeProto.FLOAT)
     zero, one = b.scalar(0), b.scalar(1)
+    unsq0, last = b.ints(0), b.ints(-1)
     q_shape, k_shape = b.Shape("q"), b.Shape("k")
     batch, heads = b.Slice(q_shape, b.ints(0), b.ints(1)), b.Slice(q_shape, b.ints(1), b.ints(2))
-    sq = b.Squeeze(b.Slice(q_shape, b.ints(2), b.ints(3)), b.ints(0))
-    skv = b.Squeeze(b.Slice(k_shape, b.ints(2), b.ints(3)), b.ints(0))
+    sq = b.Squeeze(b.Slice(q_shape, b.ints(2), b.ints(3)), unsq0)
+    skv = b.Squeeze(b.Slice(k_shape, b.ints(2), b.ints(3)), unsq0)
     dim = b.Slice(q_shape, b.ints(3), b.ints(4))
-    n_qb = b.Div(b.Sub(b.Add(sq, block_q), one), block_q)  # ceil(Sq / block_q)
-    max_blocks = b.Slice(b.Shape("kv_index"), b.ints(3), b.ints(4))
-    unsq0 = b.ints(0)
-    layout = b.Concat(batch, heads, b.Unsqueeze(n_qb, unsq0), axis=0)
 
+    def blocks(length: str, block: str) -> str:  # ceil(length / block)
+        return b.Div(b.Sub(b.Add(length, block), one), block)
+
+    def padded(x: str, length: str, block: str) -> str:  # [B, H, S, D] -> [B, H, nBlocks, block, D], zero-padded
+        pads = b.Concat(b.ints(0, 0, 0, 0, 0, 0), b.Unsqueeze(b.Sub(b.Mul(blocks(length, block), block), length),
+                                                              unsq0), b.ints(0), axis=0)
+        return b.Reshape(b.Pad(x, pads), b.Concat(batch, heads, last, b.Unsqueeze(block, unsq0), dim, axis=0))
+
+    n_qb, n_kvb = blocks(sq, block_q), blocks(skv, block_kv)
+    max_blocks = b.Slice(b.Shape("kv_index"), b.ints(3), b.ints(4))
+    layout = b.Concat(batch, heads, b.Unsqueeze(n_qb, unsq0), axis=0)
     count = b.Cast(b.Expand("kv_count", layout), to=TensorProto.INT64)  # [B, H, nQB]
     index = b.Cast(b.Expand("kv_index", b.Concat(layout, max_blocks, axis=0)), to=TensorProto.INT64)
-    slot = b.Range(zero, b.Squeeze(max_blocks, unsq0), one)
-    listed = b.Less(slot, b.Unsqueeze(count, b.ints(-1)))  # [B, H, nQB, M]
-    first = b.Mul(b.Max(index, zero), block_kv)
-    tokens = b.Add(b.Unsqueeze(first, b.ints(-1)), b.Range(zero, block_kv, one))  # [B, H, nQB, M, bkv]
-    valid = b.And(b.Unsqueeze(listed, b.ints(-1)), b.Less(tokens, skv))
-    flat = b.Concat(layout, b.ints(-1), axis=0)
-    valid = b.Reshape(valid, flat)  # [B, H, nQB, M*bkv]
-    tokens = b.Reshape(b.Min(tokens, b.Sub(skv, one)), b.Concat(batch, heads, b.ints(-1, 1), axis=0))
+    index = b.Min(b.Max(index, zero), b.Sub(n_kvb, one))  # [B, H, nQB, M]: never out of bounds
+    listed = b.Less(b.Range(zero, b.Squeeze(max_blocks, unsq0), one), b.Unsqueeze(count, last))  # [B, H, nQB, M]
+    tokens = b.Add(b.Unsqueeze(b.Mul(index, block_kv), last), b.Range(zero, block_kv, one))  # [B, H, nQB, M, bkv]
+    # The mask per listed slot and key: listed and before Skv. A per-block element mask (FlexAttention's partial
+    # blocks, [B|1, H|1, nQB, M, bq, bkv]) would be moved to [.., nQB, bq, M * bkv] and added here.
+    valid = b.Reshape(b.And(b.Unsqueeze(listed, last), b.Less(tokens, skv)), b.Concat(layout, b.ints(1, -1), axis=0))
+    zero_f = b.CastLike(b.op("Constant", value_float=0.0), "q")
+    mask = b.Where(valid, zero_f, b.CastLike(b.op("Constant", value_float=float("-inf")), "q"))  # [B, H, nQB, 1, W]
+    picked = b.Unsqueeze(b.Reshape(index, b.Concat(batch, heads, last, axis=0)), last)  # [B, H, nQB * M, 1]
 
-    def gather_blocks(x: str) -> str:  # [B, H, Skv, D] -> [B, H, nQB, M*bkv, D]
-        picked = b.GatherND(x, tokens, batch_dims=2)  # [B, H, nQB*M*bkv, D]
-        return b.Reshape(picked, b.Concat(layout, b.ints(-1), dim, axis=0))
+    def gather_blocks(x: str) -> str:  # [B, H, Skv, D] -> [B, H, nQB, M * bkv, D]: whole blocks
+        return b.Reshape(b.GatherND(padded(x, skv, block_kv), picked, batch_dims=2),
+                         b.Concat(layout, last, dim, axis=0))
 
-    pad = b.Sub(b.Mul(n_qb, block_q), sq)
-    pads = b.Concat(b.ints(0, 0, 0, 0, 0, 0), b.Unsqueeze(pad, unsq0), b.ints(0), axis=0)
-    q_blocks = b.Reshape(b.Pad(b.Mul("q", b.CastLike(scale, "q")), pads),
-                         b.Concat(layout, b.Unsqueeze(block_q, unsq0), dim, axis=0))  # [B, H, nQB, bq, D]
-    logits = b.MatMul(q_blocks, b.Transpose(gather_blocks("k"), perm=[0, 1, 2, 4, 3]))  # [B, H, nQB, bq, M*bkv]
-    neg_inf = b.CastLike(b.op("Constant", value_float=float("-inf")), logits)
-    logits = b.Where(b.Unsqueeze(valid, b.ints(-2)), logits, neg_inf)
-    last = b.ints(-1)
-    peak = b.ReduceMax(logits, last, keepdims=1)
-    no_block = b.Equal(peak, neg_inf)  # (IsInf lacks fp16 before opset 20)
-    peak = b.Where(no_block, b.CastLike(b.op("Constant", value_float=0.0), peak), peak)
-    weights = b.Exp(b.Sub(logits, peak))
-    total = b.ReduceSum(weights, last, keepdims=1)
-    empty = b.Equal(total, b.CastLike(b.op("Constant", value_float=0.0), total))  # a row with no block
-    total = b.Where(empty, b.CastLike(b.op("Constant", value_float=1.0), total), total)
-    out = b.Div(b.MatMul(weights, gather_blocks("v")), total)  # [B, H, nQB, bq, D]
-    out = b.Reshape(out, b.Concat(batch, heads, b.ints(-1), dim, axis=0))
+    q_blocks = padded(b.Mul("q", b.CastLike(scale, "q")), sq, block_q)  # [B, H, nQB, bq, D]
+    logits = b.Add(b.MatMul(q_blocks, b.Transpose(gather_blocks("k"), perm=[0, 1, 2, 4, 3])), mask)
+    out = b.MatMul(b.Softmax(logits, axis=-1), gather_blocks("v"))  # [B, H, nQB, bq, D]
+    empty = b.Unsqueeze(b.Equal(count, zero), b.ints(-1, -2))  # a row with no block: Softmax gave NaN, want 0
+    out = b.Reshape(b.Where(empty, zero_f, out), b.Concat(batch, heads, last, dim, axis=0))
     b.nodes.append(helper.make_node("Slice", [out, b.ints(0), b.Unsqueeze(sq, unsq0), b.ints(2)], ["out"]))
     return function_proto(BLOCK_SPARSE, overload, b.nodes, onnx_opset)
 

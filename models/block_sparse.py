@@ -4,20 +4,27 @@ q ``[B, H, Sq, D]``, k and v ``[B, H, Skv, D]`` (SDPA layout). The layout is pad
 ``block_q`` x ``block_kv`` tokens: ``kv_count`` int32 ``[B|1, H|1, nQB]`` and ``kv_index`` int32
 ``[B|1, H|1, nQB, max_blocks]`` (-1 padded), each broadcast over batch and heads where its leading dim
 is 1. A query attends every key of its row's listed blocks (the last, partial kv block masked by
-length); a row with no blocks outputs zeros. The CPU implementation gathers only the listed blocks:
-time and memory grow with nQB * max_blocks, never with Sq * Skv.
+length); a row with no blocks outputs zeros. The CPU implementation runs each query block as one SDPA
+(GEMMs, fused softmax) over either its listed blocks, copied whole into one operand, or, where a row lists
+most blocks, all of K and V under a block mask (no copy); time and memory grow with nQB * max_blocks (or,
+for such rows, with their share of Skv), never with Sq * Skv.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from attn_export.errors import AttnExportError
 from attn_export.models.custom_op import register_attention_op
+from attn_export.models.neighborhood import select_rows
 from attn_export.registry import BLOCK_SPARSE
 
 _OP = "block_sparse_attention"
-_CHUNK_BYTES = 64 << 20  # gathered K/V working set per chunk of query blocks
+# Gathered K/V of one chunk of query blocks (bytes): bounds memory; few chunks, as few parallel regions as
+# possible (attn_export.models.neighborhood._CHUNK_BYTES says why), copied into reused scratch buffers.
+_CHUNK_BYTES = 32 << 20
 
 
 def num_blocks(length: int, block: int) -> int:
@@ -73,47 +80,126 @@ def _is_symbolic(t: torch.Tensor) -> bool:
     return isinstance(t, FakeTensor) or torch.compiler.is_compiling()
 
 
+# Cost of one kv block for one query block, relative to the same block in dense SDPA (measured on the project's
+# 2-core VM, S = 4096, blocks of 64, head_dim 64): a gathered block pays for copying its K and V rows next to
+# the GEMMs; attending every block of a row copies nothing but computes unlisted blocks too, under a mask
+# (a row that lists every block needs none and costs 1.05). Each row takes the cheaper form.
+_GATHERED_BLOCK_COST = 1.7
+_ALL_BLOCKS_COST = 1.2
+
+
 def _forward(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale: float) -> torch.Tensor:
     batch, heads, sq, dim = q.shape
     skv = k.shape[2]
-    n_qb, max_blocks = num_blocks(sq, block_q), kv_index.shape[3]
-    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    n_qb, n_kvb, max_blocks = num_blocks(sq, block_q), num_blocks(skv, block_kv), kv_index.shape[3]
     if max_blocks == 0 or skv == 0:  # no row lists a block
         return torch.zeros_like(q)
-    n_kvb = num_blocks(skv, block_kv)
-    count = kv_count.expand(batch, heads, n_qb).long()
-    index = kv_index.expand(batch, heads, n_qb, max_blocks).long().clamp(0, n_kvb - 1)
-    listed = torch.arange(max_blocks, device=q.device) < count.unsqueeze(-1)  # [B, H, nQB, M]
-    in_length = (index.unsqueeze(-1) * block_kv + torch.arange(block_kv, device=q.device)) < skv
-    valid = (listed.unsqueeze(-1) & in_length).flatten(-2)  # [B, H, nQB, M*bkv]
-    qp = torch.nn.functional.pad(q.to(compute) * scale, (0, 0, 0, n_qb * block_q - sq))
-    qb = qp.reshape(batch, heads, n_qb, block_q, dim)
-
-    def blocked(x):  # [B, H, Skv, D] -> [B, H, nKVB, bkv, D], the last block zero-padded
-        x = torch.nn.functional.pad(x.to(compute), (0, 0, 0, n_kvb * block_kv - skv))
-        return x.reshape(batch, heads, n_kvb, block_kv, dim)
-
-    kb, vb = blocked(k), blocked(v)
-    rows_b = torch.arange(batch, device=q.device).view(batch, 1, 1, 1)
-    rows_h = torch.arange(heads, device=q.device).view(1, heads, 1, 1)
-    per_block = max(1, batch * heads * max_blocks * block_kv * dim * 2 * kb.element_size())
-    chunk = max(1, _CHUNK_BYTES // per_block)
-    outputs = []
-    for lo in range(0, n_qb, chunk):
-        hi = min(lo + chunk, n_qb)
-        picked = index[:, :, lo:hi]  # whole blocks are copied: one index per block, not per element
-        keys = kb[rows_b, rows_h, picked].reshape(batch, heads, hi - lo, -1, dim)  # [B, H, n, M*bkv, D]
-        values = vb[rows_b, rows_h, picked].reshape(batch, heads, hi - lo, -1, dim)
-        logits = qb[:, :, lo:hi] @ keys.transpose(-1, -2)  # [B, H, n, bq, M*bkv]
-        mask = valid[:, :, lo:hi]
-        if not bool(mask.all()):  # padding slots or a partial last block
-            logits.masked_fill_(~mask.unsqueeze(-2), float("-inf"))
-        weights = torch.softmax(logits, dim=-1)
-        if not bool(mask.any(dim=-1).all()):  # a row with no block: softmax of nothing is NaN, we want 0
-            weights = weights.nan_to_num(0.0)
-        outputs.append(weights @ values)
-    out = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
+    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    lead = torch.broadcast_shapes(kv_count.shape[:2], kv_index.shape[:2])
+    count = kv_count.expand(*lead, n_qb).long()
+    index = kv_index.expand(*lead, n_qb, max_blocks).long().clamp(0, n_kvb - 1)
+    qb = _blocked(q.to(compute).reshape(batch * heads, sq, dim), block_q).view(batch * heads, n_qb, block_q, dim)
+    kf, vf = (x.to(compute).reshape(batch * heads, skv, dim) for x in (k, v))
+    listed = count.amax(dim=(0, 1))  # [nQB]: the most blocks a row lists in any batch and head
+    every = listed * _GATHERED_BLOCK_COST > n_kvb * _ALL_BLOCKS_COST
+    outputs, order = [], []
+    for rows, attend in ((torch.nonzero(~every).flatten(), _attend_gathered),
+                         (torch.nonzero(every).flatten(), _attend_all_blocks)):
+        if rows.numel():
+            outputs.append(attend(qb, kf, vf, _Layout(count, index, batch, heads), rows, block_kv, scale))
+            order.append(rows)
+    out = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+    if len(order) > 1:
+        out = out.index_select(1, torch.argsort(torch.cat(order)))
+    if bool((count == 0).any()):  # a row with no block: zeros, whatever the softmax of nothing gives
+        out = out.masked_fill(_expand_lead(count == 0, batch, heads)[..., None, None], 0.0)
     return out.reshape(batch, heads, n_qb * block_q, dim)[:, :, :sq].to(q.dtype)
+
+
+def _expand_lead(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
+    """[B|1, H|1, ...] -> [B * H | 1, ...]: the leading dims of a layout tensor as SDPA's batch dim."""
+    if x.shape[:2] == (1, 1):
+        return x[0]
+    return x.expand(batch, heads, *x.shape[2:]).flatten(0, 1)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    count: torch.Tensor  # [B|1, H|1, nQB] int64
+    index: torch.Tensor  # [B|1, H|1, nQB, max_blocks] int64, clamped into [0, nKVB)
+    batch: int
+    heads: int
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        return _expand_lead(x, self.batch, self.heads)
+
+
+def _additive(valid: torch.Tensor, dtype) -> torch.Tensor | None:
+    """0 where valid, -inf elsewhere (None when all is valid: SDPA then reads no mask)."""
+    if bool(valid.all()):
+        return None
+    return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill_(~valid, float("-inf"))
+
+
+def _attend_gathered(qb, k, v, layout: _Layout, rows, block_kv: int, scale: float) -> torch.Tensor:
+    """Rows ``rows`` of query blocks against the K/V blocks they list, copied block by block into
+    [B*H, rows, slots * block_kv, D] (a chunk of rows at a time): SDPA's GEMMs need them contiguous."""
+    bh, _, _, dim = qb.shape
+    skv = k.shape[1]
+    n_kvb, slots = num_blocks(skv, block_kv), max(1, int(layout.count[..., rows].max()))
+    device = qb.device
+    index = layout.rows(layout.index[..., rows, :slots])  # [L, rows, slots], L = 1 or B*H
+    # Keys of each slot: listed (slot < count) and before Skv (the last block may be partial). A per-block
+    # element mask (FlexAttention's partial blocks) would be added here, [L, rows, block_q, slots * block_kv].
+    mask = None
+    if int(layout.count[..., rows].min()) < slots or skv % block_kv:  # else every slot holds block_kv keys
+        listed = torch.arange(slots, device=device) < layout.rows(layout.count[..., rows]).unsqueeze(-1)
+        in_length = index.unsqueeze(-1) * block_kv + torch.arange(block_kv, device=device) < skv
+        mask = _additive((listed.unsqueeze(-1) & in_length).flatten(-2).unsqueeze(-2), qb.dtype)  # [L, rows, 1, W]
+    flat = (index + torch.arange(bh, device=device).view(-1, 1, 1) * n_kvb).flatten(1)  # [B*H, rows * slots]
+    kb, vb = (_blocked(x, block_kv) for x in (k, v))
+    chunk = max(1, _CHUNK_BYTES // (bh * slots * block_kv * dim * kb.element_size()))  # rows per K (and V) buffer
+    outputs = []
+    for lo in range(0, rows.numel(), chunk):
+        part = slice(lo, lo + chunk)
+        picked = flat.view(bh, -1, slots)[:, part].reshape(-1)
+        keys, values = (select_rows(x, 0, picked, role).view(bh, -1, slots * block_kv, dim)
+                        for x, role in ((kb, "k"), (vb, "v")))
+        outputs.append(torch.nn.functional.scaled_dot_product_attention(
+            _query_rows(qb, rows[part]), keys, values, attn_mask=None if mask is None else mask[:, part],
+            scale=scale))
+    return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+
+
+def _attend_all_blocks(qb, k, v, layout: _Layout, rows, block_kv: int, scale: float) -> torch.Tensor:
+    """Rows ``rows`` of query blocks against all of K and V (views, no copy), unlisted blocks masked."""
+    bh, _, _, dim = qb.shape
+    skv = k.shape[1]
+    n_kvb = num_blocks(skv, block_kv)
+    mask = None
+    if int(layout.count[..., rows].min()) < n_kvb:  # else each row lists every block (each once: checked)
+        blocks = dense_block_mask(layout.count[..., rows], layout.index[..., rows, :], n_kvb)
+        valid = layout.rows(blocks).repeat_interleave(block_kv, dim=-1)[..., :skv]
+        mask = _additive(valid.unsqueeze(-2), qb.dtype)  # [L, rows, 1, Skv]; a per-block element mask: scatter here
+    n = rows.numel()
+    return torch.nn.functional.scaled_dot_product_attention(
+        _query_rows(qb, rows), k.unsqueeze(1).expand(bh, n, skv, dim), v.unsqueeze(1).expand(bh, n, skv, dim),
+        attn_mask=mask, scale=scale)
+
+
+def _query_rows(qb: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Query blocks ``rows`` of qb [B*H, nQB, bq, D]: a view when they are a contiguous run."""
+    first = int(rows[0])
+    if int(rows[-1]) - first + 1 == rows.numel():  # rows ascend: a run of consecutive blocks
+        return qb[:, first:first + rows.numel()]
+    return select_rows(qb, 1, rows, "q")
+
+
+def _blocked(x: torch.Tensor, block: int) -> torch.Tensor:
+    """[B*H, S, D] -> [B*H * nBlocks, block, D], the last block zero-padded."""
+    bh, length, dim = x.shape
+    pad = num_blocks(length, block) * block - length
+    return torch.nn.functional.pad(x, (0, 0, 0, pad)).view(-1, block, dim) if pad else x.reshape(-1, block, dim)
 
 
 def _block_sparse_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_count: torch.Tensor,

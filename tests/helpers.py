@@ -10,13 +10,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import torch
 from click.testing import CliRunner
+from onnx import TensorProto, helper
 
 from attn_export.cli import main
 from attn_export.models import NeighborhoodAttention1D, NeighborhoodAttention2D
 from attn_export.models import block_layout as layout
 from attn_export.models.block_sparse import num_blocks
+from attn_export.onnx_export import DEFAULT_OPSET, attach_local_functions
+from attn_export.registry import DOMAIN, NEIGHBORHOOD
 
 SMALL = "zoo:na1d-causal"  # the fastest zoo model
 
@@ -74,6 +78,25 @@ class Small(torch.nn.Module):
     def forward(self, x):
         y = self.attn(self.conv(x).permute(0, 2, 3, 1))
         return self.head(y.mean(dim=(1, 2)))
+
+
+def na_single_node_model(cfg: dict, dtype=TensorProto.FLOAT, scale: float | None = None,
+                         opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """A graph holding one NeighborhoodAttention node (config as tests/oracle.py's random_config), every
+    dimension symbolic, its local function attached as the exporter does."""
+    rank = len(cfg["spatial"])
+    names = ["q", "k", "v"] + (["rpb"] if cfg["rpb"] else [])
+    sym = ["batch"] + [f"s{i}" for i in range(rank)] + ["heads", "dim"]
+    inputs = [helper.make_tensor_value_info(n, dtype, sym) for n in names[:3]]
+    if cfg["rpb"]:
+        inputs.append(helper.make_tensor_value_info("rpb", dtype, ["heads"] + [f"r{i}" for i in range(rank)]))
+    node = helper.make_node(
+        NEIGHBORHOOD.onnx_op_type, names, ["out"], domain=DOMAIN,
+        kernel_size=cfg["kernel"], stride=cfg["stride"], dilation=cfg["dilation"],
+        is_causal=[int(c) for c in cfg["causal"]], scale=cfg["dim"] ** -0.5 if scale is None else scale,
+        plugin_version="1", plugin_namespace=DOMAIN)
+    graph = helper.make_graph([node], "na", inputs, [helper.make_tensor_value_info("out", dtype, sym)])
+    return attach_local_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
 
 
 def random_layout(rng: random.Random, lead_b: int, lead_h: int, n_qb: int, n_kvb: int, density: float):

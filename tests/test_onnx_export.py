@@ -13,9 +13,9 @@ from onnx import TensorProto, helper
 
 from attn_export import AttnExportError, export
 from attn_export.models import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
-from attn_export.onnx_export import DEFAULT_OPSET, attach_local_functions
 from attn_export.registry import DOMAIN, NEIGHBORHOOD
 
+from helpers import na_single_node_model
 from oracle import make_inputs, neighborhood_attention_reference, random_config
 
 
@@ -23,30 +23,12 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def _single_node_model(cfg: dict, dtype=TensorProto.FLOAT, scale: float | None = None) -> onnx.ModelProto:
-    """A graph holding one NeighborhoodAttention node, its function attached as the exporter does."""
-    rank = len(cfg["spatial"])
-    names = ["q", "k", "v"] + (["rpb"] if cfg["rpb"] else [])
-    sym = ["batch"] + [f"s{i}" for i in range(rank)] + ["heads", "dim"]
-    inputs = [helper.make_tensor_value_info(n, dtype, sym) for n in names[:3]]
-    if cfg["rpb"]:
-        inputs.append(helper.make_tensor_value_info("rpb", dtype, ["heads"] + [f"r{i}" for i in range(rank)]))
-    node = helper.make_node(
-        NEIGHBORHOOD.onnx_op_type, names, ["out"], domain=DOMAIN,
-        kernel_size=cfg["kernel"], stride=cfg["stride"], dilation=cfg["dilation"],
-        is_causal=[int(c) for c in cfg["causal"]], scale=cfg["dim"] ** -0.5 if scale is None else scale,
-        plugin_version="1", plugin_namespace=DOMAIN)
-    graph = helper.make_graph([node], "na", inputs, [helper.make_tensor_value_info("out", dtype, sym)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)])
-    return attach_local_functions(model)
-
-
 @pytest.mark.parametrize("seed", range(150))
 def test_local_function_matches_reference_on_random_configs(seed):
     cfg = random_config(random.Random(1000 + seed))
     q, k, v, rpb = make_inputs(cfg, seed)
     scale = None if seed % 2 else 0.37
-    model = _single_node_model(cfg, scale=scale)
+    model = na_single_node_model(cfg, scale=scale)
     onnx.checker.check_model(model, full_check=True)
     feed = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}
     if rpb is not None:
@@ -60,7 +42,7 @@ def test_local_function_matches_reference_on_random_configs(seed):
 def test_one_function_serves_different_shapes_and_batches():
     cfg = dict(spatial=[9, 10], kernel=[3, 4], stride=[2, 1], dilation=[1, 2], causal=[False, True],
                heads=2, dim=8, batch=1, rpb=False)
-    session = _session(_single_node_model(cfg))
+    session = _session(na_single_node_model(cfg))
     for spatial, batch in (([9, 10], 1), ([14, 8], 3)):
         cfg2 = dict(cfg, spatial=spatial, batch=batch)
         q, k, v, _ = make_inputs(cfg2, 7)
@@ -72,7 +54,7 @@ def test_one_function_serves_different_shapes_and_batches():
 def test_inputs_too_short_for_the_window_give_nan_not_a_wrong_answer():
     cfg = dict(spatial=[9, 10], kernel=[3, 4], stride=[1, 1], dilation=[2, 1], causal=[False, True],
                heads=2, dim=8, batch=1, rpb=False)
-    session = _session(_single_node_model(cfg))
+    session = _session(na_single_node_model(cfg))
     for spatial, bad in (([6, 4], False), ([5, 10], True), ([9, 3], True)):  # k*d = 6 and 4
         q, k, v, _ = make_inputs(dict(cfg, spatial=spatial), 0)
         (got,) = session.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})
@@ -84,7 +66,7 @@ def test_local_function_runs_in_half_precision(dtype, atol):
     cfg = dict(spatial=[8, 9], kernel=[3, 5], stride=[1, 2], dilation=[2, 1], causal=[False, False],
                heads=2, dim=16, batch=2, rpb=True)
     q, k, v, rpb = make_inputs(cfg, 1)
-    (got,) = _session(_single_node_model(cfg, dtype)).run(
+    (got,) = _session(na_single_node_model(cfg, dtype)).run(
         None, {n: t.half().numpy() for n, t in zip(("q", "k", "v", "rpb"), (q, k, v, rpb))})
     want = neighborhood_attention_reference(q, k, v, cfg["kernel"], cfg["stride"], cfg["dilation"], cfg["causal"],
                                             rpb=rpb)
