@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -134,7 +135,9 @@ class CallConverter:
         """One eager forward pass that records and plans the calls (the model's own outputs are computed by
         the original functions, so this pass also runs as written)."""
         self.analysing, self.records = True, []
-        with torch.inference_mode(), self.active(model):
+        with torch.inference_mode(), self.active(model), warnings.catch_warnings():
+            # eager flex_attention on purpose: it is the reference, its advice to compile is noise here
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
             model(*inputs)
         self.analysing = False
         return self.records
@@ -197,26 +200,86 @@ class CallConverter:
 # FlexAttention: from a BlockMask to one of our ops
 
 
-def plan_flex(query, key, value, score_mod, block_mask, scale, where: str) -> dict:
-    """How to run one flex_attention call: {"target": ..., "op": "sdpa" | "na" | "block_sparse", ...}."""
-    if score_mod is not None:
-        name = getattr(score_mod, "__name__", type(score_mod).__name__)
-        raise ConversionRefused(f"flex_attention at {where} has score_mod {name}, which has no exported form yet: "
-                              "remove it for export, or fold an additive bias into the model")
-    if query.shape[-2] != key.shape[-2] and block_mask is not None and block_mask.seq_lengths != (
-            query.shape[-2], key.shape[-2]):
-        raise ConversionRefused(f"flex_attention at {where}: its BlockMask covers {block_mask.seq_lengths}, the "
-                              f"call attends {query.shape[-2]} x {key.shape[-2]}; build the mask for these lengths")
-    if block_mask is None:
-        return {"op": "sdpa", "target": "scaled_dot_product_attention (no mask)"}
-    from torch.nn.attention.flex_attention import create_mask
+# The dense tensors a FlexAttention call is evaluated on while planning (its mask, its score_mod's bias): a
+# call beyond this is refused rather than exhausting memory.
+_PLAN_BYTES = 1 << 30
+# An additive score_mod without a BlockMask becomes block-sparse attention over every block of this size
+# (flex_attention's own default block).
+_DENSE_BLOCK = 128
 
-    batch, heads, sq, skv = (int(x) for x in block_mask.shape)
-    mask = create_mask(block_mask.mask_mod, batch, heads, sq, skv, device="cpu")
-    window = neighborhood_window(mask)
-    if window is not None:
-        return {"op": "na", "target": "attn_export::neighborhood_attention " + _window_text(window), **window}
-    return _block_sparse_plan(mask, block_mask, where)
+
+def plan_flex(query, key, value, score_mod, block_mask, scale, where: str) -> dict:
+    """How to run one flex_attention call: {"target": ..., "op": "sdpa" | "na" | "block_sparse", ...}.
+
+    A mask that is a 1-D neighborhood becomes neighborhood attention; any other mask becomes block-sparse
+    attention over the blocks it touches, with an exact ``block_bias`` (-inf on masked elements of partial
+    blocks); an additive score_mod (its change to a score does not depend on the score: ALiBi, relative
+    bias tables) joins that bias. Anything else is refused naming the call."""
+    sq, skv = int(query.shape[-2]), int(key.shape[-2])
+    if block_mask is not None and tuple(block_mask.seq_lengths) != (sq, skv):
+        raise ConversionRefused(f"flex_attention at {where}: its BlockMask covers {tuple(block_mask.seq_lengths)}, "
+                              f"the call attends {sq} x {skv}; build the mask for these lengths")
+    lead = (int(query.shape[0]), int(query.shape[1]))
+    if block_mask is not None:
+        lead = tuple(int(x) for x in block_mask.shape[:2])
+    _check_plan_size(lead[0] * lead[1] * sq * skv * 4, where)
+    bias = None if score_mod is None else score_bias(score_mod, (int(query.shape[0]), int(query.shape[1])),
+                                                     sq, skv, where)
+    if block_mask is None:
+        if bias is None:
+            return {"op": "sdpa", "target": "scaled_dot_product_attention (no mask)"}
+        mask, blocks = torch.ones(1, 1, sq, skv, dtype=torch.bool), (_DENSE_BLOCK, _DENSE_BLOCK)
+    else:
+        from torch.nn.attention.flex_attention import create_mask
+
+        mask = create_mask(block_mask.mask_mod, *lead, sq, skv, device="cpu")
+        blocks = tuple(int(x) for x in block_mask.BLOCK_SIZE)
+        window = neighborhood_window(mask) if bias is None else None
+        if window is not None:
+            return {"op": "na", "target": "attn_export::neighborhood_attention " + _window_text(window), **window}
+    plan = _block_sparse_plan(mask, bias, *blocks, where)
+    if score_mod is not None:
+        plan["target"] += f", score_mod {_name(score_mod)} as an additive bias"
+    return plan
+
+
+def _name(function) -> str:
+    return getattr(function, "__name__", type(function).__name__)
+
+
+def _check_plan_size(nbytes: int, where: str) -> None:
+    if nbytes > _PLAN_BYTES:
+        raise ConversionRefused(f"flex_attention at {where}: planning its conversion evaluates the mask over every "
+                              f"(query, key) pair, {nbytes / 2**30:.1f} GiB here (limit {_PLAN_BYTES / 2**30:.0f} "
+                              "GiB): export at a shorter sequence length")
+
+
+def score_bias(score_mod, lead: tuple[int, int], sq: int, skv: int, where: str) -> torch.Tensor:
+    """The additive bias ``[B|1, H|1, Sq, Skv]`` of an additive score_mod (score_mod(s) - s the same for any s),
+    evaluated as flex_attention evaluates it (vmapped over batch, head, query and key indices)."""
+    from torch.nn.attention.flex_attention import _vmap_for_bhqkv
+
+    name = _name(score_mod)
+    grid = [torch.arange(n) for n in (*lead, sq, skv)]
+    scores = torch.randn(2, *lead, sq, skv, generator=torch.Generator().manual_seed(0))
+    scores[1] *= 8.0  # two score ranges: an additive score_mod shifts both alike
+    try:
+        vmapped = _vmap_for_bhqkv(score_mod, prefix=(0,))
+        deltas = [vmapped(s, *grid) - s for s in scores]
+    except Exception as exc:  # noqa: BLE001 - any failure of user code: refused with its type and message
+        raise ConversionRefused(f"flex_attention at {where}: its score_mod {name} could not be evaluated on the index "
+                              f"grid ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                              "remove it for export") from None
+    first, second = deltas
+    spread = float(first[first.isfinite()].abs().max()) if bool(first.isfinite().any()) else 0.0
+    if bool(first.isnan().any()) or not torch.allclose(first, second, rtol=0, atol=1e-5 * max(1.0, spread)):
+        raise ConversionRefused(f"flex_attention at {where}: its score_mod {name} is not additive (how it changes a "
+                              "score depends on the score, e.g. soft-capping), which the exported ops cannot "
+                              "express: remove it for export, or write it as a bias added to the score")
+    for dim in (0, 1):  # one batch / head when they agree: the exported constant stays small
+        if first.shape[dim] > 1 and bool((first == first.narrow(dim, 0, 1)).all()):
+            first = first.narrow(dim, 0, 1)
+    return first.contiguous()
 
 
 def neighborhood_window(mask: torch.Tensor) -> dict | None:
@@ -251,30 +314,38 @@ def _window_text(w: dict) -> str:
             f"{', causal' if w['causal'] else ''})")
 
 
-def _block_sparse_plan(mask: torch.Tensor, block_mask, where: str) -> dict:
-    from attn_export.models.block_layout import from_block_mask
+def _block_sparse_plan(mask: torch.Tensor, bias: torch.Tensor | None, block_q: int, block_kv: int,
+                       where: str) -> dict:
+    """Block-sparse attention over the blocks ``mask`` [B|1, H|1, Sq, Skv] touches; partial blocks (and any
+    additive bias) exact through block_bias."""
+    from attn_export.models.block_layout import element_bias, from_block_mask
 
-    block_q, block_kv = (int(x) for x in block_mask.BLOCK_SIZE)
     batch, heads, sq, skv = mask.shape
     n_qb, n_kvb = -(-sq // block_q), -(-skv // block_kv)
     padded = torch.zeros(batch, heads, n_qb * block_q, n_kvb * block_kv, dtype=torch.bool)
     padded[..., :sq, :skv] = mask
     tiles = padded.reshape(batch, heads, n_qb, block_q, n_kvb, block_kv)
-    any_ = tiles.any(dim=(3, 5))
+    touched = tiles.any(dim=(3, 5))
     # a tile is full when every real (query, key) element of it is attended
     real = torch.zeros_like(padded)
     real[..., :sq, :skv] = True
-    real_tiles = real.reshape(batch, heads, n_qb, block_q, n_kvb, block_kv)
-    full = (tiles | ~real_tiles).all(dim=(3, 5))
-    partial = int((any_ & ~full).sum())
-    if partial:
-        raise ConversionRefused(f"flex_attention at {where}: its mask has {partial} partial blocks of "
-                              f"{block_q}x{block_kv}, which padded-ELL block-sparse attention cannot represent "
-                              "exactly yet: align the mask to BLOCK_SIZE")
-    count, index = from_block_mask(any_)
-    return {"op": "block_sparse", "target": f"attn_export::block_sparse_attention (blocks {block_q}x{block_kv}, "
-            f"{int(any_.sum())} of {any_.numel()} listed)", "kv_count": count, "kv_index": index,
-            "block_q": block_q, "block_kv": block_kv}
+    full = (tiles | ~real.reshape(tiles.shape)).all(dim=(3, 5))
+    partial = int((touched & ~full).sum())
+    count, index = from_block_mask(touched)
+    plan = {"op": "block_sparse", "kv_count": count, "kv_index": index, "block_q": block_q, "block_kv": block_kv,
+            "block_bias": None,
+            "target": f"attn_export::block_sparse_attention (blocks {block_q}x{block_kv}, {int(touched.sum())} of "
+                      f"{touched.numel()} listed"}
+    if partial or bias is not None:
+        lead = torch.broadcast_shapes(mask.shape[:2], bias.shape[:2] if bias is not None else (1, 1))
+        _check_plan_size(lead[0] * lead[1] * index.shape[2:].numel() * block_q * block_kv * 4, where)
+        dense = torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
+        if bias is not None:
+            dense = dense + bias
+        plan["block_bias"] = element_bias(dense, count, index, block_q, block_kv)
+        plan["target"] += f", {partial} partial blocks exact through block_bias" if partial else ", block_bias"
+    plan["target"] += ")"
+    return plan
 
 
 def run_plan(plan: dict, query, key, value, scale):
@@ -288,7 +359,7 @@ def run_plan(plan: dict, query, key, value, scale):
                                      plan["kernel"], plan["stride"], plan["dilation"], plan["causal"], scale)
         return out.transpose(1, 2)
     return block_sparse_attention(query, key, value, plan["kv_count"], plan["kv_index"], plan["block_q"],
-                                  plan["block_kv"], scale)
+                                  plan["block_kv"], scale, plan.get("block_bias"))
 
 
 class Converted(torch.nn.Module):
@@ -305,4 +376,4 @@ class Converted(torch.nn.Module):
 
 
 __all__ = ["CallConverter", "CallRecord", "ConversionRefused", "Converted", "neighborhood_window", "plan_flex",
-           "run_plan"]
+           "run_plan", "score_bias"]

@@ -230,7 +230,8 @@ def block_sparse_function(onnx_opset: int, overload: str = "") -> FunctionProto:
 
     K and V are viewed as [B, H, nKVB, block_kv, D] and each query block's max_blocks listed blocks are
     gathered whole (GatherND over block numbers, no per-token indices) into [B, H, nQB, max_blocks * block_kv,
-    D]; then MatMul, an additive mask (unlisted slots, keys past Skv), Softmax and MatMul per query block.
+    D]; then MatMul, an additive mask (unlisted slots, keys past Skv; in the "block_bias" overload plus the
+    bias of each slot's tile), Softmax and MatMul per query block.
     Memory grows with the listed blocks, never with Sq x Skv. Rows with no block give zeros.
     """
     b = _Body("bsa_")
@@ -261,8 +262,7 @@ def block_sparse_function(onnx_opset: int, overload: str = "") -> FunctionProto:
     index = b.Min(b.Max(index, zero), b.Sub(n_kvb, one))  # [B, H, nQB, M]: never out of bounds
     listed = b.Less(b.Range(zero, b.Squeeze(max_blocks, unsq0), one), b.Unsqueeze(count, last))  # [B, H, nQB, M]
     tokens = b.Add(b.Unsqueeze(b.Mul(index, block_kv), last), b.Range(zero, block_kv, one))  # [B, H, nQB, M, bkv]
-    # The mask per listed slot and key: listed and before Skv. A per-block element mask (FlexAttention's partial
-    # blocks, [B|1, H|1, nQB, M, bq, bkv]) would be moved to [.., nQB, bq, M * bkv] and added here.
+    # The mask per listed slot and key: listed and before Skv.
     valid = b.Reshape(b.And(b.Unsqueeze(listed, last), b.Less(tokens, skv)), b.Concat(layout, b.ints(1, -1), axis=0))
     zero_f = b.CastLike(b.op("Constant", value_float=0.0), "q")
     mask = b.Where(valid, zero_f, b.CastLike(b.op("Constant", value_float=float("-inf")), "q"))  # [B, H, nQB, 1, W]
@@ -272,10 +272,16 @@ def block_sparse_function(onnx_opset: int, overload: str = "") -> FunctionProto:
         return b.Reshape(b.GatherND(padded(x, skv, block_kv), picked, batch_dims=2),
                          b.Concat(layout, last, dim, axis=0))
 
+    if overload == "block_bias":  # [B|1, H|1, nQB, M, bq, bkv] -> [B|1, H|1, nQB, bq, M * bkv], onto the mask
+        bias = b.Transpose(b.CastLike("block_bias", "q"), perm=[0, 1, 2, 4, 3, 5])
+        mask = b.Add(mask, b.Reshape(bias, b.Concat(b.Slice(b.Shape(bias), b.ints(0), b.ints(4)), last, axis=0)))
     q_blocks = padded(b.Mul("q", b.CastLike(scale, "q")), sq, block_q)  # [B, H, nQB, bq, D]
     logits = b.Add(b.MatMul(q_blocks, b.Transpose(gather_blocks("k"), perm=[0, 1, 2, 4, 3])), mask)
     out = b.MatMul(b.Softmax(logits, axis=-1), gather_blocks("v"))  # [B, H, nQB, bq, D]
     empty = b.Unsqueeze(b.Equal(count, zero), b.ints(-1, -2))  # a row with no block: Softmax gave NaN, want 0
+    if overload == "block_bias":  # a query whose every key the bias masks: zeros, as flex_attention gives
+        neg_inf = b.CastLike(b.op("Constant", value_float=float("-inf")), "q")
+        empty = b.Or(empty, b.Equal(b.ReduceMax(mask, last, keepdims=1), neg_inf))
     out = b.Reshape(b.Where(empty, zero_f, out), b.Concat(batch, heads, last, dim, axis=0))
     b.nodes.append(helper.make_node("Slice", [out, b.ints(0), b.Unsqueeze(sq, unsq0), b.ints(2)], ["out"]))
     return function_proto(BLOCK_SPARSE, overload, b.nodes, onnx_opset)

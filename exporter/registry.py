@@ -29,6 +29,7 @@ class Input:
     type_var: str  # a type constraint of the op ("T", "I")
     doc: str
     optional: bool = False
+    plugin: bool = True  # the TensorRT plugin takes it (False: engines refuse nodes that have it, exit 3)
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,10 @@ BLOCK_SPARSE = OpSpec(
     doc="Block-sparse attention over a padded-ELL block layout (docs/ops/block_sparse_attention.md).",
     inputs=(Input("q", "T", "[B, H, Sq, D]"), Input("k", "T", "[B, H, Skv, D]"), Input("v", "T", "[B, H, Skv, D]"),
             Input("kv_count", "I", "int32 [B|1, H|1, nQB]"),
-            Input("kv_index", "I", "int32 [B|1, H|1, nQB, max_blocks], -1 padded")),
+            Input("kv_index", "I", "int32 [B|1, H|1, nQB, max_blocks], -1 padded"),
+            Input("block_bias", "T", "[B|1, H|1, nQB, max_blocks, block_q, block_kv] additive logit bias per listed "
+                  "slot, -inf masks a key (FlexAttention partial blocks, additive score_mods)", optional=True,
+                  plugin=False)),
     attributes=(Attribute("block_q", "INT", "query block size"),
                 Attribute("block_kv", "INT", "key/value block size"),
                 Attribute("scale", "FLOAT", "logit scale (the exporter writes head_dim**-0.5 by default)")),

@@ -77,6 +77,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path,
     """Build and write a serialized engine with one optimization profile per entry of ``profiles`` (one
     mapping: one profile); returns its metadata (also written to ``meta_path``). ``precision`` is recorded
     only: the network is strongly typed, so the ONNX file's types decide."""
+    check_plugin_inputs(onnx_path)
     trt, plugins = require_engine_tools()
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, LoadPlugins, NetworkFromOnnxPath, Profile
 
@@ -133,6 +134,23 @@ def plugin_nodes(onnx_path: str | Path) -> list[dict]:
     ops = {spec.onnx_op_type for spec in PLUGIN_OPS}
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     return [{"node": n.name, "op": n.op_type} for n in graph.node if n.domain == DOMAIN and n.op_type in ops]
+
+
+def check_plugin_inputs(onnx_path: str | Path) -> None:
+    """Exit 3 when a node has an input that its TensorRT plugin does not take yet (registry Input.plugin)."""
+    import onnx
+
+    specs = {spec.onnx_op_type: spec for spec in PLUGIN_OPS}
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    for node in graph.node:
+        spec = specs.get(node.op_type) if node.domain == DOMAIN else None
+        unsupported = [i.name for i, name in zip(spec.inputs, node.input) if name and not i.plugin] if spec else []
+        if unsupported:
+            raise AttnExportError(
+                f"{node.op_type} node '{node.name}' of {Path(onnx_path).name} has input {', '.join(unsupported)}, "
+                f"which the {spec.plugin_name} TensorRT plugin does not take yet: run this file with ONNX Runtime "
+                "(export without --engine), or make the attention's mask block-aligned and drop its score_mod",
+                EXIT_MISSING_DEPENDENCY)
 
 
 def network_layers(trt, network) -> list[dict]:

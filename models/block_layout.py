@@ -42,6 +42,29 @@ def to_block_mask(kv_count: torch.Tensor, kv_index: torch.Tensor, n_kv_blocks: i
     return dense_block_mask(kv_count, kv_index, n_kv_blocks)
 
 
+def element_bias(dense: torch.Tensor, kv_count: torch.Tensor, kv_index: torch.Tensor, block_q: int,
+                 block_kv: int) -> torch.Tensor:
+    """The ``block_bias`` input of block_sparse_attention from a dense per-element logit bias
+    ``[B|1, H|1, Sq, Skv]`` (float; a boolean mask becomes 0 where True and -inf where False): the
+    block_q x block_kv tile of every slot of kv_index, ``[B|1, H|1, nQB, max_blocks, block_q, block_kv]``.
+    Unlisted slots and the padding past Sq or Skv hold 0 (the op masks them itself)."""
+    if dense.dim() != 4:
+        raise AttnExportError(f"element bias must be [B|1, H|1, Sq, Skv]; got {tuple(dense.shape)}")
+    if dense.dtype == torch.bool:
+        dense = torch.zeros(dense.shape).masked_fill_(~dense, float("-inf"))
+    sq, skv = dense.shape[-2:]
+    n_qb, n_kvb = num_blocks(sq, block_q), num_blocks(skv, block_kv)
+    padded = torch.nn.functional.pad(dense, (0, n_kvb * block_kv - skv, 0, n_qb * block_q - sq))
+    tiles = padded.unflatten(-1, (n_kvb, block_kv)).unflatten(-3, (n_qb, block_q)).permute(0, 1, 2, 4, 3, 5)
+    lead = torch.broadcast_shapes(tiles.shape[:2], kv_count.shape[:2], kv_index.shape[:2])
+    max_blocks = kv_index.shape[-1]
+    index = kv_index.expand(*lead, n_qb, max_blocks).long().clamp(0, max(n_kvb - 1, 0))
+    gathered = tiles.expand(*lead, *tiles.shape[2:]).gather(
+        3, index[..., None, None].expand(*lead, n_qb, max_blocks, block_q, block_kv))
+    listed = torch.arange(max_blocks) < kv_count.expand(*lead, n_qb).unsqueeze(-1)
+    return gathered.masked_fill(~listed[..., None, None], 0.0).contiguous()
+
+
 def from_flex_block_mask(block_mask, allow_partial: bool = False) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """Padded ELL and (block_q, block_kv) from a FlexAttention ``BlockMask``.
 

@@ -4,7 +4,10 @@ q ``[B, H, Sq, D]``, k and v ``[B, H, Skv, D]`` (SDPA layout). The layout is pad
 ``block_q`` x ``block_kv`` tokens: ``kv_count`` int32 ``[B|1, H|1, nQB]`` and ``kv_index`` int32
 ``[B|1, H|1, nQB, max_blocks]`` (-1 padded), each broadcast over batch and heads where its leading dim
 is 1. A query attends every key of its row's listed blocks (the last, partial kv block masked by
-length); a row with no blocks outputs zeros. The CPU implementation runs each query block as one SDPA
+length); a row with no blocks outputs zeros. The optional ``block_bias`` ``[B|1, H|1, nQB, max_blocks,
+block_q, block_kv]`` is added to the scaled logits of each listed slot's keys (``-inf`` masks a key: the
+exact form of FlexAttention's partial blocks and additive score_mods); a query whose every key is masked
+outputs zeros, as flex_attention does. The CPU implementation runs each query block as one SDPA
 (GEMMs, fused softmax) over either its listed blocks, copied whole into one operand, or, where a row lists
 most blocks, all of K and V under a block mask (no copy); time and memory grow with nQB * max_blocks (or,
 for such rows, with their share of Skv), never with Sq * Skv.
@@ -31,7 +34,8 @@ def num_blocks(length: int, block: int) -> int:
     return -(-length // block)
 
 
-def check_inputs(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, check_values: bool = True) -> None:
+def check_inputs(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, check_values: bool = True,
+                 block_bias: torch.Tensor | None = None) -> None:
     """Raise AttnExportError naming the argument for any shape, dtype or (when concrete) value problem."""
     for name, block in (("block_q", block_q), ("block_kv", block_kv)):
         if not isinstance(block, int) or isinstance(block, bool) or block < 1:
@@ -56,6 +60,8 @@ def check_inputs(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, check
             raise AttnExportError(
                 f"{_OP}: {name} {tuple(t.shape)} must lead with [B|1, H|1, nQB] = [{batch}|1, {heads}|1, {n_qb}] "
                 f"(nQB = ceil(Sq={sq} / block_q={block_q}))")
+    if block_bias is not None:
+        _check_bias(block_bias, batch, heads, n_qb, kv_index.shape[3], block_q, block_kv)
     if not check_values or _is_symbolic(kv_count) or _is_symbolic(kv_index):
         return
     max_blocks = kv_index.shape[3]
@@ -74,6 +80,18 @@ def check_inputs(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, check
         raise AttnExportError(f"{_OP}: a row of kv_index lists one block twice; list each block once")
 
 
+def _check_bias(bias: torch.Tensor, batch: int, heads: int, n_qb: int, max_blocks: int, block_q: int,
+                block_kv: int) -> None:
+    want = f"[{batch}|1, {heads}|1, {n_qb}, {max_blocks}, {block_q}, {block_kv}]"
+    if not bias.is_floating_point() or bias.dim() != 6:
+        raise AttnExportError(f"{_OP}: block_bias must be a float tensor [B|1, H|1, nQB, max_blocks, block_q, "
+                              f"block_kv] = {want}; got {bias.dtype} {tuple(bias.shape)}")
+    if bias.shape[0] not in (1, batch) or bias.shape[1] not in (1, heads) or tuple(bias.shape[2:]) != (
+            n_qb, max_blocks, block_q, block_kv):
+        raise AttnExportError(f"{_OP}: block_bias {tuple(bias.shape)} must be {want} (one block_q x block_kv tile "
+                              "per slot of kv_index)")
+
+
 def _is_symbolic(t: torch.Tensor) -> bool:
     from torch._subclasses.fake_tensor import FakeTensor
 
@@ -88,7 +106,8 @@ _GATHERED_BLOCK_COST = 1.7
 _ALL_BLOCKS_COST = 1.2
 
 
-def _forward(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale: float) -> torch.Tensor:
+def _forward(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale: float,
+             bias: torch.Tensor | None = None) -> torch.Tensor:
     batch, heads, sq, dim = q.shape
     skv = k.shape[2]
     n_qb, n_kvb, max_blocks = num_blocks(sq, block_q), num_blocks(skv, block_kv), kv_index.shape[3]
@@ -102,11 +121,14 @@ def _forward(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale: fl
     kf, vf = (x.to(compute).reshape(batch * heads, skv, dim) for x in (k, v))
     listed = count.amax(dim=(0, 1))  # [nQB]: the most blocks a row lists in any batch and head
     every = listed * _GATHERED_BLOCK_COST > n_kvb * _ALL_BLOCKS_COST
+    if bias is not None:  # the bias is per listed slot: the gathered form reads it as it is
+        every = torch.zeros_like(every)
     outputs, order = [], []
     for rows, attend in ((torch.nonzero(~every).flatten(), _attend_gathered),
                          (torch.nonzero(every).flatten(), _attend_all_blocks)):
         if rows.numel():
-            outputs.append(attend(qb, kf, vf, _Layout(count, index, batch, heads), rows, block_kv, scale))
+            layout = _Layout(count, index, batch, heads, None if bias is None else bias.to(compute))
+            outputs.append(attend(qb, kf, vf, layout, rows, block_kv, scale))
             order.append(rows)
     out = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
     if len(order) > 1:
@@ -129,6 +151,7 @@ class _Layout:
     index: torch.Tensor  # [B|1, H|1, nQB, max_blocks] int64, clamped into [0, nKVB)
     batch: int
     heads: int
+    bias: torch.Tensor | None = None  # [B|1, H|1, nQB, max_blocks, block_q, block_kv], compute dtype
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         return _expand_lead(x, self.batch, self.heads)
@@ -149,13 +172,17 @@ def _attend_gathered(qb, k, v, layout: _Layout, rows, block_kv: int, scale: floa
     n_kvb, slots = num_blocks(skv, block_kv), max(1, int(layout.count[..., rows].max()))
     device = qb.device
     index = layout.rows(layout.index[..., rows, :slots])  # [L, rows, slots], L = 1 or B*H
-    # Keys of each slot: listed (slot < count) and before Skv (the last block may be partial). A per-block
-    # element mask (FlexAttention's partial blocks) would be added here, [L, rows, block_q, slots * block_kv].
+    # Keys of each slot: listed (slot < count) and before Skv (the last block may be partial).
     mask = None
     if int(layout.count[..., rows].min()) < slots or skv % block_kv:  # else every slot holds block_kv keys
         listed = torch.arange(slots, device=device) < layout.rows(layout.count[..., rows]).unsqueeze(-1)
         in_length = index.unsqueeze(-1) * block_kv + torch.arange(block_kv, device=device) < skv
         mask = _additive((listed.unsqueeze(-1) & in_length).flatten(-2).unsqueeze(-2), qb.dtype)  # [L, rows, 1, W]
+    dead = None
+    if layout.bias is not None:  # [L', rows, slots, bq, bkv] -> [L', rows, bq, slots * bkv], added to the mask
+        bias = layout.rows(layout.bias[:, :, rows, :slots]).transpose(2, 3).flatten(-2)
+        mask = bias if mask is None else mask + bias
+        dead = (mask == float("-inf")).all(-1, keepdim=True)  # [L, rows, bq, 1]: no key left, zeros as flex gives
     flat = (index + torch.arange(bh, device=device).view(-1, 1, 1) * n_kvb).flatten(1)  # [B*H, rows * slots]
     kb, vb = (_blocked(x, block_kv) for x in (k, v))
     chunk = max(1, _CHUNK_BYTES // (bh * slots * block_kv * dim * kb.element_size()))  # rows per K (and V) buffer
@@ -168,7 +195,8 @@ def _attend_gathered(qb, k, v, layout: _Layout, rows, block_kv: int, scale: floa
         outputs.append(torch.nn.functional.scaled_dot_product_attention(
             _query_rows(qb, rows[part]), keys, values, attn_mask=None if mask is None else mask[:, part],
             scale=scale))
-    return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+    out = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+    return out if dead is None else out.masked_fill(dead, 0.0)
 
 
 def _attend_all_blocks(qb, k, v, layout: _Layout, rows, block_kv: int, scale: float) -> torch.Tensor:
@@ -203,8 +231,9 @@ def _blocked(x: torch.Tensor, block: int) -> torch.Tensor:
 
 
 def _block_sparse_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_count: torch.Tensor,
-                                kv_index: torch.Tensor, block_q: int, block_kv: int, scale: float) -> torch.Tensor:
-    return _forward(q, k, v, kv_count, kv_index, block_q, block_kv, scale)
+                                kv_index: torch.Tensor, block_q: int, block_kv: int, scale: float,
+                                block_bias: torch.Tensor | None = None) -> torch.Tensor:
+    return _forward(q, k, v, kv_count, kv_index, block_q, block_kv, scale, block_bias)
 
 
 _block_sparse_attention_op = register_attention_op(BLOCK_SPARSE, _block_sparse_attention_cpu)
@@ -212,16 +241,19 @@ _block_sparse_attention_op = register_attention_op(BLOCK_SPARSE, _block_sparse_a
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_count: torch.Tensor,
                            kv_index: torch.Tensor, block_q: int, block_kv: int,
-                           scale: float | None = None) -> torch.Tensor:
+                           scale: float | None = None, block_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of each query over the kv blocks its query block lists (DESIGN.md section 5).
 
     Exported by torch.export as one ``attn_export::block_sparse_attention`` node (ONNX:
     ``attn_export::BlockSparseAttention``). Layout helpers: attn_export.models.block_layout.
+    ``block_bias`` (optional, [B|1, H|1, nQB, max_blocks, block_q, block_kv]) is added to the scaled logits of
+    each listed slot; ``-inf`` masks single keys of a block (block_layout.element_bias builds it from a mask).
     """
-    check_inputs(q, k, v, kv_count, kv_index, block_q, block_kv)
+    check_inputs(q, k, v, kv_count, kv_index, block_q, block_kv, block_bias=block_bias)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    return _block_sparse_attention_op(q, k, v, kv_count, kv_index, int(block_q), int(block_kv), float(scale))
+    return _block_sparse_attention_op(q, k, v, kv_count, kv_index, int(block_q), int(block_kv), float(scale),
+                                      block_bias)
 
 
 def dense_block_mask(kv_count: torch.Tensor, kv_index: torch.Tensor, n_kv_blocks: int) -> torch.Tensor:

@@ -125,6 +125,19 @@ def random_case(seed: int):
     return q, k, v, count, index, block_q, block_kv, scale
 
 
+def random_block_bias(seed: int, q, count, index, block_q: int, block_kv: int, masked: float = 0.3):
+    """A block_bias for random_case's layout: normal values, a share of -inf (single masked keys), and, when
+    the layout has listed slots, one query row masked in every slot (it must output zeros)."""
+    gen = torch.Generator().manual_seed(seed)
+    lead = (count.shape[0] if torch.rand(1, generator=gen) < 0.5 else q.shape[0], index.shape[1])
+    shape = (*lead, index.shape[2], index.shape[3], block_q, block_kv)
+    bias = torch.randn(shape, generator=gen)
+    bias = bias.masked_fill(torch.rand(shape, generator=gen) < masked, float("-inf"))
+    if bias.shape[3]:
+        bias[..., 0, :, 0, :] = float("-inf")  # the first query of row block 0: no key left
+    return bias
+
+
 class NattenNet(torch.nn.Module):
     """NATTEN's modules in 1-D (causal), 2-D (dilated) and 3-D (strided); needs NATTEN installed."""
 

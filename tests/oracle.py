@@ -92,10 +92,11 @@ def make_inputs(cfg: dict, seed: int, dtype=torch.float32):
     return q, k, v, rpb
 
 
-def block_sparse_reference(q, k, v, kv_count, kv_index, block_q, block_kv, scale=None):
+def block_sparse_reference(q, k, v, kv_count, kv_index, block_q, block_kv, scale=None, block_bias=None):
     """Block-sparse attention from DESIGN.md section 5 with loops and a dense token mask, in float64:
-    query i attends key j iff j's block is listed (within kv_count) in i's block row and j < Skv;
-    a query whose row lists no block outputs zeros."""
+    query i attends key j iff j's block is listed (within kv_count) in i's block row and j < Skv; the
+    optional block_bias of (row, slot, i % block_q, j % block_kv) is added to that logit (-inf: not
+    attended); a query left with no key outputs zeros."""
     batch, heads, sq, dim = q.shape
     skv = k.shape[2]
     scale = dim ** -0.5 if scale is None else scale
@@ -107,10 +108,17 @@ def block_sparse_reference(q, k, v, kv_count, kv_index, block_q, block_kv, scale
             for i in range(sq):
                 row = i // block_q
                 blocks = [int(kv_index[ib, ih, row, s]) for s in range(int(kv_count[cb, ch, row]))]
-                keys = [j for j in range(skv) if j // block_kv in blocks]
+
+                def bias(j, row=row, blocks=blocks, b=b, h=h, i=i):
+                    if block_bias is None:
+                        return 0.0
+                    lb, lh = min(b, block_bias.shape[0] - 1), min(h, block_bias.shape[1] - 1)
+                    return float(block_bias[lb, lh, row, blocks.index(j // block_kv), i % block_q, j % block_kv])
+
+                keys = [j for j in range(skv) if j // block_kv in blocks and bias(j) != float("-inf")]
                 if not keys:
                     continue
-                logits = torch.stack([(q[b, h, i].double() @ k[b, h, j].double()) * scale for j in keys])
+                logits = torch.stack([(q[b, h, i].double() @ k[b, h, j].double()) * scale + bias(j) for j in keys])
                 weights = torch.softmax(logits, dim=0)
                 out[b, h, i] = weights @ v[b, h, keys].double()
     return out

@@ -21,23 +21,24 @@ from attn_export.parity import Tolerances
 from attn_export.pipeline import ExportOptions, export_job
 from attn_export.registry import BLOCK_SPARSE, DOMAIN
 
-from helpers import assert_one_line_error, random_case, run
+from helpers import assert_one_line_error, random_block_bias, random_case, run
 from oracle import block_sparse_reference
 
 FLOAT = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16}
 
 
-def one_node_session(block_q, block_kv, scale, dtype=torch.float32, opset=18):
+def one_node_session(block_q, block_kv, scale, dtype=torch.float32, opset=18, with_bias=False):
     def sym(*names):  # every tensor symbolic: one session serves all shapes
         return [helper.make_tensor_value_info(n, t, [f"{n}{i}" for i in range(rank)]) for n, t, rank in names]
 
-    node = helper.make_node(BLOCK_SPARSE.onnx_op_type, ["q", "k", "v", "kv_count", "kv_index"], ["out"],
+    inputs = ["q", "k", "v", "kv_count", "kv_index"] + (["block_bias"] if with_bias else [])
+    node = helper.make_node(BLOCK_SPARSE.onnx_op_type, inputs, ["out"],
                             domain=DOMAIN, block_q=block_q, block_kv=block_kv, scale=scale,
                             plugin_version="1", plugin_namespace="attn_export")
     graph = helper.make_graph(
         [node], "bsa",
         sym(("q", FLOAT[dtype], 4), ("k", FLOAT[dtype], 4), ("v", FLOAT[dtype], 4), ("kv_count", TensorProto.INT32, 3),
-            ("kv_index", TensorProto.INT32, 4)),
+            ("kv_index", TensorProto.INT32, 4), *([("block_bias", FLOAT[dtype], 6)] if with_bias else [])),
         sym(("out", FLOAT[dtype], 4)))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)])
     model = attach_local_functions(model)
@@ -53,6 +54,19 @@ def test_local_function_matches_reference(seed):
     out = session.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy(), "kv_count": count.numpy(),
                              "kv_index": index.numpy()})[0]
     ref = block_sparse_reference(q, k, v, count, index, bq, bkv, scale_value)
+    np.testing.assert_allclose(out, ref.numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_block_bias_overload_matches_reference(seed):
+    q, k, v, count, index, bq, bkv, scale = random_case(seed)
+    bias = random_block_bias(seed, q, count, index, bq, bkv)
+    scale_value = q.shape[-1] ** -0.5 if scale is None else scale
+    session = one_node_session(bq, bkv, scale_value, opset=18 + seed % 6, with_bias=True)
+    out = session.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy(), "kv_count": count.numpy(),
+                             "kv_index": index.numpy(), "block_bias": bias.numpy()})[0]
+    ref = block_sparse_reference(q, k, v, count, index, bq, bkv, scale_value, bias)
+    assert np.isfinite(out).all()
     np.testing.assert_allclose(out, ref.numpy(), atol=1e-5, rtol=0)
 
 

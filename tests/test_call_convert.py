@@ -136,3 +136,168 @@ def test_flex_calls_the_converter_cannot_see_are_still_named_by_the_export(tmp_p
     result = run("zoo:flex-swa-tiny", "-o", tmp_path / "o")
     assert_one_line_error(result, 2, "calls FlexAttention (torch.nn.attention.flex_attention) at zoo.py")
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# FlexAttention patterns: each exported and run on ONNX Runtime against flex_attention itself
+
+LENGTH, BLOCK = 100, 32  # not a multiple of the block: the last row and column of blocks are partial
+DOCS = torch.tensor([0] * 30 + [1] * 45 + [2] * 25)
+
+
+def sliding(b, h, q, kv):
+    return (q - kv).abs() <= 8
+
+
+def causal(b, h, q, kv):
+    return q >= kv
+
+
+def sliding_causal(b, h, q, kv):
+    return (q >= kv) & (q - kv < 16)
+
+
+def documents(b, h, q, kv):
+    return DOCS[q] == DOCS[kv]
+
+
+def prefix_lm(b, h, q, kv):
+    return (kv < 20) | (q >= kv)
+
+
+def neighborhood_2d(b, h, q, kv):  # NATTEN's 5x5 window on a 10x10 grid (clamped at the borders)
+    def inside(i, j):
+        start = torch.clamp(i - 2, 0, 10 - 5)
+        return (j >= start) & (j < start + 5)
+
+    return inside(q // 10, kv // 10) & inside(q % 10, kv % 10)
+
+
+def dilated(b, h, q, kv):
+    return ((q - kv) % 2 == 0) & ((q - kv).abs() <= 6)
+
+
+def alibi(score, b, h, q, kv):
+    return score - (h + 1) * 0.25 * (q - kv).abs()
+
+
+REL_TABLE = torch.randn(2, 2 * LENGTH - 1, generator=torch.Generator().manual_seed(5))
+
+
+def relative_table(score, b, h, q, kv):
+    return score + REL_TABLE[h, q - kv + LENGTH - 1]
+
+
+def softcap(score, b, h, q, kv):
+    return 5.0 * torch.tanh(score / 5.0)
+
+
+class FlexCall(torch.nn.Module):
+    """One attention layer as users write it with flex_attention (a BlockMask built once, a score_mod)."""
+
+    def __init__(self, mask_mod=None, score_mod=None, dim: int = 16, heads: int = 2):
+        super().__init__()
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        self.heads, self.score_mod = heads, score_mod
+        self.qkv, self.proj = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+        self.block_mask = None if mask_mod is None else create_block_mask(mask_mod, None, None, LENGTH, LENGTH,
+                                                                          device="cpu", BLOCK_SIZE=BLOCK)
+
+    def forward(self, x):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        out = flex_attention(q, k, v, score_mod=self.score_mod, block_mask=self.block_mask)
+        return self.proj(out.transpose(1, 2).flatten(-2))
+
+
+def export_flex(tmp_path, mask_mod=None, score_mod=None):
+    torch.manual_seed(0)
+    model = FlexCall(mask_mod, score_mod).eval()
+    return attn_export.run(model, tmp_path, example_inputs=(torch.randn(1, LENGTH, 16),), engine=False,
+                           tolerances=attn_export.parity.Tolerances(atol=1e-5, rtol=0))
+
+
+def block_counts(mask_mod) -> tuple[int, int]:
+    """(blocks touched, partial blocks) of a mask on the 32 x 32 grid, counted by brute force."""
+    i = torch.arange(LENGTH)
+    dense = mask_mod(0, 0, i[:, None], i[None, :])
+    n = -(-LENGTH // BLOCK)
+    listed = partial = 0
+    for r in range(n):
+        for c in range(n):
+            tile = dense[r * BLOCK:(r + 1) * BLOCK, c * BLOCK:(c + 1) * BLOCK]
+            listed += bool(tile.any())
+            partial += bool(tile.any()) and not bool(tile.all())
+    return listed, partial
+
+
+def block_sparse_target(mask_mod) -> str:
+    listed, partial = block_counts(mask_mod)
+    return f"block_sparse_attention (blocks 32x32, {listed} of 16 listed, {partial} partial blocks exact"
+
+
+@pytest.mark.parametrize("mask_mod, score_mod, target", [
+    (sliding, None, block_sparse_target(sliding)),
+    (causal, None, "neighborhood_attention (kernel 100, stride 1, dilation 1, causal)"),
+    (sliding_causal, None, "neighborhood_attention (kernel 16, stride 1, dilation 1, causal)"),
+    (documents, None, block_sparse_target(documents)),
+    (prefix_lm, None, block_sparse_target(prefix_lm)),
+    (neighborhood_2d, None, block_sparse_target(neighborhood_2d)),
+    (dilated, None, block_sparse_target(dilated)),
+    (causal, alibi, "score_mod alibi as an additive bias"),
+    (None, relative_table, "blocks 128x128, 1 of 1 listed, block_bias), score_mod relative_table"),
+])
+def test_flex_patterns_export_exactly_and_match_flex_attention(mask_mod, score_mod, target, tmp_path):
+    result = export_flex(tmp_path, mask_mod, score_mod)
+    assert result.passed, result.report.table()
+    assert result.report.reference["runner"] == "pytorch-original"  # flex_attention itself
+    assert len(result.converted_calls) == 1 and target in result.converted_calls[0], result.converted_calls
+
+
+def test_a_wrong_partial_block_conversion_fails_parity(tmp_path, monkeypatch):
+    """The parity check catches a mis-converted mask: partial blocks attended in full differ from flex."""
+    from attn_export.models import block_layout
+
+    monkeypatch.setattr(block_layout, "element_bias", lambda dense, count, index, bq, bkv: torch.zeros(
+        *count.shape, index.shape[-1], bq, bkv))
+    result = export_flex(tmp_path, documents)
+    assert not result.passed
+
+
+def test_a_score_mod_that_is_not_additive_is_refused_in_one_line(tmp_path):
+    (tmp_path / "factory.py").write_text(
+        "import torch\n"
+        "from torch.nn.attention.flex_attention import flex_attention\n"
+        "def softcap(score, b, h, q, kv):\n"
+        "    return 5.0 * torch.tanh(score / 5.0)\n"
+        "class Capped(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.qkv = torch.nn.Linear(16, 48)\n"
+        "    def forward(self, x):\n"
+        "        q, k, v = self.qkv(x).unflatten(-1, (3, 2, -1)).permute(2, 0, 3, 1, 4)\n"
+        "        return flex_attention(q, k, v, score_mod=softcap).transpose(1, 2).flatten(-2)\n"
+        "def build():\n"
+        "    return Capped()\n")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("factory", tmp_path / "factory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.save(module.build().state_dict(), tmp_path / "capped.pt")
+    out = tmp_path / "out"
+    result = run(tmp_path / "capped.pt", "--factory", f"{tmp_path / 'factory.py'}:build", "--input-shape",
+                 "x=1x24x16", "-o", out)
+    assert_one_line_error(result, 2, "flex_attention at factory.py:11: its score_mod softcap is not additive")
+    assert not out.exists()
+
+
+def test_flex_document_lm_exports_through_the_cli_and_matches_flex(tmp_path):
+    result = run("zoo:flex-doc-tiny", "-o", tmp_path, "--atol", "1e-5", "--rtol", "0")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["export"]["custom_nodes"] == {"BlockSparseAttention": 2}
+    assert report["reference"]["runner"] == "pytorch-original"
+    assert all("partial blocks exact through block_bias" in c for c in report["export"]["converted_calls"])
