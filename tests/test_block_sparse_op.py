@@ -219,11 +219,15 @@ def _valid():
     (lambda a: {**a, "q": torch.randn(2, 8, 4)}, "must be [B, H, S, D]"),
     (lambda a: {**a, "block_q": 0}, "block_q=0"),
     (lambda a: {**a, "block_kv": -4}, "block_kv=-4"),
+    (lambda a: {**a, "bias": torch.zeros(1, 2, 2, 2, 4, 3)}, "must be [1|1, 2|1, 2, 2, 4, 4]"),
+    (lambda a: {**a, "bias": torch.zeros(1, 2, 2, 3, 4, 4)}, "one block_q x block_kv tile per slot of kv_index"),
+    (lambda a: {**a, "bias": torch.zeros(1, 2, 2, 2, 4, 4, dtype=torch.int32)}, "block_bias must be a float tensor"),
+    (lambda a: {**a, "bias": torch.zeros(2, 2, 4, 4)}, "got torch.float32 (2, 2, 4, 4)"),
 ])
 def test_bad_input_is_one_clear_error(change, fragment):
     q, k, v, count, index = _valid()
-    args = change(dict(q=q, k=k, v=v, count=count, index=index, block_q=4, block_kv=4))
+    args = change(dict(q=q, k=k, v=v, count=count, index=index, block_q=4, block_kv=4, bias=None))
     with pytest.raises(AttnExportError) as info:
         block_sparse_attention(args["q"], args["k"], args["v"], args["count"], args["index"], args["block_q"],
-                               args["block_kv"])
+                               args["block_kv"], block_bias=args["bias"])
     assert fragment in str(info.value) and "\n" not in str(info.value)
