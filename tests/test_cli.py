@@ -343,7 +343,7 @@ def test_unconvertible_flex_attention_calls_are_named_not_blamed_on_gradients(tm
     exec(FLEX_MODEL, namespace)
     torch.save(namespace["build"]()[0].state_dict(), tmp_path / "flex.pt")
     result = run(tmp_path / "flex.pt", "--factory", f"{tmp_path / 'flexmodel.py'}:build", "-o", tmp_path / "o")
-    assert_one_line_error(result, 2, "flex_attention at flexmodel.py:18 has score_mod soft_cap")
+    assert_one_line_error(result, 2, "flex_attention at flexmodel.py:18: its score_mod soft_cap is not additive")
     assert "backward" not in result.stderr
     assert not (tmp_path / "o").exists()
 
