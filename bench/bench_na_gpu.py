@@ -67,7 +67,8 @@ def _max(a, b):
 
 
 def na_mask_mod(spatial, kernel, stride, dilation, causal):
-    """FlexAttention mask_mod of DESIGN.md section 5 on row-major flattened token indices."""
+    """FlexAttention mask_mod of the window rule (docs/ops/neighborhood_attention.md, Semantics) on row-major
+    flattened token indices."""
     strides = [math.prod(spatial[a + 1:]) for a in range(len(spatial))]
 
     def mask_mod(b, h, q_idx, kv_idx):

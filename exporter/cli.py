@@ -1,6 +1,6 @@
 """The `attn-export` command line: thin click commands over attn_export's Python API.
 
-Exit codes (DESIGN.md section 8): 0 success, 1 a check failed, 2 bad input or usage,
+Exit codes (docs/architecture.md, Errors and exit codes): 0 success, 1 a check failed, 2 bad input or usage,
 3 a requested step needs something absent.
 """
 

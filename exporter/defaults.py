@@ -31,7 +31,8 @@ MAX_BATCH = 16  # largest batch of the optimization profile when the batch is dy
 
 # Export precision (--dtype). fp16 / bf16 files are checked against the fp32 PyTorch model with atol = TOL x the
 # output's mean |reference| and rtol = TOL: about 20 units of fp16's rounding (2^-11) and 13 of bf16's (2^-8),
-# the margin for a few rounded layers in a row; the design's GPU-kernel tolerances are the same numbers.
+# the margin for a few rounded layers in a row; the gpu tier's kernel tolerances (docs/architecture.md,
+# Test tiers) are the same numbers.
 DTYPE = "fp32"
 DTYPE_TOLERANCES = {"fp16": 1e-2, "bf16": 5e-2}
 BF16_MIN_OPSET = 22  # ONNX gave Conv (and ConvTranspose, pooling, ...) bfloat16 in opset 22

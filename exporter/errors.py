@@ -1,4 +1,4 @@
-"""The one exception type of attn-export (DESIGN.md section 8)."""
+"""The one exception type of attn-export (docs/architecture.md, Errors and exit codes)."""
 
 from __future__ import annotations
 

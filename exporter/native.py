@@ -353,7 +353,7 @@ class NativeKernels:
 
     def block_sparse_attention(self, q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale=None, out=None,
                                stream=None):
-        """Block-sparse attention (DESIGN.md section 5) on q's CUDA device and current stream."""
+        """Block-sparse attention (docs/ops/block_sparse_attention.md) on q's CUDA device and current stream."""
         import torch
 
         if k.shape != v.shape:
@@ -372,8 +372,8 @@ class NativeKernels:
 
     def paro_attention(self, q, k, v, perm_idx, kv_count, kv_index, block=64, qk_bits=8, pv_bits=8, q_group=32,
                        k_group=64, smooth_k=True, scale=None, out=None, stream=None):
-        """PARO attention (../shared/PARO.md section 2) on q's CUDA device and current stream; the workspace of
-        the quantization pre-pass is allocated here."""
+        """PARO attention (docs/ops/paro_attention.md) on q's CUDA device and current stream; the workspace of the
+        quantization pre-pass is allocated here."""
         import torch
 
         if k.shape != q.shape or v.shape != q.shape:

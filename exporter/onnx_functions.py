@@ -79,7 +79,7 @@ _NA_TILES = ((1, 1, 16), (1, 4, 8), (2, 2, 4))
 def _window(b: _Body, ip: str, n_g: str, k: str, s: str, causal: str):
     """Half-open key range [start, end) (group coordinates) of queries ip in groups of length n_g.
 
-    Mirrors attn_export.models.neighborhood._window; see DESIGN.md section 5.
+    Mirrors attn_export.models.neighborhood._window; see docs/ops/neighborhood_attention.md, Semantics (window rule).
     """
     zero, one, two = b.scalar(0), b.scalar(1), b.scalar(2)
     last = b.Sub(n_g, one)
@@ -211,7 +211,7 @@ def neighborhood_function(onnx_opset: int, overload: str = "") -> FunctionProto:
     out = b.Gather(b.Reshape(out, b.Concat(b.Slice(b.Shape(out), b.ints(0), b.ints(2)), minus1,
                                            b.Slice(q_shape, b.ints(-1), end), axis=0)), row, axis=2)  # [B, H, N, D]
     out = b.Reshape(b.Transpose(out, perm=[0, 2, 1, 3]), q_shape)
-    # ONNX has no assert: an axis shorter than kernel*dilation (invalid, DESIGN.md section 5) makes the
+    # ONNX has no assert: an axis shorter than kernel*dilation (invalid, docs/ops/neighborhood_attention.md) makes the
     # whole output NaN rather than a silently wrong answer from clamped windows.
     n3, k3, d3 = per_axis[0], per_axis[1], per_axis[3]
     too_short = b.Cast(b.ReduceMax(b.Cast(b.Less(n3, b.Mul(k3, d3)), to=TensorProto.INT64), keepdims=0),

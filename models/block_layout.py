@@ -1,7 +1,7 @@
 """Block-sparse layouts: build the padded-ELL form (kv_count, kv_index) from a dense block mask, a
 FlexAttention BlockMask or ONNX Runtime's CSR form, convert back, and route dynamically (top-k).
 
-Padded ELL (DESIGN.md section 5): ``kv_count`` int32 ``[B|1, H|1, nQB]``, ``kv_index`` int32
+Padded ELL (docs/ops/block_sparse_attention.md, Semantics): ``kv_count`` int32 ``[B|1, H|1, nQB]``, ``kv_index`` int32
 ``[B|1, H|1, nQB, max_blocks]``, listed blocks first in ascending order, the rest -1.
 """
 

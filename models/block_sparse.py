@@ -1,4 +1,4 @@
-"""Block-sparse attention (DESIGN.md section 5): the op, its checks and its CPU implementation.
+"""Block-sparse attention (docs/ops/block_sparse_attention.md): the op, its checks and its CPU implementation.
 
 q ``[B, H, Sq, D]``, k and v ``[B, H, Skv, D]`` (SDPA layout). The layout is padded-ELL over blocks of
 ``block_q`` x ``block_kv`` tokens: ``kv_count`` int32 ``[B|1, H|1, nQB]`` and ``kv_index`` int32
@@ -242,7 +242,7 @@ _block_sparse_attention_op = register_attention_op(BLOCK_SPARSE, _block_sparse_a
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_count: torch.Tensor,
                            kv_index: torch.Tensor, block_q: int, block_kv: int,
                            scale: float | None = None, block_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Attention of each query over the kv blocks its query block lists (DESIGN.md section 5).
+    """Attention of each query over the kv blocks its query block lists (docs/ops/block_sparse_attention.md).
 
     Exported by torch.export as one ``attn_export::block_sparse_attention`` node (ONNX:
     ``attn_export::BlockSparseAttention``). Layout helpers: attn_export.models.block_layout.

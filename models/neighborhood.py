@@ -1,4 +1,4 @@
-"""Generalized neighborhood attention (DESIGN.md section 5): parameters, window math, CPU op.
+"""Generalized neighborhood attention (docs/ops/neighborhood_attention.md, Semantics): parameters, window math, CPU op.
 
 Layout is NATTEN's: q, k, v and out are ``[B, *spatial, heads, head_dim]`` with 1 to 3 spatial axes.
 The CPU implementation cuts the queries into tiles (per dilation group), gathers each tile's key box
@@ -450,7 +450,7 @@ def neighborhood_attention(
     scale: float | None = None,
     rpb: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Neighborhood attention over ``[B, *spatial, heads, head_dim]`` tensors (DESIGN.md section 5).
+    """Neighborhood attention over ``[B, *spatial, heads, head_dim]`` tensors (docs/ops/neighborhood_attention.md).
 
     ``kernel_size``, ``stride``, ``dilation`` and ``is_causal`` take one value or one per spatial
     axis; ``rpb`` is an optional ``[heads, 2k_0-1, ...]`` additive relative position bias.

@@ -14,7 +14,8 @@ against that running max (not the final one, as the reference does): scale = max
 rows) / qmax (0 -> 1 / qmax), p_q = min(round(p / scale), qmax), and the accumulator, kept in units of the
 current tile's scale, is rescaled by alpha * previous_scale / scale before adding p_q . v_q; the output is
 acc * last_scale * v_scale(channel) / l, scattered back through perm_idx. Without P quantization, P is
-rounded to the input dtype before P.V (fp16/bf16). PARO.md section 6 bounds the difference to the reference.
+rounded to the input dtype before P.V (fp16/bf16). docs/ops/paro_attention.md (Native kernels) bounds the
+difference to the reference.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Brute-force references written straight from DESIGN.md section 5: a dense mask, loops, float64.
+"""Brute-force references written straight from the Semantics sections of docs/ops/*.md: a dense mask, loops, float64.
 
 Deliberately independent of attn_export's vectorised window math: the tests compare the two.
 """
@@ -93,9 +93,9 @@ def make_inputs(cfg: dict, seed: int, dtype=torch.float32):
 
 
 def block_sparse_reference(q, k, v, kv_count, kv_index, block_q, block_kv, scale=None, block_bias=None):
-    """Block-sparse attention from DESIGN.md section 5 with loops and a dense token mask, in float64:
-    query i attends key j iff j's block is listed (within kv_count) in i's block row and j < Skv; the
-    optional block_bias of (row, slot, i % block_q, j % block_kv) is added to that logit (-inf: not
+    """Block-sparse attention from docs/ops/block_sparse_attention.md (Semantics) with loops and a dense token
+    mask, in float64: query i attends key j iff j's block is listed (within kv_count) in i's block row and j < Skv;
+    the optional block_bias of (row, slot, i % block_q, j % block_kv) is added to that logit (-inf: not
     attended); a query left with no key outputs zeros."""
     batch, heads, sq, dim = q.shape
     skv = k.shape[2]

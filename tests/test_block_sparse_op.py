@@ -1,5 +1,6 @@
-"""Block-sparse attention: the op against a loop-and-mask float64 reference written from DESIGN.md on
-random layouts, FlexAttention agreement, layout helpers, routing, and every bad input."""
+"""Block-sparse attention: the op against a loop-and-mask float64 reference written from
+docs/ops/block_sparse_attention.md (Semantics) on random layouts, FlexAttention agreement, layout helpers,
+routing, and every bad input."""
 
 from __future__ import annotations
 

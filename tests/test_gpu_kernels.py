@@ -1,7 +1,7 @@
 """GPU tier: the neighborhood kernels (the fused core for fp16/bf16 at head_dim 32/64/128, the first generation's
 generic kernel otherwise; through the C ABI) against the fp32 PyTorch reference.
 
-Tolerances (DESIGN.md section 7, rtol 0): fp32 1e-4, fp16 1e-2, bf16 5e-2. Every run uses fresh random
+Tolerances (docs/architecture.md, Test tiers; rtol 0): fp32 1e-4, fp16 1e-2, bf16 5e-2. Every run uses fresh random
 inputs and an output buffer poisoned with NaN, so a query the kernel never writes fails the test.
 Runs where CUDA and the kernel library are present (scripts/gpu-check.sh); skips elsewhere, saying why.
 """

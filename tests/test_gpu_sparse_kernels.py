@@ -1,10 +1,11 @@
 """GPU tier: the block-sparse and PARO kernels (fused core and generic fallback, through the C ABI) against
 the fp32 PyTorch references, and the core against its CPU simulator.
 
-Tolerances (DESIGN.md section 7, rtol 0): fp32 1e-4, fp16 1e-2, bf16 5e-2 for block-sparse and for PARO without
-quantization; PARO with quantized P: cosine >= 0.999 and relative L2 <= 1e-2 at INT8 (../shared/PARO.md section 6),
-cosine >= 0.99 and relative L2 <= 0.15 at INT4 (the simulator's documented figures), and within 1e-2 of the
-simulator, which replays the core's own rounding. Fresh random inputs; outputs poisoned with NaN.
+Tolerances (docs/architecture.md, Test tiers; rtol 0): fp32 1e-4, fp16 1e-2, bf16 5e-2 for block-sparse and for
+PARO without quantization; PARO with quantized P: cosine >= 0.999 and relative L2 <= 1e-2 at INT8
+(docs/ops/paro_attention.md, Native kernels), cosine >= 0.99 and relative L2 <= 0.15 at INT4 (the simulator's
+documented figures), and within 1e-2 of the simulator, which replays the core's own rounding. Fresh random
+inputs; outputs poisoned with NaN.
 Runs where CUDA and the kernel library are present (scripts/gpu-check.sh); skips elsewhere, saying why.
 """
 

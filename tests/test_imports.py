@@ -23,7 +23,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 
 def _all_modules() -> list[str]:
-    # The subpackages live in their own top-level folders (DESIGN.md section 2): walk each one.
+    # The subpackages live in their own top-level folders (docs/architecture.md, Layout): walk each one.
     import attn_export.calib
     import attn_export.models
 
@@ -57,7 +57,7 @@ def test_import_is_light_and_help_works_without_optional_dependencies():
 
 
 def test_source_folders_are_not_importable_as_top_level_packages(tmp_path):
-    # DESIGN.md section 2: exporter/, models/ and calib/ exist only as attn_export.*.
+    # docs/architecture.md, Layout: exporter/, models/ and calib/ exist only as attn_export.*.
     code = ("import importlib.util\n"
             "print([n for n in ('models', 'calib', 'exporter') if importlib.util.find_spec(n)])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)

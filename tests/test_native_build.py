@@ -1,4 +1,4 @@
-"""Native tier (DESIGN.md section 7): plugins/ builds with CMake and nvcc for one architecture, the
+"""Native tier (docs/architecture.md, Test tiers): plugins/ builds with CMake and nvcc for one architecture, the
 plugin library compiles against real TensorRT headers (PyPI wheel kernel-lens, fetched at configure
 time), exports only its two entry points, and its CPU tests (ctest) pass. The ctypes binding of the
 kernel library works without a GPU for everything that needs none."""

@@ -1,6 +1,6 @@
 """The plugins' TensorRT-free logic (parsing, validation, shapes, formats, serialization) built with the
 host compiler and run on the CPU, for every plugin folder under plugins/trt/, and the layering rules of
-DESIGN.md section 6, grep-enforced."""
+docs/architecture.md (Native layering), grep-enforced."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The CPU op against the brute-force dense-mask reference of DESIGN.md section 5."""
+"""The CPU op against the brute-force dense-mask reference of docs/ops/neighborhood_attention.md, Semantics."""
 
 from __future__ import annotations
 

@@ -4,11 +4,11 @@ grids, prefixes, per-head orders and layouts: rows gathered through perm_idx and
 blocks of the permuted sequence visited in order and exactly once, the partial tail block masked, QK scales per
 row and column group, and P quantized per tile against the running max of the online softmax.
 
-Tolerances (../shared/PARO.md section 6): qk_bits = pv_bits = 16: atol 1e-5 (the same math in another order);
-quantized QK with 16-bit PV: atol 1e-5 too (the pre-pass rounds exactly as the reference); quantized PV:
-cosine >= 0.999 and relative L2 <= 1e-2 at INT8 (measured worst over 10 seeds: 0.99998 / 0.0063), and the
-documented INT4 PV figures: cosine >= 0.99, relative L2 <= 0.15 (measured worst: 0.9945 / 0.105): the per-tile P
-scale sees the running row max instead of the final one, and 7 levels make that visible."""
+Tolerances (docs/ops/paro_attention.md, Native kernels and Tolerances): qk_bits = pv_bits = 16: atol 1e-5 (the
+same math in another order); quantized QK with 16-bit PV: atol 1e-5 too (the pre-pass rounds exactly as the
+reference); quantized PV: cosine >= 0.999 and relative L2 <= 1e-2 at INT8 (measured worst over 10 seeds: 0.99998 /
+0.0063), and the documented INT4 PV figures: cosine >= 0.99, relative L2 <= 0.15 (measured worst: 0.9945 / 0.105):
+the per-tile P scale sees the running row max instead of the final one, and 7 levels make that visible."""
 
 from __future__ import annotations
 

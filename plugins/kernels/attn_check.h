@@ -1,5 +1,5 @@
-// Host-side validation of the block-sparse and PARO parameter structs (DESIGN.md section 5,
-// ../shared/PARO.md section 2), shared by the launchers and the TensorRT plugins (no CUDA, no TensorRT).
+// Host-side validation of the block-sparse and PARO parameter structs (docs/ops/block_sparse_attention.md,
+// docs/ops/paro_attention.md), shared by the launchers and the TensorRT plugins (no CUDA, no TensorRT).
 #pragma once
 
 #include <string>

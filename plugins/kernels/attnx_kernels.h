@@ -17,8 +17,8 @@ extern "C" {
 
 ATTNX_API int32_t attnx_abi_version(void);
 
-// Checks params against DESIGN.md section 5; on failure returns ATTNX_INVALID_ARGUMENT and the reason
-// is in attnx_last_error().
+// Checks params against docs/ops/neighborhood_attention.md (Semantics); on failure returns
+// ATTNX_INVALID_ARGUMENT and the reason is in attnx_last_error().
 ATTNX_API attnx_status attnx_na_validate(const attnx_na_params* params);
 
 // Bytes of device workspace attnx_na_forward needs (the fused kernel currently needs none).
@@ -32,8 +32,8 @@ ATTNX_API attnx_status attnx_na_forward(const attnx_na_params* params, const voi
                               const void* rpb, void* out, void* workspace, size_t workspace_size,
                               cudaStream_t stream);
 
-// Block-sparse attention (DESIGN.md section 5): the same four calls. kv_count / kv_index are the int32
-// layout tensors in device memory, shaped as params->layout says. No workspace.
+// Block-sparse attention (docs/ops/block_sparse_attention.md): the same four calls. kv_count / kv_index are the
+// int32 layout tensors in device memory, shaped as params->layout says. No workspace.
 ATTNX_API attnx_status attnx_bsa_validate(const attnx_bsa_params* params);
 ATTNX_API size_t attnx_bsa_workspace_size(const attnx_bsa_params* params);
 ATTNX_API attnx_path attnx_bsa_select_path(const attnx_bsa_params* params);
@@ -41,7 +41,7 @@ ATTNX_API attnx_status attnx_bsa_forward(const attnx_bsa_params* params, const v
                                          const int32_t* kv_count, const int32_t* kv_index, void* out, void* workspace,
                                          size_t workspace_size, cudaStream_t stream);
 
-// PARO attention (../shared/PARO.md section 2). perm_idx int32 [heads, seq] in device memory. The workspace
+// PARO attention (docs/ops/paro_attention.md). perm_idx int32 [heads, seq] in device memory. The workspace
 // holds the quantization pre-pass's operands and scales (0 bytes without quantization).
 ATTNX_API attnx_status attnx_paro_validate(const attnx_paro_params* params);
 ATTNX_API size_t attnx_paro_workspace_size(const attnx_paro_params* params);

@@ -15,7 +15,7 @@ typedef enum attnx_dtype { ATTNX_FLOAT32 = 0, ATTNX_FLOAT16 = 1, ATTNX_BFLOAT16 
 
 typedef enum attnx_status {
     ATTNX_OK = 0,
-    ATTNX_INVALID_ARGUMENT = 1,  // parameters outside DESIGN.md section 5 (see attnx_last_error)
+    ATTNX_INVALID_ARGUMENT = 1,  // parameters outside the op's contract in docs/ops/ (see attnx_last_error)
     ATTNX_UNSUPPORTED = 2,       // valid, but no kernel handles it (e.g. head_dim > 256)
     ATTNX_CUDA_ERROR = 3,        // a CUDA call failed
 } attnx_status;
@@ -48,7 +48,7 @@ typedef struct attnx_na_params {
     int32_t has_rpb;
 } attnx_na_params;
 
-// A padded-ELL block layout in device memory (DESIGN.md section 5): kv_count int32
+// A padded-ELL block layout in device memory (docs/ops/block_sparse_attention.md): kv_count int32
 // [count_batch, count_heads, rows] and kv_index int32 [index_batch, index_heads, rows, max_blocks]; a leading
 // dim of 1 broadcasts over batch or heads, independently for the two tensors. Listed entries are clamped
 // into range by the kernels (never an out-of-bounds read); a block listed twice in a row is undefined.
@@ -74,7 +74,7 @@ typedef struct attnx_bsa_params {
     int32_t dtype;  // attnx_dtype of q, k, v and out
 } attnx_bsa_params;
 
-// PARO attention (../shared/PARO.md section 2) over [batch, heads, seq, head_dim] tensors; perm_idx int32
+// PARO attention (docs/ops/paro_attention.md) over [batch, heads, seq, head_dim] tensors; perm_idx int32
 // [heads, seq]; the layout is over ceil(seq / block) blocks of the permuted sequence.
 typedef struct attnx_paro_params {
     int32_t batch;

@@ -1,5 +1,5 @@
-// Padded-ELL block layouts (DESIGN.md section 5) as the kernels read them: the listed kv blocks of one
-// query-block row, with kv_count / kv_index broadcast over batch and heads independently. Host + device
+// Padded-ELL block layouts (docs/ops/block_sparse_attention.md) as the kernels read them: the listed kv blocks
+// of one query-block row, with kv_count / kv_index broadcast over batch and heads independently. Host + device
 // (nvcc and g++); the simulators (models/bsa_kernel_sim.py, models/paro_kernel_sim.py) mirror it.
 #pragma once
 

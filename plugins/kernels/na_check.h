@@ -1,5 +1,5 @@
-// Host-side validation of attnx_na_params against DESIGN.md section 5, shared by the launcher and the
-// TensorRT plugin (no CUDA, no TensorRT: unit-tested on the CPU).
+// Host-side validation of attnx_na_params against docs/ops/neighborhood_attention.md (Semantics), shared by
+// the launcher and the TensorRT plugin (no CUDA, no TensorRT: unit-tested on the CPU).
 #pragma once
 
 #include <string>

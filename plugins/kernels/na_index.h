@@ -1,5 +1,5 @@
 // Neighborhood-attention index math shared by the CUDA kernels, the host launcher, the TensorRT plugin
-// and the CPU unit tests (compiled by both nvcc and g++). DESIGN.md section 5 defines the windows;
+// and the CPU unit tests (compiled by both nvcc and g++). docs/ops/neighborhood_attention.md defines the windows;
 // tests/test_native_index.py checks every function here against the Python reference formula.
 #pragma once
 

@@ -1,4 +1,4 @@
-// PARO's quantization pre-pass (../shared/PARO.md section 2, steps 1 and 3-4): the scales need reductions
+// PARO's quantization pre-pass (docs/ops/paro_attention.md, Semantics, steps 1 and 3-4): the scales need reductions
 // over whole token groups (Q per q_group, K per k_group permuted tokens, after subtracting K's mean over
 // all N) and whole channels (V over all N), which no single query tile sees. The pre-pass reads q, k, v
 // through perm_idx and writes integer-valued operands in the PERMUTED order into the workspace, in the

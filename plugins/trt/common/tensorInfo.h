@@ -27,8 +27,8 @@ std::string dimsText(TensorInfo const& t);
 
 inline bool isFloatType(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
 
-// A padded-ELL block layout's two tensors (DESIGN.md section 5) against the attention's batch, heads and
-// query-block rows (any of them -1: not known yet, not checked): `count` [B|1, H|1, rows] and `index`
+// A padded-ELL block layout's two tensors (docs/ops/block_sparse_attention.md) against the attention's batch,
+// heads and query-block rows (any of them -1: not known yet, not checked): `count` [B|1, H|1, rows] and `index`
 // [B|1, H|1, rows, max_blocks], int32. headsExact: the heads dim must equal heads (PARO), not 1.
 // Returns "" or one sentence naming the tensor, its dims and the rule.
 std::string layoutProblem(TensorInfo const& count, TensorInfo const& index, int64_t batch, int64_t heads, int64_t rows,

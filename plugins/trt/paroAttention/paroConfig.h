@@ -1,7 +1,7 @@
 // TensorRT-free logic of the ParoAttention plugin: its declaration (name, version, fields), attribute parsing
 // and validation, shape and format rules, serialization, kernel parameters. The IPluginV3 glue
 // (paroPlugin.cpp) only converts TensorRT types to and from these; CPU tests in
-// plugins/tests/test_paroAttention_config.cpp. Contract: README.md here, ../shared/PARO.md.
+// plugins/tests/test_paroAttention_config.cpp. Contract: README.md here, docs/ops/paro_attention.md.
 #pragma once
 
 #include <cstdint>
