@@ -1,5 +1,6 @@
 // Shared by the glue tests (CPU programs with the real TensorRT headers but no TensorRT runtime that
-// dlopen libattnx_trt_plugins.so): checks, a capturing logger, tensor descriptors, creator lookup.
+// dlopen libattnx_trt_plugins.so): a capturing logger, tensor descriptors, creator lookup; the checks are
+// testHarness.h's.
 #pragma once
 
 #include <dlfcn.h>
@@ -11,18 +12,9 @@
 #include <vector>
 
 #include "NvInferRuntime.h"
+#include "testHarness.h"
 
 namespace gluetest {
-
-inline int g_checks = 0;
-
-inline void check(bool ok, char const* what, int line) {
-    ++g_checks;
-    if (!ok) {
-        std::fprintf(stderr, "FAILED (line %d): %s\n", line, what);
-        std::exit(1);
-    }
-}
 
 class CapturingLogger : public nvinfer1::ILogger {
 public:
@@ -76,5 +68,3 @@ inline nvinfer1::IPluginCreatorV3One* creatorNamed(void* lib, char const* name) 
 }
 
 }  // namespace gluetest
-
-#define CHECK(cond) ::gluetest::check((cond), #cond, __LINE__)

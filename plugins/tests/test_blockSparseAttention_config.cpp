@@ -3,32 +3,18 @@
 // parameters. Built without TensorRT. Exits non-zero on the first failing check and prints it.
 // Run by tests/test_native_plugin_logic.py and ctest.
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "attn_check.h"
 #include "bsaConfig.h"
+#include "testHarness.h"
 
 using namespace attnx::plugin;
 using namespace attnx::plugin::blockSparseAttention;
 
 namespace {
-
-int g_checks = 0;
-
-void check(bool ok, std::string const& what, int line) {
-    ++g_checks;
-    if (!ok) {
-        std::fprintf(stderr, "FAILED (line %d): %s\n", line, what.c_str());
-        std::exit(1);
-    }
-}
-#define CHECK(cond) check((cond), #cond, __LINE__)
-#define CHECK_ERROR(expr, needle) \
-    do { std::string const e_ = (expr); check(e_.find(needle) != std::string::npos, std::string(#expr) + " -> '" + e_ + "' lacks '" + (needle) + "'", __LINE__); } while (0)
 
 struct Fields {
     int32_t block_q = 64, block_kv = 32;
@@ -238,6 +224,5 @@ int main() {
     test_inputs();
     test_formats();
     test_kernel_params();
-    std::printf("%d checks passed\n", g_checks);
-    return 0;
+    return testharness::passed();
 }

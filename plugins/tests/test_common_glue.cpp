@@ -2,8 +2,6 @@
 // TensorRT headers and no TensorRT runtime: `guarded` turns any exception (std or not) into the
 // failure value and a logged line, the creator's field list follows the declaration, and the
 // conversions between TensorRT's types and the TensorRT-free ones. Run by ctest (common_glue).
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <stdexcept>
@@ -11,21 +9,12 @@
 
 #include "pluginGlue.h"
 #include "pluginLogger.h"
+#include "testHarness.h"
 
 using namespace nvinfer1;
 using namespace attnx::plugin;
 
 namespace {
-
-int g_checks = 0;
-void check(bool ok, char const* what, int line) {
-    ++g_checks;
-    if (!ok) {
-        std::fprintf(stderr, "FAILED (line %d): %s\n", line, what);
-        std::exit(1);
-    }
-}
-#define CHECK(cond) check((cond), #cond, __LINE__)
 
 class CapturingLogger : public ILogger {
 public:
@@ -111,6 +100,5 @@ int main() {
     CHECK(info.type == DType::kFloat16 && !info.linear && info.nbDims == 2 && info.dims[1] == -1);
 
     setFinder(nullptr);
-    std::printf("%d checks passed\n", g_checks);
-    return 0;
+    return testharness::passed();
 }

@@ -3,8 +3,6 @@
 // plugins/trt/common's TensorRT-free sources and no TensorRT include path.
 // Exits non-zero on the first failing check and prints it. Run by tests/test_native_plugin_logic.py.
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -12,23 +10,11 @@
 #include "core_plan.h"
 #include "na_check.h"
 #include "naConfig.h"
+#include "testHarness.h"
 
 using namespace attnx::plugin;
 
 namespace {
-
-int g_checks = 0;
-
-void check(bool ok, std::string const& what, int line) {
-    ++g_checks;
-    if (!ok) {
-        std::fprintf(stderr, "FAILED (line %d): %s\n", line, what.c_str());
-        std::exit(1);
-    }
-}
-#define CHECK(cond) check((cond), #cond, __LINE__)
-#define CHECK_ERROR(expr, needle) \
-    do { std::string const e_ = (expr); check(e_.find(needle) != std::string::npos, std::string(#expr) + " -> '" + e_ + "' lacks '" + (needle) + "'", __LINE__); } while (0)
 
 struct Fields {
     std::vector<int32_t> kernel{7, 7}, stride{1, 1}, dilation{1, 1}, causal{0, 0};
@@ -303,6 +289,5 @@ int main() {
     test_formats();
     test_kernel_params();
     test_core_path_rules();
-    std::printf("%d checks passed\n", g_checks);
-    return 0;
+    return testharness::passed();
 }
