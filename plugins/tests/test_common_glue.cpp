@@ -7,26 +7,15 @@
 #include <stdexcept>
 #include <string>
 
+#include "glueTestSupport.h"
 #include "pluginGlue.h"
 #include "pluginLogger.h"
-#include "testHarness.h"
 
 using namespace nvinfer1;
 using namespace attnx::plugin;
+using gluetest::Finder;
 
 namespace {
-
-class CapturingLogger : public ILogger {
-public:
-    std::string last;
-    void log(Severity, char const* msg) noexcept override { last = msg; }
-};
-
-class Finder : public ILoggerFinder {
-public:
-    CapturingLogger logger;
-    ILogger* findLogger() override { return &logger; }
-};
 
 constexpr FieldSpec kFields[] = {
     {"window", FieldType::kInt32, FieldCount::kRank, true},
