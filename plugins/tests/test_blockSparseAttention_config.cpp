@@ -9,10 +9,11 @@
 
 #include "attn_check.h"
 #include "bsaConfig.h"
-#include "testHarness.h"
+#include "configTestSupport.h"
 
 using namespace attnx::plugin;
 using namespace attnx::plugin::blockSparseAttention;
+using configtest::tensor;
 
 namespace {
 
@@ -32,12 +33,6 @@ struct Fields {
 std::string parse(std::vector<FieldView> const& fields) {
     BSAConfig cfg;
     return parseFields(fields, cfg);
-}
-
-TensorInfo tensor(std::vector<int64_t> dims, DType type = DType::kFloat16, bool linear = true) {
-    TensorInfo t{type, linear, static_cast<int32_t>(dims.size()), {}};
-    for (size_t i = 0; i < dims.size(); ++i) t.dims[i] = dims[i];
-    return t;
 }
 
 BSAConfig config(int32_t bq = 64, int32_t bkv = 32) {

@@ -7,12 +7,13 @@
 #include <string>
 #include <vector>
 
+#include "configTestSupport.h"
 #include "core_plan.h"
 #include "na_check.h"
 #include "naConfig.h"
-#include "testHarness.h"
 
 using namespace attnx::plugin;
+using configtest::tensor;
 
 namespace {
 
@@ -37,12 +38,6 @@ struct Fields {
 std::string parse(std::vector<FieldView> const& fields) {
     NAConfig cfg;
     return parseFields(fields, cfg);
-}
-
-TensorInfo tensor(std::vector<int64_t> dims, DType type = DType::kFloat16, bool linear = true) {
-    TensorInfo t{type, linear, static_cast<int32_t>(dims.size()), {}};
-    for (size_t i = 0; i < dims.size(); ++i) t.dims[i] = dims[i];
-    return t;
 }
 
 void test_valid_fields() {

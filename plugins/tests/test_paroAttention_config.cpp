@@ -8,12 +8,13 @@
 #include <vector>
 
 #include "attn_check.h"
+#include "configTestSupport.h"
 #include "core_plan.h"
 #include "paroConfig.h"
-#include "testHarness.h"
 
 using namespace attnx::plugin;
 using namespace attnx::plugin::paroAttention;
+using configtest::tensor;
 
 namespace {
 
@@ -35,12 +36,6 @@ struct Fields {
 std::string parse(std::vector<FieldView> const& fields) {
     ParoConfig cfg;
     return parseFields(fields, cfg);
-}
-
-TensorInfo tensor(std::vector<int64_t> dims, DType type = DType::kFloat16, bool linear = true) {
-    TensorInfo t{type, linear, static_cast<int32_t>(dims.size()), {}};
-    for (size_t i = 0; i < dims.size(); ++i) t.dims[i] = dims[i];
-    return t;
 }
 
 ParoConfig config(int32_t block = 64) {
