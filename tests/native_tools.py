@@ -1,5 +1,6 @@
-"""Compile the TensorRT-free, CUDA-free C++ of plugins/ with the host compiler for CPU unit tests, and find
-the plugin folders (plugins/trt/<folder>/ with a *Plugin.cpp) that every per-plugin test loops over."""
+"""Compile the TensorRT-free, CUDA-free C++ of plugins/ with the host compiler for CPU unit tests, talk to the
+dump programs of plugins/tests (one request a line on stdin, one answer a line on stdout), and find the plugin
+folders (plugins/trt/<folder>/ with a *Plugin.cpp) that every per-plugin test loops over."""
 
 from __future__ import annotations
 
@@ -54,3 +55,19 @@ def compile_program(sources: list[Path], output: Path, defines: tuple[str, ...] 
     if result.returncode != 0:
         pytest.fail(f"compiling {[s.name for s in sources]} failed:\n{result.stderr[-4000:]}")
     return output
+
+
+def build_dump(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """plugins/tests/<name>.cpp built on its own into a fresh temporary folder (for a module-scoped fixture)."""
+    return compile_program([PLUGINS / "tests" / f"{name}.cpp"], tmp_path_factory.mktemp("native") / name)
+
+
+def answer_lines(exe: Path, requests: list[str]) -> list[str]:
+    """A dump program's answers, one line a request, to the requests written to its stdin one a line."""
+    result = subprocess.run([str(exe)], input="\n".join(requests) + "\n", capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()
+
+
+def ask(exe: Path, requests: list[str]) -> list[list[int]]:
+    """answer_lines, each answer read as whitespace-separated integers."""
+    return [[int(x) for x in row.split()] for row in answer_lines(exe, requests)]
