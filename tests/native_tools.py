@@ -1,5 +1,7 @@
-"""Compile the TensorRT-free, CUDA-free C++ of plugins/ with the host compiler for CPU unit tests, and find
-the plugin folders (plugins/trt/<folder>/ with a *Plugin.cpp) that every per-plugin test loops over."""
+"""Compile the TensorRT-free, CUDA-free C++ of plugins/ with the host compiler for CPU unit tests, talk to the
+dump programs of plugins/tests (one request a line on stdin, one answer a line on stdout), find the plugin
+folders (plugins/trt/<folder>/ with a *Plugin.cpp) that every per-plugin test loops over, and open the kernel
+library for the GPU tier."""
 
 from __future__ import annotations
 
@@ -9,6 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
+
+from attn_export import native
 
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 COMMON = PLUGINS / "trt" / "common"
@@ -54,3 +59,29 @@ def compile_program(sources: list[Path], output: Path, defines: tuple[str, ...] 
     if result.returncode != 0:
         pytest.fail(f"compiling {[s.name for s in sources]} failed:\n{result.stderr[-4000:]}")
     return output
+
+
+def build_dump(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """plugins/tests/<name>.cpp built on its own into a fresh temporary folder (for a module-scoped fixture)."""
+    return compile_program([PLUGINS / "tests" / f"{name}.cpp"], tmp_path_factory.mktemp("native") / name)
+
+
+def answer_lines(exe: Path, requests: list[str]) -> list[str]:
+    """A dump program's answers, one line a request, to the requests written to its stdin one a line."""
+    result = subprocess.run([str(exe)], input="\n".join(requests) + "\n", capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()
+
+
+def ask(exe: Path, requests: list[str]) -> list[list[int]]:
+    """answer_lines, each answer read as whitespace-separated integers."""
+    return [[int(x) for x in row.split()] for row in answer_lines(exe, requests)]
+
+
+def gpu_kernels() -> native.NativeKernels:
+    """The kernel library for the GPU tier's module fixtures, or the tier's skip saying what is missing."""
+    if not torch.cuda.is_available():
+        pytest.skip("gpu tier: no CUDA device (run scripts/gpu-check.sh on a GPU machine)")
+    if native.kernels_library() is None:
+        pytest.skip(f"gpu tier: {native.KERNELS_LIB_NAME} not built (attn-export plugins build, or "
+                    f"set {native.KERNELS_LIB_ENV})")
+    return native.NativeKernels()

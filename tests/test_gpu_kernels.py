@@ -13,8 +13,9 @@ import random
 import pytest
 import torch
 
-from attn_export import native
 from attn_export.models.neighborhood import neighborhood_attention
+
+from native_tools import gpu_kernels
 
 pytestmark = pytest.mark.gpu
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -22,12 +23,7 @@ TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 @pytest.fixture(scope="module")
 def kernels():
-    if not torch.cuda.is_available():
-        pytest.skip("gpu tier: no CUDA device (run scripts/gpu-check.sh on a GPU machine)")
-    if native.kernels_library() is None:
-        pytest.skip(f"gpu tier: {native.KERNELS_LIB_NAME} not built (attn-export plugins build, or "
-                    f"set {native.KERNELS_LIB_ENV})")
-    return native.NativeKernels()
+    return gpu_kernels()
 
 
 def run_case(kernels, spatial, kw, dtype, heads=2, dim=32, batch=2, use_rpb=False, seed=0, scale=None, misalign=False,

@@ -17,11 +17,12 @@ import random
 import pytest
 import torch
 
-from attn_export import native
 from attn_export.models import bsa_kernel_sim, paro_kernel_sim
 from attn_export.models.block_layout import from_block_mask
 from attn_export.models.block_sparse import block_sparse_attention, num_blocks
 from attn_export.models.paro import grid_permutation, paro_attention
+
+from native_tools import gpu_kernels
 
 pytestmark = pytest.mark.gpu
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -29,12 +30,7 @@ TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 @pytest.fixture(scope="module")
 def kernels():
-    if not torch.cuda.is_available():
-        pytest.skip("gpu tier: no CUDA device (run scripts/gpu-check.sh on a GPU machine)")
-    if native.kernels_library() is None:
-        pytest.skip(f"gpu tier: {native.KERNELS_LIB_NAME} not built (attn-export plugins build, or "
-                    f"set {native.KERNELS_LIB_ENV})")
-    return native.NativeKernels()
+    return gpu_kernels()
 
 
 def layout(rng: random.Random, lead_b, lead_h, n_qb, n_kvb, density, diagonal=False):

@@ -6,19 +6,17 @@ turn prove against the reference op."""
 from __future__ import annotations
 
 import random
-import subprocess
 
 import pytest
 
 from attn_export.models import bsa_kernel_sim as sim
 
-from native_tools import PLUGINS, compile_program
+from native_tools import answer_lines, build_dump
 
 
 @pytest.fixture(scope="module")
 def layout_dump(tmp_path_factory):
-    exe = tmp_path_factory.mktemp("native") / "bsa_layout_dump"
-    return compile_program([PLUGINS / "tests" / "bsa_layout_dump.cpp"], exe)
+    return build_dump(tmp_path_factory, "bsa_layout_dump")
 
 
 def test_virtual_keys_match_the_simulator(layout_dump):
@@ -34,10 +32,8 @@ def test_virtual_keys_match_the_simulator(layout_dump):
         requests.append(f"V {block_kv} {seq_kv} {n_blocks} {count} " + " ".join(map(str, index)))
         clamped = [min(max(b, 0), n_blocks - 1) for b in index]
         mirrors.append(sim.VirtualKeys(clamped, block_kv, seq_kv))
-    result = subprocess.run([str(layout_dump)], input="\n".join(requests) + "\n", capture_output=True, text=True,
-                            check=True)
     masked_seen = unmasked_seen = 0
-    for keys, row in zip(mirrors, result.stdout.splitlines(), strict=True):
+    for keys, row in zip(mirrors, answer_lines(layout_dump, requests), strict=True):
         slots, masks = row.split("|")
         assert [int(x) for x in slots.split()] == [keys.key(v) for v in range(keys.slots + 3)]
         flags = [int(x) for x in masks.split()]

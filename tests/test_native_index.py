@@ -4,25 +4,18 @@ the Python reference formula, on thousands of random per-axis configurations."""
 from __future__ import annotations
 
 import random
-import subprocess
 
 import pytest
 
 from attn_export.models import na_kernel_sim as sim
 from attn_export.models.neighborhood import axis_window
 
-from native_tools import PLUGINS, compile_program
+from native_tools import ask, build_dump
 
 
 @pytest.fixture(scope="module")
 def index_dump(tmp_path_factory):
-    exe = tmp_path_factory.mktemp("native") / "na_index_dump"
-    return compile_program([PLUGINS / "tests" / "na_index_dump.cpp"], exe)
-
-
-def run_requests(exe, lines: list[str]) -> list[list[int]]:
-    result = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True, check=True)
-    return [[int(x) for x in row.split()] for row in result.stdout.splitlines()]
+    return build_dump(tmp_path_factory, "na_index_dump")
 
 
 def random_axes(count: int, seed: int) -> list[tuple[int, int, int, int, bool]]:
@@ -52,7 +45,7 @@ def reference_windows(n, k, s, d, causal) -> list[tuple[int, int]]:
 
 def test_windows_match_reference_formula(index_dump):
     configs = random_axes(3000, seed=1)
-    rows = run_requests(index_dump, [f"W {n} {k} {s} {d} {int(c)}" for n, k, s, d, c in configs])
+    rows = ask(index_dump, [f"W {n} {k} {s} {d} {int(c)}" for n, k, s, d, c in configs])
     for config, row in zip(configs, rows, strict=True):
         got = list(zip(row[0::2], row[1::2]))
         assert got == reference_windows(*config), f"window mismatch for n,k,s,d,causal={config}"
@@ -60,7 +53,7 @@ def test_windows_match_reference_formula(index_dump):
 
 def test_tile_kv_range_is_the_union_of_the_tile_windows(index_dump):
     configs = [(*c, random.Random(i).choice([1, 2, 4, 8, 16, 64])) for i, c in enumerate(random_axes(2000, seed=2))]
-    rows = run_requests(index_dump, [f"T {n} {k} {s} {d} {int(c)} {t}" for n, k, s, d, c, t in configs])
+    rows = ask(index_dump, [f"T {n} {k} {s} {d} {int(c)} {t}" for n, k, s, d, c, t in configs])
     for (n, k, s, d, causal, tile), row in zip(configs, rows, strict=True):
         windows = reference_windows(n, k, s, d, causal)
         expected, offset = [], 0
@@ -82,7 +75,7 @@ def test_tile_shape_matches_the_simulator(index_dump):
         n = [1] * (3 - rank) + [rng.randint(2, 300) for _ in range(rank)]
         d = [1] * (3 - rank) + [rng.choice([1, 1, 2, 4]) for _ in range(rank)]
         configs.append((n, d, rng.choice([16, 32, 64])))
-    rows = run_requests(index_dump, [f"S {' '.join(map(str, n + d))} {t}" for n, d, t in configs])
+    rows = ask(index_dump, [f"S {' '.join(map(str, n + d))} {t}" for n, d, t in configs])
     for (n, d, tokens), row in zip(configs, rows, strict=True):
         assert row == sim.choose_tile_shape(n, d, tokens)
         assert 1 <= row[0] * row[1] * row[2] <= tokens
@@ -94,7 +87,7 @@ def test_interior_kv_tiles_are_exactly_those_inside_every_window(index_dump):
     the query tile, on thousands of random axes and tile sizes."""
     configs = [(*c, tile) for c, tile in zip(random_axes(1500, seed=4), random.Random(5).choices([1, 2, 4, 8, 16, 64],
                                                                                                   k=1500), strict=True)]
-    rows = run_requests(index_dump, [f"I {n} {k} {s} {d} {int(c)} {tile}" for n, k, s, d, c, tile in configs])
+    rows = ask(index_dump, [f"I {n} {k} {s} {d} {int(c)} {tile}" for n, k, s, d, c, tile in configs])
     interior_seen = 0
     for (n, k, s, d, causal, tile), row in zip(configs, rows, strict=True):
         expected = []

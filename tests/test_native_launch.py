@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from native_tools import PLUGINS, compile_program
+from native_tools import PLUGINS, ask, build_dump
 
 pytestmark = pytest.mark.native
 
@@ -25,13 +25,7 @@ MAX_GRID_YZ = 65535
 
 @pytest.fixture(scope="module")
 def launch_dump(tmp_path_factory):
-    exe = tmp_path_factory.mktemp("native") / "na_launch_dump"
-    return compile_program([PLUGINS / "tests" / "na_launch_dump.cpp"], exe)
-
-
-def ask(exe, lines: list[str]) -> list[list[int]]:
-    result = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True, check=True)
-    return [[int(x) for x in row.split()] for row in result.stdout.splitlines()]
+    return build_dump(tmp_path_factory, "na_launch_dump")
 
 
 def test_plan_fits_every_architecture(launch_dump):

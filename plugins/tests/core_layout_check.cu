@@ -14,21 +14,10 @@
 #include <vector>
 
 #include "attn_core.cuh"
+#include "testHarness.h"
 
 using namespace cute;
 using namespace attnx::core;
-
-static long g_checks = 0;
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        ++g_checks;                                                        \
-        if (!(cond)) {                                                     \
-            std::fprintf(stderr, "FAILED (line %d): %s: ", __LINE__, #cond); \
-            std::fprintf(stderr, __VA_ARGS__);                             \
-            std::fprintf(stderr, "\n");                                    \
-            std::exit(1);                                                  \
-        }                                                                  \
-    } while (0)
 
 template <typename Elem, int HD>
 void check_geometry() {
@@ -41,10 +30,10 @@ void check_geometry() {
     for (int r = 0; r < kBlockN; ++r)
         for (int c = 0; c < HD; ++c) {
             const int at = tile(r, c);
-            CHECK(at >= 0 && at < kBlockN * HD && !seen[at], "HD %d (%d,%d) -> %d", HD, r, c, at);
+            CHECK_MSG(at >= 0 && at < kBlockN * HD && !seen[at], "HD %d (%d,%d) -> %d", HD, r, c, at);
             seen[at] = 1;
-            CHECK(tile(r, c) == tile(r, c - c % 8) + c % 8, "HD %d chunk of (%d,%d)", HD, r, c);
-            CHECK(tile_t(c, r) == at, "HD %d V^T view (%d,%d)", HD, c, r);
+            CHECK_MSG(tile(r, c) == tile(r, c - c % 8) + c % 8, "HD %d chunk of (%d,%d)", HD, r, c);
+            CHECK_MSG(tile_t(c, r) == at, "HD %d V^T view (%d,%d)", HD, c, r);
         }
     Tensor cS = make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{});
     Tensor cO = make_identity_tensor(Shape<Int<kBlockM>, Int<HD>>{});
@@ -61,22 +50,23 @@ void check_geometry() {
         Tensor tS = thr.partition_C(cS);
         Tensor tO = thr.partition_C(cO);
         for (int i = 0; i < size(tS); ++i) {
-            CHECK(get<0>(tS(i)) == warp * 16 + lane / 4 + 8 * row_slot(i), "S row of thread %d reg %d", tid, i);
+            CHECK_MSG(get<0>(tS(i)) == warp * 16 + lane / 4 + 8 * row_slot(i), "S row of thread %d reg %d", tid, i);
             if (i % 2 == 0)
-                CHECK(get<0>(tS(i + 1)) == get<0>(tS(i)) && get<1>(tS(i + 1)) == get<1>(tS(i)) + 1, "S pair %d", i);
+                CHECK_MSG(get<0>(tS(i + 1)) == get<0>(tS(i)) && get<1>(tS(i + 1)) == get<1>(tS(i)) + 1, "S pair %d", i);
         }
         for (int i = 0; i < size(tO); ++i) {
-            CHECK(get<0>(tO(i)) == warp * 16 + lane / 4 + 8 * row_slot(i), "O row of thread %d reg %d", tid, i);
+            CHECK_MSG(get<0>(tO(i)) == warp * 16 + lane / 4 + 8 * row_slot(i), "O row of thread %d reg %d", tid, i);
             if (i % 2 == 0)
-                CHECK(get<0>(tO(i + 1)) == get<0>(tO(i)) && get<1>(tO(i + 1)) == get<1>(tO(i)) + 1, "O pair %d", i);
+                CHECK_MSG(get<0>(tO(i + 1)) == get<0>(tO(i)) && get<1>(tO(i + 1)) == get<1>(tO(i)) + 1, "O pair %d", i);
         }
         // S's registers, re-indexed as the A operand, are P's elements at the A operand's coordinates.
         Tensor as_a = make_tensor(tS.data(), acc_as_a_operand(tS.layout()));
         Tensor want_a = thr.partition_A(cP);
-        CHECK(size(as_a) == size(want_a), "thread %d: %d vs %d A registers", tid, int(size(as_a)), int(size(want_a)));
+        CHECK_MSG(size(as_a) == size(want_a), "thread %d: %d vs %d A registers", tid, int(size(as_a)),
+                  int(size(want_a)));
         for (int j = 0; j < size(as_a); ++j)
-            CHECK(as_a(j) == want_a(j), "thread %d A register %d: S (%d,%d), P needs (%d,%d)", tid, j, int(get<0>(as_a(j))),
-                  int(get<1>(as_a(j))), int(get<0>(want_a(j))), int(get<1>(want_a(j))));
+            CHECK_MSG(as_a(j) == want_a(j), "thread %d A register %d: S (%d,%d), P needs (%d,%d)", tid, j,
+                      int(get<0>(as_a(j))), int(get<1>(as_a(j))), int(get<0>(want_a(j))), int(get<1>(want_a(j))));
         (void)lane;
     }
     // ldmatrix is collective: thread t gives the address of row t % 8 of 8 x 8 matrix t / 8 (its 8 source
@@ -91,7 +81,7 @@ void check_geometry() {
                 auto thr_copy = tiled_copy.get_thread_slice(warp * 32 + lane);
                 Tensor s = thr_copy.partition_S(coords);
                 Tensor s2 = group_modes<1, decltype(rank(s))::value>(s);
-                CHECK(size<0>(s2) == 8, "%s: 8 source values per thread and call", what);
+                CHECK_MSG(size<0>(s2) == 8, "%s: 8 source values per thread and call", what);
                 calls = size<1>(s2);
                 for (int c = 0; c < calls; ++c)
                     for (int v = 0; v < 8; ++v) src[lane].push_back({int(get<0>(s2(v, c))), int(get<1>(s2(v, c)))});
@@ -108,7 +98,8 @@ void check_geometry() {
                 }
                 Tensor view = thr_copy.retile_D(regs);
                 Tensor v2 = group_modes<1, decltype(rank(view))::value>(view);
-                CHECK(size<0>(v2) == 8 && size<1>(v2) == calls, "%s: 8 destination values per thread and call", what);
+                CHECK_MSG(size<0>(v2) == 8 && size<1>(v2) == calls, "%s: 8 destination values per thread and call",
+                          what);
                 for (int c = 0; c < calls; ++c)
                     for (int k = 0; k < 8; ++k) {
                         const int m = k / 2, h = k % 2;
@@ -116,9 +107,9 @@ void check_geometry() {
                         const int from_v = trans ? lane / 4 : 2 * (lane % 4) + h;
                         const auto got = src[from_lane][c * 8 + from_v];
                         auto want = frag_coords(index_of[v2(k, c)]);
-                        CHECK(got.first == int(get<0>(want)) && got.second == int(get<1>(want)),
-                              "%s thread %d call %d value %d: ldmatrix brings (%d,%d), the MMA reads (%d,%d)", what, tid, c,
-                              k, got.first, got.second, int(get<0>(want)), int(get<1>(want)));
+                        CHECK_MSG(got.first == int(get<0>(want)) && got.second == int(get<1>(want)),
+                                  "%s thread %d call %d value %d: ldmatrix brings (%d,%d), the MMA reads (%d,%d)", what,
+                                  tid, c, k, got.first, got.second, int(get<0>(want)), int(get<1>(want)));
                     }
             }
         }
@@ -136,6 +127,5 @@ int main() {
     check_geometry<half_t, 128>();
     check_geometry<bfloat16_t, 64>();
     check_geometry<bfloat16_t, 128>();
-    std::printf("%ld checks passed\n", g_checks);
-    return 0;
+    return testharness::passed();
 }

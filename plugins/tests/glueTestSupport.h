@@ -1,5 +1,6 @@
 // Shared by the glue tests (CPU programs with the real TensorRT headers but no TensorRT runtime that
-// dlopen libattnx_trt_plugins.so): checks, a capturing logger, tensor descriptors, creator lookup.
+// dlopen libattnx_trt_plugins.so): a capturing logger, tensor descriptors, creator lookup, the plugin's
+// capability interfaces; the checks are testHarness.h's.
 #pragma once
 
 #include <dlfcn.h>
@@ -11,18 +12,9 @@
 #include <vector>
 
 #include "NvInferRuntime.h"
+#include "testHarness.h"
 
 namespace gluetest {
-
-inline int g_checks = 0;
-
-inline void check(bool ok, char const* what, int line) {
-    ++g_checks;
-    if (!ok) {
-        std::fprintf(stderr, "FAILED (line %d): %s\n", line, what);
-        std::exit(1);
-    }
-}
 
 class CapturingLogger : public nvinfer1::ILogger {
 public:
@@ -61,6 +53,15 @@ inline void* openLibrary(char const* path) {
     return lib;
 }
 
+// The library at `path`, its log going to `finder` (through setLoggerFinder, as TensorRT's loadLibrary sets it).
+inline void* openLibraryLoggingTo(char const* path, Finder& finder) {
+    void* lib = openLibrary(path);
+    auto setLoggerFinder = reinterpret_cast<SetFinder>(dlsym(lib, "setLoggerFinder"));
+    CHECK(setLoggerFinder != nullptr);
+    setLoggerFinder(&finder);
+    return lib;
+}
+
 // The library's creator of plugin `name` (through getCreators, as TensorRT's loadLibrary finds it).
 inline nvinfer1::IPluginCreatorV3One* creatorNamed(void* lib, char const* name) {
     auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
@@ -75,6 +76,18 @@ inline nvinfer1::IPluginCreatorV3One* creatorNamed(void* lib, char const* name) 
     std::exit(1);
 }
 
-}  // namespace gluetest
+// A plugin's IPluginV3One capability interfaces.
+inline nvinfer1::IPluginV3OneCore* coreOf(nvinfer1::IPluginV3* plugin) {
+    return static_cast<nvinfer1::IPluginV3OneCore*>(
+        plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
+}
+inline nvinfer1::IPluginV3OneBuild* buildOf(nvinfer1::IPluginV3* plugin) {
+    return static_cast<nvinfer1::IPluginV3OneBuild*>(
+        plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
+}
+inline nvinfer1::IPluginV3OneRuntime* runtimeOf(nvinfer1::IPluginV3* plugin) {
+    return static_cast<nvinfer1::IPluginV3OneRuntime*>(
+        plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+}
 
-#define CHECK(cond) ::gluetest::check((cond), #cond, __LINE__)
+}  // namespace gluetest

@@ -3,32 +3,19 @@
 // parameters. Built without TensorRT. Exits non-zero on the first failing check and prints it.
 // Run by tests/test_native_plugin_logic.py and ctest.
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "attn_check.h"
 #include "bsaConfig.h"
+#include "configTestSupport.h"
 
 using namespace attnx::plugin;
 using namespace attnx::plugin::blockSparseAttention;
+using configtest::tensor;
 
 namespace {
-
-int g_checks = 0;
-
-void check(bool ok, std::string const& what, int line) {
-    ++g_checks;
-    if (!ok) {
-        std::fprintf(stderr, "FAILED (line %d): %s\n", line, what.c_str());
-        std::exit(1);
-    }
-}
-#define CHECK(cond) check((cond), #cond, __LINE__)
-#define CHECK_ERROR(expr, needle) \
-    do { std::string const e_ = (expr); check(e_.find(needle) != std::string::npos, std::string(#expr) + " -> '" + e_ + "' lacks '" + (needle) + "'", __LINE__); } while (0)
 
 struct Fields {
     int32_t block_q = 64, block_kv = 32;
@@ -46,12 +33,6 @@ struct Fields {
 std::string parse(std::vector<FieldView> const& fields) {
     BSAConfig cfg;
     return parseFields(fields, cfg);
-}
-
-TensorInfo tensor(std::vector<int64_t> dims, DType type = DType::kFloat16, bool linear = true) {
-    TensorInfo t{type, linear, static_cast<int32_t>(dims.size()), {}};
-    for (size_t i = 0; i < dims.size(); ++i) t.dims[i] = dims[i];
-    return t;
 }
 
 BSAConfig config(int32_t bq = 64, int32_t bkv = 32) {
@@ -238,6 +219,5 @@ int main() {
     test_inputs();
     test_formats();
     test_kernel_params();
-    std::printf("%d checks passed\n", g_checks);
-    return 0;
+    return testharness::passed();
 }

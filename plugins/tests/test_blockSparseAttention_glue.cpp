@@ -10,11 +10,8 @@ using namespace gluetest;
 
 int main(int argc, char** argv) {
     if (argc != 2) return 2;
-    void* lib = openLibrary(argv[1]);
-    auto setLoggerFinder = reinterpret_cast<SetFinder>(dlsym(lib, "setLoggerFinder"));
-    CHECK(setLoggerFinder != nullptr);
     Finder finder;
-    setLoggerFinder(&finder);
+    void* lib = openLibraryLoggingTo(argv[1], finder);
 
     IPluginCreatorV3One* creator = creatorNamed(lib, "BlockSparseAttention");
     CHECK(std::strcmp(creator->getPluginVersion(), "1") == 0);
@@ -55,7 +52,7 @@ int main(int argc, char** argv) {
     PluginFieldCollection noScaleFc{2, noScale.data()};
     IPluginV3* scaleless = creator->createPlugin("bsa_default", &noScaleFc, TensorRTPhase::kBUILD);
     CHECK(scaleless != nullptr);
-    auto* scalelessRuntime = static_cast<IPluginV3OneRuntime*>(scaleless->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    auto* scalelessRuntime = runtimeOf(scaleless);
     PluginFieldCollection const* scalelessSaved = scalelessRuntime->getFieldsToSerialize();
     CHECK(scalelessSaved != nullptr && scalelessSaved->nbFields == 2);
     IPluginV3* scalelessRestored = creator->createPlugin("bsa_default", scalelessSaved, TensorRTPhase::kRUNTIME);
@@ -63,9 +60,9 @@ int main(int argc, char** argv) {
     delete scalelessRestored;
     delete scaleless;
 
-    auto* core = static_cast<IPluginV3OneCore*>(plugin->getCapabilityInterface(PluginCapabilityType::kCORE));
-    auto* build = static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
-    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    auto* core = coreOf(plugin);
+    auto* build = buildOf(plugin);
+    auto* runtime = runtimeOf(plugin);
     CHECK(core && build && runtime);
     CHECK(std::strcmp(core->getPluginName(), "BlockSparseAttention") == 0);
     CHECK(std::strcmp(core->getPluginNamespace(), "attn_export") == 0);
@@ -75,7 +72,7 @@ int main(int argc, char** argv) {
     CHECK(saved && saved->nbFields == 3);
     IPluginV3* restored = creator->createPlugin("bsa0", saved, TensorRTPhase::kRUNTIME);
     CHECK(restored != nullptr);
-    auto* restoredRuntime = static_cast<IPluginV3OneRuntime*>(restored->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    auto* restoredRuntime = runtimeOf(restored);
     PluginFieldCollection const* again = restoredRuntime->getFieldsToSerialize();
     CHECK(again->nbFields == saved->nbFields);
     for (int32_t i = 0; i < again->nbFields; ++i) {
@@ -133,6 +130,5 @@ int main(int argc, char** argv) {
     delete attached;
     delete restored;
     delete plugin;
-    std::printf("%d checks passed\n", g_checks);
-    return 0;
+    return testharness::passed();
 }

@@ -1,30 +1,16 @@
 // CPU unit tests of the TensorRT-free code every plugin shares (plugins/trt/common/pluginFields.*,
 // tensorInfo.*): the field readers, the declaration-driven parse (identity, unknown and missing fields)
 // and dimsText. Run by tests/test_native_plugin_logic.py and ctest.
-#include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "pluginFields.h"
 #include "tensorInfo.h"
+#include "testHarness.h"
 
 using namespace attnx::plugin;
 
 namespace {
-
-int g_checks = 0;
-
-void check(bool ok, std::string const& what, int line) {
-    ++g_checks;
-    if (!ok) {
-        std::fprintf(stderr, "FAILED (line %d): %s\n", line, what.c_str());
-        std::exit(1);
-    }
-}
-#define CHECK(cond) check((cond), #cond, __LINE__)
-#define CHECK_ERROR(expr, needle) \
-    do { std::string const e_ = (expr); check(e_.find(needle) != std::string::npos, std::string(#expr) + " -> '" + e_ + "' lacks '" + (needle) + "'", __LINE__); } while (0)
 
 constexpr FieldSpec kFields[] = {
     {"window", FieldType::kInt32, FieldCount::kRank, true},
@@ -110,6 +96,5 @@ int main() {
     test_readers();
     test_parse_declared();
     test_dims_text();
-    std::printf("%d checks passed\n", g_checks);
-    return 0;
+    return testharness::passed();
 }

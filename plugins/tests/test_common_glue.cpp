@@ -2,42 +2,20 @@
 // TensorRT headers and no TensorRT runtime: `guarded` turns any exception (std or not) into the
 // failure value and a logged line, the creator's field list follows the declaration, and the
 // conversions between TensorRT's types and the TensorRT-free ones. Run by ctest (common_glue).
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <stdexcept>
 #include <string>
 
+#include "glueTestSupport.h"
 #include "pluginGlue.h"
 #include "pluginLogger.h"
 
 using namespace nvinfer1;
 using namespace attnx::plugin;
+using gluetest::Finder;
 
 namespace {
-
-int g_checks = 0;
-void check(bool ok, char const* what, int line) {
-    ++g_checks;
-    if (!ok) {
-        std::fprintf(stderr, "FAILED (line %d): %s\n", line, what);
-        std::exit(1);
-    }
-}
-#define CHECK(cond) check((cond), #cond, __LINE__)
-
-class CapturingLogger : public ILogger {
-public:
-    std::string last;
-    void log(Severity, char const* msg) noexcept override { last = msg; }
-};
-
-class Finder : public ILoggerFinder {
-public:
-    CapturingLogger logger;
-    ILogger* findLogger() override { return &logger; }
-};
 
 constexpr FieldSpec kFields[] = {
     {"window", FieldType::kInt32, FieldCount::kRank, true},
@@ -111,6 +89,5 @@ int main() {
     CHECK(info.type == DType::kFloat16 && !info.linear && info.nbDims == 2 && info.dims[1] == -1);
 
     setFinder(nullptr);
-    std::printf("%d checks passed\n", g_checks);
-    return 0;
+    return testharness::passed();
 }

@@ -3,32 +3,19 @@
 // plugins/trt/common's TensorRT-free sources and no TensorRT include path.
 // Exits non-zero on the first failing check and prints it. Run by tests/test_native_plugin_logic.py.
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "configTestSupport.h"
 #include "core_plan.h"
 #include "na_check.h"
 #include "naConfig.h"
 
 using namespace attnx::plugin;
+using configtest::tensor;
 
 namespace {
-
-int g_checks = 0;
-
-void check(bool ok, std::string const& what, int line) {
-    ++g_checks;
-    if (!ok) {
-        std::fprintf(stderr, "FAILED (line %d): %s\n", line, what.c_str());
-        std::exit(1);
-    }
-}
-#define CHECK(cond) check((cond), #cond, __LINE__)
-#define CHECK_ERROR(expr, needle) \
-    do { std::string const e_ = (expr); check(e_.find(needle) != std::string::npos, std::string(#expr) + " -> '" + e_ + "' lacks '" + (needle) + "'", __LINE__); } while (0)
 
 struct Fields {
     std::vector<int32_t> kernel{7, 7}, stride{1, 1}, dilation{1, 1}, causal{0, 0};
@@ -51,12 +38,6 @@ struct Fields {
 std::string parse(std::vector<FieldView> const& fields) {
     NAConfig cfg;
     return parseFields(fields, cfg);
-}
-
-TensorInfo tensor(std::vector<int64_t> dims, DType type = DType::kFloat16, bool linear = true) {
-    TensorInfo t{type, linear, static_cast<int32_t>(dims.size()), {}};
-    for (size_t i = 0; i < dims.size(); ++i) t.dims[i] = dims[i];
-    return t;
 }
 
 void test_valid_fields() {
@@ -303,6 +284,5 @@ int main() {
     test_formats();
     test_kernel_params();
     test_core_path_rules();
-    std::printf("%d checks passed\n", g_checks);
-    return 0;
+    return testharness::passed();
 }

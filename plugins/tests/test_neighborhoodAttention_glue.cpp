@@ -13,11 +13,8 @@ using namespace gluetest;
 
 int main(int argc, char** argv) {
     if (argc != 2) return 2;
-    void* lib = openLibrary(argv[1]);
-    auto setLoggerFinder = reinterpret_cast<SetFinder>(dlsym(lib, "setLoggerFinder"));
-    CHECK(setLoggerFinder != nullptr);
     Finder finder;
-    setLoggerFinder(&finder);
+    void* lib = openLibraryLoggingTo(argv[1], finder);
 
     IPluginCreatorV3One* creator = creatorNamed(lib, "NeighborhoodAttention");
     CHECK(std::strcmp(creator->getPluginVersion(), "1") == 0);
@@ -61,8 +58,7 @@ int main(int argc, char** argv) {
     PluginFieldCollection noScaleFc{static_cast<int32_t>(noScale.size()), noScale.data()};
     IPluginV3* scaleless = creator->createPlugin("na_default_scale", &noScaleFc, TensorRTPhase::kBUILD);
     CHECK(scaleless != nullptr);
-    auto* scalelessRuntime =
-        static_cast<IPluginV3OneRuntime*>(scaleless->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    auto* scalelessRuntime = runtimeOf(scaleless);
     PluginFieldCollection const* scalelessSaved = scalelessRuntime->getFieldsToSerialize();
     CHECK(scalelessSaved != nullptr);
     for (int32_t i = 0; i < scalelessSaved->nbFields; ++i) CHECK(std::strcmp(scalelessSaved->fields[i].name, "scale") != 0);
@@ -71,9 +67,9 @@ int main(int argc, char** argv) {
     delete scalelessRestored;
     delete scaleless;
 
-    auto* core = static_cast<IPluginV3OneCore*>(plugin->getCapabilityInterface(PluginCapabilityType::kCORE));
-    auto* build = static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
-    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    auto* core = coreOf(plugin);
+    auto* build = buildOf(plugin);
+    auto* runtime = runtimeOf(plugin);
     CHECK(core && build && runtime);
     CHECK(std::strcmp(core->getPluginName(), "NeighborhoodAttention") == 0);
     CHECK(build->getNbOutputs() == 1);
@@ -83,7 +79,7 @@ int main(int argc, char** argv) {
     CHECK(saved && saved->nbFields == 5);
     IPluginV3* restored = creator->createPlugin("na0", saved, TensorRTPhase::kRUNTIME);
     CHECK(restored != nullptr);
-    auto* restoredRuntime = static_cast<IPluginV3OneRuntime*>(restored->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    auto* restoredRuntime = runtimeOf(restored);
     PluginFieldCollection const* again = restoredRuntime->getFieldsToSerialize();
     CHECK(again->nbFields == saved->nbFields);
     for (int32_t i = 0; i < again->nbFields; ++i) {
@@ -155,6 +151,5 @@ int main(int argc, char** argv) {
     delete attached;
     delete restored;
     delete plugin;
-    std::printf("%d checks passed\n", g_checks);
-    return 0;
+    return testharness::passed();
 }

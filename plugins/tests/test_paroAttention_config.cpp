@@ -3,33 +3,20 @@
 // parameters and the workspace layout. Built without TensorRT. Exits non-zero on the first failing check.
 // Run by tests/test_native_plugin_logic.py and ctest.
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "attn_check.h"
+#include "configTestSupport.h"
 #include "core_plan.h"
 #include "paroConfig.h"
 
 using namespace attnx::plugin;
 using namespace attnx::plugin::paroAttention;
+using configtest::tensor;
 
 namespace {
-
-int g_checks = 0;
-
-void check(bool ok, std::string const& what, int line) {
-    ++g_checks;
-    if (!ok) {
-        std::fprintf(stderr, "FAILED (line %d): %s\n", line, what.c_str());
-        std::exit(1);
-    }
-}
-#define CHECK(cond) check((cond), #cond, __LINE__)
-#define CHECK_ERROR(expr, needle) \
-    do { std::string const e_ = (expr); check(e_.find(needle) != std::string::npos, std::string(#expr) + " -> '" + e_ + "' lacks '" + (needle) + "'", __LINE__); } while (0)
 
 struct Fields {
     int32_t block = 64, qk_bits = 8, pv_bits = 8, q_group = 32, k_group = 64, smooth_k = 1;
@@ -49,12 +36,6 @@ struct Fields {
 std::string parse(std::vector<FieldView> const& fields) {
     ParoConfig cfg;
     return parseFields(fields, cfg);
-}
-
-TensorInfo tensor(std::vector<int64_t> dims, DType type = DType::kFloat16, bool linear = true) {
-    TensorInfo t{type, linear, static_cast<int32_t>(dims.size()), {}};
-    for (size_t i = 0; i < dims.size(); ++i) t.dims[i] = dims[i];
-    return t;
 }
 
 ParoConfig config(int32_t block = 64) {
@@ -283,6 +264,5 @@ int main() {
     test_formats();
     test_kernel_params_and_workspace();
     test_paths();
-    std::printf("%d checks passed\n", g_checks);
-    return 0;
+    return testharness::passed();
 }

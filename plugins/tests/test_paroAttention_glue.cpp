@@ -10,11 +10,8 @@ using namespace gluetest;
 
 int main(int argc, char** argv) {
     if (argc != 2) return 2;
-    void* lib = openLibrary(argv[1]);
-    auto setLoggerFinder = reinterpret_cast<SetFinder>(dlsym(lib, "setLoggerFinder"));
-    CHECK(setLoggerFinder != nullptr);
     Finder finder;
-    setLoggerFinder(&finder);
+    void* lib = openLibraryLoggingTo(argv[1], finder);
 
     IPluginCreatorV3One* creator = creatorNamed(lib, "ParoAttention");
     CHECK(std::strcmp(creator->getPluginVersion(), "1") == 0);
@@ -45,9 +42,9 @@ int main(int argc, char** argv) {
     CHECK(finder.logger.last.find("'qk_bits'=3 must be 16 (no quantization), 8 or 4") != std::string::npos);
     fields[1] = PluginField("qk_bits", &qkBits, PluginFieldType::kINT32, 1);
 
-    auto* core = static_cast<IPluginV3OneCore*>(plugin->getCapabilityInterface(PluginCapabilityType::kCORE));
-    auto* build = static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
-    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    auto* core = coreOf(plugin);
+    auto* build = buildOf(plugin);
+    auto* runtime = runtimeOf(plugin);
     CHECK(core && build && runtime);
     CHECK(std::strcmp(core->getPluginName(), "ParoAttention") == 0);
 
@@ -55,7 +52,7 @@ int main(int argc, char** argv) {
     CHECK(saved && saved->nbFields == 7);
     IPluginV3* restored = creator->createPlugin("paro0", saved, TensorRTPhase::kRUNTIME);
     CHECK(restored != nullptr);
-    auto* restoredRuntime = static_cast<IPluginV3OneRuntime*>(restored->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    auto* restoredRuntime = runtimeOf(restored);
     PluginFieldCollection const* again = restoredRuntime->getFieldsToSerialize();
     CHECK(again->nbFields == 7);
     for (int32_t i = 0; i < 7; ++i) {
@@ -109,6 +106,5 @@ int main(int argc, char** argv) {
     delete attached;
     delete restored;
     delete plugin;
-    std::printf("%d checks passed\n", g_checks);
-    return 0;
+    return testharness::passed();
 }
