@@ -358,8 +358,9 @@ def run_plan(plan: dict, query, key, value, scale):
         out = neighborhood_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
                                      plan["kernel"], plan["stride"], plan["dilation"], plan["causal"], scale)
         return out.transpose(1, 2)
+    bias = plan.get("block_bias")
     return block_sparse_attention(query, key, value, plan["kv_count"], plan["kv_index"], plan["block_q"],
-                                  plan["block_kv"], scale, plan.get("block_bias"))
+                                  plan["block_kv"], scale, None if bias is None else bias.to(query.dtype))
 
 
 class Converted(torch.nn.Module):

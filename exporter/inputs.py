@@ -37,15 +37,20 @@ def batch_dim() -> torch.export.Dim:
 
 
 def name_forward_inputs(module: torch.nn.Module, names: Sequence[str]) -> torch.nn.Module:
-    """Give a wrapper's ``forward(*inputs)`` named parameters, which torch.export binds dynamic shapes to."""
+    """Give a wrapper's ``forward(*inputs)`` named parameters, which torch.export binds dynamic shapes to.
+
+    The module's class becomes a subclass whose forward carries the signature, so a copy of the module
+    (``copy.deepcopy``, as ``--dtype`` casts a copy) runs its own forward, not the original's."""
     import inspect
 
-    forward = module.forward
+    base = type(module)
 
-    def named(*args):
-        return forward(*args)
+    def forward(self, *args):
+        return base.forward(self, *args)
 
-    named.__signature__ = inspect.Signature(
-        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
-    module.forward = named
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    forward.__signature__ = inspect.Signature([inspect.Parameter("self", kind)] +
+                                              [inspect.Parameter(n, kind) for n in names])
+    module.__class__ = type(base.__name__, (base,), {"forward": forward, "__module__": base.__module__,
+                                                     "__qualname__": base.__qualname__})
     return module

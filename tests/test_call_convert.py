@@ -287,3 +287,20 @@ def test_engines_refuse_a_node_whose_input_the_plugin_does_not_take(tmp_path):
         "BlockSparseAttention TensorRT plugin does not take yet" in str(info.value)
     assert export_flex(tmp_path / "swa", sliding_causal).passed
     check_plugin_inputs(tmp_path / "swa" / "model.onnx")  # NeighborhoodAttention without rpb: nothing refused
+
+
+@pytest.mark.parametrize("name", ["flex-swa-tiny", "flex-doc-tiny"])
+def test_converted_calls_export_in_fp16(name, tmp_path):
+    """--dtype casts a copy of the converted model: the copy's own forward must run (it once ran the fp32 original)."""
+    import onnx
+
+    result = run(f"zoo:{name}", "-o", tmp_path, "--dtype", "fp16")
+    assert result.exit_code == 0, result.output
+    model = onnx.load(tmp_path / "model.onnx")
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    typed = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*typed.graph.value_info, *typed.graph.input]}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    for node in (n for n in model.graph.node if n.domain == "attn_export"):
+        floats = [types.get(name) for name in (node.input[:3] + node.input[5:])]
+        assert floats == [onnx.TensorProto.FLOAT16] * len(floats), (node.name, floats)
