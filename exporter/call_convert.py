@@ -8,11 +8,13 @@ The functions are intercepted where the model finds them: every loaded module's 
 closure or an object attribute is not).
 
 - NATTEN calls become ``neighborhood_attention`` with NATTEN's layout and scale (the same semantics).
-- A FlexAttention call is analysed once, eagerly, on concrete tensors: its BlockMask's mask_mod is evaluated
-  on the index grid. A 1-D neighborhood pattern (causal sliding windows among them) becomes
-  ``neighborhood_attention``; any other mask becomes ``block_sparse_attention`` over the BlockMask's blocks,
-  exact only without partial blocks (those are refused until the op takes element masks). A call without a
-  mask or score_mod is dense attention. score_mods are refused, naming the function.
+- A FlexAttention call is analysed eagerly, on concrete tensors: its mask_mod and score_mod are evaluated on
+  the index grid at the call's heads. A 1-D neighborhood pattern (causal sliding windows among them) becomes
+  ``neighborhood_attention``; any other mask becomes ``block_sparse_attention`` over the blocks it touches,
+  its partial blocks exact through the op's ``block_bias`` (-inf on masked elements), which also carries an
+  additive score_mod. Refused, naming the call: score_mods that are not additive, masks or score_mods that
+  depend on the batch index or on the model's inputs (the pipeline analyses two different inputs and compares
+  the plans), and grids too large to evaluate.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class CallConverter:
         self.analysing = True
         self._count = 0
         self._inside = 0  # > 0 while an intercepted original runs: its own inner calls (NATTEN -> flex) pass
+        self._plans: dict[tuple, dict] = {}  # per analysis pass, by the identity of the call's mask and score_mod
 
     def _original(self, function: Callable, *args, **kwargs):
         self._inside += 1
@@ -134,13 +137,30 @@ class CallConverter:
     def analyse(self, model: torch.nn.Module, inputs) -> list[CallRecord]:
         """One eager forward pass that records and plans the calls (the model's own outputs are computed by
         the original functions, so this pass also runs as written)."""
-        self.analysing, self.records = True, []
+        self.analysing, self.records, self._plans = True, [], {}
         with torch.inference_mode(), self.active(model), warnings.catch_warnings():
             # eager flex_attention on purpose: it is the reference, its advice to compile is noise here
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
             model(*inputs)
         self.analysing = False
         return self.records
+
+    def confirm(self, model: torch.nn.Module, inputs) -> None:
+        """Analyse again on other inputs and refuse a call whose plan changes: its mask or score_mod reads the
+        model's inputs, which a layout exported as a constant cannot follow. The first analysis stays."""
+        first = self.records
+        try:
+            second = self.analyse(model, inputs)
+        finally:
+            self.records = first
+        for before, after in zip(first, second):
+            if not _same_plan(before.plan, after.plan):
+                raise ConversionRefused(f"{before.source} at {before.where}: its mask or score_mod depends on the "
+                                      "model's inputs (two inputs give two different plans), which a layout exported "
+                                      "as a constant cannot follow: compute it from positions only")
+        if len(first) != len(second):
+            raise ConversionRefused(f"the model makes {len(first)} attention calls on one input and {len(second)} on "
+                                  "another: its attention calls depend on its inputs")
 
     def _next(self, source: str, where: str) -> tuple[int, CallRecord | None]:
         index = self._count
@@ -187,7 +207,11 @@ class CallConverter:
                 raise ConversionRefused(f"flex_attention at {where} uses enable_gqa / return_lse / return_aux, which "
                                       "the exported ops do not provide: drop them for export")
             if self.analysing:
-                plan = plan_flex(query, key, value, score_mod, block_mask, scale, where)
+                # Layers that share one BlockMask and score_mod share one plan: planned once, one set of constants
+                same = (id(block_mask), id(score_mod), tuple(query.shape[:2]), query.shape[-2], key.shape[-2])
+                if same not in self._plans:
+                    self._plans[same] = plan_flex(query, key, value, score_mod, block_mask, scale, where)
+                plan = self._plans[same]
                 self.records.append(CallRecord(index, "flex_attention", where, plan["target"], plan))
                 return self._original(original, query, key, value, score_mod=score_mod, block_mask=block_mask,
                                       scale=scale)
@@ -196,43 +220,56 @@ class CallConverter:
         return convert
 
 
+def _same_plan(a: dict | None, b: dict | None) -> bool:
+    if a is None or b is None or a.keys() != b.keys():
+        return a is None and b is None
+    return all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+
+
 # ---------------------------------------------------------------------------------------------
 # FlexAttention: from a BlockMask to one of our ops
 
 
-# The dense tensors a FlexAttention call is evaluated on while planning (its mask, its score_mod's bias): a
-# call beyond this is refused rather than exhausting memory.
-_PLAN_BYTES = 1 << 30
+# Elements of the (batch, head, query, key) grid a FlexAttention call is evaluated on while planning; the
+# planning peak is about 70 bytes per element (index grids, two score samples, the padded mask and bias).
+_PLAN_ELEMENTS = 32 << 20
+# Bytes of one call's exported block_bias (an initializer of the ONNX file, which holds at most 2 GB).
+_BIAS_BYTES = 256 << 20
 # An additive score_mod without a BlockMask becomes block-sparse attention over every block of this size
-# (flex_attention's own default block).
+# (flex_attention's own default block), or over the whole sequence where it is shorter.
 _DENSE_BLOCK = 128
+# The batch indices the mask_mod and score_mod are evaluated at: a dependence on b is then seen and refused.
+_PROBE_BATCH = 2
 
 
 def plan_flex(query, key, value, score_mod, block_mask, scale, where: str) -> dict:
     """How to run one flex_attention call: {"target": ..., "op": "sdpa" | "na" | "block_sparse", ...}.
 
-    A mask that is a 1-D neighborhood becomes neighborhood attention; any other mask becomes block-sparse
-    attention over the blocks it touches, with an exact ``block_bias`` (-inf on masked elements of partial
-    blocks); an additive score_mod (its change to a score does not depend on the score: ALiBi, relative
-    bias tables) joins that bias. Anything else is refused naming the call."""
-    sq, skv = int(query.shape[-2]), int(key.shape[-2])
+    The mask and score_mod are evaluated at the call's heads (as flex_attention does, whatever the BlockMask's
+    own head dim) and at two batch indices. A mask that is a 1-D neighborhood becomes neighborhood attention;
+    any other mask becomes block-sparse attention over the blocks it touches, with an exact ``block_bias``
+    (-inf on masked elements of partial blocks); an additive score_mod (ALiBi, relative bias tables) joins
+    that bias. Anything else is refused naming the call."""
+    sq, skv, heads = int(query.shape[-2]), int(key.shape[-2]), int(query.shape[1])
     if block_mask is not None and tuple(block_mask.seq_lengths) != (sq, skv):
         raise ConversionRefused(f"flex_attention at {where}: its BlockMask covers {tuple(block_mask.seq_lengths)}, "
                               f"the call attends {sq} x {skv}; build the mask for these lengths")
-    lead = (int(query.shape[0]), int(query.shape[1]))
-    if block_mask is not None:
-        lead = tuple(int(x) for x in block_mask.shape[:2])
-    _check_plan_size(lead[0] * lead[1] * sq * skv * 4, where)
-    bias = None if score_mod is None else score_bias(score_mod, (int(query.shape[0]), int(query.shape[1])),
-                                                     sq, skv, where)
+    if block_mask is not None and int(block_mask.shape[0]) > 1:
+        raise ConversionRefused(f"flex_attention at {where}: its BlockMask has a batch dim of {block_mask.shape[0]} "
+                              "(a mask per sample), which a layout exported as a constant cannot follow: build it "
+                              "with B=None")
+    lead = (_PROBE_BATCH, heads)
+    if _PROBE_BATCH * heads * sq * skv > _PLAN_ELEMENTS:
+        raise ConversionRefused(f"flex_attention at {where}: planning its conversion evaluates the mask over "
+                              f"{_PROBE_BATCH} x {heads} heads x {sq} x {skv} (query, key) pairs, more than "
+                              f"{_PLAN_ELEMENTS >> 20} M: export at a shorter sequence length")
+    bias = None if score_mod is None else score_bias(score_mod, lead, sq, skv, where)
     if block_mask is None:
         if bias is None:
             return {"op": "sdpa", "target": "scaled_dot_product_attention (no mask)"}
-        mask, blocks = torch.ones(1, 1, sq, skv, dtype=torch.bool), (_DENSE_BLOCK, _DENSE_BLOCK)
+        mask, blocks = torch.ones(1, 1, sq, skv, dtype=torch.bool), (min(_DENSE_BLOCK, sq), min(_DENSE_BLOCK, skv))
     else:
-        from torch.nn.attention.flex_attention import create_mask
-
-        mask = create_mask(block_mask.mask_mod, *lead, sq, skv, device="cpu")
+        mask = _evaluate_mask(block_mask, lead, sq, skv, where)
         blocks = tuple(int(x) for x in block_mask.BLOCK_SIZE)
         window = neighborhood_window(mask) if bias is None else None
         if window is not None:
@@ -247,39 +284,61 @@ def _name(function) -> str:
     return getattr(function, "__name__", type(function).__name__)
 
 
-def _check_plan_size(nbytes: int, where: str) -> None:
-    if nbytes > _PLAN_BYTES:
-        raise ConversionRefused(f"flex_attention at {where}: planning its conversion evaluates the mask over every "
-                              f"(query, key) pair, {nbytes / 2**30:.1f} GiB here (limit {_PLAN_BYTES / 2**30:.0f} "
-                              "GiB): export at a shorter sequence length")
+def _one_batch(x: torch.Tensor, what: str, where: str) -> torch.Tensor:
+    """x [_PROBE_BATCH, H, ...] -> [1, H|1, ...]: refused when it depends on the batch index, narrowed over
+    heads when every head agrees (the exported constant stays small)."""
+    if not bool((x == x[:1]).all()):
+        raise ConversionRefused(f"flex_attention at {where}: its {what} depends on the batch index b, which a layout "
+                              "exported as a constant cannot follow (the batch is dynamic): make it independent of b")
+    x = x[:1]
+    return x[:, :1] if x.shape[1] > 1 and bool((x == x[:, :1]).all()) else x
+
+
+def _evaluate_mask(block_mask, lead: tuple[int, int], sq: int, skv: int, where: str) -> torch.Tensor:
+    from torch.nn.attention.flex_attention import create_mask
+
+    try:
+        mask = create_mask(block_mask.mask_mod, *lead, sq, skv, device="cpu")
+    except (IndexError, RuntimeError):  # a per-sample table with one row cannot be read at b = 1
+        mask = create_mask(block_mask.mask_mod, 1, lead[1], sq, skv, device="cpu")
+    return _one_batch(mask, f"mask_mod {_name(block_mask.mask_mod)}", where)
 
 
 def score_bias(score_mod, lead: tuple[int, int], sq: int, skv: int, where: str) -> torch.Tensor:
-    """The additive bias ``[B|1, H|1, Sq, Skv]`` of an additive score_mod (score_mod(s) - s the same for any s),
+    """The additive bias ``[1, H|1, Sq, Skv]`` of an additive score_mod (score_mod(s) - s the same for any s),
     evaluated as flex_attention evaluates it (vmapped over batch, head, query and key indices)."""
     from torch.nn.attention.flex_attention import _vmap_for_bhqkv
 
     name = _name(score_mod)
-    grid = [torch.arange(n) for n in (*lead, sq, skv)]
-    scores = torch.randn(2, *lead, sq, skv, generator=torch.Generator().manual_seed(0))
-    scores[1] *= 8.0  # two score ranges: an additive score_mod shifts both alike
+    vmapped = _vmap_for_bhqkv(score_mod, prefix=(0,))
+
+    def evaluate(lead):
+        grid = [torch.arange(n) for n in (*lead, sq, skv)]
+        samples = torch.randn(2, *lead, sq, skv, generator=torch.Generator().manual_seed(0))
+        samples[1] *= 8.0  # two score ranges: an additive score_mod shifts both alike
+        bias = vmapped(torch.zeros(*lead, sq, skv), *grid)  # exact for score + c
+        return bias, samples, [vmapped(s, *grid) - s for s in samples]
+
     try:
-        vmapped = _vmap_for_bhqkv(score_mod, prefix=(0,))
-        deltas = [vmapped(s, *grid) - s for s in scores]
+        try:
+            bias, samples, deltas = evaluate(lead)
+        except (IndexError, RuntimeError):  # a per-sample table with one row cannot be read at b = 1
+            bias, samples, deltas = evaluate((1, lead[1]))
     except Exception as exc:  # noqa: BLE001 - any failure of user code: refused with its type and message
         raise ConversionRefused(f"flex_attention at {where}: its score_mod {name} could not be evaluated on the index "
                               f"grid ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                               "remove it for export") from None
-    first, second = deltas
-    spread = float(first[first.isfinite()].abs().max()) if bool(first.isfinite().any()) else 0.0
-    if bool(first.isnan().any()) or not torch.allclose(first, second, rtol=0, atol=1e-5 * max(1.0, spread)):
+    # Additive: each sample's change equals the bias, element by element (infinities exactly).
+    finite = bias.isfinite()
+    additive = not bool(bias.isnan().any()) and all(
+        torch.equal(d.isfinite(), finite) and torch.equal(d[~finite], bias[~finite])
+        and bool(((d - bias)[finite].abs() <= 1e-5 * (1 + bias[finite].abs()) + 1e-6 * (1 + s[finite].abs())).all())
+        for d, s in zip(deltas, samples))
+    if not additive:
         raise ConversionRefused(f"flex_attention at {where}: its score_mod {name} is not additive (how it changes a "
                               "score depends on the score, e.g. soft-capping), which the exported ops cannot "
                               "express: remove it for export, or write it as a bias added to the score")
-    for dim in (0, 1):  # one batch / head when they agree: the exported constant stays small
-        if first.shape[dim] > 1 and bool((first == first.narrow(dim, 0, 1)).all()):
-            first = first.narrow(dim, 0, 1)
-    return first.contiguous()
+    return _one_batch(bias, f"score_mod {name}", where).contiguous()
 
 
 def neighborhood_window(mask: torch.Tensor) -> dict | None:
@@ -338,7 +397,11 @@ def _block_sparse_plan(mask: torch.Tensor, bias: torch.Tensor | None, block_q: i
                       f"{touched.numel()} listed"}
     if partial or bias is not None:
         lead = torch.broadcast_shapes(mask.shape[:2], bias.shape[:2] if bias is not None else (1, 1))
-        _check_plan_size(lead[0] * lead[1] * index.shape[2:].numel() * block_q * block_kv * 4, where)
+        nbytes = lead[0] * lead[1] * index.shape[2:].numel() * block_q * block_kv * 4
+        if nbytes > _BIAS_BYTES:
+            raise ConversionRefused(f"flex_attention at {where}: the exact form of its mask needs a block_bias of "
+                                  f"{nbytes / 2**20:.0f} MB (limit {_BIAS_BYTES >> 20} MB): align the mask to "
+                                  f"BLOCK_SIZE {block_q}x{block_kv} or export at a shorter sequence length")
         dense = torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
         if bias is not None:
             dense = dense + bias
@@ -359,8 +422,10 @@ def run_plan(plan: dict, query, key, value, scale):
                                      plan["kernel"], plan["stride"], plan["dilation"], plan["causal"], scale)
         return out.transpose(1, 2)
     bias = plan.get("block_bias")
+    if bias is not None and bias.dtype != query.dtype:  # a cast only where needed: layers then share one constant
+        bias = bias.to(query.dtype)
     return block_sparse_attention(query, key, value, plan["kv_count"], plan["kv_index"], plan["block_q"],
-                                  plan["block_kv"], scale, None if bias is None else bias.to(query.dtype))
+                                  plan["block_kv"], scale, bias)
 
 
 class Converted(torch.nn.Module):

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
+import onnx_ir
 import torch
+from onnx_ir.passes.common import DeduplicateHashedInitializersPass
 
 from attn_export import defaults
 from attn_export.errors import AttnExportError, wrap_failure
@@ -60,13 +62,22 @@ def export(
     if dynamic_shapes:
         example_inputs = _avoid_size_one_specialization(example_inputs, dynamic_shapes)
     program = _torch_onnx_export(model, example_inputs, dynamic_shapes, opset, input_names, output_names)
-    proto = attach_local_functions(program.model_proto)
+    proto = attach_local_functions(_shared_initializers(program.model_proto))
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise AttnExportError(f"the exported ONNX model fails onnx.checker: {str(exc).splitlines()[0]}") from exc
     save_atomically(proto, Path(path))
     return proto
+
+
+def _shared_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """One initializer per distinct tensor. torch.export lifts a constant per call site, so layers sharing one
+    block layout or mask bias would each carry a copy (the exporter's own pass merges only tensors of up to
+    1024 elements). On the serialized model: the pass cannot hash the exporter's non-contiguous arrays."""
+    model = onnx_ir.from_proto(proto)
+    DeduplicateHashedInitializersPass()(model)
+    return onnx_ir.to_proto(model)
 
 
 def _torch_onnx_export(model, example_inputs, dynamic_shapes, opset, input_names, output_names):

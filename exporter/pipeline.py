@@ -431,6 +431,8 @@ def _convert_calls(loaded: LoadedModel, seed: int):
     converter = CallConverter()
     try:
         records = converter.analyse(loaded.module, loaded.random_inputs(seed))
+        if records:
+            converter.confirm(loaded.module, loaded.random_inputs(seed + 1))
     except ConversionRefused:
         raise
     except Exception:  # noqa: BLE001 - the model rejects these inputs: the export step names the failure

@@ -12,7 +12,7 @@ import torch
 
 import attn_export
 import attn_export.parity
-from attn_export.call_convert import CallConverter, ConversionRefused, neighborhood_window
+from attn_export.call_convert import CallConverter, ConversionRefused, neighborhood_window, plan_flex, run_plan
 from attn_export.models.neighborhood import NAParams, neighborhood_index
 
 from helpers import assert_one_line_error, run
@@ -247,7 +247,7 @@ def block_sparse_target(mask_mod) -> str:
     (neighborhood_2d, None, block_sparse_target(neighborhood_2d)),
     (dilated, None, block_sparse_target(dilated)),
     (causal, alibi, "score_mod alibi as an additive bias"),
-    (None, relative_table, "blocks 128x128, 1 of 1 listed, block_bias), score_mod relative_table"),
+    (None, relative_table, "blocks 100x100, 1 of 1 listed, block_bias), score_mod relative_table"),
 ])
 def test_flex_patterns_export_exactly_and_match_flex_attention(mask_mod, score_mod, target, tmp_path):
     result = export_flex(tmp_path, mask_mod, score_mod)
@@ -304,3 +304,87 @@ def test_converted_calls_export_in_fp16(name, tmp_path):
     for node in (n for n in model.graph.node if n.domain == "attn_export"):
         floats = [types.get(name) for name in (node.input[:3] + node.input[5:])]
         assert floats == [onnx.TensorProto.FLOAT16] * len(floats), (node.name, floats)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a Flex plan cannot follow is refused; what it can, it follows exactly (found in review)
+
+
+class GatedScore(torch.nn.Module):
+    """An additive score_mod whose bias is computed from the input: a constant plan would be wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.gate = torch.nn.Linear(16, 48), torch.nn.Linear(16, 1)
+
+    def forward(self, x):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        q, k, v = self.qkv(x).unflatten(-1, (3, 2, -1)).permute(2, 0, 3, 1, 4)
+        gate = self.gate(x)[..., 0]
+
+        def gated(score, b, h, q_idx, kv_idx):
+            return score + gate[b, kv_idx]
+
+        return flex_attention(q, k, v, score_mod=gated).transpose(1, 2).flatten(-2)
+
+
+def test_a_score_mod_computed_from_the_inputs_is_refused(tmp_path):
+    with pytest.raises(ConversionRefused, match="depends on the model's inputs"):
+        attn_export.run(GatedScore().eval(), tmp_path, example_inputs=(torch.randn(1, 24, 16),), engine=False)
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def masked_softcap(score, b, h, q, kv):  # a large finite mask value must not hide the cap
+    return torch.where(q >= kv, 5.0 * torch.tanh(score / 5.0), -1e9)
+
+
+def by_batch(score, b, h, q, kv):
+    return score + b * 0.5
+
+
+@pytest.mark.parametrize("score_mod, fragment", [
+    (masked_softcap, "score_mod masked_softcap is not additive"),
+    (by_batch, "score_mod by_batch depends on the batch index b"),
+])
+def test_score_mods_the_plan_cannot_follow_are_refused(score_mod, fragment):
+    q = torch.randn(1, 2, 40, 8)
+    with pytest.raises(ConversionRefused, match=fragment):
+        plan_flex(q, q, q, score_mod, None, None, "here")
+
+
+def test_a_mask_per_sample_is_refused():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    lengths = torch.tensor([30, 40])
+    mask = create_block_mask(lambda b, h, q, kv: kv < lengths[b], 2, None, 40, 40, device="cpu", BLOCK_SIZE=16)
+    q = torch.randn(2, 2, 40, 8)
+    with pytest.raises(ConversionRefused, match="BlockMask has a batch dim of 2"):
+        plan_flex(q, q, q, None, mask, None, "here")
+
+
+def test_biases_keep_one_batch_and_only_the_heads_they_need():
+    from attn_export.call_convert import score_bias
+
+    assert score_bias(alibi, (2, 3), 40, 40, "here").shape == (1, 3, 40, 40)
+    assert score_bias(lambda s, b, h, q, kv: s - 0.1 * (q - kv).abs(), (2, 3), 40, 40, "here").shape == (1, 1, 40, 40)
+
+
+def test_masks_are_evaluated_at_the_calls_heads_as_flex_does():
+    """A BlockMask built with H=None whose mask_mod reads h: flex evaluates it per head, so must we."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    def per_head_window(b, h, q, kv):
+        return (q - kv).abs() <= 2 + 3 * h
+
+    mask = create_block_mask(per_head_window, None, None, 50, 50, device="cpu", BLOCK_SIZE=16)
+    q, k, v = torch.randn(3, 1, 2, 50, 8).unbind(0)
+    plan = plan_flex(q, k, v, None, mask, None, "here")
+    torch.testing.assert_close(run_plan(plan, q, k, v, None), flex_attention(q, k, v, block_mask=mask), atol=1e-5,
+                               rtol=0)
+
+
+def test_a_score_mod_alone_on_a_short_sequence_uses_one_block_of_its_length():
+    q = torch.randn(1, 2, 40, 8)
+    plan = plan_flex(q, q, q, alibi, None, None, "here")
+    assert (plan["block_q"], plan["block_kv"]) == (40, 40) and plan["block_bias"].shape == (1, 2, 1, 1, 40, 40)
