@@ -388,3 +388,34 @@ def test_a_score_mod_alone_on_a_short_sequence_uses_one_block_of_its_length():
     q = torch.randn(1, 2, 40, 8)
     plan = plan_flex(q, q, q, alibi, None, None, "here")
     assert (plan["block_q"], plan["block_kv"]) == (40, 40) and plan["block_bias"].shape == (1, 2, 1, 1, 40, 40)
+
+
+def test_a_checkpoint_calling_natten_na2d_exports_through_the_cli(tmp_path):
+    pytest.importorskip("natten", reason="NATTEN not installed")
+    (tmp_path / "factory.py").write_text(
+        "import natten\n"
+        "import torch\n"
+        "class Image(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.qkv = torch.nn.Linear(16, 48)\n"
+        "    def forward(self, x):\n"
+        "        q, k, v = self.qkv(x).unflatten(-1, (3, 2, -1)).unbind(-3)\n"
+        "        return natten.na2d(q, k, v, kernel_size=3, dilation=2).flatten(-2)\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return Image()\n")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("factory", tmp_path / "factory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.save(module.build().state_dict(), tmp_path / "image.pt")
+    result = run(tmp_path / "image.pt", "--factory", f"{tmp_path / 'factory.py'}:build", "--input-shape",
+                 "x=1x9x10x16", "-o", tmp_path / "out", "--atol", "1e-5", "--rtol", "0")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["export"]["custom_nodes"] == {"NeighborhoodAttention": 1}
+    assert report["reference"]["runner"] == "pytorch-original"  # NATTEN itself
+    assert report["export"]["converted_calls"] == [
+        "natten.na2d at factory.py:9 -> attn_export::neighborhood_attention"]
