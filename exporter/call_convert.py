@@ -112,7 +112,7 @@ class CallConverter:
         self.analysing = True
         self._count = 0
         self._inside = 0  # > 0 while an intercepted original runs: its own inner calls (NATTEN -> flex) pass
-        self._plans: dict[tuple, dict] = {}  # per analysis pass, by the identity of the call's mask and score_mod
+        self._plans: dict[tuple, tuple] = {}  # per analysis pass, by the identity of the call's mask and score_mod
 
     def _original(self, function: Callable, *args, **kwargs):
         self._inside += 1
@@ -209,9 +209,10 @@ class CallConverter:
             if self.analysing:
                 # Layers that share one BlockMask and score_mod share one plan: planned once, one set of constants
                 same = (id(block_mask), id(score_mod), tuple(query.shape[:2]), query.shape[-2], key.shape[-2])
-                if same not in self._plans:
-                    self._plans[same] = plan_flex(query, key, value, score_mod, block_mask, scale, where)
-                plan = self._plans[same]
+                if same not in self._plans:  # the entry holds the mask and score_mod: their ids stay theirs
+                    self._plans[same] = (plan_flex(query, key, value, score_mod, block_mask, scale, where),
+                                         block_mask, score_mod)
+                plan = self._plans[same][0]
                 self.records.append(CallRecord(index, "flex_attention", where, plan["target"], plan))
                 return self._original(original, query, key, value, score_mod=score_mod, block_mask=block_mask,
                                       scale=scale)
