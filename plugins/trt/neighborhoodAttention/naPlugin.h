@@ -1,69 +1,39 @@
-// IPluginV3 glue of the NeighborhoodAttention plugin: converts TensorRT's types and calls the
-// TensorRT-free logic (naConfig.h) and the kernel C ABI (attnx_kernels.h). Contract: README.md here.
+// The NeighborhoodAttention plugin: the shared IPluginV3 glue (common/attentionPlugin.h) over this op's
+// TensorRT-free logic (naConfig.h) and kernel C ABI (attnx_kernels.h). Contract: README.md here.
 #pragma once
 
-#include "NvInferRuntime.h"
-#include "attnx_types.h"
+#include "attentionPlugin.h"
 #include "naConfig.h"
-#include "pluginGlue.h"
 
 namespace attnx {
 namespace plugin {
 
-class NeighborhoodAttentionPlugin : public nvinfer1::IPluginV3,
-                                    public nvinfer1::IPluginV3OneCore,
-                                    public nvinfer1::IPluginV3OneBuild,
-                                    public nvinfer1::IPluginV3OneRuntime {
-public:
-    explicit NeighborhoodAttentionPlugin(NAConfig const& config);
-    ~NeighborhoodAttentionPlugin() override = default;
+struct NeighborhoodAttentionOp {
+    using Config = NAConfig;
+    static constexpr int32_t kFixedInputs = 0;  // q, k, v, and rpb where the node has one
+    static constexpr int32_t kMaxInputs = 4;
+    static constexpr auto parseFields = static_cast<std::string (*)(std::vector<FieldView> const&, NAConfig&)>(
+        &plugin::parseFields);
+    static constexpr auto serializeFields =
+        static_cast<std::vector<FieldView> (*)(NAConfig const&)>(&plugin::serializeFields);
+    static constexpr auto checkInputs =
+        static_cast<std::string (*)(NAConfig const&, TensorInfo const*, int32_t)>(&plugin::checkInputs);
+    static constexpr auto supportsFormat = &plugin::supportsFormat;
 
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-
-    // IPluginV3OneBuild
-    int32_t getNbOutputs() const noexcept override;
-    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
-                            nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
-    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
-                               int32_t nbInputs) const noexcept override;
-    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
-                            int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
-                            nvinfer1::IExprBuilder& exprBuilder) noexcept override;
-    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
-                                   int32_t nbOutputs) noexcept override;
-    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
-                            nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
-
-    // IPluginV3OneRuntime
-    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
-                          int32_t nbOutputs) noexcept override;
-    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
-                    void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
-
-private:
-    NAConfig mConfig;
-    // 3 (q, k, v) or 4 (with rpb), from configurePlugin / onShapeChange: enqueue receives descriptors but
-    // no count. Shapes are never cached: enqueue takes them from its inputDesc.
-    int32_t mNbInputs = 0;
-    SerializedFields mSerialized;
+    static PluginDecl const& decl() { return neighborhoodAttention::kDecl; }
+    static bool takesInputCount(int32_t n) { return n == 3 || n == 4; }
+    static int32_t qRank(Config const& cfg) { return cfg.rank + 3; }
+    static std::string expectedInputs(Config const& cfg) {
+        return "q, k, v[, rpb] of rank " + std::to_string(cfg.rank + 3);
+    }
+    static size_t workspaceSize(Config const& cfg, TensorInfo const* largest, int32_t n);
+    static attnx_status validate(Config const& cfg, TensorInfo const* inputs, int32_t n);
+    static attnx_status forward(Config const& cfg, TensorInfo const* inputs, int32_t n, void const* const* data,
+                                void* out, void* workspace, cudaStream_t stream);
 };
 
-// Name, version, namespace and field list come from neighborhoodAttention::kDecl.
-class NeighborhoodAttentionCreator : public DeclaredCreator {
-public:
-    NeighborhoodAttentionCreator();
-    nvinfer1::IPluginV3* createPlugin(char const* name, nvinfer1::PluginFieldCollection const* fc,
-                                      nvinfer1::TensorRTPhase phase) noexcept override;
-};
+using NeighborhoodAttentionPlugin = AttentionPlugin<NeighborhoodAttentionOp>;
+using NeighborhoodAttentionCreator = AttentionCreator<NeighborhoodAttentionOp>;
 
 }  // namespace plugin
 }  // namespace attnx

@@ -1,66 +1,36 @@
-// IPluginV3 glue of the ParoAttention plugin: converts TensorRT's types and calls the TensorRT-free logic
-// (paroConfig.h) and the kernel C ABI (attnx_kernels.h). Contract: README.md here.
+// The ParoAttention plugin: the shared IPluginV3 glue (common/attentionPlugin.h) over this op's TensorRT-free
+// logic (paroConfig.h) and kernel C ABI (attnx_kernels.h). Contract: README.md here.
 #pragma once
 
-#include "NvInferRuntime.h"
-#include "attnx_types.h"
+#include "attentionPlugin.h"
 #include "paroConfig.h"
-#include "pluginGlue.h"
 
 namespace attnx {
 namespace plugin {
 
-class ParoAttentionPlugin : public nvinfer1::IPluginV3,
-                                    public nvinfer1::IPluginV3OneCore,
-                                    public nvinfer1::IPluginV3OneBuild,
-                                    public nvinfer1::IPluginV3OneRuntime {
-public:
-    explicit ParoAttentionPlugin(ParoConfig const& config);
-    ~ParoAttentionPlugin() override = default;
+struct ParoAttentionOp {
+    using Config = ParoConfig;
+    static constexpr int32_t kFixedInputs = paroAttention::kNbInputs;
+    static constexpr int32_t kMaxInputs = paroAttention::kNbInputs;
+    static constexpr auto parseFields = &paroAttention::parseFields;
+    static constexpr auto serializeFields = &paroAttention::serializeFields;
+    static constexpr auto checkInputs = &paroAttention::checkInputs;
+    static constexpr auto supportsFormat = &paroAttention::supportsFormat;
 
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-
-    // IPluginV3OneBuild
-    int32_t getNbOutputs() const noexcept override;
-    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
-                            nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
-    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
-                               int32_t nbInputs) const noexcept override;
-    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
-                            int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
-                            nvinfer1::IExprBuilder& exprBuilder) noexcept override;
-    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
-                                   int32_t nbOutputs) noexcept override;
-    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
-                            nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
-
-    // IPluginV3OneRuntime
-    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
-                          int32_t nbOutputs) noexcept override;
-    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
-                    void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
-
-private:
-    ParoConfig mConfig;
-    SerializedFields mSerialized;
+    static PluginDecl const& decl() { return paroAttention::kDecl; }
+    static bool takesInputCount(int32_t n) { return n == kFixedInputs; }
+    static int32_t qRank(Config const&) { return 4; }
+    static std::string expectedInputs(Config const&) {
+        return "q, k, v, perm_idx, kv_count, kv_index with q of rank 4";
+    }
+    static size_t workspaceSize(Config const& cfg, TensorInfo const* largest, int32_t n);
+    static attnx_status validate(Config const& cfg, TensorInfo const* inputs, int32_t n);
+    static attnx_status forward(Config const& cfg, TensorInfo const* inputs, int32_t n, void const* const* data,
+                                void* out, void* workspace, cudaStream_t stream);
 };
 
-// Name, version, namespace and field list come from paroAttention::kDecl.
-class ParoAttentionCreator : public DeclaredCreator {
-public:
-    ParoAttentionCreator();
-    nvinfer1::IPluginV3* createPlugin(char const* name, nvinfer1::PluginFieldCollection const* fc,
-                                      nvinfer1::TensorRTPhase phase) noexcept override;
-};
+using ParoAttentionPlugin = AttentionPlugin<ParoAttentionOp>;
+using ParoAttentionCreator = AttentionCreator<ParoAttentionOp>;
 
 }  // namespace plugin
 }  // namespace attnx
