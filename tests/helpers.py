@@ -125,6 +125,19 @@ def random_case(seed: int):
     return q, k, v, count, index, block_q, block_kv, scale
 
 
+def factory_checkpoint(folder: Path, source: str, name: str = "factory") -> tuple[Path, str]:
+    """A checkpoint as users bring one: ``folder/name.py`` with ``build()`` (the model, or (model, inputs)) and
+    ``folder/name.pt``, its state dict. Returns the checkpoint and the --factory argument."""
+    module = folder / f"{name}.py"
+    module.write_text(source)
+    namespace: dict = {}
+    exec(compile(source, str(module), "exec"), namespace)
+    built = namespace["build"]()
+    checkpoint = folder / f"{name}.pt"
+    torch.save((built[0] if isinstance(built, tuple) else built).state_dict(), checkpoint)
+    return checkpoint, f"{module}:build"
+
+
 def random_block_bias(seed: int, q, count, index, block_q: int, block_kv: int, masked: float = 0.3):
     """A block_bias for random_case's layout: normal values, a share of -inf (single masked keys), and, when
     the layout has listed slots, one query row masked in every slot (it must output zeros)."""

@@ -21,7 +21,7 @@ from attn_export.parity import Tolerances
 from attn_export.pipeline import ExportOptions, export_job
 from attn_export.registry import BLOCK_SPARSE, DOMAIN
 
-from helpers import assert_one_line_error, random_block_bias, random_case, run
+from helpers import assert_one_line_error, factory_checkpoint, random_block_bias, random_case, run
 from oracle import block_sparse_reference
 
 FLOAT = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16}
@@ -151,7 +151,7 @@ def test_zoo_model_parity_on_onnxruntime(name, tmp_path):
 
 
 def test_bad_layout_from_the_cli_is_exit_2(tmp_path):
-    (tmp_path / "factory.py").write_text(
+    checkpoint, factory = factory_checkpoint(tmp_path, (
         "import torch\n"
         "from attn_export.models.layers import BlockSparseSelfAttention\n"
         "class Bad(torch.nn.Module):\n"
@@ -162,15 +162,8 @@ def test_bad_layout_from_the_cli_is_exit_2(tmp_path):
         "    def forward(self, x):\n"
         "        return self.attn(x)\n"
         "def build():\n"
-        "    return Bad()\n")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("factory", tmp_path / "factory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    torch.save(module.build().state_dict(), tmp_path / "bad.pt")
+        "    return Bad()\n"))
     out = tmp_path / "out"
-    result = run(tmp_path / "bad.pt", "--factory", f"{tmp_path / 'factory.py'}:build", "--input-shape", "x=1x8x16",
-                 "-o", out)
+    result = run(checkpoint, "--factory", factory, "--input-shape", "x=1x8x16", "-o", out)
     assert_one_line_error(result, 2, "layer 'attn': block_sparse_attention: kv_index lists block 7")
     assert not out.exists()

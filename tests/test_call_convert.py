@@ -15,7 +15,7 @@ import attn_export.parity
 from attn_export.call_convert import CallConverter, ConversionRefused, neighborhood_window, plan_flex, run_plan
 from attn_export.models.neighborhood import NAParams, neighborhood_index
 
-from helpers import assert_one_line_error, run
+from helpers import assert_one_line_error, factory_checkpoint, run
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -392,7 +392,7 @@ def test_a_score_mod_alone_on_a_short_sequence_uses_one_block_of_its_length():
 
 def test_a_checkpoint_calling_natten_na2d_exports_through_the_cli(tmp_path):
     pytest.importorskip("natten", reason="NATTEN not installed")
-    (tmp_path / "factory.py").write_text(
+    checkpoint, factory = factory_checkpoint(tmp_path, (
         "import natten\n"
         "import torch\n"
         "class Image(torch.nn.Module):\n"
@@ -404,15 +404,9 @@ def test_a_checkpoint_calling_natten_na2d_exports_through_the_cli(tmp_path):
         "        return natten.na2d(q, k, v, kernel_size=3, dilation=2).flatten(-2)\n"
         "def build():\n"
         "    torch.manual_seed(0)\n"
-        "    return Image()\n")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("factory", tmp_path / "factory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    torch.save(module.build().state_dict(), tmp_path / "image.pt")
-    result = run(tmp_path / "image.pt", "--factory", f"{tmp_path / 'factory.py'}:build", "--input-shape",
-                 "x=1x9x10x16", "-o", tmp_path / "out", "--atol", "1e-5", "--rtol", "0")
+        "    return Image()\n"))
+    result = run(checkpoint, "--factory", factory, "--input-shape", "x=1x9x10x16", "-o", tmp_path / "out",
+                 "--atol", "1e-5", "--rtol", "0")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["export"]["custom_nodes"] == {"NeighborhoodAttention": 1}

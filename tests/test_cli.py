@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from helpers import SMALL, TinyModel, assert_one_line_error, build_tiny, console, run  # noqa: F401
+from helpers import SMALL, TinyModel, assert_one_line_error, build_tiny, console, factory_checkpoint, run  # noqa: F401
 
 # ------------------------------------------------------------------------------------------- happy paths
 
@@ -338,11 +338,8 @@ def build():
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 def test_unconvertible_flex_attention_calls_are_named_not_blamed_on_gradients(tmp_path):
-    (tmp_path / "flexmodel.py").write_text(FLEX_MODEL)
-    namespace: dict = {}
-    exec(FLEX_MODEL, namespace)
-    torch.save(namespace["build"]()[0].state_dict(), tmp_path / "flex.pt")
-    result = run(tmp_path / "flex.pt", "--factory", f"{tmp_path / 'flexmodel.py'}:build", "-o", tmp_path / "o")
+    checkpoint, factory = factory_checkpoint(tmp_path, FLEX_MODEL, "flexmodel")
+    result = run(checkpoint, "--factory", factory, "-o", tmp_path / "o")
     assert_one_line_error(result, 2, "flex_attention at flexmodel.py:18: its score_mod soft_cap is not additive")
     assert "backward" not in result.stderr
     assert not (tmp_path / "o").exists()
