@@ -77,7 +77,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path,
     """Build and write a serialized engine with one optimization profile per entry of ``profiles`` (one
     mapping: one profile); returns its metadata (also written to ``meta_path``). ``precision`` is recorded
     only: the network is strongly typed, so the ONNX file's types decide."""
-    check_plugin_inputs(onnx_path)
+    nodes = plugin_nodes(onnx_path)  # one read of the file serves both checks
+    check_plugin_inputs(nodes, Path(onnx_path).name)
     trt, plugins = require_engine_tools()
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, LoadPlugins, NetworkFromOnnxPath, Profile
 
@@ -96,7 +97,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path,
         raise wrap_failure(exc, "parsing the ONNX file for TensorRT", LOG_HINT) from exc
     # Without our plugin registered, the ONNX parser silently runs the nodes' model-local functions: the
     # engine would build and pass parity without ever running our kernels. Refuse that engine.
-    plugin_layers = check_plugin_layers(plugin_nodes(onnx_path), network_layers(trt, network[1]), Path(onnx_path).name)
+    plugin_layers = check_plugin_layers([{"node": n.name, "op": n.op_type} for n in nodes],
+                                        network_layers(trt, network[1]), Path(onnx_path).name)
     try:
         engine = EngineBytesFromNetwork(network, config=config,
                                         save_timing_cache=str(timing_cache) if timing_cache else None)()
@@ -127,27 +129,25 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path,
 PLUGIN_LAYER_TYPES = ("PLUGIN_V3", "PLUGIN_V2", "PLUGIN")
 
 
-def plugin_nodes(onnx_path: str | Path) -> list[dict]:
-    """The main graph's nodes of ops the plugin library provides: [{"node": name, "op": op_type}]."""
+def plugin_nodes(onnx_path: str | Path) -> list:
+    """The main graph's nodes (onnx.NodeProto) of ops the plugin library provides."""
     import onnx
 
     ops = {spec.onnx_op_type for spec in PLUGIN_OPS}
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    return [{"node": n.name, "op": n.op_type} for n in graph.node if n.domain == DOMAIN and n.op_type in ops]
+    return [n for n in graph.node if n.domain == DOMAIN and n.op_type in ops]
 
 
-def check_plugin_inputs(onnx_path: str | Path) -> None:
-    """Exit 3 when a node has an input that its TensorRT plugin does not take yet (registry Input.plugin)."""
-    import onnx
-
+def check_plugin_inputs(nodes: Sequence, onnx_name: str = "the ONNX file") -> None:
+    """Exit 3 when a node (from plugin_nodes) has an input that its TensorRT plugin does not take yet
+    (registry Input.plugin)."""
     specs = {spec.onnx_op_type: spec for spec in PLUGIN_OPS}
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    for node in graph.node:
-        spec = specs.get(node.op_type) if node.domain == DOMAIN else None
-        unsupported = [i.name for i, name in zip(spec.inputs, node.input) if name and not i.plugin] if spec else []
+    for node in nodes:
+        spec = specs[node.op_type]
+        unsupported = [i.name for i, name in zip(spec.inputs, node.input) if name and not i.plugin]
         if unsupported:
             raise AttnExportError(
-                f"{node.op_type} node '{node.name}' of {Path(onnx_path).name} has input {', '.join(unsupported)}, "
+                f"{node.op_type} node '{node.name}' of {onnx_name} has input {', '.join(unsupported)}, "
                 f"which the {spec.plugin_name} TensorRT plugin does not take yet: run this file with ONNX Runtime "
                 "(export without --engine), or make the attention's mask block-aligned and drop its score_mod",
                 EXIT_MISSING_DEPENDENCY)

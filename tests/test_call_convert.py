@@ -278,15 +278,15 @@ def test_flex_document_lm_exports_through_the_cli_and_matches_flex(tmp_path):
 def test_engines_refuse_a_node_whose_input_the_plugin_does_not_take(tmp_path):
     """block_bias has no TensorRT plugin support yet: exit 3 naming the node, before TensorRT is needed."""
     from attn_export.errors import EXIT_MISSING_DEPENDENCY, AttnExportError
-    from attn_export.trt import check_plugin_inputs
+    from attn_export.trt import check_plugin_inputs, plugin_nodes
 
     assert export_flex(tmp_path / "doc", documents).passed
     with pytest.raises(AttnExportError) as info:
-        check_plugin_inputs(tmp_path / "doc" / "model.onnx")
+        check_plugin_inputs(plugin_nodes(tmp_path / "doc" / "model.onnx"), "model.onnx")
     assert info.value.exit_code == EXIT_MISSING_DEPENDENCY and "has input block_bias, which the " \
         "BlockSparseAttention TensorRT plugin does not take yet" in str(info.value)
     assert export_flex(tmp_path / "swa", sliding_causal).passed
-    check_plugin_inputs(tmp_path / "swa" / "model.onnx")  # NeighborhoodAttention without rpb: nothing refused
+    check_plugin_inputs(plugin_nodes(tmp_path / "swa" / "model.onnx"))  # NeighborhoodAttention, no rpb: nothing refused
 
 
 @pytest.mark.parametrize("name", ["flex-swa-tiny", "flex-doc-tiny"])
