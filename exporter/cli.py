@@ -142,12 +142,54 @@ def _ci_report_options(func):
 
 
 def _quant_threshold_options(func):
-    cosine = ", ".join(f"{c} {m}" for m, (c, _) in defaults.QUANT_THRESHOLDS.items())
-    error = ", ".join(f"{e:.2f} {m}" for m, (_, e) in defaults.QUANT_THRESHOLDS.items())
+    cosine = ", ".join(f"{c} {m}" for m, (c, *_) in defaults.QUANT_THRESHOLDS.items())
+    error = ", ".join(f"{e:.2f} {m}" for m, (_, e, *_) in defaults.QUANT_THRESHOLDS.items())
     func = click.option("--quant-max-error", type=float, help="Quantized parity: largest mean |error| / mean "
                         f"|reference| [default: {error}].")(func)
-    return click.option("--quant-min-cosine", type=float, help="Quantized parity: least cosine similarity per output "
+    func = click.option("--quant-min-cosine", type=float, help="Quantized parity: least cosine similarity per output "
                         f"[default: {cosine}].")(func)
+    return _quality_options(func)
+
+
+QUALITY_GROUP = "attn_export.quality_options"
+
+
+def _quality_option(*decls, field: str, **attrs):
+    """An option of the quality-check group: declared once here, its value kept under its ExportOptions field
+    (read back with _quality_fields), so no command lists it in its signature."""
+
+    def keep(ctx, _param, value):
+        if value is not None:
+            ctx.meta.setdefault(QUALITY_GROUP, {})[field] = value
+        return value
+
+    return click.option(*decls, expose_value=False, callback=keep, **attrs)
+
+
+def _quality_options(func):
+    sample = ", ".join(f"{v[2]} {m}" for m, v in defaults.QUANT_THRESHOLDS.items())
+    top1 = ", ".join(f"{v[3]:.2f} {m}" for m, v in defaults.QUANT_THRESHOLDS.items())
+    options = [
+        _quality_option("--quant-min-sample-cosine", field="quant_min_sample_cosine", type=float,
+                        help=f"Quantized / PARO check: least cosine of any one sample [default: {sample}]."),
+        _quality_option("--quant-min-top1", field="quant_min_top1", type=float,
+                        help="Quantized / PARO check: least share of real samples whose top-1 class (outputs "
+                             f"[batch, classes]) matches the float model's [default: {top1}]."),
+        _quality_option("--check-samples", field="check_samples", type=int,
+                        help="Real samples held out of the calibration data (never calibrated on) for the "
+                             f"quantized and PARO checks [default: {defaults.CHECK_SAMPLES}; 0: none]."),
+        _quality_option("--allow-inconclusive", field="allow_inconclusive", is_flag=True, default=None,
+                        help="Accept a quantized / PARO check whose null control (a deliberately broken variant) "
+                             "passes too; without it that check exits 1."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _quality_fields() -> dict:
+    """The quality-check group's values given on this command line, by ExportOptions field."""
+    return dict(click.get_current_context().meta.get(QUALITY_GROUP, {}))
 
 
 def _load(model: str, factory, trust_pickle: bool, input_shapes, steps: int):
@@ -173,6 +215,10 @@ def _report_outcome(report, report_path) -> int:
         click.echo("parity FAILED: see the table above" + (f" and {report_path}" if report_path else ""), err=True)
         return EXIT_CHECK_FAILED
     return 0
+
+
+def _verdict(report) -> str:
+    return "INCONCLUSIVE" if report.status == "inconclusive" else "FAILED"
 
 
 def _run(debug: bool, body) -> None:
@@ -291,7 +337,7 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
             quant_max_error=quant_max_error, paro=paro, paro_grid=paro_grid, paro_prefix=paro_prefix,
             paro_density=paro_density, paro_block=paro_block, paro_qk=paro_qk, paro_pv=paro_pv,
             paro_buckets=paro_buckets, paro_plan=paro_plan, dtype=dtype, shapes=shapes, profiles=profiles,
-            junit=junit, summary=summary, triton_repo=triton_repo, triton_name=triton_name,
+            junit=junit, summary=summary, triton_repo=triton_repo, triton_name=triton_name, **_quality_fields(),
         ).prepare()  # every flag is checked before any work
         loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=opts.step_count(model))
         result = export_job(loaded, outdir, opts, step)
@@ -309,7 +355,8 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
         if result.paro_report is not None:
             click.echo(result.paro_report.table())
             if not result.paro_report.passed:
-                click.echo(f"PARO quality FAILED: see the table above and {result.report_path}", err=True)
+                click.echo(f"PARO quality {_verdict(result.paro_report)}: see the table above and "
+                           f"{result.report_path}", err=True)
                 code = EXIT_CHECK_FAILED
             if result.quant_report is None:
                 click.echo(f"wrote {result.report_path}")
@@ -317,7 +364,8 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
             click.echo(result.quant_report.table())
             click.echo(f"wrote {result.report_path}")
             if not result.quant_report.passed:
-                click.echo(f"{opts.quant.mode} parity FAILED: see the table above and {result.report_path}", err=True)
+                click.echo(f"{opts.quant.mode} parity {_verdict(result.quant_report)}: see the table above and "
+                           f"{result.report_path}", err=True)
                 code = EXIT_CHECK_FAILED
         _echo_extra_files(result.junit_path, result.summary_path)
         if result.triton_path:
@@ -357,7 +405,7 @@ def check_cmd(model, onnx_file, report_path, engine_file, junit, summary, quant_
 
         opts = ExportOptions(tolerances=_parse_tolerances(atol, rtol), inputs_npz=inputs_npz, seed=seed,
                              command=["attn-export", *sys.argv[1:]], quant_min_cosine=quant_min_cosine,
-                             quant_max_error=quant_max_error, junit=junit, summary=summary)
+                             quant_max_error=quant_max_error, junit=junit, summary=summary, **_quality_fields())
         opts.prepare_check(report_path)  # before loading the model
         if engine_file:
             require_engine_file(engine_file)
