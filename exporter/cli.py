@@ -212,7 +212,9 @@ def _report_outcome(report, report_path) -> int:
     if report_path:
         click.echo(f"wrote {report_path}")
     if not report.passed:
-        click.echo("parity FAILED: see the table above" + (f" and {report_path}" if report_path else ""), err=True)
+        verdict = _verdict(report) if hasattr(report, "status") else "FAILED"
+        click.echo(f"parity {verdict}: see the table above" + (f" and {report_path}" if report_path else ""),
+                   err=True)
         return EXIT_CHECK_FAILED
     return 0
 

@@ -56,18 +56,31 @@ def attention_zeroed(onnx_path: str | Path) -> Control:
         node.output[0] = f"{output}_before_null_control"
         index = list(model.graph.node).index(node)
         model.graph.node.insert(index + 1, helper.make_node("Mul", [node.output[0], ZERO], [output],
-                                                            name=f"{node.name}_null_control"))
+                                                            name=_unique_name(model, f"{output}_null_control")))
     return Control(f"the output of all {len(nodes)} attention calls zeroed", model.SerializeToString())
 
 
 def _zero_input(model: onnx.ModelProto, node: onnx.NodeProto, slot: int) -> bytes:
     _add_zero(model)
     source = node.input[slot]
-    zeroed = f"{source}_null_control"
+    taken = {o for n in model.graph.node for o in n.output}
+    zeroed, suffix = f"{source}_null_control", 1
+    while zeroed in taken:
+        zeroed, suffix = f"{source}_null_control_{suffix}", suffix + 1
     index = list(model.graph.node).index(node)
-    model.graph.node.insert(index, helper.make_node("Mul", [source, ZERO], [zeroed], name=f"{zeroed}_mul"))
+    model.graph.node.insert(index, helper.make_node("Mul", [source, ZERO], [zeroed],
+                                                    name=_unique_name(model, f"{zeroed}_mul")))
     node.input[slot] = zeroed
     return model.SerializeToString()
+
+
+def _unique_name(model: onnx.ModelProto, base: str) -> str:
+    """A node name no node of ``model`` has (a file may already hold a control's nodes)."""
+    taken = {n.name for n in model.graph.node}
+    name, suffix = base, 1
+    while name in taken:
+        name, suffix = f"{base}_{suffix}", suffix + 1
+    return name
 
 
 def _add_zero(model: onnx.ModelProto) -> None:

@@ -353,13 +353,15 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
             shapes.check_against_model(opts.shape_profiles, onnx_inputs, ONNX_NAME)
         inputs = (check_inputs(loaded, stage / ONNX_NAME, opts, user_feed, held)
                   if opts.check or build_engine else None)
-        feeds = inputs.feeds = precision.cast_feeds(inputs.feeds, dtype) if inputs else []
-        source = inputs.description if inputs else ""
+        if inputs:
+            inputs.feeds = precision.cast_feeds(inputs.feeds, dtype)
         if paro and paro.buckets > 1:
             from attn_export.paro_export import add_buckets, mark_buckets
 
             mark_buckets(proto, stage / ONNX_NAME, paro.buckets)
-            feeds = inputs.feeds = add_buckets(feeds, paro.buckets)
+            if inputs:
+                inputs.feeds = add_buckets(inputs.feeds, paro.buckets)
+        feeds, source = (inputs.feeds, inputs.description) if inputs else ([], "")
         quant = None
         if opts.quant:
             with step(titles["quantize"]):
@@ -698,7 +700,7 @@ def held_out_samples(loaded: LoadedModel, opts: ExportOptions):
     from attn_export.calib.data import checked_source
     from attn_export.check_inputs import HeldOut, count_rows, hold_out_count, split_held_out
 
-    if opts.check_samples == 0 or (opts.calib_cache and not opts.calib_data):
+    if opts.check_samples == 0:
         return HeldOut([], "")
     infos = model_input_infos(loaded, opts)
     source = calibration_source(loaded, opts, infos)
