@@ -125,6 +125,11 @@ def _targets(model: onnx.ModelProto, mode: str, exclude: Sequence[str]) -> list[
     return targets
 
 
+def quantized_layers(model: onnx.ModelProto, mode: str, exclude: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(node name, op type) of every layer ``mode`` quantizes in ``model``, in graph order."""
+    return [(t.node.name, t.node.op_type) for t in _targets(model, mode, exclude)]
+
+
 def _excluded(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 

@@ -151,16 +151,16 @@ def _quant_threshold_options(func):
     return _quality_options(func)
 
 
-QUALITY_GROUP = "attn_export.quality_options"
+GROUP_KEY = "attn_export.option_groups"
 
 
-def _quality_option(*decls, field: str, **attrs):
-    """An option of the quality-check group: declared once here, its value kept under its ExportOptions field
-    (read back with _quality_fields), so no command lists it in its signature."""
+def _group_option(*decls, field: str, **attrs):
+    """An option declared once, its value kept under its ExportOptions field (read back with _group_fields), so no
+    command lists it in its signature or passes it on by hand."""
 
     def keep(ctx, _param, value):
         if value is not None:
-            ctx.meta.setdefault(QUALITY_GROUP, {})[field] = value
+            ctx.meta.setdefault(GROUP_KEY, {})[field] = value
         return value
 
     return click.option(*decls, expose_value=False, callback=keep, **attrs)
@@ -170,15 +170,15 @@ def _quality_options(func):
     sample = ", ".join(f"{v[2]} {m}" for m, v in defaults.QUANT_THRESHOLDS.items())
     top1 = ", ".join(f"{v[3]:.2f} {m}" for m, v in defaults.QUANT_THRESHOLDS.items())
     options = [
-        _quality_option("--quant-min-sample-cosine", field="quant_min_sample_cosine", type=float,
+        _group_option("--quant-min-sample-cosine", field="quant_min_sample_cosine", type=float,
                         help=f"Quantized / PARO check: least cosine of any one sample [default: {sample}]."),
-        _quality_option("--quant-min-top1", field="quant_min_top1", type=float,
+        _group_option("--quant-min-top1", field="quant_min_top1", type=float,
                         help="Quantized / PARO check: least share of real samples whose top-1 class (outputs "
                              f"[batch, classes]) matches the float model's [default: {top1}]."),
-        _quality_option("--check-samples", field="check_samples", type=int,
+        _group_option("--check-samples", field="check_samples", type=int,
                         help="Real samples held out of the calibration data (never calibrated on) for the "
                              f"quantized and PARO checks [default: {defaults.CHECK_SAMPLES}; 0: none]."),
-        _quality_option("--allow-inconclusive", field="allow_inconclusive", is_flag=True, default=None,
+        _group_option("--allow-inconclusive", field="allow_inconclusive", is_flag=True, default=None,
                         help="Accept a quantized / PARO check whose null control (a deliberately broken variant) "
                              "passes too; without it that check exits 1."),
     ]
@@ -187,9 +187,9 @@ def _quality_options(func):
     return func
 
 
-def _quality_fields() -> dict:
-    """The quality-check group's values given on this command line, by ExportOptions field."""
-    return dict(click.get_current_context().meta.get(QUALITY_GROUP, {}))
+def _group_fields() -> dict:
+    """The values of the options declared with _group_option on this command line, by ExportOptions field."""
+    return dict(click.get_current_context().meta.get(GROUP_KEY, {}))
 
 
 def _load(model: str, factory, trust_pickle: bool, input_shapes, steps: int):
@@ -281,6 +281,15 @@ def main():
                    "calibrating.")
 @click.option("--calib-preprocess", default=defaults.CALIB_PREPROCESS, show_default=True, metavar="raw|unit|imagenet",
               help="For an image folder: pixels 0-255 (raw), 0-1 (unit) or ImageNet-normalized RGB.")
+@_group_option("--sensitivity", field="sensitivity", is_flag=True, default=None,
+                 help="Quantization: measure every quantized layer alone on the check inputs (real samples where "
+                      "given) and list the most harmful first (console and report.json).")
+@_group_option("--auto-exclude", field="auto_exclude", type=float, metavar="COSINE",
+                 help="Quantization: keep the most sensitive layers in float, one at a time, until the worst sample "
+                      "cosine on the held-out real data reaches COSINE (e.g. 0.99); lists what it kept.")
+@_group_option("--smooth", field="smooth", type=float, metavar="ALPHA",
+                 help="INT8: SmoothQuant-style smoothing of MatMul/Gemm inputs with outlier channels (ALPHA 0.5 "
+                      "is SmoothQuant's).")
 @click.option("--exclude", multiple=True, metavar="PATTERN",
               help="Keep nodes or weights whose name matches this glob in float (repeatable).")
 @click.option("--paro/--no-paro", default=None,
@@ -339,7 +348,7 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
             quant_max_error=quant_max_error, paro=paro, paro_grid=paro_grid, paro_prefix=paro_prefix,
             paro_density=paro_density, paro_block=paro_block, paro_qk=paro_qk, paro_pv=paro_pv,
             paro_buckets=paro_buckets, paro_plan=paro_plan, dtype=dtype, shapes=shapes, profiles=profiles,
-            junit=junit, summary=summary, triton_repo=triton_repo, triton_name=triton_name, **_quality_fields(),
+            junit=junit, summary=summary, triton_repo=triton_repo, triton_name=triton_name, **_group_fields(),
         ).prepare()  # every flag is checked before any work
         loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=opts.step_count(model))
         result = export_job(loaded, outdir, opts, step)
@@ -362,6 +371,8 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
                 code = EXIT_CHECK_FAILED
             if result.quant_report is None:
                 click.echo(f"wrote {result.report_path}")
+        if result.quant_notes:
+            click.echo(result.quant_notes)
         if result.quant_report is not None:
             click.echo(result.quant_report.table())
             click.echo(f"wrote {result.report_path}")
@@ -407,7 +418,7 @@ def check_cmd(model, onnx_file, report_path, engine_file, junit, summary, quant_
 
         opts = ExportOptions(tolerances=_parse_tolerances(atol, rtol), inputs_npz=inputs_npz, seed=seed,
                              command=["attn-export", *sys.argv[1:]], quant_min_cosine=quant_min_cosine,
-                             quant_max_error=quant_max_error, junit=junit, summary=summary, **_quality_fields())
+                             quant_max_error=quant_max_error, junit=junit, summary=summary, **_group_fields())
         opts.prepare_check(report_path)  # before loading the model
         if engine_file:
             require_engine_file(engine_file)

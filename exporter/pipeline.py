@@ -67,6 +67,9 @@ class ExportOptions:
     quant_min_top1: float | None = None
     check_samples: int = defaults.CHECK_SAMPLES  # real samples held out of the calibration data for the checks
     allow_inconclusive: bool = False  # accept a quality check whose null control passes too
+    sensitivity: bool = False  # measure every quantized layer alone (report.json, console)
+    auto_exclude: float | None = None  # keep sensitive layers in float until the worst sample cosine reaches this
+    smooth: float | None = None  # SmoothQuant alpha for INT8 activations
     paro: bool | None = None  # None: as the zoo model declares (paro-dit-tiny exports with PARO)
     paro_grid: str | None = None  # "FxHxW"
     paro_prefix: int | None = None
@@ -125,6 +128,9 @@ class ExportOptions:
             self.opset = check_opset(self.opset)
         else:
             self._prepare_quantization()
+        from attn_export import quantize_step
+
+        quantize_step.check_options(self)
         if self.max_batch < 1:
             raise AttnExportError(f"--max-batch {self.max_batch} must be at least 1")
         self._check_paro_flags()
@@ -286,6 +292,7 @@ class ExportResult:
     summary_path: Path | None = None
     triton_path: Path | None = None  # DIR/NAME
     triton_command: str | None = None  # the line in DIR/NAME/serve.sh that starts Triton
+    quant_notes: str = ""  # smoothing, per-layer sensitivity and the layers --auto-exclude kept in float
 
     @property
     def passed(self) -> bool:
@@ -365,7 +372,11 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
         quant = None
         if opts.quant:
             with step(titles["quantize"]):
-                quant = _quantize(proto, calib, stage / quant_name, opts)
+                from attn_export import quantize_step
+
+                skip = len(held.feeds) if held else 0
+                quant = quantize_step.run(proto, calib, lambda: _calibration_data(loaded, opts, skip),
+                                          stage / quant_name, opts, inputs, stage / CALIB_CACHE_NAME)
                 if calib.warning:
                     warnings.append(calib.warning)
         final = stage / (quant_name or ONNX_NAME)  # the engine is built from what ships
@@ -441,7 +452,7 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                         quant_report, warnings, paro_report, outdir / PARO_PLAN_NAME if paro_job else None,
                         paro_job.plan if paro_job else None, [r.describe() for r in call_records],
                         Path(opts.junit) if opts.junit else None, Path(opts.summary) if opts.summary else None,
-                        triton_path, triton_command)
+                        triton_path, triton_command, quant_notes=quant.table() if quant else "")
 
 
 def _convert_calls(loaded: LoadedModel, seed: int):
@@ -713,19 +724,6 @@ def held_out_samples(loaded: LoadedModel, opts: ExportOptions):
         total = count_rows(calibration_source(loaded, opts, infos).feeds, 4 * opts.check_samples)
     held, _ = split_held_out(checked_source(source, infos).feeds, hold_out_count(total, opts.check_samples))
     return HeldOut(held, source.description)
-
-
-def _quantize(proto, source, path: Path, opts: ExportOptions):
-    """Calibrate (INT8) on ``source`` and write Q/DQ into ``path``; returns the QuantResult."""
-    from attn_export.calib import qdq
-
-    int8 = opts.quant.mode == "int8"
-    cached = qdq.read_cache(opts.calib_cache) if opts.calib_cache else None
-    result = qdq.quantize(proto, source.feeds if int8 else None, opts.quant, cached_amax=cached)
-    qdq.save(result.model, path)
-    if int8 and result.activation_amax:
-        qdq.write_cache(path.parent / CALIB_CACHE_NAME, result, opts.quant, source.description)
-    return result
 
 
 def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: str | os.PathLike | None,
