@@ -82,6 +82,30 @@ def quant_cases(report, title: str) -> list[Case]:
                 reasons.append(f"mean err / mean |ref| {r.relative_mean_error:.4f} > {t.max_mean_error}")
             failure = "; ".join(reasons) or "non-finite values"
         cases.append(Case(f"{title}: {report.reference} vs {candidate}", name, failure, detail))
+    return cases + _sample_cases(report, title)
+
+
+def _sample_cases(report, title: str) -> list[Case]:
+    """Per candidate and output over every sample (worst sample, top-1 agreement), and the null control."""
+    t = report.thresholds
+    cases = []
+    for s in getattr(report, "summaries", []):
+        top1 = s.top1_agreement
+        detail = (f"worst sample cosine {s.worst_cosine:.5f} (min {t.min_sample_cosine}) at {s.worst_sample}"
+                  + (f", top-1 agreement {s.top1_agree}/{s.top1_total} (min {t.min_top1_agreement})"
+                     if top1 is not None else ""))
+        suite = f"{title}: {report.reference} vs {s.candidate}"
+        name = f"{s.name} [every sample]"
+        if s.candidate in report.informational:
+            cases.append(Case(suite, name, detail=detail, skipped="informational row, not a gate"))
+        else:
+            cases.append(Case(suite, name, None if s.passed else detail, detail))
+    control = getattr(report, "control", None)
+    if control:
+        detail = f"null control: {control['description']}"
+        failure = None if not control["passed"] or report.allow_inconclusive else (
+            detail + " passes the same thresholds: the check cannot tell this model from a broken one")
+        cases.append(Case(f"{title}: null control", "the control must fail", failure, detail))
     return cases
 
 
@@ -173,6 +197,8 @@ def summary_markdown(model: str, onnx: str, report=None, quant_report=None, paro
                              f"{r.relative_mean_error:.4f}",
                              "info" if c in extra.informational else ("PASS" if r.passed else "**FAIL**"))
                             for c, r in extra.outputs])
+        lines += ["", *(f"- {case.suite.split(': ', 1)[-1]}, {case.name}: {case.detail}"
+                        + (" **FAIL**" if case.failure else "") for case in _sample_cases(extra, title))]
     if warnings:
         lines += ["", "### Warnings", "", *(f"- {w}" for w in warnings)]
     if versions:

@@ -114,9 +114,13 @@ def test_quantized_check_writes_cosine_cases_and_informational_skips(tmp_path):
     root = junit_shape(out / "junit.xml")
     suites = [s.get("name") for s in root.findall("testsuite")]
     assert suites == ["parity: pytorch-cpu vs onnxruntime-cpu", "int8 parity: pytorch-cpu vs onnxruntime-int8",
-                      "int8 parity: pytorch-cpu vs onnxruntime-int8-fused"]
+                      "int8 parity: pytorch-cpu vs onnxruntime-int8-fused", "int8 parity: null control"]
     assert all(c.find("skipped") is not None for c in root.findall("testsuite")[2].findall("testcase"))  # info rows
     assert "cosine" in root.findall("testsuite")[1].find("testcase/system-out").text
+    names = [c.get("name") for c in root.findall("testsuite")[1].findall("testcase")]
+    assert names[-1] == "output [every sample]"  # the worst sample, named
+    (control,) = root.findall("testsuite")[3].findall("testcase")
+    assert control.find("failure") is None and "null control" in control.find("system-out").text
 
 
 def test_report_files_are_all_or_nothing(tmp_path):
