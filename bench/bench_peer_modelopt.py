@@ -85,8 +85,7 @@ def modelopt(python: Path, fp32: Path, calib_path: Path, method: str, out: Path)
     done = subprocess.run([str(python), "-c", MODELOPT_SNIPPET, str(fp32), str(calib_path), method, str(out)],
                           capture_output=True, text=True)
     if done.returncode or not out.is_file():
-        tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
-        return {"error": " | ".join(tail)}
+        return {"error": (done.stdout + done.stderr).strip().splitlines()[-1]}
     return {"seconds": float(done.stdout.strip().splitlines()[-1])}
 
 
