@@ -9,7 +9,7 @@ its own interpreter, timed there), without loading the fp32 file or the data.
 
 ModelOpt runs only where its separate virtual environment exists (it pins onnx and onnxruntime-gpu):
 
-    python3 -m venv /work/modelopt-venv && /work/modelopt-venv/bin/pip install nvidia-modelopt onnx onnxruntime
+    python3 -m venv /work/modelopt-venv && /work/modelopt-venv/bin/pip install "nvidia-modelopt[onnx]"
     python bench/bench_peer_modelopt.py [--methods max entropy] [--opset 19] [--modelopt-python PATH]
 """
 
