@@ -165,8 +165,6 @@ class ExportOptions:
                 raise AttnExportError("--calib-cache holds INT8 activation ranges: add --int8")
         else:
             self.opset = check_opset(self.opset)
-        if self.calib_cache and self.calib_data:
-            raise AttnExportError("--calib-cache replaces calibration: drop --calib-data")
         self.quant = QuantOptions(mode, self.calib_method, self.calib_samples, self.int4_block, tuple(self.exclude))
         self.quant.validate()
         self.quant_thresholds = self.thresholds(mode)

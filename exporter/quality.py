@@ -295,9 +295,10 @@ class QuantParityReport:
         if self.control:
             lines.append(_control_line(self.control))
         gating = self._gating()
-        lines.append(_overall_line(self.passed, sum(r.passed for r in gating), len(gating), "outputs pass")
-                     + (" - INCONCLUSIVE: " + INCONCLUSIVE.format(control=self.control["description"])
-                        if self.status == "inconclusive" else ""))
+        overall = _overall_line(self.passed, sum(r.passed for r in gating), len(gating), "outputs pass")
+        if self.status == "inconclusive":
+            overall = overall.replace("FAIL", "INCONCLUSIVE", 1) + ": it cannot tell this model from a broken one"
+        lines.append(overall)
         return "\n".join(lines)
 
 
