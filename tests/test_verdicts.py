@@ -261,3 +261,16 @@ def test_the_paro_gate_sees_the_attention_of_the_zoo_dit(tmp_path):
     assert result.exit_code == 0, result.output
     control = json.loads((out / "report.json").read_text())["paro"]["parity"]["control"]
     assert control["passed"] is False
+
+
+def test_calib_data_with_a_calibration_cache_feeds_the_check_only(tmp_path):
+    checkpoint, factory = factory_checkpoint(tmp_path, SMALL_CLASSIFIER)
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).random((20, 1, 6, 6)).astype(np.float32))
+    first = run(checkpoint, "--factory", factory, "-o", tmp_path / "a", "--int8", "--calib-data",
+                tmp_path / "calib.npy")
+    assert first.exit_code in (0, 1), first.output
+    again = run(checkpoint, "--factory", factory, "-o", tmp_path / "b", "--int8", "--calib-data",
+                tmp_path / "calib.npy", "--calib-cache", tmp_path / "a" / "calib_cache.json")
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["check_inputs"]["kind"] == "real", again.output
+    assert report["quantization"]["calibration_data"].startswith("calibration cache")
