@@ -50,23 +50,12 @@ attnx_status launch(const attnx_na_params& p, const Device& dev, size_t smem, co
     return status;
 }
 
-// The path of a call: the core where it fits (core_plan.h; with a bias, its table staged in shared memory
-// too), else the first generation's plan.
-attnx_na_path na_path(const attnx_na_params& p, const Device& dev, bool aligned) {
-    long long table = 1;
-    for (int a = 0; a < p.rank; ++a) table *= 2LL * p.kernel_size[a] - 1;
-    if (attnx::core_fits(p.dtype, p.head_dim, dev.major, dev.max_smem, aligned) &&
-        (!p.has_rpb || attnx::na_rpb_staged(table, p.head_dim, dev.max_smem)))
-        return ATTNX_PATH_CORE;
-    return attnx::choose_launch(p.dtype, p.head_dim, dev.major, dev.max_smem, aligned).path;
-}
-
 template <typename T>
 attnx_status dispatch(const attnx_na_params& p, const Device& dev, const void* q, const void* k, const void* v,
                       const void* rpb, void* out, cudaStream_t stream) {
     // The vectorized core loads need 16-byte aligned rows; otherwise the generic path runs.
     const bool aligned = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
-    if (na_path(p, dev, aligned) == ATTNX_PATH_CORE) return attnx::na_core_forward(p, dev.id, dev.max_smem, q, k, v, rpb, out, stream);
+    if (attnx::na_path(p, dev.major, dev.max_smem, aligned) == ATTNX_PATH_CORE) return attnx::na_core_forward(p, dev.id, dev.max_smem, q, k, v, rpb, out, stream);
     const attnx::LaunchChoice c = attnx::choose_launch(p.dtype, p.head_dim, dev.major, dev.max_smem, aligned);
     switch (c.path == ATTNX_PATH_GENERIC ? c.tile : 0) {
         case 64: return launch<T, 64, false>(p, dev, c.dynamic_smem, q, k, v, rpb, out, stream);
@@ -98,7 +87,7 @@ size_t attnx_na_workspace_size(const attnx_na_params*) { return 0; }
 attnx_na_path attnx_na_select_path(const attnx_na_params* params) {
     Device dev;
     if (attnx_na_validate(params) != ATTNX_OK || !current_device(dev)) return ATTNX_PATH_NONE;
-    return na_path(*params, dev, true);
+    return attnx::na_path(*params, dev.major, dev.max_smem, true);
 }
 
 attnx_status attnx_na_forward(const attnx_na_params* params, const void* q, const void* k, const void* v,

@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include "attnx_types.h"
+#include "core_plan.h"
 #include "na_index.h"
 
 namespace attnx {
@@ -80,6 +81,17 @@ inline LaunchChoice choose_launch_for(int dim, int cc_major, size_t max_smem, bo
 inline LaunchChoice choose_launch(int dtype, int dim, int cc_major, size_t max_smem, bool aligned) {
     return dtype == ATTNX_FLOAT32 ? choose_launch_for<4>(dim, cc_major, max_smem, aligned)
                                   : choose_launch_for<2>(dim, cc_major, max_smem, aligned);
+}
+
+// The path of a call: the core where it fits (core_plan.h; with a bias, its table staged in shared memory
+// too), else the first generation's plan. The launcher (na_forward.cu) and attnx_na_select_path both ask this.
+inline attnx_na_path na_path(const attnx_na_params& p, int cc_major, size_t max_smem, bool aligned) {
+    long long table = 1;
+    for (int a = 0; a < p.rank; ++a) table *= 2LL * p.kernel_size[a] - 1;
+    if (core_fits(p.dtype, p.head_dim, cc_major, max_smem, aligned) &&
+        (!p.has_rpb || na_rpb_staged(table, p.head_dim, max_smem)))
+        return ATTNX_PATH_CORE;
+    return choose_launch(p.dtype, p.head_dim, cc_major, max_smem, aligned).path;
 }
 
 // Calls f(batch0, batches, head0, heads) for grids of at most kMaxGridYZ heads (gridDim.y) and batches

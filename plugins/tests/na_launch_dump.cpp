@@ -3,6 +3,7 @@
 // compiled kernels' static shared memory. One request per line:
 //   C dtype head_dim cc_major max_smem aligned -> "path tile dynamic_bytes static_bytes"
 //   S elem_bytes tile tensor_core              -> "static_bytes" of that kernel instantiation
+//   P dtype head_dim rank k0 k1 k2 has_rpb cc_major max_smem aligned -> "path" of that call (na_path)
 //   G batch heads                              -> "b0 batches h0 heads" per grid chunk, one line
 #include <iostream>
 #include <sstream>
@@ -44,6 +45,14 @@ int main() {
             int elem, tile, tc;
             in >> elem >> tile >> tc;
             out << static_bytes(elem, tile, tc);
+        } else if (kind == 'P') {
+            attnx_na_params p{};
+            int major, aligned;
+            size_t max_smem;
+            in >> p.dtype >> p.head_dim >> p.rank;
+            for (int a = 0; a < 3; ++a) in >> p.kernel_size[a];
+            in >> p.has_rpb >> major >> max_smem >> aligned;
+            out << static_cast<int>(attnx::na_path(p, major, max_smem, aligned != 0));
         } else if (kind == 'G') {
             int batch, heads;
             in >> batch >> heads;
