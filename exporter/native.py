@@ -143,7 +143,8 @@ def _check_arch(arch: str) -> None:
 # Kernels from Python (ctypes): the GPU tests and benchmarks call the C ABI directly.
 
 _DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
-PATHS = {0: "none", 1: "tensor-core", 2: "generic", 3: "core"}
+# attnx_na_path (attnx_types.h): the kernels a call can run. 1, the first generation's WMMA path, is gone.
+PATHS = {0: "none", 2: "generic", 3: "core"}
 
 
 class NAParamsStruct(ctypes.Structure):
