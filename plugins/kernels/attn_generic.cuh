@@ -12,6 +12,7 @@
 
 #include "attnx_types.h"
 #include "block_layout.h"
+#include "paro_rules.h"
 
 namespace attnx {
 namespace generic {
@@ -131,8 +132,7 @@ __global__ void __launch_bounds__(kThreads)
             total += pv;
             float weight = pv;
             if (quant_p) {
-                float scale = tile_max[s / p.block_kv] / p.qmax_p;
-                if (scale == 0.f) scale = 1.f / p.qmax_p;
+                const float scale = paro::p_tile_scale(tile_max[s / p.block_kv], p.qmax_p);
                 weight = fminf(rintf(pv / scale), p.qmax_p) * scale;
             }
             const T* vr = v + kv_base + at(key, p.gather_v);
