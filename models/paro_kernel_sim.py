@@ -2,9 +2,10 @@
 (plugins/kernels/paro_prepass.cuh) and the fused-attention core with the PARO tile policy (attn_core.cuh,
 attn_policies.cuh's ParoPolicy).
 
-Pre-pass: q, k, v gathered through perm_idx; with qk_bits < 16, K's channel means over all N subtracted
-(smooth_k), then one scale per q_group / k_group permuted tokens (amax / qmax, 0 -> 1) and integer values
-round-half-even(x / scale) clamped to +-qmax; with pv_bits < 16, V per channel the same way.
+Pre-pass: q, k, v gathered through perm_idx (entries clamped into [0, N), as the kernels read them); with
+qk_bits < 16, K's channel means over all N subtracted (smooth_k), then one scale per q_group / k_group permuted
+tokens (amax / qmax, 0 -> 1) and integer values round-half-even(x / scale) clamped to +-qmax; with
+pv_bits < 16, V per channel the same way.
 Core (block == 64): a query tile is one query block of the permuted sequence, its kv tiles are the listed
 blocks in list order (clamped into range), only the partial tail block is masked. Logits are the integer
 dot products (exact in the kernel: integer-valued fp16/bf16 operands, fp32 accumulation) times
@@ -77,7 +78,7 @@ def simulate(q, k, v, perm_idx, kv_count, kv_index, block: int = 64, qk_bits: in
     nb = ceil_div(n, TILE)
     for b in range(batch):
         for h in range(heads):
-            perm = perm_idx[h].long()
+            perm = perm_idx[h].long().clamp(0, n - 1)  # the kernels' read (paro_rules.h's permuted)
             qp, kp, vp = (x[b, h].float()[perm] for x in (q, k, v))
             q_scale = k_scale = None
             v_scale = torch.ones(dim)

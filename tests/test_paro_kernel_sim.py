@@ -136,3 +136,21 @@ def test_quantized_p_stays_finite_when_a_later_tile_is_far_below(gap, pv_bits):
     assert torch.isfinite(out).all(), f"gap {gap}: {int((~torch.isfinite(out)).sum())} non-finite outputs"
     assert stats.p_scales[1] == pytest.approx(2.0**-30 / sim.qmax(pv_bits), rel=1e-6)  # the far tile: the floor
     torch.testing.assert_close(out, paro_attention(*args, **kw, pv_bits=pv_bits), atol=1e-5, rtol=0)
+
+
+def test_invalid_permutation_is_clamped_like_kv_index():
+    """perm_idx entries outside [0, N) are read clamped into range, as kv_index entries are (the kernels never
+    address memory outside q, k, v and out): the result is that of the clamped indices. Which of two queries
+    written to one position wins is unspecified, so the case repeats no clamped index."""
+    args, kw = random_case(2, bits=(8, 8))
+    q, k, v, perm, count, index = args
+    n = q.shape[2]
+    bad = perm.clone()
+    bad[:, 0], bad[:, 1] = -7, n + 3  # the clamped values 0 and N-1: moved there from elsewhere
+    for h in range(perm.shape[0]):
+        rest = [x for x in perm[h].tolist() if x not in (0, n - 1)]
+        bad[h, 2:] = torch.tensor(rest, dtype=torch.int32)
+    clamped = bad.clamp(0, n - 1)
+    assert sorted(clamped[0].tolist()) == list(range(n))
+    out = sim.simulate(q, k, v, bad, count, index, **kw)
+    torch.testing.assert_close(out, sim.simulate(q, k, v, clamped, count, index, **kw), atol=0, rtol=0)

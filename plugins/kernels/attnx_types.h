@@ -75,7 +75,8 @@ typedef struct attnx_bsa_params {
 } attnx_bsa_params;
 
 // PARO attention (docs/ops/paro_attention.md) over [batch, heads, seq, head_dim] tensors; perm_idx int32
-// [heads, seq]; the layout is over ceil(seq / block) blocks of the permuted sequence.
+// [heads, seq] (entries read clamped into [0, seq): an invalid permutation gives an unspecified output, never an
+// out-of-bounds access); the layout is over ceil(seq / block) blocks of the permuted sequence.
 typedef struct attnx_paro_params {
     int32_t batch;
     int32_t heads;

@@ -3,6 +3,8 @@
 // the same rules (docs/ops/paro_attention.md, Semantics).
 #pragma once
 
+#include <stdint.h>
+
 #include "na_index.h"  // ATTNX_HD
 
 namespace attnx {
@@ -16,6 +18,14 @@ constexpr float kPTileMaxFloor = 9.313225746154785e-10f;  // 2^-30, exact in fp3
 
 ATTNX_HD float p_tile_scale(float tile_max, float qmax) {
     return (tile_max > kPTileMaxFloor ? tile_max : kPTileMaxFloor) / qmax;
+}
+
+// The original index of the token at permuted position `position` of one head's perm_idx row, clamped into
+// [0, seq) like kv_index entries (block_layout.h): an invalid permutation can never make a kernel read or write
+// outside q, k, v and out. Every perm_idx read of the kernels goes through here (tests/test_native_paro_rules.py).
+ATTNX_HD int permuted(const int32_t* perm_row, int position, int seq) {
+    const int32_t index = perm_row[position];
+    return index < 0 ? 0 : (index >= seq ? seq - 1 : index);
 }
 
 }  // namespace paro
