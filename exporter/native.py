@@ -142,6 +142,8 @@ def _check_arch(arch: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Kernels from Python (ctypes): the GPU tests and benchmarks call the C ABI directly.
 
+# Hand copies of plugins/kernels/attnx_types.h (structs, enums, ATTNX_ABI_VERSION): tests/test_native_abi.py
+# compares every one with the compiled header (sizes, field offsets and types, enum values).
 _DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
 # attnx_na_path (attnx_types.h): the kernels a call can run. 1, the first generation's WMMA path, is gone.
 PATHS = {0: "none", 2: "generic", 3: "core"}
@@ -150,6 +152,7 @@ PATHS = {0: "none", 2: "generic", 3: "core"}
 class NAParamsStruct(ctypes.Structure):
     """Mirror of attnx_na_params (plugins/kernels/attnx_types.h)."""
 
+    _c_name_ = "attnx_na_params"
     _fields_ = [
         ("rank", ctypes.c_int32), ("batch", ctypes.c_int32), ("heads", ctypes.c_int32), ("head_dim", ctypes.c_int32),
         ("spatial", ctypes.c_int32 * 3), ("kernel_size", ctypes.c_int32 * 3), ("stride", ctypes.c_int32 * 3),
@@ -162,6 +165,7 @@ class LayoutStruct(ctypes.Structure):
     """Mirror of attnx_block_layout: the dims of kv_count [count_batch, count_heads, rows] and kv_index
     [index_batch, index_heads, rows, max_blocks]."""
 
+    _c_name_ = "attnx_block_layout"
     _fields_ = [("rows", ctypes.c_int32), ("max_blocks", ctypes.c_int32), ("count_batch", ctypes.c_int32),
                 ("count_heads", ctypes.c_int32), ("index_batch", ctypes.c_int32), ("index_heads", ctypes.c_int32)]
 
@@ -169,6 +173,7 @@ class LayoutStruct(ctypes.Structure):
 class BSAParamsStruct(ctypes.Structure):
     """Mirror of attnx_bsa_params."""
 
+    _c_name_ = "attnx_bsa_params"
     _fields_ = [("batch", ctypes.c_int32), ("heads", ctypes.c_int32), ("seq_q", ctypes.c_int32),
                 ("seq_kv", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("block_q", ctypes.c_int32),
                 ("block_kv", ctypes.c_int32), ("layout", LayoutStruct), ("scale", ctypes.c_float),
@@ -178,6 +183,7 @@ class BSAParamsStruct(ctypes.Structure):
 class ParoParamsStruct(ctypes.Structure):
     """Mirror of attnx_paro_params."""
 
+    _c_name_ = "attnx_paro_params"
     _fields_ = [("batch", ctypes.c_int32), ("heads", ctypes.c_int32), ("seq", ctypes.c_int32),
                 ("head_dim", ctypes.c_int32), ("block", ctypes.c_int32), ("layout", LayoutStruct),
                 ("qk_bits", ctypes.c_int32), ("pv_bits", ctypes.c_int32), ("q_group", ctypes.c_int32),
