@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -25,6 +27,9 @@ KERNELS_LIB_ENV = "ATTN_EXPORT_KERNELS_LIB"
 BUILD_DIR_ENV = "ATTN_EXPORT_BUILD_DIR"
 PLUGIN_LIB_NAME = "libattnx_trt_plugins.so"
 KERNELS_LIB_NAME = "libattnx_kernels.so"
+# Written next to a built kernel library: what it was built for and from (see write_kernels_stamp), so that
+# scripts/gpu-check.sh can take a library prebuilt on a machine without a GPU only when it fits the GPU and the tree.
+KERNELS_STAMP_NAME = KERNELS_LIB_NAME + ".stamp"
 SOURCE_DIR = Path(__file__).resolve().parents[1] / "plugins"
 BUILD_HINT = "build it with `attn-export plugins build`"
 # The ops libattnx_trt_plugins.so provides a TensorRT plugin for (plugins/trt/*): an engine build checks
@@ -104,7 +109,35 @@ def build(arch: str = "90", tensorrt_root: str | None = None, build_dir: str | o
     _run_logged(["cmake", "--build", str(out), "-j", str(jobs or os.cpu_count() or 2)], out, "build", log)
     kernels = out / KERNELS_LIB_NAME
     plugins = out / PLUGIN_LIB_NAME
+    write_kernels_stamp(out, arch)
     return BuildResult(out, kernels, plugins if plugins.is_file() else None)
+
+
+def kernel_sources() -> list[Path]:
+    """What libattnx_kernels.so is compiled from (in this tree): plugins/kernels/* and plugins/CMakeLists.txt."""
+    return sorted(p for p in (SOURCE_DIR / "kernels").iterdir() if p.is_file()) + [SOURCE_DIR / "CMakeLists.txt"]
+
+
+def write_kernels_stamp(out: Path, arch: str) -> Path:
+    """``libattnx_kernels.so.stamp``: ``arch LIST`` (CMake's CUDA architectures), ``cuda X.Y`` (nvcc's release: the
+    statically linked runtime decides the driver a GPU needs) and ``sha256 HASH PATH`` per kernel source, PATH
+    relative to the repository, as ``sha256sum --check`` reads them after
+    ``awk '$1 == "sha256" {print $2 "  " $3}'``."""
+    root = SOURCE_DIR.parent
+    lines = [f"arch {arch.replace(',', ';')}", f"cuda {_nvcc_release()}"]
+    lines += [f"sha256 {hashlib.sha256(p.read_bytes()).hexdigest()} {p.relative_to(root)}" for p in kernel_sources()]
+    stamp = Path(out) / KERNELS_STAMP_NAME
+    stamp.write_text("\n".join(lines) + "\n")
+    return stamp
+
+
+def _nvcc_release() -> str:
+    try:
+        result = subprocess.run([os.environ.get("CUDACXX") or "nvcc", "--version"], capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    match = re.search(r"release (\d+\.\d+)", result.stdout)
+    return match.group(1) if match else "unknown"
 
 
 def _run_logged(cmd: list[str], out: Path, what: str, log) -> None:
