@@ -30,7 +30,8 @@
 #   budget (s): BUDGET_S = 300 with a usable library, 300 + BUILD_S when it must be built
 #   step budgets (s): BUILD_S=150 TESTS_S=90 MEMCHECK_S=45 BENCH_S=75 (neighborhood) SPARSE_BENCH_S=60 (block-sparse
 #   and PARO), each with RESERVE_S=10 kept for the summary; racecheck only with >= RACECHECK_MIN_S=45 s left;
-#   TEST_TIMEOUT_S=30 per test (pytest-timeout, when installed: one hung test no longer eats the test budget)
+#   TEST_TIMEOUT_S=30 per test (pytest-timeout's thread method, when installed: a hung test ends pytest after
+#   TEST_TIMEOUT_S instead of eating the test budget; memcheck and racecheck then get the time)
 #   dry run without a GPU: GPU_TESTS (pytest target) and BENCH_ARGS (e.g. "--simulate 0.2") override steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -247,12 +248,15 @@ read -ra test_paths <<<"$tests"
 t=$(budget "$TESTS_S")
 per_test=()
 if "$PY" -c "import pytest_timeout" 2>/dev/null; then
-  per_test=(--timeout="$TEST_TIMEOUT_S")
-  per_test_note="per-test timeout $TEST_TIMEOUT_S s"
+  # The thread method: a kernel that never finishes blocks in C, where the signal method's alarm never gets to run;
+  # the thread method ends pytest instead, so a hung test costs TEST_TIMEOUT_S, not the whole test budget.
+  per_test=(--timeout="$TEST_TIMEOUT_S" --timeout-method=thread)
+  per_test_note="per-test timeout $TEST_TIMEOUT_S s, ending pytest"
 else
   per_test_note="pytest-timeout absent: the run as a whole is limited"
 fi
 stamp "pytest -m gpu $tests (<= $t s, --maxfail 5, $per_test_note)"
+test_start="$(date +%s)"
 # pytest -v prints each result as it finishes; unbuffered and through tee, the log has them even if killed.
 logged "$BUILD/pytest.txt" timeout -k 5 "$t" "$PY" -m pytest -m gpu "${test_paths[@]}" -v -p no:cacheprovider --maxfail=5 -rfE \
   "${per_test[@]}" --junitxml="$OUT/pytest-gpu.xml"
@@ -262,7 +266,8 @@ passed=$(echo "$result" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' || echo 0
 mapfile -t failing < <(grep -oE '^[^ ]+::[^ ]+ (FAILED|ERROR)' "$BUILD/pytest.txt" | awk '{print $1}' | head -2)
 if [[ -z "$result" ]]; then
   last="$(grep -oE '^[^ ]+::[^ ]+' "$BUILD/pytest.txt" | tail -1)"
-  note "tests: FAILED, pytest stopped after $t s without a summary (hung test? last started: ${last:-none})"
+  note "tests: FAILED, pytest stopped after $(( $(date +%s) - test_start )) s without a summary (hung test? last" \
+       "started: ${last:-none})"
   correct=0
 elif [[ $rc != 0 || ${passed:-0} == 0 ]]; then
   note "tests: FAILED ($result)$([[ ${passed:-0} == 0 ]] && echo '; no gpu test passed: a run that only skips proves nothing')"
