@@ -294,19 +294,18 @@ def test_old_driver_stops_the_run_first(dry_run, tmp_path):
 
 
 def test_missing_torch_still_yields_the_built_library(dry_run, tmp_path):
-    """The build comes before the Python setup: without torch the run fails (exit 3) with the library built and
-    kept in $OUT."""
-    fake = tmp_path / "no-torch" / "torch"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise ImportError('no torch on this image')\n")
+    """The build comes before the Python setup: a Python without torch (here: without its site-packages) fails the
+    run (exit 3) with the library built and kept in $OUT."""
+    python = tmp_path / "python-without-site-packages"
+    stub(python, f'exec "{sys.executable}" -S "$@"\n')
     rc, text, out, _ = dry_run(tests="pass", given_lib=False, stubs={"nvcc": NVCC, "cmake": NO_CMAKE},
                                STUB_LOG=str(tmp_path / "stub.log"), CUTLASS_DIR=str(fake_cutlass(tmp_path)),
-                               PYTHONPATH=str(tmp_path / "no-torch"))
+                               PYTHON=str(python))
     assert rc == 3, text
     lines = summary(out)
-    assert "build: ok" in lines and "setup: FAILED" in lines and "tests:" not in lines
+    assert "build: ok" in lines and "setup: FAILED" in lines and "finds no torch" in lines and "tests:" not in lines
     assert (out / native.KERNELS_LIB_NAME).is_file()
-    assert "no torch on this image" in (out / "gpu-check.log").read_text()
+    assert "no torch for" in (out / "gpu-check.log").read_text()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pytest_timeout") is None, reason="pytest-timeout is not installed")
