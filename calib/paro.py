@@ -344,6 +344,9 @@ def plan_model(model: torch.nn.Module, calib_inputs: Iterable[Sequence[torch.Ten
         sample_buckets += list(bucket_of(inputs)) if bucket_of else [0] * batch
         samples += batch
     eligible = {i: c for i, c in recorder.calls.items() if c.eligible}
+    if not samples:
+        raise AttnExportError("--paro: no calibration samples to plan on; give more --calib-data (some of it is "
+                              "held out for the check) or raise --calib-samples")
     if not recorder.calls:
         raise AttnExportError("--paro: the model makes no torch.nn.functional.scaled_dot_product_attention call; "
                               "PARO replaces SDPA calls (write the attention with F.scaled_dot_product_attention)")

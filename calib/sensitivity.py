@@ -60,7 +60,7 @@ class OutputJudge:
         for feed, ref_outputs, cand_outputs in zip(self.feeds, self.reference, got):
             rows = int(next(iter(feed.values())).shape[0]) if feed else 1
             for ref, cand in zip(ref_outputs, cand_outputs):
-                worst = min([worst, *sample_cosines(ref, cand, rows)])
+                worst = min([worst, *(c if np.isfinite(c) else -1.0 for c in sample_cosines(ref, cand, rows))])
                 error += float(np.abs(ref.astype(np.float64) - cand).sum())
                 scale += float(np.abs(ref.astype(np.float64)).sum())
         return worst, (error / scale if scale > 0 else 0.0)

@@ -50,7 +50,10 @@ def _smoothable(model: onnx.ModelProto, exclude: Sequence[str]) -> dict[str, lis
             continue
         if len(inits[node.input[1]].dims) != 2 or uses[node.input[1]] > 1:  # a shared weight cannot take two scales
             continue
-        transposed = op == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+        attrs = {a.name: a.i for a in node.attribute if a.name in ("transA", "transB")}
+        if attrs.get("transA"):  # the input's channels are not its last axis
+            continue
+        transposed = op == "Gemm" and bool(attrs.get("transB"))
         groups.setdefault(node.input[0], []).append((node, transposed))
     return groups
 

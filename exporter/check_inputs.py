@@ -17,8 +17,8 @@ import numpy as np
 
 from attn_export import defaults
 
-RANDOM_CHECK_WARNING = ("the {what} check ran on seeded RANDOM inputs only: a model can pass on them and still "
-                        "collapse on real data; pass --calib-data with real samples (some are held out for the "
+RANDOM_CHECK_WARNING = ("the {what} check ran on seeded RANDOM inputs only{why}: a model can pass on them and "
+                        "still collapse on real data; pass --calib-data with real samples (some are held out for the "
                         "check) or --inputs FILE.npz")
 
 
@@ -40,7 +40,8 @@ class CheckInputs:
 
     def random_warning(self, what: str) -> str | None:
         """The loud warning of a quality check (``what``: "int8", "PARO", ...) that only saw random inputs."""
-        return None if self.real else RANDOM_CHECK_WARNING.format(what=what)
+        why = f" ({'; '.join(self.notes)})" if self.notes else ""
+        return None if self.real else RANDOM_CHECK_WARNING.format(what=what, why=why)
 
     def subset(self, feeds: Sequence[int]) -> CheckInputs:
         """These inputs restricted to the input sets ``feeds`` (indices)."""
@@ -60,6 +61,12 @@ class HeldOut:
 
     feeds: list[dict]
     description: str
+    why_none: str = ""  # why no sample was held out of real data
+
+    @property
+    def rows(self) -> int:
+        """The samples held out (calibration and planning skip as many)."""
+        return held_rows(self.feeds)
 
 
 def count_rows(feeds, limit: int) -> int | None:
@@ -81,8 +88,8 @@ def hold_out_count(total: int | None, wanted: int = defaults.CHECK_SAMPLES) -> i
 
 
 def split_held_out(feeds, count: int) -> tuple[list[dict], Iterator]:
-    """The first feeds of ``feeds`` holding at least ``count`` samples (rows), and the rest of the stream.
-    Whole feeds are held out: a data loader's batch is never split between check and calibration."""
+    """The first ``count`` samples (rows) of ``feeds``, and the rest of the stream. A data loader's batch that
+    straddles the boundary is split: its first rows are held out, the others stay in the stream."""
     iterator = iter(feeds)
     held, rows = [], 0
     while rows < count:
@@ -90,14 +97,28 @@ def split_held_out(feeds, count: int) -> tuple[list[dict], Iterator]:
         if feed is None:
             break
         feed = {name: np.asarray(value) for name, value in feed.items()}
-        held.append(feed)
-        rows += _rows(feed)
+        take = min(_rows(feed), count - rows)
+        held.append(_slice(feed, 0, take))
+        rows += take
+        if take < _rows(feed):
+            return held, itertools.chain([_slice(feed, take, None)], iterator)
     return held, iterator
 
 
-def skip_held_out(feeds, held: Sequence[Mapping]) -> Iterator:
-    """``feeds`` (a fresh stream of the same source) without the feeds held out of it."""
-    return itertools.islice(iter(feeds), len(held), None)
+def skip_held_out(feeds, rows: int) -> Iterator:
+    """``feeds`` (a fresh stream of the same source) without its first ``rows`` samples (those held out)."""
+    return split_held_out(feeds, rows)[1]
+
+
+def held_rows(held: Sequence[Mapping[str, np.ndarray]]) -> int:
+    return sum(_rows(f) for f in held)
+
+
+def _slice(feed: Mapping[str, np.ndarray], start: int, stop: int | None) -> dict:
+    rows = _rows(feed)
+    if start == 0 and (stop is None or stop >= rows):
+        return dict(feed)
+    return {n: a[start:stop] if np.ndim(a) and a.shape[0] == rows else a for n, a in feed.items()}
 
 
 def _rows(feed: Mapping[str, np.ndarray]) -> int:
@@ -112,21 +133,28 @@ def real_batches(held: Sequence[Mapping[str, np.ndarray]], description: str, bat
     the source ("SOURCE #i")."""
     names = list(held[0]) if held else []
     rows = [{n: feed[n][i:i + 1] for n in names} for feed in held for i in range(_rows(feed))]
-    labels = [f"{description} #{i}" for i in range(len(rows))]
     size = batch or max(1, cap)
     feeds, samples = [], []
-    for start in range(0, len(rows), size):
-        chunk = rows[start:start + size]
-        if batch and len(chunk) < batch:
-            break
-        feeds.append({n: np.ascontiguousarray(np.concatenate([r[n] for r in chunk])) for n in names})
-        samples.append(labels[start:start + len(chunk)])
+    for members in _by_shape(rows).values():  # rows of one shape batch together (dynamic dims may differ)
+        for start in range(0, len(members), size):
+            chunk = members[start:start + size]
+            if batch and len(chunk) < batch:
+                break
+            feeds.append({n: np.ascontiguousarray(np.concatenate([rows[i][n] for i in chunk])) for n in names})
+            samples.append([f"{description} #{i}" for i in chunk])
     return feeds, samples
+
+
+def _by_shape(rows: Sequence[Mapping[str, np.ndarray]]) -> dict[tuple, list[int]]:
+    groups: dict[tuple, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(tuple((n, a.shape, str(a.dtype)) for n, a in row.items()), []).append(i)
+    return groups
 
 
 def combine(random_feeds: list[dict], random_source: str, user: bool, held: list[dict] | None = None,
             held_description: str = "", static_batch: int | None = None,
-            cap: int = defaults.CHECK_BATCH) -> CheckInputs:
+            cap: int = defaults.CHECK_BATCH, why_random: str = "") -> CheckInputs:
     """The check's inputs: the user's; or held-out real samples in place of the random feed at the export
     shape, followed by the random feeds at the extra shapes; or the random feeds alone."""
     if user:
@@ -143,7 +171,10 @@ def combine(random_feeds: list[dict], random_source: str, user: bool, held: list
                               "axes" if extra else ""))
             return CheckInputs(feeds + extra, ["held-out real"] * len(feeds) + ["random"] * len(extra),
                                samples + random_samples[1:], "real", description, held_description)
-    return CheckInputs(random_feeds, ["random"] * len(random_feeds), random_samples, "random", random_source)
+    if held and not why_random:
+        why_random = f"the {held_rows(held)} held-out sample(s) fill no batch of {static_batch} the file takes"
+    return CheckInputs(random_feeds, ["random"] * len(random_feeds), random_samples, "random", random_source,
+                       notes=[why_random] if why_random else [])
 
 
 def _names(prefix: str, feed: Mapping[str, np.ndarray]) -> list[str]:

@@ -398,6 +398,12 @@ def _echo_extra_files(*paths) -> None:
 
 
 @main.command("check")
+@_group_option("--calib-data", field="calib_data", metavar="SOURCE",
+               help="Real samples for a quantized or PARO file's check: the first --check-samples of them (at most a "
+                    "quarter), as the export held them out of its calibration (a .npz, .npy, image folder or "
+                    "file.py:function, as for export).")
+@_group_option("--calib-preprocess", field="calib_preprocess", metavar="raw|unit|imagenet",
+               help="For an image folder in --calib-data: pixels 0-255 (raw), 0-1 (unit) or ImageNet-normalized.")
 @click.argument("model")
 @click.argument("onnx_file", type=click.Path(), metavar="ONNX")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import sys
 from collections import Counter
@@ -121,8 +122,10 @@ class ExportOptions:
         if self.triton_name is not None:
             triton.model_name("", self.triton_name)
         if self.quantize is None:
-            if self.calib_data or self.exclude:
-                raise AttnExportError("--calib-data and --exclude apply to quantization: add --int8 or --int4")
+            if self.exclude or (self.calib_data and not self.paro):
+                raise AttnExportError(f"--{'exclude' if self.exclude else 'calib-data'} applies to quantization"
+                                      f"{'' if self.exclude else ' and PARO'}: add --int8, --int4"
+                                      f"{'' if self.exclude else ' or --paro'}")
             if self.calib_cache:
                 raise AttnExportError("--calib-cache holds INT8 activation ranges: add --int8")
             self.opset = check_opset(self.opset)
@@ -171,10 +174,12 @@ class ExportOptions:
 
     def thresholds(self, mode: str) -> QuantThresholds:
         """The quality thresholds of ``mode`` ("int8", "paro-int4", ...) with the ones the user gave."""
-        for flag, value in (("--quant-min-sample-cosine", self.quant_min_sample_cosine),
-                            ("--quant-min-top1", self.quant_min_top1)):
-            if value is not None and not 0 <= value <= 1:
-                raise AttnExportError(f"{flag} {value} must lie in [0, 1]")
+        for flag, value, low, high in (("--quant-min-cosine", self.quant_min_cosine, -1, 1),
+                                       ("--quant-max-error", self.quant_max_error, 0, math.inf),
+                                       ("--quant-min-sample-cosine", self.quant_min_sample_cosine, -1, 1),
+                                       ("--quant-min-top1", self.quant_min_top1, 0, 1)):
+            if value is not None and not low <= value <= high:  # NaN fails too
+                raise AttnExportError(f"{flag} {value} must lie in [{low}, {high}]")
         return QuantThresholds.for_mode(mode, self.quant_min_cosine, self.quant_max_error,
                                         self.quant_min_sample_cosine, self.quant_min_top1)
 
@@ -325,8 +330,9 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
         shapes.check_against_model(opts.shape_profiles, _expected_inputs(loaded, opts), loaded.source, loaded.spatial)
     # Read user inputs and the first calibration sample before any work, so that a bad file fails fast.
     user_feed = read_inputs(opts.inputs_npz, loaded) if opts.check and opts.inputs_npz else None
-    held = held_out_samples(loaded, opts) if opts.check and user_feed is None and (opts.quant or paro) else None
-    calib = _calibration_data(loaded, opts, skip=len(held.feeds) if held else 0) if opts.quant else None
+    held = held_out_samples(loaded, opts, bool(paro)) if opts.check and user_feed is None and (opts.quant or paro) \
+        else None
+    calib = _calibration_data(loaded, opts, skip=held.rows if held else 0) if opts.quant else None
     quant_name = quantized_name(opts.quant.mode) if opts.quant else None
     owned = (ONNX_NAME, REPORT_NAME, ENGINE_NAME, ENGINE_META_NAME, quantized_name("int8"), quantized_name("int4"),
              CALIB_CACHE_NAME, PARO_PLAN_NAME, PARO_ARRAYS_NAME)
@@ -356,7 +362,7 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
         onnx_inputs, _ = onnx_io(stage / ONNX_NAME)
         if opts.shape_profiles:  # what the file declares dynamic is the last word
             shapes.check_against_model(opts.shape_profiles, onnx_inputs, ONNX_NAME)
-        inputs = (check_inputs(loaded, stage / ONNX_NAME, opts, user_feed, held)
+        inputs = (check_inputs(loaded, stage / ONNX_NAME, opts, user_feed, held, paro.buckets if paro else 1)
                   if opts.check or build_engine else None)
         if inputs:
             inputs.feeds = precision.cast_feeds(inputs.feeds, dtype)
@@ -372,7 +378,7 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
             with step(titles["quantize"]):
                 from attn_export import quantize_step
 
-                skip = len(held.feeds) if held else 0
+                skip = held.rows if held else 0
                 quant = quantize_step.run(proto, calib, lambda: _calibration_data(loaded, opts, skip),
                                           stage / quant_name, opts, inputs, stage / CALIB_CACHE_NAME)
                 if calib.warning:
@@ -546,7 +552,7 @@ def _paro_job(loaded: LoadedModel, opts: ExportOptions, paro, stage: Path, held=
         feeds, description = (), f"plan file {paro.plan_file}"
     else:
         source = calibration_source(loaded, opts)
-        feeds = itertools.islice(skip_held_out(source.feeds, held.feeds if held else ()), opts.calib_samples)
+        feeds = itertools.islice(skip_held_out(source.feeds, held.rows if held else 0), opts.calib_samples)
         description = source.description
     job = paro_export.prepare(loaded, paro, feeds, description)
     if opts.check:
@@ -690,7 +696,7 @@ def _calibration_data(loaded: LoadedModel, opts: ExportOptions, skip: int = 0):
     source = calibration_source(loaded, opts, infos)
     if opts.quant.mode != "int8":  # nothing is calibrated: the data only feeds the check
         return calib_data.checked_source(source, infos)
-    rest = dataclasses.replace(source, feeds=skip_held_out(source.feeds, range(skip)),
+    rest = dataclasses.replace(source, feeds=skip_held_out(source.feeds, skip),
                                description=source.description + (f", after the {skip} sample(s) held out for the "
                                                                  "check" if skip else ""),
                                count=None if source.count is None else source.count - skip)
@@ -703,24 +709,31 @@ PARO_RANDOM_PLAN = ("PARO was planned on seeded RANDOM inputs: the orders and ma
                     "on them)")
 
 
-def held_out_samples(loaded: LoadedModel, opts: ExportOptions):
-    """Real samples for the quality checks, held out of the calibration data (its first feeds, never calibrated
-    or planned on): a HeldOut with no feeds when the calibration data is random, or none is held out."""
-    from attn_export.calib.data import checked_source
+def held_out_samples(loaded: LoadedModel, opts: ExportOptions, planned: bool = False):
+    """Real samples for the quality checks, held out of the calibration data (its first samples, never calibrated
+    or planned on; at most a quarter of it): a HeldOut with no feeds when the calibration data is random, or
+    none is held out. ``planned``: PARO plans on the data (so INT4, which calibrates nothing, still leaves some)."""
+    from attn_export.calib.data import check_feed
     from attn_export.check_inputs import HeldOut, count_rows, hold_out_count, split_held_out
 
     if opts.check_samples == 0:
-        return HeldOut([], "")
+        return HeldOut([], "", "--check-samples 0 held no real sample out")
     infos = model_input_infos(loaded, opts)
     source = calibration_source(loaded, opts, infos)
     if not source.real:
         return HeldOut([], "")
     total = source.count
-    if opts.quant and opts.quant.mode == "int4":
+    if opts.quant and opts.quant.mode == "int4" and not planned:
         total = None  # weight-only: nothing is calibrated, the check may have all of it
     elif total is None:  # a stream of unknown length: count it, up to what decides the split
         total = count_rows(calibration_source(loaded, opts, infos).feeds, 4 * opts.check_samples)
-    held, _ = split_held_out(checked_source(source, infos).feeds, hold_out_count(total, opts.check_samples))
+    count = hold_out_count(total, opts.check_samples)
+    if count == 0:
+        return HeldOut([], source.description, f"{source.description} has {total} sample(s), too few to hold a "
+                                                 "quarter out")
+    held, _ = split_held_out(source.feeds, count)
+    by_name = {i.name: i for i in infos}
+    held = [check_feed(feed, by_name, index) for index, feed in enumerate(held)]  # as calibration checks its own
     return HeldOut(held, source.description)
 
 
@@ -746,7 +759,7 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
     mode = qdq_mode = quantized_mode(onnx_path)
     paro = paro_in(onnx_path)
     held = held_out_samples(loaded, opts) if user_feed is None and (mode or paro) else None
-    inputs = check_inputs(loaded, onnx_path, opts, user_feed, held)
+    inputs = check_inputs(loaded, onnx_path, opts, user_feed, held, paro["buckets"] if paro else 1)
     feeds = inputs.feeds = precision.cast_feeds(inputs.feeds, dtype)
     source = inputs.description
     if paro:  # a PARO file approximates the dense model: its buckets come from the timestep, as at run time
@@ -854,9 +867,10 @@ def check_feeds(loaded: LoadedModel, onnx_path: Path, seed: int, user_feed: dict
 
 
 def check_inputs(loaded: LoadedModel, onnx_path: Path, opts: ExportOptions, user_feed: dict | None = None,
-                 held=None):
+                 held=None, buckets: int = 1):
     """The check's inputs (check_inputs.CheckInputs): the user's; else held-out real samples at the export shape
-    (in batches the file accepts) plus random inputs at the extra shapes that prove its dynamic axes; else random."""
+    (in batches the file and the engine profile accept; one sample per batch with PARO timestep buckets, whose
+    layout is chosen per batch) plus random inputs at the extra shapes that prove its dynamic axes; else random."""
     from attn_export.check_inputs import combine
 
     feeds, source = check_feeds(loaded, onnx_path, opts.seed, user_feed, opts.inputs_npz)
@@ -865,9 +879,17 @@ def check_inputs(loaded: LoadedModel, onnx_path: Path, opts: ExportOptions, user
     dynamic = {n: axes for n, axes in _dynamic_axes(onnx_path).items() if n != BUCKET_INPUT}
     batch_dynamic = bool(dynamic) and all(0 in axes for axes in dynamic.values())
     static_batch = None if batch_dynamic else int(feeds[0][loaded.input_names[0]].shape[0])
-    cap = min(defaults.CHECK_BATCH, opts.max_batch)
+    cap = 1 if buckets > 1 else min(defaults.CHECK_BATCH, opts.max_batch, *_profile_batches(opts, loaded))
+    why = held.why_none if held and not held.feeds else ""
     return combine(feeds, source, user=user_feed is not None, held=held.feeds if held else None,
-                   held_description=held.description if held else "", static_batch=static_batch, cap=cap)
+                   held_description=held.description if held else "", static_batch=static_batch, cap=cap,
+                   why_random=why)
+
+
+def _profile_batches(opts: ExportOptions, loaded: LoadedModel) -> list[int]:
+    """The largest batch the engine's first profile (--shapes) takes, if it names an input."""
+    profile = opts.shape_profiles[0] if opts.shape_profiles else {}
+    return [profile[n].max[0] for n in loaded.input_names if n in profile and profile[n].max]
 
 
 def _dynamic_axes(onnx_path: Path) -> dict[str, set[int]]:

@@ -38,6 +38,11 @@ FUSED_RUNNER_SUFFIX = "-fused"
 CONTROL_RUNNER = "null-control"
 INCONCLUSIVE = ("the check cannot tell this model from a broken one: the null control ({control}) passes the same "
                 "thresholds; pass real inputs (--calib-data or --inputs) or --allow-inconclusive to accept it")
+INCONCLUSIVE_REAL = ("the check cannot tell this model from a broken one: the null control ({control}) passes the "
+                     "same thresholds on these real inputs (the outputs barely depend on them, or the thresholds are "
+                     "loose); tighten --quant-min-* or pass --allow-inconclusive to accept it")
+CLASS_CONFIDENCE = 0.5  # least mean top-1 probability of the float model for [batch, N] outputs to count as classes
+SHAPE_PROOF = "random input at an extra shape: proves the shape, judged finite only (the real samples judge quality)"
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class QuantOutputResult:
     reference_mean_abs: float = float("nan")
     reference_std: float = float("nan")
     input_shapes: str = ""
+    note: str = ""
 
     def to_dict(self) -> dict:
         return _strict_json(asdict(self))
@@ -137,26 +143,44 @@ def sample_cosines(ref: np.ndarray, cand: np.ndarray, rows: int) -> list[float]:
 
 
 def is_class_scores(array: np.ndarray) -> bool:
-    """[batch, classes] floats: the output of a classifier, whose top-1 class can be compared."""
+    """[batch, classes] floats: possibly a classifier's output, whose top-1 class can be compared."""
     return array.ndim == 2 and array.shape[1] >= 2 and array.dtype.kind == "f"
+
+
+def confidence(scores: np.ndarray) -> float:
+    """The mean top-1 probability of [batch, classes] scores (probabilities as given, else their softmax): a
+    trained classifier on real data is confident; an embedding or a regression head is not."""
+    values = np.asarray(scores, np.float64)
+    if (values >= 0).all() and np.allclose(values.sum(axis=1), 1.0, atol=1e-3):
+        return float(values.max(axis=1).mean())
+    shifted = np.exp(values - values.max(axis=1, keepdims=True))
+    return float((shifted.max(axis=1) / shifted.sum(axis=1)).mean())
 
 
 def summarize(candidate: str, name: str, refs: Sequence[np.ndarray], cands: Sequence[np.ndarray],
               inputs: CheckInputs, t: QuantThresholds) -> SampleSummary:
-    """The worst sample and, for class scores, the top-1 agreement on real samples, over every input set."""
-    worst, worst_name, agree, total, classes = float("inf"), "", 0, 0, True
-    for ref, cand, names, origin in zip(refs, cands, inputs.samples, inputs.origins):
+    """The worst sample and, for a confident classifier's scores, the top-1 agreement on real samples, over every
+    input set (random inputs at extra shapes only count when there are no real ones)."""
+    worst, worst_name, agree, total, classes, real_refs = float("inf"), "", 0, 0, True, []
+    judged = [o != "random" for o in inputs.origins] if inputs.real else [True] * len(inputs.origins)
+    for ref, cand, names, origin, counted in zip(refs, cands, inputs.samples, inputs.origins, judged):
+        if not counted:
+            continue
         cosines = sample_cosines(ref, cand, len(names))
         labels = names if len(cosines) == len(names) else [f"{names[0]}..{names[-1]}" if len(names) > 1 else names[0]]
         for value, label in zip(cosines, labels):
-            if not value >= worst:  # NaN (non-finite output) is the worst there is
+            if np.isnan(worst):
+                break
+            if np.isnan(value) or value < worst:  # NaN (a non-finite output) is the worst there is
                 worst, worst_name = value, label
         classes = classes and is_class_scores(ref) and ref.shape == cand.shape and ref.shape[0] == len(names)
         if classes and origin != "random":
             agree += int((ref.argmax(axis=1) == cand.argmax(axis=1)).sum())
             total += len(names)
-    summary = SampleSummary(candidate, name, sum(map(len, inputs.samples)), worst, worst_name,
-                            agree if classes else None, total if classes else 0)
+            real_refs.append(ref)
+    classes = classes and bool(real_refs) and confidence(np.concatenate(real_refs)) >= CLASS_CONFIDENCE
+    summary = SampleSummary(candidate, name, sum(len(n) for n, c in zip(inputs.samples, judged) if c), worst,
+                            worst_name, agree if classes else None, total if classes else 0)
     top1 = summary.top1_agreement
     summary.passed = worst >= t.min_sample_cosine and (top1 is None or top1 >= t.min_top1_agreement)
     return summary
@@ -181,6 +205,8 @@ def shuffled_outputs(ref_outputs: Sequence[Mapping[str, np.ndarray]],
     samples = []  # (feed, row, {output: array of one sample})
     for i, (outputs, names) in enumerate(zip(ref_outputs, inputs.samples)):
         rows = len(names)
+        if rows > 1 and not all(a.ndim and a.shape[0] == rows for a in outputs.values()):
+            return [], []  # an output without a batch axis: samples cannot trade their outputs
         for r in range(rows):
             samples.append((i, r, {n: a[r:r + 1] if a.ndim and a.shape[0] == rows else a for n, a in outputs.items()}))
     groups: dict[tuple, list[int]] = {}
@@ -192,6 +218,8 @@ def shuffled_outputs(ref_outputs: Sequence[Mapping[str, np.ndarray]],
             partner.update({m: members[(j + 1) % len(members)] for j, m in enumerate(members)})
     covered = [i for i in range(len(ref_outputs))
                if all(k in partner for k, (feed, _, _) in enumerate(samples) if feed == i)]
+    if any(all(np.array_equal(samples[k][2][n], samples[partner[k]][2][n]) for n in samples[k][2]) for k in partner):
+        return [], []  # two samples with the same outputs: swapping them would break nothing
     shuffled = []
     for i in covered:
         rows = [samples[partner[k]][2] for k, (feed, _, _) in enumerate(samples) if feed == i]
@@ -202,13 +230,6 @@ def shuffled_outputs(ref_outputs: Sequence[Mapping[str, np.ndarray]],
 
 def _batched(array: np.ndarray, rows: int) -> bool:
     return rows > 1 and array.ndim > 0 and array.shape[0] == rows
-
-
-def can_shuffle(inputs: CheckInputs) -> bool:
-    """Whether at least two samples share their input shapes (so, as a rule, their output shapes)."""
-    shapes = [tuple((n, a.shape[1:]) for n, a in sorted(f.items())) for f, names in zip(inputs.feeds, inputs.samples)
-              for _ in names]
-    return len(shapes) > len(set(shapes))
 
 
 @dataclass
@@ -277,7 +298,8 @@ class QuantParityReport:
         rows = [(f"{self.reference} vs {candidate}", str(r.iteration), r.input_shapes, r.name,
                  f"{r.mean_abs_error:.3e}", f"{r.max_abs_error:.3e}", f"{r.reference_mean_abs:.3e}",
                  f"{r.relative_mean_error:.4f}", f"{r.cosine:.5f}",
-                 ("PASS" if r.passed else "FAIL") if candidate not in self.informational else "info")
+                 (("PASS" if r.passed else "FAIL") if candidate not in self.informational else "info")
+                 + (" (shape proof)" if r.note else ""))
                 for candidate, r in self.outputs]
         t = self.thresholds
         lines = [render_table(head, rows),
@@ -349,20 +371,19 @@ def check_quantized(model, onnx_path: str | Path, inputs: CheckInputs | Sequence
         runners.append(_onnxruntime_runner(onnx_path, name=fused, exact_qdq=False))
         runtime[fused] = onnxruntime_settings(False)
         informational.append(fused)
-    shuffle = shuffle_control and can_shuffle(inputs)
-    if control is not None and not shuffle:
+    if control is not None:  # run even where the shuffle is planned: outputs may turn out unshufflable
         runners.append(_onnxruntime_runner(control.model, name=CONTROL_RUNNER, exact_qdq=True))
     results = _run(runners, feeds, "running the quantized model on the check inputs", "check the input shapes")
     by_runner = {name: list(outs) for name, outs in results}
     refs = by_runner[reference.name]
     outputs, summaries = [], []
     for candidate in [r.name for r in runners[1:] if r.name != CONTROL_RUNNER]:
-        outputs += _rows(candidate, refs, by_runner[candidate], feeds, output_names, thresholds)
+        outputs += _rows(candidate, refs, by_runner[candidate], inputs, output_names, thresholds)
         summaries += [summarize(candidate, n, [o[n] for o in refs], [o[n] for o in by_runner[candidate]], inputs,
                                 thresholds) for n in output_names]
     control_report = None
-    if shuffle:
-        covered, shuffled = shuffled_outputs(refs, inputs)
+    covered, shuffled = shuffled_outputs(refs, inputs) if shuffle_control else ([], [])
+    if covered:
         control_report = _control_report(SHUFFLED, [refs[i] for i in covered], shuffled, inputs.subset(covered),
                                          output_names, thresholds)
     elif control is not None:
@@ -376,24 +397,32 @@ def check_quantized(model, onnx_path: str | Path, inputs: CheckInputs | Sequence
                                thresholds, outputs, informational, runtime, reference.to_dict(), warnings, summaries,
                                control_report, allow_inconclusive, inputs.to_dict())
     if report.inconclusive:
-        report.warnings.append(INCONCLUSIVE.format(control=control_report["description"])
+        report.warnings.append((INCONCLUSIVE_REAL if inputs.real else INCONCLUSIVE).format(
+            control=control_report["description"])
                                + (" (accepted with --allow-inconclusive)" if allow_inconclusive else ""))
     return report
 
 
-def _rows(candidate: str, refs, cands, feeds, output_names, thresholds) -> list[tuple[str, QuantOutputResult]]:
+def _rows(candidate: str, refs, cands, inputs: CheckInputs, output_names,
+          thresholds) -> list[tuple[str, QuantOutputResult]]:
+    """Per input set and output; where real samples judge quality, random sets at extra shapes only need finite
+    outputs (random inputs can sit outside the calibrated ranges: that is not the file's fault)."""
     rows = []
     for it, (ref, cand) in enumerate(zip(refs, cands)):
         for name in output_names:
             result = quant_metrics(name, it, ref[name], cand[name], thresholds)
-            result.input_shapes = _shape_label(feeds[it])
+            result.input_shapes = _shape_label(inputs.feeds[it])
+            if inputs.real and inputs.origins[it] == "random":
+                result.passed = ref[name].shape == cand[name].shape and bool(np.isfinite(cand[name]).all())
+                result.note = SHAPE_PROOF
             rows.append((candidate, result))
     return rows
 
 
 def _control_report(description: str, refs, cands, inputs: CheckInputs, output_names, thresholds) -> dict:
     """The null control's rows and per-sample summaries, and whether it passed every threshold (it must not)."""
-    rows = _rows(CONTROL_RUNNER, refs, cands, inputs.feeds, output_names, thresholds)
+    rows = _rows(CONTROL_RUNNER, refs, cands, inputs, output_names, thresholds)
+    rows = [(c, r) for c, r in rows if not r.note]  # the control is judged on what judges quality
     summaries = [summarize(CONTROL_RUNNER, n, [o[n] for o in refs], [o[n] for o in cands], inputs, thresholds)
                  for n in output_names]
     passed = bool(rows) and all(r.passed for _, r in rows) and all(s.passed for s in summaries)

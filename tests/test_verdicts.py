@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from attn_export.check_inputs import combine, hold_out_count, real_batches, split_held_out
-from attn_export.quality import QUANT_THRESHOLDS, can_shuffle, shuffled_outputs, summarize
+from attn_export.quality import QUANT_THRESHOLDS, shuffled_outputs, summarize
 
 from helpers import factory_checkpoint, run
 
@@ -71,11 +71,14 @@ def test_the_shuffle_control_gives_every_sample_another_samples_output():
     feeds = [{"x": np.zeros((4, 2), np.float32)}, {"x": np.zeros((1, 2), np.float32)},
              {"x": np.zeros((1, 7), np.float32)}]
     inputs = combine(feeds, "", user=True)
-    assert can_shuffle(inputs)
     covered, shuffled = shuffled_outputs(refs, inputs)
     assert covered == [0, 1]  # the third sample's output shape is its own: no partner
     assert shuffled[0]["y"][:, 0].tolist() == [1, 2, 3, 9] and shuffled[1]["y"][0, 0] == 0
-    assert not can_shuffle(combine([feeds[1]], "", user=True))
+    assert shuffled_outputs([refs[1]], combine([feeds[1]], "", user=True)) == ([], [])  # one sample: no partner
+    sequence_first = [{"y": np.arange(12, dtype=np.float32).reshape(3, 4, 1)}]  # [T, B, D]: no batch axis first
+    assert shuffled_outputs(sequence_first, combine([feeds[0]], "", user=True)) == ([], [])
+    twins = [{"y": np.ones((2, 3), np.float32)}]  # two samples with equal outputs: a swap breaks nothing
+    assert shuffled_outputs(twins, combine([{"x": np.zeros((2, 2), np.float32)}], "", user=True)) == ([], [])
 
 
 # ------------------------------------------------------------------------------------------ INT8 end to end
