@@ -96,7 +96,9 @@ class TorchCpuRunner(BaseRunner):
         if len(outputs) != len(self.output_names):
             raise AttnExportError(f"the PyTorch model returned {len(outputs)} tensors but the ONNX model has "
                                   f"{len(self.output_names)} outputs")
-        return OrderedDict((n, t.detach().cpu().numpy()) for n, t in zip(self.output_names, outputs))
+        # Polygraphy views arrays as bytes: a permuted output (a Conv2d then permute) must be made contiguous.
+        return OrderedDict((n, np.ascontiguousarray(t.detach().cpu().numpy()))
+                           for n, t in zip(self.output_names, outputs))
 
 
 def _low_precision(array: np.ndarray) -> bool:
@@ -173,6 +175,12 @@ def _check_feeds(feeds: Sequence[Mapping[str, np.ndarray]], input_names: Sequenc
             raise AttnExportError(f"input set {i} has inputs {sorted(feed)}; the ONNX model needs {list(input_names)}")
 
 
+def contiguous(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays in C order: Polygraphy and ONNX Runtime read raw buffers (a user's transposed input would
+    otherwise fail inside them)."""
+    return {name: np.ascontiguousarray(array) for name, array in arrays.items()}
+
+
 def _run(runners, feeds, what: str, hint: str):
     """Polygraphy's Comparator.run with its per-output log silenced (our table replaces it)."""
     from polygraphy.comparator import Comparator
@@ -181,7 +189,7 @@ def _run(runners, feeds, what: str, hint: str):
     severity = G_LOGGER.module_severity
     G_LOGGER.module_severity = G_LOGGER.CRITICAL
     try:
-        return Comparator.run(runners, data_loader=[dict(f) for f in feeds])
+        return Comparator.run(runners, data_loader=[contiguous(f) for f in feeds])
     except Exception as exc:  # a model that rejects the inputs is bad input
         raise wrap_failure(exc, what, hint) from exc
     finally:
