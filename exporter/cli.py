@@ -11,11 +11,12 @@ import os
 import sys
 import threading
 import time
+import traceback
 
 import click
 
 from attn_export import defaults
-from attn_export.errors import EXIT_CHECK_FAILED, AttnExportError
+from attn_export.errors import EXIT_CHECK_FAILED, AttnExportError, unexpected_failure
 
 EPILOG = """\b
 Examples:
@@ -176,14 +177,19 @@ def _report_outcome(report, report_path) -> int:
 
 
 def _run(debug: bool, body) -> None:
-    """Run a command body: expected errors become one line on stderr and their exit code."""
+    """Run a command body: errors become one line on stderr and their exit code (an exception no step
+    expected, e.g. a library's, exits 2 like a named library failure); --debug adds the traceback and keeps
+    the exit code."""
     try:
         code = body()
-    except AttnExportError as exc:
+    except click.ClickException:  # usage errors: click prints them and exits 2
+        raise
+    except Exception as exc:  # noqa: BLE001 - the last resort: never a bare traceback
+        error = exc if isinstance(exc, AttnExportError) else unexpected_failure(exc)
         if debug:
-            raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+            traceback.print_exception(exc, file=sys.stderr)
+        click.echo(f"error: {error}", err=True)
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted; nothing was written", err=True)
         sys.exit(130)
