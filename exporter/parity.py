@@ -196,6 +196,11 @@ def _run(runners, feeds, what: str, hint: str):
         G_LOGGER.module_severity = severity
 
 
+def _seconds(*iterations) -> float:
+    """Inference seconds of Polygraphy iteration results (their runners' own timing; 0 where none)."""
+    return float(sum(getattr(i, "runtime", None) or 0.0 for i in iterations))
+
+
 def _shape_label(feed: Mapping[str, np.ndarray]) -> str:
     return ",".join(f"{name}={'x'.join(map(str, array.shape)) or 'scalar'}" for name, array in feed.items())
 
@@ -308,6 +313,7 @@ class Comparison:
     iteration: int
     outputs: list[OutputResult]
     input_shapes: str = ""
+    seconds: float = 0.0  # both runners' inference time on this input set (JUnit's time)
 
     @property
     def passed(self) -> bool:
@@ -475,7 +481,8 @@ def check_parity(
             outs = [_output_result(n, per_output.get(n), ref[n] if n in ref else None,
                                    cand[n] if n in cand else None, per_atol[n], per_rtol[n])
                     for n in output_names]
-            comparisons.append(Comparison(ref_name, cand_name, it, outs, _shape_label(feeds[it])))
+            comparisons.append(Comparison(ref_name, cand_name, it, outs, _shape_label(feeds[it]),
+                                          _seconds(ref, cand)))
     described = {n: {"shapes": [list(f[n].shape) for f in feeds], "dtype": str(feeds[0][n].dtype),
                      "source": input_source} for n in input_names}
     runtime = {} if skip_onnxruntime else {"onnxruntime-cpu": onnxruntime_settings(False)}
@@ -513,6 +520,7 @@ class QuantOutputResult:
     reference_mean_abs: float = float("nan")
     reference_std: float = float("nan")
     input_shapes: str = ""
+    seconds: float = 0.0  # this output's share of both runners' inference time on its input set
 
     def to_dict(self) -> dict:
         return _strict_json(asdict(self))
@@ -623,6 +631,7 @@ def check_quantized(model: torch.nn.Module | Reference, onnx_path: str | Path,
             for name in output_names:
                 result = quant_metrics(name, it, ref[name], cand[name], thresholds)
                 result.input_shapes = _shape_label(feeds[it])
+                result.seconds = _seconds(ref, cand) / len(output_names)
                 outputs.append((candidate, result))
     return QuantParityReport(mode, reference.name, [r.name for r in runners[1:]], thresholds, outputs, informational,
                              runtime, reference.to_dict(), vacuity_warnings(by_runner[reference.name], feeds))

@@ -52,8 +52,16 @@ def junit_shape(path: Path) -> ET.Element:
                     assert child.get("message") and child.get("type") and child.text
         for key in total:
             total[key] += int(suite.get(key))
+        # the suite's time is its cases' (each the runners' inference time on its input set)
+        assert float(suite.get("time")) == pytest.approx(sum(float(c.get("time")) for c in cases), abs=1e-3)
     assert {key: int(root.get(key)) for key in total} == total
     return root
+
+
+def judged_cases_are_timed(root: ET.Element) -> None:
+    """Every judged case carries its inference time: never the placeholder "0"."""
+    judged = [c for c in root.iter("testcase") if c.find("skipped") is None]
+    assert judged and all(float(c.get("time")) > 0 for c in judged), [c.get("time") for c in judged]
 
 
 def break_weights(source: Path, target: Path) -> None:
@@ -82,6 +90,7 @@ def test_export_writes_junit_with_one_case_per_output_and_input_set(exported):
     assert cases[1].get("name") == "output [tokens=2x128]"
     assert root.find("./testsuite").get("name") == "parity: pytorch-cpu vs onnxruntime-cpu"
     assert root.get("failures") == "0"
+    judged_cases_are_timed(root)
     props = {p.get("name"): p.get("value") for p in root.iter("property")}
     assert props["model"] == SMALL and props["precision"] == "fp32" and "version.onnxruntime" in props
 
@@ -117,6 +126,7 @@ def test_quantized_check_writes_cosine_cases_and_informational_skips(tmp_path):
                       "int8 parity: pytorch-cpu vs onnxruntime-int8-fused"]
     assert all(c.find("skipped") is not None for c in root.findall("testsuite")[2].findall("testcase"))  # info rows
     assert "cosine" in root.findall("testsuite")[1].find("testcase/system-out").text
+    judged_cases_are_timed(root)
 
 
 def test_report_files_are_all_or_nothing(tmp_path):
