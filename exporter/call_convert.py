@@ -138,9 +138,7 @@ class CallConverter:
         """One eager forward pass that records and plans the calls (the model's own outputs are computed by
         the original functions, so this pass also runs as written)."""
         self.analysing, self.records, self._plans = True, [], {}
-        with torch.inference_mode(), self.active(model), warnings.catch_warnings():
-            # eager flex_attention on purpose: it is the reference, its advice to compile is noise here
-            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        with torch.inference_mode(), self.active(model), quiet_third_party():
             model(*inputs)
         self.analysing = False
         return self.records
@@ -221,6 +219,22 @@ class CallConverter:
         return convert
 
 
+# Warnings third-party attention raises while we run it as the reference, none of them the user's business:
+# eager flex_attention on purpose (its advice to compile), NATTEN 0.21 still passing flex_attention's
+# deprecated return_lse.
+_THIRD_PARTY_NOISE = ((UserWarning, "flex_attention called without torch.compile"),
+                      (FutureWarning, "return_lse is deprecated"))
+
+
+@contextlib.contextmanager
+def quiet_third_party():
+    """Run third-party attention (NATTEN, eager flex_attention) without its deprecation and compile advice."""
+    with warnings.catch_warnings():
+        for category, message in _THIRD_PARTY_NOISE:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
 def _same_plan(a: dict | None, b: dict | None) -> bool:
     if a is None or b is None or a.keys() != b.keys():
         return a is None and b is None
@@ -279,6 +293,10 @@ def plan_flex(query, key, value, score_mod, block_mask, scale, where: str) -> di
     if score_mod is not None:
         plan["target"] += f", score_mod {_name(score_mod)} as an additive bias"
     return plan
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _name(function) -> str:
@@ -407,7 +425,8 @@ def _block_sparse_plan(mask: torch.Tensor, bias: torch.Tensor | None, block_q: i
         if bias is not None:
             dense = dense + bias
         plan["block_bias"] = element_bias(dense, count, index, block_q, block_kv)
-        plan["target"] += f", {partial} partial blocks exact through block_bias" if partial else ", block_bias"
+        plan["target"] += (f", {_count(partial, 'partial block')} exact through block_bias" if partial
+                           else ", block_bias")
     plan["target"] += ")"
     return plan
 
@@ -443,4 +462,4 @@ class Converted(torch.nn.Module):
 
 
 __all__ = ["CallConverter", "CallRecord", "ConversionRefused", "Converted", "neighborhood_window", "plan_flex",
-           "run_plan", "score_bias"]
+           "quiet_third_party", "run_plan", "score_bias"]

@@ -449,10 +449,11 @@ def zoo_cmd():
     """List the built-in models (use them as zoo:NAME)."""
     from attn_export.models import zoo
 
-    for name in zoo.names():
-        entry = zoo.entry(name)
-        shapes = ", ".join(f"{s.name}={'x'.join(map(str, s.shape))}" for s in entry.inputs)
-        click.echo(f"{name:<14} {shapes:<26} {entry.description}")
+    rows = [(name, ", ".join(f"{s.name}={'x'.join(map(str, s.shape))}" for s in zoo.entry(name).inputs),
+             zoo.entry(name).description) for name in zoo.names()]
+    widths = [max(len(row[column]) for row in rows) for column in (0, 1)]  # columns as wide as their longest cell
+    for name, shapes, description in rows:
+        click.echo(f"{name:<{widths[0]}}  {shapes:<{widths[1]}}  {description}")
 
 
 @main.group("plugins")

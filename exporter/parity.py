@@ -90,7 +90,9 @@ class TorchCpuRunner(BaseRunner):
             feed_dict[n].astype(np.float32) if _low_precision(feed_dict[n]) else feed_dict[n]))
             for n in self.input_names]
         start = time.perf_counter()
-        with torch.inference_mode():
+        from attn_export.call_convert import quiet_third_party
+
+        with torch.inference_mode(), quiet_third_party():  # the model as written may run NATTEN / flex_attention
             outputs = torch.utils._pytree.tree_leaves(self.model(*args))
         self.inference_time = time.perf_counter() - start
         if len(outputs) != len(self.output_names):

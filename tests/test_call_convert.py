@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 
 import pytest
 import torch
@@ -235,7 +236,8 @@ def block_counts(mask_mod) -> tuple[int, int]:
 
 def block_sparse_target(mask_mod) -> str:
     listed, partial = block_counts(mask_mod)
-    return f"block_sparse_attention (blocks 32x32, {listed} of 16 listed, {partial} partial blocks exact"
+    return (f"block_sparse_attention (blocks 32x32, {listed} of 16 listed, {partial} partial "
+            f"block{'' if partial == 1 else 's'} exact")
 
 
 @pytest.mark.parametrize("mask_mod, score_mod, target", [
@@ -405,11 +407,27 @@ def test_a_checkpoint_calling_natten_na2d_exports_through_the_cli(tmp_path):
         "def build():\n"
         "    torch.manual_seed(0)\n"
         "    return Image()\n"))
-    result = run(checkpoint, "--factory", factory, "--input-shape", "x=1x9x10x16", "-o", tmp_path / "out",
-                 "--atol", "1e-5", "--rtol", "0")
+    with warnings.catch_warnings(record=True) as caught:  # what reaches the user's terminal
+        warnings.simplefilter("always")
+        result = run(checkpoint, "--factory", factory, "--input-shape", "x=1x9x10x16", "-o", tmp_path / "out",
+                     "--atol", "1e-5", "--rtol", "0")
     assert result.exit_code == 0, result.output
+    # NATTEN's own use of flex_attention's deprecated return_lse is not the user's business
+    assert not [w for w in caught if "return_lse" in str(w.message)], [str(w.message) for w in caught]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["export"]["custom_nodes"] == {"NeighborhoodAttention": 1}
     assert report["reference"]["runner"] == "pytorch-original"  # NATTEN itself
     assert report["export"]["converted_calls"] == [
         "natten.na2d at factory.py:9 -> attn_export::neighborhood_attention"]
+
+
+def test_one_partial_block_is_named_in_the_singular():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def all_but_one(b, h, q_idx, kv_idx):
+        return (q_idx != 0) | (kv_idx != 0)  # one masked element: block (0, 0) partial, the other three full
+
+    q = torch.randn(1, 2, 64, 8)
+    block_mask = create_block_mask(all_but_one, None, None, 64, 64, device="cpu", BLOCK_SIZE=32)
+    target = plan_flex(q, q, q, None, block_mask, None, "here")["target"]
+    assert "4 of 4 listed, 1 partial block exact through block_bias" in target, target
