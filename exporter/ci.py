@@ -231,12 +231,20 @@ def validate_invocation(argv: Sequence[str]) -> list[str]:
 # GitHub Actions workflow
 
 
+# attn-export is on no package index: a workflow that installed `attn-export==VERSION` would fail at its first step.
+NO_INSTALL = ("ci-template needs --install: attn-export is on no package index, so say where the jobs install it "
+              "from, e.g. a wheel committed to your repository (`pip wheel --no-deps -w wheels PATH/TO/attn-export`, "
+              f"then --install ./wheels/attn_export-{defaults.__version__}-py3-none-any.whl) or a git URL "
+              "(--install 'attn-export @ git+https://HOST/attn-export.git'), and add --install -e . for your own "
+              "package")
+
+
 @dataclass
 class WorkflowOptions:
     model: str = "zoo:nat-tiny"
     onnx: str = "model.onnx"  # the committed ONNX file the CPU job checks
     model_args: Sequence[str] = ()  # --factory / --input-shape / ... as the check takes them
-    install: Sequence[str] = (f"attn-export=={defaults.__version__}",)  # pip requirements: attn-export, your package
+    install: Sequence[str] = ()  # pip requirements: where attn-export comes from, your package (required)
     python: str = defaults.CI_PYTHON
     gpu: bool = False
     runner_labels: Sequence[str] = ("self-hosted", "linux", "gpu")
@@ -272,6 +280,8 @@ def workflow_commands(opts: WorkflowOptions) -> dict[str, list[list[str]]]:
 def workflow_yaml(opts: WorkflowOptions) -> str:
     """A GitHub Actions workflow: the CPU parity job (and with ``gpu`` the TensorRT job on a self-hosted runner).
     Every attn-export command is validated with the CLI's parser first."""
+    if not opts.install:
+        raise AttnExportError(NO_INSTALL)
     commands = workflow_commands(opts)
     for argvs in commands.values():
         for argv in argvs:

@@ -26,7 +26,7 @@ Examples:
   attn-export check zoo:nat-tiny out/nat-tiny/model.onnx --report out/check.json --junit out/junit.xml
   attn-export zoo:nat-tiny -o out --triton-repo out/triton --shapes images=1x3x64x64:8x3x224x224:32x3x384x384
   attn-export bench out/nat-tiny --batch 1 --batch 8
-  attn-export ci-template --gpu -o .github/workflows/parity.yml
+  attn-export ci-template --gpu -o .github/workflows/parity.yml --install ./wheels/attn_export-0.1.0-py3-none-any.whl
   attn-export zoo
   attn-export plugins build --arch 90
 
@@ -422,8 +422,9 @@ def bench_cmd(outdir, runtimes, batches, iters, warmup, onnx_name, model, factor
 @click.option("--factory", metavar="MODULE:FUNC", help="For a checkpoint MODEL: the function that builds it.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Input shapes (repeatable).")
 @click.option("--install", "installs", multiple=True, metavar="REQUIREMENT",
-              help="pip requirements the jobs install (repeatable), e.g. -e . for your package "
-                   f"[default: attn-export=={defaults.__version__}].")
+              help="pip requirements the jobs install (repeatable, required): where attn-export comes from (a "
+                   "wheel committed to your repository, a git URL) and -e . for your package; attn-export is on no "
+                   "package index.")
 @click.option("--force", is_flag=True, help="Replace an existing file.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def ci_template_cmd(output, gpu, model, onnx, factory, input_shapes, installs, force, debug):
@@ -437,7 +438,7 @@ def ci_template_cmd(output, gpu, model, onnx, factory, input_shapes, installs, f
         model_args = [*(["--factory", factory] if factory else []),
                       *(a for shape in input_shapes for a in ("--input-shape", shape))]
         opts = WorkflowOptions(model=model, onnx=onnx, model_args=model_args, gpu=gpu,
-                               install=tuple(installs) or WorkflowOptions.install)
+                               install=tuple(installs))
         click.echo(f"wrote {write_workflow(output, opts, force)}")
         return 0
 
