@@ -46,9 +46,13 @@ class CallRecord:
     where: str  # file:line of the call
     target: str  # what it runs as
     plan: dict = field(default_factory=dict)  # FlexAttention: the op and its arguments (tensors included)
+    mask_site: str = ""  # FlexAttention: where its BlockMask was built, when forward builds it
+    block_mask: object = field(default=None, repr=False, compare=False)  # held: the pass's mask, by identity
 
     def describe(self) -> str:
-        return f"{self.source} at {self.where} -> {self.target}"
+        built = f" (BlockMask built at {self.mask_site})" if self.mask_site else ""
+        return f"{self.source} at {self.where}{built} -> {self.target}"
+
 
 
 def _caller(depth: int = 2) -> str:
@@ -61,7 +65,7 @@ def _targets() -> dict[Callable, str]:
     (a model may import it only inside forward), never otherwise."""
     import torch.nn.attention.flex_attention as flex
 
-    found = {flex.flex_attention: "flex_attention"}
+    found = {flex.flex_attention: "flex_attention", flex.create_block_mask: "create_block_mask"}
     if "natten" in sys.modules or importlib.util.find_spec("natten") is not None:
         import natten.functional as natten
 
@@ -113,6 +117,12 @@ class CallConverter:
         self._count = 0
         self._inside = 0  # > 0 while an intercepted original runs: its own inner calls (NATTEN -> flex) pass
         self._plans: dict[tuple, tuple] = {}  # per analysis pass, by the identity of the call's mask and score_mod
+        # BlockMasks built inside forward (create_block_mask per call), in call order, with where each was built:
+        # analysed like any mask; while tracing, each call gets the analysed mask back instead of tracing the build
+        # (sorts and cumsums no ONNX exporter translates, for a mask the plan already holds as constants)
+        self._masks: list = []
+        self._mask_sites: dict[int, str] = {}
+        self._mask_count = 0
 
     def _original(self, function: Callable, *args, **kwargs):
         self._inside += 1
@@ -123,12 +133,14 @@ class CallConverter:
 
     @contextlib.contextmanager
     def active(self, model: torch.nn.Module | None = None):
-        self._count = 0
+        self._count = self._mask_count = 0
         targets = _targets()
         replacements = {}
         for function, source in targets.items():
             if source == "flex_attention":
                 replacements[function] = self._flex(function)
+            elif source == "create_block_mask":
+                replacements[function] = self._block_mask(function)
             else:
                 replacements[function] = self._natten(function, source)
         with _swapped(replacements, model):
@@ -138,6 +150,7 @@ class CallConverter:
         """One eager forward pass that records and plans the calls (the model's own outputs are computed by
         the original functions, so this pass also runs as written)."""
         self.analysing, self.records, self._plans = True, [], {}
+        self._masks, self._mask_sites = [], {}
         with torch.inference_mode(), self.active(model), quiet_third_party():
             model(*inputs)
         self.analysing = False
@@ -146,16 +159,20 @@ class CallConverter:
     def confirm(self, model: torch.nn.Module, inputs) -> None:
         """Analyse again on other inputs and refuse a call whose plan changes: its mask or score_mod reads the
         model's inputs, which a layout exported as a constant cannot follow. The first analysis stays."""
-        first = self.records
+        first, masks = self.records, (self._masks, self._mask_sites)
         try:
             second = self.analyse(model, inputs)
         finally:
-            self.records = first
+            self.records, (self._masks, self._mask_sites) = first, masks
         for before, after in zip(first, second):
+            _refuse_untraceable_mask(before, after)
             if not _same_plan(before.plan, after.plan):
-                raise ConversionRefused(f"{before.source} at {before.where}: its mask or score_mod depends on the "
-                                      "model's inputs (two inputs give two different plans), which a layout exported "
-                                      "as a constant cannot follow: compute it from positions only")
+                built = (f" (its BlockMask is built in forward by create_block_mask at {before.mask_site})"
+                         if before.mask_site else "")
+                raise ConversionRefused(f"{before.source} at {before.where}{built}: its mask or score_mod depends on "
+                                        "the model's inputs (two inputs give two different plans), which a layout "
+                                        "exported as a constant cannot follow: compute it from positions, shapes, "
+                                        "constants and buffers only")
         if len(first) != len(second):
             raise ConversionRefused(f"the model makes {len(first)} attention calls on one input and {len(second)} on "
                                   "another: its attention calls depend on its inputs")
@@ -168,6 +185,26 @@ class CallConverter:
             raise ConversionRefused(f"{source} at {where} is call {index} of this forward pass, but the analysis "
                                   "pass saw fewer calls: the model's attention calls depend on its inputs")
         return index, recorded
+
+    def _block_mask(self, original: Callable) -> Callable:
+        """create_block_mask inside forward: built (and remembered) while analysing, handed back while tracing."""
+
+        def create(*args, **kwargs):
+            if self._inside:
+                return original(*args, **kwargs)
+            where, index = _caller(), self._mask_count
+            self._mask_count += 1
+            if self.analysing:
+                mask = self._original(original, *args, **kwargs)
+                self._masks.append(mask)  # held: its id stays its own for this pass
+                self._mask_sites[id(mask)] = where
+                return mask
+            if index >= len(self._masks):
+                raise ConversionRefused(f"create_block_mask at {where} is call {index} of this forward pass, but the "
+                                        "analysis pass saw fewer: the model's masks depend on its inputs")
+            return self._masks[index]
+
+        return create
 
     def _natten(self, original: Callable, source: str) -> Callable:
         def convert(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
@@ -211,7 +248,8 @@ class CallConverter:
                     self._plans[same] = (plan_flex(query, key, value, score_mod, block_mask, scale, where),
                                          block_mask, score_mod)
                 plan = self._plans[same][0]
-                self.records.append(CallRecord(index, "flex_attention", where, plan["target"], plan))
+                self.records.append(CallRecord(index, "flex_attention", where, plan["target"], plan,
+                                               self._mask_sites.get(id(block_mask), ""), block_mask))
                 return self._original(original, query, key, value, score_mod=score_mod, block_mask=block_mask,
                                       scale=scale)
             return run_plan(recorded.plan, query, key, value, scale)
@@ -233,6 +271,21 @@ def quiet_third_party():
         for category, message in _THIRD_PARTY_NOISE:
             warnings.filterwarnings("ignore", message=message, category=category)
         yield
+
+
+def _refuse_untraceable_mask(before: CallRecord, after: CallRecord) -> None:
+    """A BlockMask that is a new object on every forward pass, though not built by a create_block_mask call we
+    intercept, is built by code we cannot replace while tracing, and tracing its build fails in the ONNX
+    exporter (sorts): refused, naming the call, before any export."""
+    if before.source != "flex_attention" or before.mask_site or before.block_mask is None:
+        return
+    if before.block_mask is not after.block_mask:
+        raise ConversionRefused(f"flex_attention at {before.where}: its BlockMask is built anew on every forward pass "
+                                "by code the converter cannot replace (create_block_mask reached through an attribute, "
+                                "a closure or a wrapper), and tracing that build needs sorts no ONNX exporter "
+                                "translates: call create_block_mask by name inside forward (from "
+                                "torch.nn.attention.flex_attention import create_block_mask), or build the mask once "
+                                "in __init__")
 
 
 def _same_plan(a: dict | None, b: dict | None) -> bool:

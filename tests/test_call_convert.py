@@ -60,7 +60,7 @@ def test_natten_functional_calls_export_and_match_natten(spatial, window, tmp_pa
     result = attn_export.run(model, tmp_path, example_inputs=(torch.randn(1, *spatial, 16),), engine=False,
                              tolerances=attn_export.parity.Tolerances(atol=1e-5, rtol=0))
     assert result.passed, result.report.table()
-    assert result.converted_calls == [f"natten.na{len(spatial)}d at test_call_convert.py:36 -> "
+    assert result.converted_calls == [f"natten.na{len(spatial)}d at test_call_convert.py:37 -> "
                                       "attn_export::neighborhood_attention"]
     assert result.report.reference["runner"] == "pytorch-original"  # NATTEN itself
     report = json.loads(result.report_path.read_text())
@@ -431,3 +431,72 @@ def test_one_partial_block_is_named_in_the_singular():
     block_mask = create_block_mask(all_but_one, None, None, 64, 64, device="cpu", BLOCK_SIZE=32)
     target = plan_flex(q, q, q, None, block_mask, None, "here")["target"]
     assert "4 of 4 listed, 1 partial block exact through block_bias" in target, target
+
+
+# ---------------------------------------------------------------------------------------------
+# BlockMasks built inside forward (create_block_mask per call, the common FlexAttention pattern)
+
+
+class MaskInForward(FlexCall):
+    """FlexCall with its BlockMask built on every forward pass: from positions and a buffer ("buffer"), from the
+    model's input ("input"), or through an attribute the converter cannot swap ("attribute")."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        self.how, self.factory = how, create_block_mask
+        self.register_buffer("docs", DOCS.clone())
+
+    def forward(self, x):
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        docs = self.docs if self.how != "input" else (x[0, :, 0] > 0).long().cumsum(0)  # doc ids from the input
+        make = self.factory if self.how == "attribute" else create_block_mask
+
+        def same_document(b, h, q, kv):
+            return docs[q] == docs[kv]
+
+        block_mask = make(same_document, None, None, x.shape[1], x.shape[1], device="cpu", BLOCK_SIZE=BLOCK)
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        out = flex_attention(q, k, v, block_mask=block_mask)
+        return self.proj(out.transpose(1, 2).flatten(-2))
+
+
+def test_a_block_mask_built_in_forward_converts_like_one_built_in_init(tmp_path):
+    torch.manual_seed(0)
+    model = MaskInForward("buffer").eval()
+    result = attn_export.run(model, tmp_path / "forward", example_inputs=(torch.randn(1, LENGTH, 16),), engine=False,
+                             tolerances=attn_export.parity.Tolerances(atol=1e-5, rtol=0))
+    assert result.passed, result.report.table()
+    assert result.report.reference["runner"] == "pytorch-original"  # flex_attention itself, mask built per call
+    (call,) = result.converted_calls
+    assert "(BlockMask built at test_call_convert.py:" in call and block_sparse_target(documents) in call, call
+    in_init = export_flex(tmp_path / "init", documents)  # the same weights, the mask built once in __init__
+    assert in_init.converted_calls[0].split(" -> ")[1] == call.split(" -> ")[1]
+    import onnx
+
+    def constants(path):
+        return sorted(onnx.numpy_helper.to_array(t).tobytes() for t in onnx.load(path).graph.initializer)
+
+    assert constants(result.onnx_path) == constants(in_init.onnx_path)  # the same layout and bias, bit for bit
+
+
+@pytest.mark.parametrize("how, fragments", [
+    ("input", ["flex_attention at test_call_convert.py:", "(its BlockMask is built in forward by create_block_mask at "
+               "test_call_convert.py:", "depends on the model's inputs", "compute it from positions, shapes"]),
+    ("attribute", ["flex_attention at test_call_convert.py:", "its BlockMask is built anew on every forward pass by "
+                   "code the converter cannot replace", "call create_block_mask by name inside forward"]),
+])
+def test_block_masks_built_in_forward_that_cannot_convert_are_named(tmp_path, how, fragments):
+    factory = (f"import torch\nfrom test_call_convert import MaskInForward\n"
+               f"def build():\n    torch.manual_seed(0)\n    return MaskInForward({how!r}).eval()\n")
+    (tmp_path / "factory.py").write_text(factory)
+    torch.save(MaskInForward(how).state_dict(), tmp_path / "model.pt")
+    result = run(tmp_path / "model.pt", "--factory", f"{tmp_path / 'factory.py'}:build", "--input-shape",
+                 f"x=1x{LENGTH}x16", "-o", tmp_path / "out")
+    assert_one_line_error(result, 2, fragments[0])
+    line = next(ln for ln in result.stderr.splitlines() if ln.startswith("error:"))
+    assert all(fragment in line for fragment in fragments[1:]), line
+    assert "aten.sort" not in line and "--static" not in line
+    assert not (tmp_path / "out").exists()
