@@ -4,6 +4,7 @@ refused in one line naming the call."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import warnings
@@ -14,6 +15,7 @@ import torch
 import attn_export
 import attn_export.parity
 from attn_export.call_convert import CallConverter, ConversionRefused, neighborhood_window, plan_flex, run_plan
+from attn_export.flex_plan import block_bias
 from attn_export.models.neighborhood import NAParams, neighborhood_index
 
 from helpers import assert_one_line_error, factory_checkpoint, run
@@ -35,6 +37,11 @@ class NattenCall(torch.nn.Module):
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).unbind(-3)
         function = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[self.rank]
         return self.proj(function(q, k, v, **self.window).flatten(-2))
+
+
+NATTEN_CALL_LINE = next(number for number, line in enumerate(inspect.getsource(NattenCall).splitlines(),
+                                                           inspect.getsourcelines(NattenCall)[1])
+                        if "function(q, k, v" in line)
 
 
 def natten_cases(count: int):
@@ -60,7 +67,7 @@ def test_natten_functional_calls_export_and_match_natten(spatial, window, tmp_pa
     result = attn_export.run(model, tmp_path, example_inputs=(torch.randn(1, *spatial, 16),), engine=False,
                              tolerances=attn_export.parity.Tolerances(atol=1e-5, rtol=0))
     assert result.passed, result.report.table()
-    assert result.converted_calls == [f"natten.na{len(spatial)}d at test_call_convert.py:37 -> "
+    assert result.converted_calls == [f"natten.na{len(spatial)}d at test_call_convert.py:{NATTEN_CALL_LINE} -> "
                                       "attn_export::neighborhood_attention"]
     assert result.report.reference["runner"] == "pytorch-original"  # NATTEN itself
     report = json.loads(result.report_path.read_text())
@@ -249,7 +256,8 @@ def block_sparse_target(mask_mod) -> str:
     (neighborhood_2d, None, block_sparse_target(neighborhood_2d)),
     (dilated, None, block_sparse_target(dilated)),
     (causal, alibi, "score_mod alibi as an additive bias"),
-    (None, relative_table, "blocks 100x100, 1 of 1 listed, block_bias), score_mod relative_table"),
+    (None, relative_table, "blocks 100x100, 1 of 1 listed, block_bias with a per-head table of 199 (key - query) "
+                           "values), score_mod relative_table"),
 ])
 def test_flex_patterns_export_exactly_and_match_flex_attention(mask_mod, score_mod, target, tmp_path):
     result = export_flex(tmp_path, mask_mod, score_mod)
@@ -260,10 +268,15 @@ def test_flex_patterns_export_exactly_and_match_flex_attention(mask_mod, score_m
 
 def test_a_wrong_partial_block_conversion_fails_parity(tmp_path, monkeypatch):
     """The parity check catches a mis-converted mask: partial blocks attended in full differ from flex."""
-    from attn_export.models import block_layout
+    from attn_export import flex_plan
 
-    monkeypatch.setattr(block_layout, "element_bias", lambda dense, count, index, bq, bkv: torch.zeros(
-        *count.shape, index.shape[-1], bq, bkv))
+    layout = flex_plan._tile_layout
+
+    def attend_in_full(*args):
+        tiles, tile_of_slot = layout(*args)
+        return torch.ones_like(tiles), tile_of_slot
+
+    monkeypatch.setattr(flex_plan, "_tile_layout", attend_in_full)
     result = export_flex(tmp_path, documents)
     assert not result.passed
 
@@ -389,7 +402,8 @@ def test_masks_are_evaluated_at_the_calls_heads_as_flex_does():
 def test_a_score_mod_alone_on_a_short_sequence_uses_one_block_of_its_length():
     q = torch.randn(1, 2, 40, 8)
     plan = plan_flex(q, q, q, alibi, None, None, "here")
-    assert (plan["block_q"], plan["block_kv"]) == (40, 40) and plan["block_bias"].shape == (1, 2, 1, 1, 40, 40)
+    assert (plan["block_q"], plan["block_kv"]) == (40, 40) and plan["bias_table"].shape == (1, 2, 79)
+    assert block_bias(plan, torch.float32).shape == (1, 2, 1, 1, 40, 40)
 
 
 def test_a_checkpoint_calling_natten_na2d_exports_through_the_cli(tmp_path):
@@ -500,3 +514,82 @@ def test_block_masks_built_in_forward_that_cannot_convert_are_named(tmp_path, ho
     assert all(fragment in line for fragment in fragments[1:]), line
     assert "aten.sort" not in line and "--static" not in line
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Large FlexAttention biases: planned in chunks, a (key - query) bias stored as a per-head table
+
+
+class AlibiLM(torch.nn.Module):
+    """Causal attention with ALiBi slopes per head, as LMs write it with flex_attention."""
+
+    def __init__(self, length: int, heads: int = 8, dim: int = 64):
+        super().__init__()
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        self.heads = heads
+        self.qkv, self.proj = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+        self.register_buffer("slopes", 2.0 ** (-8.0 * torch.arange(1, heads + 1) / heads))
+        self.block_mask = create_block_mask(causal, None, None, length, length, device="cpu")
+
+    def forward(self, x):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        slopes = self.slopes
+
+        def alibi_slopes(score, b, h, q, kv):
+            return score + slopes[h] * (kv - q)
+
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        out = flex_attention(q, k, v, score_mod=alibi_slopes, block_mask=self.block_mask)
+        return self.proj(out.transpose(1, 2).flatten(-2))
+
+
+def test_alibi_at_2048_tokens_and_8_heads_exports_with_a_per_head_table(tmp_path):
+    import onnx
+
+    torch.manual_seed(0)
+    length = 2048
+    result = attn_export.run(AlibiLM(length).eval(), tmp_path, example_inputs=(torch.randn(1, length, 64),),
+                             engine=False, tolerances=attn_export.parity.Tolerances(atol=1e-5, rtol=0))
+    assert result.passed, result.report.table()
+    (call,) = result.converted_calls
+    assert "16 partial blocks exact through block_bias with a per-head table of 4095 (key - query) values" in call
+    largest = max(onnx.numpy_helper.to_array(t).nbytes for t in onnx.load(tmp_path / "model.onnx").graph.initializer)
+    assert largest < 1 << 20, largest  # a dense bias would be 8 x 2048 x 2048 floats: 128 MB
+
+
+def quadratic(score, b, h, q, kv):  # depends on q and kv, not on kv - q alone
+    return score + 1e-3 * ((q * kv) % 17) * (h + 1)
+
+
+@pytest.mark.parametrize("mask_mod, score_mod", [(documents, alibi), (sliding, quadratic), (None, relative_table)])
+def test_planning_in_chunks_gives_the_plan_of_one_pass(monkeypatch, mask_mod, score_mod):
+    """Chunks of one query-block row give exactly the plan evaluated in one chunk, and it runs as flex does."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from attn_export import flex_plan
+
+    block_mask = None if mask_mod is None else create_block_mask(mask_mod, None, None, LENGTH, LENGTH, device="cpu",
+                                                                 BLOCK_SIZE=BLOCK)
+    q, k, v = torch.randn(3, 1, 2, LENGTH, 8, generator=torch.Generator().manual_seed(1)).unbind(0)
+    whole = plan_flex(q, k, v, score_mod, block_mask, None, "here")
+    monkeypatch.setattr(flex_plan, "_CHUNK_ELEMENTS", 1)  # one row of query blocks per chunk
+    chunked = plan_flex(q, k, v, score_mod, block_mask, None, "here")
+    assert whole.keys() == chunked.keys()
+    for name, value in whole.items():
+        assert torch.equal(value, chunked[name]) if isinstance(value, torch.Tensor) else value == chunked[name], name
+    torch.testing.assert_close(run_plan(chunked, q, k, v, None),
+                               flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask), atol=1e-5, rtol=0)
+    assert (chunked["bias_table"] is None) == (score_mod is quadratic)  # a (key - query) bias travels as a table
+
+
+def test_a_dense_bias_beyond_the_limit_is_refused_naming_the_call(monkeypatch):
+    from attn_export import flex_plan
+
+    q = torch.randn(1, 2, 64, 8)
+    monkeypatch.setattr(flex_plan, "_BIAS_BYTES", 16 << 10)  # 2 heads x 64 x 64 floats = 32 KB
+    with pytest.raises(ConversionRefused, match="flex_attention at here: its score_mod quadratic is not a function of "
+                                                "key - query alone, so its bias would be stored dense"):
+        plan_flex(q, q, q, quadratic, None, None, "here")
+    assert plan_flex(q, q, q, alibi, None, None, "here")["bias_table"].shape == (1, 2, 127)  # a table: no limit hit
