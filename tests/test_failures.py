@@ -81,3 +81,14 @@ def test_debug_adds_the_traceback_and_keeps_the_exit_code(tmp_path, monkeypatch)
 def test_debug_keeps_exit_2_for_bad_input(tmp_path):
     result = run("zoo:no-such-model", "-o", tmp_path / "out", "--debug")
     assert result.exit_code == 2, (result.exit_code, result.output)
+
+
+@pytest.mark.parametrize("message, hinted", [
+    ("injected trace failure", False),
+    ("Constraints violated (batch)! The values of batch must always be related", True),
+])
+def test_the_static_shapes_hint_only_where_a_dynamic_dimension_is_the_cause(tmp_path, monkeypatch, message, hinted):
+    monkeypatch.setattr(torch.export, "export", _raise(RuntimeError(message)))
+    result = run(SMALL, "-o", tmp_path / "out")  # its batch is dynamic
+    assert_one_line_error(result, 2, message.split("!")[0])
+    assert ("export with --static-batch / --static-spatial" in result.stderr) == hinted, result.stderr
