@@ -545,6 +545,7 @@ class AlibiLM(torch.nn.Module):
         return self.proj(out.transpose(1, 2).flatten(-2))
 
 
+@pytest.mark.slow
 def test_alibi_at_2048_tokens_and_8_heads_exports_with_a_per_head_table(tmp_path):
     import onnx
 
