@@ -11,11 +11,12 @@ import os
 import sys
 import threading
 import time
+import traceback
 
 import click
 
 from attn_export import defaults
-from attn_export.errors import EXIT_CHECK_FAILED, AttnExportError
+from attn_export.errors import EXIT_CHECK_FAILED, AttnExportError, unexpected_failure
 
 EPILOG = """\b
 Examples:
@@ -25,7 +26,7 @@ Examples:
   attn-export check zoo:nat-tiny out/nat-tiny/model.onnx --report out/check.json --junit out/junit.xml
   attn-export zoo:nat-tiny -o out --triton-repo out/triton --shapes images=1x3x64x64:8x3x224x224:32x3x384x384
   attn-export bench out/nat-tiny --batch 1 --batch 8
-  attn-export ci-template --gpu -o .github/workflows/parity.yml
+  attn-export ci-template --gpu -o .github/workflows/parity.yml --install ./wheels/attn_export-0.1.0-py3-none-any.whl
   attn-export zoo
   attn-export plugins build --arch 90
 
@@ -224,14 +225,19 @@ def _verdict(report) -> str:
 
 
 def _run(debug: bool, body) -> None:
-    """Run a command body: expected errors become one line on stderr and their exit code."""
+    """Run a command body: errors become one line on stderr and their exit code (an exception no step
+    expected, e.g. a library's, exits 2 like a named library failure); --debug adds the traceback and keeps
+    the exit code."""
     try:
         code = body()
-    except AttnExportError as exc:
+    except click.ClickException:  # usage errors: click prints them and exits 2
+        raise
+    except Exception as exc:  # noqa: BLE001 - the last resort: never a bare traceback
+        error = exc if isinstance(exc, AttnExportError) else unexpected_failure(exc)
         if debug:
-            raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+            traceback.print_exception(exc, file=sys.stderr)
+        click.echo(f"error: {error}", err=True)
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted; nothing was written", err=True)
         sys.exit(130)
@@ -483,8 +489,9 @@ def bench_cmd(outdir, runtimes, batches, iters, warmup, onnx_name, model, factor
 @click.option("--factory", metavar="MODULE:FUNC", help="For a checkpoint MODEL: the function that builds it.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Input shapes (repeatable).")
 @click.option("--install", "installs", multiple=True, metavar="REQUIREMENT",
-              help="pip requirements the jobs install (repeatable), e.g. -e . for your package "
-                   f"[default: attn-export=={defaults.__version__}].")
+              help="pip requirements the jobs install (repeatable, required): where attn-export comes from (a "
+                   "wheel committed to your repository, a git URL) and -e . for your package; attn-export is on no "
+                   "package index.")
 @click.option("--force", is_flag=True, help="Replace an existing file.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def ci_template_cmd(output, gpu, model, onnx, factory, input_shapes, installs, force, debug):
@@ -498,7 +505,7 @@ def ci_template_cmd(output, gpu, model, onnx, factory, input_shapes, installs, f
         model_args = [*(["--factory", factory] if factory else []),
                       *(a for shape in input_shapes for a in ("--input-shape", shape))]
         opts = WorkflowOptions(model=model, onnx=onnx, model_args=model_args, gpu=gpu,
-                               install=tuple(installs) or WorkflowOptions.install)
+                               install=tuple(installs))
         click.echo(f"wrote {write_workflow(output, opts, force)}")
         return 0
 
@@ -510,10 +517,11 @@ def zoo_cmd():
     """List the built-in models (use them as zoo:NAME)."""
     from attn_export.models import zoo
 
-    for name in zoo.names():
-        entry = zoo.entry(name)
-        shapes = ", ".join(f"{s.name}={'x'.join(map(str, s.shape))}" for s in entry.inputs)
-        click.echo(f"{name:<14} {shapes:<26} {entry.description}")
+    rows = [(name, ", ".join(f"{s.name}={'x'.join(map(str, s.shape))}" for s in zoo.entry(name).inputs),
+             zoo.entry(name).description) for name in zoo.names()]
+    widths = [max(len(row[column]) for row in rows) for column in (0, 1)]  # columns as wide as their longest cell
+    for name, shapes, description in rows:
+        click.echo(f"{name:<{widths[0]}}  {shapes:<{widths[1]}}  {description}")
 
 
 @main.group("plugins")

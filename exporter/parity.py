@@ -90,13 +90,17 @@ class TorchCpuRunner(BaseRunner):
             feed_dict[n].astype(np.float32) if _low_precision(feed_dict[n]) else feed_dict[n]))
             for n in self.input_names]
         start = time.perf_counter()
-        with torch.inference_mode():
+        from attn_export.call_convert import quiet_third_party
+
+        with torch.inference_mode(), quiet_third_party():  # the model as written may run NATTEN / flex_attention
             outputs = torch.utils._pytree.tree_leaves(self.model(*args))
         self.inference_time = time.perf_counter() - start
         if len(outputs) != len(self.output_names):
             raise AttnExportError(f"the PyTorch model returned {len(outputs)} tensors but the ONNX model has "
                                   f"{len(self.output_names)} outputs")
-        return OrderedDict((n, t.detach().cpu().numpy()) for n, t in zip(self.output_names, outputs))
+        # Polygraphy views arrays as bytes: a permuted output (a Conv2d then permute) must be made contiguous.
+        return OrderedDict((n, np.ascontiguousarray(t.detach().cpu().numpy()))
+                           for n, t in zip(self.output_names, outputs))
 
 
 def _low_precision(array: np.ndarray) -> bool:
@@ -173,6 +177,12 @@ def _check_feeds(feeds: Sequence[Mapping[str, np.ndarray]], input_names: Sequenc
             raise AttnExportError(f"input set {i} has inputs {sorted(feed)}; the ONNX model needs {list(input_names)}")
 
 
+def contiguous(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays in C order: Polygraphy and ONNX Runtime read raw buffers (a user's transposed input would
+    otherwise fail inside them)."""
+    return {name: np.ascontiguousarray(array) for name, array in arrays.items()}
+
+
 def _run(runners, feeds, what: str, hint: str):
     """Polygraphy's Comparator.run with its per-output log silenced (our table replaces it)."""
     from polygraphy.comparator import Comparator
@@ -181,11 +191,16 @@ def _run(runners, feeds, what: str, hint: str):
     severity = G_LOGGER.module_severity
     G_LOGGER.module_severity = G_LOGGER.CRITICAL
     try:
-        return Comparator.run(runners, data_loader=[dict(f) for f in feeds])
+        return Comparator.run(runners, data_loader=[contiguous(f) for f in feeds])
     except Exception as exc:  # a model that rejects the inputs is bad input
         raise wrap_failure(exc, what, hint) from exc
     finally:
         G_LOGGER.module_severity = severity
+
+
+def _seconds(*iterations) -> float:
+    """Inference seconds of Polygraphy iteration results (their runners' own timing; 0 where none)."""
+    return float(sum(getattr(i, "runtime", None) or 0.0 for i in iterations))
 
 
 def _shape_label(feed: Mapping[str, np.ndarray]) -> str:
@@ -300,6 +315,7 @@ class Comparison:
     iteration: int
     outputs: list[OutputResult]
     input_shapes: str = ""
+    seconds: float = 0.0  # both runners' inference time on this input set (JUnit's time)
 
     @property
     def passed(self) -> bool:
@@ -467,7 +483,8 @@ def check_parity(
             outs = [_output_result(n, per_output.get(n), ref[n] if n in ref else None,
                                    cand[n] if n in cand else None, per_atol[n], per_rtol[n])
                     for n in output_names]
-            comparisons.append(Comparison(ref_name, cand_name, it, outs, _shape_label(feeds[it])))
+            comparisons.append(Comparison(ref_name, cand_name, it, outs, _shape_label(feeds[it]),
+                                          _seconds(ref, cand)))
     described = {n: {"shapes": [list(f[n].shape) for f in feeds], "dtype": str(feeds[0][n].dtype),
                      "source": input_source} for n in input_names}
     runtime = {} if skip_onnxruntime else {"onnxruntime-cpu": onnxruntime_settings(False)}

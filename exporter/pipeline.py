@@ -818,7 +818,9 @@ def parity_reference(loaded: LoadedModel, feed: dict):
         return Reference(loaded.module)
     args = [torch.from_numpy(np.ascontiguousarray(feed[name])) for name in loaded.input_names]
     try:
-        with torch.inference_mode():
+        from attn_export.call_convert import quiet_third_party
+
+        with torch.inference_mode(), quiet_third_party():
             loaded.original(*args)
     except Exception as exc:  # noqa: BLE001 - e.g. a third-party kernel that needs a GPU
         brief = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]

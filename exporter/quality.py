@@ -10,6 +10,7 @@ this file from a broken one, and the verdict is "inconclusive" (exit 1) unless t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from attn_export.parity import (
     _onnxruntime_runner,
     _overall_line,
     _run,
+    _seconds,
     _shape_label,
     _strict_json,
     onnx_io,
@@ -83,6 +85,7 @@ class QuantOutputResult:
     reference_std: float = float("nan")
     input_shapes: str = ""
     note: str = ""
+    seconds: float = 0.0  # this output's share of both runners' inference time on its input set
 
     def to_dict(self) -> dict:
         return _strict_json(asdict(self))
@@ -100,6 +103,7 @@ class SampleSummary:
     top1_agree: int | None = None  # real samples whose top-1 class matches the reference's (None: not class scores)
     top1_total: int = 0
     passed: bool = True
+    seconds: float = 0.0  # the time spent on this candidate and output over every input set
 
     @property
     def top1_agreement(self) -> float | None:
@@ -378,14 +382,17 @@ def check_quantized(model, onnx_path: str | Path, inputs: CheckInputs | Sequence
     refs = by_runner[reference.name]
     outputs, summaries = [], []
     for candidate in [r.name for r in runners[1:] if r.name != CONTROL_RUNNER]:
-        outputs += _rows(candidate, refs, by_runner[candidate], inputs, output_names, thresholds)
-        summaries += [summarize(candidate, n, [o[n] for o in refs], [o[n] for o in by_runner[candidate]], inputs,
-                                thresholds) for n in output_names]
+        rows = _rows(candidate, refs, by_runner[candidate], inputs, output_names, thresholds)
+        outputs += rows
+        summaries += [_timed(summarize(candidate, n, [o[n] for o in refs], [o[n] for o in by_runner[candidate]],
+                                       inputs, thresholds), rows) for n in output_names]
     control_report = None
+    start = time.perf_counter()
     covered, shuffled = shuffled_outputs(refs, inputs) if shuffle_control else ([], [])
     if covered:
         control_report = _control_report(SHUFFLED, [refs[i] for i in covered], shuffled, inputs.subset(covered),
                                          output_names, thresholds)
+        control_report["seconds"] = time.perf_counter() - start  # no run: the shuffle and its metrics
     elif control is not None:
         control_report = _control_report(control.description, refs, by_runner[CONTROL_RUNNER], inputs,
                                          output_names, thresholds)
@@ -412,6 +419,7 @@ def _rows(candidate: str, refs, cands, inputs: CheckInputs, output_names,
         for name in output_names:
             result = quant_metrics(name, it, ref[name], cand[name], thresholds)
             result.input_shapes = _shape_label(inputs.feeds[it])
+            result.seconds = _seconds(ref, cand) / len(output_names)
             if inputs.real and inputs.origins[it] == "random":
                 result.passed = ref[name].shape == cand[name].shape and bool(np.isfinite(cand[name]).all())
                 result.note = SHAPE_PROOF
@@ -427,4 +435,9 @@ def _control_report(description: str, refs, cands, inputs: CheckInputs, output_n
                  for n in output_names]
     passed = bool(rows) and all(r.passed for _, r in rows) and all(s.passed for s in summaries)
     return {"description": description, "passed": passed, "outputs": [r.to_dict() for _, r in rows],
-            "samples": [s.to_dict() for s in summaries]}
+            "samples": [s.to_dict() for s in summaries], "seconds": sum(r.seconds for _, r in rows)}
+
+
+def _timed(summary: SampleSummary, rows) -> SampleSummary:
+    summary.seconds = sum(r.seconds for c, r in rows if r.name == summary.name)
+    return summary
