@@ -27,11 +27,11 @@ def test_hold_out_takes_at_most_a_quarter_of_a_known_source():
     assert hold_out_count(None, 32) == 32  # a stream of unknown length
 
 
-def test_split_holds_out_whole_feeds_and_streams_the_rest():
+def test_split_holds_out_rows_and_streams_the_rest():
     feeds = [{"x": np.full((2, 3), i, np.float32)} for i in range(5)]
     held, rest = split_held_out(iter(feeds), 3)
-    assert [int(f["x"][0, 0]) for f in held] == [0, 1]  # 4 rows: a batch is never split
-    assert [int(f["x"][0, 0]) for f in rest] == [2, 3, 4]
+    assert [f["x"].shape[0] for f in held] == [2, 1]  # 3 rows: the second batch is split
+    assert [(int(f["x"][0, 0]), f["x"].shape[0]) for f in rest] == [(1, 1), (2, 2), (3, 2), (4, 2)]
 
 
 def test_real_batches_respect_a_static_batch_and_name_every_sample():
@@ -45,7 +45,7 @@ def test_real_batches_respect_a_static_batch_and_name_every_sample():
 
 def test_one_collapsed_sample_fails_the_per_sample_gate_though_the_mean_passes():
     rng = np.random.default_rng(0)
-    ref = rng.standard_normal((16, 10)).astype(np.float32)
+    ref = 8 * rng.standard_normal((16, 10)).astype(np.float32)  # a confident classifier's scores
     cand = ref.copy()
     cand[5] = -ref[5]  # one sample's scores inverted
     inputs = combine([{"x": np.zeros((16, 1), np.float32)}], "", user=True)
@@ -56,7 +56,7 @@ def test_one_collapsed_sample_fails_the_per_sample_gate_though_the_mean_passes()
 
 def test_top1_agreement_is_judged_on_real_samples_only():
     rng = np.random.default_rng(1)
-    ref = rng.standard_normal((8, 10)).astype(np.float32)
+    ref = 8 * rng.standard_normal((8, 10)).astype(np.float32)
     cand = ref[::-1].copy()  # every sample answers for another: top-1 agreement collapses
     random_inputs = combine([{"x": np.zeros((8, 1), np.float32)}], "random", user=False)
     t = QUANT_THRESHOLDS["int8"]
@@ -277,3 +277,56 @@ def test_calib_data_with_a_calibration_cache_feeds_the_check_only(tmp_path):
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert report["check_inputs"]["kind"] == "real", again.output
     assert report["quantization"]["calibration_data"].startswith("calibration cache")
+
+
+# ------------------------------------------------------------------------------------------ review cases
+
+
+def test_a_loaders_batch_is_split_at_the_hold_out_boundary():
+    batch = {"x": np.arange(64, dtype=np.float32)[:, None]}
+    held, rest = split_held_out(iter([batch]), 16)
+    assert [f["x"].shape[0] for f in held] == [16]
+    (remaining,) = list(rest)
+    assert remaining["x"][0, 0] == 16 and remaining["x"].shape[0] == 48  # calibration keeps the other 48 rows
+
+
+def test_rows_of_different_shapes_batch_apart():
+    held = [{"t": np.zeros((1, n), np.int64)} for n in (128, 160, 128)]
+    feeds, samples = real_batches(held, "data", batch=None, cap=8)
+    assert sorted(f["t"].shape for f in feeds) == [(1, 160), (2, 128)] and ["data #1"] in samples
+
+
+def test_an_embedding_is_not_judged_by_top1_agreement():
+    rng = np.random.default_rng(2)
+    ref = rng.standard_normal((32, 512)).astype(np.float32)  # not a classifier's scores: nearly flat softmax
+    cand = ref + 0.05 * rng.standard_normal(ref.shape).astype(np.float32)
+    real = combine([{"x": np.zeros((32, 1), np.float32)}], "", user=True)
+    summary = summarize("c", "emb", [ref], [cand], real, QUANT_THRESHOLDS["int8"])
+    assert summary.top1_agreement is None and summary.passed
+
+
+NAN_SAMPLE = SMALL_CLASSIFIER
+
+
+def test_a_bad_held_out_sample_is_a_data_error(tmp_path):
+    checkpoint, factory = factory_checkpoint(tmp_path, NAN_SAMPLE)
+    data = np.random.default_rng(0).random((20, 1, 6, 6)).astype(np.float32)
+    data[3, 0, 0, 0] = np.nan  # inside the held-out quarter
+    np.save(tmp_path / "calib.npy", data)
+    result = run(checkpoint, "--factory", factory, "-o", tmp_path / "out", "--int8", "--calib-data",
+                 tmp_path / "calib.npy")
+    assert result.exit_code == 2 and "calibration sample 3" in result.stderr and "NaN" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_paro_alone_plans_and_checks_on_real_calib_data(tmp_path):
+    checkpoint, factory = factory_checkpoint(tmp_path, WEAK_ATTENTION.replace("1e-4 * ", ""))
+    np.save(tmp_path / "calib.npy", np.random.default_rng(1).standard_normal((12, 32, 32)).astype(np.float32))
+    result = run(checkpoint, "--factory", factory, "--paro", "--paro-grid", "2x4x4", "--paro-block", "8",
+                 "--calib-data", tmp_path / "calib.npy", "-o", tmp_path / "out")
+    assert result.exit_code in (0, 1), result.output  # random weights: PARO may well approximate them badly
+    assert "RANDOM" not in result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["check_inputs"]["kind"] == "real"  # 3 of 12 held out, 9 planned on
+    plan = json.loads((tmp_path / "out" / "paro_plan.json").read_text())
+    assert plan["calibration_samples"] == 9 and plan["quality_inputs"].startswith("1 held-out real")
