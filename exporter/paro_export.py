@@ -258,7 +258,9 @@ def held_out_quality(loaded: LoadedModel, plan, settings: ParoSettings, seed: in
     recorder = SdpaRecorder(settings.tokens, keep=True)
     for inputs in _quality_inputs(loaded, seed, held_feeds):
         recorder.run(loaded.module, *inputs)
-    plan.quality_inputs = (f"{len(held_feeds)} held-out real input set(s)" if held_feeds
+    from attn_export.check_inputs import held_rows
+
+    plan.quality_inputs = (f"{held_rows(held_feeds)} held-out real sample(s)" if held_feeds
                            else f"{HELD_OUT_SAMPLES} seeded random input sets")
     identity = grid_permutation(0, settings.grid, settings.prefix).to(torch.int32)
     for call in plan.calls:

@@ -329,4 +329,4 @@ def test_paro_alone_plans_and_checks_on_real_calib_data(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["check_inputs"]["kind"] == "real"  # 3 of 12 held out, 9 planned on
     plan = json.loads((tmp_path / "out" / "paro_plan.json").read_text())
-    assert plan["calibration_samples"] == 9 and plan["quality_inputs"].startswith("1 held-out real")
+    assert plan["calibration_samples"] == 9 and plan["quality_inputs"] == "3 held-out real sample(s)"
