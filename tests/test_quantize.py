@@ -313,7 +313,8 @@ def test_cli_random_calibration_warns_loudly(tmp_path):
     (["--int4", "--opset", "18"], "--int4 needs --opset 21"),
     (["--int8", "--calib-method", "kl"], "unknown calibration method 'kl'"),
     (["--int8", "--calib-samples", "0"], "--calib-samples 0"),
-    (["--calib-data", "x.npz"], "add --int8 or --int4"),
+    (["--calib-data", "x.npz"], "add --int8, --int4 or --paro"),
+    (["--int8", "--quant-min-cosine", "1.5"], "--quant-min-cosine 1.5 must lie in [-1, 1]"),
     (["--int8", "--calib-data", "missing.npz"], "does not exist"),
 ])
 def test_cli_bad_quantization_input_is_exit_2(args, fragment, tmp_path):
@@ -383,7 +384,7 @@ def test_bad_calibration_cache_is_exit_2(tmp_path):
 
 def test_export_fails_and_says_so_when_the_quantized_check_fails(tmp_path):
     out = tmp_path / "out"
-    result = run("zoo:na1d-causal", "-o", out, "--int8", "--calib-samples", "4", "--quant-min-cosine", "1.5")
+    result = run("zoo:na1d-causal", "-o", out, "--int8", "--calib-samples", "4", "--quant-min-cosine", "1")
     assert result.exit_code == 1, result.output
     assert "int8 parity FAILED" in result.stderr
     report = json.loads((out / "report.json").read_text())
