@@ -1,0 +1,258 @@
+"""Per-op builders of the `attention` lowering: each custom attention node as standard ops around ONE ONNX
+``Attention`` node (opset 23) with an exact mask, so stock TensorRT (>= 10.14, IAttention) and ONNX Runtime
+run the call on their own fused attention, without our plugin library.
+
+Each registry entry names its builder (``OpSpec.attention_lowering``); attn_export.lowering walks the graph and
+calls it as ``build(node, call) -> LoweredCall``. The node's attributes are static here, so window parameters,
+block sizes and the scale become Python ints and floats; sizes (spatial axes, sequence lengths, batch) come
+from Shape(q) at run time, so the masks follow dynamic batch and spatial sizes and no N x N tensor is ever an
+initializer. The index math is the local functions' (attn_export.onnx_functions): the same window rule,
+the same padded-ELL reading (indices clamped, slots past kv_count unlisted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnx import TensorProto, helper
+
+from attn_export.errors import AttnExportError
+from attn_export.onnx_functions import _Body, _window
+
+_INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a builder knows about one node: its input shapes at the export size (ints; None where the
+    graph does not say), its name for messages and a unique prefix for the value names it creates."""
+
+    node_name: str
+    prefix: str
+    shapes: dict  # input name (the op's formal name) -> list of ints, or None
+
+
+@dataclass
+class LoweredCall:
+    nodes: list  # onnx.NodeProto, in order; the last writes the node's output
+    mask_shape: tuple[int, ...]  # the mask's shape at the export size (the size guard reads it)
+    mask_kind: str  # "bool" or "float" (additive)
+
+
+def _attention(b: _Body, q: str, k: str, v: str, mask: str, scale: float, heads: int | None = None) -> str:
+    """One ONNX Attention node; ``heads`` set: the 3-D form [B, S, heads * D] (no transpose needed)."""
+    attrs = {"scale": float(scale)}
+    if heads is not None:
+        attrs.update(q_num_heads=int(heads), kv_num_heads=int(heads))
+    return b.op("Attention", q, k, v, mask, **attrs)
+
+
+def _float_const(b: _Body, value: float, like: str) -> str:
+    return b.CastLike(b.op("Constant", value_float=value), like)
+
+
+def _rename_output(b: _Body, output: str) -> None:
+    """Make the last node write the custom node's output name."""
+    b.nodes[-1].output[0] = output
+
+
+def _attrs(node) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+# ---------------------------------------------------------------------------------------------
+# Neighborhood attention
+
+
+def _na_axis(b: _Body, n: str, k: int, s: int, d: int, causal: int, with_rel: bool):
+    """The window rule of one axis of length n (a scalar int64 value) as [n, n] tensors: ``inside`` (bool) and,
+    for rpb, ``rel`` (int64, j' - i' + k - 1 clipped to [0, 2k - 2]). Queries are rows, keys are columns."""
+    zero, one = b.scalar(0), b.scalar(1)
+    kk, ss, dd = b.scalar(k), b.scalar(s), b.scalar(d)
+    tokens = b.Range(zero, n, one)  # [n]
+    g = b.Mod(tokens, dd)
+    ip = b.Div(tokens, dd)
+    n_g = b.Div(b.Sub(b.Add(b.Sub(n, g), dd), one), dd)  # ceil((n - g) / d), per query
+    start, end = _window(b, ip, n_g, kk, ss, b.scalar(causal))
+    col = b.ints(-1)
+    jp = b.Div(tokens, dd)  # as keys: [n]
+    same_group = b.Equal(b.Unsqueeze(g, col), g)  # [n, n]: key j in query i's dilation group
+    inside = b.And(same_group, b.And(b.GreaterOrEqual(jp, b.Unsqueeze(start, col)), b.Less(jp, b.Unsqueeze(end, col))))
+    rel = None
+    if with_rel:
+        rel = b.Clip(b.Add(b.Sub(jp, b.Unsqueeze(ip, col)), b.scalar(k - 1)), zero, b.scalar(2 * k - 2))
+    return inside, rel
+
+
+def _na_combine(b: _Body, per_axis: list, rank: int, combine: str, weights=None) -> str:
+    """[n_a, n_a] per axis -> [N, N] over the row-major grid: axis a's rows go to dim a, its columns to dim
+    rank + a; ``combine`` is "And" (masks) or "Add" (rel indices, each times its weight first)."""
+    out = None
+    for axis, value in enumerate(per_axis):
+        if weights is not None and weights[axis] != 1:
+            value = b.Mul(value, b.scalar(weights[axis]))
+        missing = [a for a in range(2 * rank) if a not in (axis, rank + axis)]
+        value = b.Unsqueeze(value, b.ints(*missing)) if missing else value
+        out = value if out is None else b.op(combine, out, value)
+    return out
+
+
+def neighborhood_lowering(node, call: Call) -> LoweredCall:
+    """NeighborhoodAttention -> a [N, N] window mask (bool; with rpb an additive float mask [1, H, N, N]) from
+    the window rule of every axis, and Attention in its 3-D form: [B, *spatial, H, D] is [B, N, H * D] by a
+    reshape alone."""
+    attrs = _attrs(node)
+    kernel, stride, dilation = (list(attrs[a]) for a in ("kernel_size", "stride", "dilation"))
+    causal = list(attrs["is_causal"])
+    rank = len(kernel)
+    with_rpb = len(node.input) > 3 and node.input[3] != ""
+    q_shape_known = call.shapes.get("q")
+    heads, dim = (q_shape_known[-2], q_shape_known[-1]) if q_shape_known else (None, None)
+    if not isinstance(heads, int) or not isinstance(dim, int):
+        raise AttnExportError(f"attention lowering: NeighborhoodAttention node '{call.node_name}' has no static heads "
+                              "and head_dim in the ONNX file; export with --lowering plugin")
+    b = _Body(call.prefix)
+    q, k, v = node.input[:3]
+    q_shape = b.Shape(q)
+    sizes = [b.Squeeze(b.Slice(q_shape, b.ints(1 + a), b.ints(2 + a)), b.ints(0)) for a in range(rank)]
+    axes = [_na_axis(b, sizes[a], kernel[a], stride[a], dilation[a], causal[a], with_rpb) for a in range(rank)]
+    tokens = sizes[0]
+    for size in sizes[1:]:
+        tokens = b.Mul(tokens, size)
+    square = b.Concat(b.Unsqueeze(tokens, b.ints(0)), b.Unsqueeze(tokens, b.ints(0)), axis=0)
+    inside = b.Reshape(_na_combine(b, [a[0] for a in axes], rank, "And"), square)  # [N, N]
+    mask, kind = inside, "bool"
+    n_tokens = _prod(q_shape_known[1:1 + rank])
+    mask_shape: tuple = (n_tokens, n_tokens)
+    if with_rpb:
+        spans = [2 * kk - 1 for kk in kernel]
+        weights = [_prod(spans[a + 1:]) for a in range(rank)]
+        rel = b.Reshape(_na_combine(b, [a[1] for a in axes], rank, "Add", weights), square)  # [N, N]
+        bias = b.Gather(b.Reshape(b.CastLike(node.input[3], q), b.ints(0, -1)), rel, axis=1)  # [H, N, N]
+        mask = b.Unsqueeze(b.Where(inside, bias, _float_const(b, float("-inf"), q)), b.ints(0))  # [1, H, N, N]
+        kind, mask_shape = "float", (1, heads, n_tokens, n_tokens)
+    flat = b.ints(0, -1, heads * dim)  # [B, *spatial, H, D] -> [B, N, H * D]
+    out = _attention(b, *(b.Reshape(x, flat) for x in (q, k, v)), mask, attrs["scale"], heads)
+    out = b.Reshape(out, q_shape)
+    # As the local function: an axis shorter than kernel * dilation (invalid) gives an all-NaN output.
+    lengths = b.Concat(*(b.Unsqueeze(n, b.ints(0)) for n in sizes), axis=0)
+    reach = b.op("Constant", value_ints=[kk * dd for kk, dd in zip(kernel, dilation)])
+    too_short = b.Cast(b.ReduceMax(b.Cast(b.Less(lengths, reach), to=TensorProto.INT64), keepdims=0),
+                       to=TensorProto.BOOL)
+    b.Where(too_short, _float_const(b, float("nan"), out), out)
+    _rename_output(b, node.output[0])
+    return LoweredCall(b.nodes, mask_shape, kind)
+
+
+def _prod(values) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Block-sparse and PARO: the padded-ELL layout as a token mask
+
+
+def _layout_mask(b: _Body, count: str, index: str, sq: str, skv: str, block_q: int, block_kv: int):
+    """The padded-ELL layout (kv_count [B|1, H|1, nQB], kv_index [B|1, H|1, nQB, M]) as a bool token mask
+    [B|1, H|1, Sq, Skv], read as the local function reads it: indices clamped to the kv blocks, slots at or
+    past kv_count unlisted. Also returns the listed-slot hits [.., nQB, M, nKVB] (for block_bias)."""
+    zero, one = b.scalar(0), b.scalar(1)
+    bq, bkv = b.scalar(block_q), b.scalar(block_kv)
+    n_kvb = b.Div(b.Sub(b.Add(skv, bkv), one), bkv)
+    last = b.ints(-1)
+    index = b.Cast(index, to=TensorProto.INT64)
+    index = b.Min(b.Max(index, zero), b.Sub(n_kvb, one))  # [.., nQB, M]
+    slots = b.Squeeze(b.Slice(b.Shape(index), b.ints(3), b.ints(4)), b.ints(0))
+    listed = b.Less(b.Range(zero, slots, one), b.Unsqueeze(b.Cast(count, to=TensorProto.INT64), last))  # [.., nQB, M]
+    hits = b.And(b.Equal(b.Unsqueeze(index, last), b.Range(zero, n_kvb, one)), b.Unsqueeze(listed, last))
+    allowed = b.Cast(b.ReduceMax(b.Cast(hits, to=TensorProto.INT32), b.ints(3), keepdims=0), to=TensorProto.BOOL)
+    rows = b.Div(b.Range(zero, sq, one), bq)  # [Sq]: each query's block row
+    cols = b.Div(b.Range(zero, skv, one), bkv)  # [Skv]
+    mask = b.Gather(b.Gather(allowed, rows, axis=2), cols, axis=3)  # [.., Sq, Skv]
+    return mask, hits
+
+
+def _bias_mask(b: _Body, bias: str, hits: str, mask: str, sq: str, skv: str, like: str) -> str:
+    """block_bias [B|1, H|1, nQB, M, bq, bkv] onto the token grid: each (query block, kv block) tile takes the
+    bias of the slot that lists it; keys outside the layout get -inf. Returns the float mask [.., Sq, Skv]."""
+    slot = b.ArgMax(b.Cast(hits, to=TensorProto.INT32), axis=3, keepdims=0)  # [.., nQB, nKVB]
+    lead = b.Max(b.Slice(b.Shape(bias), b.ints(0), b.ints(2)), b.Slice(b.Shape(slot), b.ints(0), b.ints(2)))
+    tile = b.Slice(b.Shape(bias), b.ints(4), b.ints(6))
+    bias = b.Expand(b.CastLike(bias, like), b.Concat(lead, b.ints(1, 1, 1, 1), axis=0))
+    picks = b.Expand(b.Unsqueeze(slot, b.ints(4, 5)), b.Concat(lead, b.ints(1, 1), tile, axis=0))
+    tiles = b.Transpose(b.GatherElements(bias, picks, axis=3), perm=[0, 1, 2, 4, 3, 5])  # [B, H, nQB, bq, nKVB, bkv]
+    width = b.Mul(b.Slice(b.Shape(tiles), b.ints(4), b.ints(5)), b.Slice(tile, b.ints(1), b.ints(2)))  # nKVB * bkv
+    full = b.Reshape(tiles, b.Concat(lead, b.ints(-1), width, axis=0))  # [B, H, nQB * bq, nKVB * bkv]
+    full = b.Slice(full, b.ints(0, 0), b.Concat(b.Unsqueeze(sq, b.ints(0)), b.Unsqueeze(skv, b.ints(0)), axis=0),
+                   b.ints(2, 3))
+    return b.Where(mask, full, _float_const(b, float("-inf"), like))
+
+
+def _layout_lead(shapes: dict, names: tuple[str, ...], heads: int) -> tuple[int, int]:
+    """Batch and head dims of the broadcast layout (1 or the model's) at the export size."""
+    batch, head = 1, 1
+    for name in names:
+        shape = shapes.get(name)
+        if shape:
+            batch = max(batch, int(shape[0]) if isinstance(shape[0], int) else 1)
+            head = max(head, int(shape[1]) if isinstance(shape[1], int) else heads)
+    return batch, head
+
+
+def block_sparse_lowering(node, call: Call) -> LoweredCall:
+    """BlockSparseAttention -> the layout as a bool token mask [B|1, H|1, Sq, Skv] (with block_bias: an
+    additive float mask with the bias of each listed tile), Attention in its 4-D form (q, k, v are already
+    [B, H, S, D]), and zeros for queries without any key, as the local function gives."""
+    attrs = _attrs(node)
+    b = _Body(call.prefix)
+    q, k, v, count, index = node.input[:5]
+    bias = node.input[5] if len(node.input) > 5 and node.input[5] else None
+    sq = b.Squeeze(b.Slice(b.Shape(q), b.ints(2), b.ints(3)), b.ints(0))
+    skv = b.Squeeze(b.Slice(b.Shape(k), b.ints(2), b.ints(3)), b.ints(0))
+    mask, hits = _layout_mask(b, count, index, sq, skv, attrs["block_q"], attrs["block_kv"])
+    kind = "bool"
+    if bias:
+        mask, kind = _bias_mask(b, bias, hits, mask, sq, skv, q), "float"
+        empty = b.Equal(b.ReduceMax(mask, b.ints(-1), keepdims=1), _float_const(b, float("-inf"), q))
+    else:
+        empty = b.Not(b.Cast(b.ReduceMax(b.Cast(mask, to=TensorProto.INT32), b.ints(-1), keepdims=1),
+                             to=TensorProto.BOOL))
+    out = _attention(b, q, k, v, mask, attrs["scale"])
+    b.Where(empty, _float_const(b, 0.0, q), out)  # a query without keys: zeros (Attention's softmax gives NaN)
+    _rename_output(b, node.output[0])
+    return LoweredCall(b.nodes, _token_mask_shape(call, ("kv_count", "kv_index", "block_bias")), kind)
+
+
+def _token_mask_shape(call: Call, layout_inputs: tuple[str, ...]) -> tuple[int, ...]:
+    q, k = call.shapes.get("q"), call.shapes.get("k")
+    if not q or not k:
+        raise AttnExportError(f"attention lowering: node '{call.node_name}' has no known q/k shape in the ONNX file; "
+                              "export with --lowering plugin")
+    batch, heads = _layout_lead(call.shapes, layout_inputs, int(q[1]))
+    return (batch, heads, int(q[2]), int(k[2]))
+
+
+def paro_lowering(node, call: Call) -> LoweredCall:
+    """ParoAttention with float QK and PV (qk_bits = pv_bits = 16) -> gather q, k, v by perm_idx, Attention
+    with the plan's block layout as a bool mask over the permuted sequence, scatter back. Its quantization
+    emulation has no standard form: nodes with bits below 16 are refused."""
+    attrs = _attrs(node)
+    if attrs["qk_bits"] < 16 or attrs["pv_bits"] < 16:
+        raise AttnExportError(
+            f"attention lowering: ParoAttention node '{call.node_name}' quantizes QK/PV (qk_bits {attrs['qk_bits']}, "
+            f"pv_bits {attrs['pv_bits']}), which ONNX's Attention cannot express: export float PARO (--paro-qk fp16 "
+            "--paro-pv fp16) or use --lowering plugin")
+    b = _Body(call.prefix)
+    q, k, v, perm, count, index = node.input[:6]
+    shape = b.Shape(q)
+    gather = b.Expand(b.Unsqueeze(b.Cast(perm, to=TensorProto.INT64), b.ints(0, 3)), shape)  # [B, H, N, D]
+    qp, kp, vp = (b.GatherElements(x, gather, axis=2) for x in (q, k, v))
+    n = b.Squeeze(b.Slice(shape, b.ints(2), b.ints(3)), b.ints(0))
+    mask, _ = _layout_mask(b, count, index, n, n, attrs["block"], attrs["block"])
+    out = _attention(b, qp, kp, vp, mask, attrs["scale"])
+    b.ScatterElements(out, gather, out, axis=2)  # back to the original token order
+    _rename_output(b, node.output[0])
+    return LoweredCall(b.nodes, _token_mask_shape(call, ("kv_count", "kv_index")), "bool")
