@@ -270,7 +270,8 @@ def main():
 @_ci_report_options
 @_quant_threshold_options
 @_model_options
-def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, lowering, no_check, engine, max_batch, timing_cache,
+def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, lowering, no_check, engine, max_batch,
+               timing_cache,
                int8, int4, int4_block, calib_method, calib_samples, calib_data, calib_cache, calib_preprocess, exclude,
                paro, paro_grid, paro_prefix, paro_density, paro_block, paro_qk, paro_pv, paro_buckets, paro_plan,
                dtype, shapes, profiles, triton_repo, triton_name, junit, summary,
@@ -286,7 +287,8 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, lowering, n
         if int8 and int4:
             raise AttnExportError("--int8 and --int4 are exclusive: choose one")
         opts = ExportOptions(
-            opset=opset, lowering=lowering, dynamic_batch=dynamic_batch, dynamic_spatial=dynamic_spatial, check=not no_check,
+            opset=opset, lowering=lowering, dynamic_batch=dynamic_batch, dynamic_spatial=dynamic_spatial,
+            check=not no_check,
             tolerances=_parse_tolerances(atol, rtol), inputs_npz=inputs_npz, seed=seed,
             command=["attn-export", *sys.argv[1:]], engine=engine, max_batch=max_batch, timing_cache=timing_cache,
             quantize="int8" if int8 else "int4" if int4 else None, int4_block=int4_block, calib_method=calib_method,
