@@ -29,13 +29,14 @@ class Call:
 
     node_name: str
     prefix: str
-    shapes: dict  # input name (the op's formal name) -> list of ints, or None
+    shapes: dict  # input name (the op's formal name) -> list of ints at the export size, or None
+    static_dims: dict  # input name -> its last two dims where the file states them as numbers, else (None, None)
 
 
 @dataclass
 class LoweredCall:
     nodes: list  # onnx.NodeProto, in order; the last writes the node's output
-    mask_shape: tuple[int, ...]  # the mask's shape at the export size (the size guard reads it)
+    mask_shape: tuple[int, ...] | None  # the mask's shape at the export size (the size guard); None: unknown
     mask_kind: str  # "bool" or "float" (additive)
 
 
@@ -99,18 +100,15 @@ def _na_combine(b: _Body, per_axis: list, rank: int, combine: str, weights=None)
 
 def neighborhood_lowering(node, call: Call) -> LoweredCall:
     """NeighborhoodAttention -> a [N, N] window mask (bool; with rpb an additive float mask [1, H, N, N]) from
-    the window rule of every axis, and Attention in its 3-D form: [B, *spatial, H, D] is [B, N, H * D] by a
-    reshape alone."""
+    the window rule of every axis, and Attention in its 3-D form where heads and head_dim are static
+    ([B, *spatial, H, D] is [B, N, H * D] by a reshape alone), else in its 4-D form (one transpose each way)."""
     attrs = _attrs(node)
     kernel, stride, dilation = (list(attrs[a]) for a in ("kernel_size", "stride", "dilation"))
     causal = list(attrs["is_causal"])
     rank = len(kernel)
     with_rpb = len(node.input) > 3 and node.input[3] != ""
-    q_shape_known = call.shapes.get("q")
-    heads, dim = (q_shape_known[-2], q_shape_known[-1]) if q_shape_known else (None, None)
-    if not isinstance(heads, int) or not isinstance(dim, int):
-        raise AttnExportError(f"attention lowering: NeighborhoodAttention node '{call.node_name}' has no static heads "
-                              "and head_dim in the ONNX file; export with --lowering plugin")
+    known = call.shapes.get("q")
+    heads, dim = call.static_dims.get("q", (None, None))
     b = _Body(call.prefix)
     q, k, v = node.input[:3]
     q_shape = b.Shape(q)
@@ -122,18 +120,25 @@ def neighborhood_lowering(node, call: Call) -> LoweredCall:
     square = b.Concat(b.Unsqueeze(tokens, b.ints(0)), b.Unsqueeze(tokens, b.ints(0)), axis=0)
     inside = b.Reshape(_na_combine(b, [a[0] for a in axes], rank, "And"), square)  # [N, N]
     mask, kind = inside, "bool"
-    n_tokens = _prod(q_shape_known[1:1 + rank])
-    mask_shape: tuple = (n_tokens, n_tokens)
+    n_tokens = _prod(known[1:1 + rank]) if known else None
+    mask_shape = (n_tokens, n_tokens) if known else None
     if with_rpb:
         spans = [2 * kk - 1 for kk in kernel]
         weights = [_prod(spans[a + 1:]) for a in range(rank)]
         rel = b.Reshape(_na_combine(b, [a[1] for a in axes], rank, "Add", weights), square)  # [N, N]
         bias = b.Gather(b.Reshape(b.CastLike(node.input[3], q), b.ints(0, -1)), rel, axis=1)  # [H, N, N]
         mask = b.Unsqueeze(b.Where(inside, bias, _float_const(b, float("-inf"), q)), b.ints(0))  # [1, H, N, N]
-        kind, mask_shape = "float", (1, heads, n_tokens, n_tokens)
-    flat = b.ints(0, -1, heads * dim)  # [B, *spatial, H, D] -> [B, N, H * D]
-    out = _attention(b, *(b.Reshape(x, flat) for x in (q, k, v)), mask, attrs["scale"], heads)
-    out = b.Reshape(out, q_shape)
+        kind, mask_shape = "float", (1, known[-2], n_tokens, n_tokens) if known else None
+    if heads is not None and dim is not None:
+        flat = b.ints(0, -1, heads * dim)  # [B, *spatial, H, D] -> [B, N, H * D]
+        out = _attention(b, *(b.Reshape(x, flat) for x in (q, k, v)), mask, attrs["scale"], heads)
+        out = b.Reshape(out, q_shape)
+    else:  # [B, *spatial, H, D] -> [B, H, N, D] and back
+        tokens_first = b.Concat(b.Slice(q_shape, b.ints(0), b.ints(1)), b.ints(-1), b.Slice(q_shape, b.ints(-2),
+                                                                                        b.ints(_INT64_MAX)), axis=0)
+        qkv = [b.Transpose(b.Reshape(x, tokens_first), perm=[0, 2, 1, 3]) for x in (q, k, v)]
+        out = _attention(b, *qkv, mask, attrs["scale"])
+        out = b.Reshape(b.Transpose(out, perm=[0, 2, 1, 3]), q_shape)
     # As the local function: an axis shorter than kernel * dilation (invalid) gives an all-NaN output.
     lengths = b.Concat(*(b.Unsqueeze(n, b.ints(0)) for n in sizes), axis=0)
     reach = b.op("Constant", value_ints=[kk * dd for kk, dd in zip(kernel, dilation)])
@@ -168,7 +173,8 @@ def _layout_mask(b: _Body, count: str, index: str, sq: str, skv: str, block_q: i
     slots = b.Squeeze(b.Slice(b.Shape(index), b.ints(3), b.ints(4)), b.ints(0))
     listed = b.Less(b.Range(zero, slots, one), b.Unsqueeze(b.Cast(count, to=TensorProto.INT64), last))  # [.., nQB, M]
     hits = b.And(b.Equal(b.Unsqueeze(index, last), b.Range(zero, n_kvb, one)), b.Unsqueeze(listed, last))
-    allowed = b.Cast(b.ReduceMax(b.Cast(hits, to=TensorProto.INT32), b.ints(3), keepdims=0), to=TensorProto.BOOL)
+    # Any listed slot holds the kv block. A sum, not a max: over max_blocks 0 a max is the type's minimum.
+    allowed = b.Greater(b.ReduceSum(b.Cast(hits, to=TensorProto.INT64), b.ints(3), keepdims=0), zero)
     rows = b.Div(b.Range(zero, sq, one), bq)  # [Sq]: each query's block row
     cols = b.Div(b.Range(zero, skv, one), bkv)  # [Skv]
     mask = b.Gather(b.Gather(allowed, rows, axis=2), cols, axis=3)  # [.., Sq, Skv]
@@ -178,10 +184,13 @@ def _layout_mask(b: _Body, count: str, index: str, sq: str, skv: str, block_q: i
 def _bias_mask(b: _Body, bias: str, hits: str, mask: str, sq: str, skv: str, like: str) -> str:
     """block_bias [B|1, H|1, nQB, M, bq, bkv] onto the token grid: each (query block, kv block) tile takes the
     bias of the slot that lists it; keys outside the layout get -inf. Returns the float mask [.., Sq, Skv]."""
-    slot = b.ArgMax(b.Cast(hits, to=TensorProto.INT32), axis=3, keepdims=0)  # [.., nQB, nKVB]
+    # One spare slot (never listed, bias 0) on both: a layout with max_blocks 0 still has a slot to point at.
+    spare_hit = b.Pad(b.Cast(hits, to=TensorProto.INT32), b.ints(0, 0, 0, 0, 0, 0, 0, 0, 1, 0))
+    bias = b.Pad(b.CastLike(bias, like), b.ints(0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0))
+    slot = b.ArgMax(spare_hit, axis=3, keepdims=0)  # [.., nQB, nKVB]: the slot listing each kv block
     lead = b.Max(b.Slice(b.Shape(bias), b.ints(0), b.ints(2)), b.Slice(b.Shape(slot), b.ints(0), b.ints(2)))
     tile = b.Slice(b.Shape(bias), b.ints(4), b.ints(6))
-    bias = b.Expand(b.CastLike(bias, like), b.Concat(lead, b.ints(1, 1, 1, 1), axis=0))
+    bias = b.Expand(bias, b.Concat(lead, b.ints(1, 1, 1, 1), axis=0))
     picks = b.Expand(b.Unsqueeze(slot, b.ints(4, 5)), b.Concat(lead, b.ints(1, 1), tile, axis=0))
     tiles = b.Transpose(b.GatherElements(bias, picks, axis=3), perm=[0, 1, 2, 4, 3, 5])  # [B, H, nQB, bq, nKVB, bkv]
     width = b.Mul(b.Slice(b.Shape(tiles), b.ints(4), b.ints(5)), b.Slice(tile, b.ints(1), b.ints(2)))  # nKVB * bkv
@@ -226,11 +235,10 @@ def block_sparse_lowering(node, call: Call) -> LoweredCall:
     return LoweredCall(b.nodes, _token_mask_shape(call, ("kv_count", "kv_index", "block_bias")), kind)
 
 
-def _token_mask_shape(call: Call, layout_inputs: tuple[str, ...]) -> tuple[int, ...]:
+def _token_mask_shape(call: Call, layout_inputs: tuple[str, ...]) -> tuple[int, ...] | None:
     q, k = call.shapes.get("q"), call.shapes.get("k")
     if not q or not k:
-        raise AttnExportError(f"attention lowering: node '{call.node_name}' has no known q/k shape in the ONNX file; "
-                              "export with --lowering plugin")
+        return None
     batch, heads = _layout_lead(call.shapes, layout_inputs, int(q[1]))
     return (batch, heads, int(q[2]), int(k[2]))
 

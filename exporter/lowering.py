@@ -41,14 +41,17 @@ def attention_opset(opset: int | None) -> int:
 
 
 def lower_to_attention(model: onnx.ModelProto, dims: Mapping[str, int] | None = None,
-                       call_budget: int = defaults.ATTENTION_MASK_BUDGET_CALL,
-                       model_budget: int = defaults.ATTENTION_MASK_BUDGET_MODEL) -> onnx.ModelProto:
+                       call_budget: int | None = None, model_budget: int | None = None) -> onnx.ModelProto:
     """Replace every attn_export node of ``model`` (in place) by its standard-op lowering around one Attention
     node; drop the local functions and the attn_export opset import. ``dims`` gives the export-size value of
-    each symbolic dim (dim_param, or a symbol inside one such as "4*s16"), for the size guard."""
+    each symbolic dim (dim_param, or a symbol inside one such as "4*s16"), for the size guard; the budgets default
+    to defaults.ATTENTION_MASK_BUDGET_CALL / _MODEL (mask elements)."""
     from attn_export.attention_lowering import Call
 
+    call_budget = defaults.ATTENTION_MASK_BUDGET_CALL if call_budget is None else call_budget
+    model_budget = defaults.ATTENTION_MASK_BUDGET_MODEL if model_budget is None else model_budget
     shapes = _value_shapes(model, dims or {})
+    static = _static_tails(model)
     graph = model.graph
     nodes, total, counts = [], 0, {}
     for node in graph.node:
@@ -60,7 +63,11 @@ def lower_to_attention(model: onnx.ModelProto, dims: Mapping[str, int] | None = 
         counts[spec.onnx_op_type] = counts.get(spec.onnx_op_type, 0) + 1
         name = node.name or f"{spec.onnx_op_type}_{counts[spec.onnx_op_type]}"
         formal = {i.name: shapes.get(actual) for i, actual in zip(spec.inputs, node.input) if actual}
-        lowered = build(node, Call(name, f"{_safe(name)}/lowered/", formal))
+        tails = {i.name: static.get(actual, (None, None)) for i, actual in zip(spec.inputs, node.input) if actual}
+        lowered = build(node, Call(name, f"{_safe(name)}/lowered/", formal, tails))
+        if lowered.mask_shape is None:  # no size at the export size (a file without shapes): nothing to guard
+            nodes.extend(lowered.nodes)
+            continue
         size = _elements(lowered.mask_shape)
         total += size
         _guard(spec.onnx_op_type, name, lowered.mask_shape, size, call_budget, "per call")
@@ -122,6 +129,16 @@ def _value_shapes(model: onnx.ModelProto, dims: Mapping[str, int]) -> dict[str, 
     for init in graph.initializer:
         shapes[init.name] = list(init.dims)
     return shapes
+
+
+def _static_tails(model: onnx.ModelProto) -> dict[str, tuple]:
+    """The last two dims (heads, head_dim) of every value whose file shape states them as numbers."""
+    tails = {}
+    for value in list(model.graph.input) + list(model.graph.value_info):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) >= 2:
+            tails[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[-2:])
+    return tails
 
 
 def evaluate_dim(expression: str, dims: Mapping[str, int]) -> int:
