@@ -84,6 +84,9 @@ class OpSpec:
     # "module:function": the node as standard ops around one ONNX Attention node (--lowering attention),
     # called as f(node, attn_export.attention_lowering.Call) -> LoweredCall
     attention_lowering: str | None = None
+    # "module:function": f(node, shapes) -> "" or a static-shape tag ("64x64"): the node then gets the function
+    # overload "BASE@TAG", whose body takes that shape as constants (shapes: value name -> dims, None if symbolic)
+    static_overload: str | None = None
 
     @property
     def torch_qualname(self) -> str:
@@ -104,8 +107,8 @@ class OpSpec:
         return ("",) + tuple(i.name for i in self.inputs if i.optional)
 
     def hook(self, name: str) -> Callable | None:
-        """A declared hook ("torch_op", "local_function", "node_args", "overload_of", "attention_lowering") as a
-        callable; None if undeclared."""
+        """A declared hook ("torch_op", "local_function", "node_args", "overload_of", "attention_lowering",
+        "static_overload") as a callable; None if undeclared."""
         target = getattr(self, name)
         if target is None:
             return None
@@ -131,6 +134,7 @@ NEIGHBORHOOD = OpSpec(
     local_function="attn_export.onnx_functions:neighborhood_function",
     torch_op="attn_export.models.neighborhood:neighborhood_attention",
     attention_lowering="attn_export.attention_lowering:neighborhood_lowering",
+    static_overload="attn_export.onnx_functions:neighborhood_static_shape",
     plugin="neighborhoodAttention",
 )
 

@@ -235,3 +235,36 @@ def test_attention_lowering_refuses_tensorrt_older_than_10_14(monkeypatch):
         trt.require_attention_tensorrt()
     assert info.value.exit_code == 3
     assert not trt.engine_available(plugins=False)
+
+
+def _no_progress(title):
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(__import__("attn_export.models.zoo", fromlist=["names"]).names()))
+def test_every_zoo_model_exports_with_attention_lowering_and_passes_parity(name, tmp_path):
+    """No custom node, exactly one Attention node per call (the calls counted in the plugin lowering's file),
+    ONNX Runtime parity against the original model, and where the file is dynamic a second batch and a second
+    spatial size in the check (the masks follow Shape(q))."""
+    from attn_export.loader import load_model
+    from attn_export.pipeline import ExportOptions, export_job
+
+    loaded = load_model(f"zoo:{name}")
+    result = export_job(loaded, tmp_path / "attention", ExportOptions(lowering="attention"), _no_progress)
+    assert result.passed, result.report.table()
+    lowered = onnx.load(result.onnx_path)
+    plugin = export_job(loaded, tmp_path / "plugin", ExportOptions(check=False), _no_progress)
+    calls = sum(n.domain == DOMAIN for n in onnx.load(plugin.onnx_path).graph.node)
+    assert calls > 0
+    _assert_lowered(lowered, calls)
+    report = json.loads(result.report_path.read_text())
+    assert report["export"]["lowering"] == "attention" and report["export"]["opset"] == OPSET
+    shapes = result.report.inputs[loaded.input_names[0]]["shapes"]
+    dims = lowered.graph.input[0].type.tensor_type.shape.dim
+    if dims[0].dim_param:  # dynamic batch: checked at batch 2 too
+        assert any(s[0] == 2 for s in shapes), shapes
+    if any(d.dim_param for d in list(dims)[1:]):  # dynamic spatial: checked at a second size
+        assert len({tuple(s[1:]) for s in shapes}) > 1, shapes
