@@ -29,8 +29,12 @@ class Call:
 
     node_name: str
     prefix: str
-    shapes: dict  # input name (the op's formal name) -> list of ints at the export size, or None
-    static_dims: dict  # input name -> its last two dims where the file states them as numbers, else (None, None)
+    shapes: dict  # input name (the op's formal name) -> its dims at the export size (None: unknown), or None
+    stated: dict  # input name -> its dims as the file states them (None where symbolic: they vary at run time)
+
+    def stated_dim(self, name: str, axis: int) -> int | None:
+        dims = self.stated.get(name)
+        return dims[axis] if dims and -len(dims) <= axis < len(dims) else None
 
 
 @dataclass
@@ -108,11 +112,11 @@ def neighborhood_lowering(node, call: Call) -> LoweredCall:
     rank = len(kernel)
     with_rpb = len(node.input) > 3 and node.input[3] != ""
     known = call.shapes.get("q")
-    heads, dim = call.static_dims.get("q", (None, None))
+    heads, dim = call.stated_dim("q", -2), call.stated_dim("q", -1)
     b = _Body(call.prefix)
     q, k, v = node.input[:3]
     q_shape = b.Shape(q)
-    sizes = [b.Squeeze(b.Slice(q_shape, b.ints(1 + a), b.ints(2 + a)), b.ints(0)) for a in range(rank)]
+    sizes = [_size(b, call, "q", q_shape, 1 + a) for a in range(rank)]
     axes = [_na_axis(b, sizes[a], kernel[a], stride[a], dilation[a], causal[a], with_rpb) for a in range(rank)]
     tokens = sizes[0]
     for size in sizes[1:]:
@@ -121,14 +125,14 @@ def neighborhood_lowering(node, call: Call) -> LoweredCall:
     inside = b.Reshape(_na_combine(b, [a[0] for a in axes], rank, "And"), square)  # [N, N]
     mask, kind = inside, "bool"
     n_tokens = _prod(known[1:1 + rank]) if known else None
-    mask_shape = (n_tokens, n_tokens) if known else None
+    mask_shape = (n_tokens, n_tokens) if n_tokens else None
     if with_rpb:
         spans = [2 * kk - 1 for kk in kernel]
         weights = [_prod(spans[a + 1:]) for a in range(rank)]
         rel = b.Reshape(_na_combine(b, [a[1] for a in axes], rank, "Add", weights), square)  # [N, N]
         bias = b.Gather(b.Reshape(b.CastLike(node.input[3], q), b.ints(0, -1)), rel, axis=1)  # [H, N, N]
         mask = b.Unsqueeze(b.Where(inside, bias, _float_const(b, float("-inf"), q)), b.ints(0))  # [1, H, N, N]
-        kind, mask_shape = "float", (1, known[-2], n_tokens, n_tokens) if known else None
+        kind, mask_shape = "float", (1, known[-2], n_tokens, n_tokens) if n_tokens and known[-2] else None
     if heads is not None and dim is not None:
         flat = b.ints(0, -1, heads * dim)  # [B, *spatial, H, D] -> [B, N, H * D]
         out = _attention(b, *(b.Reshape(x, flat) for x in (q, k, v)), mask, attrs["scale"], heads)
@@ -149,9 +153,22 @@ def neighborhood_lowering(node, call: Call) -> LoweredCall:
     return LoweredCall(b.nodes, mask_shape, kind)
 
 
-def _prod(values) -> int:
+def _size(b: _Body, call: Call, name: str, shape: str, axis: int) -> str:
+    """Dim ``axis`` of input ``name`` as a scalar: a constant where the file states it (the mask then depends on
+    constants only and runtimes fold it once: ONNX Runtime per session, TensorRT at build time), else from
+    Shape at run time."""
+    stated = call.stated_dim(name, axis)
+    if stated:
+        return b.scalar(stated)
+    return b.Squeeze(b.Slice(shape, b.ints(axis), b.ints(axis + 1)), b.ints(0))
+
+
+def _prod(values) -> int | None:
+    """The product of dims; None if one is unknown."""
     out = 1
     for v in values:
+        if v is None:
+            return None
         out *= int(v)
     return out
 
@@ -200,15 +217,16 @@ def _bias_mask(b: _Body, bias: str, hits: str, mask: str, sq: str, skv: str, lik
     return b.Where(mask, full, _float_const(b, float("-inf"), like))
 
 
-def _layout_lead(shapes: dict, names: tuple[str, ...], heads: int) -> tuple[int, int]:
-    """Batch and head dims of the broadcast layout (1 or the model's) at the export size."""
-    batch, head = 1, 1
-    for name in names:
-        shape = shapes.get(name)
-        if shape:
-            batch = max(batch, int(shape[0]) if isinstance(shape[0], int) else 1)
-            head = max(head, int(shape[1]) if isinstance(shape[1], int) else heads)
-    return batch, head
+def _layout_lead(shapes: dict, names: tuple[str, ...], batch: int | None, heads: int | None) -> tuple:
+    """Batch and head dims of the broadcast layout at the export size: 1 where every layout input has 1 there,
+    else the model's (None: unknown)."""
+    lead = [1, 1]
+    for name in (n for n in names if n in shapes):  # the layout inputs the node has
+        shape = shapes[name]
+        for axis, full in ((0, batch), (1, heads)):
+            if shape is None or shape[axis] != 1:
+                lead[axis] = full if lead[axis] == 1 or lead[axis] is None else lead[axis]
+    return tuple(lead)
 
 
 def block_sparse_lowering(node, call: Call) -> LoweredCall:
@@ -219,8 +237,7 @@ def block_sparse_lowering(node, call: Call) -> LoweredCall:
     b = _Body(call.prefix)
     q, k, v, count, index = node.input[:5]
     bias = node.input[5] if len(node.input) > 5 and node.input[5] else None
-    sq = b.Squeeze(b.Slice(b.Shape(q), b.ints(2), b.ints(3)), b.ints(0))
-    skv = b.Squeeze(b.Slice(b.Shape(k), b.ints(2), b.ints(3)), b.ints(0))
+    sq, skv = _size(b, call, "q", b.Shape(q), 2), _size(b, call, "k", b.Shape(k), 2)
     mask, hits = _layout_mask(b, count, index, sq, skv, attrs["block_q"], attrs["block_kv"])
     kind = "bool"
     if bias:
@@ -239,8 +256,8 @@ def _token_mask_shape(call: Call, layout_inputs: tuple[str, ...]) -> tuple[int, 
     q, k = call.shapes.get("q"), call.shapes.get("k")
     if not q or not k:
         return None
-    batch, heads = _layout_lead(call.shapes, layout_inputs, int(q[1]))
-    return (batch, heads, int(q[2]), int(k[2]))
+    shape = (*_layout_lead(call.shapes, layout_inputs, q[0], q[1]), q[2], k[2])
+    return shape if all(isinstance(d, int) for d in shape) else None
 
 
 def paro_lowering(node, call: Call) -> LoweredCall:
@@ -258,7 +275,7 @@ def paro_lowering(node, call: Call) -> LoweredCall:
     shape = b.Shape(q)
     gather = b.Expand(b.Unsqueeze(b.Cast(perm, to=TensorProto.INT64), b.ints(0, 3)), shape)  # [B, H, N, D]
     qp, kp, vp = (b.GatherElements(x, gather, axis=2) for x in (q, k, v))
-    n = b.Squeeze(b.Slice(shape, b.ints(2), b.ints(3)), b.ints(0))
+    n = _size(b, call, "q", shape, 2)
     mask, _ = _layout_mask(b, count, index, n, n, attrs["block"], attrs["block"])
     out = _attention(b, qp, kp, vp, mask, attrs["scale"])
     b.ScatterElements(out, gather, out, axis=2)  # back to the original token order

@@ -51,7 +51,7 @@ def lower_to_attention(model: onnx.ModelProto, dims: Mapping[str, int] | None = 
     call_budget = defaults.ATTENTION_MASK_BUDGET_CALL if call_budget is None else call_budget
     model_budget = defaults.ATTENTION_MASK_BUDGET_MODEL if model_budget is None else model_budget
     shapes = _value_shapes(model, dims or {})
-    static = _static_tails(model)
+    static = _stated_dims(model)
     graph = model.graph
     nodes, total, counts = [], 0, {}
     for node in graph.node:
@@ -63,8 +63,8 @@ def lower_to_attention(model: onnx.ModelProto, dims: Mapping[str, int] | None = 
         counts[spec.onnx_op_type] = counts.get(spec.onnx_op_type, 0) + 1
         name = node.name or f"{spec.onnx_op_type}_{counts[spec.onnx_op_type]}"
         formal = {i.name: shapes.get(actual) for i, actual in zip(spec.inputs, node.input) if actual}
-        tails = {i.name: static.get(actual, (None, None)) for i, actual in zip(spec.inputs, node.input) if actual}
-        lowered = build(node, Call(name, f"{_safe(name)}/lowered/", formal, tails))
+        stated = {i.name: static.get(actual) for i, actual in zip(spec.inputs, node.input) if actual}
+        lowered = build(node, Call(name, f"{_safe(name)}/lowered/", formal, stated))
         if lowered.mask_shape is None:  # no size at the export size (a file without shapes): nothing to guard
             nodes.extend(lowered.nodes)
             continue
@@ -113,32 +113,35 @@ def _safe(name: str) -> str:
 
 
 def _value_shapes(model: onnx.ModelProto, dims: Mapping[str, int]) -> dict[str, list | None]:
-    """Every value's shape at the export size: ints, with a symbolic dim evaluated from ``dims`` (None for the
-    whole shape where a dim cannot be evaluated)."""
+    """Every value's shape at the export size: ints, with a symbolic dim evaluated from ``dims`` (None for a dim
+    that cannot be evaluated: the builders size their masks from the dims they need)."""
     graph = model.graph
     shapes = {}
     for value in list(graph.input) + list(graph.value_info) + list(graph.output):
         tensor = value.type.tensor_type
-        if not tensor.HasField("shape"):
-            continue
-        try:
-            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else evaluate_dim(d.dim_param, dims)
+        if tensor.HasField("shape"):
+            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else _try_dim(d.dim_param, dims)
                                   for d in tensor.shape.dim]
-        except (KeyError, ValueError):
-            shapes[value.name] = None
     for init in graph.initializer:
         shapes[init.name] = list(init.dims)
     return shapes
 
 
-def _static_tails(model: onnx.ModelProto) -> dict[str, tuple]:
-    """The last two dims (heads, head_dim) of every value whose file shape states them as numbers."""
-    tails = {}
+def _try_dim(expression: str, dims: Mapping[str, int]) -> int | None:
+    try:
+        return evaluate_dim(expression, dims) if expression else None
+    except (KeyError, ValueError, TypeError, SyntaxError):
+        return None
+
+
+def _stated_dims(model: onnx.ModelProto) -> dict[str, list]:
+    """Every value's dims as the file states them: ints, None where symbolic (those vary at run time)."""
+    stated = {}
     for value in list(model.graph.input) + list(model.graph.value_info):
-        dims = value.type.tensor_type.shape.dim
-        if len(dims) >= 2:
-            tails[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[-2:])
-    return tails
+        if value.type.tensor_type.HasField("shape"):
+            stated[value.name] = [d.dim_value if d.HasField("dim_value") else None
+                                  for d in value.type.tensor_type.shape.dim]
+    return stated
 
 
 def evaluate_dim(expression: str, dims: Mapping[str, int]) -> int:

@@ -43,11 +43,14 @@ def _assert_lowered(model: onnx.ModelProto, calls: int = 1) -> None:
     assert sum(n.op_type == "Attention" for n in model.graph.node) == calls
 
 
-def _static_heads(model: onnx.ModelProto, heads: int, dim: int) -> onnx.ModelProto:
-    """The file states heads and head_dim as numbers (as torch.export writes them): the 3-D Attention form."""
+def _static_heads(model: onnx.ModelProto, heads: int, dim: int, spatial=()) -> onnx.ModelProto:
+    """The file states heads and head_dim as numbers (as torch.export writes them): the 3-D Attention form; with
+    ``spatial`` also the spatial dims (a --static-spatial export: the mask's sizes become constants)."""
     for value in list(model.graph.input[:3]) + list(model.graph.output):
         dims = value.type.tensor_type.shape.dim
         dims[-2].dim_value, dims[-1].dim_value = heads, dim
+        for axis, size in enumerate(spatial):
+            dims[1 + axis].dim_value = size
     return model
 
 
@@ -59,7 +62,7 @@ def test_neighborhood_lowering_matches_the_oracle_on_random_configs(seed):
     scale = None if seed % 3 else 0.37
     model = na_single_node_model(cfg, scale=scale, opset=OPSET)
     if seed % 2:
-        model = _static_heads(model, cfg["heads"], cfg["dim"])
+        model = _static_heads(model, cfg["heads"], cfg["dim"], cfg["spatial"] if seed % 4 == 3 else ())
     model = lower_to_attention(model)
     _assert_lowered(model)
     feed = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()} | ({"rpb": rpb.numpy()} if rpb is not None else {})
@@ -168,6 +171,18 @@ def test_size_guard_names_the_call_and_the_size_per_call_and_per_model():
     lower_to_attention(na_single_node_model(cfg, opset=OPSET), dims, call_budget=256 * 256)  # at the budget: fine
     with pytest.raises(AttnExportError, match="per model"):
         lower_to_attention(na_single_node_model(cfg, opset=OPSET), dims, model_budget=100)
+
+
+def test_size_guard_sizes_a_block_sparse_mask_by_the_layout_broadcast():
+    """A layout shared by batch and heads ([1, 1, nQB]) gives a 1 x 1 x Sq x Skv mask, whatever B and H are."""
+    q, k, v, count, index, block_q, block_kv, _ = random_case(3)
+    inputs = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy(), "kv_count": count[:1, :1].numpy(),
+              "kv_index": index[:1, :1].numpy()}
+    model = _single_node(BLOCK_SPARSE, inputs, dict(block_q=block_q, block_kv=block_kv, scale=0.5))
+    dims = {f"{name}{i}": size for name, array in inputs.items() for i, size in enumerate(array.shape)}
+    sq, skv = q.shape[2], k.shape[2]
+    with pytest.raises(AttnExportError, match=f"needs a 1x1x{sq}x{skv} mask"):
+        lower_to_attention(model, dims, call_budget=sq * skv - 1)
 
 
 def test_dims_evaluate_from_torch_symbols_and_input_names():
