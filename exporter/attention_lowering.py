@@ -182,7 +182,7 @@ def _layout_mask(b: _Body, count: str, index: str, sq: str, skv: str, block_q: i
     [B|1, H|1, Sq, Skv], read as the local function reads it: indices clamped to the kv blocks, slots at or
     past kv_count unlisted. Also returns the listed-slot hits [.., nQB, M, nKVB] (for block_bias)."""
     zero, one = b.scalar(0), b.scalar(1)
-    bq, bkv = b.scalar(block_q), b.scalar(block_kv)
+    bkv = b.scalar(block_kv)
     n_kvb = b.Div(b.Sub(b.Add(skv, bkv), one), bkv)
     last = b.ints(-1)
     index = b.Cast(index, to=TensorProto.INT64)
@@ -192,10 +192,14 @@ def _layout_mask(b: _Body, count: str, index: str, sq: str, skv: str, block_q: i
     hits = b.And(b.Equal(b.Unsqueeze(index, last), b.Range(zero, n_kvb, one)), b.Unsqueeze(listed, last))
     # Any listed slot holds the kv block. A sum, not a max: over max_blocks 0 a max is the type's minimum.
     allowed = b.Greater(b.ReduceSum(b.Cast(hits, to=TensorProto.INT64), b.ints(3), keepdims=0), zero)
-    rows = b.Div(b.Range(zero, sq, one), bq)  # [Sq]: each query's block row
-    cols = b.Div(b.Range(zero, skv, one), bkv)  # [Skv]
-    mask = b.Gather(b.Gather(allowed, rows, axis=2), cols, axis=3)  # [.., Sq, Skv]
-    return mask, hits
+    # Blocks to tokens by broadcasting (a copy, cheaper than two Gathers), then cut to [Sq, Skv].
+    lead = b.Slice(b.Shape(allowed), b.ints(0), b.ints(2))
+    n_qb = b.Slice(b.Shape(allowed), b.ints(2), b.ints(3))
+    tiles = b.Concat(lead, n_qb, b.ints(block_q), b.Unsqueeze(n_kvb, b.ints(0)), b.ints(block_kv), axis=0)
+    tokens = b.Expand(b.Unsqueeze(allowed, b.ints(3, 5)), tiles)  # [.., nQB, bq, nKVB, bkv]
+    mask = b.Reshape(tokens, b.Concat(lead, b.ints(-1), b.Unsqueeze(b.Mul(n_kvb, bkv), b.ints(0)), axis=0))
+    ends = b.Concat(b.Unsqueeze(sq, b.ints(0)), b.Unsqueeze(skv, b.ints(0)), axis=0)
+    return b.Slice(mask, b.ints(0, 0), ends, b.ints(2, 3)), hits  # [.., Sq, Skv]
 
 
 def _bias_mask(b: _Body, bias: str, hits: str, mask: str, sq: str, skv: str, like: str) -> str:
