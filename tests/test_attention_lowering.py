@@ -283,3 +283,19 @@ def test_every_zoo_model_exports_with_attention_lowering_and_passes_parity(name,
         assert any(s[0] == 2 for s in shapes), shapes
     if any(d.dim_param for d in list(dims)[1:]):  # dynamic spatial: checked at a second size
         assert len({tuple(s[1:]) for s in shapes}) > 1, shapes
+
+
+def test_cli_export_with_attention_lowering_passes_parity_at_a_second_batch_and_length(tmp_path):
+    """The fast end-to-end case (the zoo-wide one is marked slow): report.json names the lowering, the file has no
+    attn_export node and one Attention node per layer, and the check ran at batch 2 and at another length."""
+    out = tmp_path / "out"
+    result = run(SMALL, "-o", out, "--lowering", "attention")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["export"]["lowering"] == "attention" and report["export"]["custom_nodes"] == {}
+    model = onnx.load(out / "model.onnx")
+    _assert_lowered(model, calls=2)  # na1d-causal: two neighborhood layers
+    shapes = report["inputs"]["tokens"]["shapes"]
+    assert [1, 128] in shapes and [2, 128] in shapes and any(s[1] != 128 for s in shapes), shapes
+    square = [i.name for i in model.graph.initializer if len(i.dims) >= 2 and min(i.dims[-2:]) >= 128]
+    assert not square, f"N x N initializers: {square}"  # the masks are computed in the graph, never stored
