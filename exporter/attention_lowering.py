@@ -4,10 +4,11 @@ run the call on their own fused attention, without our plugin library.
 
 Each registry entry names its builder (``OpSpec.attention_lowering``); attn_export.lowering walks the graph and
 calls it as ``build(node, call) -> LoweredCall``. The node's attributes are static here, so window parameters,
-block sizes and the scale become Python ints and floats; sizes (spatial axes, sequence lengths, batch) come
-from Shape(q) at run time, so the masks follow dynamic batch and spatial sizes and no N x N tensor is ever an
-initializer. The index math is the local functions' (attn_export.onnx_functions): the same window rule,
-the same padded-ELL reading (indices clamped, slots past kv_count unlisted).
+block sizes and the scale become Python ints and floats; sizes (spatial axes, sequence lengths) are constants
+where the file states them (runtimes then fold the mask once) and come from Shape(q) at run time where it does
+not, so the masks follow dynamic batch and spatial sizes and no N x N tensor is ever an initializer. The index
+math is the local functions' (attn_export.onnx_functions): the same window rule, the same padded-ELL reading
+(indices clamped, slots past kv_count unlisted).
 """
 
 from __future__ import annotations
@@ -229,7 +230,7 @@ def _layout_lead(shapes: dict, names: tuple[str, ...], batch: int | None, heads:
         shape = shapes[name]
         for axis, full in ((0, batch), (1, heads)):
             if shape is None or shape[axis] != 1:
-                lead[axis] = full if lead[axis] == 1 or lead[axis] is None else lead[axis]
+                lead[axis] = full
     return tuple(lead)
 
 

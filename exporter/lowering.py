@@ -70,7 +70,7 @@ def lower_to_attention(model: onnx.ModelProto, dims: Mapping[str, int] | None = 
             continue
         size = _elements(lowered.mask_shape)
         total += size
-        _guard(spec.onnx_op_type, name, lowered.mask_shape, size, call_budget, "per call")
+        _guard(spec.onnx_op_type, name, lowered.mask_shape, lowered.mask_kind, size, call_budget)
         if total > model_budget:
             raise AttnExportError(
                 f"attention lowering: the masks of this model's attention calls reach {_mi(total)} elements at the "
@@ -89,12 +89,13 @@ def lower_to_attention(model: onnx.ModelProto, dims: Mapping[str, int] | None = 
     return model
 
 
-def _guard(op: str, name: str, shape: tuple, size: int, budget: int, scope: str) -> None:
+def _guard(op: str, name: str, shape: tuple, kind: str, size: int, budget: int) -> None:
     if size > budget:
         dims = "x".join(str(d) for d in shape)
         raise AttnExportError(
-            f"attention lowering: {op} node '{name}' needs a {dims} mask ({_mi(size)} elements) at the export size, "
-            f"over the budget of {_mi(budget)} {scope}: export it with --lowering plugin, or with smaller inputs")
+            f"attention lowering: {op} node '{name}' needs a {dims} {kind} mask ({_mi(size)} elements) at the export "
+            f"size, over the budget of {_mi(budget)} per call: export it with --lowering plugin, or with smaller "
+            "inputs")
 
 
 def _mi(elements: int) -> str:

@@ -166,7 +166,7 @@ def test_size_guard_names_the_call_and_the_size_per_call_and_per_model():
     cfg = dict(spatial=[16, 16], kernel=[3, 3], stride=[1, 1], dilation=[1, 1], causal=[False, False],
                heads=2, dim=8, batch=1, rpb=False)
     dims = {"batch": 1, "s0": 16, "s1": 16, "heads": 2, "dim": 8}
-    with pytest.raises(AttnExportError, match=r"NeighborhoodAttention node '.*' needs a 256x256 mask .*per call"):
+    with pytest.raises(AttnExportError, match=r"NeighborhoodAttention node '.*' needs a 256x256 bool mask .*per call"):
         lower_to_attention(na_single_node_model(cfg, opset=OPSET), dims, call_budget=256 * 256 - 1)
     lower_to_attention(na_single_node_model(cfg, opset=OPSET), dims, call_budget=256 * 256)  # at the budget: fine
     with pytest.raises(AttnExportError, match="per model"):
@@ -181,7 +181,7 @@ def test_size_guard_sizes_a_block_sparse_mask_by_the_layout_broadcast():
     model = _single_node(BLOCK_SPARSE, inputs, dict(block_q=block_q, block_kv=block_kv, scale=0.5))
     dims = {f"{name}{i}": size for name, array in inputs.items() for i, size in enumerate(array.shape)}
     sq, skv = q.shape[2], k.shape[2]
-    with pytest.raises(AttnExportError, match=f"needs a 1x1x{sq}x{skv} mask"):
+    with pytest.raises(AttnExportError, match=f"needs a 1x1x{sq}x{skv} bool mask"):
         lower_to_attention(model, dims, call_budget=sq * skv - 1)
 
 
@@ -213,7 +213,7 @@ def test_cli_size_guard_exits_2_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(defaults, "ATTENTION_MASK_BUDGET_CALL", 128 * 128 - 1)  # na1d-causal: 128 tokens
     out = tmp_path / "out"
     result = run(SMALL, "-o", out, "--lowering", "attention", "--no-check")
-    assert_one_line_error(result, 2, "needs a 128x128 mask")
+    assert_one_line_error(result, 2, "needs a 128x128 bool mask")
     assert not out.exists()
 
 
