@@ -198,6 +198,16 @@ def test_opset_below_23_is_refused_and_the_default_rises():
     assert attention_opset(None) == OPSET
 
 
+def test_export_options_resolve_the_opset_of_the_attention_lowering():
+    from attn_export.pipeline import ExportOptions
+
+    assert ExportOptions(lowering="attention", engine=False).prepare().opset == OPSET
+    assert ExportOptions(lowering="attention", engine=False, quantize="int4").prepare().opset == OPSET
+    assert ExportOptions(engine=False).prepare().opset == defaults.OPSET  # the plugin lowering keeps its default
+    with pytest.raises(AttnExportError, match="--opset 22"):
+        ExportOptions(lowering="attention", opset=22, engine=False).prepare()
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--lowering", "attention", "--opset", "21"], "--lowering attention needs --opset 23"),
     (["--lowering", "onnx"], "--lowering onnx is not one of plugin, attention"),
