@@ -40,19 +40,24 @@ class CalibSource:
     feeds: Iterable[Mapping[str, np.ndarray]]
     description: str
     warning: str | None = None
+    real: bool = True  # False for seeded random inputs: a check must not treat them as data
+    count: int | None = None  # samples in the source, where known before reading it
 
 
 def from_spec(spec: str, inputs: Sequence[InputInfo], preprocess: str = "raw") -> CalibSource:
     """The calibration source that ``--calib-data spec`` names."""
     path = Path(spec)
     if spec.endswith(".npz"):
-        return CalibSource(_npz(path, inputs), f"{spec} (npz)")
+        feeds, count = _npz(path, inputs)
+        return CalibSource(feeds, f"{spec} (npz)", count=count)
     if spec.endswith(".npy"):
-        return CalibSource(_npy(path, inputs), f"{spec} (npy)")
+        feeds, count = _npy(path, inputs)
+        return CalibSource(feeds, f"{spec} (npy)", count=count)
     if path.is_dir():
         if preprocess not in PREPROCESS:
             raise AttnExportError(f"--calib-preprocess '{preprocess}' is not one of {', '.join(PREPROCESS)}")
-        return CalibSource(_images(path, inputs, preprocess), f"{spec} (images, preprocess {preprocess})")
+        feeds, count = _images(path, inputs, preprocess)
+        return CalibSource(feeds, f"{spec} (images, preprocess {preprocess})", count=count)
     if ":" in spec:
         from attn_export.loader import resolve_callable
 
@@ -72,10 +77,10 @@ def random_source(make: Callable[[int], Sequence], names: Sequence[str], warn: b
             yield {n: t.numpy() for n, t in zip(names, make(seed))}
             seed += 1
 
-    return CalibSource(feeds(), "seeded random inputs", RANDOM_WARNING if warn else None)
+    return CalibSource(feeds(), "seeded random inputs", RANDOM_WARNING if warn else None, real=False)
 
 
-def _npz(path: Path, inputs: Sequence[InputInfo]) -> Iterator[dict]:
+def _npz(path: Path, inputs: Sequence[InputInfo]) -> tuple[Iterator[dict], int]:
     try:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -90,10 +95,10 @@ def _npz(path: Path, inputs: Sequence[InputInfo]) -> Iterator[dict]:
     counts = {n: a.shape[0] if a.ndim else 0 for n, a in arrays.items()}
     if len(set(counts.values())) != 1:
         raise AttnExportError(f"--calib-data {path}: inputs hold different sample counts {counts}")
-    return _rows(arrays)
+    return _rows(arrays), next(iter(counts.values()))
 
 
-def _npy(path: Path, inputs: Sequence[InputInfo]) -> Iterator[dict]:
+def _npy(path: Path, inputs: Sequence[InputInfo]) -> tuple[Iterator[dict], int]:
     if len(inputs) != 1:
         raise AttnExportError(f"--calib-data {path}: a .npy holds one input but the model has {len(inputs)}; "
                               "use a .npz")
@@ -103,7 +108,7 @@ def _npy(path: Path, inputs: Sequence[InputInfo]) -> Iterator[dict]:
         raise AttnExportError(f"--calib-data {path} does not exist") from None
     except Exception as exc:
         raise AttnExportError(f"--calib-data {path} is not a readable .npy ({type(exc).__name__})") from exc
-    return _rows({inputs[0].name: array})
+    return _rows({inputs[0].name: array}), array.shape[0] if array.ndim else 0
 
 
 def _rows(arrays: Mapping[str, np.ndarray]) -> Iterator[dict]:
@@ -112,7 +117,7 @@ def _rows(arrays: Mapping[str, np.ndarray]) -> Iterator[dict]:
         yield {n: np.ascontiguousarray(a[i:i + 1]) for n, a in arrays.items()}
 
 
-def _images(folder: Path, inputs: Sequence[InputInfo], preprocess: str) -> Iterator[dict]:
+def _images(folder: Path, inputs: Sequence[InputInfo], preprocess: str) -> tuple[Iterator[dict], int]:
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise AttnExportError("--calib-data with a folder of images needs a model with one [N, C, H, W] input")
     _, channels, height, width = inputs[0].shape
@@ -144,7 +149,7 @@ def _images(folder: Path, inputs: Sequence[InputInfo], preprocess: str) -> Itera
                 pixels = (pixels / 255.0 - _IMAGENET_MEAN) / _IMAGENET_STD
             yield {inputs[0].name: pixels.transpose(2, 0, 1)[None].astype(inputs[0].dtype)}
 
-    return feeds()
+    return feeds(), len(files)
 
 
 def _from_function(func: Callable, spec: str) -> Iterator[dict]:
@@ -194,4 +199,4 @@ def checked_source(source: CalibSource, inputs: Sequence[InputInfo]) -> CalibSou
     if first is None:
         raise AttnExportError(f"calibration data {source.description} is empty; give at least one sample")
     check_feed(first, {i.name: i for i in inputs}, 0)
-    return CalibSource(itertools.chain([first], feeds), source.description, source.warning)
+    return CalibSource(itertools.chain([first], feeds), source.description, source.warning, source.real, source.count)

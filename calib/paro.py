@@ -229,6 +229,10 @@ class CallPlan:
     kv_count: np.ndarray  # int32 [T, 1, heads, nb]
     kv_index: np.ndarray  # int32 [T, 1, heads, nb, max_blocks], -1 padded
     head_info: list[dict]  # per head: order, costs, density, recall (and quality, when measured)
+    # The identity order's (FHW) layout planned on the same calibration data at the same density, per head (bucket
+    # 0): the baseline the chosen order is compared with. None in plans saved before it was kept.
+    fhw_kv_count: np.ndarray | None = None  # int32 [heads, nb]
+    fhw_kv_index: np.ndarray | None = None  # int32 [heads, nb, max_blocks], -1 padded
 
 
 @dataclass
@@ -245,6 +249,7 @@ class ParoPlan:
     skipped: dict[int, str] = field(default_factory=dict)  # call index -> why PARO left it dense
     samples: int = 0
     source: str = ""
+    quality_inputs: str = ""  # what the held-out quality of each head was measured on (empty: not measured)
 
     @property
     def tokens(self) -> int:
@@ -259,6 +264,7 @@ class ParoPlan:
             "format": PLAN_FORMAT, "grid": list(self.grid), "prefix": self.prefix, "tokens": self.tokens,
             "block": self.block, "density": self.density, "alpha": self.alpha, "buckets": self.buckets,
             "calibration_samples": self.samples, "calibration_data": self.source,
+            "quality_inputs": self.quality_inputs,
             "skipped_calls": {str(i): why for i, why in self.skipped.items()},
             "calls": [{"call": c.index, "heads": c.heads, "tokens": c.n, "head_dim": c.head_dim, "scale": c.scale,
                        "max_blocks": int(c.kv_index.shape[-1]), "per_head": c.head_info} for c in self.calls],
@@ -271,6 +277,9 @@ class ParoPlan:
         for c in self.calls:
             arrays.update({f"call{c.index}.perm_idx": c.perm_idx, f"call{c.index}.kv_count": c.kv_count,
                            f"call{c.index}.kv_index": c.kv_index})
+            if c.fhw_kv_count is not None:
+                arrays.update({f"call{c.index}.fhw_kv_count": c.fhw_kv_count,
+                               f"call{c.index}.fhw_kv_index": c.fhw_kv_index})
         np.savez(json_path.with_suffix(".npz"), **arrays)
         json_path.write_text(json.dumps(self.summary(), indent=2) + "\n")
 
@@ -292,7 +301,9 @@ class ParoPlan:
         try:
             calls = [CallPlan(c["call"], c["heads"], c["tokens"], c["head_dim"], c["scale"],
                               arrays[f"call{c['call']}.perm_idx"], arrays[f"call{c['call']}.kv_count"],
-                              arrays[f"call{c['call']}.kv_index"], c["per_head"]) for c in meta["calls"]]
+                              arrays[f"call{c['call']}.kv_index"], c["per_head"],
+                              *_optional(arrays, f"call{c['call']}.fhw_kv_count", f"call{c['call']}.fhw_kv_index"))
+                     for c in meta["calls"]]
             return cls(tuple(meta["grid"]), meta["prefix"], meta["block"], meta["density"], meta["alpha"],
                        meta["buckets"], calls, {int(i): why for i, why in meta["skipped_calls"].items()},
                        meta["calibration_samples"], meta["calibration_data"])
@@ -333,6 +344,9 @@ def plan_model(model: torch.nn.Module, calib_inputs: Iterable[Sequence[torch.Ten
         sample_buckets += list(bucket_of(inputs)) if bucket_of else [0] * batch
         samples += batch
     eligible = {i: c for i, c in recorder.calls.items() if c.eligible}
+    if not samples:
+        raise AttnExportError("--paro: no calibration samples to plan on; give more --calib-data (some of it is "
+                              "held out for the check) or raise --calib-samples")
     if not recorder.calls:
         raise AttnExportError("--paro: the model makes no torch.nn.functional.scaled_dot_product_attention call; "
                               "PARO replaces SDPA calls (write the attention with F.scaled_dot_product_attention)")
@@ -359,6 +373,10 @@ def plan_model(model: torch.nn.Module, calib_inputs: Iterable[Sequence[torch.Ten
     return ParoPlan(grid, prefix, block, density, alpha, buckets, calls, skipped, samples, source)
 
 
+def _optional(arrays, *names: str) -> list:
+    return [arrays[n] if n in arrays.files else None for n in names]
+
+
 def _call_plan(call, head_plans: list[HeadPlan]) -> CallPlan:
     widest = max(int(p.kv_index.shape[-1]) for p in head_plans)
     index = np.full((head_plans[0].kv_index.shape[0], 1, len(head_plans), head_plans[0].kv_index.shape[1], widest),
@@ -370,5 +388,11 @@ def _call_plan(call, head_plans: list[HeadPlan]) -> CallPlan:
     info = [{"head": h, "order": p.order_name, "density": round(p.density, 4), "recall": round(p.recall, 4),
              "costs": {name: {"c_sparse": round(cs, 4), "c_quant": round(cq, 4)} for name, (cs, cq) in p.costs.items()}}
             for h, p in enumerate(head_plans)]
+    fhw = [from_block_mask(p.masks[0, 0][None, None]) for p in head_plans]  # order 0 = FHW, bucket 0
+    fhw_width = max(int(i.shape[-1]) for _, i in fhw)
+    fhw_index = np.full((len(head_plans), fhw[0][1].shape[2], fhw_width), -1, np.int32)
+    for h, (_, i) in enumerate(fhw):
+        fhw_index[h, :, :i.shape[-1]] = i[0, 0].numpy()
+    fhw_count = np.stack([c[0, 0].numpy() for c, _ in fhw]).astype(np.int32)
     return CallPlan(call.index, call.heads, call.n, call.head_dim, call.scale, perm, count.astype(np.int32), index,
-                    info)
+                    info, fhw_count, fhw_index)

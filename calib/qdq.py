@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from attn_export import defaults
 from attn_export.calib.calibrators import DEFAULT_METHOD, CalibConfig, make_calibrator
 from attn_export.calib.data import InputInfo, check_feed
-from attn_export.errors import AttnExportError
+from attn_export.errors import AttnExportError, library_step
 from attn_export.onnx_utils import opset_of, save_atomically
 
 MODES = ("int8", "int4")
@@ -125,6 +125,11 @@ def _targets(model: onnx.ModelProto, mode: str, exclude: Sequence[str]) -> list[
     return targets
 
 
+def quantized_layers(model: onnx.ModelProto, mode: str, exclude: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(node name, op type) of every layer ``mode`` quantizes in ``model``, in graph order."""
+    return [(t.node.name, t.node.op_type) for t in _targets(model, mode, exclude)]
+
+
 def _excluded(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
@@ -161,14 +166,16 @@ def calibrate(model: onnx.ModelProto, activations: Sequence[str], data: Iterable
     for name in activations:
         if name not in existing:
             probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    with library_step("ONNX Runtime loading the calibration model"):
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     inputs = {i.name: InputInfo(i.name, i.shape, np.dtype(_ORT_DTYPES.get(i.type, np.float32)))
               for i in session.get_inputs()}
     calibrators = {name: make_calibrator(config) for name in activations}
     used = 0
     for index, feed in enumerate(data):
         feed = check_feed(feed, inputs, index)
-        outputs = session.run(list(activations), feed)
+        with library_step(f"ONNX Runtime running calibration sample {index}"):
+            outputs = session.run(list(activations), feed)
         for name, value in zip(activations, outputs):
             calibrators[name].collect(value)
         used += next(iter(feed.values())).shape[0] if feed else 1

@@ -28,11 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from attn_export.errors import AttnExportError
-
-
-class ConversionRefused(AttnExportError):
-    """A NATTEN / FlexAttention call that cannot be converted (one line naming the call and why)."""
+from attn_export.flex_plan import ConversionRefused, neighborhood_window, plan_flex, run_plan, score_bias
 
 _NATTEN_FUNCTIONS = ("na1d", "na2d", "na3d", "neighborhood_attention_generic")
 
@@ -46,9 +42,13 @@ class CallRecord:
     where: str  # file:line of the call
     target: str  # what it runs as
     plan: dict = field(default_factory=dict)  # FlexAttention: the op and its arguments (tensors included)
+    mask_site: str = ""  # FlexAttention: where its BlockMask was built, when forward builds it
+    block_mask: object = field(default=None, repr=False, compare=False)  # held: the pass's mask, by identity
 
     def describe(self) -> str:
-        return f"{self.source} at {self.where} -> {self.target}"
+        built = f" (BlockMask built at {self.mask_site})" if self.mask_site else ""
+        return f"{self.source} at {self.where}{built} -> {self.target}"
+
 
 
 def _caller(depth: int = 2) -> str:
@@ -61,7 +61,7 @@ def _targets() -> dict[Callable, str]:
     (a model may import it only inside forward), never otherwise."""
     import torch.nn.attention.flex_attention as flex
 
-    found = {flex.flex_attention: "flex_attention"}
+    found = {flex.flex_attention: "flex_attention", flex.create_block_mask: "create_block_mask"}
     if "natten" in sys.modules or importlib.util.find_spec("natten") is not None:
         import natten.functional as natten
 
@@ -113,6 +113,12 @@ class CallConverter:
         self._count = 0
         self._inside = 0  # > 0 while an intercepted original runs: its own inner calls (NATTEN -> flex) pass
         self._plans: dict[tuple, tuple] = {}  # per analysis pass, by the identity of the call's mask and score_mod
+        # BlockMasks built inside forward (create_block_mask per call), in call order, with where each was built:
+        # analysed like any mask; while tracing, each call gets the analysed mask back instead of tracing the build
+        # (sorts and cumsums no ONNX exporter translates, for a mask the plan already holds as constants)
+        self._masks: list = []
+        self._mask_sites: dict[int, str] = {}
+        self._mask_count = 0
 
     def _original(self, function: Callable, *args, **kwargs):
         self._inside += 1
@@ -123,12 +129,14 @@ class CallConverter:
 
     @contextlib.contextmanager
     def active(self, model: torch.nn.Module | None = None):
-        self._count = 0
+        self._count = self._mask_count = 0
         targets = _targets()
         replacements = {}
         for function, source in targets.items():
             if source == "flex_attention":
                 replacements[function] = self._flex(function)
+            elif source == "create_block_mask":
+                replacements[function] = self._block_mask(function)
             else:
                 replacements[function] = self._natten(function, source)
         with _swapped(replacements, model):
@@ -138,9 +146,8 @@ class CallConverter:
         """One eager forward pass that records and plans the calls (the model's own outputs are computed by
         the original functions, so this pass also runs as written)."""
         self.analysing, self.records, self._plans = True, [], {}
-        with torch.inference_mode(), self.active(model), warnings.catch_warnings():
-            # eager flex_attention on purpose: it is the reference, its advice to compile is noise here
-            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        self._masks, self._mask_sites = [], {}
+        with torch.inference_mode(), self.active(model), quiet_third_party():
             model(*inputs)
         self.analysing = False
         return self.records
@@ -148,16 +155,20 @@ class CallConverter:
     def confirm(self, model: torch.nn.Module, inputs) -> None:
         """Analyse again on other inputs and refuse a call whose plan changes: its mask or score_mod reads the
         model's inputs, which a layout exported as a constant cannot follow. The first analysis stays."""
-        first = self.records
+        first, masks = self.records, (self._masks, self._mask_sites)
         try:
             second = self.analyse(model, inputs)
         finally:
-            self.records = first
+            self.records, (self._masks, self._mask_sites) = first, masks
         for before, after in zip(first, second):
+            _refuse_untraceable_mask(before, after)
             if not _same_plan(before.plan, after.plan):
-                raise ConversionRefused(f"{before.source} at {before.where}: its mask or score_mod depends on the "
-                                      "model's inputs (two inputs give two different plans), which a layout exported "
-                                      "as a constant cannot follow: compute it from positions only")
+                built = (f" (its BlockMask is built in forward by create_block_mask at {before.mask_site})"
+                         if before.mask_site else "")
+                raise ConversionRefused(f"{before.source} at {before.where}{built}: its mask or score_mod depends on "
+                                        "the model's inputs (two inputs give two different plans), which a layout "
+                                        "exported as a constant cannot follow: compute it from positions, shapes, "
+                                        "constants and buffers only")
         if len(first) != len(second):
             raise ConversionRefused(f"the model makes {len(first)} attention calls on one input and {len(second)} on "
                                   "another: its attention calls depend on its inputs")
@@ -170,6 +181,26 @@ class CallConverter:
             raise ConversionRefused(f"{source} at {where} is call {index} of this forward pass, but the analysis "
                                   "pass saw fewer calls: the model's attention calls depend on its inputs")
         return index, recorded
+
+    def _block_mask(self, original: Callable) -> Callable:
+        """create_block_mask inside forward: built (and remembered) while analysing, handed back while tracing."""
+
+        def create(*args, **kwargs):
+            if self._inside:
+                return original(*args, **kwargs)
+            where, index = _caller(), self._mask_count
+            self._mask_count += 1
+            if self.analysing:
+                mask = self._original(original, *args, **kwargs)
+                self._masks.append(mask)  # held: its id stays its own for this pass
+                self._mask_sites[id(mask)] = where
+                return mask
+            if index >= len(self._masks):
+                raise ConversionRefused(f"create_block_mask at {where} is call {index} of this forward pass, but the "
+                                        "analysis pass saw fewer: the model's masks depend on its inputs")
+            return self._masks[index]
+
+        return create
 
     def _natten(self, original: Callable, source: str) -> Callable:
         def convert(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
@@ -213,7 +244,8 @@ class CallConverter:
                     self._plans[same] = (plan_flex(query, key, value, score_mod, block_mask, scale, where),
                                          block_mask, score_mod)
                 plan = self._plans[same][0]
-                self.records.append(CallRecord(index, "flex_attention", where, plan["target"], plan))
+                self.records.append(CallRecord(index, "flex_attention", where, plan["target"], plan,
+                                               self._mask_sites.get(id(block_mask), ""), block_mask))
                 return self._original(original, query, key, value, score_mod=score_mod, block_mask=block_mask,
                                       scale=scale)
             return run_plan(recorded.plan, query, key, value, scale)
@@ -221,212 +253,41 @@ class CallConverter:
         return convert
 
 
+# Warnings third-party attention raises while we run it as the reference, none of them the user's business:
+# eager flex_attention on purpose (its advice to compile), NATTEN 0.21 still passing flex_attention's
+# deprecated return_lse.
+_THIRD_PARTY_NOISE = ((UserWarning, "flex_attention called without torch.compile"),
+                      (FutureWarning, "return_lse is deprecated"))
+
+
+@contextlib.contextmanager
+def quiet_third_party():
+    """Run third-party attention (NATTEN, eager flex_attention) without its deprecation and compile advice."""
+    with warnings.catch_warnings():
+        for category, message in _THIRD_PARTY_NOISE:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
+def _refuse_untraceable_mask(before: CallRecord, after: CallRecord) -> None:
+    """A BlockMask that is a new object on every forward pass, though not built by a create_block_mask call we
+    intercept, is built by code we cannot replace while tracing, and tracing its build fails in the ONNX
+    exporter (sorts): refused, naming the call, before any export."""
+    if before.source != "flex_attention" or before.mask_site or before.block_mask is None:
+        return
+    if before.block_mask is not after.block_mask:
+        raise ConversionRefused(f"flex_attention at {before.where}: its BlockMask is built anew on every forward pass "
+                                "by code the converter cannot replace (create_block_mask reached through an attribute, "
+                                "a closure or a wrapper), and tracing that build needs sorts no ONNX exporter "
+                                "translates: call create_block_mask by name inside forward (from "
+                                "torch.nn.attention.flex_attention import create_block_mask), or build the mask once "
+                                "in __init__")
+
+
 def _same_plan(a: dict | None, b: dict | None) -> bool:
     if a is None or b is None or a.keys() != b.keys():
         return a is None and b is None
     return all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
-
-
-# ---------------------------------------------------------------------------------------------
-# FlexAttention: from a BlockMask to one of our ops
-
-
-# Elements of the (batch, head, query, key) grid a FlexAttention call is evaluated on while planning; the
-# planning peak is about 70 bytes per element (index grids, two score samples, the padded mask and bias).
-_PLAN_ELEMENTS = 32 << 20
-# Bytes of one call's exported block_bias (an initializer of the ONNX file, which holds at most 2 GB).
-_BIAS_BYTES = 256 << 20
-# An additive score_mod without a BlockMask becomes block-sparse attention over every block of this size
-# (flex_attention's own default block), or over the whole sequence where it is shorter.
-_DENSE_BLOCK = 128
-# The batch indices the mask_mod and score_mod are evaluated at: a dependence on b is then seen and refused.
-_PROBE_BATCH = 2
-
-
-def plan_flex(query, key, value, score_mod, block_mask, scale, where: str) -> dict:
-    """How to run one flex_attention call: {"target": ..., "op": "sdpa" | "na" | "block_sparse", ...}.
-
-    The mask and score_mod are evaluated at the call's heads (as flex_attention does, whatever the BlockMask's
-    own head dim) and at two batch indices. A mask that is a 1-D neighborhood becomes neighborhood attention;
-    any other mask becomes block-sparse attention over the blocks it touches, with an exact ``block_bias``
-    (-inf on masked elements of partial blocks); an additive score_mod (ALiBi, relative bias tables) joins
-    that bias. Anything else is refused naming the call."""
-    sq, skv, heads = int(query.shape[-2]), int(key.shape[-2]), int(query.shape[1])
-    if block_mask is not None and tuple(block_mask.seq_lengths) != (sq, skv):
-        raise ConversionRefused(f"flex_attention at {where}: its BlockMask covers {tuple(block_mask.seq_lengths)}, "
-                              f"the call attends {sq} x {skv}; build the mask for these lengths")
-    if block_mask is not None and int(block_mask.shape[0]) > 1:
-        raise ConversionRefused(f"flex_attention at {where}: its BlockMask has a batch dim of {block_mask.shape[0]} "
-                              "(a mask per sample), which a layout exported as a constant cannot follow: build it "
-                              "with B=None")
-    lead = (_PROBE_BATCH, heads)
-    if _PROBE_BATCH * heads * sq * skv > _PLAN_ELEMENTS:
-        raise ConversionRefused(f"flex_attention at {where}: planning its conversion evaluates the mask over "
-                              f"{_PROBE_BATCH} x {heads} heads x {sq} x {skv} (query, key) pairs, more than "
-                              f"{_PLAN_ELEMENTS >> 20} M: export at a shorter sequence length")
-    bias = None if score_mod is None else score_bias(score_mod, lead, sq, skv, where)
-    if block_mask is None:
-        if bias is None:
-            return {"op": "sdpa", "target": "scaled_dot_product_attention (no mask)"}
-        mask, blocks = torch.ones(1, 1, sq, skv, dtype=torch.bool), (min(_DENSE_BLOCK, sq), min(_DENSE_BLOCK, skv))
-    else:
-        mask = _evaluate_mask(block_mask, lead, sq, skv, where)
-        blocks = tuple(int(x) for x in block_mask.BLOCK_SIZE)
-        window = neighborhood_window(mask) if bias is None else None
-        if window is not None:
-            return {"op": "na", "target": "attn_export::neighborhood_attention " + _window_text(window), **window}
-    plan = _block_sparse_plan(mask, bias, *blocks, where)
-    if score_mod is not None:
-        plan["target"] += f", score_mod {_name(score_mod)} as an additive bias"
-    return plan
-
-
-def _name(function) -> str:
-    return getattr(function, "__name__", type(function).__name__)
-
-
-def _one_batch(x: torch.Tensor, what: str, where: str) -> torch.Tensor:
-    """x [_PROBE_BATCH, H, ...] -> [1, H|1, ...]: refused when it depends on the batch index, narrowed over
-    heads when every head agrees (the exported constant stays small)."""
-    if not bool((x == x[:1]).all()):
-        raise ConversionRefused(f"flex_attention at {where}: its {what} depends on the batch index b, which a layout "
-                              "exported as a constant cannot follow (the batch is dynamic): make it independent of b")
-    x = x[:1]
-    return x[:, :1] if x.shape[1] > 1 and bool((x == x[:, :1]).all()) else x
-
-
-def _evaluate_mask(block_mask, lead: tuple[int, int], sq: int, skv: int, where: str) -> torch.Tensor:
-    from torch.nn.attention.flex_attention import create_mask
-
-    try:
-        mask = create_mask(block_mask.mask_mod, *lead, sq, skv, device="cpu")
-    except (IndexError, RuntimeError):  # a per-sample table with one row cannot be read at b = 1
-        mask = create_mask(block_mask.mask_mod, 1, lead[1], sq, skv, device="cpu")
-    return _one_batch(mask, f"mask_mod {_name(block_mask.mask_mod)}", where)
-
-
-def score_bias(score_mod, lead: tuple[int, int], sq: int, skv: int, where: str) -> torch.Tensor:
-    """The additive bias ``[1, H|1, Sq, Skv]`` of an additive score_mod (score_mod(s) - s the same for any s),
-    evaluated as flex_attention evaluates it (vmapped over batch, head, query and key indices)."""
-    from torch.nn.attention.flex_attention import _vmap_for_bhqkv
-
-    name = _name(score_mod)
-    vmapped = _vmap_for_bhqkv(score_mod, prefix=(0,))
-
-    def evaluate(lead):
-        grid = [torch.arange(n) for n in (*lead, sq, skv)]
-        samples = torch.randn(2, *lead, sq, skv, generator=torch.Generator().manual_seed(0))
-        samples[1] *= 8.0  # two score ranges: an additive score_mod shifts both alike
-        bias = vmapped(torch.zeros(*lead, sq, skv), *grid)  # exact for score + c
-        return bias, samples, [vmapped(s, *grid) - s for s in samples]
-
-    try:
-        try:
-            bias, samples, deltas = evaluate(lead)
-        except (IndexError, RuntimeError):  # a per-sample table with one row cannot be read at b = 1
-            bias, samples, deltas = evaluate((1, lead[1]))
-    except Exception as exc:  # noqa: BLE001 - any failure of user code: refused with its type and message
-        raise ConversionRefused(f"flex_attention at {where}: its score_mod {name} could not be evaluated on the index "
-                              f"grid ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                              "remove it for export") from None
-    # Additive: each sample's change equals the bias, element by element (infinities exactly).
-    finite = bias.isfinite()
-    additive = not bool(bias.isnan().any()) and all(
-        torch.equal(d.isfinite(), finite) and torch.equal(d[~finite], bias[~finite])
-        and bool(((d - bias)[finite].abs() <= 1e-5 * (1 + bias[finite].abs()) + 1e-6 * (1 + s[finite].abs())).all())
-        for d, s in zip(deltas, samples))
-    if not additive:
-        raise ConversionRefused(f"flex_attention at {where}: its score_mod {name} is not additive (how it changes a "
-                              "score depends on the score, e.g. soft-capping), which the exported ops cannot "
-                              "express: remove it for export, or write it as a bias added to the score")
-    return _one_batch(bias, f"score_mod {name}", where).contiguous()
-
-
-def neighborhood_window(mask: torch.Tensor) -> dict | None:
-    """The 1-D neighborhood-attention parameters (kernel, stride, dilation, causal) whose window rule gives
-    exactly ``mask [B|1, H|1, S, S]`` (the same for every batch and head), or None."""
-    from attn_export.models.neighborhood import NAParams, neighborhood_index
-
-    if mask.shape[-1] != mask.shape[-2] or not bool((mask == mask[:1, :1]).all()):
-        return None
-    dense = mask[0, 0]
-    n = dense.shape[0]
-    causal = not bool(dense.triu(1).any())
-    row = dense[n - 1] if causal else dense[0]
-    keys = row.nonzero().flatten()
-    if keys.numel() < 2:
-        return None
-    kernel, dilation = keys.numel(), int(keys[1] - keys[0])
-    for stride in range(1, kernel + 1):
-        params = NAParams((kernel,), (stride,), (dilation,), (causal,))
-        if kernel * dilation > n:
-            return None
-        index, _, valid = neighborhood_index((n,), params)
-        rebuilt = torch.zeros(n, n, dtype=torch.bool)
-        rebuilt.scatter_(1, index, valid if valid is not None else torch.ones_like(index, dtype=torch.bool))
-        if torch.equal(rebuilt, dense):
-            return {"kernel": kernel, "stride": stride, "dilation": dilation, "causal": causal}
-    return None
-
-
-def _window_text(w: dict) -> str:
-    return (f"(kernel {w['kernel']}, stride {w['stride']}, dilation {w['dilation']}"
-            f"{', causal' if w['causal'] else ''})")
-
-
-def _block_sparse_plan(mask: torch.Tensor, bias: torch.Tensor | None, block_q: int, block_kv: int,
-                       where: str) -> dict:
-    """Block-sparse attention over the blocks ``mask`` [B|1, H|1, Sq, Skv] touches; partial blocks (and any
-    additive bias) exact through block_bias."""
-    from attn_export.models.block_layout import element_bias, from_block_mask
-
-    batch, heads, sq, skv = mask.shape
-    n_qb, n_kvb = -(-sq // block_q), -(-skv // block_kv)
-    padded = torch.zeros(batch, heads, n_qb * block_q, n_kvb * block_kv, dtype=torch.bool)
-    padded[..., :sq, :skv] = mask
-    tiles = padded.reshape(batch, heads, n_qb, block_q, n_kvb, block_kv)
-    touched = tiles.any(dim=(3, 5))
-    # a tile is full when every real (query, key) element of it is attended
-    real = torch.zeros_like(padded)
-    real[..., :sq, :skv] = True
-    full = (tiles | ~real.reshape(tiles.shape)).all(dim=(3, 5))
-    partial = int((touched & ~full).sum())
-    count, index = from_block_mask(touched)
-    plan = {"op": "block_sparse", "kv_count": count, "kv_index": index, "block_q": block_q, "block_kv": block_kv,
-            "block_bias": None,
-            "target": f"attn_export::block_sparse_attention (blocks {block_q}x{block_kv}, {int(touched.sum())} of "
-                      f"{touched.numel()} listed"}
-    if partial or bias is not None:
-        lead = torch.broadcast_shapes(mask.shape[:2], bias.shape[:2] if bias is not None else (1, 1))
-        nbytes = lead[0] * lead[1] * index.shape[2:].numel() * block_q * block_kv * 4
-        if nbytes > _BIAS_BYTES:
-            raise ConversionRefused(f"flex_attention at {where}: the exact form of its mask needs a block_bias of "
-                                  f"{nbytes / 2**20:.0f} MB (limit {_BIAS_BYTES >> 20} MB): align the mask to "
-                                  f"BLOCK_SIZE {block_q}x{block_kv} or export at a shorter sequence length")
-        dense = torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
-        if bias is not None:
-            dense = dense + bias
-        plan["block_bias"] = element_bias(dense, count, index, block_q, block_kv)
-        plan["target"] += f", {partial} partial blocks exact through block_bias" if partial else ", block_bias"
-    plan["target"] += ")"
-    return plan
-
-
-def run_plan(plan: dict, query, key, value, scale):
-    """Run one planned FlexAttention call with our ops ([B, H, S, D] in and out, as flex_attention)."""
-    from attn_export.models import block_sparse_attention, neighborhood_attention
-
-    if plan["op"] == "sdpa":
-        return torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=scale)
-    if plan["op"] == "na":
-        out = neighborhood_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                                     plan["kernel"], plan["stride"], plan["dilation"], plan["causal"], scale)
-        return out.transpose(1, 2)
-    bias = plan.get("block_bias")
-    if bias is not None and bias.dtype != query.dtype:  # a cast only where needed: layers then share one constant
-        bias = bias.to(query.dtype)
-    return block_sparse_attention(query, key, value, plan["kv_count"], plan["kv_index"], plan["block_q"],
-                                  plan["block_kv"], scale, bias)
 
 
 class Converted(torch.nn.Module):
@@ -443,4 +304,4 @@ class Converted(torch.nn.Module):
 
 
 __all__ = ["CallConverter", "CallRecord", "ConversionRefused", "Converted", "neighborhood_window", "plan_flex",
-           "run_plan", "score_bias"]
+           "quiet_third_party", "run_plan", "score_bias"]

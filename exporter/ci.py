@@ -31,6 +31,7 @@ class Case:
     failure: str | None = None  # one-line message: the errors against their limits
     detail: str = ""  # the failure's body: every statistic of the row
     skipped: str | None = None  # why it was not judged (an informational row, a runner that cannot run here)
+    seconds: float = 0.0  # inference time behind this case (both runners), JUnit's time attribute
 
 
 def _num(value: float) -> str:
@@ -53,7 +54,7 @@ def parity_cases(report, title: str = "parity") -> list[Case]:
                 failure = (o.note + "; " if o.note else "") + (
                     f"max abs err {_num(o.max_abs_error)} > atol {o.atol:g} where max rel err "
                     f"{_num(o.max_rel_error)} > rtol {o.rtol:g}")
-            cases.append(Case(suite, name, failure, detail))
+            cases.append(Case(suite, name, failure, detail, seconds=c.seconds / max(len(c.outputs), 1)))
     for skipped in report.skipped:
         cases.append(Case(f"{title}: {report.reference.get('runner', 'pytorch')} vs {skipped['runner']}",
                           "all outputs", skipped=skipped["reason"]))
@@ -81,7 +82,32 @@ def quant_cases(report, title: str) -> list[Case]:
             if not r.relative_mean_error <= t.max_mean_error:
                 reasons.append(f"mean err / mean |ref| {r.relative_mean_error:.4f} > {t.max_mean_error}")
             failure = "; ".join(reasons) or "non-finite values"
-        cases.append(Case(f"{title}: {report.reference} vs {candidate}", name, failure, detail))
+        cases.append(Case(f"{title}: {report.reference} vs {candidate}", name, failure, detail, seconds=r.seconds))
+    return cases + _sample_cases(report, title)
+
+
+def _sample_cases(report, title: str) -> list[Case]:
+    """Per candidate and output over every sample (worst sample, top-1 agreement), and the null control."""
+    t = report.thresholds
+    cases = []
+    for s in getattr(report, "summaries", []):
+        top1 = s.top1_agreement
+        detail = (f"worst sample cosine {s.worst_cosine:.5f} (min {t.min_sample_cosine}) at {s.worst_sample}"
+                  + (f", top-1 agreement {s.top1_agree}/{s.top1_total} (min {t.min_top1_agreement})"
+                     if top1 is not None else ""))
+        suite = f"{title}: {report.reference} vs {s.candidate}"
+        name = f"{s.name} [every sample]"
+        if s.candidate in report.informational:
+            cases.append(Case(suite, name, detail=detail, skipped="informational row, not a gate"))
+        else:
+            cases.append(Case(suite, name, None if s.passed else detail, detail, seconds=s.seconds))
+    control = getattr(report, "control", None)
+    if control:
+        detail = f"null control: {control['description']}"
+        failure = None if not control["passed"] or report.allow_inconclusive else (
+            detail + " passes the same thresholds: the check cannot tell this model from a broken one")
+        cases.append(Case(f"{title}: null control", "the control must fail", failure, detail,
+                          seconds=control.get("seconds", 0.0)))
     return cases
 
 
@@ -94,6 +120,10 @@ def report_cases(report=None, quant_report=None, paro_report=None) -> list[Case]
     return cases
 
 
+def _time(seconds: float) -> str:
+    return f"{seconds:.4f}"
+
+
 def junit_xml(cases: Sequence[Case], name: str = "attn-export parity", properties: dict | None = None) -> str:
     """JUnit XML in the common shape CI systems render: testsuites > testsuite > testcase > failure | skipped."""
     root = ET.Element("testsuites", name=name)
@@ -101,18 +131,20 @@ def junit_xml(cases: Sequence[Case], name: str = "attn-export parity", propertie
     suites: dict[str, list[Case]] = {}
     for case in cases:
         suites.setdefault(case.suite, []).append(case)
-    totals = {"tests": 0, "failures": 0, "skipped": 0}
+    totals = {"tests": 0, "failures": 0, "skipped": 0, "time": 0.0}
     for suite_name, members in suites.items():
         failures = sum(c.failure is not None for c in members)
         skipped = sum(c.skipped is not None for c in members)
+        seconds = sum(c.seconds for c in members)
         suite = ET.SubElement(root, "testsuite", name=suite_name, tests=str(len(members)), failures=str(failures),
-                              errors="0", skipped=str(skipped), time="0", timestamp=stamp, hostname=platform.node())
+                              errors="0", skipped=str(skipped), time=_time(seconds), timestamp=stamp,
+                              hostname=platform.node())
         if properties:
             props = ET.SubElement(suite, "properties")
             for key, value in properties.items():
                 ET.SubElement(props, "property", name=str(key), value=str(value))
         for case in members:
-            element = ET.SubElement(suite, "testcase", name=case.name, classname=suite_name, time="0")
+            element = ET.SubElement(suite, "testcase", name=case.name, classname=suite_name, time=_time(case.seconds))
             if case.failure is not None:
                 ET.SubElement(element, "failure", message=case.failure, type="ParityMismatch").text = case.detail
             elif case.skipped is not None:
@@ -122,11 +154,12 @@ def junit_xml(cases: Sequence[Case], name: str = "attn-export parity", propertie
         totals["tests"] += len(members)
         totals["failures"] += failures
         totals["skipped"] += skipped
+        totals["time"] += seconds
     root.set("tests", str(totals["tests"]))
     root.set("failures", str(totals["failures"]))
     root.set("errors", "0")
     root.set("skipped", str(totals["skipped"]))
-    root.set("time", "0")
+    root.set("time", _time(totals["time"]))
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -173,6 +206,8 @@ def summary_markdown(model: str, onnx: str, report=None, quant_report=None, paro
                              f"{r.relative_mean_error:.4f}",
                              "info" if c in extra.informational else ("PASS" if r.passed else "**FAIL**"))
                             for c, r in extra.outputs])
+        lines += ["", *(f"- {case.suite.split(': ', 1)[-1]}, {case.name}: {case.detail}"
+                        + (" **FAIL**" if case.failure else "") for case in _sample_cases(extra, title))]
     if warnings:
         lines += ["", "### Warnings", "", *(f"- {w}" for w in warnings)]
     if versions:
@@ -223,12 +258,20 @@ def validate_invocation(argv: Sequence[str]) -> list[str]:
 # GitHub Actions workflow
 
 
+# attn-export is on no package index: a workflow that installed `attn-export==VERSION` would fail at its first step.
+NO_INSTALL = ("ci-template needs --install: attn-export is on no package index, so say where the jobs install it "
+              "from, e.g. a wheel committed to your repository (`pip wheel --no-deps -w wheels PATH/TO/attn-export`, "
+              f"then --install ./wheels/attn_export-{defaults.__version__}-py3-none-any.whl) or a git URL "
+              "(--install 'attn-export @ git+https://HOST/attn-export.git'), and add --install -e . for your own "
+              "package")
+
+
 @dataclass
 class WorkflowOptions:
     model: str = "zoo:nat-tiny"
     onnx: str = "model.onnx"  # the committed ONNX file the CPU job checks
     model_args: Sequence[str] = ()  # --factory / --input-shape / ... as the check takes them
-    install: Sequence[str] = (f"attn-export=={defaults.__version__}",)  # pip requirements: attn-export, your package
+    install: Sequence[str] = ()  # pip requirements: where attn-export comes from, your package (required)
     python: str = defaults.CI_PYTHON
     gpu: bool = False
     runner_labels: Sequence[str] = ("self-hosted", "linux", "gpu")
@@ -264,6 +307,8 @@ def workflow_commands(opts: WorkflowOptions) -> dict[str, list[list[str]]]:
 def workflow_yaml(opts: WorkflowOptions) -> str:
     """A GitHub Actions workflow: the CPU parity job (and with ``gpu`` the TensorRT job on a self-hosted runner).
     Every attn-export command is validated with the CLI's parser first."""
+    if not opts.install:
+        raise AttnExportError(NO_INSTALL)
     commands = workflow_commands(opts)
     for argvs in commands.values():
         for argv in argvs:

@@ -11,11 +11,12 @@ import os
 import sys
 import threading
 import time
+import traceback
 
 import click
 
 from attn_export import defaults
-from attn_export.errors import EXIT_CHECK_FAILED, AttnExportError
+from attn_export.errors import EXIT_CHECK_FAILED, AttnExportError, unexpected_failure
 
 EPILOG = """\b
 Examples:
@@ -25,7 +26,7 @@ Examples:
   attn-export check zoo:nat-tiny out/nat-tiny/model.onnx --report out/check.json --junit out/junit.xml
   attn-export zoo:nat-tiny -o out --triton-repo out/triton --shapes images=1x3x64x64:8x3x224x224:32x3x384x384
   attn-export bench out/nat-tiny --batch 1 --batch 8
-  attn-export ci-template --gpu -o .github/workflows/parity.yml
+  attn-export ci-template --gpu -o .github/workflows/parity.yml --install ./wheels/attn_export-0.1.0-py3-none-any.whl
   attn-export zoo
   attn-export plugins build --arch 90
 
@@ -142,12 +143,54 @@ def _ci_report_options(func):
 
 
 def _quant_threshold_options(func):
-    cosine = ", ".join(f"{c} {m}" for m, (c, _) in defaults.QUANT_THRESHOLDS.items())
-    error = ", ".join(f"{e:.2f} {m}" for m, (_, e) in defaults.QUANT_THRESHOLDS.items())
+    cosine = ", ".join(f"{c} {m}" for m, (c, *_) in defaults.QUANT_THRESHOLDS.items())
+    error = ", ".join(f"{e:.2f} {m}" for m, (_, e, *_) in defaults.QUANT_THRESHOLDS.items())
     func = click.option("--quant-max-error", type=float, help="Quantized parity: largest mean |error| / mean "
                         f"|reference| [default: {error}].")(func)
-    return click.option("--quant-min-cosine", type=float, help="Quantized parity: least cosine similarity per output "
+    func = click.option("--quant-min-cosine", type=float, help="Quantized parity: least cosine similarity per output "
                         f"[default: {cosine}].")(func)
+    return _quality_options(func)
+
+
+GROUP_KEY = "attn_export.option_groups"
+
+
+def _group_option(*decls, field: str, **attrs):
+    """An option declared once, its value kept under its ExportOptions field (read back with _group_fields), so no
+    command lists it in its signature or passes it on by hand."""
+
+    def keep(ctx, _param, value):
+        if value is not None:
+            ctx.meta.setdefault(GROUP_KEY, {})[field] = value
+        return value
+
+    return click.option(*decls, expose_value=False, callback=keep, **attrs)
+
+
+def _quality_options(func):
+    sample = ", ".join(f"{v[2]} {m}" for m, v in defaults.QUANT_THRESHOLDS.items())
+    top1 = ", ".join(f"{v[3]:.2f} {m}" for m, v in defaults.QUANT_THRESHOLDS.items())
+    options = [
+        _group_option("--quant-min-sample-cosine", field="quant_min_sample_cosine", type=float,
+                        help=f"Quantized / PARO check: least cosine of any one sample [default: {sample}]."),
+        _group_option("--quant-min-top1", field="quant_min_top1", type=float,
+                        help="Quantized / PARO check: least share of real samples whose top-1 class (outputs "
+                             f"[batch, classes]) matches the float model's [default: {top1}]."),
+        _group_option("--check-samples", field="check_samples", type=int,
+                        help="Real samples held out of the calibration data (never calibrated on) for the "
+                             f"quantized and PARO checks [default: {defaults.CHECK_SAMPLES}; 0: none]."),
+        _group_option("--allow-inconclusive", field="allow_inconclusive", is_flag=True, default=None,
+                        help="Accept a quantized / PARO check whose null control (a deliberately broken variant) "
+                             "passes too; without it that check exits 1."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _group_fields() -> dict:
+    """The values of the options declared with _group_option on this command line, by ExportOptions field."""
+    return dict(click.get_current_context().meta.get(GROUP_KEY, {}))
 
 
 def _load(model: str, factory, trust_pickle: bool, input_shapes, steps: int):
@@ -170,20 +213,31 @@ def _report_outcome(report, report_path) -> int:
     if report_path:
         click.echo(f"wrote {report_path}")
     if not report.passed:
-        click.echo("parity FAILED: see the table above" + (f" and {report_path}" if report_path else ""), err=True)
+        verdict = _verdict(report) if hasattr(report, "status") else "FAILED"
+        click.echo(f"parity {verdict}: see the table above" + (f" and {report_path}" if report_path else ""),
+                   err=True)
         return EXIT_CHECK_FAILED
     return 0
 
 
+def _verdict(report) -> str:
+    return "INCONCLUSIVE" if report.status == "inconclusive" else "FAILED"
+
+
 def _run(debug: bool, body) -> None:
-    """Run a command body: expected errors become one line on stderr and their exit code."""
+    """Run a command body: errors become one line on stderr and their exit code (an exception no step
+    expected, e.g. a library's, exits 2 like a named library failure); --debug adds the traceback and keeps
+    the exit code."""
     try:
         code = body()
-    except AttnExportError as exc:
+    except click.ClickException:  # usage errors: click prints them and exits 2
+        raise
+    except Exception as exc:  # noqa: BLE001 - the last resort: never a bare traceback
+        error = exc if isinstance(exc, AttnExportError) else unexpected_failure(exc)
         if debug:
-            raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+            traceback.print_exception(exc, file=sys.stderr)
+        click.echo(f"error: {error}", err=True)
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted; nothing was written", err=True)
         sys.exit(130)
@@ -237,6 +291,15 @@ def main():
                    "calibrating.")
 @click.option("--calib-preprocess", default=defaults.CALIB_PREPROCESS, show_default=True, metavar="raw|unit|imagenet",
               help="For an image folder: pixels 0-255 (raw), 0-1 (unit) or ImageNet-normalized RGB.")
+@_group_option("--sensitivity", field="sensitivity", is_flag=True, default=None,
+                 help="Quantization: measure every quantized layer alone on the check inputs (real samples where "
+                      "given) and list the most harmful first (console and report.json).")
+@_group_option("--auto-exclude", field="auto_exclude", type=float, metavar="COSINE",
+                 help="Quantization: keep the most sensitive layers in float, one at a time, until the worst sample "
+                      "cosine on the held-out real data reaches COSINE (e.g. 0.99); lists what it kept.")
+@_group_option("--smooth", field="smooth", type=float, metavar="ALPHA",
+                 help="INT8: SmoothQuant-style smoothing of MatMul/Gemm inputs with outlier channels (ALPHA 0.5 "
+                      "is SmoothQuant's).")
 @click.option("--exclude", multiple=True, metavar="PATTERN",
               help="Keep nodes or weights whose name matches this glob in float (repeatable).")
 @click.option("--paro/--no-paro", default=None,
@@ -297,7 +360,7 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, lowering, n
             quant_max_error=quant_max_error, paro=paro, paro_grid=paro_grid, paro_prefix=paro_prefix,
             paro_density=paro_density, paro_block=paro_block, paro_qk=paro_qk, paro_pv=paro_pv,
             paro_buckets=paro_buckets, paro_plan=paro_plan, dtype=dtype, shapes=shapes, profiles=profiles,
-            junit=junit, summary=summary, triton_repo=triton_repo, triton_name=triton_name,
+            junit=junit, summary=summary, triton_repo=triton_repo, triton_name=triton_name, **_group_fields(),
         ).prepare()  # every flag is checked before any work
         loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=opts.step_count(model))
         result = export_job(loaded, outdir, opts, step)
@@ -315,15 +378,19 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, lowering, n
         if result.paro_report is not None:
             click.echo(result.paro_report.table())
             if not result.paro_report.passed:
-                click.echo(f"PARO quality FAILED: see the table above and {result.report_path}", err=True)
+                click.echo(f"PARO quality {_verdict(result.paro_report)}: see the table above and "
+                           f"{result.report_path}", err=True)
                 code = EXIT_CHECK_FAILED
             if result.quant_report is None:
                 click.echo(f"wrote {result.report_path}")
+        if result.quant_notes:
+            click.echo(result.quant_notes)
         if result.quant_report is not None:
             click.echo(result.quant_report.table())
             click.echo(f"wrote {result.report_path}")
             if not result.quant_report.passed:
-                click.echo(f"{opts.quant.mode} parity FAILED: see the table above and {result.report_path}", err=True)
+                click.echo(f"{opts.quant.mode} parity {_verdict(result.quant_report)}: see the table above and "
+                           f"{result.report_path}", err=True)
                 code = EXIT_CHECK_FAILED
         _echo_extra_files(result.junit_path, result.summary_path)
         if result.triton_path:
@@ -343,6 +410,12 @@ def _echo_extra_files(*paths) -> None:
 
 
 @main.command("check")
+@_group_option("--calib-data", field="calib_data", metavar="SOURCE",
+               help="Real samples for a quantized or PARO file's check: the first --check-samples of them (at most a "
+                    "quarter), as the export held them out of its calibration (a .npz, .npy, image folder or "
+                    "file.py:function, as for export).")
+@_group_option("--calib-preprocess", field="calib_preprocess", metavar="raw|unit|imagenet",
+               help="For an image folder in --calib-data: pixels 0-255 (raw), 0-1 (unit) or ImageNet-normalized.")
 @click.argument("model")
 @click.argument("onnx_file", type=click.Path(), metavar="ONNX")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
@@ -363,7 +436,7 @@ def check_cmd(model, onnx_file, report_path, engine_file, junit, summary, quant_
 
         opts = ExportOptions(tolerances=_parse_tolerances(atol, rtol), inputs_npz=inputs_npz, seed=seed,
                              command=["attn-export", *sys.argv[1:]], quant_min_cosine=quant_min_cosine,
-                             quant_max_error=quant_max_error, junit=junit, summary=summary)
+                             quant_max_error=quant_max_error, junit=junit, summary=summary, **_group_fields())
         opts.prepare_check(report_path)  # before loading the model
         if engine_file:
             require_engine_file(engine_file)
@@ -422,8 +495,9 @@ def bench_cmd(outdir, runtimes, batches, iters, warmup, onnx_name, model, factor
 @click.option("--factory", metavar="MODULE:FUNC", help="For a checkpoint MODEL: the function that builds it.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Input shapes (repeatable).")
 @click.option("--install", "installs", multiple=True, metavar="REQUIREMENT",
-              help="pip requirements the jobs install (repeatable), e.g. -e . for your package "
-                   f"[default: attn-export=={defaults.__version__}].")
+              help="pip requirements the jobs install (repeatable, required): where attn-export comes from (a "
+                   "wheel committed to your repository, a git URL) and -e . for your package; attn-export is on no "
+                   "package index.")
 @click.option("--force", is_flag=True, help="Replace an existing file.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def ci_template_cmd(output, gpu, model, onnx, factory, input_shapes, installs, force, debug):
@@ -437,7 +511,7 @@ def ci_template_cmd(output, gpu, model, onnx, factory, input_shapes, installs, f
         model_args = [*(["--factory", factory] if factory else []),
                       *(a for shape in input_shapes for a in ("--input-shape", shape))]
         opts = WorkflowOptions(model=model, onnx=onnx, model_args=model_args, gpu=gpu,
-                               install=tuple(installs) or WorkflowOptions.install)
+                               install=tuple(installs))
         click.echo(f"wrote {write_workflow(output, opts, force)}")
         return 0
 
@@ -449,10 +523,11 @@ def zoo_cmd():
     """List the built-in models (use them as zoo:NAME)."""
     from attn_export.models import zoo
 
-    for name in zoo.names():
-        entry = zoo.entry(name)
-        shapes = ", ".join(f"{s.name}={'x'.join(map(str, s.shape))}" for s in entry.inputs)
-        click.echo(f"{name:<14} {shapes:<26} {entry.description}")
+    rows = [(name, ", ".join(f"{s.name}={'x'.join(map(str, s.shape))}" for s in zoo.entry(name).inputs),
+             zoo.entry(name).description) for name in zoo.names()]
+    widths = [max(len(row[column]) for row in rows) for column in (0, 1)]  # columns as wide as their longest cell
+    for name, shapes, description in rows:
+        click.echo(f"{name:<{widths[0]}}  {shapes:<{widths[1]}}  {description}")
 
 
 @main.group("plugins")

@@ -26,11 +26,17 @@ ATOL = 1e-4
 RTOL = 1e-4
 SEED = 0  # of the random check inputs (and, offset by 1000, of random calibration inputs)
 
-# Parity (quantized files): per output, least cosine and largest mean |error| / mean |reference|
-QUANT_THRESHOLDS = {"int8": (0.99, 0.10), "int4": (0.98, 0.25)}
+# Parity (quantized files): per output, least cosine and largest mean |error| / mean |reference| per input set,
+# least cosine of any one sample (batch row), and least share of samples whose top-1 class agrees with the float
+# model's (outputs shaped [batch, classes], judged on real inputs only: random inputs have no true class)
+QUANT_THRESHOLDS = {"int8": (0.99, 0.10, 0.98, 0.90), "int4": (0.98, 0.25, 0.95, 0.85)}
+
+# Check inputs: real samples held out of the calibration data (never calibrated on), in batches of at most
+CHECK_SAMPLES = 32
+CHECK_BATCH = 8
 
 # Quantization
-CALIB_METHOD = "max"  # ModelOpt's INT8 default; entropy clips bimodal inputs (docs/accuracy.md)
+CALIB_METHOD = "max"  # right on every model measured, and the cheapest (docs/accuracy.md)
 CALIB_SAMPLES = 128
 CALIB_PREPROCESS = "raw"
 INT4_BLOCK = 128

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 # CLI exit codes.
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1  # parity or accuracy check failed
@@ -21,9 +23,15 @@ class AttnExportError(Exception):
         self.exit_code = exit_code
 
 
-def wrap_failure(exc: BaseException, what: str, hint: str = "rerun with --debug for details") -> AttnExportError:
-    """The AttnExportError for a library failure: ours if one is in the chain, else one line naming
-    ``what`` failed and the innermost cause."""
+DEBUG_HINT = "rerun with --debug for the traceback"
+
+# The libraries whose exceptions we name (top-level module of the exception type -> name in messages).
+_LIBRARIES = {"onnxruntime": "ONNX Runtime", "onnx": "onnx", "onnx_ir": "onnx_ir", "onnxscript": "onnxscript",
+              "polygraphy": "Polygraphy", "tensorrt": "TensorRT", "torch": "PyTorch", "natten": "NATTEN"}
+
+
+def innermost(exc: BaseException) -> BaseException:
+    """The first AttnExportError in the cause chain of ``exc``, else its innermost cause."""
     seen, cause = set(), exc
     while cause is not None and id(cause) not in seen:
         if isinstance(cause, AttnExportError):
@@ -32,6 +40,53 @@ def wrap_failure(exc: BaseException, what: str, hint: str = "rerun with --debug 
         if (cause.__cause__ or cause.__context__) is None:
             break
         cause = cause.__cause__ or cause.__context__
-    lines = str(cause).strip().splitlines()
-    detail = lines[0] if lines else type(cause).__name__
-    return AttnExportError(f"{what} failed: {detail}; {hint}")
+    return cause
+
+
+def library_of(exc: BaseException) -> str | None:
+    """The library an exception type comes from ("ONNX Runtime", "onnx", ...), or None for builtins and ours."""
+    return _LIBRARIES.get(type(exc).__module__.split(".", 1)[0])
+
+
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def wrap_failure(exc: BaseException, what: str, hint: str = DEBUG_HINT) -> AttnExportError:
+    """The AttnExportError for a library failure: ours if one is in the chain, else one line naming
+    ``what`` failed, the library that raised (where known) and the innermost cause's own message."""
+    cause = innermost(exc)
+    if isinstance(cause, AttnExportError):
+        return cause
+    library = library_of(cause)
+    source = f" ({library} {type(cause).__name__})" if library else ""
+    return AttnExportError(f"{what} failed{source}: {first_line(cause)}; {hint}")
+
+
+@contextlib.contextmanager
+def library_step(what: str, hint: str = DEBUG_HINT):
+    """Any exception inside the block (a library's own failure) becomes one AttnExportError naming the step
+    (exit 2); our own errors pass unchanged."""
+    try:
+        yield
+    except AttnExportError:
+        raise
+    except Exception as exc:
+        raise wrap_failure(exc, what, hint) from exc
+
+
+def unexpected_failure(exc: BaseException) -> AttnExportError:
+    """The one line for an exception no step expected (the CLI's last resort): where it came from and its
+    message; exit 2 like any library failure."""
+    cause = innermost(exc)
+    if isinstance(cause, AttnExportError):
+        return cause
+    import traceback
+
+    frames = traceback.extract_tb(cause.__traceback__) if cause.__traceback__ else []
+    origin = library_of(cause) or next((name for frame in reversed(frames)
+                                        for key, name in _LIBRARIES.items() if f"/{key}/" in frame.filename),
+                                       "attn-export")
+    return AttnExportError(f"unexpected failure in {origin} ({type(cause).__name__}): {first_line(cause)}; "
+                           f"{DEBUG_HINT}")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -25,6 +27,9 @@ KERNELS_LIB_ENV = "ATTN_EXPORT_KERNELS_LIB"
 BUILD_DIR_ENV = "ATTN_EXPORT_BUILD_DIR"
 PLUGIN_LIB_NAME = "libattnx_trt_plugins.so"
 KERNELS_LIB_NAME = "libattnx_kernels.so"
+# Written next to a built kernel library: what it was built for and from (see write_kernels_stamp), so that
+# scripts/gpu-check.sh can take a library prebuilt on a machine without a GPU only when it fits the GPU and the tree.
+KERNELS_STAMP_NAME = KERNELS_LIB_NAME + ".stamp"
 SOURCE_DIR = Path(__file__).resolve().parents[1] / "plugins"
 BUILD_HINT = "build it with `attn-export plugins build`"
 # The ops libattnx_trt_plugins.so provides a TensorRT plugin for (plugins/trt/*): an engine build checks
@@ -104,7 +109,35 @@ def build(arch: str = "90", tensorrt_root: str | None = None, build_dir: str | o
     _run_logged(["cmake", "--build", str(out), "-j", str(jobs or os.cpu_count() or 2)], out, "build", log)
     kernels = out / KERNELS_LIB_NAME
     plugins = out / PLUGIN_LIB_NAME
+    write_kernels_stamp(out, arch)
     return BuildResult(out, kernels, plugins if plugins.is_file() else None)
+
+
+def kernel_sources() -> list[Path]:
+    """What libattnx_kernels.so is compiled from (in this tree): plugins/kernels/* and plugins/CMakeLists.txt."""
+    return sorted(p for p in (SOURCE_DIR / "kernels").iterdir() if p.is_file()) + [SOURCE_DIR / "CMakeLists.txt"]
+
+
+def write_kernels_stamp(out: Path, arch: str) -> Path:
+    """``libattnx_kernels.so.stamp``: ``arch LIST`` (CMake's CUDA architectures), ``cuda X.Y`` (nvcc's release: the
+    statically linked runtime decides the driver a GPU needs) and ``sha256 HASH PATH`` per kernel source, PATH
+    relative to the repository, as ``sha256sum --check`` reads them after
+    ``awk '$1 == "sha256" {print $2 "  " $3}'``."""
+    root = SOURCE_DIR.parent
+    lines = [f"arch {arch.replace(',', ';')}", f"cuda {_nvcc_release()}"]
+    lines += [f"sha256 {hashlib.sha256(p.read_bytes()).hexdigest()} {p.relative_to(root)}" for p in kernel_sources()]
+    stamp = Path(out) / KERNELS_STAMP_NAME
+    stamp.write_text("\n".join(lines) + "\n")
+    return stamp
+
+
+def _nvcc_release() -> str:
+    try:
+        result = subprocess.run([os.environ.get("CUDACXX") or "nvcc", "--version"], capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    match = re.search(r"release (\d+\.\d+)", result.stdout)
+    return match.group(1) if match else "unknown"
 
 
 def _run_logged(cmd: list[str], out: Path, what: str, log) -> None:
@@ -142,13 +175,17 @@ def _check_arch(arch: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Kernels from Python (ctypes): the GPU tests and benchmarks call the C ABI directly.
 
+# Hand copies of plugins/kernels/attnx_types.h (structs, enums, ATTNX_ABI_VERSION): tests/test_native_abi.py
+# compares every one with the compiled header (sizes, field offsets and types, enum values).
 _DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
-PATHS = {0: "none", 1: "tensor-core", 2: "generic", 3: "core"}
+# attnx_na_path (attnx_types.h): the kernels a call can run. 1, the first generation's WMMA path, is gone.
+PATHS = {0: "none", 2: "generic", 3: "core"}
 
 
 class NAParamsStruct(ctypes.Structure):
     """Mirror of attnx_na_params (plugins/kernels/attnx_types.h)."""
 
+    _c_name_ = "attnx_na_params"
     _fields_ = [
         ("rank", ctypes.c_int32), ("batch", ctypes.c_int32), ("heads", ctypes.c_int32), ("head_dim", ctypes.c_int32),
         ("spatial", ctypes.c_int32 * 3), ("kernel_size", ctypes.c_int32 * 3), ("stride", ctypes.c_int32 * 3),
@@ -161,6 +198,7 @@ class LayoutStruct(ctypes.Structure):
     """Mirror of attnx_block_layout: the dims of kv_count [count_batch, count_heads, rows] and kv_index
     [index_batch, index_heads, rows, max_blocks]."""
 
+    _c_name_ = "attnx_block_layout"
     _fields_ = [("rows", ctypes.c_int32), ("max_blocks", ctypes.c_int32), ("count_batch", ctypes.c_int32),
                 ("count_heads", ctypes.c_int32), ("index_batch", ctypes.c_int32), ("index_heads", ctypes.c_int32)]
 
@@ -168,6 +206,7 @@ class LayoutStruct(ctypes.Structure):
 class BSAParamsStruct(ctypes.Structure):
     """Mirror of attnx_bsa_params."""
 
+    _c_name_ = "attnx_bsa_params"
     _fields_ = [("batch", ctypes.c_int32), ("heads", ctypes.c_int32), ("seq_q", ctypes.c_int32),
                 ("seq_kv", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("block_q", ctypes.c_int32),
                 ("block_kv", ctypes.c_int32), ("layout", LayoutStruct), ("scale", ctypes.c_float),
@@ -177,6 +216,7 @@ class BSAParamsStruct(ctypes.Structure):
 class ParoParamsStruct(ctypes.Structure):
     """Mirror of attnx_paro_params."""
 
+    _c_name_ = "attnx_paro_params"
     _fields_ = [("batch", ctypes.c_int32), ("heads", ctypes.c_int32), ("seq", ctypes.c_int32),
                 ("head_dim", ctypes.c_int32), ("block", ctypes.c_int32), ("layout", LayoutStruct),
                 ("qk_bits", ctypes.c_int32), ("pv_bits", ctypes.c_int32), ("q_group", ctypes.c_int32),

@@ -17,7 +17,7 @@ import torch
 from onnx_ir.passes.common import DeduplicateHashedInitializersPass
 
 from attn_export import defaults
-from attn_export.errors import AttnExportError, wrap_failure
+from attn_export.errors import DEBUG_HINT, AttnExportError, innermost, library_step, wrap_failure
 from attn_export.onnx_ops import attach_local_functions, custom_translation_table
 from attn_export.onnx_utils import save_atomically
 
@@ -68,17 +68,20 @@ def export(
     if dynamic_shapes:
         example_inputs = _avoid_size_one_specialization(example_inputs, dynamic_shapes)
     program = _torch_onnx_export(model, example_inputs, dynamic_shapes, opset, input_names, output_names)
-    proto = _shared_initializers(program.model_proto)
-    if lowering == "attention":
-        from attn_export.lowering import lower_to_attention, symbol_values
+    with library_step("completing the exported ONNX model (shared initializers, local functions)"):
+        proto = _shared_initializers(program.model_proto)
+        if lowering == "attention":  # our size guard's errors pass through library_step unchanged
+            from attn_export.lowering import lower_to_attention, symbol_values
 
-        proto = lower_to_attention(proto, symbol_values(program, input_names, example_inputs))
-    else:
-        proto = attach_local_functions(proto)
-    try:
+            proto = lower_to_attention(proto, symbol_values(program, input_names, example_inputs))
+        else:
+            proto = attach_local_functions(proto)
+    # torch.onnx can write a graph that ONNX's own shape inference rejects (a no-op squeeze(1) exported as
+    # Squeeze(axes=1)): that is the exporter's defect, named as such, not a traceback.
+    with library_step("onnx.checker (full check with shape inference) on the file torch.onnx wrote",
+                      "the torch exporter wrote an invalid graph: rewrite the named op in the model (e.g. drop a "
+                      "no-op squeeze/unsqueeze), or export another opset; --debug shows the traceback"):
         onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise AttnExportError(f"the exported ONNX model fails onnx.checker: {str(exc).splitlines()[0]}") from exc
     save_atomically(proto, Path(path))
     return proto
 
@@ -114,10 +117,33 @@ def _torch_onnx_export(model, example_inputs, dynamic_shapes, opset, input_names
         blocker = unexportable_attention(model, example_inputs, dynamic_shapes)
         if blocker:
             raise AttnExportError(blocker) from exc
-        hint = "rerun with --debug for details"
-        if dynamic_shapes:
-            hint += "; if a dynamic dimension is the cause, export with --static-batch / --static-spatial"
-        raise wrap_failure(exc, "export to ONNX", hint) from exc
+        cause = innermost(exc)
+        summary = _SUMMARY.search(str(exc)) if cause is exc else None  # torch.onnx's own error, no chained cause
+        detail = summary["message"] if summary else str(cause)
+        hint = DEBUG_HINT
+        if dynamic_shapes and _DYNAMIC_CAUSE.search(detail):
+            hint += "; the failure concerns a dynamic dimension: export with --static-batch / --static-spatial"
+        if summary:  # its message starts with advice; the failure itself is in its exception summary
+            raise AttnExportError(f"{_exporter_step(exc)} failed ({summary['type'].rsplit('.', 1)[-1]}): "
+                                  f"{detail}; {hint}") from exc
+        raise wrap_failure(exc, _exporter_step(exc), hint) from exc
+
+
+# torch.onnx's errors end with "## Exception summary" then "<class 'module.Type'>: message".
+_SUMMARY = re.compile(r"## Exception summary\s*<class '(?P<type>[^']+)'>: (?P<message>[^\n]*)")
+# A torch.export failure that a static export can avoid says so in one of these words.
+_DYNAMIC_CAUSE = re.compile(r"constraint|speciali[sz]|guard|symbolic|SymInt|dynamic|Dim\b", re.IGNORECASE)
+
+
+def _exporter_step(exc: BaseException) -> str:
+    """Which part of torch.onnx.export failed: torch.export's trace, or the translation to ONNX."""
+    from torch.onnx._internal.exporter import _errors
+
+    if isinstance(exc, _errors.TorchExportError):
+        return "torch.export (tracing the model, step 1 of torch.onnx.export)"
+    if isinstance(exc, _errors.ConversionError):
+        return "torch.onnx (translating the traced graph to ONNX)"
+    return "torch.onnx.export"
 
 
 # Attention calls that torch.export traces but no ONNX exporter translates, and what to use instead.

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from onnx import AttributeProto, FunctionProto, TensorProto, helper
 
-from attn_export.registry import BLOCK_SPARSE, DOMAIN, NEIGHBORHOOD, PARO, PLUGIN_ATTRIBUTES, OpSpec
+from attn_export.registry import (
+    BLOCK_SPARSE,
+    DOMAIN,
+    NEIGHBORHOOD,
+    PARO,
+    PARO_P_TILE_MAX_FLOOR,
+    PLUGIN_ATTRIBUTES,
+    OpSpec,
+)
 
 _INT64_MAX = 2**63 - 1
 
@@ -384,13 +392,14 @@ def paro_function(onnx_opset: int, overload: str = "") -> FunctionProto:
     last = b.ints(-1)
     p = b.Exp(b.Sub(logits, b.ReduceMax(logits, last, keepdims=1)))  # unnormalised, 0 where masked
     total = b.ReduceSum(p, last, keepdims=1)  # the denominator: unquantized
-    # P per (query block, kv block) tile over its real query rows: scale max(p) / qmax, 1 / qmax if all zero.
+    # P per (query block, kv block) tile over its real query rows: scale max(max(p), 2^-30) / qmax (the floor of
+    # the registry's PARO_P_TILE_MAX_FLOOR, which keeps the kernels' online rescale finite).
     tiles = b.Reshape(p, b.Concat(layout, b.Unsqueeze(block, unsq0), max_blocks, b.Unsqueeze(block, unsq0),
                                   axis=0))  # [B, H, nb, block, M, block]
     rows_valid = b.Reshape(b.Cast(b.Less(b.Range(zero, padded, one), n), to=TensorProto.FLOAT),
                            b.Concat(b.Unsqueeze(n_b, unsq0), b.Unsqueeze(block, unsq0), b.ints(1, 1), axis=0))
     peak = b.ReduceMax(b.Mul(tiles, rows_valid), b.ints(3, 5), keepdims=1)
-    step = nonzero(b.Div(peak, pv_top), b.Div(float_const(1.0), pv_top))
+    step = b.Div(b.Max(peak, float_const(PARO_P_TILE_MAX_FLOOR)), pv_top)
     p_q = b.Mul(b.Clip(b.Round(b.Div(tiles, step)), float_const(0.0), pv_top), step)
     p = b.Where(pv_on, b.Reshape(p_q, b.Shape(p)), p)
     out = b.Div(b.MatMul(p, gather_blocks(vp)), total)  # [B, H, nb, block, D]

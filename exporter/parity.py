@@ -90,13 +90,17 @@ class TorchCpuRunner(BaseRunner):
             feed_dict[n].astype(np.float32) if _low_precision(feed_dict[n]) else feed_dict[n]))
             for n in self.input_names]
         start = time.perf_counter()
-        with torch.inference_mode():
+        from attn_export.call_convert import quiet_third_party
+
+        with torch.inference_mode(), quiet_third_party():  # the model as written may run NATTEN / flex_attention
             outputs = torch.utils._pytree.tree_leaves(self.model(*args))
         self.inference_time = time.perf_counter() - start
         if len(outputs) != len(self.output_names):
             raise AttnExportError(f"the PyTorch model returned {len(outputs)} tensors but the ONNX model has "
                                   f"{len(self.output_names)} outputs")
-        return OrderedDict((n, t.detach().cpu().numpy()) for n, t in zip(self.output_names, outputs))
+        # Polygraphy views arrays as bytes: a permuted output (a Conv2d then permute) must be made contiguous.
+        return OrderedDict((n, np.ascontiguousarray(t.detach().cpu().numpy()))
+                           for n, t in zip(self.output_names, outputs))
 
 
 def _low_precision(array: np.ndarray) -> bool:
@@ -173,6 +177,12 @@ def _check_feeds(feeds: Sequence[Mapping[str, np.ndarray]], input_names: Sequenc
             raise AttnExportError(f"input set {i} has inputs {sorted(feed)}; the ONNX model needs {list(input_names)}")
 
 
+def contiguous(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays in C order: Polygraphy and ONNX Runtime read raw buffers (a user's transposed input would
+    otherwise fail inside them)."""
+    return {name: np.ascontiguousarray(array) for name, array in arrays.items()}
+
+
 def _run(runners, feeds, what: str, hint: str):
     """Polygraphy's Comparator.run with its per-output log silenced (our table replaces it)."""
     from polygraphy.comparator import Comparator
@@ -181,11 +191,16 @@ def _run(runners, feeds, what: str, hint: str):
     severity = G_LOGGER.module_severity
     G_LOGGER.module_severity = G_LOGGER.CRITICAL
     try:
-        return Comparator.run(runners, data_loader=[dict(f) for f in feeds])
+        return Comparator.run(runners, data_loader=[contiguous(f) for f in feeds])
     except Exception as exc:  # a model that rejects the inputs is bad input
         raise wrap_failure(exc, what, hint) from exc
     finally:
         G_LOGGER.module_severity = severity
+
+
+def _seconds(*iterations) -> float:
+    """Inference seconds of Polygraphy iteration results (their runners' own timing; 0 where none)."""
+    return float(sum(getattr(i, "runtime", None) or 0.0 for i in iterations))
 
 
 def _shape_label(feed: Mapping[str, np.ndarray]) -> str:
@@ -300,6 +315,7 @@ class Comparison:
     iteration: int
     outputs: list[OutputResult]
     input_shapes: str = ""
+    seconds: float = 0.0  # both runners' inference time on this input set (JUnit's time)
 
     @property
     def passed(self) -> bool:
@@ -467,7 +483,8 @@ def check_parity(
             outs = [_output_result(n, per_output.get(n), ref[n] if n in ref else None,
                                    cand[n] if n in cand else None, per_atol[n], per_rtol[n])
                     for n in output_names]
-            comparisons.append(Comparison(ref_name, cand_name, it, outs, _shape_label(feeds[it])))
+            comparisons.append(Comparison(ref_name, cand_name, it, outs, _shape_label(feeds[it]),
+                                          _seconds(ref, cand)))
     described = {n: {"shapes": [list(f[n].shape) for f in feeds], "dtype": str(feeds[0][n].dtype),
                      "source": input_source} for n in input_names}
     runtime = {} if skip_onnxruntime else {"onnxruntime-cpu": onnxruntime_settings(False)}
@@ -475,147 +492,3 @@ def check_parity(
                         str(onnx_path), reference.to_dict(), runtime,
                         vacuity_warnings(outputs_by_runner[reference.name], feeds), precision, tolerances.describe(),
                         skipped)
-
-
-# ---------------------------------------------------------------------------------------------
-# Quantized models: a quantization-aware criterion instead of elementwise tolerances.
-
-
-@dataclass(frozen=True)
-class QuantThresholds:
-    """Per output: cosine similarity with the fp32 reference at least ``min_cosine``, and mean
-    absolute error at most ``max_mean_error`` times the mean |reference| (max abs error is reported)."""
-
-    min_cosine: float
-    max_mean_error: float
-
-
-QUANT_THRESHOLDS = {mode: QuantThresholds(*values) for mode, values in defaults.QUANT_THRESHOLDS.items()}
-
-
-@dataclass
-class QuantOutputResult:
-    name: str
-    iteration: int
-    mean_abs_error: float
-    max_abs_error: float
-    relative_mean_error: float
-    cosine: float
-    passed: bool
-    reference_mean_abs: float = float("nan")
-    reference_std: float = float("nan")
-    input_shapes: str = ""
-
-    def to_dict(self) -> dict:
-        return _strict_json(asdict(self))
-
-
-@dataclass
-class QuantParityReport:
-    mode: str
-    reference: str
-    candidates: list[str]
-    thresholds: QuantThresholds
-    outputs: list[tuple[str, QuantOutputResult]]  # (candidate runner, result)
-    informational: list[str] = field(default_factory=list)  # candidates shown, never gating
-    runtime: dict = field(default_factory=dict)
-    reference_model: dict = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    def _gating(self) -> list[QuantOutputResult]:
-        return [r for c, r in self.outputs if c not in self.informational]
-
-    @property
-    def passed(self) -> bool:
-        gating = self._gating()
-        return bool(gating) and all(r.passed for r in gating)
-
-    def to_dict(self) -> dict:
-        return {
-            "status": "pass" if self.passed else "fail", "mode": self.mode, "reference": self.reference,
-            "reference_model": self.reference_model,
-            "criterion": (f"per output: cosine >= {self.thresholds.min_cosine} and mean |a-b| <= "
-                          f"{self.thresholds.max_mean_error} * mean |reference|"),
-            "thresholds": asdict(self.thresholds),
-            "outputs": [{"candidate": c, "gating": c not in self.informational, **r.to_dict()}
-                        for c, r in self.outputs],
-            "informational": self.informational,
-            "runtime": self.runtime,
-            "warnings": self.warnings,
-        }
-
-    def table(self) -> str:
-        head = ("comparison", "iter", "input shape", "output", "mean abs err", "max abs err", "mean |ref|",
-                "mean err / mean |ref|", "cosine", "result")
-        rows = [(f"{self.reference} vs {candidate}", str(r.iteration), r.input_shapes, r.name,
-                 f"{r.mean_abs_error:.3e}", f"{r.max_abs_error:.3e}", f"{r.reference_mean_abs:.3e}",
-                 f"{r.relative_mean_error:.4f}", f"{r.cosine:.5f}",
-                 ("PASS" if r.passed else "FAIL") if candidate not in self.informational else "info")
-                for candidate, r in self.outputs]
-        t = self.thresholds
-        lines = [render_table(head, rows),
-                 f"{self.mode} thresholds: cosine >= {t.min_cosine}, mean abs err <= {t.max_mean_error} x mean |ref|"]
-        for name in self.informational:
-            lines.append(f"{name}: informational, not a gate ({self.runtime.get(name, {}).get('qdq', '')}, "
-                         f"CPU {self.runtime.get(name, {}).get('cpu_isa', '?')})")
-        gating = self._gating()
-        lines.append(_overall_line(self.passed, sum(r.passed for r in gating), len(gating), "outputs pass"))
-        return "\n".join(lines)
-
-
-def quant_metrics(name: str, iteration: int, ref: np.ndarray, cand: np.ndarray,
-                  t: QuantThresholds) -> QuantOutputResult:
-    nan = float("nan")
-    scale = ReferenceScale.of(ref)
-    if ref.shape != cand.shape:
-        return QuantOutputResult(name, iteration, nan, nan, nan, nan, False, scale.mean_abs, scale.std)
-    a, b = ref.astype(np.float64).ravel(), cand.astype(np.float64).ravel()
-    diff = np.abs(a - b)
-    mean_abs, max_abs = float(diff.mean()) if diff.size else 0.0, float(diff.max()) if diff.size else 0.0
-    relative = mean_abs / scale.mean_abs if scale.mean_abs > 0 else (0.0 if mean_abs == 0 else float("inf"))
-    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
-    cosine = float(a @ b / norms) if norms > 0 else (1.0 if not a.any() and not b.any() else 0.0)
-    finite = bool(np.isfinite(b).all())
-    passed = finite and cosine >= t.min_cosine and relative <= t.max_mean_error
-    return QuantOutputResult(name, iteration, mean_abs, max_abs, relative, cosine, passed, scale.mean_abs, scale.std)
-
-
-FUSED_RUNNER_SUFFIX = "-fused"
-
-
-def check_quantized(model: torch.nn.Module | Reference, onnx_path: str | Path,
-                    feeds: Sequence[Mapping[str, np.ndarray]], mode: str, thresholds: QuantThresholds | None = None,
-                    engine_path: str | Path | None = None, fused_row: bool = True) -> QuantParityReport:
-    """Compare the quantized ONNX file (Q/DQ evaluated exactly; and its TensorRT engine, if given) with the
-    fp32 reference. ``fused_row`` adds ONNX Runtime's default CPU session (fused integer kernels) as an
-    informational row that never decides the result."""
-    reference = _as_reference(model)
-    thresholds = thresholds or QUANT_THRESHOLDS[mode]
-    inputs, output_names = onnx_io(onnx_path)
-    _check_feeds(feeds, list(inputs))
-    exact = f"onnxruntime-{mode}"
-    runners = [TorchCpuRunner(reference.model, feeds, list(inputs), output_names, reference.name),
-               _onnxruntime_runner(onnx_path, name=exact, exact_qdq=True)]
-    runtime: dict[str, dict] = {exact: onnxruntime_settings(True)}
-    informational = []
-    if engine_path is not None:
-        from attn_export.trt import trt_runner
-
-        runners.append(trt_runner(engine_path, name=f"tensorrt-{mode}"))
-    if fused_row:
-        fused = exact + FUSED_RUNNER_SUFFIX
-        runners.append(_onnxruntime_runner(onnx_path, name=fused, exact_qdq=False))
-        runtime[fused] = onnxruntime_settings(False)
-        informational.append(fused)
-    results = _run(runners, feeds, "running the quantized model on the check inputs", "check the input shapes")
-    by_runner = dict(results)
-    outputs = []
-    for candidate in [r.name for r in runners[1:]]:
-        for it, (ref, cand) in enumerate(zip(by_runner[reference.name], by_runner[candidate])):
-            for name in output_names:
-                result = quant_metrics(name, it, ref[name], cand[name], thresholds)
-                result.input_shapes = _shape_label(feeds[it])
-                outputs.append((candidate, result))
-    return QuantParityReport(mode, reference.name, [r.name for r in runners[1:]], thresholds, outputs, informational,
-                             runtime, reference.to_dict(), vacuity_warnings(by_runner[reference.name], feeds))
-

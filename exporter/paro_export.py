@@ -245,37 +245,55 @@ class DropBucket(torch.nn.Module):
 # Quality on held-out inputs
 
 
-def held_out_quality(loaded: LoadedModel, plan, settings: ParoSettings, seed: int) -> None:
-    """Per call and head, on held-out seeded inputs (never calibration data): relative L2 and cosine of PARO
-    attention against dense fp32 attention, for the chosen order and for FHW (identity) with its own mask
-    at the same density, at fp16, int8 and int4. Stored in each head's info of ``plan``."""
+def held_out_quality(loaded: LoadedModel, plan, settings: ParoSettings, seed: int, held_feeds=None) -> None:
+    """Per call and head, on held-out inputs (never calibration data: real samples held out of it where given, else
+    seeded random ones): relative L2 and cosine of PARO attention against dense fp32 attention, for the chosen
+    order and for FHW (identity) with the mask planned for it on the calibration data at the same density, at fp16,
+    int8 and int4. Stored in each head's info of ``plan``; ``plan.quality_inputs`` says what they ran on."""
     from attn_export.calib.paro import quality
     from attn_export.models.block_layout import from_block_mask
     from attn_export.models.paro import grid_permutation, paro_attention
     from attn_export.models.sdpa_capture import SdpaRecorder
 
     recorder = SdpaRecorder(settings.tokens, keep=True)
-    for i in range(HELD_OUT_SAMPLES):
-        recorder.run(loaded.module, *loaded.random_inputs(seed + 5000 + i))
+    for inputs in _quality_inputs(loaded, seed, held_feeds):
+        recorder.run(loaded.module, *inputs)
+    from attn_export.check_inputs import held_rows
+
+    plan.quality_inputs = (f"{held_rows(held_feeds)} held-out real sample(s)" if held_feeds
+                           else f"{HELD_OUT_SAMPLES} seeded random input sets")
     identity = grid_permutation(0, settings.grid, settings.prefix).to(torch.int32)
     for call in plan.calls:
         q, k, v = (torch.cat([t[j] for t in recorder.tensors[call.index]]) for j in range(3))
         for h, info in enumerate(call.head_info):
-            fhw_mask = _identity_mask(q[:, h], k[:, h], settings, call.scale)
+            if call.fhw_kv_count is not None:  # planned on the calibration data, like the chosen order
+                fhw = (torch.from_numpy(call.fhw_kv_count[h]), torch.from_numpy(call.fhw_kv_index[h]))
+            else:  # an older plan file: the FHW mask is fitted here, on these inputs (said in the plan's info)
+                fhw = from_block_mask(_identity_mask(q[:, h], k[:, h], settings, call.scale)[None, None])
+                info["fhw_mask"] = "fitted on the held-out inputs (the plan file keeps no FHW layout)"
             layouts = {"chosen": (torch.from_numpy(call.perm_idx[h]),
                                   torch.from_numpy(call.kv_count[0, :, h]), torch.from_numpy(call.kv_index[0, :, h])),
-                       "FHW": (identity, *from_block_mask(fhw_mask[None, None]))}
-            metrics = {}
-            for label, (perm, count, index) in layouts.items():
-                count, index = count.reshape(1, 1, -1), index.reshape(1, 1, count.numel(), -1)
-                for bits in (16, 8, 4):
-                    qb, kb, vb = (x[:, h:h + 1] for x in (q, k, v))
-                    got = paro_attention(qb, kb, vb, perm[None].to(torch.int32), count, index, settings.block,
-                                         bits, bits, settings.q_group, settings.k_group, settings.smooth_k,
-                                         call.scale)
-                    want = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, scale=call.scale)
-                    metrics[f"{label}_{BIT_NAMES[bits]}"] = {k_: round(v_, 5) for k_, v_ in quality(got, want).items()}
-            info["held_out"] = metrics
+                       "FHW": (identity, *fhw)}
+            info["held_out"] = _layout_quality(q[:, h:h + 1], k[:, h:h + 1], v[:, h:h + 1], layouts, settings,
+                                               call.scale, quality, paro_attention)
+
+
+def _quality_inputs(loaded: LoadedModel, seed: int, held_feeds):
+    if held_feeds:
+        return [tuple(torch.from_numpy(np.ascontiguousarray(f[n])) for n in loaded.input_names) for f in held_feeds]
+    return [loaded.random_inputs(seed + 5000 + i) for i in range(HELD_OUT_SAMPLES)]
+
+
+def _layout_quality(qb, kb, vb, layouts, settings: ParoSettings, scale, quality, paro_attention) -> dict:
+    metrics = {}
+    want = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, scale=scale)
+    for label, (perm, count, index) in layouts.items():
+        count, index = count.reshape(1, 1, -1), index.reshape(1, 1, count.numel(), -1)
+        for bits in (16, 8, 4):
+            got = paro_attention(qb, kb, vb, perm[None].to(torch.int32), count, index, settings.block, bits, bits,
+                                 settings.q_group, settings.k_group, settings.smooth_k, scale)
+            metrics[f"{label}_{BIT_NAMES[bits]}"] = {k_: round(v_, 5) for k_, v_ in quality(got, want).items()}
+    return metrics
 
 
 def _identity_mask(q, k, settings: ParoSettings, scale):
@@ -303,4 +321,6 @@ def plan_table(plan) -> str:
             rows.append((str(call.index), str(info["head"]), info["order"], f"{info['density']:.3f}",
                          f"{info['recall']:.4f}", pair("fp16"), pair("int8"), pair("int4")))
     skipped = [f"call {i} left dense: {why}" for i, why in sorted(plan.skipped.items())]
-    return "\n".join([render_table(head, rows), *skipped])
+    measured = [f"held-out quality on {plan.quality_inputs}; FHW: the identity order's mask planned on the same "
+                f"calibration data ({plan.source})"] if plan.quality_inputs else []
+    return "\n".join([render_table(head, rows), *measured, *skipped])

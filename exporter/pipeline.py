@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import sys
 from collections import Counter
@@ -20,12 +21,12 @@ from attn_export.errors import AttnExportError, wrap_failure
 from attn_export.loader import LoadedModel
 from attn_export.onnx_utils import save_atomically
 from attn_export.outdir import Extras, staged_extras, staged_output
-from attn_export.parity import ParityReport, QuantParityReport, Tolerances, onnx_io
+from attn_export.parity import ParityReport, Tolerances, onnx_io
+from attn_export.quality import QuantParityReport, QuantThresholds
 from attn_export.registry import DOMAIN
 
 if TYPE_CHECKING:
     from attn_export.calib.qdq import QuantOptions
-    from attn_export.parity import QuantThresholds
 
 ONNX_NAME = "model.onnx"
 REPORT_NAME = "report.json"
@@ -64,6 +65,13 @@ class ExportOptions:
     exclude: Sequence[str] = ()
     quant_min_cosine: float | None = None  # default: defaults.QUANT_THRESHOLDS[mode]
     quant_max_error: float | None = None
+    quant_min_sample_cosine: float | None = None
+    quant_min_top1: float | None = None
+    check_samples: int = defaults.CHECK_SAMPLES  # real samples held out of the calibration data for the checks
+    allow_inconclusive: bool = False  # accept a quality check whose null control passes too
+    sensitivity: bool = False  # measure every quantized layer alone (report.json, console)
+    auto_exclude: float | None = None  # keep sensitive layers in float until the worst sample cosine reaches this
+    smooth: float | None = None  # SmoothQuant alpha for INT8 activations
     paro: bool | None = None  # None: as the zoo model declares (paro-dit-tiny exports with PARO)
     paro_grid: str | None = None  # "FxHxW"
     paro_prefix: int | None = None
@@ -119,13 +127,18 @@ class ExportOptions:
         if self.triton_name is not None:
             triton.model_name("", self.triton_name)
         if self.quantize is None:
-            if self.calib_data or self.exclude:
-                raise AttnExportError("--calib-data and --exclude apply to quantization: add --int8 or --int4")
+            if self.exclude or (self.calib_data and not self.paro):
+                raise AttnExportError(f"--{'exclude' if self.exclude else 'calib-data'} applies to quantization"
+                                      f"{'' if self.exclude else ' and PARO'}: add --int8, --int4"
+                                      f"{'' if self.exclude else ' or --paro'}")
             if self.calib_cache:
                 raise AttnExportError("--calib-cache holds INT8 activation ranges: add --int8")
             self.opset = check_opset(self.opset)
         else:
             self._prepare_quantization()
+        from attn_export import quantize_step
+
+        quantize_step.check_options(self)
         if self.lowering == "attention":  # the explicit opset was checked above; defaults rise to 23
             self.opset = max(self.opset, lowering.ATTENTION_MIN_OPSET)
         if self.max_batch < 1:
@@ -141,12 +154,14 @@ class ExportOptions:
         for flag, path in (("--report", report), ("--junit", self.junit), ("--summary", self.summary)):
             if path is not None and Path(path).is_dir():
                 raise AttnExportError(f"{flag} {path} is a folder; pass a file path")
+        if self.check_samples < 0:
+            raise AttnExportError(f"--check-samples {self.check_samples} must be 0 or more")
+        self.thresholds("int8")  # the threshold flags are in range
         return self
 
     def _prepare_quantization(self) -> None:
         from attn_export.calib.qdq import QuantOptions
         from attn_export.onnx_export import check_opset
-        from attn_export.parity import QUANT_THRESHOLDS, QuantThresholds
 
         mode = self.quantize
         if mode not in QUANT_MODES:
@@ -160,14 +175,20 @@ class ExportOptions:
                 raise AttnExportError("--calib-cache holds INT8 activation ranges: add --int8")
         else:
             self.opset = check_opset(self.opset)
-        if self.calib_cache and self.calib_data:
-            raise AttnExportError("--calib-cache replaces calibration: drop --calib-data")
         self.quant = QuantOptions(mode, self.calib_method, self.calib_samples, self.int4_block, tuple(self.exclude))
         self.quant.validate()
-        base = QUANT_THRESHOLDS[mode]
-        self.quant_thresholds = QuantThresholds(
-            base.min_cosine if self.quant_min_cosine is None else self.quant_min_cosine,
-            base.max_mean_error if self.quant_max_error is None else self.quant_max_error)
+        self.quant_thresholds = self.thresholds(mode)
+
+    def thresholds(self, mode: str) -> QuantThresholds:
+        """The quality thresholds of ``mode`` ("int8", "paro-int4", ...) with the ones the user gave."""
+        for flag, value, low, high in (("--quant-min-cosine", self.quant_min_cosine, -1, 1),
+                                       ("--quant-max-error", self.quant_max_error, 0, math.inf),
+                                       ("--quant-min-sample-cosine", self.quant_min_sample_cosine, -1, 1),
+                                       ("--quant-min-top1", self.quant_min_top1, 0, 1)):
+            if value is not None and not low <= value <= high:  # NaN fails too
+                raise AttnExportError(f"{flag} {value} must lie in [{low}, {high}]")
+        return QuantThresholds.for_mode(mode, self.quant_min_cosine, self.quant_max_error,
+                                        self.quant_min_sample_cosine, self.quant_min_top1)
 
     def _check_paro_flags(self) -> None:
         """PARO flags without --paro, and values that are wrong whatever the model (before any work)."""
@@ -248,7 +269,8 @@ class ExportOptions:
         titles = {}
         paro = self.paro_for(source)
         if paro:
-            titles["paro"] = "plan PARO attention" if self.paro_plan is None else "load the PARO plan"
+            plan = self.paro_settings(source).plan_file
+            titles["paro"] = f"load the PARO plan {Path(plan).name}" if plan else "plan PARO attention"
         titles["export"] = "export to ONNX"
         mode = self.quant.mode if self.quant else None
         if mode:
@@ -286,6 +308,7 @@ class ExportResult:
     summary_path: Path | None = None
     triton_path: Path | None = None  # DIR/NAME
     triton_command: str | None = None  # the line in DIR/NAME/serve.sh that starts Triton
+    quant_notes: str = ""  # smoothing, per-layer sensitivity and the layers --auto-exclude kept in float
 
     @property
     def passed(self) -> bool:
@@ -320,7 +343,9 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
         shapes.check_against_model(opts.shape_profiles, _expected_inputs(loaded, opts), loaded.source, loaded.spatial)
     # Read user inputs and the first calibration sample before any work, so that a bad file fails fast.
     user_feed = read_inputs(opts.inputs_npz, loaded) if opts.check and opts.inputs_npz else None
-    calib = _calibration_data(loaded, opts) if opts.quant else None
+    held = held_out_samples(loaded, opts, bool(paro)) if opts.check and user_feed is None and (opts.quant or paro) \
+        else None
+    calib = _calibration_data(loaded, opts, skip=held.rows if held else 0) if opts.quant else None
     quant_name = quantized_name(opts.quant.mode) if opts.quant else None
     owned = (ONNX_NAME, REPORT_NAME, ENGINE_NAME, ENGINE_META_NAME, quantized_name("int8"), quantized_name("int4"),
              CALIB_CACHE_NAME, PARO_PLAN_NAME, PARO_ARRAYS_NAME)
@@ -331,7 +356,9 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
         loaded, call_records = _convert_calls(loaded, opts.seed)
         if paro:
             with step(titles["paro"]):
-                paro_job = _paro_job(loaded, opts, paro, stage)
+                paro_job = _paro_job(loaded, opts, paro, stage, held)
+                if paro_job.planned and paro_job.plan.source == RANDOM_DESCRIPTION:
+                    warnings.append(PARO_RANDOM_PLAN)
                 loaded = paro_job.loaded  # the model to export: its SDPA calls run as paro_attention
         with step(titles["export"]):
             spatial = opts.dynamic_spatial is not False  # declared spatial dims are dynamic unless refused
@@ -348,18 +375,25 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
         onnx_inputs, _ = onnx_io(stage / ONNX_NAME)
         if opts.shape_profiles:  # what the file declares dynamic is the last word
             shapes.check_against_model(opts.shape_profiles, onnx_inputs, ONNX_NAME)
-        feeds, source = (check_feeds(loaded, stage / ONNX_NAME, opts.seed, user_feed, opts.inputs_npz)
-                         if opts.check or build_engine else ([], ""))
-        feeds = precision.cast_feeds(feeds, dtype)
+        inputs = (check_inputs(loaded, stage / ONNX_NAME, opts, user_feed, held, paro.buckets if paro else 1)
+                  if opts.check or build_engine else None)
+        if inputs:
+            inputs.feeds = precision.cast_feeds(inputs.feeds, dtype)
         if paro and paro.buckets > 1:
             from attn_export.paro_export import add_buckets, mark_buckets
 
             mark_buckets(proto, stage / ONNX_NAME, paro.buckets)
-            feeds = add_buckets(feeds, paro.buckets)
+            if inputs:
+                inputs.feeds = add_buckets(inputs.feeds, paro.buckets)
+        feeds, source = (inputs.feeds, inputs.description) if inputs else ([], "")
         quant = None
         if opts.quant:
             with step(titles["quantize"]):
-                quant = _quantize(proto, calib, stage / quant_name, opts)
+                from attn_export import quantize_step
+
+                skip = held.rows if held else 0
+                quant = quantize_step.run(proto, calib, lambda: _calibration_data(loaded, opts, skip),
+                                          stage / quant_name, opts, inputs, stage / CALIB_CACHE_NAME)
                 if calib.warning:
                     warnings.append(calib.warning)
         final = stage / (quant_name or ONNX_NAME)  # the engine is built from what ships
@@ -394,10 +428,11 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                                       skip_onnxruntime=refusal)
             warnings += report.warnings
             warnings += [f"{s['runner']} was not compared: {s['reason']}" for s in report.skipped]
-            extra = {}
+            extra = {"check_inputs": inputs.to_dict()}
             if paro:
                 with step(titles["check_paro"]):
-                    paro_report = _check_paro(original, paro, stage / ONNX_NAME, feeds, opts)
+                    paro_report = _check_paro(original, paro, stage / ONNX_NAME, inputs, opts)
+                warnings += paro_report.warnings
                 extra["paro"] = {"onnx": ONNX_NAME, "plan": PARO_PLAN_NAME, "settings": paro.to_dict(),
                                  "float": _float_paro_note(opts),
                                  "planned": paro_job.planned, "calls": paro_job.plan.summary()["calls"],
@@ -407,10 +442,14 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                 reference = _paro_dense_reference(original, paro)  # the quantized file against the dense model
             if quant:
                 with step(titles["check_quantized"]):
-                    from attn_export.parity import check_quantized
+                    from attn_export.controls import first_quantized_input_zeroed
+                    from attn_export.quality import check_quantized
 
-                    quant_report = check_quantized(reference, stage / quant_name, feeds, opts.quant.mode,
-                                                   opts.quant_thresholds, engine_path=engine)
+                    quant_report = check_quantized(reference, stage / quant_name, inputs, opts.quant.mode,
+                                                   opts.quant_thresholds, engine_path=engine,
+                                                   control=first_quantized_input_zeroed(stage / quant_name),
+                                                   shuffle_control=True, allow_inconclusive=opts.allow_inconclusive)
+                warnings += [w for w in quant_report.warnings if w not in warnings]
                 extra["quantization"] = {
                     "onnx": quant_name, "mode": opts.quant.mode, "method": opts.quant.method,
                     "calibration_data": calib.description, "warning": calib.warning,
@@ -420,7 +459,7 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                        "converted_calls": [r.describe() for r in call_records]}
             _write_report(stage / REPORT_NAME, report, loaded, onnx=ONNX_NAME, export=summary,
                           engine=ENGINE_NAME if engine else None,
-                          failed=any(r is not None and not r.passed for r in (quant_report, paro_report)), **extra)
+                          status=_quality_status(quant_report, paro_report), **extra)
             _write_check_files(extras, opts, loaded.source, str(outdir / ONNX_NAME), report, quant_report,
                                paro_report, warnings)
         triton_command = None
@@ -432,7 +471,7 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                         quant_report, warnings, paro_report, outdir / PARO_PLAN_NAME if paro_job else None,
                         paro_job.plan if paro_job else None, [r.describe() for r in call_records],
                         Path(opts.junit) if opts.junit else None, Path(opts.summary) if opts.summary else None,
-                        triton_path, triton_command)
+                        triton_path, triton_command, quant_notes=quant.table() if quant else "")
 
 
 def _convert_calls(loaded: LoadedModel, seed: int):
@@ -517,20 +556,22 @@ def _write_check_files(extras, opts: ExportOptions, model: str, onnx: str, repor
             report.versions if report is not None else None))
 
 
-def _paro_job(loaded: LoadedModel, opts: ExportOptions, paro, stage: Path):
+def _paro_job(loaded: LoadedModel, opts: ExportOptions, paro, stage: Path, held=None):
     """Plan (or load the plan of) the model's SDPA calls, measure the held-out quality per head, save the plan."""
     import itertools
 
     from attn_export import paro_export
+    from attn_export.check_inputs import skip_held_out
 
     if paro.plan_file:
         feeds, description = (), f"plan file {paro.plan_file}"
     else:
         source = calibration_source(loaded, opts)
-        feeds, description = itertools.islice(source.feeds, opts.calib_samples), source.description
+        feeds = itertools.islice(skip_held_out(source.feeds, held.rows if held else 0), opts.calib_samples)
+        description = source.description
     job = paro_export.prepare(loaded, paro, feeds, description)
     if opts.check:
-        paro_export.held_out_quality(loaded, job.plan, paro, opts.seed)
+        paro_export.held_out_quality(loaded, job.plan, paro, opts.seed, held.feeds if held else None)
     job.plan.save(stage / PARO_PLAN_NAME)
     return job
 
@@ -572,19 +613,18 @@ def paro_tolerances(paro, tolerances: Tolerances) -> Tolerances:
 
 def paro_thresholds(paro, opts: ExportOptions):
     """PARO quality thresholds: those of the coarser precision (fp16 PARO, sparse only: int8's)."""
-    from attn_export.parity import QUANT_THRESHOLDS, QuantThresholds
-
-    base = QUANT_THRESHOLDS["int4" if min(paro.qk_bits, paro.pv_bits) == 4 else "int8"]
-    return QuantThresholds(base.min_cosine if opts.quant_min_cosine is None else opts.quant_min_cosine,
-                           base.max_mean_error if opts.quant_max_error is None else opts.quant_max_error)
+    return opts.thresholds("int4" if min(paro.qk_bits, paro.pv_bits) == 4 else "int8")
 
 
-def _check_paro(original: LoadedModel, paro, onnx_path: Path, feeds, opts: ExportOptions):
-    """The PARO file against the dense model it replaces, by the quantization-aware criterion."""
-    from attn_export.parity import check_quantized
+def _check_paro(original: LoadedModel, paro, onnx_path: Path, inputs, opts: ExportOptions):
+    """The PARO file against the dense model it replaces, by the quantization-aware criterion, with the attention
+    outputs zeroed as its null control."""
+    from attn_export.controls import attention_zeroed
+    from attn_export.quality import check_quantized
 
-    return check_quantized(_paro_dense_reference(original, paro), onnx_path, feeds, paro.mode,
-                           paro_thresholds(paro, opts), fused_row=False)
+    return check_quantized(_paro_dense_reference(original, paro), onnx_path, inputs, paro.mode,
+                           paro_thresholds(paro, opts), fused_row=False, control=attention_zeroed(onnx_path),
+                           allow_inconclusive=opts.allow_inconclusive)
 
 
 @contextlib.contextmanager
@@ -663,31 +703,60 @@ def calibration_source(loaded: LoadedModel, opts: ExportOptions, infos=None):
                                     loaded.input_names, warn=not loaded.source.startswith("zoo:"))
 
 
-def _calibration_data(loaded: LoadedModel, opts: ExportOptions):
-    """The calibration source of this run, its first sample already checked against the model's inputs:
-    none for a calibration cache or INT4 (weight-only; a given --calib-data is still read, so a bad file is
-    reported)."""
+def _calibration_data(loaded: LoadedModel, opts: ExportOptions, skip: int = 0):
+    """The calibration source of this run without its first ``skip`` feeds (held out for the check), its first
+    sample already checked against the model's inputs: none for a calibration cache or INT4 (weight-only; a given
+    --calib-data is still read, so a bad file is reported)."""
     from attn_export.calib import data as calib_data
+    from attn_export.check_inputs import skip_held_out
 
     if opts.calib_cache:
         return calib_data.CalibSource((), f"calibration cache {opts.calib_cache}")
     if opts.quant.mode != "int8" and not opts.calib_data:
         return calib_data.CalibSource((), "none (INT4 is weight-only)")
     infos = model_input_infos(loaded, opts)
-    return calib_data.checked_source(calibration_source(loaded, opts, infos), infos)
+    source = calibration_source(loaded, opts, infos)
+    if opts.quant.mode != "int8":  # nothing is calibrated: the data only feeds the check
+        return calib_data.checked_source(source, infos)
+    rest = dataclasses.replace(source, feeds=skip_held_out(source.feeds, skip),
+                               description=source.description + (f", after the {skip} sample(s) held out for the "
+                                                                 "check" if skip else ""),
+                               count=None if source.count is None else source.count - skip)
+    return calib_data.checked_source(rest, infos)
 
 
-def _quantize(proto, source, path: Path, opts: ExportOptions):
-    """Calibrate (INT8) on ``source`` and write Q/DQ into ``path``; returns the QuantResult."""
-    from attn_export.calib import qdq
+RANDOM_DESCRIPTION = "seeded random inputs"
+PARO_RANDOM_PLAN = ("PARO was planned on seeded RANDOM inputs: the orders and masks fit random activations, not "
+                    "the model's real ones; pass --calib-data with real samples (or --paro-plan with a plan made "
+                    "on them)")
 
-    int8 = opts.quant.mode == "int8"
-    cached = qdq.read_cache(opts.calib_cache) if opts.calib_cache else None
-    result = qdq.quantize(proto, source.feeds if int8 else None, opts.quant, cached_amax=cached)
-    qdq.save(result.model, path)
-    if int8 and result.activation_amax:
-        qdq.write_cache(path.parent / CALIB_CACHE_NAME, result, opts.quant, source.description)
-    return result
+
+def held_out_samples(loaded: LoadedModel, opts: ExportOptions, planned: bool = False):
+    """Real samples for the quality checks, held out of the calibration data (its first samples, never calibrated
+    or planned on; at most a quarter of it): a HeldOut with no feeds when the calibration data is random, or
+    none is held out. ``planned``: PARO plans on the data (so INT4, which calibrates nothing, still leaves some)."""
+    from attn_export.calib.data import check_feed
+    from attn_export.check_inputs import HeldOut, count_rows, hold_out_count, split_held_out
+
+    if opts.check_samples == 0:
+        return HeldOut([], "", "--check-samples 0 held no real sample out")
+    infos = model_input_infos(loaded, opts)
+    source = calibration_source(loaded, opts, infos)
+    if not source.real:
+        return HeldOut([], "")
+    total = source.count
+    if opts.quant and opts.quant.mode == "int4" and not planned:
+        total = None  # weight-only: nothing is calibrated, the check may have all of it
+    elif total is None:  # a stream of unknown length: count it, up to what decides the split
+        total = count_rows(calibration_source(loaded, opts, infos).feeds, 4 * opts.check_samples)
+    count = hold_out_count(total, opts.check_samples)
+    if count == 0:
+        return HeldOut([], source.description, f"{source.description} has {total} sample(s), too few to hold a "
+                                                 "quarter out")
+    held, _ = split_held_out(source.feeds, count)
+    by_name = {i.name: i for i in infos}
+    held = [check_feed(feed, by_name, index) for index, feed in enumerate(held)]  # as calibration checks its own
+    return HeldOut(held, source.description)
 
 
 def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: str | os.PathLike | None,
@@ -695,8 +764,9 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
     """Compare an existing ONNX file (and optionally a TensorRT engine built from it) with the PyTorch
     model; optionally write the JSON report (and opts.junit / opts.summary, all or none of them). A Q/DQ file
     is judged by the quantized criterion; an fp16 / bf16 file by its precision's tolerances."""
-    from attn_export import precision
-    from attn_export.parity import QUANT_THRESHOLDS, QuantThresholds, check_parity, check_quantized
+    from attn_export import controls, precision
+    from attn_export.parity import check_parity
+    from attn_export.quality import check_quantized
 
     step = step or _silent_step
     opts.prepare_check(report_path)
@@ -708,25 +778,26 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
         require_engine_file(engine_path)
     dtype = precision.onnx_precision(onnx_path)
     user_feed = read_inputs(opts.inputs_npz, loaded) if opts.inputs_npz else None
-    feeds, source = check_feeds(loaded, onnx_path, opts.seed, user_feed, opts.inputs_npz)
-    feeds = precision.cast_feeds(feeds, dtype)
     mode = qdq_mode = quantized_mode(onnx_path)
     paro = paro_in(onnx_path)
+    held = held_out_samples(loaded, opts) if user_feed is None and (mode or paro) else None
+    inputs = check_inputs(loaded, onnx_path, opts, user_feed, held, paro["buckets"] if paro else 1)
+    feeds = inputs.feeds = precision.cast_feeds(inputs.feeds, dtype)
+    source = inputs.description
     if paro:  # a PARO file approximates the dense model: its buckets come from the timestep, as at run time
         from attn_export.paro_export import DropBucket, add_buckets
 
-        feeds = add_buckets(feeds, paro["buckets"]) if paro["buckets"] > 1 else feeds
+        feeds = inputs.feeds = add_buckets(feeds, paro["buckets"]) if paro["buckets"] > 1 else feeds
         if paro["buckets"] > 1:
             loaded = dataclasses.replace(loaded, module=DropBucket(loaded.module).eval())
         mode = mode or paro["mode"]
     reference = parity_reference(loaded, feeds[0])
     if mode:  # Q/DQ or PARO: the quantization-aware criterion, not elementwise tolerances
-        base = QUANT_THRESHOLDS["int4" if mode.endswith("int4") else "int8"]
-        thresholds = QuantThresholds(base.min_cosine if opts.quant_min_cosine is None else opts.quant_min_cosine,
-                                     base.max_mean_error if opts.quant_max_error is None else opts.quant_max_error)
+        control = controls.first_quantized_input_zeroed(onnx_path) if qdq_mode else controls.attention_zeroed(onnx_path)
         with step(f"check {mode} parity: PyTorch fp32 vs quantized ONNX" + (" and TensorRT" if engine_path else "")):
-            report = check_quantized(reference, onnx_path, feeds, mode, thresholds, engine_path=engine_path,
-                                     fused_row=qdq_mode is not None)
+            report = check_quantized(reference, onnx_path, inputs, mode, opts.thresholds(mode),
+                                     engine_path=engine_path, fused_row=qdq_mode is not None, control=control,
+                                     shuffle_control=qdq_mode is not None, allow_inconclusive=opts.allow_inconclusive)
     else:
         refusal = precision.onnxruntime_refusal(onnx_path) if dtype != "fp32" else None
         if refusal and engine_path is None:
@@ -738,7 +809,7 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
     if report_path or opts.junit or opts.summary:
         with staged_extras() as extras:
             if report_path:
-                _write_report(extras.path(report_path), report, loaded)
+                _write_report(extras.path(report_path), report, loaded, check_inputs=inputs.to_dict())
             quant = isinstance(report, QuantParityReport)
             _write_check_files(extras, opts, loaded.source, str(onnx_path), None if quant else report,
                                report if quant and not paro else None, report if quant and paro else None,
@@ -770,7 +841,9 @@ def parity_reference(loaded: LoadedModel, feed: dict):
         return Reference(loaded.module)
     args = [torch.from_numpy(np.ascontiguousarray(feed[name])) for name in loaded.input_names]
     try:
-        with torch.inference_mode():
+        from attn_export.call_convert import quiet_third_party
+
+        with torch.inference_mode(), quiet_third_party():
             loaded.original(*args)
     except Exception as exc:  # noqa: BLE001 - e.g. a third-party kernel that needs a GPU
         brief = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
@@ -780,12 +853,18 @@ def parity_reference(loaded: LoadedModel, feed: dict):
                      "the model as written (its third-party attention modules and calls unconverted), on the CPU")
 
 
-def _write_report(path: Path, report: ParityReport, loaded: LoadedModel, failed: bool = False, **extra) -> None:
-    """report.json; ``failed`` marks a failure the parity report does not hold (the quantized check)."""
+def _write_report(path: Path, report: ParityReport, loaded: LoadedModel, status: str | None = None, **extra) -> None:
+    """report.json; ``status`` overrides the parity report's where a quality check failed or was inconclusive."""
     data = {**report.to_dict(), "model": loaded.source, **extra}
-    if failed:
-        data["status"] = "fail"
+    if status and data["status"] == "pass":
+        data["status"] = status
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _quality_status(*reports) -> str | None:
+    """"fail" if a quality check failed, else "inconclusive" if one could not tell the file from a broken one."""
+    statuses = {r.status for r in reports if r is not None}
+    return "fail" if "fail" in statuses else "inconclusive" if "inconclusive" in statuses else None
 
 
 def check_feeds(loaded: LoadedModel, onnx_path: Path, seed: int, user_feed: dict | None = None,
@@ -810,6 +889,32 @@ def check_feeds(loaded: LoadedModel, onnx_path: Path, seed: int, user_feed: dict
     feeds = [dict(zip(loaded.input_names, (t.numpy() for t in loaded.random_inputs(seed + i, shapes))))
              for i, shapes in enumerate(variants)]
     return feeds, f"random, seeds {seed} to {seed + len(feeds) - 1}"
+
+
+def check_inputs(loaded: LoadedModel, onnx_path: Path, opts: ExportOptions, user_feed: dict | None = None,
+                 held=None, buckets: int = 1):
+    """The check's inputs (check_inputs.CheckInputs): the user's; else held-out real samples at the export shape
+    (in batches the file and the engine profile accept; one sample per batch with PARO timestep buckets, whose
+    layout is chosen per batch) plus random inputs at the extra shapes that prove its dynamic axes; else random."""
+    from attn_export.check_inputs import combine
+
+    feeds, source = check_feeds(loaded, onnx_path, opts.seed, user_feed, opts.inputs_npz)
+    from attn_export.paro_export import BUCKET_INPUT
+
+    dynamic = {n: axes for n, axes in _dynamic_axes(onnx_path).items() if n != BUCKET_INPUT}
+    batch_dynamic = bool(dynamic) and all(0 in axes for axes in dynamic.values())
+    static_batch = None if batch_dynamic else int(feeds[0][loaded.input_names[0]].shape[0])
+    cap = 1 if buckets > 1 else min(defaults.CHECK_BATCH, opts.max_batch, *_profile_batches(opts, loaded))
+    why = held.why_none if held and not held.feeds else ""
+    return combine(feeds, source, user=user_feed is not None, held=held.feeds if held else None,
+                   held_description=held.description if held else "", static_batch=static_batch, cap=cap,
+                   why_random=why)
+
+
+def _profile_batches(opts: ExportOptions, loaded: LoadedModel) -> list[int]:
+    """The largest batch the engine's first profile (--shapes) takes, if it names an input."""
+    profile = opts.shape_profiles[0] if opts.shape_profiles else {}
+    return [profile[n].max[0] for n in loaded.input_names if n in profile and profile[n].max]
 
 
 def _dynamic_axes(onnx_path: Path) -> dict[str, set[int]]:

@@ -183,6 +183,11 @@ PARO = OpSpec(
     plugin="paroAttention",
 )
 
+# PARO's per-tile P scale is max(tile max, this) / qmax (docs/ops/paro_attention.md, Semantics): the floor keeps
+# the native kernels' online rescale (previous scale / scale) <= 2^30, finite in fp32. The reference op, the ONNX
+# function and the kernels (plugins/kernels/paro_rules.h, compared by tests/test_native_abi.py) share it.
+PARO_P_TILE_MAX_FLOOR = 2.0**-30
+
 OPS: dict[str, OpSpec] = {spec.key: spec for spec in (NEIGHBORHOOD, BLOCK_SPARSE, PARO)}
 
 

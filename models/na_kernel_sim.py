@@ -5,9 +5,10 @@ decided from the first and last query of each axis -- is checked here on every t
 
 Same normalization (three spatial axes, missing leading axes of length 1), same tile shape, same query
 tiles per dilation group, same kv box and row-major kv tile order, same element masks, and the same
-online softmax in base 2 with fp32 accumulation; on the tensor-core path the probabilities are rounded
-to the input dtype before P.V, as the WMMA path does. Tests compare it with the reference op, so the
-algorithm is proven before a GPU runs it. It is slow (Python loop over tiles): small shapes only.
+online softmax in base 2 with fp32 accumulation; with round_p the probabilities are rounded to the input
+dtype before P.V, as the core's mma.sync does (the generic kernel keeps them in fp32). Tests compare it
+with the reference op, so the algorithm is proven before a GPU runs it. It is slow (Python loop over tiles):
+small shapes only.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def simulate(
     scale: float | None = None,
     rpb: torch.Tensor | None = None,
     tile_tokens: int = 64,
-    tensor_core: bool = False,
+    round_p: bool = False,
     stats: SimStats | None = None,
 ) -> torch.Tensor:
     """Neighborhood attention computed tile by tile as the CUDA kernel does; returns q's dtype."""
@@ -129,7 +130,7 @@ def simulate(
                     continue  # an empty tile of a shorter dilation group
                 stats.query_tiles += 1
                 _one_tile(qf, kf, vf, bias, out, local, first, group, glen, kk, ss, dd, cc, tile,
-                          scale_log2, tensor_core, q.dtype, stats)
+                          scale_log2, round_p, q.dtype, stats)
     return out.reshape(q.shape).to(q.dtype)
 
 
@@ -142,7 +143,7 @@ def _slots(local, base, group, glen, dd, limit=None):
 
 
 def _one_tile(qf, kf, vf, bias, out, local, first, group, glen, kk, ss, dd, cc, tile, scale_log2,
-              tensor_core, dtype, stats):
+              round_p, dtype, stats):
     q_pos, q_valid, q_tok = _slots(local, first, group, glen, dd)
     windows = [[window(p[a], glen[a], kk[a], ss[a], cc[a]) for a in range(MAX_RANK)] for p in q_pos]
     box = [tile_kv_range(first[a], min(first[a] + tile[a], glen[a]) - 1, glen[a], kk[a], ss[a], cc[a])
@@ -187,7 +188,7 @@ def _one_tile(qf, kf, vf, bias, out, local, first, group, glen, kk, ss, dd, cc, 
         alpha = torch.exp2(row_max - base)
         row_sum = row_sum * alpha + probs.sum(dim=-1)
         row_max = new_max
-        if tensor_core:  # WMMA consumes P in the input dtype
+        if round_p:  # the core's mma.sync consumes P in the input dtype
             probs = probs.to(dtype).float()
             v_rows = v_rows.to(dtype).float()
         acc = acc * alpha[..., None] + probs @ v_rows

@@ -20,7 +20,7 @@ from attn_export.errors import AttnExportError
 from attn_export.models.block_sparse import check_inputs as check_layout
 from attn_export.models.block_sparse import num_blocks
 from attn_export.models.custom_op import register_attention_op
-from attn_export.registry import PARO
+from attn_export.registry import PARO, PARO_P_TILE_MAX_FLOOR
 
 _OP = "paro_attention"
 _CHUNK_BYTES = 64 << 20  # gathered K/V working set per chunk of query blocks
@@ -76,7 +76,7 @@ def qmax(bits: int) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # Fake quantization: symmetric, round half to even, scale = amax / qmax. A scale of 0 (amax 0, or an amax so
-# small that amax / qmax underflows, e.g. exp(-100) in a probability tile) is replaced by ``fallback``: its
+# small that amax / qmax underflows) is replaced by ``fallback``: its
 # values all quantize to 0 either way, and no division by zero makes NaN.
 
 
@@ -100,11 +100,18 @@ def quantize_channels(x: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.clamp(torch.round(x / scale), -qmax(bits), qmax(bits)) * scale
 
 
+# The largest probability a P tile's scale is taken from is at least this (2^-30): the native kernels' online
+# rescale by previous_scale / scale then stays <= 2^30 (unfloored, a tile ~2^-105 below an earlier one overflowed
+# fp32), and the reference, the ONNX function and the kernels keep one rule. Probabilities below
+# 2^-30 / (2 qmax) of the row max quantize to 0.
+P_TILE_MAX_FLOOR = PARO_P_TILE_MAX_FLOOR
+
+
 def quantize_tiles(p: torch.Tensor, rows_valid: torch.Tensor, bits: int) -> torch.Tensor:
     """Unnormalised probabilities ``[..., bq, M, bkv]`` with one scale per (query block, kv block) tile:
-    max(p in tile) / qmax over the tile's real query rows (``rows_valid [..., bq, 1, 1]``); an all-zero
-    tile gets scale 1 / qmax."""
-    scale = _scale((p * rows_valid).amax(dim=(-3, -1), keepdim=True) / qmax(bits), 1.0 / qmax(bits))
+    max(p in tile, floored at P_TILE_MAX_FLOOR) / qmax over the tile's real query rows (``rows_valid
+    [..., bq, 1, 1]``); an all-zero tile gets the floor's scale and stays zero."""
+    scale = (p * rows_valid).amax(dim=(-3, -1), keepdim=True).clamp(min=P_TILE_MAX_FLOOR) / qmax(bits)
     return torch.clamp(torch.round(p / scale), 0, qmax(bits)) * scale
 
 

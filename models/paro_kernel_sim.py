@@ -2,16 +2,17 @@
 (plugins/kernels/paro_prepass.cuh) and the fused-attention core with the PARO tile policy (attn_core.cuh,
 attn_policies.cuh's ParoPolicy).
 
-Pre-pass: q, k, v gathered through perm_idx; with qk_bits < 16, K's channel means over all N subtracted
-(smooth_k), then one scale per q_group / k_group permuted tokens (amax / qmax, 0 -> 1) and integer values
-round-half-even(x / scale) clamped to +-qmax; with pv_bits < 16, V per channel the same way.
+Pre-pass: q, k, v gathered through perm_idx (entries clamped into [0, N), as the kernels read them); with
+qk_bits < 16, K's channel means over all N subtracted (smooth_k), then one scale per q_group / k_group permuted
+tokens (amax / qmax, 0 -> 1) and integer values round-half-even(x / scale) clamped to +-qmax; with
+pv_bits < 16, V per channel the same way.
 Core (block == 64): a query tile is one query block of the permuted sequence, its kv tiles are the listed
 blocks in list order (clamped into range), only the partial tail block is masked. Logits are the integer
 dot products (exact in the kernel: integer-valued fp16/bf16 operands, fp32 accumulation) times
 scale * log2(e) * q_scale(row) * k_scale(column), in base 2. The softmax is online: per tile the running row
 max m, p = exp2(s - m), the denominator from the unquantized p. With pv_bits < 16, P is quantized per tile
 against that running max (not the final one, as the reference does): scale = max(p over the tile's real
-rows) / qmax (0 -> 1 / qmax), p_q = min(round(p / scale), qmax), and the accumulator, kept in units of the
+rows, floored at 2^-30) / qmax, p_q = min(round(p / scale), qmax), and the accumulator, kept in units of the
 current tile's scale, is rescaled by alpha * previous_scale / scale before adding p_q . v_q; the output is
 acc * last_scale * v_scale(channel) / l, scattered back through perm_idx. Without P quantization, P is
 rounded to the input dtype before P.V (fp16/bf16). docs/ops/paro_attention.md (Native kernels) bounds the
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from attn_export.models.bsa_kernel_sim import LOG2E, block_row, ceil_div
+from attn_export.models.paro import P_TILE_MAX_FLOOR
 
 TILE = 64
 
@@ -76,7 +78,7 @@ def simulate(q, k, v, perm_idx, kv_count, kv_index, block: int = 64, qk_bits: in
     nb = ceil_div(n, TILE)
     for b in range(batch):
         for h in range(heads):
-            perm = perm_idx[h].long()
+            perm = perm_idx[h].long().clamp(0, n - 1)  # the kernels' read (paro_rules.h's permuted)
             qp, kp, vp = (x[b, h].float()[perm] for x in (q, k, v))
             q_scale = k_scale = None
             v_scale = torch.ones(dim)
@@ -130,9 +132,9 @@ def simulate(q, k, v, perm_idx, kv_count, kv_index, block: int = 64, qk_bits: in
                     factor = alpha
                     if pv_bits < 16:
                         tile_max = float(probs[row_ok].max()) if bool(row_ok.any()) else 0.0
-                        p_scale = tile_max / qmax(pv_bits)
-                        p_scale = p_scale if p_scale != 0.0 else 1.0 / qmax(pv_bits)
-                        p_scale = float(torch.tensor(p_scale, dtype=torch.float32))  # the kernel's float32
+                        # the kernel's float32 (paro_rules.h's p_tile_scale)
+                        p_scale = float(torch.tensor(max(tile_max, P_TILE_MAX_FLOOR), dtype=torch.float32)
+                                        / torch.tensor(qmax(pv_bits), dtype=torch.float32))
                         stats.p_scales.append(p_scale)
                         probs = torch.clamp(torch.round(probs / p_scale), max=qmax(pv_bits))
                         factor = alpha * p_scale_prev / p_scale

@@ -169,8 +169,7 @@ def paro_reference(q, k, v, perm_idx, kv_count, kv_index, block, qk_bits=8, pv_b
                 for row in range(n_blocks):
                     for col in range(n_blocks):
                         tile = p[row * block:(row + 1) * block, col * block:(col + 1) * block]
-                        step = tile.max() / top
-                        step = step if step > 0 else torch.tensor(1.0 / top, dtype=dtype)
+                        step = max(tile.max(), torch.tensor(2.0**-30, dtype=dtype)) / top  # the contract's floor
                         tile.copy_(torch.clamp(torch.round(tile / step), 0, top) * step)
             out[b, h, perm] = (p @ vp) / total
     return out

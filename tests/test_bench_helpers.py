@@ -47,7 +47,7 @@ def test_flex_mask_mod_equals_the_neighbourhood(bench, seed):
 
 
 def test_table_formats_missing_values(bench):
-    row = dict(case="c", head_dim=64, path="tensor-core", ours_ms=1.0, tflops=2.0, speedup_vs_sdpa=3.0,
+    row = dict(case="c", head_dim=64, path="core", ours_ms=1.0, tflops=2.0, speedup_vs_sdpa=3.0,
                speedup_vs_flex=None, flop_bound=4.0, fraction_of_bound=0.75, max_abs_vs_flex=None)
     text = bench.table([row])
     assert "75%" in text and text.splitlines()[1].split()[6] == "-"

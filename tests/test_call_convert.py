@@ -4,8 +4,10 @@ refused in one line naming the call."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
+import warnings
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ import torch
 import attn_export
 import attn_export.parity
 from attn_export.call_convert import CallConverter, ConversionRefused, neighborhood_window, plan_flex, run_plan
+from attn_export.flex_plan import block_bias
 from attn_export.models.neighborhood import NAParams, neighborhood_index
 
 from helpers import assert_one_line_error, factory_checkpoint, run
@@ -34,6 +37,11 @@ class NattenCall(torch.nn.Module):
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).unbind(-3)
         function = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[self.rank]
         return self.proj(function(q, k, v, **self.window).flatten(-2))
+
+
+NATTEN_CALL_LINE = next(number for number, line in enumerate(inspect.getsource(NattenCall).splitlines(),
+                                                           inspect.getsourcelines(NattenCall)[1])
+                        if "function(q, k, v" in line)
 
 
 def natten_cases(count: int):
@@ -59,7 +67,7 @@ def test_natten_functional_calls_export_and_match_natten(spatial, window, tmp_pa
     result = attn_export.run(model, tmp_path, example_inputs=(torch.randn(1, *spatial, 16),), engine=False,
                              tolerances=attn_export.parity.Tolerances(atol=1e-5, rtol=0))
     assert result.passed, result.report.table()
-    assert result.converted_calls == [f"natten.na{len(spatial)}d at test_call_convert.py:36 -> "
+    assert result.converted_calls == [f"natten.na{len(spatial)}d at test_call_convert.py:{NATTEN_CALL_LINE} -> "
                                       "attn_export::neighborhood_attention"]
     assert result.report.reference["runner"] == "pytorch-original"  # NATTEN itself
     report = json.loads(result.report_path.read_text())
@@ -235,7 +243,8 @@ def block_counts(mask_mod) -> tuple[int, int]:
 
 def block_sparse_target(mask_mod) -> str:
     listed, partial = block_counts(mask_mod)
-    return f"block_sparse_attention (blocks 32x32, {listed} of 16 listed, {partial} partial blocks exact"
+    return (f"block_sparse_attention (blocks 32x32, {listed} of 16 listed, {partial} partial "
+            f"block{'' if partial == 1 else 's'} exact")
 
 
 @pytest.mark.parametrize("mask_mod, score_mod, target", [
@@ -247,7 +256,8 @@ def block_sparse_target(mask_mod) -> str:
     (neighborhood_2d, None, block_sparse_target(neighborhood_2d)),
     (dilated, None, block_sparse_target(dilated)),
     (causal, alibi, "score_mod alibi as an additive bias"),
-    (None, relative_table, "blocks 100x100, 1 of 1 listed, block_bias), score_mod relative_table"),
+    (None, relative_table, "blocks 100x100, 1 of 1 listed, block_bias with a per-head table of 199 (key - query) "
+                           "values), score_mod relative_table"),
 ])
 def test_flex_patterns_export_exactly_and_match_flex_attention(mask_mod, score_mod, target, tmp_path):
     result = export_flex(tmp_path, mask_mod, score_mod)
@@ -258,10 +268,15 @@ def test_flex_patterns_export_exactly_and_match_flex_attention(mask_mod, score_m
 
 def test_a_wrong_partial_block_conversion_fails_parity(tmp_path, monkeypatch):
     """The parity check catches a mis-converted mask: partial blocks attended in full differ from flex."""
-    from attn_export.models import block_layout
+    from attn_export import flex_plan
 
-    monkeypatch.setattr(block_layout, "element_bias", lambda dense, count, index, bq, bkv: torch.zeros(
-        *count.shape, index.shape[-1], bq, bkv))
+    layout = flex_plan._tile_layout
+
+    def attend_in_full(*args):
+        tiles, tile_of_slot = layout(*args)
+        return torch.ones_like(tiles), tile_of_slot
+
+    monkeypatch.setattr(flex_plan, "_tile_layout", attend_in_full)
     result = export_flex(tmp_path, documents)
     assert not result.passed
 
@@ -387,7 +402,8 @@ def test_masks_are_evaluated_at_the_calls_heads_as_flex_does():
 def test_a_score_mod_alone_on_a_short_sequence_uses_one_block_of_its_length():
     q = torch.randn(1, 2, 40, 8)
     plan = plan_flex(q, q, q, alibi, None, None, "here")
-    assert (plan["block_q"], plan["block_kv"]) == (40, 40) and plan["block_bias"].shape == (1, 2, 1, 1, 40, 40)
+    assert (plan["block_q"], plan["block_kv"]) == (40, 40) and plan["bias_table"].shape == (1, 2, 79)
+    assert block_bias(plan, torch.float32).shape == (1, 2, 1, 1, 40, 40)
 
 
 def test_a_checkpoint_calling_natten_na2d_exports_through_the_cli(tmp_path):
@@ -405,11 +421,176 @@ def test_a_checkpoint_calling_natten_na2d_exports_through_the_cli(tmp_path):
         "def build():\n"
         "    torch.manual_seed(0)\n"
         "    return Image()\n"))
-    result = run(checkpoint, "--factory", factory, "--input-shape", "x=1x9x10x16", "-o", tmp_path / "out",
-                 "--atol", "1e-5", "--rtol", "0")
+    with warnings.catch_warnings(record=True) as caught:  # what reaches the user's terminal
+        warnings.simplefilter("always")
+        result = run(checkpoint, "--factory", factory, "--input-shape", "x=1x9x10x16", "-o", tmp_path / "out",
+                     "--atol", "1e-5", "--rtol", "0")
     assert result.exit_code == 0, result.output
+    # NATTEN's own use of flex_attention's deprecated return_lse is not the user's business
+    assert not [w for w in caught if "return_lse" in str(w.message)], [str(w.message) for w in caught]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["export"]["custom_nodes"] == {"NeighborhoodAttention": 1}
     assert report["reference"]["runner"] == "pytorch-original"  # NATTEN itself
     assert report["export"]["converted_calls"] == [
         "natten.na2d at factory.py:9 -> attn_export::neighborhood_attention"]
+
+
+def test_one_partial_block_is_named_in_the_singular():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def all_but_one(b, h, q_idx, kv_idx):
+        return (q_idx != 0) | (kv_idx != 0)  # one masked element: block (0, 0) partial, the other three full
+
+    q = torch.randn(1, 2, 64, 8)
+    block_mask = create_block_mask(all_but_one, None, None, 64, 64, device="cpu", BLOCK_SIZE=32)
+    target = plan_flex(q, q, q, None, block_mask, None, "here")["target"]
+    assert "4 of 4 listed, 1 partial block exact through block_bias" in target, target
+
+
+# ---------------------------------------------------------------------------------------------
+# BlockMasks built inside forward (create_block_mask per call, the common FlexAttention pattern)
+
+
+class MaskInForward(FlexCall):
+    """FlexCall with its BlockMask built on every forward pass: from positions and a buffer ("buffer"), from the
+    model's input ("input"), or through an attribute the converter cannot swap ("attribute")."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        self.how, self.factory = how, create_block_mask
+        self.register_buffer("docs", DOCS.clone())
+
+    def forward(self, x):
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        docs = self.docs if self.how != "input" else (x[0, :, 0] > 0).long().cumsum(0)  # doc ids from the input
+        make = self.factory if self.how == "attribute" else create_block_mask
+
+        def same_document(b, h, q, kv):
+            return docs[q] == docs[kv]
+
+        block_mask = make(same_document, None, None, x.shape[1], x.shape[1], device="cpu", BLOCK_SIZE=BLOCK)
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        out = flex_attention(q, k, v, block_mask=block_mask)
+        return self.proj(out.transpose(1, 2).flatten(-2))
+
+
+def test_a_block_mask_built_in_forward_converts_like_one_built_in_init(tmp_path):
+    torch.manual_seed(0)
+    model = MaskInForward("buffer").eval()
+    result = attn_export.run(model, tmp_path / "forward", example_inputs=(torch.randn(1, LENGTH, 16),), engine=False,
+                             tolerances=attn_export.parity.Tolerances(atol=1e-5, rtol=0))
+    assert result.passed, result.report.table()
+    assert result.report.reference["runner"] == "pytorch-original"  # flex_attention itself, mask built per call
+    (call,) = result.converted_calls
+    assert "(BlockMask built at test_call_convert.py:" in call and block_sparse_target(documents) in call, call
+    in_init = export_flex(tmp_path / "init", documents)  # the same weights, the mask built once in __init__
+    assert in_init.converted_calls[0].split(" -> ")[1] == call.split(" -> ")[1]
+    import onnx
+
+    def constants(path):
+        return sorted(onnx.numpy_helper.to_array(t).tobytes() for t in onnx.load(path).graph.initializer)
+
+    assert constants(result.onnx_path) == constants(in_init.onnx_path)  # the same layout and bias, bit for bit
+
+
+@pytest.mark.parametrize("how, fragments", [
+    ("input", ["flex_attention at test_call_convert.py:", "(its BlockMask is built in forward by create_block_mask at "
+               "test_call_convert.py:", "depends on the model's inputs", "compute it from positions, shapes"]),
+    ("attribute", ["flex_attention at test_call_convert.py:", "its BlockMask is built anew on every forward pass by "
+                   "code the converter cannot replace", "call create_block_mask by name inside forward"]),
+])
+def test_block_masks_built_in_forward_that_cannot_convert_are_named(tmp_path, how, fragments):
+    factory = (f"import torch\nfrom test_call_convert import MaskInForward\n"
+               f"def build():\n    torch.manual_seed(0)\n    return MaskInForward({how!r}).eval()\n")
+    (tmp_path / "factory.py").write_text(factory)
+    torch.save(MaskInForward(how).state_dict(), tmp_path / "model.pt")
+    result = run(tmp_path / "model.pt", "--factory", f"{tmp_path / 'factory.py'}:build", "--input-shape",
+                 f"x=1x{LENGTH}x16", "-o", tmp_path / "out")
+    assert_one_line_error(result, 2, fragments[0])
+    line = next(ln for ln in result.stderr.splitlines() if ln.startswith("error:"))
+    assert all(fragment in line for fragment in fragments[1:]), line
+    assert "aten.sort" not in line and "--static" not in line
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Large FlexAttention biases: planned in chunks, a (key - query) bias stored as a per-head table
+
+
+class AlibiLM(torch.nn.Module):
+    """Causal attention with ALiBi slopes per head, as LMs write it with flex_attention."""
+
+    def __init__(self, length: int, heads: int = 8, dim: int = 64):
+        super().__init__()
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        self.heads = heads
+        self.qkv, self.proj = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+        self.register_buffer("slopes", 2.0 ** (-8.0 * torch.arange(1, heads + 1) / heads))
+        self.block_mask = create_block_mask(causal, None, None, length, length, device="cpu")
+
+    def forward(self, x):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        slopes = self.slopes
+
+        def alibi_slopes(score, b, h, q, kv):
+            return score + slopes[h] * (kv - q)
+
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        out = flex_attention(q, k, v, score_mod=alibi_slopes, block_mask=self.block_mask)
+        return self.proj(out.transpose(1, 2).flatten(-2))
+
+
+@pytest.mark.slow
+def test_alibi_at_2048_tokens_and_8_heads_exports_with_a_per_head_table(tmp_path):
+    import onnx
+
+    torch.manual_seed(0)
+    length = 2048
+    result = attn_export.run(AlibiLM(length).eval(), tmp_path, example_inputs=(torch.randn(1, length, 64),),
+                             engine=False, tolerances=attn_export.parity.Tolerances(atol=1e-5, rtol=0))
+    assert result.passed, result.report.table()
+    (call,) = result.converted_calls
+    assert "16 partial blocks exact through block_bias with a per-head table of 4095 (key - query) values" in call
+    largest = max(onnx.numpy_helper.to_array(t).nbytes for t in onnx.load(tmp_path / "model.onnx").graph.initializer)
+    assert largest < 1 << 20, largest  # a dense bias would be 8 x 2048 x 2048 floats: 128 MB
+
+
+def quadratic(score, b, h, q, kv):  # depends on q and kv, not on kv - q alone
+    return score + 1e-3 * ((q * kv) % 17) * (h + 1)
+
+
+@pytest.mark.parametrize("mask_mod, score_mod", [(documents, alibi), (sliding, quadratic), (None, relative_table)])
+def test_planning_in_chunks_gives_the_plan_of_one_pass(monkeypatch, mask_mod, score_mod):
+    """Chunks of one query-block row give exactly the plan evaluated in one chunk, and it runs as flex does."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from attn_export import flex_plan
+
+    block_mask = None if mask_mod is None else create_block_mask(mask_mod, None, None, LENGTH, LENGTH, device="cpu",
+                                                                 BLOCK_SIZE=BLOCK)
+    q, k, v = torch.randn(3, 1, 2, LENGTH, 8, generator=torch.Generator().manual_seed(1)).unbind(0)
+    whole = plan_flex(q, k, v, score_mod, block_mask, None, "here")
+    monkeypatch.setattr(flex_plan, "_CHUNK_ELEMENTS", 1)  # one row of query blocks per chunk
+    chunked = plan_flex(q, k, v, score_mod, block_mask, None, "here")
+    assert whole.keys() == chunked.keys()
+    for name, value in whole.items():
+        assert torch.equal(value, chunked[name]) if isinstance(value, torch.Tensor) else value == chunked[name], name
+    torch.testing.assert_close(run_plan(chunked, q, k, v, None),
+                               flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask), atol=1e-5, rtol=0)
+    assert (chunked["bias_table"] is None) == (score_mod is quadratic)  # a (key - query) bias travels as a table
+
+
+def test_a_dense_bias_beyond_the_limit_is_refused_naming_the_call(monkeypatch):
+    from attn_export import flex_plan
+
+    q = torch.randn(1, 2, 64, 8)
+    monkeypatch.setattr(flex_plan, "_BIAS_BYTES", 16 << 10)  # 2 heads x 64 x 64 floats = 32 KB
+    with pytest.raises(ConversionRefused, match="flex_attention at here: its score_mod quadratic is not a function of "
+                                                "key - query alone, so its bias would be stored dense"):
+        plan_flex(q, q, q, quadratic, None, None, "here")
+    assert plan_flex(q, q, q, alibi, None, None, "here")["bias_table"].shape == (1, 2, 127)  # a table: no limit hit

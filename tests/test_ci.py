@@ -18,10 +18,13 @@ import numpy as np
 import onnx
 import pytest
 
+from attn_export import defaults
 from attn_export.ci import validate_invocation
 from attn_export.errors import AttnExportError
 
 from helpers import SMALL, assert_one_line_error, run
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -52,8 +55,16 @@ def junit_shape(path: Path) -> ET.Element:
                     assert child.get("message") and child.get("type") and child.text
         for key in total:
             total[key] += int(suite.get(key))
+        # the suite's time is its cases' (each the runners' inference time on its input set)
+        assert float(suite.get("time")) == pytest.approx(sum(float(c.get("time")) for c in cases), abs=1e-3)
     assert {key: int(root.get(key)) for key in total} == total
     return root
+
+
+def judged_cases_are_timed(root: ET.Element) -> None:
+    """Every judged case carries its inference time: never the placeholder "0"."""
+    judged = [c for c in root.iter("testcase") if c.find("skipped") is None]
+    assert judged and all(float(c.get("time")) > 0 for c in judged), [c.get("time") for c in judged]
 
 
 def break_weights(source: Path, target: Path) -> None:
@@ -82,6 +93,7 @@ def test_export_writes_junit_with_one_case_per_output_and_input_set(exported):
     assert cases[1].get("name") == "output [tokens=2x128]"
     assert root.find("./testsuite").get("name") == "parity: pytorch-cpu vs onnxruntime-cpu"
     assert root.get("failures") == "0"
+    judged_cases_are_timed(root)
     props = {p.get("name"): p.get("value") for p in root.iter("property")}
     assert props["model"] == SMALL and props["precision"] == "fp32" and "version.onnxruntime" in props
 
@@ -114,9 +126,14 @@ def test_quantized_check_writes_cosine_cases_and_informational_skips(tmp_path):
     root = junit_shape(out / "junit.xml")
     suites = [s.get("name") for s in root.findall("testsuite")]
     assert suites == ["parity: pytorch-cpu vs onnxruntime-cpu", "int8 parity: pytorch-cpu vs onnxruntime-int8",
-                      "int8 parity: pytorch-cpu vs onnxruntime-int8-fused"]
+                      "int8 parity: pytorch-cpu vs onnxruntime-int8-fused", "int8 parity: null control"]
     assert all(c.find("skipped") is not None for c in root.findall("testsuite")[2].findall("testcase"))  # info rows
     assert "cosine" in root.findall("testsuite")[1].find("testcase/system-out").text
+    names = [c.get("name") for c in root.findall("testsuite")[1].findall("testcase")]
+    assert names[-1] == "output [every sample]"  # the worst sample, named
+    (control,) = root.findall("testsuite")[3].findall("testcase")
+    assert control.find("failure") is None and "null control" in control.find("system-out").text
+    judged_cases_are_timed(root)
 
 
 def test_report_files_are_all_or_nothing(tmp_path):
@@ -168,7 +185,7 @@ def test_validate_invocation_uses_the_cli_parser():
 @pytest.mark.parametrize("gpu", [False, True])
 def test_workflow_parses_and_every_command_is_a_valid_invocation(tmp_path, gpu, yaml):
     path = tmp_path / ".github" / "workflows" / "parity.yml"
-    result = run("ci-template", "-o", path, *(["--gpu"] if gpu else []))
+    result = run("ci-template", "-o", path, *INSTALL, *(["--gpu"] if gpu else []))
     assert result.exit_code == 0, result.output
     workflow = yaml.safe_load(path.read_text())
     jobs = workflow["jobs"]
@@ -186,14 +203,34 @@ def test_workflow_parses_and_every_command_is_a_valid_invocation(tmp_path, gpu, 
             "zoo:nat-tiny", "-o"]] and "--engine" in commands[2]
 
 
+# attn-export is on no package index: the workflow installs it from the user's repository (a committed wheel).
+WHEEL = "./wheels/attn_export-0.1.0-py3-none-any.whl"
+INSTALL = ("--install", WHEEL, "--install=-e .")
+
+
+def test_ci_template_needs_to_be_told_where_attn_export_comes_from(tmp_path, yaml):
+    path = tmp_path / "parity.yml"
+    assert_one_line_error(run("ci-template", "-o", path), 2, "ci-template needs --install: attn-export is on no "
+                          "package index")
+    assert not path.exists()
+    assert run("ci-template", "-o", path, "--gpu", *INSTALL).exit_code == 0
+    jobs = yaml.safe_load(path.read_text())["jobs"]
+    for job in jobs.values():  # torch first (pinned), then exactly what --install named
+        install = next(step["run"] for step in job["steps"] if step.get("id") == "install")
+        torch_line, requirements = (shlex.split(line) for line in install.splitlines()[:2])
+        assert torch_line[torch_line.index("install") + 1] == "torch==2.13.0"
+        assert requirements[requirements.index("install") + 1:][:2] == [WHEEL, "-e ."]
+    assert "attn-export==" not in path.read_text()  # no index serves it
+
+
 def test_ci_template_bad_paths(tmp_path):
     (tmp_path / "wf.yml").write_text("mine")
-    assert_one_line_error(run("ci-template", "-o", tmp_path / "wf.yml"), 2, "exists; pass --force")
+    assert_one_line_error(run("ci-template", "-o", tmp_path / "wf.yml", *INSTALL), 2, "exists; pass --force")
     assert (tmp_path / "wf.yml").read_text() == "mine"
-    assert run("ci-template", "-o", tmp_path / "wf.yml", "--force").exit_code == 0
+    assert run("ci-template", "-o", tmp_path / "wf.yml", "--force", *INSTALL).exit_code == 0
     assert "attn-export check" in (tmp_path / "wf.yml").read_text()
-    assert_one_line_error(run("ci-template", "-o", tmp_path), 2, "is a folder")
-    assert_one_line_error(run("ci-template", "-o", tmp_path / "x.yml", "--input-shape", "images=axb"), 2,
+    assert_one_line_error(run("ci-template", "-o", tmp_path, *INSTALL), 2, "is a folder")
+    assert_one_line_error(run("ci-template", "-o", tmp_path / "x.yml", *INSTALL, "--input-shape", "images=axb"), 2,
                           "--input-shape 'images=axb' is not NAME=DIMS")
     assert not (tmp_path / "x.yml").exists()
 
@@ -219,7 +256,7 @@ def test_cpu_job_runs_green_on_a_zoo_model_and_red_on_a_broken_one(tmp_path, yam
     repo.mkdir()
     assert run(SMALL, "-o", tmp_path / "export", "--no-check").exit_code == 0
     (repo / "model.onnx").write_bytes((tmp_path / "export" / "model.onnx").read_bytes())  # the committed file
-    assert run("ci-template", "--model", SMALL, "-o", repo / ".github/workflows/parity.yml").exit_code == 0
+    assert run("ci-template", "--model", SMALL, "-o", repo / ".github/workflows/parity.yml", *INSTALL).exit_code == 0
     workflow = yaml.safe_load((repo / ".github/workflows/parity.yml").read_text())
     outcomes = run_cpu_job(workflow, repo)
     assert outcomes and all(code == 0 for _, code in outcomes), outcomes
@@ -278,3 +315,22 @@ def test_extras_commit_whole_folders_and_discard_what_they_created(tmp_path):
     extras.discard()
     assert not (tmp_path / "new").exists()
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["model"]
+
+
+# --------------------------------------------------------------------------------------- README and .ci/run
+
+
+def readme_block(after: str) -> list[str]:
+    """The lines of the README's first ```bash block after the paragraph starting with ``after``."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index(after):].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_and_ci_run_install_and_test_with_the_same_lines():
+    readme = readme_block("Run the tests.")
+    script = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()
+              if line.strip().startswith(("pip ", "ruff ", "python -m pytest"))]
+    assert script == readme, (script, readme)
+    assert readme[0] == f"pip install {defaults.CI_TORCH}"  # torch first, pinned as the workflow template pins it
+    assert readme_block("attn-export needs PyTorch first")[0] == readme[0]  # the quick start installs it alike

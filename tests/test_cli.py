@@ -110,6 +110,13 @@ def test_zoo_listing_and_help():
     listing = run("zoo")
     assert listing.exit_code == 0
     assert "nat-tiny" in listing.output and "images=1x3x64x64" in listing.output
+    from attn_export.models import zoo
+
+    rows = listing.output.splitlines()
+    assert [row.split()[0] for row in rows] == zoo.names()
+    # every description starts in one column, whatever the length of a model's input list (paro-dit-tiny's)
+    starts = {row.index(zoo.entry(row.split()[0]).description) for row in rows}
+    assert len(starts) == 1, rows
     helped = run("--help")
     assert helped.exit_code == 0 and "check" in helped.output and "zoo:nat-tiny" in helped.output
     assert "--dynamic-batch" in run("export", "--help").output

@@ -105,6 +105,18 @@ def test_rpb_explicit_scale_and_misaligned_pointers(kernels):
     run_case(kernels, [20, 22], kw, torch.float16, dim=64, use_rpb=True, misalign=True, seed=4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_bias_table_too_big_for_shared_memory_runs_the_generic_kernel(kernels, dtype):
+    """3-D k19 at head_dim 64: the bias table (37^3 floats, 198 KB) does not fit next to the core's tiles in any
+    GPU's shared memory, so the call runs on the generic kernel, and select_path says so (it used to say
+    tensor-core while the launcher returned UNSUPPORTED)."""
+    kw = dict(kernel_size=(19, 19, 19))
+    q = torch.empty(1, 19, 19, 19, 1, 64, device="cuda", dtype=dtype)
+    assert kernels.select_path(q, has_rpb=True, **kw) == "generic"
+    assert kernels.select_path(q, **kw) == "core"
+    run_case(kernels, [19, 19, 19], kw, dtype, dim=64, heads=1, batch=1, use_rpb=True, seed=13)
+
+
 def test_empty_batch_and_invalid_shape(kernels):
     q = torch.randn(0, 8, 2, 32, device="cuda")
     assert kernels.neighborhood_attention(q, q, q, kernel_size=3).shape == q.shape

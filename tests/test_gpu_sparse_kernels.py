@@ -154,3 +154,38 @@ def test_empty_batch_and_invalid_layout(kernels):
     q = torch.randn(1, 2, 130, 32, device="cuda", dtype=torch.float16)
     with pytest.raises(Exception, match="query-block rows"):
         kernels.block_sparse_attention(q, q, q, count, index, 64, 64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)  # the core; the generic kernel
+@pytest.mark.parametrize("gap", [110, 120])
+def test_paro_quantized_p_stays_finite_when_a_later_tile_is_far_below(kernels, dtype, gap):
+    """Kv block 1 listed after block 0, its logits `gap` (base 2) below: the online rescale by the P scales
+    overflowed fp32 (inf/NaN) before the tile max was floored at 2^-30 (docs/ops/paro_attention.md)."""
+    n, dim = 128, 64
+    q, k = torch.zeros(1, 1, n, dim), torch.zeros(1, 1, n, dim)
+    q[..., 0], k[:, :, 64:, 0] = 1.0, -gap / paro_kernel_sim.LOG2E
+    v = 1.0 + 0.1 * torch.rand(1, 1, n, dim, generator=torch.Generator().manual_seed(gap))
+    layout_ = (torch.tensor([[[2, 1]]], dtype=torch.int32), torch.tensor([[[[0, 1], [1, -1]]]], dtype=torch.int32))
+    args = (*(x.to(dtype).cuda() for x in (q, k, v)), torch.arange(n, dtype=torch.int32)[None].cuda(),
+            *(x.cuda() for x in layout_))
+    kw = dict(block=64, qk_bits=16, pv_bits=8, q_group=32, k_group=64, smooth_k=False, scale=1.0)
+    out, ref, _ = run_paro(kernels, args, kw)  # asserts every output finite
+    torch.testing.assert_close(out, ref, atol=TOLERANCE[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("dtype, bits", [(torch.float16, (8, 8)), (torch.float16, (16, 16)), (torch.float32, (8, 8))],
+                         ids=str)
+def test_paro_invalid_permutation_is_read_clamped(kernels, dtype, bits):
+    """perm_idx entries outside [0, N) are read clamped, as kv_index entries are: the output equals that of the
+    clamped indices (no position repeats here), and nothing is accessed out of bounds (memcheck runs this file's
+    failures)."""
+    args, kw = paro_case(3, dtype, 64, bits)
+    q, k, v, perm, count, index = args
+    n = q.shape[2]
+    bad = perm.cpu().clone()
+    bad[:, 0], bad[:, 1] = -7, n + 3
+    for h in range(bad.shape[0]):
+        bad[h, 2:] = torch.tensor([x for x in perm[h].tolist() if x not in (0, n - 1)], dtype=torch.int32)
+    outs = [kernels.paro_attention(q, k, v, p.cuda(), count, index, **kw) for p in (bad, bad.clamp(0, n - 1))]
+    torch.cuda.synchronize()
+    assert torch.isfinite(outs[0]).all() and torch.equal(outs[0], outs[1])

@@ -55,14 +55,14 @@ def test_simulated_kernel_matches_reference(seed):
 
 @pytest.mark.parametrize("dtype, atol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
 @pytest.mark.parametrize("seed", range(6))
-def test_tensor_core_rounding_stays_within_the_gpu_tolerance(dtype, atol, seed):
-    """The WMMA path rounds P to the input dtype: still inside the gpu tier's tolerance against fp32
+def test_core_p_rounding_stays_within_the_gpu_tolerance(dtype, atol, seed):
+    """The core rounds P to the input dtype for its P.V MMA: still inside the gpu tier's tolerance against fp32
     (docs/architecture.md, Test tiers)."""
     spatial, kw, use_rpb = random_config(random.Random(100 + seed))
     q, k, v, rpb = make_inputs(spatial, kw, use_rpb, dim=32, seed=seed)
     ref = neighborhood_attention(q, k, v, rpb=rpb, **kw)
     low = [x.to(dtype) for x in (q, k, v)]
-    out = sim.simulate(*low, rpb=None if rpb is None else rpb.to(dtype), tensor_core=True, **kw)
+    out = sim.simulate(*low, rpb=None if rpb is None else rpb.to(dtype), round_p=True, **kw)
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), ref, atol=atol, rtol=0)
 

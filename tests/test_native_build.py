@@ -56,6 +56,18 @@ def test_kernel_library_has_sm90_code_and_static_cudart(native_build):
         assert "sm_90" in listing
 
 
+def test_build_stamps_the_kernel_library_for_a_prebuilt_run(native_build):
+    """The stamp scripts/gpu-check.sh reads to take a library built without a GPU: the architectures, the nvcc
+    release (the driver the static runtime needs) and every kernel source's SHA-256, which sha256sum confirms."""
+    lines = (native_build / native.KERNELS_STAMP_NAME).read_text().splitlines()
+    assert lines[0] == "arch 90" and re.fullmatch(r"cuda \d+\.\d+", lines[1]), lines[:2]
+    hashed = [line.split(" ", 2) for line in lines[2:]]
+    assert {path for _, _, path in hashed} == {str(p.relative_to(REPO)) for p in native.kernel_sources()}
+    listing = "".join(f"{digest}  {path}\n" for _, digest, path in hashed)
+    check = subprocess.run(["sha256sum", "--check", "--quiet"], input=listing, cwd=REPO, capture_output=True, text=True)
+    assert check.returncode == 0, f"{native_build} was built from other sources: {check.stdout}{check.stderr}"
+
+
 def test_plugin_library_compiled_against_tensorrt_headers(native_build):
     lib = native_build / native.PLUGIN_LIB_NAME
     assert lib.is_file(), "the plugin library was not built: no TensorRT headers found"

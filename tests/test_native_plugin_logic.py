@@ -50,6 +50,18 @@ def test_plugin_logic_unit_tests_pass(folder, tmp_path):
     assert run_checks(exe) > MIN_CHECKS.get(folder.name, 50)
 
 
+# The block-layout rules (shape checks, rows = ceil(S / block), the kernels' attnx_block_layout) live once, in
+# common/tensorInfo.* (layoutProblem, layoutParams); a plugin folder that spells them out again is a copy.
+LAYOUT_COPY = re.compile(r"layout\.(rows|max_blocks|count_batch|count_heads|index_batch|index_heads)\s*=|ceilDiv\(")
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda f: f.name)
+def test_block_layout_rules_have_one_home(folder):
+    copies = [f"{p.name}: {line.strip()}" for p in logic_files(folder) for line in p.read_text().splitlines()
+              if LAYOUT_COPY.search(line)]
+    assert not copies, f"{folder.name} repeats the block-layout rules of common/tensorInfo.*: {copies}"
+
+
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda f: f.name)
 def test_plugin_has_a_glue_test(folder):
     """Built and run by ctest (tests/test_native_build.py checks that it ran)."""

@@ -108,3 +108,30 @@ def test_vacuous_references_are_warned_about(exported):
     warnings = check_parity(ignores_input, path, feeds, Tolerances(atol=100, rtol=100)).warnings
     assert any("identical for input sets 0 and 1" in w for w in warnings), warnings
     assert check_parity(model, path, feeds).warnings == []
+
+
+class ChannelsLast(torch.nn.Module):
+    """A Conv2d whose output leaves permuted (many vision models end so): a non-contiguous reference output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x).permute(0, 2, 3, 1)
+
+
+def test_non_contiguous_outputs_and_inputs_are_compared(tmp_path):
+    torch.manual_seed(0)
+    model = ChannelsLast().eval()
+    path = tmp_path / "perm.onnx"
+    export(model, (torch.randn(1, 3, 8, 8),), path, input_names=["x"], output_names=["y"])
+    # a transposed user array as the input, too: both reach Polygraphy, which views raw buffers
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32).transpose(0, 1, 3, 2)
+    assert not x.flags["C_CONTIGUOUS"]
+    report = check_parity(model, path, [{"x": x}])
+    assert report.passed
+    (out,) = report.comparisons[0].outputs
+    assert out.max_abs_error < 1e-5
+    # and a wrong model still fails through the same path
+    assert not check_parity(Shifted(model, lambda y: y + 1e-2), path, [{"x": x}]).passed

@@ -208,6 +208,32 @@ def test_onnx_function_matches_the_op(bits, opset):
         np.testing.assert_allclose(got, paro_attention(*args, **kw).numpy(), atol=1e-5, rtol=0, err_msg=str(kw))
 
 
+def test_p_tile_scale_is_floored_and_the_onnx_function_floors_alike():
+    """A tile's P scale is max(tile max, 2^-30) / qmax (docs/ops/paro_attention.md): a tile whose largest probability
+    is 2^-110 quantizes to zeros (unfloored it kept 127 levels of its own, and the kernels' online rescale
+    overflowed); a tile at 2^-20 keeps its own scale. The ONNX function floors the same way on a layout whose second
+    tile sits 110 (base 2) below the first."""
+    p = torch.zeros(2, 4, 1, 5)
+    p[0], p[1] = 2.0**-110, 2.0**-20
+    quantized = quantize_tiles(p, torch.ones(4, 1, 1), 8)
+    assert torch.equal(quantized[0], torch.zeros(4, 1, 5))
+    torch.testing.assert_close(quantized[1], p[1], rtol=1e-6, atol=0)
+    n, dim = 128, 8
+    q, k = torch.zeros(1, 1, n, dim), torch.zeros(1, 1, n, dim)
+    q[..., 0], k[:, :, 64:, 0] = 1.0, -110 * math.log(2)
+    v = 1.0 + torch.rand(1, 1, n, dim, generator=torch.Generator().manual_seed(0))
+    args = (q, k, v, torch.arange(n, dtype=torch.int32)[None], torch.tensor([[[2, 1]]], dtype=torch.int32),
+            torch.tensor([[[[0, 1], [1, -1]]]], dtype=torch.int32))
+    kw = dict(block=64, qk_bits=16, pv_bits=8, q_group=32, k_group=64, smooth_k=False, scale=1.0)
+    session = ort.InferenceSession(single_node(kw, 18).SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, dict(zip(["q", "k", "v", "perm_idx", "kv_count", "kv_index"],
+                                        (a.numpy() for a in args))))
+    want = paro_attention(*args, **kw)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(want.numpy(), paro_reference(*args, **kw, dtype=torch.float64).float().numpy(),
+                               atol=1e-6, rtol=0)
+
+
 def test_onnx_function_takes_float16():
     args, kw = random_case(9, (8, 8))
     kw["scale"] = 0.3

@@ -106,3 +106,51 @@ def test_the_core_takes_block_64_only():
     args, kw = random_case(0)
     with pytest.raises(ValueError, match="block == 64"):
         sim.simulate(*args, **{**kw, "block": 32})
+
+
+def two_tiles_apart(gap: float, dim: int = 16):
+    """One query block listing kv blocks 0 and 1 in that order: every logit of block 0 is 0, every logit of block 1
+    is -gap in base 2, so the later tile's largest probability is 2^-gap of the earlier one's."""
+    n = 128
+    q = torch.zeros(1, 1, n, dim)
+    q[..., 0] = 1.0
+    k = torch.zeros(1, 1, n, dim)
+    k[:, :, 64:, 0] = -gap / sim.LOG2E  # natural-log logits; the kernel works in base 2
+    # V near its channel maxima: quantized values near qmax, so the accumulator is large (~2^20 at INT8) too.
+    v = 1.0 + 0.1 * torch.rand(1, 1, n, dim, generator=torch.Generator().manual_seed(5))
+    perm = torch.arange(n, dtype=torch.int32)[None]
+    count = torch.tensor([[[2, 1]]], dtype=torch.int32)
+    index = torch.tensor([[[[0, 1], [1, -1]]]], dtype=torch.int32)
+    return (q, k, v, perm, count, index), dict(block=64, qk_bits=16, smooth_k=False, scale=1.0)
+
+
+@pytest.mark.parametrize("gap", [110, 120])
+@pytest.mark.parametrize("pv_bits", [8, 4])
+def test_quantized_p_stays_finite_when_a_later_tile_is_far_below(gap, pv_bits):
+    """The rescale alpha * p_scale_prev / p_scale overflowed fp32 (inf/NaN output) when a later tile's largest
+    probability was about 2^-105 of an earlier one's: the tile max is floored at 2^-30 (kernel, simulator and
+    reference alike), so the factor stays <= 2^30 and such a tile quantizes to zeros."""
+    args, kw = two_tiles_apart(gap)
+    stats = sim.SimStats()
+    out = sim.simulate(*args, **kw, pv_bits=pv_bits, stats=stats)
+    assert torch.isfinite(out).all(), f"gap {gap}: {int((~torch.isfinite(out)).sum())} non-finite outputs"
+    assert stats.p_scales[1] == pytest.approx(2.0**-30 / sim.qmax(pv_bits), rel=1e-6)  # the far tile: the floor
+    torch.testing.assert_close(out, paro_attention(*args, **kw, pv_bits=pv_bits), atol=1e-5, rtol=0)
+
+
+def test_invalid_permutation_is_clamped_like_kv_index():
+    """perm_idx entries outside [0, N) are read clamped into range, as kv_index entries are (the kernels never
+    address memory outside q, k, v and out): the result is that of the clamped indices. Which of two queries
+    written to one position wins is unspecified, so the case repeats no clamped index."""
+    args, kw = random_case(2, bits=(8, 8))
+    q, k, v, perm, count, index = args
+    n = q.shape[2]
+    bad = perm.clone()
+    bad[:, 0], bad[:, 1] = -7, n + 3  # the clamped values 0 and N-1: moved there from elsewhere
+    for h in range(perm.shape[0]):
+        rest = [x for x in perm[h].tolist() if x not in (0, n - 1)]
+        bad[h, 2:] = torch.tensor(rest, dtype=torch.int32)
+    clamped = bad.clamp(0, n - 1)
+    assert sorted(clamped[0].tolist()) == list(range(n))
+    out = sim.simulate(q, k, v, bad, count, index, **kw)
+    torch.testing.assert_close(out, sim.simulate(q, k, v, clamped, count, index, **kw), atol=0, rtol=0)

@@ -403,7 +403,7 @@ def test_int4_reads_no_calibration_data(tmp_path):
 def test_quantized_parity_judges_the_model_as_tensorrt_runs_it(small_onnx, mode, tmp_path):
     """The gate evaluates Q/DQ exactly (as TensorRT does), not through ONNX Runtime's CPU integer kernels,
     whose results depend on the CPU (AVX2 saturation; INT4 MatMulNBits quantizes activations)."""
-    from attn_export.parity import QUANT_THRESHOLDS, check_quantized, quant_metrics
+    from attn_export.quality import QUANT_THRESHOLDS, check_quantized, quant_metrics
 
     torch_model, paths = small_onnx
     path = tmp_path / f"small.{mode}.onnx"

@@ -1,5 +1,7 @@
 """TensorRT tier (`-m trt`): engines built with the plugin library, TensorRT vs ONNX Runtime vs
-PyTorch. Runs only where TensorRT, a GPU and a built plugin library are present; skips elsewhere."""
+PyTorch, for all three plugins: neighborhood (1-D causal, 2-D, dilated, 3-D), block-sparse (a static layout and
+top-k routing computed in the graph) and PARO (the shipped plan, INT8 QK and PV). Runs only where TensorRT, a GPU
+and a built plugin library are present; skips elsewhere."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import sys
 import pytest
 
 from attn_export import native, trt
+from attn_export.registry import BLOCK_SPARSE, NEIGHBORHOOD, PARO
 
 from helpers import run
 
@@ -27,9 +30,10 @@ def tensorrt():
     return module
 
 
-def test_plugin_creator_is_registered(tensorrt):
+@pytest.mark.parametrize("spec", native.PLUGIN_OPS, ids=lambda spec: spec.plugin_name)
+def test_plugin_creator_is_registered(tensorrt, spec):
     ctypes.CDLL(str(native.plugin_library()))  # as Polygraphy's --plugins and trtexec --staticPlugins do
-    creator = tensorrt.get_plugin_registry().get_creator("NeighborhoodAttention", "1", "attn_export")
+    creator = tensorrt.get_plugin_registry().get_creator(spec.plugin_name, spec.plugin_version, spec.plugin_namespace)
     assert creator is not None
 
 
@@ -59,7 +63,17 @@ def test_load_library_registers_once_and_unloads(tensorrt, order):
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("model", ["zoo:nat-tiny", "zoo:dinat-tiny", "zoo:na1d-causal", "zoo:na3d-video"])
+# Each model and the plugin its attention calls must become (none may fall back to the local function).
+ENGINE_MODELS = {
+    "zoo:nat-tiny": NEIGHBORHOOD, "zoo:dinat-tiny": NEIGHBORHOOD, "zoo:na1d-causal": NEIGHBORHOOD,
+    "zoo:na3d-video": NEIGHBORHOOD,
+    "zoo:bsa-vit": BLOCK_SPARSE,  # static layout: kv_count / kv_index initializers
+    "zoo:biformer-tiny": BLOCK_SPARSE,  # top-k routing: the layout is computed in the graph, a plugin input
+    "zoo:paro-dit-tiny": PARO,  # the shipped plan, INT8 QK and PV, block 16 (the generic kernel)
+}
+
+
+@pytest.mark.parametrize("model", list(ENGINE_MODELS))
 def test_engine_parity_with_pytorch_and_onnxruntime(tensorrt, model, tmp_path):
     out = tmp_path / "out"
     result = run(model, "-o", out, "--engine", "--max-batch", "4")
@@ -69,8 +83,10 @@ def test_engine_parity_with_pytorch_and_onnxruntime(tensorrt, model, tmp_path):
     assert "tensorrt" in candidates and report["status"] == "pass"
     meta = json.loads((out / "engine.json").read_text())
     assert meta["strongly_typed"] and (out / "model.engine").stat().st_size == meta["bytes"]
-    assert meta["plugin_layers"], "the engine must run the NeighborhoodAttention plugin, not the local function"
+    spec = ENGINE_MODELS[model]
+    assert meta["plugin_layers"], f"the engine must run the {spec.plugin_name} plugin, not the local function"
     assert all(layer["type"] == "PLUGIN_V3" for layer in meta["plugin_layers"])
+    assert {layer.get("plugin") for layer in meta["plugin_layers"]} <= {spec.plugin_name, None}
     check = run("check", model, out / "model.onnx", "--engine", out / "model.engine")
     assert check.exit_code == 0, check.output
 

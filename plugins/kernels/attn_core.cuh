@@ -21,6 +21,7 @@
 #include <cute/tensor.hpp>
 
 #include "na_index.h"
+#include "paro_rules.h"
 
 namespace attnx {
 namespace core {
@@ -285,8 +286,8 @@ __global__ void __launch_bounds__(kThreads)
             float tile_max = exchange[0];
             for (int w = 1; w < kWarps; ++w) tile_max = fmaxf(tile_max, exchange[w]);
             const float qmax = policy.qmax_p();
-            float p_scale = tile_max / qmax;
-            if (p_scale == 0.f) p_scale = 1.f / qmax;
+            // Floored (paro_rules.h): the factor p_scale_prev / p_scale below stays <= 2^30, never inf.
+            const float p_scale = paro::p_tile_scale(tile_max, qmax);
 #pragma unroll
             for (int i = 0; i < size(acc_s); ++i) acc_s(i) = fminf(rintf(acc_s(i) / p_scale), qmax);
             // acc_o holds O / p_scale_prev; after this tile it holds O / p_scale.

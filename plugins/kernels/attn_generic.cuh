@@ -12,6 +12,7 @@
 
 #include "attnx_types.h"
 #include "block_layout.h"
+#include "paro_rules.h"
 
 namespace attnx {
 namespace generic {
@@ -73,7 +74,9 @@ __global__ void __launch_bounds__(kThreads)
     const long long kv_base = (static_cast<long long>(b) * p.heads + h) * p.seq_kv * p.dim;
     const long long scale_row = static_cast<long long>(p.batch0 + b) * p.heads + (p.head0 + h);
     const int first = qb * p.block_q, last = min(first + p.block_q, p.seq_q);
-    auto at = [&](int position, bool gather) { return static_cast<long long>(gather && perm ? perm[position] : position) * p.dim; };
+    auto at = [&](int position, bool gather) {
+        return static_cast<long long>(gather && perm ? paro::permuted(perm, position, p.seq_q) : position) * p.dim;
+    };
     auto k_scale = [&](int key) { return p.k_scale ? p.k_scale[scale_row * ceil_div(p.seq_kv, p.k_group) + key / p.k_group] : 1.f; };
 
     // The logit of query row i's registers against key `key`: (q . k) * scale (* the QK quantization scales).
@@ -131,8 +134,7 @@ __global__ void __launch_bounds__(kThreads)
             total += pv;
             float weight = pv;
             if (quant_p) {
-                float scale = tile_max[s / p.block_kv] / p.qmax_p;
-                if (scale == 0.f) scale = 1.f / p.qmax_p;
+                const float scale = paro::p_tile_scale(tile_max[s / p.block_kv], p.qmax_p);
                 weight = fminf(rintf(pv / scale), p.qmax_p) * scale;
             }
             const T* vr = v + kv_base + at(key, p.gather_v);

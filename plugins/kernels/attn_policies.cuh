@@ -8,6 +8,7 @@
 #include "block_layout.h"
 #include "core_plan.h"
 #include "na_problem.h"
+#include "paro_rules.h"
 
 namespace attnx {
 namespace core {
@@ -321,7 +322,7 @@ struct ParoPolicy {
     }
     __device__ int kv_tiles() const { return row.count; }
     __device__ long long at(int position, bool gather) const {
-        return base + static_cast<long long>(gather ? perm[position] : position) * p.dim;
+        return base + static_cast<long long>(gather ? paro::permuted(perm, position, p.seq) : position) * p.dim;
     }
     __device__ long long q_row(int r) const { return q_first + r < p.seq ? at(q_first + r, p.gather_qk) : -1; }
     __device__ long long o_row(int r) const { return q_first + r < p.seq ? at(q_first + r, true) : -1; }
@@ -335,7 +336,7 @@ struct ParoPolicy {
             k_off = v_off = -1;
             return;
         }
-        const long long original = static_cast<long long>(perm[key]) * p.dim;  // one gather for both
+        const long long original = static_cast<long long>(paro::permuted(perm, key, p.seq)) * p.dim;  // one gather for both
         k_off = base + (p.gather_qk ? original : static_cast<long long>(key) * p.dim);
         v_off = base + (p.gather_v ? original : static_cast<long long>(key) * p.dim);
     }

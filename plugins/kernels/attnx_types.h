@@ -20,12 +20,12 @@ typedef enum attnx_status {
     ATTNX_CUDA_ERROR = 3,        // a CUDA call failed
 } attnx_status;
 
-// Which kernel a call runs. TENSOR_CORE: the first-generation WMMA neighborhood kernel; GENERIC: a CUDA-core
-// kernel (any dtype and head_dim); CORE: the fused-attention core (mma.sync, cp.async pipeline, registers)
-// with the op's tile policy: fp16/bf16, head_dim 32/64/128, 16-byte aligned rows.
+// Which kernel a call runs. GENERIC: a CUDA-core kernel (any dtype and head_dim); CORE: the fused-attention
+// core (mma.sync, cp.async pipeline, registers) with the op's tile policy: fp16/bf16, head_dim 32/64/128,
+// 16-byte aligned rows. Value 1 was the first-generation WMMA neighborhood path, never launched since the core
+// replaced it and removed: no call returns it.
 typedef enum attnx_na_path {
     ATTNX_PATH_NONE = 0,
-    ATTNX_PATH_TENSOR_CORE = 1,
     ATTNX_PATH_GENERIC = 2,
     ATTNX_PATH_CORE = 3,
 } attnx_na_path;
@@ -75,7 +75,8 @@ typedef struct attnx_bsa_params {
 } attnx_bsa_params;
 
 // PARO attention (docs/ops/paro_attention.md) over [batch, heads, seq, head_dim] tensors; perm_idx int32
-// [heads, seq]; the layout is over ceil(seq / block) blocks of the permuted sequence.
+// [heads, seq] (entries read clamped into [0, seq): an invalid permutation gives an unspecified output, never an
+// out-of-bounds access); the layout is over ceil(seq / block) blocks of the permuted sequence.
 typedef struct attnx_paro_params {
     int32_t batch;
     int32_t heads;

@@ -1,7 +1,7 @@
-// C ABI launcher: validates the parameters, picks the kernel and launches it. fp16/bf16 with head_dim
-// 32/64/128 and aligned rows run the fused core (attn_core.cuh) with the neighborhood tile policy; everything
-// else runs the first-generation kernel's generic path (na_fused.cuh, tile from na_launch.h). The
-// first generation's WMMA path is no longer launched: wherever it fits, the core fits too (less shared memory).
+// C ABI launcher: validates the parameters, picks the kernel (na_launch.h's na_path, which select_path
+// reports too) and launches it. fp16/bf16 with head_dim 32/64/128 and aligned rows run the fused core
+// (attn_core.cuh) with the neighborhood tile policy where it fits (with a bias: where its table fits in shared
+// memory); everything else runs the first-generation generic kernel (na_fused.cuh, tile from na_launch.h).
 #include <string>
 #include <type_traits>
 
@@ -22,11 +22,11 @@ using attnx::aligned16;
 using attnx::current_device;
 using attnx::Device;
 
-template <typename T, int TILE, bool TC>
+template <typename T, int TILE>
 attnx_status launch(const attnx_na_params& p, const Device& dev, size_t smem, const void* q, const void* k,
                     const void* v, const void* rpb, void* out, cudaStream_t stream) {
     const attnx::NaProblem problem = attnx::make_problem(p, TILE);
-    constexpr auto kernel = attnx::na_fused_kernel<T, TILE, TC>;
+    constexpr auto kernel = attnx::na_fused_kernel<T, TILE>;
     const long long table = static_cast<long long>(2 * problem.k[0] - 1) * (2 * problem.k[1] - 1) * (2 * problem.k[2] - 1);
     attnx_status status = ATTNX_OK;
     // gridDim.y and gridDim.z stop at 65,535: larger batch or head counts launch in chunks, with the
@@ -50,28 +50,18 @@ attnx_status launch(const attnx_na_params& p, const Device& dev, size_t smem, co
     return status;
 }
 
-// The path of a call: the core where it fits (core_plan.h; with a bias, its table staged in shared memory
-// too), else the first generation's plan.
-attnx_na_path na_path(const attnx_na_params& p, const Device& dev, bool aligned) {
-    long long table = 1;
-    for (int a = 0; a < p.rank; ++a) table *= 2LL * p.kernel_size[a] - 1;
-    if (attnx::core_fits(p.dtype, p.head_dim, dev.major, dev.max_smem, aligned) &&
-        (!p.has_rpb || attnx::na_rpb_staged(table, p.head_dim, dev.max_smem)))
-        return ATTNX_PATH_CORE;
-    return attnx::choose_launch(p.dtype, p.head_dim, dev.major, dev.max_smem, aligned).path;
-}
-
 template <typename T>
 attnx_status dispatch(const attnx_na_params& p, const Device& dev, const void* q, const void* k, const void* v,
                       const void* rpb, void* out, cudaStream_t stream) {
     // The vectorized core loads need 16-byte aligned rows; otherwise the generic path runs.
     const bool aligned = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
-    if (na_path(p, dev, aligned) == ATTNX_PATH_CORE) return attnx::na_core_forward(p, dev.id, dev.max_smem, q, k, v, rpb, out, stream);
-    const attnx::LaunchChoice c = attnx::choose_launch(p.dtype, p.head_dim, dev.major, dev.max_smem, aligned);
-    switch (c.path == ATTNX_PATH_GENERIC ? c.tile : 0) {
-        case 64: return launch<T, 64, false>(p, dev, c.dynamic_smem, q, k, v, rpb, out, stream);
-        case 32: return launch<T, 32, false>(p, dev, c.dynamic_smem, q, k, v, rpb, out, stream);
-        case 16: return launch<T, 16, false>(p, dev, c.dynamic_smem, q, k, v, rpb, out, stream);
+    const attnx_na_path path = attnx::na_path(p, dev.major, dev.max_smem, aligned);
+    if (path == ATTNX_PATH_CORE) return attnx::na_core_forward(p, dev.id, dev.max_smem, q, k, v, rpb, out, stream);
+    const attnx::LaunchChoice c = attnx::choose_launch(p.dtype, p.head_dim, dev.max_smem);
+    switch (path == ATTNX_PATH_GENERIC ? c.tile : 0) {
+        case 64: return launch<T, 64>(p, dev, c.dynamic_smem, q, k, v, rpb, out, stream);
+        case 32: return launch<T, 32>(p, dev, c.dynamic_smem, q, k, v, rpb, out, stream);
+        case 16: return launch<T, 16>(p, dev, c.dynamic_smem, q, k, v, rpb, out, stream);
         default:
             return fail(ATTNX_UNSUPPORTED, "head_dim=" + std::to_string(p.head_dim) +
                                                " needs more shared memory than this GPU offers per block");
@@ -98,7 +88,7 @@ size_t attnx_na_workspace_size(const attnx_na_params*) { return 0; }
 attnx_na_path attnx_na_select_path(const attnx_na_params* params) {
     Device dev;
     if (attnx_na_validate(params) != ATTNX_OK || !current_device(dev)) return ATTNX_PATH_NONE;
-    return na_path(*params, dev, true);
+    return attnx::na_path(*params, dev.major, dev.max_smem, true);
 }
 
 attnx_status attnx_na_forward(const attnx_na_params* params, const void* q, const void* k, const void* v,

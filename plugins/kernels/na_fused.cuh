@@ -1,19 +1,15 @@
-// Fused neighborhood-attention forward (one kernel, two matmul back ends).
+// Fused neighborhood-attention forward, first generation: the generic kernel (CUDA cores, fp32 math).
 //
 // A thread block owns one query tile (a box of up to TILE queries of one dilation group, in group
 // coordinates) for one (batch, head). It visits, in row-major order, only the kv tiles of the box that
 // the tile's windows span (tile_kv_range per axis), masks single elements by each query's window, and
 // keeps an online softmax in fp32: scores and probabilities live in shared memory, never in global
-// memory. TensorCore = true: fp16/bf16 WMMA (16x16x16) for Q.K^T and P.V, P rounded to the input
-// type; false: CUDA-core fp32 math for any dtype and head_dim. attn_export.models.na_kernel_sim
-// replays this exact algorithm on the CPU.
+// memory. CUDA-core fp32 math for any dtype and head_dim (the fused core, attn_core.cuh, takes fp16/bf16
+// at head_dim 32/64/128 where it fits). attn_export.models.na_kernel_sim replays this algorithm on the CPU.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
-
-#include <type_traits>
 
 #include "na_launch.h"
 #include "na_problem.h"
@@ -43,14 +39,12 @@ __device__ __forceinline__ float warp_sum(float x) {
     return x;
 }
 
-template <typename T, int TILE, bool TensorCore>
+template <typename T, int TILE>
 __global__ void __launch_bounds__(kThreads)
     na_fused_kernel(NaProblem pr, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                     const T* __restrict__ rpb, T* __restrict__ out) {
-    using Plan = SmemPlan<sizeof(T), TILE, TensorCore>;
-    using P = typename std::conditional<TensorCore, T, float>::type;  // probabilities' storage type
-    static_assert(sizeof(P) == Plan::kProbBytes, "the plan sizes the probabilities as the kernel stores them");
-    static_assert(!TensorCore || TILE == 64, "the tensor-core path gives 4 warps 16 rows each");
+    using Plan = SmemPlan<sizeof(T), TILE>;
+    static_assert(sizeof(float) == Plan::kProbBytes, "the plan sizes the probabilities as the kernel stores them");
     const int dim = pr.dim;
     const int ldi = Plan::ld_in(dim), ldo = Plan::ld_out(dim);
     constexpr int lds = TILE + Plan::kPadScore, ldp = TILE + Plan::kPadProb;
@@ -61,7 +55,7 @@ __global__ void __launch_bounds__(kThreads)
     T* ks = reinterpret_cast<T*>(cursor);      cursor += Plan::qkv_bytes(dim);
     T* vs = reinterpret_cast<T*>(cursor);      cursor += Plan::qkv_bytes(dim);
     float* sc = reinterpret_cast<float*>(cursor);  cursor += Plan::score_bytes();
-    P* pr_s = reinterpret_cast<P*>(cursor);    cursor += Plan::prob_bytes();
+    float* pr_s = reinterpret_cast<float*>(cursor);    cursor += Plan::prob_bytes();
     float* os = reinterpret_cast<float*>(cursor);  cursor += Plan::out_bytes(dim);
     float* row_max = reinterpret_cast<float*>(cursor);
     float* row_sum = row_max + TILE;
@@ -119,19 +113,9 @@ __global__ void __launch_bounds__(kThreads)
 
     // Copies TILE rows of head_dim elements into shared memory; invalid slots become zeros.
     auto load_rows = [&](const T* src, T* dst, const long long* offsets, const int* valid) {
-        if constexpr (TensorCore) {  // 16-byte vectors: head_dim * sizeof(T) is a multiple of 16 on this path
-            const int vec = dim * static_cast<int>(sizeof(T)) / 16;
-            for (int e = tid; e < TILE * vec; e += kThreads) {
-                const int row = e / vec, part = e % vec;
-                uint4 value = make_uint4(0, 0, 0, 0);
-                if (valid[row]) value = *reinterpret_cast<const uint4*>(src + offsets[row] + part * (16 / sizeof(T)));
-                *reinterpret_cast<uint4*>(dst + row * ldi + part * (16 / sizeof(T))) = value;
-            }
-        } else {
-            for (int e = tid; e < TILE * dim; e += kThreads) {
-                const int row = e / dim, col = e % dim;
-                dst[row * ldi + col] = valid[row] ? src[offsets[row] + col] : from_float<T>(0.f);
-            }
+        for (int e = tid; e < TILE * dim; e += kThreads) {
+            const int row = e / dim, col = e % dim;
+            dst[row * ldi + col] = valid[row] ? src[offsets[row] + col] : from_float<T>(0.f);
         }
     };
 
@@ -177,37 +161,16 @@ __global__ void __launch_bounds__(kThreads)
         __syncthreads();
 
         // Scores S = Q . K^T (unscaled, fp32).
-        if constexpr (TensorCore) {
-            using namespace nvcuda;
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[TILE / 16];
-            for (int n = 0; n < TILE / 16; ++n) wmma::fill_fragment(acc[n], 0.f);
-            for (int kk = 0; kk < dim; kk += 16) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a_frag;
-                wmma::load_matrix_sync(a_frag, qs + warp * 16 * ldi + kk, ldi);
-                for (int n = 0; n < TILE / 16; ++n) {
-                    wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b_frag;  // K^T
-                    wmma::load_matrix_sync(b_frag, ks + n * 16 * ldi + kk, ldi);
-                    wmma::mma_sync(acc[n], a_frag, b_frag, acc[n]);
-                }
-            }
-            for (int n = 0; n < TILE / 16; ++n)
-                wmma::store_matrix_sync(sc + warp * 16 * lds + n * 16, acc[n], lds, wmma::mem_row_major);
-            __syncwarp();
-        } else {
-            for (int e = tid; e < TILE * TILE; e += kThreads) {
-                const int r = e / TILE, c = e % TILE;
-                float dot = 0.f;
-                for (int x = 0; x < dim; ++x) dot += to_float(qs[r * ldi + x]) * to_float(ks[c * ldi + x]);
-                sc[r * lds + c] = dot;
-            }
-            __syncthreads();
+        for (int e = tid; e < TILE * TILE; e += kThreads) {
+            const int r = e / TILE, c = e % TILE;
+            float dot = 0.f;
+            for (int x = 0; x < dim; ++x) dot += to_float(qs[r * ldi + x]) * to_float(ks[c * ldi + x]);
+            sc[r * lds + c] = dot;
         }
+        __syncthreads();
 
         // Online softmax, one warp per row: mask by window, add the bias, rescale the accumulator.
-        const int row_first = TensorCore ? warp * 16 : warp;
-        const int row_step = TensorCore ? 1 : kThreads / 32;
-        const int row_stop = TensorCore ? warp * 16 + 16 : TILE;
-        for (int r = row_first; r < row_stop; r += row_step) {
+        for (int r = warp; r < TILE; r += kThreads / 32) {
             float s[(TILE + 31) / 32];
             float tile_max = -INFINITY;
             for (int i = 0, c = lane; i < (TILE + 31) / 32; ++i, c += 32) {
@@ -236,7 +199,7 @@ __global__ void __launch_bounds__(kThreads)
             float part = 0.f;
             for (int i = 0, c = lane; i < (TILE + 31) / 32; ++i, c += 32) {
                 const float p = exp2f(s[i] - base);
-                if (c < TILE) pr_s[r * ldp + c] = from_float<P>(p);
+                if (c < TILE) pr_s[r * ldp + c] = p;
                 part += p;
             }
             part = warp_sum(part);
@@ -250,29 +213,12 @@ __global__ void __launch_bounds__(kThreads)
         }
 
         // Accumulate O += P . V.
-        if constexpr (TensorCore) {
-            using namespace nvcuda;
-            __syncwarp();
-            for (int n = 0; n < dim; n += 16) {
-                wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-                wmma::load_matrix_sync(acc, os + warp * 16 * ldo + n, ldo, wmma::mem_row_major);
-                for (int kk = 0; kk < TILE; kk += 16) {
-                    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a_frag;
-                    wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b_frag;
-                    wmma::load_matrix_sync(a_frag, pr_s + warp * 16 * ldp + kk, ldp);
-                    wmma::load_matrix_sync(b_frag, vs + kk * ldi + n, ldi);
-                    wmma::mma_sync(acc, a_frag, b_frag, acc);
-                }
-                wmma::store_matrix_sync(os + warp * 16 * ldo + n, acc, ldo, wmma::mem_row_major);
-            }
-        } else {
-            __syncthreads();
-            for (int e = tid; e < TILE * dim; e += kThreads) {
-                const int r = e / dim, x = e % dim;
-                float acc = os[r * ldo + x];
-                for (int c = 0; c < TILE; ++c) acc += static_cast<float>(pr_s[r * ldp + c]) * to_float(vs[c * ldi + x]);
-                os[r * ldo + x] = acc;
-            }
+        __syncthreads();
+        for (int e = tid; e < TILE * dim; e += kThreads) {
+            const int r = e / dim, x = e % dim;
+            float acc = os[r * ldo + x];
+            for (int c = 0; c < TILE; ++c) acc += pr_s[r * ldp + c] * to_float(vs[c * ldi + x]);
+            os[r * ldo + x] = acc;
         }
     }
     __syncthreads();

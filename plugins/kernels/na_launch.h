@@ -1,8 +1,9 @@
-// Host-side launch plan of the fused neighborhood-attention kernel, shared by the launcher
-// (na_forward.cu), the kernel (the shared-memory layout) and the CPU tests (no CUDA include):
+// Host-side launch plan of the first-generation neighborhood kernel (na_fused.cuh, CUDA cores), shared by the
+// launcher (na_forward.cu), the kernel (the shared-memory layout) and the CPU tests (no CUDA include):
 //   - SmemPlan: the block's dynamic shared memory AND its static __shared__ arrays; a launch needs
 //     dynamic + static <= the device's opt-in limit per block, or it fails instead of using a smaller tile;
-//   - choose_launch: the path (tensor-core or generic) and tile for a dtype, head_dim and device;
+//   - choose_launch: the generic kernel's tile for a dtype, head_dim and device;
+//   - na_path: which kernel a call runs (the core where it fits, else the generic kernel);
 //   - for_each_grid_chunk: grids within CUDA's limits (gridDim.y, gridDim.z <= 65,535) for any batch
 //     and head count.
 #pragma once
@@ -10,21 +11,21 @@
 #include <stddef.h>
 
 #include "attnx_types.h"
+#include "core_plan.h"
 #include "na_index.h"
 
 namespace attnx {
 
-constexpr int kThreads = 128;  // 4 warps; the tensor-core path gives each warp 16 query rows
+constexpr int kThreads = 128;  // 4 warps
 constexpr int kMaxGridYZ = 65535;
 
-// Shared memory of one block. ElemBytes: size of q/k/v's element type; the probabilities are stored in
-// the input type on the tensor-core path, in fp32 otherwise.
-template <int ElemBytes, int TILE, bool TensorCore>
+// Shared memory of one block. ElemBytes: size of q/k/v's element type; the probabilities are stored in fp32.
+template <int ElemBytes, int TILE>
 struct SmemPlan {
-    static constexpr int kProbBytes = TensorCore ? ElemBytes : 4;
-    static constexpr int kPadIn = TensorCore ? 8 : (ElemBytes == 4 ? 1 : 2);  // WMMA: ldm % 8 == 0
-    static constexpr int kPadScore = TensorCore ? 4 : 1;
-    static constexpr int kPadProb = TensorCore ? 8 : 1;
+    static constexpr int kProbBytes = 4;
+    static constexpr int kPadIn = ElemBytes == 4 ? 1 : 2;
+    static constexpr int kPadScore = 1;
+    static constexpr int kPadProb = 1;
     // The kernel's static __shared__ array: one 64-bit global row offset per tile slot.
     static constexpr int kRowOffsets = TILE;
     ATTNX_HD static int ld_in(int dim) { return dim + kPadIn; }
@@ -47,39 +48,46 @@ struct SmemPlan {
 };
 
 struct LaunchChoice {
-    attnx_na_path path;
+    attnx_na_path path;   // ATTNX_PATH_GENERIC, or ATTNX_PATH_NONE when no tile fits
     int tile;             // tokens per query / kv tile (0 when path is ATTNX_PATH_NONE)
     size_t dynamic_smem;  // bytes, the launch's dynamic shared memory
     size_t static_smem;   // bytes of static __shared__ arrays
 };
 
-inline bool tensor_core_head_dim(int dim) { return dim == 32 || dim == 64 || dim == 128; }
+template <int ElemBytes, int TILE>
+inline bool fits(int dim, size_t max_smem) { return SmemPlan<ElemBytes, TILE>::block_bytes(dim) <= max_smem; }
 
-template <int ElemBytes, int TILE, bool TC>
-inline bool fits(int dim, size_t max_smem) { return SmemPlan<ElemBytes, TILE, TC>::block_bytes(dim) <= max_smem; }
-
-template <int ElemBytes, int TILE, bool TC>
+template <int ElemBytes, int TILE>
 inline LaunchChoice choice(int dim) {
-    using Plan = SmemPlan<ElemBytes, TILE, TC>;
-    return LaunchChoice{TC ? ATTNX_PATH_TENSOR_CORE : ATTNX_PATH_GENERIC, TILE, Plan::total(dim), Plan::static_bytes()};
+    using Plan = SmemPlan<ElemBytes, TILE>;
+    return LaunchChoice{ATTNX_PATH_GENERIC, TILE, Plan::total(dim), Plan::static_bytes()};
 }
 
+// The largest tile whose block fits.
 template <int ElemBytes>
-inline LaunchChoice choose_launch_for(int dim, int cc_major, size_t max_smem, bool aligned) {
-    // Tensor cores: fp16/bf16, head_dim 32/64/128, sm_80+, 16-byte aligned rows (vectorized loads).
-    if (ElemBytes == 2 && tensor_core_head_dim(dim) && cc_major >= 8 && aligned && fits<ElemBytes, 64, true>(dim, max_smem))
-        return choice<ElemBytes, 64, true>(dim);
-    if (fits<ElemBytes, 64, false>(dim, max_smem)) return choice<ElemBytes, 64, false>(dim);
-    if (fits<ElemBytes, 32, false>(dim, max_smem)) return choice<ElemBytes, 32, false>(dim);
-    if (fits<ElemBytes, 16, false>(dim, max_smem)) return choice<ElemBytes, 16, false>(dim);
+inline LaunchChoice choose_launch_for(int dim, size_t max_smem) {
+    if (fits<ElemBytes, 64>(dim, max_smem)) return choice<ElemBytes, 64>(dim);
+    if (fits<ElemBytes, 32>(dim, max_smem)) return choice<ElemBytes, 32>(dim);
+    if (fits<ElemBytes, 16>(dim, max_smem)) return choice<ElemBytes, 16>(dim);
     return LaunchChoice{ATTNX_PATH_NONE, 0, 0, 0};
 }
 
-// The kernel a call runs on a device of compute capability major `cc_major` whose opt-in shared memory
-// per block is `max_smem` bytes; `aligned`: q, k, v and out start on 16-byte boundaries.
-inline LaunchChoice choose_launch(int dtype, int dim, int cc_major, size_t max_smem, bool aligned) {
-    return dtype == ATTNX_FLOAT32 ? choose_launch_for<4>(dim, cc_major, max_smem, aligned)
-                                  : choose_launch_for<2>(dim, cc_major, max_smem, aligned);
+// The generic kernel's launch on a device whose opt-in shared memory per block is `max_smem` bytes (any dtype,
+// head_dim and alignment: it loads element by element).
+inline LaunchChoice choose_launch(int dtype, int dim, size_t max_smem) {
+    return dtype == ATTNX_FLOAT32 ? choose_launch_for<4>(dim, max_smem) : choose_launch_for<2>(dim, max_smem);
+}
+
+// The path of a call: the core where it fits (core_plan.h; with a bias, its table staged in shared memory
+// too), else the generic kernel (its bias read from global memory: any table size), else NONE. The launcher
+// (na_forward.cu) and attnx_na_select_path both ask this, so select_path names the kernel that runs.
+inline attnx_na_path na_path(const attnx_na_params& p, int cc_major, size_t max_smem, bool aligned) {
+    long long table = 1;
+    for (int a = 0; a < p.rank; ++a) table *= 2LL * p.kernel_size[a] - 1;
+    if (core_fits(p.dtype, p.head_dim, cc_major, max_smem, aligned) &&
+        (!p.has_rpb || na_rpb_staged(table, p.head_dim, max_smem)))
+        return ATTNX_PATH_CORE;
+    return cc_major >= 8 ? choose_launch(p.dtype, p.head_dim, max_smem).path : ATTNX_PATH_NONE;
 }
 
 // Calls f(batch0, batches, head0, heads) for grids of at most kMaxGridYZ heads (gridDim.y) and batches

@@ -5,7 +5,7 @@
 // input type (|x| <= 127 is exact in fp16 and bf16), plus their float scales; the attention kernels then
 // read them directly. Without quantization nothing is written and the kernels gather through perm_idx.
 // Rounding as the reference: x / scale in fp32, round half to even (rintf), clamp to +-qmax; a scale of 0
-// becomes 1.
+// becomes 1. perm_idx entries are read clamped into [0, seq) (paro_rules.h).
 #pragma once
 
 #include "attn_generic.cuh"
@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kThreads)
         const int first = blockIdx.x * group, count = min(group, seq - first) * dim;
         auto value = [&](int e) {
             const int n = first + e / dim, c = e % dim;
-            const float raw = generic::load(x + base + static_cast<long long>(perm[static_cast<long long>(h) * seq + n]) * dim + c);
+            const float raw = generic::load(x + base + static_cast<long long>(paro::permuted(perm + static_cast<long long>(h) * seq, n, seq)) * dim + c);
             return mean ? raw - mean[static_cast<long long>(bh) * dim + c] : raw;
         };
         float a = 0.f;
@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(kThreads)
         for (long long e = blockIdx.x * static_cast<long long>(kThreads) + threadIdx.x; e < total;
              e += static_cast<long long>(gridDim.x) * kThreads) {
             const int n = static_cast<int>(e / dim), c = static_cast<int>(e % dim);
-            const float raw = generic::load(x + base + static_cast<long long>(perm[static_cast<long long>(h) * seq + n]) * dim + c);
+            const float raw = generic::load(x + base + static_cast<long long>(paro::permuted(perm + static_cast<long long>(h) * seq, n, seq)) * dim + c);
             generic::store(dst + base + e, fminf(fmaxf(rintf(raw / scales[static_cast<long long>(bh) * dim + c]), -qmax), qmax));
         }
     }

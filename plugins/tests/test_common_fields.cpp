@@ -90,11 +90,31 @@ void test_dims_text() {
     CHECK(!isKnownDim(t.dims[1]) && isKnownDim(t.dims[0]));
 }
 
+// The block-layout rules both block-sparse plugins share (one home: tensorInfo.h).
+void test_block_layout() {
+    TensorInfo const q{DType::kFloat16, true, 4, {2, 4, 130, 64}};
+    TensorInfo count{DType::kInt32, true, 3, {1, 4, 3}}, index{DType::kInt32, true, 4, {2, 1, 3, 5}};
+    CHECK(layoutProblem(q, count, index, 64, "Sq", "block_q", false).empty());  // 3 rows = ceil(130 / 64)
+    CHECK_ERROR(layoutProblem(q, count, index, 32, "Sq", "block_q", false),
+                "kv_count [1,4,3] has 3 query-block rows; the sequence needs 5 (rows = ceil(Sq / block_q=32))");
+    CHECK_ERROR(layoutProblem(q, count, index, 64, "N", "block", true),
+                "kv_index [2,1,3,5] has 1 heads; the attention has 4 (one layout per head)");
+    TensorInfo dynamic = q;
+    dynamic.dims[2] = -1;  // rows not known at build time: not checked
+    CHECK(layoutProblem(dynamic, count, index, 32, "Sq", "block_q", false).empty());
+    index.type = DType::kFloat32;
+    CHECK_ERROR(layoutProblem(q, count, index, 64, "Sq", "block_q", false), "kv_count and kv_index must be int32");
+    attnx_block_layout const l = layoutParams(count, index);
+    CHECK(l.rows == 3 && l.max_blocks == 5 && l.count_batch == 1 && l.count_heads == 4 && l.index_batch == 2 &&
+          l.index_heads == 1);
+}
+
 }  // namespace
 
 int main() {
     test_readers();
     test_parse_declared();
     test_dims_text();
+    test_block_layout();
     return testharness::passed();
 }

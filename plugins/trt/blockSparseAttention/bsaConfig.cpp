@@ -9,12 +9,6 @@ namespace plugin {
 
 namespace blockSparseAttention {
 
-namespace {
-
-int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-}  // namespace
-
 std::string parseFields(std::vector<FieldView> const& fields, BSAConfig& cfg) {
     cfg = BSAConfig{};
     return parseDeclared(kDecl, fields, [&](int32_t field, FieldView const& f) -> std::string {
@@ -49,10 +43,7 @@ std::string checkInputs(BSAConfig const& cfg, TensorInfo const* inputs, int32_t 
             return "k " + dimsText(k) + " and q " + dimsText(q) + " must share batch, heads and head_dim";
     if (isKnownDim(q.dims[3]) && q.dims[3] > kMaxHeadDim)
         return "head_dim=" + std::to_string(q.dims[3]) + " exceeds the supported maximum " + std::to_string(kMaxHeadDim);
-    int64_t const rows = isKnownDim(q.dims[2]) ? ceilDiv(q.dims[2], cfg.block_q) : -1;
-    std::string const layout = layoutProblem(inputs[kCount], inputs[kIndex], q.dims[0], q.dims[1], rows, false);
-    if (!layout.empty()) return layout + " (rows = ceil(Sq / block_q=" + std::to_string(cfg.block_q) + "))";
-    return "";
+    return layoutProblem(q, inputs[kCount], inputs[kIndex], cfg.block_q, "Sq", "block_q", false);
 }
 
 bool supportsFormat(int32_t pos, TensorInfo const* inOut, int32_t nbInputs, int32_t nbOutputs) {
@@ -74,12 +65,7 @@ attnx_bsa_params kernelParams(BSAConfig const& cfg, TensorInfo const* inputs) {
     p.seq_kv = static_cast<int32_t>(k.dims[2]);
     p.block_q = cfg.block_q;
     p.block_kv = cfg.block_kv;
-    p.layout.rows = static_cast<int32_t>(count.dims[2]);
-    p.layout.max_blocks = static_cast<int32_t>(index.dims[3]);
-    p.layout.count_batch = static_cast<int32_t>(count.dims[0]);
-    p.layout.count_heads = static_cast<int32_t>(count.dims[1]);
-    p.layout.index_batch = static_cast<int32_t>(index.dims[0]);
-    p.layout.index_heads = static_cast<int32_t>(index.dims[1]);
+    p.layout = layoutParams(count, index);
     p.scale = cfg.has_scale ? cfg.scale : 1.f / std::sqrt(static_cast<float>(p.head_dim));
     p.dtype = q.type == DType::kFloat16 ? ATTNX_FLOAT16 : q.type == DType::kBFloat16 ? ATTNX_BFLOAT16 : ATTNX_FLOAT32;
     return p;

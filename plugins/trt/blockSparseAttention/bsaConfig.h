@@ -50,7 +50,7 @@ std::string parseFields(std::vector<FieldView> const& fields, BSAConfig& cfg);
 std::vector<FieldView> serializeFields(BSAConfig const& cfg);
 
 // q [B, H, Sq, D], k and v [B, H, Skv, D], kv_count [B|1, H|1, nQB], kv_index [B|1, H|1, nQB, M]
-// (nQB = ceil(Sq / block_q)); every known dimension is checked.
+// (nQB = ceil(Sq / block_q)); every known dimension is checked (the layout by common/tensorInfo.h's layoutProblem).
 std::string checkInputs(BSAConfig const& cfg, TensorInfo const* inputs, int32_t nbInputs);
 
 // q, k, v, out: one type among fp32/fp16/bf16; kv_count, kv_index: int32; all linear.

@@ -16,10 +16,9 @@ bool broadcastable(int64_t d, int64_t full, bool exact) {
     return !isKnownDim(d) || !isKnownDim(full) || d == full || (d == 1 && !exact);
 }
 
-}  // namespace
 
-std::string layoutProblem(TensorInfo const& count, TensorInfo const& index, int64_t batch, int64_t heads, int64_t rows,
-                          bool headsExact) {
+std::string layoutRule(TensorInfo const& count, TensorInfo const& index, int64_t batch, int64_t heads, int64_t rows,
+                       bool headsExact) {
     std::string const headsRule = headsExact ? "heads" : "H|1";
     if (count.type != DType::kInt32 || index.type != DType::kInt32)
         return "kv_count and kv_index must be int32 (the exporter writes int32 layouts)";
@@ -39,6 +38,27 @@ std::string layoutProblem(TensorInfo const& count, TensorInfo const& index, int6
                    std::to_string(rows);
     }
     return "";
+}
+
+}  // namespace
+
+std::string layoutProblem(TensorInfo const& q, TensorInfo const& count, TensorInfo const& index, int32_t block,
+                          char const* seqName, char const* blockField, bool headsExact) {
+    int64_t const rows = isKnownDim(q.dims[2]) ? (q.dims[2] + block - 1) / block : -1;
+    std::string const problem = layoutRule(count, index, q.dims[0], q.dims[1], rows, headsExact);
+    if (problem.empty()) return "";
+    return problem + " (rows = ceil(" + seqName + " / " + blockField + "=" + std::to_string(block) + "))";
+}
+
+attnx_block_layout layoutParams(TensorInfo const& count, TensorInfo const& index) {
+    attnx_block_layout l{};
+    l.rows = static_cast<int32_t>(count.dims[2]);
+    l.max_blocks = static_cast<int32_t>(index.dims[3]);
+    l.count_batch = static_cast<int32_t>(count.dims[0]);
+    l.count_heads = static_cast<int32_t>(count.dims[1]);
+    l.index_batch = static_cast<int32_t>(index.dims[0]);
+    l.index_heads = static_cast<int32_t>(index.dims[1]);
+    return l;
 }
 
 }  // namespace plugin

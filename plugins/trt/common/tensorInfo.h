@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <string>
 
+#include "attnx_types.h"
+
 namespace attnx {
 namespace plugin {
 
@@ -27,12 +29,18 @@ std::string dimsText(TensorInfo const& t);
 
 inline bool isFloatType(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
 
-// A padded-ELL block layout's two tensors (docs/ops/block_sparse_attention.md) against the attention's batch,
-// heads and query-block rows (any of them -1: not known yet, not checked): `count` [B|1, H|1, rows] and `index`
-// [B|1, H|1, rows, max_blocks], int32. headsExact: the heads dim must equal heads (PARO), not 1.
-// Returns "" or one sentence naming the tensor, its dims and the rule.
-std::string layoutProblem(TensorInfo const& count, TensorInfo const& index, int64_t batch, int64_t heads, int64_t rows,
-                          bool headsExact);
+// The padded-ELL block layout inputs (docs/ops/block_sparse_attention.md) every block-sparse plugin takes
+// (BlockSparseAttention, ParoAttention): one home for their shape rules and their kernel parameters.
+//
+// `count` [B|1, H|1, rows] and `index` [B|1, H|1, rows, max_blocks], int32, against q [B, H, S, D] whose query
+// blocks are `block` tokens (rows = ceil(S / block); dims not known yet, -1, are not checked). headsExact: the
+// heads dim must equal H (PARO: one layout per head), not 1. Returns "" or one sentence naming the tensor, its
+// dims and the rule, ending in "(rows = ceil(<seqName> / <blockField>=<block>))" where the rows disagree.
+std::string layoutProblem(TensorInfo const& q, TensorInfo const& count, TensorInfo const& index, int32_t block,
+                          char const* seqName, char const* blockField, bool headsExact);
+
+// The kernels' view of a checked layout (attnx_block_layout) from the two tensors' concrete dims.
+attnx_block_layout layoutParams(TensorInfo const& count, TensorInfo const& index);
 
 }  // namespace plugin
 }  // namespace attnx

@@ -19,8 +19,6 @@ std::string readBits(FieldView const& f, int32_t& out) {
     return "";
 }
 
-int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 }  // namespace
 
 std::string parseFields(std::vector<FieldView> const& fields, ParoConfig& cfg) {
@@ -76,10 +74,7 @@ std::string checkInputs(ParoConfig const& cfg, TensorInfo const* inputs, int32_t
         if (isKnownDim(perm.dims[d]) && isKnownDim(q.dims[1 + d]) && perm.dims[d] != q.dims[1 + d])
             return "perm_idx " + dimsText(perm) + " must be [heads, N] = [" + std::to_string(q.dims[1]) + ", " +
                    std::to_string(q.dims[2]) + "]";
-    int64_t const rows = isKnownDim(q.dims[2]) ? ceilDiv(q.dims[2], cfg.block) : -1;
-    std::string const layout = layoutProblem(inputs[kCount], inputs[kIndex], q.dims[0], q.dims[1], rows, true);
-    if (!layout.empty()) return layout + " (rows = ceil(N / block=" + std::to_string(cfg.block) + "))";
-    return "";
+    return layoutProblem(q, inputs[kCount], inputs[kIndex], cfg.block, "N", "block", true);
 }
 
 bool supportsFormat(int32_t pos, TensorInfo const* inOut, int32_t nbInputs, int32_t nbOutputs) {
@@ -99,12 +94,7 @@ attnx_paro_params kernelParams(ParoConfig const& cfg, TensorInfo const* inputs) 
     p.seq = static_cast<int32_t>(q.dims[2]);
     p.head_dim = static_cast<int32_t>(q.dims[3]);
     p.block = cfg.block;
-    p.layout.rows = static_cast<int32_t>(count.dims[2]);
-    p.layout.max_blocks = static_cast<int32_t>(index.dims[3]);
-    p.layout.count_batch = static_cast<int32_t>(count.dims[0]);
-    p.layout.count_heads = static_cast<int32_t>(count.dims[1]);
-    p.layout.index_batch = static_cast<int32_t>(index.dims[0]);
-    p.layout.index_heads = static_cast<int32_t>(index.dims[1]);
+    p.layout = layoutParams(count, index);
     p.qk_bits = cfg.qk_bits;
     p.pv_bits = cfg.pv_bits;
     p.q_group = cfg.q_group;

@@ -60,7 +60,8 @@ std::string parseFields(std::vector<FieldView> const& fields, ParoConfig& cfg);
 std::vector<FieldView> serializeFields(ParoConfig const& cfg);
 
 // q, k, v [B, heads, N, D] (one shape), perm_idx [heads, N], kv_count [1|B, heads, nb], kv_index
-// [1|B, heads, nb, M] (nb = ceil(N / block)); every known dimension is checked.
+// [1|B, heads, nb, M] (nb = ceil(N / block)); every known dimension is checked (the layout by common/tensorInfo.h's
+// layoutProblem, one layout per head).
 std::string checkInputs(ParoConfig const& cfg, TensorInfo const* inputs, int32_t nbInputs);
 
 // q, k, v, out: one type among fp32/fp16/bf16; perm_idx, kv_count, kv_index: int32; all linear.
