@@ -535,7 +535,9 @@ def _write_triton(extras, opts: ExportOptions, name: str, final: Path, engine: P
     kind = "engine" if engine else "onnx"
     entry = triton.entry_for(final, name, kind, profiles, opts.max_batch)
     folder = extras.path(Path(opts.triton_repo) / name, folder=True)
-    return triton.write_entry(folder, entry, engine or final, native.plugin_library() if engine else None)
+    plugins = opts.lowering == "plugin"  # an attention-lowered engine runs without our library
+    return triton.write_entry(folder, entry, engine or final, native.plugin_library() if engine and plugins else None,
+                              needs_plugins=plugins)
 
 
 def _write_check_files(extras, opts: ExportOptions, model: str, onnx: str, report, quant_report=None,
