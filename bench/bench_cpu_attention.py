@@ -6,7 +6,13 @@ of ru_maxrss during the first full-size call, after a warm-up on a tiny input. T
 alternate one dense SDPA call and one call of the implementation; the table gives the median times and
 the median, min and max of the per-round ratios (the spread is the machine's noise).
 
-    python bench/bench_cpu_attention.py [--reps 7] [--only na bsa] [--impls op onnx] [--quick] [--threads N]
+    python bench/bench_cpu_attention.py [--reps 7] [--only na bsa] [--impls op onnx onnx-static attention]
+                                        [--quick] [--threads N]
+
+Implementations: `op` the torch op; `onnx` the node's local function with every dim symbolic; `onnx-static` the
+same with the spatial dims (NA) or sequence length (block-sparse) stated in the file, as a --static-spatial
+export writes it (NA then uses its shape-specialised overload); `attention` the node lowered to ONNX's
+Attention with an exact mask (--lowering attention), shapes as `onnx-static`.
 
 --threads sets torch's and ONNX Runtime's intra-op threads alike (default: each library's own, the cores).
 On a machine shared with other jobs, one thread is the contention-robust comparison: a parallel region
@@ -35,6 +41,8 @@ NA_CASES = [
     ("na3d", (16, 16, 16), 3), ("na3d", (16, 16, 16), 5), ("na3d", (8, 32, 32), 7),
 ]
 BSA_DENSITIES = [0.1, 0.25, 0.5, 1.0]
+IMPL_NAMES = {"op": "torch op", "onnx": "ONNX fn (ORT)", "onnx-static": "ONNX fn, static spatial (ORT)",
+              "attention": "Attention lowering (ORT)"}
 QUICK = {("na2d", (32, 32), 7), ("na2d", (64, 64), 7)}
 
 
@@ -49,42 +57,61 @@ def session_options(threads: int):
     return options
 
 
-def na_session(rank: int, kernel: int, threads: int):
-    """ONNX Runtime session of one NeighborhoodAttention node with its local function (dynamic shapes)."""
+def lowered_session(graph, impl: str, threads: int):
+    """ONNX Runtime session of a one-node graph: its local function (`onnx`, `onnx-static`) or its attention
+    lowering (`attention`, opset 23)."""
     import onnxruntime as ort
+    from onnx import helper
+
+    from attn_export.lowering import ATTENTION_MIN_OPSET, lower_to_attention
+    from attn_export.onnx_export import DEFAULT_OPSET, attach_local_functions
+
+    opset = ATTENTION_MIN_OPSET if impl == "attention" else DEFAULT_OPSET
+    model = attach_local_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
+    if impl == "attention":
+        model = lower_to_attention(model)
+    return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def na_session(spatial: tuple[int, ...], kernel: int, impl: str, threads: int):
+    """ONNX Runtime session of one NeighborhoodAttention node: every dim symbolic (`onnx`), or only the batch."""
     from onnx import TensorProto, helper
 
-    from attn_export.onnx_export import DEFAULT_OPSET, attach_local_functions
     from attn_export.registry import DOMAIN, NEIGHBORHOOD
 
-    sym = ["b", *(f"s{i}" for i in range(rank)), "heads", "d"]
+    rank = len(spatial)
+    if impl == "onnx":
+        sym = ["b", *(f"s{i}" for i in range(rank)), "heads", "d"]
+    else:
+        sym = ["b", *spatial, NA_HEADS, NA_DIM]
     node = helper.make_node(NEIGHBORHOOD.onnx_op_type, ["q", "k", "v"], ["out"], domain=DOMAIN,
                             kernel_size=[kernel] * rank, stride=[1] * rank, dilation=[1] * rank,
                             is_causal=[0] * rank, scale=NA_DIM ** -0.5)
     graph = helper.make_graph([node], "na", [helper.make_tensor_value_info(n, TensorProto.FLOAT, sym) for n in "qkv"],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, sym)])
-    model = attach_local_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)]))
-    return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
+    return lowered_session(graph, impl, threads)
 
 
-def bsa_session(threads: int):
-    """ONNX Runtime session of one BlockSparseAttention node with its local function (dynamic shapes)."""
-    import onnxruntime as ort
+def bsa_session(impl: str, threads: int):
+    """ONNX Runtime session of one BlockSparseAttention node: every dim symbolic (`onnx`), or only the batch."""
     from onnx import TensorProto, helper
 
-    from attn_export.onnx_export import DEFAULT_OPSET, attach_local_functions
     from attn_export.registry import BLOCK_SPARSE, DOMAIN
 
     def info(name, kind, rank):
-        return helper.make_tensor_value_info(name, kind, [f"{name}{i}" for i in range(rank)])
+        dims = [f"{name}{i}" for i in range(rank)]
+        if impl != "onnx" and kind == TensorProto.FLOAT:  # q, k, v, out: only the batch symbolic
+            dims[1:] = [BSA_HEADS, BSA_SEQ, BSA_DIM]
+        elif impl != "onnx":  # the layouts: [1, H, nQB(, max_blocks)]
+            dims[:2] = [1, BSA_HEADS]
+        return helper.make_tensor_value_info(name, kind, dims)
 
     node = helper.make_node(BLOCK_SPARSE.onnx_op_type, ["q", "k", "v", "kv_count", "kv_index"], ["out"], domain=DOMAIN,
                             block_q=BSA_BLOCK, block_kv=BSA_BLOCK, scale=BSA_DIM ** -0.5)
     inputs = [info(n, TensorProto.FLOAT, 4) for n in "qkv"]
     inputs += [info("kv_count", TensorProto.INT32, 3), info("kv_index", TensorProto.INT32, 4)]
     graph = helper.make_graph([node], "bsa", inputs, [info("out", TensorProto.FLOAT, 4)])
-    model = attach_local_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)]))
-    return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
+    return lowered_session(graph, impl, threads)
 
 
 def random_layout(n_blocks: int, per_row: int, heads: int, seed: int = 0):
@@ -107,12 +134,14 @@ def na_workload(spatial: tuple[int, ...], kernel: int, impl: str, threads: int):
     def make(shape):
         return torch.randn(3, 1, *shape, NA_HEADS, NA_DIM).unbind(0)
 
-    full, tiny = make(spatial), make((kernel + 1,) * len(spatial))
+    # A file with static spatial dims runs at that size only: its warm-up uses the full size too.
+    full = make(spatial)
+    tiny = make((kernel + 1,) * len(spatial)) if impl in ("op", "onnx") else full
     if impl == "op":
         def run(q, k, v):
             return neighborhood_attention(q, k, v, kernel)
     else:
-        session = na_session(len(spatial), kernel, threads)
+        session = na_session(spatial, kernel, impl, threads)
 
         def run(q, k, v):
             return session.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})
@@ -129,11 +158,12 @@ def bsa_workload(density: float, impl: str, threads: int):
     count, index = random_layout(n_blocks, max(1, round(density * n_blocks)), BSA_HEADS)
     full = list(torch.randn(3, 1, BSA_HEADS, BSA_SEQ, BSA_DIM).unbind(0)) + [count, index]
     tiny = list(torch.randn(3, 1, BSA_HEADS, 2 * BSA_BLOCK, BSA_DIM).unbind(0)) + list(random_layout(2, 1, BSA_HEADS))
+    tiny = tiny if impl in ("op", "onnx") else full
     if impl == "op":
         def run(q, k, v, c, i):
             return block_sparse_attention(q, k, v, c, i, BSA_BLOCK, BSA_BLOCK)
     else:
-        session = bsa_session(threads)
+        session = bsa_session(impl, threads)
 
         def run(q, k, v, c, i):
             return session.run(None, dict(zip(("q", "k", "v", "kv_count", "kv_index"), (t.numpy() for t in
@@ -190,7 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--only", nargs="+", choices=["na", "bsa"], default=["na", "bsa"])
-    parser.add_argument("--impls", nargs="+", choices=["op", "onnx"], default=["op", "onnx"])
+    parser.add_argument("--impls", nargs="+", choices=list(IMPL_NAMES), default=["op", "onnx"])
     parser.add_argument("--quick", action="store_true", help="only the cases of the issue's goal table")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads of torch and ONNX Runtime")
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -201,8 +231,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.case:
+        from attn_export.errors import AttnExportError
+
         case, impl = json.loads(args.case)
-        print(json.dumps(measure(case, impl, args.reps, args.threads)))
+        try:
+            print(json.dumps(measure(case, impl, args.reps, args.threads)))
+        except AttnExportError as exc:  # the attention lowering's size guard: a row that says so
+            print(json.dumps({"refused": str(exc)}))
         return
     print(f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime "
           f"{onnxruntime.__version__}, fp32, batch 1; NA {NA_HEADS} heads, head_dim {NA_DIM}, stride 1, dilation 1; "
@@ -215,7 +250,10 @@ def main() -> None:
                                    "--case", json.dumps([case, impl])], capture_output=True, text=True, check=True)
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             name, tokens = label(case)
-            print(f"| {name} | {tokens} | {'torch op' if impl == 'op' else 'ONNX fn (ORT)'} | {r['ms']:.2f} | "
+            if "refused" in r:
+                print(f"| {name} | {tokens} | {IMPL_NAMES[impl]} | refused by the size guard | | | |", flush=True)
+                continue
+            print(f"| {name} | {tokens} | {IMPL_NAMES[impl]} | {r['ms']:.2f} | "
                   f"{r['dense_ms']:.2f} | {r['ratio']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | "
                   f"{r['peak_mb']:.1f} |", flush=True)
 

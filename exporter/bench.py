@@ -283,7 +283,7 @@ def bench(outdir: str | os.PathLike, opts: BenchOptions, progress: Callable[[str
         if not engine.is_file():
             runners.append(("tensorrt", None, f"no {engine.name} in {target.outdir} (export with --engine on a GPU "
                                               "machine)"))
-        elif trt.tensorrt_module() is None or not trt.engine_available():
+        elif trt.tensorrt_module() is None or not trt.engine_available(trt.engine_needs_plugins(engine)):
             runners.append(("tensorrt", None, "TensorRT or the plugin library is not installed here"))
         else:
             runners.append(("tensorrt", _trt_call(engine), ""))

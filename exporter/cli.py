@@ -261,6 +261,10 @@ def main():
                    "static for checkpoints and pickles; a .pt2 keeps its own].")
 @click.option("--opset", type=int, help=f"ONNX opset ({defaults.SUPPORTED_OPSETS[0]}-{defaults.SUPPORTED_OPSETS[-1]}, "
                                         f"default {defaults.OPSET}; --int4 needs {defaults.INT4_MIN_OPSET}).")
+@click.option("--lowering", default=defaults.LOWERING, show_default=True, metavar="|".join(defaults.LOWERINGS),
+              help="How each attention call is written: plugin = one attn_export node + its local function "
+                   "(TensorRT runs our plugin); attention = standard ops around ONNX's Attention with an exact mask "
+                   f"(opset >= {defaults.ATTENTION_MIN_OPSET}; stock TensorRT >= 10.14 and ONNX Runtime, no plugin).")
 @click.option("--no-check", is_flag=True, help="Skip the PyTorch vs ONNX Runtime parity check.")
 @click.option("--engine/--no-engine", default=None,
               help="Build OUTDIR/model.engine with TensorRT and the plugin library [default: when both are present]; "
@@ -329,7 +333,8 @@ def main():
 @_ci_report_options
 @_quant_threshold_options
 @_model_options
-def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, engine, max_batch, timing_cache,
+def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, lowering, no_check, engine, max_batch,
+               timing_cache,
                int8, int4, int4_block, calib_method, calib_samples, calib_data, calib_cache, calib_preprocess, exclude,
                paro, paro_grid, paro_prefix, paro_density, paro_block, paro_qk, paro_pv, paro_buckets, paro_plan,
                dtype, shapes, profiles, triton_repo, triton_name, junit, summary,
@@ -345,7 +350,8 @@ def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, no_check, e
         if int8 and int4:
             raise AttnExportError("--int8 and --int4 are exclusive: choose one")
         opts = ExportOptions(
-            opset=opset, dynamic_batch=dynamic_batch, dynamic_spatial=dynamic_spatial, check=not no_check,
+            opset=opset, lowering=lowering, dynamic_batch=dynamic_batch, dynamic_spatial=dynamic_spatial,
+            check=not no_check,
             tolerances=_parse_tolerances(atol, rtol), inputs_npz=inputs_npz, seed=seed,
             command=["attn-export", *sys.argv[1:]], engine=engine, max_batch=max_batch, timing_cache=timing_cache,
             quantize="int8" if int8 else "int4" if int4 else None, int4_block=int4_block, calib_method=calib_method,

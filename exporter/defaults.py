@@ -12,6 +12,15 @@ OPSET = 18  # the lowest opset the torch dynamo exporter and TensorRT 10 both ha
 SUPPORTED_OPSETS = tuple(range(18, 24))
 INT4_MIN_OPSET = 21  # block-wise DequantizeLinear
 
+# Lowering of the attention calls (--lowering): our plugin node + local function, or ONNX's Attention operator
+LOWERINGS = ("plugin", "attention")
+LOWERING = "plugin"
+ATTENTION_MIN_OPSET = 23  # ONNX's Attention operator
+# The attention lowering's masks are dense (N x N per call): budgets in mask elements at the export size
+# (bool masks take a byte each, additive float masks four). 64 Mi elements = one 8192-token call.
+ATTENTION_MASK_BUDGET_CALL = 2**26
+ATTENTION_MASK_BUDGET_MODEL = 2**28
+
 # Parity (float files): an element passes if |a-b| <= atol or |a-b| <= rtol * |reference|
 ATOL = 1e-4
 RTOL = 1e-4

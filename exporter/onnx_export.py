@@ -44,14 +44,20 @@ def export(
     opset: int | None = None,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
+    lowering: str = defaults.LOWERING,
 ) -> onnx.ModelProto:
     """Export ``model`` to ONNX at ``path`` and return the model proto.
 
     Every neighborhood-attention call becomes one ``attn_export::NeighborhoodAttention`` node with a
     local function that plain ONNX Runtime runs. ``dynamic_shapes`` follows torch.export (keyed by
     input name); the file is checked with ``onnx.checker`` (full_check) and written atomically.
+    ``lowering="attention"`` writes each call as standard ops around ONNX's Attention instead
+    (attn_export.lowering; opset 23 or newer).
     """
-    opset = check_opset(opset)
+    from attn_export.lowering import attention_opset, check_lowering
+
+    check_lowering(lowering)
+    opset = check_opset(attention_opset(opset) if lowering == "attention" else opset)
     example_inputs = tuple(example_inputs)
     if isinstance(dynamic_shapes, dict) and input_names:
         # Keyed by input name, which need not be the forward() argument name torch.export wants.
@@ -63,7 +69,13 @@ def export(
         example_inputs = _avoid_size_one_specialization(example_inputs, dynamic_shapes)
     program = _torch_onnx_export(model, example_inputs, dynamic_shapes, opset, input_names, output_names)
     with library_step("completing the exported ONNX model (shared initializers, local functions)"):
-        proto = attach_local_functions(_shared_initializers(program.model_proto))
+        proto = _shared_initializers(program.model_proto)
+        if lowering == "attention":  # our size guard's errors pass through library_step unchanged
+            from attn_export.lowering import lower_to_attention, symbol_values
+
+            proto = lower_to_attention(proto, symbol_values(program, input_names, example_inputs))
+        else:
+            proto = attach_local_functions(proto)
     # torch.onnx can write a graph that ONNX's own shape inference rejects (a no-op squeeze(1) exported as
     # Squeeze(axes=1)): that is the exporter's defect, named as such, not a traceback.
     with library_step("onnx.checker (full check with shape inference) on the file torch.onnx wrote",

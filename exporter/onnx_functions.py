@@ -27,14 +27,16 @@ _INT64_MAX = 2**63 - 1
 
 def function_proto(spec: OpSpec, overload: str, nodes: list, onnx_opset: int) -> FunctionProto:
     """The FunctionProto of ``spec``'s ``overload``: its required inputs plus the optional one the overload
-    names, every attribute of the node (plugin attributes included), standard ops of ``onnx_opset``."""
-    inputs = [i.name for i in spec.inputs if not i.optional or i.name == overload]
+    names, every attribute of the node (plugin attributes included), standard ops of ``onnx_opset``. An overload
+    "BASE@SHAPE" is BASE specialised for one static shape (see neighborhood_function): BASE names the inputs."""
+    base = overload.partition("@")[0]
+    inputs = [i.name for i in spec.inputs if not i.optional or i.name == base]
     function = helper.make_function(
         DOMAIN, spec.onnx_op_type, inputs, [o.name for o in spec.outputs], nodes,
         opset_imports=[helper.make_opsetid("", onnx_opset)],
         attributes=[a.name for a in spec.attributes] + list(PLUGIN_ATTRIBUTES),
     )
-    if len(spec.overloads) > 1:
+    if len(spec.overloads) > 1 or overload:
         function.overload = overload
     return function
 
@@ -144,6 +146,16 @@ def _axis_tiles(b: _Body, n: str, k: str, s: str, d: str, causal: str, tile: str
     return tiles
 
 
+def neighborhood_static_shape(node, shapes: dict) -> str:
+    """"HxW" (one size per spatial axis) when the file states q's spatial dims as numbers, else "": the node then
+    uses the function overload specialised for that shape (index math folded to constants by the runtime)."""
+    dims = shapes.get(node.input[0])
+    spatial = dims[1:-2] if dims and len(dims) >= 3 else None
+    if not spatial or not all(isinstance(d, int) and d > 0 for d in spatial):
+        return ""
+    return "x".join(map(str, spatial))
+
+
 def neighborhood_function(onnx_opset: int, overload: str = "") -> FunctionProto:
     """The model-local function for ``attn_export::NeighborhoodAttention``: tiled attention on GEMMs.
 
@@ -153,8 +165,10 @@ def neighborhood_function(onnx_opset: int, overload: str = "") -> FunctionProto:
     outputs return to token order with one Gather. Memory is O(N * W); nothing of size N x N exists.
     ONNX Runtime cannot inline a function whose optional input is missing, so the 4-input form
     (with rpb) is the function overload ``"rpb"`` and the 3-input form is the default overload.
+    ``"@HxW"`` / ``"rpb@HxW"``: the same for one known spatial shape, taken as a constant instead of Shape(q).
     """
-    with_rpb = overload == "rpb"
+    base, _, static = overload.partition("@")
+    with_rpb = base == "rpb"
     b = _Body("na_")
     kernel = b.attr_ref("kernel_size", AttributeProto.INTS)
     stride = b.attr_ref("stride", AttributeProto.INTS)
@@ -163,7 +177,9 @@ def neighborhood_function(onnx_opset: int, overload: str = "") -> FunctionProto:
     scale = b.attr_ref("scale", AttributeProto.FLOAT)
 
     q_shape = b.Shape("q")
-    spatial = b.Slice(q_shape, b.ints(1), b.ints(-2))
+    # "@HxW": the spatial shape the exporter knows, as a constant: every index node below then depends on
+    # constants only, and ONNX Runtime folds them once per session instead of running ~230 nodes per call.
+    spatial = b.ints(*map(int, static.split("x"))) if static else b.Slice(q_shape, b.ints(1), b.ints(-2))
     ones3, zeros3, last3, end = b.ints(1, 1, 1), b.ints(0, 0, 0), b.ints(-3), b.ints(_INT64_MAX)
 
     def pad3(values: str, filler: str) -> str:  # left-pad a per-axis list to 3 axes

@@ -107,25 +107,47 @@ def choose_overload(spec: OpSpec, node: onnx.NodeProto) -> str:
 
 def attach_local_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     """Give every custom attention node its model-local decomposition (after export: the exporter would
-    inline a function it was handed) and mark nodes with an optional input with their overload."""
+    inline a function it was handed) and mark nodes with an optional input, or with a static shape their op
+    specialises for (OpSpec.static_overload), with their overload."""
     onnx_opset = opset_of(model, defaults.OPSET)
-    needed: set[tuple[int, int]] = set()  # (registry position, overload position): a stable order
+    needed: dict[tuple[int, str], None] = {}  # (registry position, overload), in a stable order
     specs = list(OPS.values())
+    shapes = None
     for node in model.graph.node:
         spec = by_onnx_op_type(node.op_type) if node.domain == DOMAIN else None
         if spec is None:
             continue
         overload = choose_overload(spec, node)
-        if len(spec.overloads) > 1:  # an op without optional inputs has one function: leave the field unset
+        static = spec.hook("static_overload")
+        if static:
+            shapes = _value_dims(model) if shapes is None else shapes
+            tag = static(node, shapes)
+            overload = f"{overload}@{tag}" if tag else overload
+        if len(spec.overloads) > 1 or overload:  # an op without optional inputs has one function: leave it unset
             node.overload = overload
-        needed.add((specs.index(spec), spec.overloads.index(overload)))
+        needed[(specs.index(spec), overload)] = None
     have = {(f.domain, f.name, f.overload) for f in model.functions}
-    for spec_at, overload_at in sorted(needed):
+    for spec_at, overload in sorted(needed, key=lambda key: (key[0], _overload_order(specs[key[0]], key[1]))):
         spec = specs[spec_at]
-        overload = spec.overloads[overload_at]
         if (DOMAIN, spec.onnx_op_type, overload) not in have:
             model.functions.append(spec.hook("local_function")(onnx_opset, overload))
     if needed and not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     model.ir_version = max(model.ir_version, MIN_IR_VERSION)
     return model
+
+
+def _overload_order(spec: OpSpec, overload: str) -> tuple:
+    base, _, tag = overload.partition("@")
+    return spec.overloads.index(base), tag
+
+
+def _value_dims(model: onnx.ModelProto) -> dict[str, list]:
+    """Every typed value's dims: ints where the file states them, None where symbolic."""
+    graph = model.graph
+    dims = {}
+    for value in list(graph.input) + list(graph.value_info) + list(graph.output):
+        if value.type.tensor_type.HasField("shape"):
+            dims[value.name] = [d.dim_value if d.HasField("dim_value") else None
+                                for d in value.type.tensor_type.shape.dim]
+    return dims

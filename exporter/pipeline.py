@@ -44,6 +44,7 @@ class ExportOptions:
     combination and resolves what follows from it (opset, quantization, thresholds, engine) before any work."""
 
     opset: int | None = None  # default: defaults.OPSET (INT4: at least defaults.INT4_MIN_OPSET)
+    lowering: str = defaults.LOWERING  # "plugin" | "attention" (attn_export.lowering); attention: opset >= 23
     dynamic_batch: bool = True
     dynamic_spatial: bool | None = None  # None: dynamic where the model declares spatial dims (zoo models)
     check: bool = True
@@ -98,9 +99,13 @@ class ExportOptions:
         or the plugin library fails here. Idempotent."""
         if self.prepared:
             return self
-        from attn_export import precision, shapes, triton
+        from attn_export import lowering, precision, shapes, triton
         from attn_export.onnx_export import check_opset
 
+        asked_opset = self.opset
+        lowering.check_lowering(self.lowering)
+        if self.lowering == "attention":
+            lowering.attention_opset(asked_opset)  # an explicit opset below 23: exit 2 before any work
         self.dtype = precision.check_name(self.dtype)
         if self.dtype != "fp32" and self.quantize:
             raise AttnExportError(f"--dtype {self.dtype} and --{self.quantize} are exclusive: Q/DQ files are "
@@ -134,6 +139,8 @@ class ExportOptions:
         from attn_export import quantize_step
 
         quantize_step.check_options(self)
+        if self.lowering == "attention":  # the explicit opset was checked above; defaults rise to 23
+            self.opset = max(self.opset, lowering.ATTENTION_MIN_OPSET)
         if self.max_batch < 1:
             raise AttnExportError(f"--max-batch {self.max_batch} must be at least 1")
         self._check_paro_flags()
@@ -201,8 +208,11 @@ class ExportOptions:
             raise AttnExportError(f"--paro-block {self.paro_block} must be a positive token count")
         if self.paro_buckets is not None and self.paro_buckets < 1:
             raise AttnExportError(f"--paro-buckets {self.paro_buckets} must be at least 1")
-        paro_export.parse_bits(self.paro_qk, "--paro-qk", 8)
-        paro_export.parse_bits(self.paro_pv, "--paro-pv", 8)
+        for flag, text in (("--paro-qk", self.paro_qk), ("--paro-pv", self.paro_pv)):
+            bits = paro_export.parse_bits(text, flag, 16)
+            if bits < 16 and self.lowering == "attention":
+                raise AttnExportError(f"{flag} {text}: --lowering attention writes float PARO (ONNX's Attention has "
+                                      f"no form of its quantization emulation): drop {flag}, or use --lowering plugin")
 
     def paro_for(self, source: str) -> bool:
         """Whether an export of ``source`` uses PARO: --paro / --no-paro, else the zoo model's own default."""
@@ -215,7 +225,7 @@ class ExportOptions:
 
     def paro_settings(self, source: str):
         """The resolved PARO settings of an export of ``source`` (None without PARO): flags first, then the
-        zoo model's defaults; bits default to --int8/--int4's precision, else int8."""
+        zoo model's defaults; bits default to --int8/--int4's precision, else int8 (--lowering attention: float)."""
         from attn_export import paro_export
         from attn_export.calib.paro import DEFAULT_BLOCK, DEFAULT_DENSITY
 
@@ -229,6 +239,8 @@ class ExportOptions:
             raise AttnExportError("--paro needs --paro-grid FxHxW: the frames, height and width of the token grid "
                                   "(plus --paro-prefix for text or register tokens before it)")
         default_bits = 4 if self.quantize == "int4" else 8
+        if self.lowering == "attention":
+            default_bits = 16  # float PARO: the Attention operator has no form of the QK/PV quantization emulation
         plan = self.paro_plan
         if plan is None and zoo is not None and self.paro_grid is None and self.paro_density is None \
                 and self.paro_block is None and self.paro_buckets is None:
@@ -246,10 +258,11 @@ class ExportOptions:
         """Whether to build an engine; an explicit request without TensorRT fails here, before any work."""
         from attn_export import trt
 
+        plugins = self.lowering == "plugin"  # the attention lowering runs on stock TensorRT, no plugin library
         if self.engine:
-            trt.require_engine_tools()
+            trt.require_engine_tools() if plugins else trt.require_attention_tensorrt()
             return True
-        return self.engine is None and trt.engine_available()
+        return self.engine is None and trt.engine_available(plugins)
 
     def step_titles(self, source: str = "") -> dict[str, str]:
         """The title of every step an export of ``source`` runs, keyed by role, in order (load comes first)."""
@@ -355,7 +368,7 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
             output_names = _output_names(loaded, examples)
             proto = export(precision.cast_module(model, dtype), precision.cast_tensors(examples, dtype),
                            stage / ONNX_NAME, dynamic_shapes=None if loaded.program else dynamic, opset=opts.opset,
-                           input_names=loaded.input_names, output_names=output_names)
+                           input_names=loaded.input_names, output_names=output_names, lowering=opts.lowering)
             if dtype != "fp32":
                 precision.mark(proto, dtype)
                 save_atomically(proto, stage / ONNX_NAME)
@@ -421,6 +434,7 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                     paro_report = _check_paro(original, paro, stage / ONNX_NAME, inputs, opts)
                 warnings += paro_report.warnings
                 extra["paro"] = {"onnx": ONNX_NAME, "plan": PARO_PLAN_NAME, "settings": paro.to_dict(),
+                                 "float": _float_paro_note(opts),
                                  "planned": paro_job.planned, "calls": paro_job.plan.summary()["calls"],
                                  "skipped_calls": paro_job.plan.summary()["skipped_calls"],
                                  "parity": paro_report.to_dict()}
@@ -440,7 +454,8 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                     "onnx": quant_name, "mode": opts.quant.mode, "method": opts.quant.method,
                     "calibration_data": calib.description, "warning": calib.warning,
                     "parity": quant_report.to_dict(), **quant.summary()}
-            summary = {**export_summary(proto), "precision": dtype, "converted_modules": loaded.conversions,
+            summary = {**export_summary(proto), "lowering": opts.lowering, "precision": dtype,
+                       "converted_modules": loaded.conversions,
                        "converted_calls": [r.describe() for r in call_records]}
             _write_report(stage / REPORT_NAME, report, loaded, onnx=ONNX_NAME, export=summary,
                           engine=ENGINE_NAME if engine else None,
@@ -520,7 +535,9 @@ def _write_triton(extras, opts: ExportOptions, name: str, final: Path, engine: P
     kind = "engine" if engine else "onnx"
     entry = triton.entry_for(final, name, kind, profiles, opts.max_batch)
     folder = extras.path(Path(opts.triton_repo) / name, folder=True)
-    return triton.write_entry(folder, entry, engine or final, native.plugin_library() if engine else None)
+    plugins = opts.lowering == "plugin"  # an attention-lowered engine runs without our library
+    return triton.write_entry(folder, entry, engine or final, native.plugin_library() if engine and plugins else None,
+                              needs_plugins=plugins)
 
 
 def _write_check_files(extras, opts: ExportOptions, model: str, onnx: str, report, quant_report=None,
@@ -559,6 +576,13 @@ def _paro_job(loaded: LoadedModel, opts: ExportOptions, paro, stage: Path, held=
         paro_export.held_out_quality(loaded, job.plan, paro, opts.seed, held.feeds if held else None)
     job.plan.save(stage / PARO_PLAN_NAME)
     return job
+
+
+def _float_paro_note(opts: ExportOptions) -> str | None:
+    if opts.lowering != "attention":
+        return None
+    return ("--lowering attention writes float PARO (qk and pv unquantized): ONNX's Attention operator has no form of "
+            "PARO's QK/PV quantization emulation; export with --lowering plugin for it")
 
 
 def _paro_reference(exported: LoadedModel):
@@ -796,10 +820,11 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
 
 
 def require_engine_file(path: str | os.PathLike) -> None:
-    """A check of an engine needs TensorRT, the plugin library and the file (exit 3 / 2 naming the missing one)."""
+    """A check of an engine needs TensorRT, the plugin library (unless its engine.json lists no plugin layers:
+    the attention lowering) and the file (exit 3 / 2 naming the missing one)."""
     from attn_export import trt
 
-    trt.require_engine_tools()
+    trt.require_engine_tools() if trt.engine_needs_plugins(path) else trt.require_tensorrt()
     if not Path(path).is_file():
         raise AttnExportError(f"--engine {path} does not exist; build one with `attn-export MODEL --engine`")
 

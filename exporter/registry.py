@@ -81,6 +81,12 @@ class OpSpec:
     plugin_version: str = "1"
     node_args: str | None = None  # "module:function" mapping the torch op's arguments to (inputs, attributes)
     overload_of: str | None = None  # "module:function" choosing a node's function overload (default: see below)
+    # "module:function": the node as standard ops around one ONNX Attention node (--lowering attention),
+    # called as f(node, attn_export.attention_lowering.Call) -> LoweredCall
+    attention_lowering: str | None = None
+    # "module:function": f(node, shapes) -> "" or a static-shape tag ("64x64"): the node then gets the function
+    # overload "BASE@TAG", whose body takes that shape as constants (shapes: value name -> dims, None if symbolic)
+    static_overload: str | None = None
 
     @property
     def torch_qualname(self) -> str:
@@ -101,8 +107,8 @@ class OpSpec:
         return ("",) + tuple(i.name for i in self.inputs if i.optional)
 
     def hook(self, name: str) -> Callable | None:
-        """A declared hook ("torch_op", "local_function", "node_args", "overload_of") as a callable; None if
-        undeclared."""
+        """A declared hook ("torch_op", "local_function", "node_args", "overload_of", "attention_lowering",
+        "static_overload") as a callable; None if undeclared."""
         target = getattr(self, name)
         if target is None:
             return None
@@ -127,6 +133,8 @@ NEIGHBORHOOD = OpSpec(
     type_constraints=(_T,),
     local_function="attn_export.onnx_functions:neighborhood_function",
     torch_op="attn_export.models.neighborhood:neighborhood_attention",
+    attention_lowering="attn_export.attention_lowering:neighborhood_lowering",
+    static_overload="attn_export.onnx_functions:neighborhood_static_shape",
     plugin="neighborhoodAttention",
 )
 
@@ -147,6 +155,7 @@ BLOCK_SPARSE = OpSpec(
     type_constraints=(_T, TypeConstraint("I", ("tensor(int32)",), "block layout")),
     local_function="attn_export.onnx_functions:block_sparse_function",
     torch_op="attn_export.models.block_sparse:block_sparse_attention",
+    attention_lowering="attn_export.attention_lowering:block_sparse_lowering",
     plugin="blockSparseAttention",
 )
 
@@ -170,6 +179,7 @@ PARO = OpSpec(
     type_constraints=(_T, TypeConstraint("I", ("tensor(int32)",), "permutation and block layout")),
     local_function="attn_export.onnx_functions:paro_function",
     torch_op="attn_export.models.paro:paro_attention",
+    attention_lowering="attn_export.attention_lowering:paro_lowering",
     plugin="paroAttention",
 )
 

@@ -150,10 +150,12 @@ def serve_line(entry: Entry, plugin_file: str | None) -> str:
     return line + ' "$@"'
 
 
-def write_entry(folder: Path, entry: Entry, model_file: Path, plugin_library: Path | None = None) -> str:
-    """Fill ``folder`` (the staged DIR/NAME): config.pbtxt, 1/<model file>, the plugin library (engines) and
-    serve.sh; returns the one line that starts Triton."""
-    if entry.kind == "engine" and plugin_library is None:
+def write_entry(folder: Path, entry: Entry, model_file: Path, plugin_library: Path | None = None,
+                needs_plugins: bool = True) -> str:
+    """Fill ``folder`` (the staged DIR/NAME): config.pbtxt, 1/<model file>, the plugin library (engines that run
+    our plugins; not those of an attention-lowered file, ``needs_plugins=False``) and serve.sh; returns the one
+    line that starts Triton."""
+    if entry.kind == "engine" and needs_plugins and plugin_library is None:
         raise AttnExportError("a Triton entry for a TensorRT engine needs the plugin library; build it with "
                               "`attn-export plugins build`")
     version = folder / str(defaults.TRITON_REPO_VERSION)
@@ -161,13 +163,15 @@ def write_entry(folder: Path, entry: Entry, model_file: Path, plugin_library: Pa
     shutil.copyfile(model_file, version / entry.model_file)
     (folder / CONFIG_NAME).write_text(config_pbtxt(entry))
     plugin_file = None
-    if entry.kind == "engine":
+    if entry.kind == "engine" and needs_plugins:
         (folder / PLUGIN_DIR).mkdir(exist_ok=True)
         plugin_file = Path(plugin_library).name
         shutil.copyfile(plugin_library, folder / PLUGIN_DIR / plugin_file)
     line = serve_line(entry, plugin_file)
     why = ("# The TensorRT backend loads the plugin library (LD_PRELOAD would load it before TensorRT, and it\n"
            "# registers its plugins with the TensorRT already in the process).\n" if plugin_file else
+           "# The engine runs ONNX's Attention on TensorRT's own layers (--lowering attention): no plugin library.\n"
+           if entry.kind == "engine" else
            "# The ONNX Runtime backend runs the attention nodes through the file's model-local functions (it needs\n"
            "# ONNX Runtime 1.27 or newer inside Triton).\n")
     script = folder / SERVE_NAME

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -56,9 +57,31 @@ def require_engine_tools():
     return require_tensorrt(), require_plugin_library()
 
 
-def engine_available() -> bool:
-    """True when both TensorRT and the plugin library are present (the export builds an engine then)."""
+ATTENTION_MIN_TENSORRT = (10, 14)  # IAttention, and the ONNX parser's Attention (opset 23)
+
+
+def require_attention_tensorrt():
+    """TensorRT new enough for ONNX's Attention operator (--lowering attention needs no plugin library), or
+    exit 3 saying so."""
+    trt = require_tensorrt()
+    if _version(trt.__version__) < ATTENTION_MIN_TENSORRT:
+        raise AttnExportError(
+            f"--lowering attention needs TensorRT {'.'.join(map(str, ATTENTION_MIN_TENSORRT))} or newer (its ONNX "
+            f"parser's Attention operator), found {trt.__version__}: upgrade TensorRT, or use --lowering plugin",
+            EXIT_MISSING_DEPENDENCY)
+    return trt
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", str(text))[:2])
+
+
+def engine_available(plugins: bool = True) -> bool:
+    """True when TensorRT and (for files with our plugin nodes, ``plugins``) the plugin library are present:
+    the export builds an engine then. Without ``plugins``: TensorRT new enough for the attention lowering."""
     try:
+        if not plugins:
+            return require_attention_tensorrt() is not None
         return tensorrt_module() is not None and plugin_library() is not None
     except AttnExportError:
         return False
@@ -76,10 +99,11 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path,
                  precision: str | None = None) -> dict:
     """Build and write a serialized engine with one optimization profile per entry of ``profiles`` (one
     mapping: one profile); returns its metadata (also written to ``meta_path``). ``precision`` is recorded
-    only: the network is strongly typed, so the ONNX file's types decide."""
+    only: the network is strongly typed, so the ONNX file's types decide. A file without our plugin nodes (the
+    attention lowering) builds on stock TensorRT: no plugin library, and engine.json lists no plugin layers."""
     nodes = plugin_nodes(onnx_path)  # one read of the file serves both checks
     check_plugin_inputs(nodes, Path(onnx_path).name)
-    trt, plugins = require_engine_tools()
+    trt, plugins = require_engine_tools() if nodes else (require_attention_tensorrt(), None)
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, LoadPlugins, NetworkFromOnnxPath, Profile
 
     profiles = [profiles] if isinstance(profiles, Mapping) else list(profiles)
@@ -92,13 +116,14 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path,
     config = CreateConfig(profiles=trt_profiles, load_timing_cache=str(timing_cache) if timing_cache else None)
     start = time.perf_counter()
     try:
-        network = LoadPlugins(plugins=[str(plugins)], obj=NetworkFromOnnxPath(str(onnx_path), strongly_typed=True))()
+        parse = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
+        network = (LoadPlugins(plugins=[str(plugins)], obj=parse) if plugins else parse)()
     except Exception as exc:  # parser failures arrive as many types
         raise wrap_failure(exc, "parsing the ONNX file for TensorRT", LOG_HINT) from exc
     # Without our plugin registered, the ONNX parser silently runs the nodes' model-local functions: the
     # engine would build and pass parity without ever running our kernels. Refuse that engine.
     plugin_layers = check_plugin_layers([{"node": n.name, "op": n.op_type} for n in nodes],
-                                        network_layers(trt, network[1]), Path(onnx_path).name)
+                                        network_layers(trt, network[1]), Path(onnx_path).name) if nodes else []
     try:
         engine = EngineBytesFromNetwork(network, config=config,
                                         save_timing_cache=str(timing_cache) if timing_cache else None)()
@@ -111,8 +136,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path,
         "bytes": engine_path.stat().st_size,
         "tensorrt": trt.__version__,
         "strongly_typed": True,
-        "plugin_library": str(plugins),
-        "plugin_library_sha256": _sha256(plugins),
+        "plugin_library": str(plugins) if plugins else None,
+        "plugin_library_sha256": _sha256(plugins) if plugins else None,
         "plugin_layers": plugin_layers,
         "onnx_sha256": _sha256(Path(onnx_path)),
         "precision": precision or onnx_precision(onnx_path),
@@ -206,14 +231,27 @@ def check_plugin_layers(nodes: Sequence[dict], layers: Sequence[dict], onnx_name
     return served
 
 
+def engine_needs_plugins(engine_path: str | Path) -> bool:
+    """Whether an engine runs our plugins: False only where its engine.json (beside it) lists no plugin layers
+    and no plugin library (an attention-lowered file); True when unknown."""
+    meta = Path(engine_path).with_name("engine.json")
+    try:
+        data = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return True
+    return bool(data.get("plugin_layers")) or data.get("plugin_library") is not None
+
+
 def trt_runner(engine_path: str | Path, name: str = "tensorrt"):
-    """A Polygraphy TrtRunner over a built engine, with our plugin library loaded first."""
-    _, plugins = require_engine_tools()
+    """A Polygraphy TrtRunner over a built engine, with our plugin library loaded first where it needs one."""
+    plugins = require_engine_tools()[1] if engine_needs_plugins(engine_path) else None
+    if plugins is None:
+        require_tensorrt()
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, LoadPlugins, TrtRunner
 
     engine = EngineFromBytes(BytesFromPath(str(engine_path)))
-    return TrtRunner(LoadPlugins(plugins=[str(plugins)], obj=engine), name=name)
+    return TrtRunner(LoadPlugins(plugins=[str(plugins)], obj=engine) if plugins else engine, name=name)
 
 
 def _sha256(path: Path) -> str:

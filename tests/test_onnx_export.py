@@ -117,7 +117,8 @@ def test_each_call_is_exactly_one_node_with_its_attributes(three_kinds):
         assert got["plugin_version"] == b"1" and got["plugin_namespace"] == DOMAIN.encode()
         assert got["scale"] == pytest.approx(layer.scale)
     assert [len(n.input) for n in nodes] == [3, 4, 3]
-    assert [n.overload for n in nodes] == ["", "rpb", ""]
+    # Spatial dims static (only the batch is dynamic): each node's overload is specialised for its shape.
+    assert [n.overload for n in nodes] == ["@20", "rpb@10x11", "@4x6x7"]
     # No attention is left decomposed in the main graph: no Softmax outside the local functions.
     assert not any(n.op_type == "Softmax" for n in proto.graph.node)
 
@@ -126,7 +127,8 @@ def test_local_functions_use_standard_ops_only_and_pass_the_checker(three_kinds)
     proto = onnx.load(three_kinds[2])
     onnx.checker.check_model(proto, full_check=True)
     functions = {(f.domain, f.name, f.overload): f for f in proto.functions}
-    assert set(functions) == {(DOMAIN, NEIGHBORHOOD.onnx_op_type, ""), (DOMAIN, NEIGHBORHOOD.onnx_op_type, "rpb")}
+    assert set(functions) == {(DOMAIN, NEIGHBORHOOD.onnx_op_type, overload) for overload in ("@20", "rpb@10x11",
+                                                                                           "@4x6x7")}
     for f in functions.values():
         assert {n.domain for n in f.node} == {""}
         assert "Gather" in {n.op_type for n in f.node}

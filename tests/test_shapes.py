@@ -163,15 +163,19 @@ def test_engine_json_records_profiles_precision_version_and_library_hash(tmp_pat
 
     configs = []
     monkeypatch.setattr(trt, "require_engine_tools", lambda: (FakeTensorRT, library))
-    monkeypatch.setattr(trt, "network_layers", lambda _trt, network: [])
+    # The file has one of our nodes (so the library is needed and hashed), served by a plugin layer.
+    monkeypatch.setattr(trt, "network_layers", lambda _trt, network: [
+        {"layer": "na0", "type": "PLUGIN_V3", "plugin": "NeighborhoodAttention", "version": "1",
+         "namespace": "attn_export"}])
     monkeypatch.setattr(poly, "Profile", Profile)
     monkeypatch.setattr(poly, "CreateConfig", lambda **kw: configs.append(kw) or kw)
     monkeypatch.setattr(poly, "NetworkFromOnnxPath", lambda path, **kw: (lambda: ("builder", "network", "parser")))
     monkeypatch.setattr(poly, "LoadPlugins", lambda plugins, obj: obj)
     monkeypatch.setattr(poly, "EngineBytesFromNetwork", lambda network, **kw: (lambda: b"engine"))
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT16, ["batch", 8])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, ["batch", 8])])
+    nodes = [helper.make_node("Identity", ["x"], ["y"]),
+             helper.make_node("NeighborhoodAttention", ["y", "y", "y"], ["z"], name="na0", domain="attn_export")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT16, ["batch", 8])],
+                              [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT16, ["batch", 8])])
     onnx.save(helper.make_model(graph), tmp_path / "model.onnx")
     profiles = shapes.parse_profiles(["x=1x8:4x8:16x8"], ["x=16x8:32x8:64x8"])
     meta = trt.build_engine(tmp_path / "model.onnx", tmp_path / "model.engine", profiles,

@@ -94,6 +94,11 @@ def test_tensorrt_entry_from_profiles(tmp_path):
     assert line in (folder / "serve.sh").read_text() and "LD_PRELOAD" in (folder / "serve.sh").read_text()
     with pytest.raises(AttnExportError, match="needs the plugin library"):
         triton.write_entry(tmp_path / "other", entry, tmp_path / "model.engine", None)
+    # An attention-lowered engine (--lowering attention) runs on TensorRT's own layers: no library, no plugins flag.
+    line = triton.write_entry(tmp_path / "lowered", entry, tmp_path / "model.engine", None, needs_plugins=False)
+    assert "plugins=" not in line and not (tmp_path / "lowered" / "plugins").exists()
+    assert (tmp_path / "lowered" / "1" / "model.plan").read_bytes() == b"plan"
+    assert "no plugin library" in (tmp_path / "lowered" / "serve.sh").read_text()
 
 
 def test_a_run_replaces_its_entry_whole_and_leaves_other_models(tmp_path):
