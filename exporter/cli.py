@@ -417,15 +417,18 @@ def _echo_extra_files(*paths) -> None:
 @_group_option("--calib-preprocess", field="calib_preprocess", metavar="raw|unit|imagenet",
                help="For an image folder in --calib-data: pixels 0-255 (raw), 0-1 (unit) or ImageNet-normalized.")
 @click.argument("model")
-@click.argument("onnx_file", type=click.Path(), metavar="ONNX")
+@click.argument("onnx_file", type=click.Path(), metavar="ONNX", required=False)
+@click.option("--reference", "reference_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Compare with the reference outputs an export saved (OUTDIR/reference.npz) instead of running the "
+                   "model: `check --reference FILE ONNX`, no MODEL (for a GPU runner without the PyTorch model).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @click.option("--engine", "engine_file", type=click.Path(dir_okay=False), metavar="ENGINE",
               help="Also run this TensorRT engine (needs TensorRT and the plugin library; else exit 3).")
 @_ci_report_options
 @_quant_threshold_options
 @_model_options
-def check_cmd(model, onnx_file, report_path, engine_file, junit, summary, quant_min_cosine, quant_max_error,
-              input_shapes, factory, trust_pickle, inputs_npz, atol, rtol, seed, debug):
+def check_cmd(model, onnx_file, reference_path, report_path, engine_file, junit, summary, quant_min_cosine,
+              quant_max_error, input_shapes, factory, trust_pickle, inputs_npz, atol, rtol, seed, debug):
     """Compare MODEL in PyTorch with ONNX on ONNX Runtime (and a TensorRT engine); exit 1 on a
     mismatch (for CI). A quantized (Q/DQ) file is judged by cosine and mean error.
 
@@ -438,10 +441,16 @@ def check_cmd(model, onnx_file, report_path, engine_file, junit, summary, quant_
                              command=["attn-export", *sys.argv[1:]], quant_min_cosine=quant_min_cosine,
                              quant_max_error=quant_max_error, junit=junit, summary=summary, **_group_fields())
         opts.prepare_check(report_path)  # before loading the model
-        if engine_file:
-            require_engine_file(engine_file)
-        loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=CHECK_STEPS)
-        report = check_job(loaded, onnx_file, report_path, opts, step, engine_path=engine_file)
+        if reference_path:
+            report = _check_reference(model, onnx_file, reference_path, report_path, engine_file, opts,
+                                      factory or input_shapes or inputs_npz or opts.calib_data)
+        else:
+            if onnx_file is None:
+                raise AttnExportError("check needs MODEL and ONNX (or --reference FILE ONNX)")
+            if engine_file:
+                require_engine_file(engine_file)
+            loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=CHECK_STEPS)
+            report = check_job(loaded, onnx_file, report_path, opts, step, engine_path=engine_file)
         code = _report_outcome(report, report_path)
         _echo_extra_files(junit, summary)
         for warning in report.warnings:
@@ -449,6 +458,18 @@ def check_cmd(model, onnx_file, report_path, engine_file, junit, summary, quant_
         return code
 
     _run(debug, body)
+
+
+def _check_reference(first, second, reference_path, report_path, engine_file, opts, model_flags):
+    from attn_export.pipeline import check_reference_job
+
+    if second is not None:
+        raise AttnExportError(f"--reference replaces MODEL: pass only the ONNX file (`check --reference "
+                              f"{reference_path} {second}`)")
+    if model_flags:
+        raise AttnExportError("--reference checks the saved inputs without the model: drop --factory, "
+                              "--input-shape, --inputs and --calib-data")
+    return check_reference_job(reference_path, first, report_path, opts, StepProgress(1), engine_path=engine_file)
 
 
 @main.command("bench")

@@ -35,6 +35,7 @@ ENGINE_META_NAME = "engine.json"
 CALIB_CACHE_NAME = "calib_cache.json"
 PARO_PLAN_NAME = "paro_plan.json"
 PARO_ARRAYS_NAME = "paro_plan.npz"
+REFERENCE_NAME = "reference.npz"  # attn_export.reference: check inputs and reference outputs
 QUANT_MODES = ("int8", "int4")
 
 
@@ -348,7 +349,7 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
     calib = _calibration_data(loaded, opts, skip=held.rows if held else 0) if opts.quant else None
     quant_name = quantized_name(opts.quant.mode) if opts.quant else None
     owned = (ONNX_NAME, REPORT_NAME, ENGINE_NAME, ENGINE_META_NAME, quantized_name("int8"), quantized_name("int4"),
-             CALIB_CACHE_NAME, PARO_PLAN_NAME, PARO_ARRAYS_NAME)
+             CALIB_CACHE_NAME, PARO_PLAN_NAME, PARO_ARRAYS_NAME, REFERENCE_NAME)
     warnings: list[str] = []
     original, paro_job = loaded, None
     extras = Extras()
@@ -454,6 +455,9 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                     "onnx": quant_name, "mode": opts.quant.mode, "method": opts.quant.method,
                     "calibration_data": calib.description, "warning": calib.warning,
                     "parity": quant_report.to_dict(), **quant.summary()}
+            gate_reference = _paro_dense_reference(original, paro) if paro else reference
+            _save_reference(stage / REFERENCE_NAME, gate_reference, stage / ONNX_NAME, inputs, loaded.source)
+            extra["reference_outputs"] = REFERENCE_NAME
             summary = {**export_summary(proto), "lowering": opts.lowering, "precision": dtype,
                        "converted_modules": loaded.conversions,
                        "converted_calls": [r.describe() for r in call_records]}
@@ -472,6 +476,15 @@ def export_job(loaded: LoadedModel, outdir: str | os.PathLike, opts: ExportOptio
                         paro_job.plan if paro_job else None, [r.describe() for r in call_records],
                         Path(opts.junit) if opts.junit else None, Path(opts.summary) if opts.summary else None,
                         triton_path, triton_command, quant_notes=quant.table() if quant else "")
+
+
+def _save_reference(path: Path, reference, onnx_path: Path, inputs, model: str) -> None:
+    """OUTDIR/reference.npz: the check inputs and the gate's reference outputs on them (reference.py)."""
+    from attn_export import reference as saved
+
+    names, outputs = onnx_io(onnx_path)
+    values = saved.reference_outputs(reference.model, inputs.feeds, list(names), outputs)
+    saved.save(path, inputs.feeds, values, reference.to_dict(), inputs.to_dict(), model)
 
 
 def _convert_calls(loaded: LoadedModel, seed: int):
@@ -808,14 +821,41 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
             report = check_parity(reference, onnx_path, feeds, precision.tolerances(dtype, opts.tolerances),
                                   opts.command, source, engine_path=engine_path, precision=dtype,
                                   skip_onnxruntime=refusal)
+    _write_check_outputs(report, report_path, opts, loaded.source, onnx_path, bool(paro), inputs.to_dict())
+    return report
+
+
+def _write_check_outputs(report, report_path, opts: ExportOptions, model: str, onnx_path: Path, paro: bool,
+                         inputs: dict) -> None:
+    """The report, JUnit and summary files a check was asked for (all or none of them)."""
     if report_path or opts.junit or opts.summary:
         with staged_extras() as extras:
             if report_path:
-                _write_report(extras.path(report_path), report, loaded, check_inputs=inputs.to_dict())
+                _write_report(extras.path(report_path), report, model, check_inputs=inputs)
             quant = isinstance(report, QuantParityReport)
-            _write_check_files(extras, opts, loaded.source, str(onnx_path), None if quant else report,
+            _write_check_files(extras, opts, model, str(onnx_path), None if quant else report,
                                report if quant and not paro else None, report if quant and paro else None,
                                report.warnings)
+
+
+def check_reference_job(reference_path: str | os.PathLike, onnx_path: str | os.PathLike,
+                        report_path: str | os.PathLike | None, opts: ExportOptions, step=None,
+                        engine_path: str | os.PathLike | None = None):
+    """Check an ONNX file (and an engine) against the reference outputs an export saved, without the model."""
+    from attn_export import reference
+
+    step = step or _silent_step
+    opts.prepare_check(report_path)
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise AttnExportError(f"ONNX file {onnx_path} does not exist; export one first with `attn-export MODEL -o DIR`")
+    _validate_onnx(onnx_path)
+    if engine_path is not None:
+        require_engine_file(engine_path)
+    report = reference.check_against(reference_path, onnx_path, opts, step, engine_path)
+    saved = reference.load(reference_path).meta
+    _write_check_outputs(report, report_path, opts, saved.get("model", str(reference_path)), onnx_path,
+                         paro_in(onnx_path) is not None, saved.get("check_inputs", {}))
     return report
 
 
@@ -855,9 +895,10 @@ def parity_reference(loaded: LoadedModel, feed: dict):
                      "the model as written (its third-party attention modules and calls unconverted), on the CPU")
 
 
-def _write_report(path: Path, report: ParityReport, loaded: LoadedModel, status: str | None = None, **extra) -> None:
+def _write_report(path: Path, report: ParityReport, loaded: LoadedModel | str, status: str | None = None,
+                  **extra) -> None:
     """report.json; ``status`` overrides the parity report's where a quality check failed or was inconclusive."""
-    data = {**report.to_dict(), "model": loaded.source, **extra}
+    data = {**report.to_dict(), "model": loaded if isinstance(loaded, str) else loaded.source, **extra}
     if status and data["status"] == "pass":
         data["status"] = status
     path.write_text(json.dumps(data, indent=2) + "\n")

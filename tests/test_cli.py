@@ -37,7 +37,7 @@ def test_console_script_exports_and_reports_pass(tmp_path):
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     tokens = np.random.default_rng(0).integers(0, 256, size=(2, 64))
     assert session.run(None, {"tokens": tokens})[0].shape == (2, 64, 256)
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "reference.npz", "report.json"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging folder left behind"
 
 

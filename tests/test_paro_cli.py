@@ -43,7 +43,8 @@ def test_zoo_model_exports_one_node_per_call_with_its_function_plan_and_report(z
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
     assert (attrs["block"], attrs["qk_bits"], attrs["pv_bits"]) == (16, 8, 8)
     assert {"plugin_version", "plugin_namespace"} <= set(attrs)
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "paro_plan.json", "paro_plan.npz", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "paro_plan.json", "paro_plan.npz", "reference.npz",
+                                                     "report.json"]
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "pass" and report["paro"]["parity"]["status"] == "pass"
     assert report["paro"]["planned"] is False  # the zoo model ships its plan
