@@ -197,3 +197,41 @@ def _one_tile(qf, kf, vf, bias, out, local, first, group, glen, kk, ss, dd, cc, 
     for r, (tok, valid) in enumerate(zip(q_tok, q_valid)):
         if valid:
             out[:, tok[0], tok[1], tok[2]] = result[:, :, r]
+
+
+def tile_schedule(spatial, kernel_size, stride=1, dilation=1, is_causal=False, tile_tokens: int = 64) -> SimStats:
+    """The core's tile schedule of one (batch, head) without computing anything: query tiles, kv tiles
+    visited and how many of them are interior (no element mask), as simulate() walks them. Fast enough for
+    the benchmark shapes (bench/kernel_report.py's time model uses it)."""
+    params = NAParams.from_args(len(spatial), kernel_size, stride, dilation, is_causal)
+    params.validate(list(spatial))
+    pad = MAX_RANK - params.rank
+    n = [1] * pad + list(spatial)
+    kk = [1] * pad + list(params.kernel_size)
+    ss = [1] * pad + list(params.stride)
+    dd = [1] * pad + list(params.dilation)
+    cc = [False] * pad + list(params.is_causal)
+    tile = choose_tile_shape(n, dd, tile_tokens)
+    per_group = [ceil_div(ceil_div(n[a], dd[a]), tile[a]) for a in range(MAX_RANK)]
+    stats = SimStats()
+    for t in _product([range(dd[a] * per_group[a]) for a in range(MAX_RANK)]):
+        group = [t[a] // per_group[a] for a in range(MAX_RANK)]
+        first = [(t[a] % per_group[a]) * tile[a] for a in range(MAX_RANK)]
+        glen = [ceil_div(n[a] - group[a], dd[a]) for a in range(MAX_RANK)]
+        if any(first[a] >= glen[a] for a in range(MAX_RANK)):
+            continue
+        stats.query_tiles += 1
+        box = [tile_kv_range(first[a], min(first[a] + tile[a], glen[a]) - 1, glen[a], kk[a], ss[a], cc[a])
+               for a in range(MAX_RANK)]
+        starts = [range(box[a][0], box[a][1], tile[a]) for a in range(MAX_RANK)]
+        for kv_first in _product(starts):
+            stats.kv_tiles += 1
+            stats.interior_tiles += tile_interior(first, glen, tile, kk, ss, cc, list(kv_first),
+                                                  [b[1] for b in box], math.prod(tile))
+    return stats
+
+
+def _product(ranges):
+    import itertools
+
+    return itertools.product(*ranges)
