@@ -255,7 +255,8 @@ def cubins_from_build(build_dir: Path, work: Path) -> list[Path]:
     for obj in objects:
         out = work / obj.stem
         out.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run([cuobjdump, "-xelf", "all", str(obj.resolve())], cwd=out, capture_output=True, text=True)
+        result = subprocess.run([cuobjdump, "-xelf", "all", str(obj.resolve())], cwd=out, capture_output=True,
+                                text=True)
         if result.returncode != 0:
             raise AttnExportError(f"cuobjdump -xelf {obj}: {result.stderr.strip()[-200:]}", EXIT_BAD_INPUT)
         cubins += sorted(out.glob("*.cubin"))
@@ -452,9 +453,12 @@ def na_estimates(rows: list[dict]) -> list[dict]:
                 continue
             bh = batch * HEADS
             useful = 4.0 * bh * math.prod(spatial) * math.prod(kernel) * dim
-            est = estimate(row, bh * sched.interior_tiles, bh * (sched.kv_tiles - sched.interior_tiles),
-                           bh * sched.query_tiles, useful, H100["fp16_flops"])
-            out.append(dict(case=name, head_dim=dim, kv_tiles=sched.kv_tiles, interior=sched.interior_tiles, **est))
+            # The core skips the element mask per warp (its vote): a kv tile costs a quarter per warp.
+            steady = sched.interior_warp_tiles / 4 if sched.warp_tiles else sched.interior_tiles
+            masked = sched.kv_tiles - steady
+            est = estimate(row, bh * steady, bh * masked, bh * sched.query_tiles, useful, H100["fp16_flops"])
+            out.append(dict(case=name, head_dim=dim, kv_tiles=sched.kv_tiles, interior=sched.interior_tiles,
+                            warp_tiles=sched.warp_tiles, interior_warp_tiles=sched.interior_warp_tiles, **est))
     return out
 
 
@@ -537,8 +541,8 @@ def markdown(data: dict) -> str:
               "|---|---|---|---|---|---|---|"]
     for e in data["neighborhood"]:
         lines.append(f"| na {e['case']} | {e['head_dim']} | {e['est_ms']:.3f} | {e['bound_ms']:.3f} | "
-                     f"{e['pct_of_bound']:.0f}% | {e['limit']} | {e['interior']} of {e['kv_tiles']} kv tiles "
-                     "interior |")
+                     f"{e['pct_of_bound']:.0f}% | {e['limit']} | {e['interior_warp_tiles']} of {e['warp_tiles']} "
+                     "warp tiles unmasked |")
     for e in data["block_sparse"]:
         lines.append(f"| {e['case']} | {e['head_dim']} | {e['est_ms']:.3f} | {e['bound_ms']:.3f} | "
                      f"{e['pct_of_bound']:.0f}% | {e['limit']} | |")
