@@ -477,14 +477,18 @@ def bsa_estimates(rows: list[dict]) -> list[dict]:
 
 
 def prepass_ms(seq: int, dim: int) -> dict:
-    """The pre-pass as launched (paro_forward.cu): channel statistics with one 256-thread CTA per (batch, head)
-    whose threads walk the tokens serially (one load in flight each), then the group and channel quantizers
-    (memory bound). Time of a kernel: max(bytes / (DRAM bandwidth x min(1, CTAs / SMs)), serial loads x latency)."""
-    bh, elem = HEADS, 2
+    """The pre-pass as launched (paro_forward.cu): channel statistics in chunks of 256 tokens, one 256-thread CTA
+    per chunk and (batch, head), each thread walking 256 / lanes tokens with 4 loads in flight, then one thread
+    per (batch, head, channel) adding the chunks serially; then the group and channel quantizers (memory bound).
+    Time of a kernel: max(bytes / (HBM bandwidth x min(1, CTAs / SMs)), serial loads x latency)."""
+    bh, elem, chunk = HEADS, 2, 256
     tensor = bh * seq * dim * elem
     lanes = 256 // min(dim, 256)
-    stats = max(2 * tensor / (H100["dram_bytes_per_s"] * min(1.0, bh / H100["sms"])),
-                math.ceil(seq / lanes) * math.ceil(dim / 256) * H100["load_latency_s"])
+    chunks = math.ceil(seq / chunk)
+    partials = max(2 * tensor / (H100["dram_bytes_per_s"] * min(1.0, bh * chunks / H100["sms"])),
+                   math.ceil(chunk / lanes / 4) * math.ceil(dim / 256) * H100["load_latency_s"])
+    finish = chunks * H100["load_latency_s"]
+    stats = partials + finish
     quantize = 3 * 2 * tensor / H100["dram_bytes_per_s"]  # q, k, v: read + write each
     return dict(channel_stats_ms=stats * 1e3, quantize_ms=quantize * 1e3, prepass_ms=(stats + quantize) * 1e3)
 

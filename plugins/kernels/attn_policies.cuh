@@ -305,7 +305,21 @@ struct ParoPolicy {
 
     __device__ explicit ParoPolicy(const Params& params) : p(params) {}
     __device__ void stage(float*) {}
-    __device__ void prepare_tile(int) {}
+
+    // The current kv tile's K scale per key slot, in shared memory: logit() reads one float per element
+    // instead of dividing the key index by k_group and loading the scale from global memory.
+    static __device__ float* tile_k_scale() {
+        __shared__ float scales[kBlockN];
+        return scales;
+    }
+    // Before the barrier of tile t (the previous tile's readers are past the end-of-tile barrier). Without QK
+    // quantization the scales are 1: logit() has no per-element branch.
+    __device__ void prepare_tile(int t) {
+        const int c = threadIdx.x;
+        if (c >= kBlockN) return;
+        const int key = min(row.block(t) * kBlockN + c, p.seq - 1);  // past the end: masked, any scale will do
+        tile_k_scale()[c] = p.k_scale ? p.k_scale[scale_row * ceil_div(p.seq, p.k_group) + key / p.k_group] : 1.f;
+    }
 
     __device__ bool begin() {
         const int b = blockIdx.z, h = blockIdx.y;
@@ -349,8 +363,7 @@ struct ParoPolicy {
     __device__ bool keep(int, int c) const { return cur_block * kBlockN + c < p.seq; }
     __device__ float logit(int slot, int c, float dot) const {
         float x = dot * row_scale[slot];
-        if (p.k_scale) x *= p.k_scale[scale_row * ceil_div(p.seq, p.k_group) + (cur_block * kBlockN + c) / p.k_group];
-        return x;
+        return x * tile_k_scale()[c];  // the same two roundings as before: (dot * q scale) * k scale (or 1)
     }
     __device__ float finish(int c) const { return p.v_scale ? p.v_scale[scale_row * p.dim + c] : 1.f; }
     __device__ float qmax_p() const { return p.qmax_p; }
