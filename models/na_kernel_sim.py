@@ -1,7 +1,9 @@
 """CPU replay of the neighborhood kernels' algorithm: the first-generation kernel (plugins/kernels/na_fused.cuh)
 and the fused core's neighborhood tile policy (attn_core.cuh + attn_policies.cuh's NaPolicy, the same tiles with
 64 slots), whose interior rule -- a kv tile inside the window of every query of the tile needs no element mask,
-decided from the first and last query of each axis -- is checked here on every tile it calls interior.
+decided from the first and last query of each axis -- is checked here on every tile it calls interior, and whose
+per-row element masks (na_index.h's slot_keep_mask, 64 bits per row and tile) are checked bit for bit against the
+element mask; a warp whose 16 rows keep every slot skips the mask (any window size), counted in SimStats.
 
 Same normalization (three spatial axes, missing leading axes of length 1), same tile shape, same query
 tiles per dilation group, same kv box and row-major kv tile order, same element masks, and the same
@@ -59,6 +61,44 @@ def tile_interior(first, glen, tile, kk, ss, cc, kv_first, kv_end, tile_tokens) 
     return True
 
 
+FULL_MASK = (1 << 64) - 1
+WARP_ROWS = 16  # query slots per warp of the core (4 warps x 16 rows)
+
+
+def slot_keep_mask(tile, origin, kv_end, q_begin, q_end) -> int:
+    """Mirrors attnx::slot_keep_mask: bit c is set iff kv slot c is a real key inside the query's window on
+    every axis."""
+    mask, period = FULL_MASK, 1
+    for a in reversed(range(MAX_RANK)):
+        lo = max(q_begin[a], origin[a]) - origin[a]
+        hi = min(min(q_end[a], kv_end[a]) - origin[a], tile[a])
+        span = period * tile[a]
+        run = _bit_run(lo * period, hi * period)
+        mask &= run if span >= 64 else run * (FULL_MASK // ((1 << span) - 1))
+        period = span
+    return mask & _bit_run(0, period)
+
+
+def _bit_run(lo: int, hi: int) -> int:
+    lo, hi = max(lo, 0), min(hi, 64)
+    return ((1 << hi) - 1) & ~((1 << lo) - 1) if hi > lo else 0
+
+
+def warp_interior(masks: list[int]) -> list[bool]:
+    """Per warp: every query of its 16 slots keeps every slot of the kv tile (the core's warp vote)."""
+    return [all(m == FULL_MASK for m in masks[w:w + WARP_ROWS]) for w in range(0, len(masks), WARP_ROWS)]
+
+
+def row_windows(first, glen, tile, kk, ss, cc, local) -> list[tuple[list[int], list[int]]]:
+    """Per query slot: its window per axis, a padding slot taking the last real position's (NaPolicy::set_rows)."""
+    out = []
+    for loc in local:
+        pos = [min(first[a] + loc[a], glen[a] - 1) for a in range(MAX_RANK)]
+        w = [window(pos[a], glen[a], kk[a], ss[a], cc[a]) for a in range(MAX_RANK)]
+        out.append(([x[0] for x in w], [x[1] for x in w]))
+    return out
+
+
 def choose_tile_shape(n: list[int], d: list[int], tile_tokens: int) -> list[int]:
     """Mirrors attnx::choose_tile_shape: double axes innermost first while they have room."""
     rank = len(n)
@@ -81,7 +121,9 @@ class SimStats:
     query_tiles: int = 0  # non-empty query tiles
     kv_tiles: int = 0  # kv tiles visited, summed over query tiles
     kv_slots_in_window: int = 0  # (query, key) pairs that were inside a window
-    interior_tiles: int = 0  # kv tiles the core visits without an element mask
+    interior_tiles: int = 0  # kv tiles inside every window of the whole query tile
+    warp_tiles: int = 0  # (warp, kv tile) pairs: 4 per kv tile of a 64-slot tile
+    interior_warp_tiles: int = 0  # of those, the ones the core runs without an element mask (its warp vote)
 
 
 def simulate(
@@ -134,6 +176,24 @@ def simulate(
     return out.reshape(q.shape).to(q.dtype)
 
 
+def _check_keep_masks(first, glen, tile, kk, ss, cc, local, kv_first, kv_end, mask, stats):
+    """The core's per-row keep masks (slot_keep_mask) are the element mask, bit for bit, and a warp whose
+    masks are all full skips the element path: count it."""
+    windows = row_windows(first, glen, tile, kk, ss, cc, local)
+    masks = [slot_keep_mask(tile, kv_first, kv_end, lo, hi) for lo, hi in windows]
+    for r, m in enumerate(masks):
+        expected = sum(1 << c for c in range(len(local)) if bool(mask[r, c]) or not _real_query(first, glen, local[r]))
+        if _real_query(first, glen, local[r]):
+            assert m == expected, f"keep mask of row {r} of tile {first}, kv tile {kv_first}: {m:#x} != {expected:#x}"
+    if len(local) == 64:
+        stats.warp_tiles += 4
+        stats.interior_warp_tiles += sum(warp_interior(masks))
+
+
+def _real_query(first, glen, loc) -> bool:
+    return all(first[a] + loc[a] < glen[a] for a in range(MAX_RANK))
+
+
 def _slots(local, base, group, glen, dd, limit=None):
     """Token coordinates and validity of each tile slot, as the kernel's slot_offset computes them."""
     pos = [[base[a] + loc[a] for a in range(MAX_RANK)] for loc in local]
@@ -170,6 +230,7 @@ def _one_tile(qf, kf, vf, bias, out, local, first, group, glen, kk, ss, dd, cc, 
         mask = inside & torch.tensor(q_valid)[:, None] & torch.tensor(kv_valid)[None]
         rel = ((kv_at - q_at[:, None] + kk_t - 1) * rel_stride).sum(dim=-1)
         stats.kv_slots_in_window += int(mask.sum())
+        _check_keep_masks(first, glen, tile, kk, ss, cc, local, kv_first, [b[1] for b in box], mask, stats)
         if tile_interior(first, glen, tile, kk, ss, cc, kv_first, [b[1] for b in box], len(local)):
             # The core skips the mask here: it must keep every valid query's every key.
             assert bool(mask[torch.tensor(q_valid)].all()), f"interior tile {kv_first} of {first} needs a mask"
@@ -197,3 +258,48 @@ def _one_tile(qf, kf, vf, bias, out, local, first, group, glen, kk, ss, dd, cc, 
     for r, (tok, valid) in enumerate(zip(q_tok, q_valid)):
         if valid:
             out[:, tok[0], tok[1], tok[2]] = result[:, :, r]
+
+
+def tile_schedule(spatial, kernel_size, stride=1, dilation=1, is_causal=False, tile_tokens: int = 64) -> SimStats:
+    """The core's tile schedule of one (batch, head) without computing anything: query tiles, kv tiles
+    visited and how many of them are interior (no element mask), as simulate() walks them. Fast enough for
+    the benchmark shapes (bench/kernel_report.py's time model uses it)."""
+    params = NAParams.from_args(len(spatial), kernel_size, stride, dilation, is_causal)
+    params.validate(list(spatial))
+    pad = MAX_RANK - params.rank
+    n = [1] * pad + list(spatial)
+    kk = [1] * pad + list(params.kernel_size)
+    ss = [1] * pad + list(params.stride)
+    dd = [1] * pad + list(params.dilation)
+    cc = [False] * pad + list(params.is_causal)
+    tile = choose_tile_shape(n, dd, tile_tokens)
+    per_group = [ceil_div(ceil_div(n[a], dd[a]), tile[a]) for a in range(MAX_RANK)]
+    local = [(r // (tile[1] * tile[2]), (r // tile[2]) % tile[1], r % tile[2]) for r in range(math.prod(tile))]
+    stats = SimStats()
+    for t in _product([range(dd[a] * per_group[a]) for a in range(MAX_RANK)]):
+        group = [t[a] // per_group[a] for a in range(MAX_RANK)]
+        first = [(t[a] % per_group[a]) * tile[a] for a in range(MAX_RANK)]
+        glen = [ceil_div(n[a] - group[a], dd[a]) for a in range(MAX_RANK)]
+        if any(first[a] >= glen[a] for a in range(MAX_RANK)):
+            continue
+        stats.query_tiles += 1
+        box = [tile_kv_range(first[a], min(first[a] + tile[a], glen[a]) - 1, glen[a], kk[a], ss[a], cc[a])
+               for a in range(MAX_RANK)]
+        starts = [range(box[a][0], box[a][1], tile[a]) for a in range(MAX_RANK)]
+        windows = row_windows(first, glen, tile, kk, ss, cc, local) if math.prod(tile) == 64 else []
+        for kv_first in _product(starts):
+            stats.kv_tiles += 1
+            kv_end = [b[1] for b in box]
+            stats.interior_tiles += tile_interior(first, glen, tile, kk, ss, cc, list(kv_first), kv_end,
+                                                  math.prod(tile))
+            if windows:
+                masks = [slot_keep_mask(tile, kv_first, kv_end, lo, hi) for lo, hi in windows]
+                stats.warp_tiles += 4
+                stats.interior_warp_tiles += sum(warp_interior(masks))
+    return stats
+
+
+def _product(ranges):
+    import itertools
+
+    return itertools.product(*ranges)

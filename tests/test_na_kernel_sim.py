@@ -106,3 +106,28 @@ def test_visits_only_the_tiles_a_query_tile_touches():
     sim.simulate(q, k, v, kernel_size=9, tile_tokens=64, stats=stats)
     assert stats.query_tiles == 16
     assert stats.kv_tiles <= 2 * stats.query_tiles
+
+
+def test_warps_skip_the_mask_where_the_whole_tile_cannot():
+    """1-D, kernel 100, 64-query tiles: away from the borders (where windows shift and coincide) no kv tile lies
+    inside all 64 windows of a query tile (that needs k >= 127), but many lie inside the 16 windows of one warp
+    (k >= 79): the core's warp vote skips their element mask. simulate() checks each row's bit mask against
+    the element mask and the result against the reference op."""
+    q, k, v, _ = make_inputs([400], dict(kernel_size=[100]), False, heads=1, dim=8, batch=1)
+    stats = sim.SimStats()
+    out = sim.simulate(q, k, v, kernel_size=100, stats=stats)
+    torch.testing.assert_close(out, neighborhood_attention(q, k, v, kernel_size=100), atol=1e-5, rtol=0)
+    assert stats.interior_tiles <= 1  # the border tile only
+    assert 4 * stats.interior_tiles + 8 <= stats.interior_warp_tiles < stats.warp_tiles == 4 * stats.kv_tiles
+    schedule = sim.tile_schedule([400], 100)
+    assert (schedule.kv_tiles, schedule.interior_warp_tiles) == (stats.kv_tiles, stats.interior_warp_tiles)
+
+
+@pytest.mark.parametrize("spatial, kernel, stride", [((20, 24), (5, 7), (1, 2)), ((6, 8, 10), (3, 4, 5), (1, 1, 5))])
+def test_tile_schedule_counts_what_simulate_visits(spatial, kernel, stride):
+    q, k, v, _ = make_inputs(list(spatial), dict(kernel_size=list(kernel)), False, heads=1, dim=4, batch=1)
+    stats = sim.SimStats()
+    sim.simulate(q, k, v, kernel_size=kernel, stride=stride, stats=stats)
+    schedule = sim.tile_schedule(spatial, kernel, stride)
+    assert (schedule.query_tiles, schedule.kv_tiles, schedule.interior_tiles, schedule.interior_warp_tiles) == \
+        (stats.query_tiles, stats.kv_tiles, stats.interior_tiles, stats.interior_warp_tiles)

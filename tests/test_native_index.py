@@ -10,7 +10,7 @@ import pytest
 from attn_export.models import na_kernel_sim as sim
 from attn_export.models.neighborhood import axis_window
 
-from native_tools import ask, build_dump
+from native_tools import answer_lines, ask, build_dump
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +104,50 @@ def test_interior_kv_tiles_are_exactly_those_inside_every_window(index_dump):
         assert row == expected, f"interior tiles differ for n,k,s,d,causal,tile={(n, k, s, d, causal, tile)}"
         interior_seen += sum(expected[1::2])
     assert interior_seen > 1000  # the rule is exercised, not vacuous
+
+
+def random_keep_mask_cases(count: int, seed: int):
+    """Tile shapes of the core (powers of two, at most 64 slots), kv tile origins and ends, and query windows
+    that overlap the tile partly, wholly or not at all."""
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(count):
+        tile = [1, 1, 1]
+        for _ in range(rng.randint(0, 6)):
+            tile[rng.randrange(3)] *= 2
+        origin = [rng.randint(0, 20) for _ in range(3)]
+        kv_end = [o + rng.randint(1, 2 * t) for o, t in zip(origin, tile, strict=True)]
+        begin = [o + rng.randint(-6, t + 1) for o, t in zip(origin, tile, strict=True)]
+        end = [b + rng.randint(0, 12) for b in begin]
+        if rng.random() < 0.2:  # a window around the whole tile (the case the core skips)
+            begin = [o - rng.randint(0, 3) for o in origin]
+            end = [o + t + rng.randint(0, 3) for o, t in zip(origin, tile, strict=True)]
+            kv_end = [max(e, o + t) for e, o, t in zip(kv_end, origin, tile, strict=True)]
+        cases.append((tile, origin, kv_end, begin, end))
+    return cases
+
+
+def brute_keep_mask(tile, origin, kv_end, begin, end) -> int:
+    mask, slot = 0, 0
+    for a0 in range(tile[0]):
+        for a1 in range(tile[1]):
+            for a2 in range(tile[2]):
+                pos = (origin[0] + a0, origin[1] + a1, origin[2] + a2)
+                if all(begin[a] <= pos[a] < min(end[a], kv_end[a]) for a in range(3)):
+                    mask |= 1 << slot
+                slot += 1
+    return mask
+
+
+def test_slot_keep_mask_is_the_element_mask(index_dump):
+    """slot_keep_mask (the core's element mask as 64 bits, built per row and tile) against a per-slot window
+    test, in C++ (na_index.h) and in the simulator's mirror, on random tiles, windows and tile ends."""
+    cases = random_keep_mask_cases(3000, seed=9)
+    rows = answer_lines(index_dump, ["M " + " ".join(str(x) for part in case for x in part) for case in cases])
+    full = 0
+    for case, row in zip(cases, rows, strict=True):
+        expected = brute_keep_mask(*case)
+        assert int(row) == expected, f"slot_keep_mask{case}: {int(row):#x} != {expected:#x}"
+        assert sim.slot_keep_mask(*case) == expected, f"simulator mirror{case}"
+        full += expected == (1 << 64) - 1
+    assert full > 20  # whole tiles inside a window occur: the skip rule is exercised

@@ -138,10 +138,12 @@ __device__ __forceinline__ void load_rows(const Elem* a, Elem* tile_a, const Ele
 //   void set_tile(t)                  before tile t's logits
 //   bool masked(t)                    tile t needs the element mask (false for interior tiles)
 //   bool keep(slot, c)                the element mask of the current (masked) tile
-//   float logit(slot, c, dot)         the base-2 logit of a raw dot product (scale, bias, QK scales) of a
-//                                     kept element
+//   float logit(slot, c, dot)         the base-2 logit of a raw dot product (scale, QK scales) of a kept
+//                                     element
 //   float finish(c)                   per-column output factor (PARO's V channel scale; else 1)
-//   static constexpr bool kBias       logit() adds a per-element term: every tile takes the element path
+//   static constexpr bool kMayBias    a runtime bias may be present: then bool biased() says whether it is, and
+//                                     float biased_logit(slot, c, dot) adds it (every tile of a biased call
+//                                     takes the masked path, with the bias)
 //   static constexpr bool kQuantP     P is quantized per tile (PARO pv_bits < 16) with qmax_p() levels
 template <typename Elem, int HeadDim, class Policy>
 __global__ void __launch_bounds__(kThreads)
@@ -240,14 +242,29 @@ __global__ void __launch_bounds__(kThreads)
             gemm(tiled_mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
         }
 
-        // Logits in base 2; the element mask only where the policy asks for it (never on interior tiles).
+        // Logits in base 2; the element mask only where the policy asks for it (never on interior tiles). Three
+        // loops, so that neither the interior tiles nor the masked tiles without a bias carry the bias's
+        // per-element branch (its table index is valid for kept elements only).
         policy.set_tile(t);
-        const bool element_path = Policy::kBias || policy.masked(t);
+        bool biased = false;
+        if constexpr (Policy::kMayBias) biased = policy.biased();
+        if (biased) {
+            if constexpr (Policy::kMayBias) {
 #pragma unroll
-        for (int i = 0; i < size(acc_s); ++i) {
-            const int slot = row_slot(i), c = get<1>(tScS(i));
-            const bool kept = !element_path || policy.keep(slot, c);
-            acc_s(i) = kept ? policy.logit(slot, c, acc_s(i)) : -INFINITY;
+                for (int i = 0; i < size(acc_s); ++i) {
+                    const int slot = row_slot(i), c = get<1>(tScS(i));
+                    acc_s(i) = policy.keep(slot, c) ? policy.biased_logit(slot, c, acc_s(i)) : -INFINITY;
+                }
+            }
+        } else if (policy.masked(t)) {
+#pragma unroll
+            for (int i = 0; i < size(acc_s); ++i) {
+                const int slot = row_slot(i), c = get<1>(tScS(i));
+                acc_s(i) = policy.keep(slot, c) ? policy.logit(slot, c, acc_s(i)) : -INFINITY;
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < size(acc_s); ++i) acc_s(i) = policy.logit(row_slot(i), get<1>(tScS(i)), acc_s(i));
         }
 
         // Online softmax: new row maxima (the 4 threads of a quad share a row), rescale, exponentiate.

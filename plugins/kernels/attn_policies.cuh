@@ -23,7 +23,7 @@ static_assert(Geometry<half_t, 32>::kSmemBytes == core_smem_bytes(32) && Geometr
 // the kv boxes its windows span, row-major; a kv tile inside every window of the query tile is interior.
 template <typename Elem>
 struct NaPolicy {
-    static constexpr bool kBias = false;  // a bias (rpb) marks every tile masked instead: one instantiation
+    static constexpr bool kMayBias = true;  // the bias (rpb) is a runtime choice: one instantiation
     static constexpr bool kQuantP = false;
     struct Params {
         NaProblem pr;
@@ -38,22 +38,24 @@ struct NaPolicy {
         int group[kMaxRank], first[kMaxRank], glen[kMaxRank], kv_begin[kMaxRank], kv_end[kMaxRank], kv_tiles[kMaxRank];
         long long head_offset;
         int tile_tokens, n_tiles, empty;
-        // The current kv tile's slot coordinates (group coordinates; kOutside for a slot without a key),
-        // written before the loop's barrier: per-element mask and bias work reads them instead of deriving
-        // them from the column, which the compiler would hoist out of the loop into ~100 live registers.
-        int kv_pos[kBlockN][kMaxRank];
-        int kv_bias[kBlockN];  // with a bias: sum over axes of kv_pos * rpb_stride (the key's part of the index)
+        // With a bias: the current kv tile's per-slot part of the bias index (sum over axes of the key's
+        // position x rpb_stride), written before the loop's barrier: the per-element bias reads it instead of
+        // deriving it from the column, which the compiler would hoist out of the loop into ~100 live registers.
+        int kv_bias[kBlockN];
+        // Each query slot's window per axis ([begin, end), group coordinates): read only on tiles that are not
+        // interior for the whole block, to build the element masks (12 registers per thread saved).
+        int q_begin[kBlockM][kMaxRank], q_end[kBlockM][kMaxRank];
     };
-    static constexpr int kOutside = 1 << 29;
     static_assert(sizeof(Block) <= kNaStaticSmem, "core_plan.h counts the policy's static shared memory");
     static __device__ Block& shared_block() {
         __shared__ Block block;
         return block;
     }
     __device__ const Block& s() const { return shared_block(); }
-    int q_beg[2][kMaxRank], q_end[2][kMaxRank];
+    int rows[2];  // this thread's two query slots
     int q_bias[2];  // the query's part of the bias index: sum (q_pos - k + 1) * rpb_stride
     bool cur_masked;
+    uint64_t keep_mask[2];  // the current tile's element mask of each row (na_index.h's slot_keep_mask)
     const float* bias = nullptr;  // the head's bias table in shared memory, when staged
 
     __device__ explicit NaPolicy(const Params& params) : p(params) {}
@@ -147,7 +149,8 @@ struct NaPolicy {
     }
 
     __device__ void set_rows(int r0, int r1) {
-        const int rows[2] = {r0, r1};
+        rows[0] = r0;
+        rows[1] = r1;
         for (int i = 0; i < 2; ++i) {
             int at[kMaxRank];
             local(rows[i], at);
@@ -156,8 +159,8 @@ struct NaPolicy {
                 const int glen = s().glen[a];
                 const int pos = min(s().first[a] + at[a], glen - 1);  // a padding row takes a real row's window
                 const Range w = window(pos, glen, p.pr.k[a], p.pr.s[a], p.pr.causal[a] != 0);
-                q_beg[i][a] = w.begin;
-                q_end[i][a] = w.end;
+                shared_block().q_begin[rows[i]][a] = w.begin;  // the quad's 4 threads write the same values
+                shared_block().q_end[rows[i]][a] = w.end;
                 q_bias[i] += (pos - p.pr.k[a] + 1) * p.pr.rpb_stride[a];  // rpb_index(j, i, k) = j - i + k - 1
             }
         }
@@ -166,50 +169,43 @@ struct NaPolicy {
     // Before the barrier of tile t (the previous tile's readers are past the end-of-tile barrier).
     __device__ void prepare_tile(int t) {
         const int c = threadIdx.x;
-        if (c >= kBlockN) return;
-        Block& b = shared_block();
+        if (!p.rpb || c >= kBlockN) return;
         int origin[kMaxRank], at[kMaxRank];
         tile_origin(t, origin);
         local(c, at);
-        bool real = c < b.tile_tokens;
-        for (int a = 0; a < kMaxRank; ++a) real = real && origin[a] + at[a] < b.kv_end[a];
         int bias_part = 0;
-        for (int a = 0; a < kMaxRank; ++a) {
-            b.kv_pos[c][a] = real ? origin[a] + at[a] : kOutside;
-            bias_part += (origin[a] + at[a]) * p.pr.rpb_stride[a];
-        }
-        b.kv_bias[c] = bias_part;
+        for (int a = 0; a < kMaxRank; ++a) bias_part += (origin[a] + at[a]) * p.pr.rpb_stride[a];
+        shared_block().kv_bias[c] = bias_part;
     }
 
+    // The element mask of this thread's two rows as bits (a few integer operations per row, any window
+    // size); a warp all of whose rows keep every slot skips the element path: the tile lies inside the
+    // window of every query of the warp (exact, not only where the whole 64-query tile agrees).
     __device__ void set_tile(int t) {
         int origin[kMaxRank];
         tile_origin(t, origin);
-        // Interior: every slot is a real key inside the window of every query of the tile. Windows are
-        // monotone in the query index, so the first and last valid query of each axis decide.
+        // First the block-wide rule (cheap, from shared memory): a kv tile inside every window of the whole
+        // query tile (windows are monotone in the query index: the first and last query of each axis decide).
         const Block& b = s();
-        bool interior = b.tile_tokens == kBlockN;
+        bool interior = b.tile_tokens == kBlockN && !p.rpb;
         for (int a = 0; a < kMaxRank && interior; ++a)
             interior = kv_tile_interior(b.first[a], min(b.first[a] + p.pr.tile[a], b.glen[a]) - 1, origin[a],
                                         p.pr.tile[a], b.kv_end[a], b.glen[a], p.pr.k[a], p.pr.s[a], p.pr.causal[a] != 0);
-        cur_masked = !interior || p.rpb != nullptr;  // the bias is per element: the element path
+        cur_masked = !interior;
+        if (interior) return;  // block-uniform: the vote below sees whole warps
+        for (int r = 0; r < 2; ++r)
+            keep_mask[r] = slot_keep_mask(p.pr.tile, origin, b.kv_end, b.q_begin[rows[r]], b.q_end[rows[r]]);
+        const bool full = (keep_mask[0] & keep_mask[1]) == ~0ull;
+        cur_masked = !__all_sync(0xffffffffu, full) || p.rpb != nullptr;
     }
     __device__ bool masked(int) const { return cur_masked; }
 
-    __device__ bool keep(int slot, int c) const {
-        for (int a = 0; a < kMaxRank; ++a) {
-            const int j = s().kv_pos[c][a];  // kOutside fails every window
-            if (j < q_beg[slot][a] || j >= q_end[slot][a]) return false;
-        }
-        return true;
-    }
+    __device__ bool keep(int slot, int c) const { return (keep_mask[slot] >> c) & 1u; }
 
-    __device__ float logit(int slot, int c, float dot) const {
-        float x = dot * p.pr.scale_log2;
-        if (bias) {  // only for kept elements: the index lies inside the table
-            const int index = s().kv_bias[c] - q_bias[slot];
-            x += bias[index] * kLog2e;
-        }
-        return x;
+    __device__ float logit(int, int, float dot) const { return dot * p.pr.scale_log2; }
+    __device__ bool biased() const { return bias != nullptr; }
+    __device__ float biased_logit(int slot, int c, float dot) const {  // kept elements only: the index is in the table
+        return dot * p.pr.scale_log2 + bias[s().kv_bias[c] - q_bias[slot]] * kLog2e;
     }
     __device__ float finish(int) const { return 1.f; }
     __device__ float qmax_p() const { return 1.f; }
@@ -220,7 +216,7 @@ struct NaPolicy {
 // Only tiles with a slot past the list's end or a key past seq_kv are masked.
 template <typename Elem>
 struct BsaPolicy {
-    static constexpr bool kBias = false;
+    static constexpr bool kMayBias = false;
     static constexpr bool kQuantP = false;
     struct Params {
         int heads, seq_q, seq_kv, dim, block_q, block_kv;
@@ -281,7 +277,7 @@ struct BsaPolicy {
 // through perm_idx. QK scales per row and column group; P quantized per tile; V's channel scale at the end.
 template <typename Elem, bool QuantP>
 struct ParoPolicy {
-    static constexpr bool kBias = false;
+    static constexpr bool kMayBias = false;
     static constexpr bool kQuantP = QuantP;
     struct Params {
         int heads, seq, dim;
@@ -309,7 +305,21 @@ struct ParoPolicy {
 
     __device__ explicit ParoPolicy(const Params& params) : p(params) {}
     __device__ void stage(float*) {}
-    __device__ void prepare_tile(int) {}
+
+    // The current kv tile's K scale per key slot, in shared memory: logit() reads one float per element
+    // instead of dividing the key index by k_group and loading the scale from global memory.
+    static __device__ float* tile_k_scale() {
+        __shared__ float scales[kBlockN];
+        return scales;
+    }
+    // Before the barrier of tile t (the previous tile's readers are past the end-of-tile barrier). Without QK
+    // quantization the scales are 1: logit() has no per-element branch.
+    __device__ void prepare_tile(int t) {
+        const int c = threadIdx.x;
+        if (c >= kBlockN) return;
+        const int key = min(row.block(t) * kBlockN + c, p.seq - 1);  // past the end: masked, any scale will do
+        tile_k_scale()[c] = p.k_scale ? p.k_scale[scale_row * ceil_div(p.seq, p.k_group) + key / p.k_group] : 1.f;
+    }
 
     __device__ bool begin() {
         const int b = blockIdx.z, h = blockIdx.y;
@@ -353,8 +363,7 @@ struct ParoPolicy {
     __device__ bool keep(int, int c) const { return cur_block * kBlockN + c < p.seq; }
     __device__ float logit(int slot, int c, float dot) const {
         float x = dot * row_scale[slot];
-        if (p.k_scale) x *= p.k_scale[scale_row * ceil_div(p.seq, p.k_group) + (cur_block * kBlockN + c) / p.k_group];
-        return x;
+        return x * tile_k_scale()[c];  // the same two roundings as before: (dot * q scale) * k scale (or 1)
     }
     __device__ float finish(int c) const { return p.v_scale ? p.v_scale[scale_row * p.dim + c] : 1.f; }
     __device__ float qmax_p() const { return p.qmax_p; }

@@ -52,11 +52,16 @@ inline size_t generic_smem_bytes(int max_blocks, bool quant_p) { return quant_p 
 
 inline int bytes_of(int dtype) { return dtype == ATTNX_FLOAT32 ? 4 : 2; }
 
+// Tokens per CTA of the pre-pass's channel statistics (paro_prepass.cuh), and their chunks per (batch, head).
+constexpr int kParoStatsChunk = 256;
+inline int paro_stats_chunks(int seq) { return (seq + kParoStatsChunk - 1) / kParoStatsChunk; }
+
 // PARO's workspace (the pre-pass's output), in 256-byte aligned segments; a segment is empty when its
 // quantization is off. Both kernels read the same layout.
 struct ParoWorkspace {
     size_t q, k, v;                         // integer-valued operands [B, H, N, D], permuted order, input type
     size_t q_scale, k_scale, k_mean, v_scale;  // float
+    size_t k_sum_parts, v_amax_parts;       // float [B, H, chunks, D]: the channel statistics' per-chunk partials
     size_t total;
 };
 
@@ -76,6 +81,9 @@ inline ParoWorkspace paro_workspace(const attnx_paro_params& p) {
     w.k_scale = take(qk ? sizeof(float) * rows * size_t((p.seq + p.k_group - 1) / p.k_group) : 0);
     w.k_mean = take(qk && p.smooth_k ? sizeof(float) * rows * p.head_dim : 0);
     w.v_scale = take(pv ? sizeof(float) * rows * p.head_dim : 0);
+    const size_t parts = sizeof(float) * rows * size_t(paro_stats_chunks(p.seq)) * p.head_dim;
+    w.k_sum_parts = take(qk && p.smooth_k ? parts : 0);
+    w.v_amax_parts = take(pv ? parts : 0);
     w.total = at;
     return w;
 }

@@ -62,6 +62,41 @@ ATTNX_HD bool kv_tile_interior(int q_first, int q_last, int kv_first, int tile, 
     return kv_first >= lo && kv_last < hi && kv_last < kv_end;
 }
 
+// Bits [lo, hi) of a 64-bit word; empty when hi <= lo (both clamped into [0, 64]).
+ATTNX_HD uint64_t bit_run(int lo, int hi) {
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > 64 ? 64 : hi;
+    if (hi <= lo) return 0;
+    const uint64_t below_hi = hi == 64 ? ~0ull : (1ull << hi) - 1;
+    return below_hi & ~((1ull << lo) - 1);
+}
+
+// A pattern of `period` bits (a power of two <= 64) repeated over the word.
+ATTNX_HD uint64_t repeat_bits(uint64_t pattern, int period) {
+    return period >= 64 ? pattern : pattern * (~0ull / ((1ull << period) - 1));
+}
+
+// The element mask of one query over the slots of one kv tile, as 64 bits: bit c is set iff slot c (row-major
+// over the tile shape, axis 2 fastest; tile dims powers of two, at most 64 slots) is a real key, below kv_end,
+// inside the query's window [q_begin, q_end) on every axis. origin: the kv tile's first key per axis (group
+// coordinates). On each axis the kept local coordinates are one interval, so the mask is an AND of repeated
+// bit runs: a few integer operations per query and tile instead of a window test per element. A tile whose
+// mask is full for every query of a warp needs no element mask, for any window size.
+ATTNX_HD uint64_t slot_keep_mask(const int* tile, const int* origin, const int* kv_end, const int* q_begin,
+                                 const int* q_end) {
+    uint64_t mask = ~0ull;
+    int period = 1;  // slots per step of the axis
+    for (int a = kMaxRank - 1; a >= 0; --a) {
+        const int lo = (q_begin[a] > origin[a] ? q_begin[a] : origin[a]) - origin[a];
+        int hi = (q_end[a] < kv_end[a] ? q_end[a] : kv_end[a]) - origin[a];
+        hi = hi < tile[a] ? hi : tile[a];
+        const int span = period * tile[a];
+        mask &= repeat_bits(bit_run(lo * period, hi * period), span);
+        period = span;
+    }
+    return mask & bit_run(0, period);  // slots past the tile's tokens hold no key
+}
+
 // Relative-position-bias index of key jp for query ip on one axis, in [0, 2k-2] inside the window.
 ATTNX_HD int rpb_index(int jp, int ip, int k) { return jp - ip + k - 1; }
 

@@ -37,9 +37,17 @@ cudaError_t prepass(const attnx_paro_params& p, const void* q, const void* k, co
     const int grid_bh = bh < 65535 ? bh : 65535;
     float* k_mean = qk && p.smooth_k ? reinterpret_cast<float*>(ws + w.k_mean) : nullptr;
     float* v_scale = pv ? reinterpret_cast<float*>(ws + w.v_scale) : nullptr;
-    if (k_mean || v_scale)
-        attnx::paro::channel_stats_kernel<T><<<grid_bh, attnx::paro::kThreads, 0, stream>>>(
-            bh, p.seq, p.head_dim, static_cast<const T*>(k), static_cast<const T*>(v), k_mean, v_scale, qmax(p.pv_bits));
+    if (k_mean || v_scale) {
+        const int chunks = attnx::paro_stats_chunks(p.seq);
+        float* k_parts = k_mean ? reinterpret_cast<float*>(ws + w.k_sum_parts) : nullptr;
+        float* v_parts = v_scale ? reinterpret_cast<float*>(ws + w.v_amax_parts) : nullptr;
+        attnx::paro::channel_partials_kernel<T><<<dim3(chunks, grid_bh), attnx::paro::kThreads, 0, stream>>>(
+            bh, p.seq, p.head_dim, chunks, static_cast<const T*>(k), static_cast<const T*>(v), k_parts, v_parts);
+        const long long cells = static_cast<long long>(bh) * p.head_dim;
+        const long long blocks = (cells + attnx::paro::kThreads - 1) / attnx::paro::kThreads;
+        attnx::paro::channel_finish_kernel<T><<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), attnx::paro::kThreads, 0, stream>>>(
+            bh, p.seq, p.head_dim, chunks, k_parts, v_parts, k_mean, v_scale, qmax(p.pv_bits));
+    }
     if (qk) {
         T* qw = reinterpret_cast<T*>(ws + w.q);
         T* kw = reinterpret_cast<T*>(ws + w.k);

@@ -9,34 +9,43 @@
 #pragma once
 
 #include "attn_generic.cuh"
+#include "core_plan.h"
 
 namespace attnx {
 namespace paro {
 
 constexpr int kThreads = 256;
+constexpr int kStatsChunk = kParoStatsChunk;  // tokens per CTA of the channel statistics
 
-// Per (batch, head): K's channel means (smooth_k) and V's channel scales (amax / qmax), over all N tokens
-// (order does not matter for either). k_mean / v_scale may be null when not needed.
+// K's channel means (smooth_k) and V's channel scales (amax / qmax) over all N tokens (order does not matter for
+// either), in two steps so that many CTAs share a head: channel_partials_kernel reduces one chunk of
+// kStatsChunk tokens of one (batch, head) per CTA (core_plan.h's paro_stats_chunks; one CTA walking all N tokens
+// of a head serially took milliseconds at 16k tokens), channel_finish_kernel adds the chunks in chunk order
+// (deterministic, no atomics). Partials live in the workspace ([B*H, chunks, dim] floats each).
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    channel_stats_kernel(int bh_count, int seq, int dim, const T* __restrict__ k, const T* __restrict__ v,
-                         float* __restrict__ k_mean, float* __restrict__ v_scale, float v_qmax) {
+    channel_partials_kernel(int bh_count, int seq, int dim, int chunks, const T* __restrict__ k,
+                            const T* __restrict__ v, float* __restrict__ part_sum, float* __restrict__ part_amax) {
     __shared__ float sum[kThreads], amax[kThreads];
-    // `channels` channels per pass, `lanes` threads per channel splitting the tokens (the rest idle).
+    // `channels` channels per pass, `lanes` threads per channel splitting the chunk's tokens (the rest idle).
     const int channels = dim < kThreads ? dim : kThreads;
     const int lanes = kThreads / channels;
     const int c_local = threadIdx.x % channels, part = threadIdx.x / channels;
-    for (int bh = blockIdx.x; bh < bh_count; bh += gridDim.x) {
+    const int n0 = blockIdx.x * kStatsChunk, n1 = n0 + kStatsChunk < seq ? n0 + kStatsChunk : seq;
+    for (int bh = blockIdx.y; bh < bh_count; bh += gridDim.y) {
         const long long base = static_cast<long long>(bh) * seq * dim;
         for (int c0 = 0; c0 < dim; c0 += channels) {
             const int c = c0 + c_local;
             const bool active = part < lanes && c < dim;
             float s = 0.f, a = 0.f;
-            if (active)
-                for (int n = part; n < seq; n += lanes) {
-                    if (k_mean) s += generic::load(k + base + static_cast<long long>(n) * dim + c);
-                    if (v_scale) a = fmaxf(a, fabsf(generic::load(v + base + static_cast<long long>(n) * dim + c)));
+            if (active) {
+#pragma unroll 4
+                for (int n = n0 + part; n < n1; n += lanes) {  // independent loads: several in flight
+                    const long long at = base + static_cast<long long>(n) * dim + c;
+                    if (part_sum) s += generic::load(k + at);
+                    if (part_amax) a = fmaxf(a, fabsf(generic::load(v + at)));
                 }
+            }
             sum[threadIdx.x] = s;
             amax[threadIdx.x] = a;
             __syncthreads();
@@ -45,13 +54,36 @@ __global__ void __launch_bounds__(kThreads)
                     s += sum[threadIdx.x + j * channels];
                     a = fmaxf(a, amax[threadIdx.x + j * channels]);
                 }
-                if (k_mean) k_mean[static_cast<long long>(bh) * dim + c] = s / seq;
-                if (v_scale) {
-                    const float scale = a / v_qmax;
-                    v_scale[static_cast<long long>(bh) * dim + c] = scale == 0.f ? 1.f : scale;
-                }
+                const long long at = (static_cast<long long>(bh) * chunks + blockIdx.x) * dim + c;
+                if (part_sum) part_sum[at] = s;
+                if (part_amax) part_amax[at] = a;
             }
             __syncthreads();
+        }
+    }
+}
+
+// One thread per (batch, head, channel): the chunks' partials in chunk order. k_mean / v_scale may be null.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    channel_finish_kernel(int bh_count, int seq, int dim, int chunks, const float* __restrict__ part_sum,
+                          const float* __restrict__ part_amax, float* __restrict__ k_mean,
+                          float* __restrict__ v_scale, float v_qmax) {
+    const long long total = static_cast<long long>(bh_count) * dim;
+    for (long long e = blockIdx.x * static_cast<long long>(kThreads) + threadIdx.x; e < total;
+         e += static_cast<long long>(gridDim.x) * kThreads) {
+        const long long bh = e / dim;
+        const int c = static_cast<int>(e % dim);
+        float s = 0.f, a = 0.f;
+        for (int j = 0; j < chunks; ++j) {
+            const long long at = (bh * chunks + j) * dim + c;
+            if (k_mean) s += part_sum[at];
+            if (v_scale) a = fmaxf(a, part_amax[at]);
+        }
+        if (k_mean) k_mean[e] = s / seq;
+        if (v_scale) {
+            const float scale = a / v_qmax;
+            v_scale[e] = scale == 0.f ? 1.f : scale;
         }
     }
 }

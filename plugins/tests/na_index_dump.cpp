@@ -4,6 +4,8 @@
 //   T n k s d causal tile   -> "b e" per (group, tile) in order, one line
 //   S n0 n1 n2 d0 d1 d2 tokens -> the chosen tile shape, one line
 //   I n k s d causal tile   -> per (group, query tile, kv tile of its range) "kv_first interior", one line
+//   M t0 t1 t2 o0 o1 o2 e0 e1 e2 b0 b1 b2 f0 f1 f2 -> slot_keep_mask(tile t, origin o, kv_end e, q_begin b,
+//                              q_end f) as an unsigned decimal, one line
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -48,6 +50,11 @@ int main() {
                         out << kv << ' ' << attnx::kv_tile_interior(first, last, kv, tile, r.end, n_g, k, s, causal != 0) << ' ';
                 }
             }
+        } else if (kind == 'M') {
+            int v[5][3];
+            for (auto& row : v)
+                for (int& x : row) in >> x;
+            out << attnx::slot_keep_mask(v[0], v[1], v[2], v[3], v[4]);
         } else if (kind == 'S') {
             int n[3], d[3], tokens, shape[3];
             in >> n[0] >> n[1] >> n[2] >> d[0] >> d[1] >> d[2] >> tokens;

@@ -213,8 +213,13 @@ void test_kernel_params_and_workspace() {
     size_t const operand = 2 * 3 * 1000 * 64 * 2;
     CHECK(w.q == 0 && w.k == operand && w.v == 2 * operand && w.q_scale == 3 * operand);
     CHECK(w.k_scale == w.q_scale + attnx::align256(4 * 6 * 32) && w.k_mean == w.k_scale + attnx::align256(4 * 6 * 16));
-    CHECK(w.v_scale == w.k_mean + attnx::align256(4 * 6 * 64) && w.total == w.v_scale + attnx::align256(4 * 6 * 64));
-    for (size_t at : {w.q, w.k, w.v, w.q_scale, w.k_scale, w.k_mean, w.v_scale, w.total}) CHECK(at % 256 == 0);
+    CHECK(w.v_scale == w.k_mean + attnx::align256(4 * 6 * 64) && w.k_sum_parts == w.v_scale + attnx::align256(4 * 6 * 64));
+    // The channel statistics' partials: 1000 tokens in chunks of 256 -> 4 per (batch, head).
+    CHECK(attnx::paro_stats_chunks(1000) == 4 && attnx::paro_stats_chunks(1024) == 4 && attnx::paro_stats_chunks(1025) == 5);
+    CHECK(w.v_amax_parts == w.k_sum_parts + attnx::align256(4 * 6 * 4 * 64) &&
+          w.total == w.v_amax_parts + attnx::align256(4 * 6 * 4 * 64));
+    for (size_t at : {w.q, w.k, w.v, w.q_scale, w.k_scale, w.k_mean, w.v_scale, w.k_sum_parts, w.v_amax_parts, w.total})
+        CHECK(at % 256 == 0);
     p.qk_bits = p.pv_bits = 16;
     CHECK(attnx::paro_workspace(p).total == 0);  // no quantization: the kernels gather the inputs
     p.qk_bits = 4;

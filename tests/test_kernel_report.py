@@ -1,0 +1,148 @@
+"""bench/kernel_report.py: the SASS reading (loops, paths, classes, spills), the occupancy rule and the CI check
+on synthetic input (unit tier), and, in the native tier, the CI mode on the kernels `attn-export plugins build`
+compiled, against the committed baseline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench_scripts import BENCH_DIR, load_bench
+
+kr = load_bench("kernel_report")
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = BENCH_DIR / "kernel_report_baseline.json"
+
+# A loop with a masked branch (3 instructions, skipped by the steady path), two MMAs, an async copy that the
+# steady path must keep, and an inner loop (its back edge dropped: counted once).
+SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_1:
+        /*0010*/                   HMMA.16816.F32 R4, R8, R12, R4 ;
+        /*0020*/              @P0 BRA `(.L_x_2) ;
+        /*0030*/                   FSETP.GT.AND P1, PT, R4, R5, PT ;
+        /*0040*/                   FSEL R4, R4, -INF , P1 ;
+        /*0050*/                   IMAD R6, R6, 0x2, RZ ;
+.L_x_2:
+        /*0060*/                   LDSM.16.M88.4 R8, [R20] ;
+.L_x_3:
+        /*0070*/                   SHFL.BFLY PT, R9, R9, 0x1, 0x1f ;
+        /*0080*/              @P2 BRA `(.L_x_3) ;
+        /*0090*/              @P3 BRA `(.L_x_4) ;
+        /*00a0*/                   LDGSTS.E.BYPASS.128 [R2], desc[UR4][R6.64] ;
+.L_x_4:
+        /*00b0*/                   HMMA.16816.F32 R4, R8, R12, R4 ;
+        /*00c0*/                   STL [R1], R8 (*"SpillRefill"*) ;
+        /*00d0*/              @P4 BRA `(.L_x_1) ;
+        /*00e0*/                   EXIT ;
+"""
+
+
+def parsed():
+    return kr.parse_sass(SASS)
+
+
+def test_opcode_classes_and_shared_bytes():
+    assert kr.opcode_class("HMMA.16816.F32") == "mma" and kr.opcode_class("IMMA.16832.S8.S8") == "mma"
+    assert kr.opcode_class("LDSM.16.MT88.4") == "shared_load" and kr.opcode_class("LDGSTS.E.128") == "async_copy"
+    assert kr.opcode_class("IMAD.WIDE") == "integer" and kr.opcode_class("MUFU.EX2") == "float"
+    assert kr.opcode_class("ULDC.64") == "uniform" and kr.opcode_class("BAR.SYNC.DEFER_BLOCKING") == "sync"
+    assert kr.shared_bytes("LDSM.16.M88.4") == 512 and kr.shared_bytes("LDSM.16.M88.2") == 256
+    assert kr.shared_bytes("LDS.128") == 512 and kr.shared_bytes("LDS") == 128 and kr.shared_bytes("STS.64") == 256
+
+
+def test_main_loop_is_the_outer_loop_with_the_mmas():
+    instructions, labels = parsed()
+    assert len(instructions) == 15 and labels[".L_x_1"] == 0x10
+    loop = kr.main_loop(instructions, labels)
+    assert (instructions[loop[0]].address, instructions[loop[1]].address) == (0x10, 0xD0)
+
+
+def test_steady_path_skips_the_mask_but_keeps_the_load_and_worst_takes_everything():
+    instructions, labels = parsed()
+    steady, worst = kr.path_counts(instructions, labels, kr.main_loop(instructions, labels))
+    # steady: HMMA, BRA, LDSM, SHFL, BRA, BRA, LDGSTS, HMMA, STL, BRA (the masked FSETP/FSEL/IMAD skipped)
+    assert steady.instructions == 10 and steady.by_class["float"] == 0 and steady.by_class["async_copy"] == 1
+    assert worst.instructions == 13 and worst.by_class["float"] == 2 and worst.by_class["integer"] == 1
+    assert steady.by_class["mma"] == worst.by_class["mma"] == 2
+    assert steady.shared_bytes == 512 + 512  # the ldmatrix x4 and the cp.async's 16 bytes per lane
+
+
+def test_occupancy_follows_registers_and_shared_memory():
+    # The neighborhood core at head_dim 128: 236 registers x 128 threads allow 2 blocks; 2176 + 81952 bytes of
+    # shared memory fit once in sm_80's 164 KiB, twice in sm_90's 228 KiB.
+    smem = 2176 + kr.core_smem_bytes(128)
+    assert kr.occupancy(236, smem, 128, "sm_80") == 1 and kr.occupancy(236, smem, 128, "sm_90") == 2
+    assert kr.occupancy(228, 1024 + kr.core_smem_bytes(128), 128, "sm_80") == 2
+    assert kr.occupancy(32, 0, 256, "sm_90") == 8  # the warp limit: 64 warps / 8
+
+
+def _row(steady=100, worst=200, spills=0):
+    return dict(arch="sm_90", source="bsa_forward", kernel="void k<1>(int)", spill_instructions=spills,
+                tile_steady=dict(instructions=steady), tile_worst=dict(instructions=worst))
+
+
+def test_ci_fails_on_growth_over_ten_percent_and_on_new_spills():
+    baseline = kr.baseline_of([_row()])
+    assert kr.ci_problems([_row(110, 220)], baseline) == []
+    grown = kr.ci_problems([_row(111, 200)], baseline)
+    assert len(grown) == 1 and "steady tile 111" in grown[0]
+    assert "spill" in kr.ci_problems([_row(spills=2)], baseline)[0]
+    assert kr.ci_problems([_row(spills=2)], kr.baseline_of([_row(spills=2)])) == []  # a recorded spill
+    new_kernel = dict(_row(spills=1), kernel="void other(int)")
+    assert "spill" in kr.ci_problems([new_kernel], baseline)[0]
+
+
+def test_bad_usage_is_one_line_and_exit_2(capsys):
+    assert kr.main([]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_missing_build_is_exit_3(tmp_path, capsys):
+    assert kr.main(["--build-dir", str(tmp_path)]) == 3
+    assert "plugins build" in capsys.readouterr().err
+
+
+def _build_dir() -> Path:
+    given = os.environ.get("ATTN_EXPORT_BUILD_DIR")
+    if not given or not (Path(given) / kr.OBJECT_DIR / "bsa_forward.cu.o").is_file():
+        pytest.skip("native tier: set ATTN_EXPORT_BUILD_DIR to an `attn-export plugins build` folder")
+    try:
+        kr.find_tool("cuobjdump"), kr.find_tool("nvdisasm")
+    except Exception as exc:  # noqa: BLE001 -- the tool's own one-line message
+        pytest.skip(f"native tier: {exc}")
+    return Path(given)
+
+
+@pytest.mark.native
+def test_ci_mode_passes_on_the_built_kernels_and_fails_on_a_tightened_baseline(tmp_path):
+    build = _build_dir()
+    script = BENCH_DIR / "kernel_report.py"
+    report = tmp_path / "report.json"
+    result = subprocess.run([sys.executable, str(script), "--build-dir", str(build), "--ci", str(BASELINE),
+                             "--json", str(report)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(report.read_text())
+    cores = [r for r in data["kernels"] if r["unit"] == "core"]
+    assert {r["op"] for r in cores} == {"neighborhood", "block-sparse", "paro"}
+    # per warp and tile: S = 8 n-blocks x head_dim/16 k-steps, O = head_dim/8 n-blocks x 4 k-steps
+    assert all(r["tile_steady"]["by_class"]["mma"] == r["head_dim"] for r in cores)
+    assert all(r["spill_instructions"] == 0 for r in cores)
+    # The same kernels against a baseline 20% smaller: every core kernel's growth is reported, exit 1.
+    tight = {k: dict(v, steady=int(v["steady"] / 1.2)) for k, v in json.loads(BASELINE.read_text()).items()}
+    (tmp_path / "tight.json").write_text(json.dumps(tight))
+    failed = subprocess.run([sys.executable, str(script), "--build-dir", str(build), "--ci",
+                             str(tmp_path / "tight.json")], capture_output=True, text=True, cwd=REPO)
+    assert failed.returncode == 1 and failed.stdout.count("FAIL") >= len(cores)
+
+
+def test_baseline_is_committed_and_covers_every_core_kernel():
+    baseline = json.loads(BASELINE.read_text())
+    cores = [k for k in baseline if "attention_core_kernel" in k]
+    # neighborhood and block-sparse: 2 dtypes x 3 head dims; PARO twice that (P quantized or not).
+    assert len(cores) == 6 + 6 + 12
