@@ -174,7 +174,7 @@ def test_validate_invocation_uses_the_cli_parser():
     assert validate_invocation(["attn-export", "check", SMALL, "m.onnx", "--junit", "j.xml"]) == ["check"]
     assert validate_invocation(["attn-export", SMALL, "-o", "out", "--dtype", "fp16"]) == ["export"]
     assert validate_invocation(["attn-export", "plugins", "build", "--arch", "native"]) == ["plugins", "build"]
-    for bad, fragment in ((["attn-export", "check", SMALL], "Missing argument 'ONNX'"),
+    for bad, fragment in ((["attn-export", "check"], "Missing argument 'MODEL'"),
                           (["attn-export", "check", SMALL, "m.onnx", "--jnuit", "x"], "No such option"),
                           (["attn-export", "bench", "out", "--iters", "many"], "not a valid integer"),
                           (["attn-export", "plugins", "rebuild"], "No such command")):
