@@ -784,13 +784,7 @@ def check_job(loaded: LoadedModel, onnx_path: str | os.PathLike, report_path: st
     from attn_export.quality import check_quantized
 
     step = step or _silent_step
-    opts.prepare_check(report_path)
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise AttnExportError(f"ONNX file {onnx_path} does not exist; export one first with `attn-export MODEL -o DIR`")
-    _validate_onnx(onnx_path)
-    if engine_path is not None:
-        require_engine_file(engine_path)
+    onnx_path = _checked_files(onnx_path, report_path, opts, engine_path)
     dtype = precision.onnx_precision(onnx_path)
     user_feed = read_inputs(opts.inputs_npz, loaded) if opts.inputs_npz else None
     mode = qdq_mode = quantized_mode(onnx_path)
@@ -838,13 +832,8 @@ def _write_check_outputs(report, report_path, opts: ExportOptions, model: str, o
                                report.warnings)
 
 
-def check_reference_job(reference_path: str | os.PathLike, onnx_path: str | os.PathLike,
-                        report_path: str | os.PathLike | None, opts: ExportOptions, step=None,
-                        engine_path: str | os.PathLike | None = None):
-    """Check an ONNX file (and an engine) against the reference outputs an export saved, without the model."""
-    from attn_export import reference
-
-    step = step or _silent_step
+def _checked_files(onnx_path, report_path, opts: ExportOptions, engine_path) -> Path:
+    """What every check needs before it runs: writable report paths, a valid ONNX file, an engine with TensorRT."""
     opts.prepare_check(report_path)
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
@@ -852,10 +841,21 @@ def check_reference_job(reference_path: str | os.PathLike, onnx_path: str | os.P
     _validate_onnx(onnx_path)
     if engine_path is not None:
         require_engine_file(engine_path)
-    report = reference.check_against(reference_path, onnx_path, opts, step, engine_path)
-    saved = reference.load(reference_path).meta
-    _write_check_outputs(report, report_path, opts, saved.get("model", str(reference_path)), onnx_path,
-                         paro_in(onnx_path) is not None, saved.get("check_inputs", {}))
+    return onnx_path
+
+
+def check_reference_job(reference_path: str | os.PathLike, onnx_path: str | os.PathLike,
+                        report_path: str | os.PathLike | None, opts: ExportOptions, step=None,
+                        engine_path: str | os.PathLike | None = None):
+    """Check an ONNX file (and an engine) against the reference outputs an export saved, without the model."""
+    from attn_export import reference
+
+    step = step or _silent_step
+    onnx_path = _checked_files(onnx_path, report_path, opts, engine_path)
+    saved = reference.load(reference_path)
+    report = reference.check_against(saved, reference_path, onnx_path, opts, step, engine_path)
+    _write_check_outputs(report, report_path, opts, saved.meta.get("model", str(reference_path)), onnx_path,
+                         paro_in(onnx_path) is not None, saved.meta.get("check_inputs", {}))
     return report
 
 

@@ -105,16 +105,16 @@ class ReplayModel:
         raise AttnExportError("an input set is not in the reference file; check with the inputs it holds")
 
 
-def check_against(reference_path: str | Path, onnx_path: str | Path, opts, step, engine_path=None):
-    """Check ``onnx_path`` (and an engine) against a saved reference with the criterion the file calls for: the
-    quality gate for Q/DQ and PARO files, the precision's tolerances otherwise."""
+def check_against(saved: SavedReference, reference_path: str | Path, onnx_path: str | Path, opts, step,
+                  engine_path=None):
+    """Check ``onnx_path`` (and an engine) against ``saved`` (read from ``reference_path``) with the criterion the
+    file calls for: the quality gate for Q/DQ and PARO files, the precision's tolerances otherwise."""
     from attn_export import controls, precision
     from attn_export.check_inputs import CheckInputs
     from attn_export.parity import Reference, check_parity, onnx_io
     from attn_export.pipeline import paro_in, quantized_mode
     from attn_export.quality import check_quantized
 
-    saved = load(reference_path)
     meta = saved.meta.get("check_inputs", {})
     sets = meta.get("feeds", [])
     inputs = CheckInputs([dict(f) for f in saved.feeds], [s.get("origin", "random") for s in sets] or

@@ -142,16 +142,8 @@ def simulate(
 ) -> torch.Tensor:
     """Neighborhood attention computed tile by tile as the CUDA kernel does; returns q's dtype."""
     batch, *spatial, heads, dim = q.shape
-    params = NAParams.from_args(len(spatial), kernel_size, stride, dilation, is_causal)
-    params.validate(spatial)
-    pad = MAX_RANK - params.rank
-    n = [1] * pad + list(spatial)
-    kk = [1] * pad + list(params.kernel_size)
-    ss = [1] * pad + list(params.stride)
-    dd = [1] * pad + list(params.dilation)
-    cc = [False] * pad + list(params.is_causal)
-    tile = choose_tile_shape(n, dd, tile_tokens)
-    tiles_per_group = [ceil_div(ceil_div(n[a], dd[a]), tile[a]) for a in range(MAX_RANK)]
+    n, kk, ss, dd, cc, tile, tiles_per_group = _padded_geometry(spatial, kernel_size, stride, dilation, is_causal,
+                                                                tile_tokens)
     scale_log2 = (scale if scale is not None else dim**-0.5) * LOG2E
     stats = stats if stats is not None else SimStats()
 
@@ -260,20 +252,26 @@ def _one_tile(qf, kf, vf, bias, out, local, first, group, glen, kk, ss, dd, cc, 
             out[:, tok[0], tok[1], tok[2]] = result[:, :, r]
 
 
-def tile_schedule(spatial, kernel_size, stride=1, dilation=1, is_causal=False, tile_tokens: int = 64) -> SimStats:
-    """The core's tile schedule of one (batch, head) without computing anything: query tiles, kv tiles
-    visited and how many of them are interior (no element mask), as simulate() walks them. Fast enough for
-    the benchmark shapes (bench/kernel_report.py's time model uses it)."""
+def _padded_geometry(spatial, kernel_size, stride, dilation, is_causal, tile_tokens: int):
+    """The call's per-axis sizes, kernels, strides, dilations and causality padded to MAX_RANK axes (leading
+    1s, as the kernel sees them), its tile shape and the tiles per dilation group on each axis."""
     params = NAParams.from_args(len(spatial), kernel_size, stride, dilation, is_causal)
     params.validate(list(spatial))
     pad = MAX_RANK - params.rank
     n = [1] * pad + list(spatial)
-    kk = [1] * pad + list(params.kernel_size)
-    ss = [1] * pad + list(params.stride)
     dd = [1] * pad + list(params.dilation)
-    cc = [False] * pad + list(params.is_causal)
     tile = choose_tile_shape(n, dd, tile_tokens)
-    per_group = [ceil_div(ceil_div(n[a], dd[a]), tile[a]) for a in range(MAX_RANK)]
+    return (n, [1] * pad + list(params.kernel_size), [1] * pad + list(params.stride), dd,
+            [False] * pad + list(params.is_causal), tile,
+            [ceil_div(ceil_div(n[a], dd[a]), tile[a]) for a in range(MAX_RANK)])
+
+
+def tile_schedule(spatial, kernel_size, stride=1, dilation=1, is_causal=False, tile_tokens: int = 64) -> SimStats:
+    """The core's tile schedule of one (batch, head) without computing anything: query tiles, kv tiles
+    visited and how many of them are interior (no element mask), as simulate() walks them. Fast enough for
+    the benchmark shapes (bench/kernel_report.py's time model uses it)."""
+    n, kk, ss, dd, cc, tile, per_group = _padded_geometry(spatial, kernel_size, stride, dilation, is_causal,
+                                                          tile_tokens)
     local = [(r // (tile[1] * tile[2]), (r // tile[2]) % tile[1], r % tile[2]) for r in range(math.prod(tile))]
     stats = SimStats()
     for t in _product([range(dd[a] * per_group[a]) for a in range(MAX_RANK)]):
