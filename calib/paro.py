@@ -25,14 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attn_export import defaults
 from attn_export.errors import AttnExportError
 from attn_export.models.block_layout import from_block_mask
 from attn_export.models.paro import ORDER_NAMES, grid_permutation
 
 RECALL_TARGET = 0.95  # C_sparse: the share of the attention mass its blocks must hold
 TIE = 1e-6  # relative score difference below which orders tie (the lower index wins)
-DEFAULT_DENSITY = 0.3
-DEFAULT_BLOCK = 64
+DEFAULT_DENSITY = defaults.PARO_DENSITY
+DEFAULT_BLOCK = defaults.PARO_BLOCK
 DEFAULT_ALPHA = 0.5
 PLAN_FORMAT = "attn-export paro plan 1"
 

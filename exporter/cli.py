@@ -17,6 +17,16 @@ import click
 
 from attn_export import defaults
 from attn_export.errors import EXIT_CHECK_FAILED, AttnExportError, unexpected_failure
+from attn_export.options import (
+    CheckGroup,
+    EngineGroup,
+    ExportGroup,
+    ModelSource,
+    ParoGroup,
+    QuantizationGroup,
+    ReportGroup,
+    click_options,
+)
 
 EPILOG = """\b
 Examples:
@@ -85,121 +95,14 @@ class StepProgress:
             self._bar.refresh()
 
 
-def _parse_tolerances(atol: tuple[str, ...], rtol: tuple[str, ...]):
-    from attn_export.parity import Tolerances
-
-    def split(values, flag, default):
-        base, per_output = default, {}
-        for value in values:
-            name, sep, number = value.rpartition("=")
-            try:
-                tol = float(number)
-            except ValueError:
-                raise AttnExportError(f"{flag} '{value}' is not a number or OUTPUT=NUMBER") from None
-            if tol < 0:
-                raise AttnExportError(f"{flag} '{value}' is negative; tolerances are >= 0")
-            if sep:
-                per_output[name] = tol
-            else:
-                base = tol
-        return base, per_output
-
-    # None where not given: the precision's default (fp16 / bf16 files have their own)
-    a, per_a = split(atol, "--atol", None)
-    r, per_r = split(rtol, "--rtol", None)
-    return Tolerances(a, r, per_a, per_r)
-
-
-def _model_options(func):
-    options = [
-        click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
-                     help="Shape of an input, e.g. images=1x3x64x64 (repeatable)."),
-        click.option("--factory", metavar="MODULE:FUNC",
-                     help="Function that builds the model for a checkpoint (module:function or file.py:function)."),
-        click.option("--trust-pickle", is_flag=True,
-                     help="Allow loading a pickled whole module; this runs code from the file."),
-        click.option("--inputs", "inputs_npz", type=click.Path(dir_okay=False), metavar="FILE.npz",
-                     help="Check on these inputs (a .npz keyed by input name) instead of seeded random ones."),
-        click.option("--atol", multiple=True, metavar="[OUTPUT=]TOL",
-                     help=f"Absolute tolerance (default {defaults.ATOL:g}; fp16 / bf16 files: "
-                          f"{defaults.DTYPE_TOLERANCES['fp16']:g} / {defaults.DTYPE_TOLERANCES['bf16']:g} x each "
-                          "output's mean |reference|)."),
-        click.option("--rtol", multiple=True, metavar="[OUTPUT=]TOL",
-                     help=f"Relative tolerance (default {defaults.RTOL:g}; fp16 / bf16 files: "
-                          f"{defaults.DTYPE_TOLERANCES['fp16']:g} / {defaults.DTYPE_TOLERANCES['bf16']:g})."),
-        click.option("--seed", type=int, default=defaults.SEED, show_default=True, help="Seed of random inputs."),
-        click.option("--debug", is_flag=True, help="Show tracebacks."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _ci_report_options(func):
-    func = click.option("--summary", type=click.Path(), metavar="FILE.md",  # a folder: one-line error (prepare)
-                        help="Also write the check as Markdown (a CI job summary page).")(func)
-    return click.option("--junit", type=click.Path(), metavar="FILE.xml",
-                        help="Also write the check as JUnit XML: one test case per output and input set.")(func)
-
-
-def _quant_threshold_options(func):
-    cosine = ", ".join(f"{c} {m}" for m, (c, *_) in defaults.QUANT_THRESHOLDS.items())
-    error = ", ".join(f"{e:.2f} {m}" for m, (_, e, *_) in defaults.QUANT_THRESHOLDS.items())
-    func = click.option("--quant-max-error", type=float, help="Quantized parity: largest mean |error| / mean "
-                        f"|reference| [default: {error}].")(func)
-    func = click.option("--quant-min-cosine", type=float, help="Quantized parity: least cosine similarity per output "
-                        f"[default: {cosine}].")(func)
-    return _quality_options(func)
-
-
-GROUP_KEY = "attn_export.option_groups"
-
-
-def _group_option(*decls, field: str, **attrs):
-    """An option declared once, its value kept under its ExportOptions field (read back with _group_fields), so no
-    command lists it in its signature or passes it on by hand."""
-
-    def keep(ctx, _param, value):
-        if value is not None:
-            ctx.meta.setdefault(GROUP_KEY, {})[field] = value
-        return value
-
-    return click.option(*decls, expose_value=False, callback=keep, **attrs)
-
-
-def _quality_options(func):
-    sample = ", ".join(f"{v[2]} {m}" for m, v in defaults.QUANT_THRESHOLDS.items())
-    top1 = ", ".join(f"{v[3]:.2f} {m}" for m, v in defaults.QUANT_THRESHOLDS.items())
-    options = [
-        _group_option("--quant-min-sample-cosine", field="quant_min_sample_cosine", type=float,
-                        help=f"Quantized / PARO check: least cosine of any one sample [default: {sample}]."),
-        _group_option("--quant-min-top1", field="quant_min_top1", type=float,
-                        help="Quantized / PARO check: least share of real samples whose top-1 class (outputs "
-                             f"[batch, classes]) matches the float model's [default: {top1}]."),
-        _group_option("--check-samples", field="check_samples", type=int,
-                        help="Real samples held out of the calibration data (never calibrated on) for the "
-                             f"quantized and PARO checks [default: {defaults.CHECK_SAMPLES}; 0: none]."),
-        _group_option("--allow-inconclusive", field="allow_inconclusive", is_flag=True, default=None,
-                        help="Accept a quantized / PARO check whose null control (a deliberately broken variant) "
-                             "passes too; without it that check exits 1."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _group_fields() -> dict:
-    """The values of the options declared with _group_option on this command line, by ExportOptions field."""
-    return dict(click.get_current_context().meta.get(GROUP_KEY, {}))
-
-
-def _load(model: str, factory, trust_pickle: bool, input_shapes, steps: int):
-    """Load MODEL as the first of ``steps`` numbered steps; return it and the step reporter."""
-    from attn_export.loader import load_model, parse_input_shapes
+def _load(model: str, source, steps: int):
+    """Load MODEL (``source``: its --factory, --trust-pickle, --input-shape) as the first of ``steps`` numbered
+    steps; return it and the step reporter."""
+    from attn_export.loader import load_model
 
     step = StepProgress(steps)
     with step(f"load {model}"):
-        loaded = load_model(model, factory, trust_pickle, parse_input_shapes(input_shapes))
+        loaded = load_model(model, source.factory, source.trust_pickle, source.shapes())
     for line in loaded.conversions:
         click.echo(f"    converted {line}", err=True)
     return loaded, step
@@ -251,156 +154,72 @@ def main():
     attention call as one custom node (plus a portable decomposition), and verify parity."""
 
 
+def _options(command: str) -> tuple:
+    """The validated options and model source of this command line (no torch import before they are valid)."""
+    from attn_export.options import from_command_line
+
+    opts, source = from_command_line(["attn-export", *sys.argv[1:]])
+    opts.prepare_check() if command == "check" else opts.validate()
+    return opts, source
+
+
 @main.command("export")
 @click.argument("model")
 @click.option("-o", "--output", "outdir", default="out", show_default=True, metavar="OUTDIR",
               help="Folder for model.onnx and report.json (written atomically).")
-@click.option("--dynamic-batch/--static-batch", default=True, show_default=True, help="Dynamic batch dimension.")
-@click.option("--dynamic-spatial/--static-spatial", default=None,
-              help="Dynamic spatial dims where the model declares them (zoo models) [default: dynamic for zoo models, "
-                   "static for checkpoints and pickles; a .pt2 keeps its own].")
-@click.option("--opset", type=int, help=f"ONNX opset ({defaults.SUPPORTED_OPSETS[0]}-{defaults.SUPPORTED_OPSETS[-1]}, "
-                                        f"default {defaults.OPSET}; --int4 needs {defaults.INT4_MIN_OPSET}).")
-@click.option("--lowering", default=defaults.LOWERING, show_default=True, metavar="|".join(defaults.LOWERINGS),
-              help="How each attention call is written: plugin = one attn_export node + its local function "
-                   "(TensorRT runs our plugin); attention = standard ops around ONNX's Attention with an exact mask "
-                   f"(opset >= {defaults.ATTENTION_MIN_OPSET}; stock TensorRT >= 10.14 and ONNX Runtime, no plugin).")
-@click.option("--no-check", is_flag=True, help="Skip the PyTorch vs ONNX Runtime parity check.")
-@click.option("--engine/--no-engine", default=None,
-              help="Build OUTDIR/model.engine with TensorRT and the plugin library [default: when both are present]; "
-                   "parity then also runs the engine. --engine without them exits 3.")
-@click.option("--max-batch", type=int, default=defaults.MAX_BATCH, show_default=True,
-              help="Largest batch of the engine's optimization profile (with --dynamic-batch).")
-@click.option("--timing-cache", type=click.Path(dir_okay=False), metavar="FILE",
-              help="TensorRT timing cache to read and update (speeds up rebuilds).")
-@click.option("--int8", is_flag=True,
-              help="Also write OUTDIR/model.int8.onnx: W8A8 Q/DQ on MatMul/Gemm/Conv, calibrated.")
-@click.option("--int4", is_flag=True, help="Also write OUTDIR/model.int4.onnx: INT4 weight-only blocks on MatMul/Gemm "
-                                           "(exports with opset 21).")
-@click.option("--int4-block", type=int, default=defaults.INT4_BLOCK, show_default=True,
-              help="INT4 block size along the input dim.")
-@click.option("--calib-method", default=defaults.CALIB_METHOD, show_default=True, metavar="NAME",
-              help="Activation calibrator: max, percentile (99.99), entropy (KL, as TensorRT) or mse.")
-@click.option("--calib-samples", type=int, default=defaults.CALIB_SAMPLES, show_default=True,
-              help="Calibration samples to use.")
-@click.option("--calib-data", metavar="SOURCE",
-              help="A .npz / .npy of inputs, a folder of images, or file.py:function returning feed dicts "
-                   "[default: the zoo model's data; seeded random data, with a warning, for other models].")
-@click.option("--calib-cache", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Reuse the activation amax of an earlier --int8 run (its OUTDIR/calib_cache.json) instead of "
-                   "calibrating.")
-@click.option("--calib-preprocess", default=defaults.CALIB_PREPROCESS, show_default=True, metavar="raw|unit|imagenet",
-              help="For an image folder: pixels 0-255 (raw), 0-1 (unit) or ImageNet-normalized RGB.")
-@_group_option("--sensitivity", field="sensitivity", is_flag=True, default=None,
-                 help="Quantization: measure every quantized layer alone on the check inputs (real samples where "
-                      "given) and list the most harmful first (console and report.json).")
-@_group_option("--auto-exclude", field="auto_exclude", type=float, metavar="COSINE",
-                 help="Quantization: keep the most sensitive layers in float, one at a time, until the worst sample "
-                      "cosine on the held-out real data reaches COSINE (e.g. 0.99); lists what it kept.")
-@_group_option("--smooth", field="smooth", type=float, metavar="ALPHA",
-                 help="INT8: SmoothQuant-style smoothing of MatMul/Gemm inputs with outlier channels (ALPHA 0.5 "
-                      "is SmoothQuant's).")
-@click.option("--exclude", multiple=True, metavar="PATTERN",
-              help="Keep nodes or weights whose name matches this glob in float (repeatable).")
-@click.option("--paro/--no-paro", default=None,
-              help="Replace every F.scaled_dot_product_attention call with PARO attention (per-head token order, "
-                   "block mask, INT8/INT4): plans them on calibration data and writes OUTDIR/paro_plan.json "
-                   "[default: off; on for zoo models built for it].")
-@click.option("--paro-grid", metavar="FxHxW", help="PARO: the token grid (frames x height x width) after the prefix.")
-@click.option("--paro-prefix", type=int, metavar="P", help="PARO: text / register tokens before the grid [0].")
-@click.option("--paro-density", type=float, metavar="D", help="PARO: fraction of blocks kept per head [0.3].")
-@click.option("--paro-block", type=int, metavar="N", help="PARO: block size of the mask, in tokens [64].")
-@click.option("--paro-qk", metavar="int8|int4|fp16", help="PARO: QK precision [--int8/--int4's, else int8].")
-@click.option("--paro-pv", metavar="int8|int4|fp16", help="PARO: PV precision [--int8/--int4's, else int8].")
-@click.option("--paro-buckets", type=int, metavar="T", help="PARO: one mask per diffusion-time bucket; the model "
-                                                           "needs a 'timestep' input in [0, 1] [1].")
-@click.option("--paro-plan", type=click.Path(dir_okay=False), metavar="FILE",
-              help="PARO: reuse this plan (an earlier OUTDIR/paro_plan.json) instead of planning.")
-@click.option("--dtype", default=defaults.DTYPE, show_default=True, metavar="fp32|fp16|bf16",
-              help="Precision of the exported file (attention nodes included); checked against the fp32 PyTorch "
-                   f"model with the precision's tolerances. bf16 exports with opset >= {defaults.BF16_MIN_OPSET}.")
-@click.option("--shapes", multiple=True, metavar="NAME=MIN:OPT:MAX",
-              help="Engine optimization profile range of an input, e.g. images=1x3x64x64:8x3x224x224:32x3x384x384 "
-                   "(repeatable; only dims the ONNX file leaves dynamic may vary) [default: the check's shapes, "
-                   "batch 1 to --max-batch].")
-@click.option("--profile", "profiles", multiple=True, metavar="NAME=MIN:OPT:MAX,...",
-              help="One more optimization profile: comma-separated ranges (repeatable; inputs left out take the "
-                   "default range). --shapes gives the first profile.")
-@click.option("--triton-repo", type=click.Path(), metavar="DIR",
-              help="Also write a Triton model repository entry DIR/NAME: the engine (tensorrt_plan, with the plugin "
-                   "library) or, without one, model.onnx (onnxruntime_onnx); config.pbtxt and serve.sh.")
-@click.option("--triton-name", metavar="NAME", help="Name of the Triton entry [the model's: zoo:nat-tiny -> nat-tiny].")
-@_ci_report_options
-@_quant_threshold_options
-@_model_options
-def export_cmd(model, outdir, dynamic_batch, dynamic_spatial, opset, lowering, no_check, engine, max_batch,
-               timing_cache,
-               int8, int4, int4_block, calib_method, calib_samples, calib_data, calib_cache, calib_preprocess, exclude,
-               paro, paro_grid, paro_prefix, paro_density, paro_block, paro_qk, paro_pv, paro_buckets, paro_plan,
-               dtype, shapes, profiles, triton_repo, triton_name, junit, summary,
-               quant_min_cosine, quant_max_error, input_shapes, factory, trust_pickle, inputs_npz, atol, rtol, seed,
-               debug):
+@click_options("export", (ExportGroup, EngineGroup, QuantizationGroup, ParoGroup, ReportGroup, CheckGroup,
+                          ModelSource))
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def export_cmd(model, outdir, debug):
     """Export MODEL (zoo:NAME, a .pt2 archive, a checkpoint with --factory, or a pickle with
     --trust-pickle) to OUTDIR/model.onnx (with --int8/--int4 also model.int8/int4.onnx; with TensorRT
     also model.engine) and check parity (report.json). Exit 1 if parity fails."""
 
     def body():
-        from attn_export.pipeline import ExportOptions, export_job
+        opts, source = _options("export")  # every flag is checked before torch loads
+        from attn_export import steps
+        from attn_export.pipeline import export_job
 
-        if int8 and int4:
-            raise AttnExportError("--int8 and --int4 are exclusive: choose one")
-        opts = ExportOptions(
-            opset=opset, lowering=lowering, dynamic_batch=dynamic_batch, dynamic_spatial=dynamic_spatial,
-            check=not no_check,
-            tolerances=_parse_tolerances(atol, rtol), inputs_npz=inputs_npz, seed=seed,
-            command=["attn-export", *sys.argv[1:]], engine=engine, max_batch=max_batch, timing_cache=timing_cache,
-            quantize="int8" if int8 else "int4" if int4 else None, int4_block=int4_block, calib_method=calib_method,
-            calib_samples=calib_samples, calib_data=calib_data, calib_cache=calib_cache,
-            calib_preprocess=calib_preprocess, exclude=exclude, quant_min_cosine=quant_min_cosine,
-            quant_max_error=quant_max_error, paro=paro, paro_grid=paro_grid, paro_prefix=paro_prefix,
-            paro_density=paro_density, paro_block=paro_block, paro_qk=paro_qk, paro_pv=paro_pv,
-            paro_buckets=paro_buckets, paro_plan=paro_plan, dtype=dtype, shapes=shapes, profiles=profiles,
-            junit=junit, summary=summary, triton_repo=triton_repo, triton_name=triton_name, **_group_fields(),
-        ).prepare()  # every flag is checked before any work
-        loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=opts.step_count(model))
-        result = export_job(loaded, outdir, opts, step)
-        for line in result.converted_calls:
-            click.echo(f"    converted call {line}", err=True)
-        for path in (result.onnx_path, result.quantized_path, result.engine_path, result.paro_plan_path):
-            if path:
-                click.echo(f"wrote {path}")
-        if result.paro_plan is not None:
-            from attn_export.paro_export import plan_table
-
-            click.echo(plan_table(result.paro_plan))
-        extra_reports = result.quant_report or result.paro_report
-        code = _report_outcome(result.report, None if extra_reports else result.report_path)
-        if result.paro_report is not None:
-            click.echo(result.paro_report.table())
-            if not result.paro_report.passed:
-                click.echo(f"PARO quality {_verdict(result.paro_report)}: see the table above and "
-                           f"{result.report_path}", err=True)
-                code = EXIT_CHECK_FAILED
-            if result.quant_report is None:
-                click.echo(f"wrote {result.report_path}")
-        if result.quant_notes:
-            click.echo(result.quant_notes)
-        if result.quant_report is not None:
-            click.echo(result.quant_report.table())
-            click.echo(f"wrote {result.report_path}")
-            if not result.quant_report.passed:
-                click.echo(f"{opts.quant.mode} parity {_verdict(result.quant_report)}: see the table above and "
-                           f"{result.report_path}", err=True)
-                code = EXIT_CHECK_FAILED
-        _echo_extra_files(result.junit_path, result.summary_path)
-        if result.triton_path:
-            click.echo(f"wrote {result.triton_path} (Triton model repository entry); serve it with "
-                       f"{result.triton_path / 'serve.sh'}")
-        for warning in result.warnings:  # after the tables, where they are seen
-            click.echo(f"WARNING: {warning}", err=True)
-        return code
+        opts.prepare()
+        loaded, step = _load(model, source, steps=steps.count(opts, model))
+        return _show_export(export_job(loaded, outdir, opts, step))
 
     _run(debug, body)
+
+
+def _show_export(result) -> int:
+    """Files written, the plan and the check tables, warnings last (where they are seen); the exit code."""
+    for line in result.converted_calls:
+        click.echo(f"    converted call {line}", err=True)
+    for path in (result.onnx_path, result.quantized_path, result.engine_path, result.paro_plan_path):
+        if path:
+            click.echo(f"wrote {path}")
+    if result.paro_plan is not None:
+        from attn_export.paro_export import plan_table
+
+        click.echo(plan_table(result.paro_plan))
+    code = _report_outcome(result.report, None if result.quant_report or result.paro_report else result.report_path)
+    for label, report in (("PARO quality", result.paro_report), (None, result.quant_report)):
+        if report is None:
+            continue
+        if label is None and result.quant_notes:
+            click.echo(result.quant_notes)
+        click.echo(report.table())
+        if label is None or result.quant_report is None:
+            click.echo(f"wrote {result.report_path}")
+        if not report.passed:
+            click.echo(f"{label or report.mode + ' parity'} {_verdict(report)}: see the table above and "
+                       f"{result.report_path}", err=True)
+            code = EXIT_CHECK_FAILED
+    if result.quant_report is None and result.quant_notes:
+        click.echo(result.quant_notes)
+    _echo_extra_files(result.junit_path, result.summary_path)
+    if result.triton_path:
+        click.echo(f"wrote {result.triton_path} (Triton model repository entry); serve it with "
+                   f"{result.triton_path / 'serve.sh'}")
+    for warning in result.warnings:
+        click.echo(f"WARNING: {warning}", err=True)
+    return code
 
 
 def _echo_extra_files(*paths) -> None:
@@ -410,12 +229,6 @@ def _echo_extra_files(*paths) -> None:
 
 
 @main.command("check")
-@_group_option("--calib-data", field="calib_data", metavar="SOURCE",
-               help="Real samples for a quantized or PARO file's check: the first --check-samples of them (at most a "
-                    "quarter), as the export held them out of its calibration (a .npz, .npy, image folder or "
-                    "file.py:function, as for export).")
-@_group_option("--calib-preprocess", field="calib_preprocess", metavar="raw|unit|imagenet",
-               help="For an image folder in --calib-data: pixels 0-255 (raw), 0-1 (unit) or ImageNet-normalized.")
 @click.argument("model")
 @click.argument("onnx_file", type=click.Path(), metavar="ONNX", required=False)
 @click.option("--reference", "reference_path", type=click.Path(dir_okay=False), metavar="FILE",
@@ -424,35 +237,32 @@ def _echo_extra_files(*paths) -> None:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @click.option("--engine", "engine_file", type=click.Path(dir_okay=False), metavar="ENGINE",
               help="Also run this TensorRT engine (needs TensorRT and the plugin library; else exit 3).")
-@_ci_report_options
-@_quant_threshold_options
-@_model_options
-def check_cmd(model, onnx_file, reference_path, report_path, engine_file, junit, summary, quant_min_cosine,
-              quant_max_error, input_shapes, factory, trust_pickle, inputs_npz, atol, rtol, seed, debug):
+@click_options("check", (ReportGroup, CheckGroup, QuantizationGroup, ModelSource))
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def check_cmd(model, onnx_file, reference_path, report_path, engine_file, debug):
     """Compare MODEL in PyTorch with ONNX on ONNX Runtime (and a TensorRT engine); exit 1 on a
-    mismatch (for CI). A quantized (Q/DQ) file is judged by cosine and mean error.
+    mismatch (for CI). A quantized (Q/DQ) or PARO file is judged by the quality gate (cosine, mean error,
+    top-1 agreement on real samples, with a null control).
 
     Random inputs cover two batch sizes where the ONNX batch dimension is dynamic."""
 
     def body():
-        from attn_export.pipeline import CHECK_STEPS, ExportOptions, check_job, require_engine_file
-
-        opts = ExportOptions(tolerances=_parse_tolerances(atol, rtol), inputs_npz=inputs_npz, seed=seed,
-                             command=["attn-export", *sys.argv[1:]], quant_min_cosine=quant_min_cosine,
-                             quant_max_error=quant_max_error, junit=junit, summary=summary, **_group_fields())
+        opts, source = _options("check")
         opts.prepare_check(report_path)  # before loading the model
         if reference_path:
             report = _check_reference(model, onnx_file, reference_path, report_path, engine_file, opts,
-                                      factory or input_shapes or inputs_npz or opts.calib_data)
+                                      source.given() or opts.inputs_npz or opts.calib_data)
         else:
+            from attn_export.pipeline import CHECK_STEPS, check_job, require_engine_file
+
             if onnx_file is None:
                 raise AttnExportError("check needs MODEL and ONNX (or --reference FILE ONNX)")
             if engine_file:
                 require_engine_file(engine_file)
-            loaded, step = _load(model, factory, trust_pickle, input_shapes, steps=CHECK_STEPS)
+            loaded, step = _load(model, source, steps=CHECK_STEPS)
             report = check_job(loaded, onnx_file, report_path, opts, step, engine_path=engine_file)
         code = _report_outcome(report, report_path)
-        _echo_extra_files(junit, summary)
+        _echo_extra_files(opts.junit, opts.summary)
         for warning in report.warnings:
             click.echo(f"WARNING: {warning}", err=True)
         return code
@@ -470,6 +280,29 @@ def _check_reference(first, second, reference_path, report_path, engine_file, op
         raise AttnExportError("--reference checks the saved inputs without the model: drop --factory, "
                               "--input-shape, --inputs and --calib-data")
     return check_reference_job(reference_path, first, report_path, opts, StepProgress(1), engine_path=engine_file)
+
+
+@main.command("engine")
+@click.argument("onnx_file", type=click.Path(), metavar="ONNX")
+@click.option("-o", "--output", "engine_file", type=click.Path(), metavar="ENGINE",
+              help="Where to write the engine (engine.json beside it) [default: model.engine beside ONNX].")
+@click.option("--reference", "reference_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The export's reference.npz: its input shapes shape the optimization profile (as the export's).")
+@click_options("engine", (EngineGroup,))
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def engine_cmd(onnx_file, engine_file, reference_path, debug):
+    """Build a TensorRT engine from an exported ONNX file, without the PyTorch model (a GPU runner: then `check
+    --reference FILE ONNX --engine ENGINE`). Needs TensorRT and, for plugin nodes, the plugin library (else exit 3)."""
+
+    def body():
+        opts, _ = _options("engine")
+        from attn_export.pipeline import engine_job
+
+        opts.shape_profiles = opts.parse_shape_profiles()
+        click.echo(f"wrote {engine_job(onnx_file, engine_file, opts, reference_path)}")
+        return 0
+
+    _run(debug, body)
 
 
 @main.command("bench")

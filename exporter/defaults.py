@@ -41,6 +41,12 @@ CALIB_SAMPLES = 128
 CALIB_PREPROCESS = "raw"
 INT4_BLOCK = 128
 
+# PARO (attn_export.calib.paro): share of mask blocks kept per head, block size in tokens, timestep buckets
+PARO_DENSITY = 0.3
+PARO_BLOCK = 64
+PARO_BUCKETS = 1
+PARO_BITS = {"int8": 8, "int4": 4, "fp16": 16}  # --paro-qk / --paro-pv names
+
 # TensorRT engines
 MAX_BATCH = 16  # largest batch of the optimization profile when the batch is dynamic
 

@@ -17,16 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from attn_export.artifacts import BIT_NAMES, BUCKET_INPUT, BUCKETS_METADATA
 from attn_export.errors import AttnExportError
 from attn_export.inputs import InputSpec, name_forward_inputs
 from attn_export.loader import LoadedModel
+from attn_export.options.paro import BITS, parse_bits, parse_grid  # noqa: F401 - also paro_export's (flags own them)
 
 PLAN_NAME = "paro_plan.json"  # and paro_plan.npz beside it
-BUCKET_INPUT = "paro_bucket"
 TIMESTEP_INPUT = "timestep"
-BUCKETS_METADATA = "attn_export.paro_buckets"
-BITS = {"int8": 8, "int4": 4, "fp16": 16}
-BIT_NAMES = {bits: name for name, bits in BITS.items()}
 HELD_OUT_SAMPLES = 2  # inputs the held-out quality metrics use (seeded, never calibration data)
 
 
@@ -58,22 +56,6 @@ class ParoSettings:
                 "density": self.density, "qk": BIT_NAMES[self.qk_bits], "pv": BIT_NAMES[self.pv_bits],
                 "q_group": self.q_group, "k_group": self.k_group, "smooth_k": self.smooth_k,
                 "buckets": self.buckets, "plan_file": self.plan_file}
-
-
-def parse_grid(text: str) -> tuple[int, int, int]:
-    """``FxHxW`` as three positive ints."""
-    parts = str(text).lower().split("x")
-    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise AttnExportError(f"--paro-grid '{text}' is not FxHxW with three positive sizes, e.g. 13x30x45")
-    return tuple(int(p) for p in parts)
-
-
-def parse_bits(text: str | None, flag: str, default: int) -> int:
-    if text is None:
-        return default
-    if text not in BITS:
-        raise AttnExportError(f"{flag} '{text}' is not one of {', '.join(BITS)}")
-    return BITS[text]
 
 
 def zoo_paro(source: str):

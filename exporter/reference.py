@@ -15,10 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from attn_export.artifacts import REFERENCE_NAME
+from attn_export.check_inputs import CheckInputs
+from attn_export.defaults import __version__
 from attn_export.errors import AttnExportError
+from attn_export.parity import Reference, onnx_io
 
-REFERENCE_NAME = "reference.npz"
 FORMAT = "attn-export reference 1"
 
 
@@ -40,8 +44,6 @@ class SavedReference:
 def reference_outputs(model, feeds: Sequence[Mapping[str, np.ndarray]], input_names: Sequence[str],
                       output_names: Sequence[str]) -> list[dict]:
     """The reference model's outputs on each feed (as the parity runner computes them)."""
-    import torch
-
     outputs = []
     for feed in feeds:
         args = [torch.from_numpy(np.ascontiguousarray(_full_precision(feed[n]))) for n in input_names]
@@ -59,8 +61,6 @@ def _full_precision(array: np.ndarray) -> np.ndarray:
 def save(path: str | Path, feeds: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[Mapping[str, np.ndarray]],
          reference: Mapping, inputs_meta: Mapping, model: str) -> None:
     """Write the reference artifact (the caller stages ``path`` for an atomic commit)."""
-    from attn_export import __version__
-
     arrays = {}
     for i, (feed, out) in enumerate(zip(feeds, outputs)):
         arrays.update({f"input/{i}/{n}": np.asarray(a) for n, a in feed.items()})
@@ -96,8 +96,6 @@ class ReplayModel:
         self.saved, self.input_names = saved, list(input_names)  # the order the runner passes them in
 
     def __call__(self, *args):
-        import torch
-
         arrays = [a.numpy() for a in args]
         for feed, outputs in zip(self.saved.feeds, self.saved.outputs):
             if all(np.array_equal(feed[n], a) for n, a in zip(self.input_names, arrays)):
@@ -105,16 +103,9 @@ class ReplayModel:
         raise AttnExportError("an input set is not in the reference file; check with the inputs it holds")
 
 
-def check_against(saved: SavedReference, reference_path: str | Path, onnx_path: str | Path, opts, step,
-                  engine_path=None):
-    """Check ``onnx_path`` (and an engine) against ``saved`` (read from ``reference_path``) with the criterion the
-    file calls for: the quality gate for Q/DQ and PARO files, the precision's tolerances otherwise."""
-    from attn_export import controls, precision
-    from attn_export.check_inputs import CheckInputs
-    from attn_export.parity import Reference, check_parity, onnx_io
-    from attn_export.pipeline import paro_in, quantized_mode
-    from attn_export.quality import check_quantized
-
+def replay(saved: SavedReference, reference_path: str | Path, onnx_path: str | Path):
+    """The saved reference as a Reference that replays its outputs on the saved inputs, and those inputs as the
+    check's CheckInputs (with their origins); refuses a file whose inputs or outputs are not ``onnx_path``'s."""
     meta = saved.meta.get("check_inputs", {})
     sets = meta.get("feeds", [])
     inputs = CheckInputs([dict(f) for f in saved.feeds], [s.get("origin", "random") for s in sets] or
@@ -129,17 +120,4 @@ def check_against(saved: SavedReference, reference_path: str | Path, onnx_path: 
                               "it belongs to another export")
     reference = Reference(ReplayModel(saved, list(onnx_inputs)), described.get("runner", "reference"),
                           f"{described.get('model', 'the reference model')}, as saved in {reference_path}")
-    mode = qdq_mode = quantized_mode(Path(onnx_path))
-    paro = paro_in(Path(onnx_path))
-    mode = mode or (paro["mode"] if paro else None)
-    if mode:
-        control = controls.first_quantized_input_zeroed(onnx_path) if qdq_mode else controls.attention_zeroed(onnx_path)
-        with step(f"check {mode}: saved reference vs quantized ONNX" + (" and TensorRT" if engine_path else "")):
-            return check_quantized(reference, onnx_path, inputs, mode, opts.thresholds(mode), engine_path=engine_path,
-                                   fused_row=qdq_mode is not None, control=control,
-                                   shuffle_control=qdq_mode is not None, allow_inconclusive=opts.allow_inconclusive)
-    dtype = precision.onnx_precision(Path(onnx_path))
-    with step("check parity: saved reference vs ONNX Runtime" + (" vs TensorRT" if engine_path else "")):
-        return check_parity(reference, onnx_path, precision.cast_feeds(inputs.feeds, dtype),
-                            precision.tolerances(dtype, opts.tolerances), opts.command, inputs.description,
-                            engine_path=engine_path, precision=dtype)
+    return reference, inputs

@@ -1,0 +1,47 @@
+"""Where the model comes from: --input-shape, --factory, --trust-pickle (the loader's arguments, not ExportOptions)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from attn_export.errors import AttnExportError
+from attn_export.options.flags import flag
+
+
+def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Parse ``NAME=1x3x64x64`` items."""
+    shapes = {}
+    for spec in specs:
+        match = re.fullmatch(r"([^=\s]+)=(\d+(?:x\d+)*)", spec.strip())
+        if not match or any(int(d) <= 0 for d in match.group(2).split("x")):
+            raise AttnExportError(
+                f"--input-shape '{spec}' is not NAME=DIMS with positive dims joined by 'x', e.g. images=1x3x64x64")
+        shapes[match.group(1)] = tuple(int(d) for d in match.group(2).split("x"))
+    return shapes
+
+
+@dataclass
+class ModelSource:
+    """How to load MODEL: the keyword arguments of attn_export.run / check beside the ExportOptions."""
+
+    input_shapes: Sequence[str] = ()
+    factory: str | None = None
+    trust_pickle: bool = False
+
+    FLAGS = (
+        flag("--input-shape", field="input_shapes", multiple=True, metavar="NAME=DIMS",
+             help="Shape of an input, e.g. images=1x3x64x64 (repeatable)."),
+        flag("--factory", field="factory", metavar="MODULE:FUNC",
+             help="Function that builds the model for a checkpoint (module:function or file.py:function)."),
+        flag("--trust-pickle", field="trust_pickle", is_flag=True,
+             help="Allow loading a pickled whole module; this runs code from the file."),
+    )
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """--input-shape as a mapping (checked: a malformed entry exits 2 before the model loads)."""
+        return parse_input_shapes(self.input_shapes)
+
+    def given(self) -> bool:
+        return bool(self.input_shapes or self.factory)
