@@ -69,8 +69,6 @@ class QuantizationGroup:
 
     def validate(self) -> None:
         """The quantization flags alone and with each other (the export's other flags: ExportOptions.validate)."""
-        from attn_export.calib.calibrators import CalibConfig, make_calibrator  # numpy only: no torch
-
         if self.quantize is None:
             self._validate_without_quantization()
         else:
@@ -78,6 +76,8 @@ class QuantizationGroup:
                 raise AttnExportError(f"quantization mode '{self.quantize}' is not one of {', '.join(QUANT_MODES)}")
             if self.quantize == "int4" and self.calib_cache:
                 raise AttnExportError("--calib-cache holds INT8 activation ranges: add --int8")
+            from attn_export.calib.calibrators import CalibConfig, make_calibrator  # onnx and numpy, no torch
+
             make_calibrator(CalibConfig(self.calib_method))  # an unknown method: its one-line error
             if self.calib_samples < 1:
                 raise AttnExportError(f"--calib-samples {self.calib_samples} must be at least 1")

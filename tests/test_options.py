@@ -1,0 +1,93 @@
+"""Option groups (attn_export.options): every flag declared once, validated before torch loads; the engine command."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from attn_export.options import GROUPS, ExportOptions, ModelSource
+from tests.helpers import SMALL, run
+
+NO_TORCH = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'torch':
+            raise ImportError('imported before the flags were valid: ' + name)
+sys.meta_path.insert(0, Block())
+from attn_export.cli import main
+main({argv!r}, prog_name='attn-export')
+"""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["zoo:nat-tiny", "--int8", "--int4"], "--int8 and --int4 are exclusive"),
+    (["zoo:nat-tiny", "--int8", "--calib-method", "nope"], "nope"),
+    (["zoo:nat-tiny", "--opset", "5"], "opset 5 is not supported"),
+    (["zoo:nat-tiny", "--paro-density", "2"], "--paro-density 2.0 must lie in (0, 1]"),
+    (["zoo:nat-tiny", "--atol", "x"], "--atol 'x' is not a number"),
+    (["zoo:nat-tiny", "--int4", "--opset", "19"], "--int4 needs --opset 21"),
+    (["zoo:nat-tiny", "--smooth", "0.5"], "--smooth applies to quantization"),
+    (["zoo:nat-tiny", "--input-shape", "images=1xq"], "--input-shape 'images=1xq'"),
+    (["zoo:nat-tiny", "--lowering", "attention", "--opset", "21"], "--lowering attention needs --opset 23"),
+    (["check", "zoo:nat-tiny", "m.onnx", "--quant-min-top1", "2"], "--quant-min-top1 2.0 must lie in [0, 1]"),
+])
+def test_flag_errors_are_answered_before_torch_loads(argv, message):
+    # torch is blocked: a flag checked after it loads fails with ImportError instead (issue 30: flag errors < 0.5 s)
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH.format(argv=argv)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_every_flag_has_one_home():
+    flags = [(group, flag) for group in (*GROUPS, ModelSource) for flag in group.FLAGS]
+    names = [flag.name for _, flag in flags]
+    assert len(names) == len(set(names)), "a flag declared twice"
+    api = {f.name for f in dataclasses.fields(ExportOptions)} | {f.name for f in dataclasses.fields(ModelSource)}
+    for group, flag in flags:  # each flag sets a field of its own group (--atol / --rtol: the tolerances field)
+        own = {f.name for f in dataclasses.fields(group)}
+        assert flag.field in own or (flag.field in ("atol", "rtol") and "tolerances" in own), flag.name
+        assert flag.field in api or flag.field in ("atol", "rtol")
+
+
+def test_defaults_come_from_the_group_fields():
+    result = run("export", "--help")
+    assert result.exit_code == 0
+    help_text = " ".join(result.output.split())
+    assert "[default: plugin]" in help_text and "[default: 128]" in help_text  # --lowering, --calib-samples
+
+
+def test_flags_reach_the_api_fields(tmp_path):
+    from attn_export.options.check import CheckGroup
+
+    values = CheckGroup.from_flags({"atol": ("1e-3", "output=2e-3"), "rtol": ("5e-4",)})
+    tolerances = values["tolerances"]
+    assert (tolerances.atol, tolerances.rtol, dict(tolerances.per_output_atol)) == (1e-3, 5e-4, {"output": 2e-3})
+    opts = ExportOptions(quantize="int8", calib_samples=16).prepare()
+    assert opts.quant.mode == "int8" and opts.quant.samples == 16 and opts.opset == 18
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("engine") / "out"
+    result = run(SMALL, "-o", out, "--no-engine")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_engine_command_needs_shapes_for_dynamic_dims(exported):
+    result = run("engine", exported / "model.onnx")
+    assert result.exit_code == 2
+    assert "has dynamic dims" in result.output and "--reference" in result.output
+
+
+def test_engine_command_without_tensorrt_exits_3_and_writes_nothing(exported, tmp_path):
+    engine = tmp_path / "e" / "model.engine"
+    result = run("engine", exported / "model.onnx", "--reference", exported / "reference.npz", "-o", engine)
+    assert result.exit_code == 3, result.output
+    assert "TensorRT" in result.output
+    assert not engine.exists() and not (tmp_path / "e" / "engine.json").exists()
