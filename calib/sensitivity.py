@@ -4,7 +4,7 @@
 calibration) and measures the model's output against the float file on the check inputs (held-out real samples
 where there are some): the layers whose quantization alone hurts most come first. ``auto_exclude`` then keeps
 the most sensitive layers in float, one at a time, until the whole quantized model meets a target worst-sample
-cosine, and names what it kept. Both run ONNX Runtime with Q/DQ evaluated exactly (parity.EXACT_QDQ).
+cosine, and names what it kept. Both run ONNX Runtime with Q/DQ evaluated exactly (onnxruntime_cpu.EXACT_QDQ).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import onnx
 
 from attn_export.calib import qdq
 from attn_export.errors import AttnExportError
+from attn_export.onnxruntime_cpu import onnxruntime_session
 
 
 @dataclass
@@ -67,8 +68,6 @@ class OutputJudge:
 
 
 def _run(model: bytes, feeds, exact_qdq: bool) -> list[list[np.ndarray]]:
-    from attn_export.parity import onnxruntime_session
-
     session = onnxruntime_session(model, exact_qdq=exact_qdq)
     return [session.run(None, feed) for feed in feeds]
 

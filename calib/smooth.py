@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from attn_export.calib import qdq
 from attn_export.errors import AttnExportError
+from attn_export.onnxruntime_cpu import onnxruntime_session
 
 _MIN_SCALE = 1e-5
 
@@ -61,8 +62,6 @@ def _smoothable(model: onnx.ModelProto, exclude: Sequence[str]) -> dict[str, lis
 def channel_maxima(model: onnx.ModelProto, tensors: Sequence[str], data: Iterable[Mapping[str, np.ndarray]],
                    samples: int) -> dict[str, np.ndarray]:
     """max |x| per last-axis channel of each tensor, over ``samples`` calibration samples."""
-    from attn_export.parity import onnxruntime_session
-
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     for name in tensors:

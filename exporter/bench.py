@@ -20,6 +20,7 @@ import numpy as np
 
 from attn_export import defaults
 from attn_export.errors import AttnExportError
+from attn_export.tables import render_table
 
 RUNTIMES = ("ort", "trt", "torch")
 SPINNING = "session.intra_op.allow_spinning"
@@ -85,8 +86,6 @@ class BenchReport:
         return {**{k: v for k, v in asdict(self).items() if k != "rows"}, "rows": [asdict(r) for r in self.rows]}
 
     def table(self) -> str:
-        from attn_export.parity import render_table
-
         def ms(value):
             return "-" if value is None else f"{value:.2f}"
 

@@ -8,42 +8,43 @@ accumulation) on every CPU, instead of by integer kernels whose results depend o
 
 from __future__ import annotations
 
-import math
 import platform
 import sys
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime
+import polygraphy
 import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
+from polygraphy.comparator import Comparator, SimpleCompareFunc
+from polygraphy.logger import G_LOGGER
 
-from attn_export import defaults
+from attn_export.call_convert import quiet_third_party
+from attn_export.defaults import __version__
 from attn_export.errors import AttnExportError, wrap_failure
-from attn_export.tolerances import Tolerances  # also attn_export.parity.Tolerances, as before
+from attn_export.onnx_utils import graph_inputs, load_graph
 
-DEFAULT_ATOL = defaults.ATOL
-DEFAULT_RTOL = defaults.RTOL
-REFERENCE_NAME = "pytorch-cpu"
-
-
-def _strict_json(fields: dict) -> dict:
-    """NaN and Inf become null: report.json stays strict JSON."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fields.items()}
-
-
-def render_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell, a rule under the header."""
-    rows = [tuple(head), *map(tuple, rows)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
+# Re-exported: these lived here before the value types and the ONNX Runtime helpers got modules of their own, and
+# attn_export.parity is still where callers (the pipeline, the CLI, calibration, bench scripts) import them from.
+from attn_export.onnxruntime_cpu import EXACT_QDQ, cpu_isa, onnxruntime_session, onnxruntime_settings  # noqa: F401
+from attn_export.onnxruntime_cpu import onnxruntime_runner as _onnxruntime_runner
+from attn_export.parity_report import (
+    REFERENCE_NAME,
+    Comparison,
+    OutputResult,
+    ParityReport,
+    ReferenceScale,
+)
+from attn_export.tables import render_table  # noqa: F401
+from attn_export.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, Tolerances  # noqa: F401
+from attn_export.trt import trt_runner
 
 # ---------------------------------------------------------------------------------------------
 # Runners
@@ -91,8 +92,6 @@ class TorchCpuRunner(BaseRunner):
             feed_dict[n].astype(np.float32) if _low_precision(feed_dict[n]) else feed_dict[n]))
             for n in self.input_names]
         start = time.perf_counter()
-        from attn_export.call_convert import quiet_third_party
-
         with torch.inference_mode(), quiet_third_party():  # the model as written may run NATTEN / flex_attention
             outputs = torch.utils._pytree.tree_leaves(self.model(*args))
         self.inference_time = time.perf_counter() - start
@@ -108,64 +107,9 @@ def _low_precision(array: np.ndarray) -> bool:
     return str(array.dtype) in ("float16", "bfloat16")
 
 
-# ONNX Runtime session settings for Q/DQ models: no Q/DQ fusions into ONNX Runtime's own integer kernels
-# (QLinear*, MatMulIntegerToFloat, MatMulNBits), whose x86 AVX2 paths saturate intermediate sums and whose
-# INT4 MatMulNBits also quantizes activations. Q/DQ then runs as written: exactly what TensorRT computes.
-EXACT_QDQ = {"session.disable_quant_qdq": "1"}
-
-
-def onnxruntime_session(model: str | Path | bytes, exact_qdq: bool = False):
-    """A CPU InferenceSession of an ONNX file (or its bytes); ``exact_qdq`` evaluates Q/DQ as written
-    (see EXACT_QDQ)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    for key, value in (EXACT_QDQ if exact_qdq else {}).items():
-        options.add_session_config_entry(key, value)
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                providers=["CPUExecutionProvider"])
-
-
-def onnxruntime_settings(exact_qdq: bool) -> dict:
-    """What report.json says about an ONNX Runtime runner."""
-    import onnxruntime as ort
-
-    settings = {"onnxruntime": ort.__version__, "provider": "CPUExecutionProvider",
-                "graph_optimization_level": "ORT_ENABLE_ALL (default)",
-                "session_config": dict(EXACT_QDQ) if exact_qdq else {}}
-    if exact_qdq:
-        settings["qdq"] = "evaluated exactly (integer values, fp32 accumulation), as TensorRT executes it"
-    else:
-        settings["qdq"] = "fused into ONNX Runtime's CPU integer kernels (results depend on the CPU)"
-        settings["cpu_isa"] = cpu_isa()
-    return settings
-
-
-def cpu_isa() -> str:
-    """The x86 SIMD level that selects ONNX Runtime's integer kernels (avx512-vnni, avx-vnni, avx2, ...)."""
-    try:
-        flags = set(" ".join(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                             if line.startswith("flags")).split())
-    except OSError:
-        return platform.machine()
-    for flag, name in (("amx_int8", "amx-int8"), ("avx512_vnni", "avx512-vnni"), ("avx_vnni", "avx-vnni"),
-                       ("avx512bw", "avx512bw"), ("avx2", "avx2")):
-        if flag in flags:
-            return name
-    return platform.machine()
-
-
-def _onnxruntime_runner(onnx_path: str | Path, name: str = "onnxruntime-cpu", exact_qdq: bool = False):
-    from polygraphy.backend.onnxrt import OnnxrtRunner
-
-    return OnnxrtRunner(lambda: onnxruntime_session(onnx_path, exact_qdq), name=name)
-
-
 def onnx_io(onnx_path: str | Path) -> tuple[dict[str, list], list[str]]:
     """The graph inputs of an ONNX file (initializers excluded), each with its dims (an int, or a
     symbolic name where the dim is dynamic), and its output names."""
-    from attn_export.onnx_utils import graph_inputs, load_graph
-
     model = load_graph(onnx_path)
     return {i.name: list(i.shape) for i in graph_inputs(model)}, [o.name for o in model.graph.output]
 
@@ -186,9 +130,6 @@ def contiguous(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def _run(runners, feeds, what: str, hint: str):
     """Polygraphy's Comparator.run with its per-output log silenced (our table replaces it)."""
-    from polygraphy.comparator import Comparator
-    from polygraphy.logger import G_LOGGER
-
     severity = G_LOGGER.module_severity
     G_LOGGER.module_severity = G_LOGGER.CRITICAL
     try:
@@ -210,21 +151,6 @@ def _shape_label(feed: Mapping[str, np.ndarray]) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # What the reference outputs say about the check itself
-
-
-@dataclass(frozen=True)
-class ReferenceScale:
-    """The reference output's size: an error is only meaningful next to it."""
-
-    mean_abs: float
-    std: float
-
-    @classmethod
-    def of(cls, array: np.ndarray | None) -> ReferenceScale:
-        if array is None or not np.size(array):
-            return cls(float("nan"), float("nan"))
-        values = np.asarray(array, np.float64)
-        return cls(float(np.abs(values).mean()), float(values.std()))
 
 
 def vacuity_warnings(reference_outputs: Sequence[Mapping[str, np.ndarray]],
@@ -250,113 +176,9 @@ def vacuity_warnings(reference_outputs: Sequence[Mapping[str, np.ndarray]],
     return warnings
 
 
-# ---------------------------------------------------------------------------------------------
-# Float models: elementwise tolerances
-
-
-@dataclass
-class OutputResult:
-    name: str
-    max_abs_error: float
-    max_rel_error: float
-    mean_abs_error: float
-    atol: float
-    rtol: float
-    passed: bool
-    note: str = ""  # why an output failed without error statistics (missing, shape, non-finite)
-    reference_mean_abs: float = float("nan")
-    reference_std: float = float("nan")
-
-    def to_dict(self) -> dict:
-        # Strict JSON has no NaN or Infinity: a non-finite statistic becomes null (see "note").
-        return _strict_json(asdict(self))
-
-
-@dataclass
-class Comparison:
-    reference: str
-    candidate: str
-    iteration: int
-    outputs: list[OutputResult]
-    input_shapes: str = ""
-    seconds: float = 0.0  # both runners' inference time on this input set (JUnit's time)
-
-    @property
-    def passed(self) -> bool:
-        return all(o.passed for o in self.outputs)
-
-
-def _overall_line(passed: bool, good: int, total: int, what: str) -> str:
-    return f"overall: {'PASS' if passed else 'FAIL'} ({good} of {total} {what})"
-
-
-@dataclass
-class ParityReport:
-    comparisons: list[Comparison]
-    inputs: dict
-    versions: dict
-    command: list[str]
-    onnx: str
-    reference: dict = field(default_factory=dict)
-    runtime: dict = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    precision: str = "fp32"
-    tolerances: str = ""  # the rule, e.g. "atol 0.01 x mean |reference| per output, rtol 0.01"
-    skipped: list[dict] = field(default_factory=list)  # runners that could not run here: {"runner", "reason"}
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.comparisons) and all(c.passed for c in self.comparisons)
-
-    def to_dict(self) -> dict:
-        return {
-            "status": "pass" if self.passed else "fail",
-            "criterion": "per element |a-b| <= atol or |a-b| <= rtol*|reference|",
-            "precision": self.precision,
-            "tolerances": self.tolerances,
-            "onnx": self.onnx,
-            "reference": self.reference,
-            "comparisons": [
-                {"reference": c.reference, "candidate": c.candidate, "iteration": c.iteration,
-                 "input_shapes": c.input_shapes, "passed": c.passed,
-                 "outputs": {o.name: o.to_dict() for o in c.outputs}}
-                for c in self.comparisons
-            ],
-            "skipped": self.skipped,
-            "warnings": self.warnings,
-            "inputs": self.inputs,
-            "runtime": self.runtime,
-            "versions": self.versions,
-            "command": self.command,
-        }
-
-    def table(self) -> str:
-        head = ("comparison", "iter", "input shape", "output", "max abs err", "max rel err", "mean |ref|", "ref std",
-                "atol", "rtol", "result")
-        rows = [(f"{c.reference} vs {c.candidate}", str(c.iteration), c.input_shapes, o.name,
-                 f"{o.max_abs_error:.3e}", f"{o.max_rel_error:.3e}", f"{o.reference_mean_abs:.3e}",
-                 f"{o.reference_std:.3e}", f"{o.atol:g}", f"{o.rtol:g}",
-                 ("PASS" if o.passed else "FAIL") + (f" ({o.note})" if o.note else ""))
-                for c in self.comparisons for o in c.outputs]
-        outputs = [o for c in self.comparisons for o in c.outputs]
-        lines = [f"reference: {self.reference.get('runner', REFERENCE_NAME)} = "
-                 f"{self.reference.get('model', 'the PyTorch model')}"]
-        if self.precision != "fp32":
-            lines.append(f"precision: {self.precision} file against the fp32 reference; tolerances: {self.tolerances}")
-        lines.append(render_table(head, rows))
-        lines += [f"{s['runner']}: SKIPPED ({s['reason']})" for s in self.skipped]
-        lines.append(_overall_line(self.passed, sum(o.passed for o in outputs), len(outputs),
-                                   "outputs within tolerance"))
-        return "\n".join(lines)
-
-
 def versions() -> dict:
-    import onnx
-    import onnxruntime
-    import polygraphy
-
     return {
-        "attn_export": __import__("attn_export").__version__,
+        "attn_export": __version__,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
@@ -404,14 +226,27 @@ def check_parity(
 
     ``precision``: the file's (feeds in it; the reference runs them cast up to fp32). ``skip_onnxruntime``:
     why ONNX Runtime cannot run the file here (its row is reported as skipped; an engine must then be given)."""
-    from polygraphy.comparator import Comparator, SimpleCompareFunc
-    from polygraphy.logger import G_LOGGER
-
     reference = _as_reference(model)
     inputs, output_names = onnx_io(onnx_path)
     input_names = list(inputs)
     tolerances.check_names(output_names)
     _check_feeds(feeds, input_names)
+    runners, skipped = _runners(reference, onnx_path, feeds, input_names, output_names, engine_path,
+                                skip_onnxruntime)
+    results = _run(runners, feeds, "running the models on the check inputs", "check the input shapes and dtypes")
+    comparisons = _compare(results, reference.name, feeds, output_names, tolerances)
+    described = {n: {"shapes": [list(f[n].shape) for f in feeds], "dtype": str(feeds[0][n].dtype),
+                     "source": input_source} for n in input_names}
+    runtime = {} if skip_onnxruntime else {"onnxruntime-cpu": onnxruntime_settings(False)}
+    return ParityReport(comparisons, described, versions(), list(command if command is not None else sys.argv),
+                        str(onnx_path), reference.to_dict(), runtime,
+                        vacuity_warnings(dict(results)[reference.name], feeds), precision, tolerances.describe(),
+                        skipped)
+
+
+def _runners(reference: Reference, onnx_path, feeds, input_names, output_names, engine_path, skip_onnxruntime):
+    """The reference's runner, ONNX Runtime's (unless it cannot run the file here: then a skipped row) and the
+    engine's; at least one candidate."""
     runners = [TorchCpuRunner(reference.model, feeds, input_names, output_names, reference.name)]
     skipped = []
     if skip_onnxruntime:
@@ -419,15 +254,17 @@ def check_parity(
     else:
         runners.append(_onnxruntime_runner(onnx_path))
     if engine_path is not None:
-        from attn_export.trt import trt_runner
-
         runners.append(trt_runner(engine_path))
     if len(runners) < 2:
         raise AttnExportError(f"nothing can run {onnx_path} here: {skip_onnxruntime}")
-    results = _run(runners, feeds, "running the models on the check inputs", "check the input shapes and dtypes")
+    return runners, skipped
+
+
+def _compare(results, reference_name: str, feeds, output_names, tolerances: Tolerances) -> list[Comparison]:
+    """Every candidate's outputs against the reference's, per input set, by each output's atol / rtol."""
     # Scale-relative tolerances (fp16 / bf16) need each output's mean |reference| over every input set.
     scales = {n: float(np.mean([np.abs(np.asarray(out[n], np.float64)).mean()
-                                for out in dict(results)[reference.name] if n in out and np.size(out[n])] or [1.0]))
+                                for out in dict(results)[reference_name] if n in out and np.size(out[n])] or [1.0]))
               for n in output_names}
     per_atol = {n: tolerances.for_output(n, scales[n])[0] for n in output_names}
     per_rtol = {n: tolerances.for_output(n, scales[n])[1] for n in output_names}
@@ -449,10 +286,4 @@ def check_parity(
                     for n in output_names]
             comparisons.append(Comparison(ref_name, cand_name, it, outs, _shape_label(feeds[it]),
                                           _seconds(ref, cand)))
-    described = {n: {"shapes": [list(f[n].shape) for f in feeds], "dtype": str(feeds[0][n].dtype),
-                     "source": input_source} for n in input_names}
-    runtime = {} if skip_onnxruntime else {"onnxruntime-cpu": onnxruntime_settings(False)}
-    return ParityReport(comparisons, described, versions(), list(command if command is not None else sys.argv),
-                        str(onnx_path), reference.to_dict(), runtime,
-                        vacuity_warnings(outputs_by_runner[reference.name], feeds), precision, tolerances.describe(),
-                        skipped)
+    return comparisons

@@ -22,6 +22,7 @@ from attn_export.errors import AttnExportError
 from attn_export.inputs import InputSpec, name_forward_inputs
 from attn_export.loader import LoadedModel
 from attn_export.options.paro import BITS, parse_bits, parse_grid  # noqa: F401 - also paro_export's (flags own them)
+from attn_export.tables import render_table
 
 PLAN_NAME = "paro_plan.json"  # and paro_plan.npz beside it
 TIMESTEP_INPUT = "timestep"
@@ -288,8 +289,6 @@ def _identity_mask(q, k, settings: ParoSettings, scale):
 
 def plan_table(plan) -> str:
     """Per call and head: order, density, recall and (when measured) held-out relative L2 chosen vs FHW."""
-    from attn_export.parity import render_table
-
     head = ("call", "head", "order", "density", "recall", "rel L2 chosen / FHW (fp16)", "(int8)", "(int4)")
     rows = []
     for call in plan.calls:

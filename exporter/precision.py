@@ -13,6 +13,7 @@ from pathlib import Path
 
 from attn_export import defaults
 from attn_export.errors import EXIT_MISSING_DEPENDENCY, AttnExportError
+from attn_export.tolerances import Tolerances
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 METADATA_KEY = "attn_export.precision"
@@ -100,8 +101,6 @@ def onnx_precision(model: str | os.PathLike) -> str:
 def tolerances(name: str, given):
     """The tolerances of a check in precision ``name``: what the user gave, the rest from the precision's defaults
     (fp32: absolute atol / rtol; fp16 / bf16: atol relative to each output's mean |reference|)."""
-    from attn_export.parity import Tolerances
-
     if name == "fp32":
         return Tolerances(defaults.ATOL if given.atol is None else given.atol,
                           defaults.RTOL if given.rtol is None else given.rtol,

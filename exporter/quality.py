@@ -1,5 +1,5 @@
 """Quality gates of quantized (Q/DQ) and PARO files: a quantization-aware criterion instead of elementwise
-tolerances, judged as TensorRT executes the file (ONNX Runtime with exact Q/DQ, see parity.EXACT_QDQ).
+tolerances, judged as TensorRT executes the file (ONNX Runtime with exact Q/DQ, see onnxruntime_cpu.EXACT_QDQ).
 
 Per output and input set: cosine with the fp32 reference and mean |error| / mean |reference|. Per sample (batch
 row): the worst cosine, named, so one collapsed sample cannot hide in a mean; for outputs shaped [batch, classes]
@@ -19,22 +19,20 @@ import numpy as np
 
 from attn_export import defaults
 from attn_export.check_inputs import CheckInputs, combine
+from attn_export.onnxruntime_cpu import onnxruntime_runner, onnxruntime_settings
 from attn_export.parity import (
     Reference,
-    ReferenceScale,
     TorchCpuRunner,
     _check_feeds,
-    _onnxruntime_runner,
-    _overall_line,
     _run,
     _seconds,
     _shape_label,
-    _strict_json,
     onnx_io,
-    onnxruntime_settings,
-    render_table,
     vacuity_warnings,
 )
+from attn_export.parity_report import ReferenceScale, overall_line, strict_json
+from attn_export.tables import render_table
+from attn_export.trt import trt_runner
 
 FUSED_RUNNER_SUFFIX = "-fused"
 CONTROL_RUNNER = "null-control"
@@ -88,7 +86,7 @@ class QuantOutputResult:
     seconds: float = 0.0  # this output's share of both runners' inference time on its input set
 
     def to_dict(self) -> dict:
-        return _strict_json(asdict(self))
+        return strict_json(asdict(self))
 
 
 @dataclass
@@ -110,7 +108,7 @@ class SampleSummary:
         return None if self.top1_agree is None or not self.top1_total else self.top1_agree / self.top1_total
 
     def to_dict(self) -> dict:
-        return _strict_json({**asdict(self), "top1_agreement": self.top1_agreement})
+        return strict_json({**asdict(self), "top1_agreement": self.top1_agreement})
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -321,7 +319,7 @@ class QuantParityReport:
         if self.control:
             lines.append(_control_line(self.control))
         gating = self._gating()
-        overall = _overall_line(self.passed, sum(r.passed for r in gating), len(gating), "outputs pass")
+        overall = overall_line(self.passed, sum(r.passed for r in gating), len(gating), "outputs pass")
         if self.status == "inconclusive":
             overall = overall.replace("FAIL", "INCONCLUSIVE", 1) + ": it cannot tell this model from a broken one"
         lines.append(overall)
@@ -363,20 +361,18 @@ def check_quantized(model, onnx_path: str | Path, inputs: CheckInputs | Sequence
     _check_feeds(feeds, list(onnx_inputs))
     exact = f"onnxruntime-{mode}"
     runners = [TorchCpuRunner(reference.model, feeds, list(onnx_inputs), output_names, reference.name),
-               _onnxruntime_runner(onnx_path, name=exact, exact_qdq=True)]
+               onnxruntime_runner(onnx_path, name=exact, exact_qdq=True)]
     runtime: dict[str, dict] = {exact: onnxruntime_settings(True)}
     informational = []
     if engine_path is not None:
-        from attn_export.trt import trt_runner
-
         runners.append(trt_runner(engine_path, name=f"tensorrt-{mode}"))
     if fused_row:
         fused = exact + FUSED_RUNNER_SUFFIX
-        runners.append(_onnxruntime_runner(onnx_path, name=fused, exact_qdq=False))
+        runners.append(onnxruntime_runner(onnx_path, name=fused, exact_qdq=False))
         runtime[fused] = onnxruntime_settings(False)
         informational.append(fused)
     if control is not None:  # run even where the shuffle is planned: outputs may turn out unshufflable
-        runners.append(_onnxruntime_runner(control.model, name=CONTROL_RUNNER, exact_qdq=True))
+        runners.append(onnxruntime_runner(control.model, name=CONTROL_RUNNER, exact_qdq=True))
     results = _run(runners, feeds, "running the quantized model on the check inputs", "check the input shapes")
     by_runner = {name: list(outs) for name, outs in results}
     refs = by_runner[reference.name]

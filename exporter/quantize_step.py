@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attn_export.errors import AttnExportError
+from attn_export.tables import render_table
 
 
 @dataclass
@@ -33,8 +34,6 @@ class QuantStep:
 
     def table(self, top: int = 10) -> str:
         """The most sensitive layers and what --auto-exclude kept, for the console."""
-        from attn_export.parity import render_table
-
         lines = []
         if self.sensitivity:
             rows = [(s.layer, s.op, f"{s.relative_error:.4f}", f"{s.worst_cosine:.5f}") for s in self.sensitivity[:top]]

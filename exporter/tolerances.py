@@ -1,4 +1,6 @@
-"""Float parity tolerances (atol / rtol, per output): plain data, so flags are checked before torch loads."""
+"""The float check's elementwise tolerances: a value type with no dependency on the check itself, so that
+attn_export.precision (which fills in a precision's defaults) and attn_export.parity (which applies them) both
+import it without importing each other."""
 
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ import onnx
 import pytest
 
 from attn_export import defaults
-from attn_export.ci import validate_invocation
+from attn_export.ci import WorkflowOptions, validate_invocation, write_workflow
+from attn_export.cli import main
 from attn_export.errors import AttnExportError
 
 from helpers import SMALL, assert_one_line_error, run
@@ -171,15 +172,29 @@ def attn_export_commands(run_block: str) -> list[list[str]]:
 
 
 def test_validate_invocation_uses_the_cli_parser():
-    assert validate_invocation(["attn-export", "check", SMALL, "m.onnx", "--junit", "j.xml"]) == ["check"]
-    assert validate_invocation(["attn-export", SMALL, "-o", "out", "--dtype", "fp16"]) == ["export"]
-    assert validate_invocation(["attn-export", "plugins", "build", "--arch", "native"]) == ["plugins", "build"]
+    assert validate_invocation(["attn-export", "check", SMALL, "m.onnx", "--junit", "j.xml"], main) == ["check"]
+    assert validate_invocation(["attn-export", SMALL, "-o", "out", "--dtype", "fp16"], main) == ["export"]
+    assert validate_invocation(["attn-export", "plugins", "build", "--arch", "native"], main) == ["plugins", "build"]
     for bad, fragment in ((["attn-export", "check"], "Missing argument 'MODEL'"),
                           (["attn-export", "check", SMALL, "m.onnx", "--jnuit", "x"], "No such option"),
                           (["attn-export", "bench", "out", "--iters", "many"], "not a valid integer"),
                           (["attn-export", "plugins", "rebuild"], "No such command")):
         with pytest.raises(AttnExportError, match=fragment):
-            validate_invocation(bad)
+            validate_invocation(bad, main)
+
+
+def test_the_workflow_is_validated_by_the_cli_it_is_given(tmp_path):
+    """attn_export.ci never imports the CLI (that would be a cycle): the parser is handed in, or is the running
+    command's (ci-template's); outside a CLI invocation and without one, nothing is written."""
+    opts = WorkflowOptions(install=("./wheel.whl",))
+    with pytest.raises(ValueError, match="pass the CLI's click command"):
+        write_workflow(tmp_path / "wf.yml", opts)
+    assert not (tmp_path / "wf.yml").exists()
+    with pytest.raises(AttnExportError, match="is not a valid invocation"):
+        write_workflow(tmp_path / "wf.yml", WorkflowOptions(install=opts.install, model_args=["--no-such-flag"]),
+                       command=main)
+    assert not (tmp_path / "wf.yml").exists()
+    assert "attn-export check" in write_workflow(tmp_path / "wf.yml", opts, command=main).read_text()
 
 
 @pytest.mark.parametrize("gpu", [False, True])
@@ -195,7 +210,7 @@ def test_workflow_parses_and_every_command_is_a_valid_invocation(tmp_path, gpu, 
                 for cmd in attn_export_commands(step["run"])]
     assert len(commands) == (3 if gpu else 1)
     for argv in commands:
-        validate_invocation(argv)
+        validate_invocation(argv, main)
     if gpu:
         job = jobs["parity-tensorrt"]
         assert "self-hosted" in job["runs-on"] and job["needs"] == "parity-cpu"

@@ -63,3 +63,76 @@ def test_source_folders_are_not_importable_as_top_level_packages(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """attn_export module -> the attn_export modules its source imports, anywhere in it (inside functions too: an
+    import deferred into a function still makes a cycle, it only hides it until that function runs)."""
+    import ast
+    import importlib.util
+
+    modules = set(_all_modules())
+    graph = {}
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        package = name if spec.submodule_search_locations is not None else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(open(spec.origin, encoding="utf-8").read(), spec.origin)):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # from . import x / from .x import y
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parts, *([node.module] if node.module else [])])
+                if base in modules:  # `from pkg import mod` imports the submodule, `from mod import name` the module
+                    deps |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+        graph[name] = deps - {name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_cycle_finder_names_every_module_of_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"d"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_between_attn_export_modules():
+    graph = _import_graph()
+    assert {"attn_export.parity", "attn_export.models.zoo", "attn_export.calib.qdq"} <= set(graph)
+    assert "attn_export.pipeline" in graph["attn_export.cli"]  # imports inside functions count too
+    cycles = _cycles(graph)
+    assert not cycles, "import cycles between attn_export modules: " + "; ".join(
+        " <-> ".join(c) + " (" + ", ".join(f"{a} -> {b}" for a in c for b in sorted(graph[a]) if b in c) + ")"
+        for c in cycles)
