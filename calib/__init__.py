@@ -12,7 +12,11 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import onnx
+
 from attn_export import defaults
+from attn_export.calib import data as calib_data_module
+from attn_export.calib import qdq
 from attn_export.calib.calibrators import CALIBRATORS, DEFAULT_METHOD, CalibConfig, make_calibrator
 from attn_export.calib.qdq import MODES, QuantizedTensor, QuantOptions, QuantResult
 
@@ -25,11 +29,6 @@ def quantize(model, calib_data: Iterable[Mapping] | str | None = None, mode: str
              output_path: str | os.PathLike | None = None) -> QuantResult:
     """Quantize ``model`` (an onnx.ModelProto or a path). ``calib_data``: an iterable of feed dicts, or a
     ``--calib-data`` spec (.npz, .npy, image folder, file.py:function); INT4 needs none."""
-    import onnx
-
-    from attn_export.calib import data as calib_data_module
-    from attn_export.calib import qdq
-
     proto = onnx.load(str(model)) if isinstance(model, (str, os.PathLike)) else model
     if isinstance(calib_data, str):
         calib_data = calib_data_module.from_spec(calib_data, calib_data_module.input_infos(proto)).feeds

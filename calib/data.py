@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from attn_export.errors import EXIT_MISSING_DEPENDENCY, AttnExportError
+from attn_export import lazy
+from attn_export.errors import AttnExportError
+from attn_export.loader import resolve_callable
 from attn_export.onnx_utils import InputInfo
 from attn_export.onnx_utils import graph_inputs as input_infos
 
@@ -59,8 +61,6 @@ def from_spec(spec: str, inputs: Sequence[InputInfo], preprocess: str = "raw") -
         feeds, count = _images(path, inputs, preprocess)
         return CalibSource(feeds, f"{spec} (images, preprocess {preprocess})", count=count)
     if ":" in spec:
-        from attn_export.loader import resolve_callable
-
         func = resolve_callable(spec, "--calib-data")
         return CalibSource(_from_function(func, spec), f"{spec} (data loader function)")
     if not path.exists():
@@ -124,11 +124,7 @@ def _images(folder: Path, inputs: Sequence[InputInfo], preprocess: str) -> tuple
     if not all(isinstance(d, int) for d in (channels, height, width)) or channels not in (1, 3):
         raise AttnExportError(f"--calib-data images: the input shape {list(inputs[0].shape)} needs fixed C (1 or 3), "
                               "H, W")
-    try:
-        from PIL import Image
-    except ImportError:
-        raise AttnExportError("reading a folder of images needs Pillow: pip install pillow",
-                              EXIT_MISSING_DEPENDENCY) from None
+    Image = lazy.load(lazy.pil_image)  # PIL.Image, or exit 3 naming Pillow
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise AttnExportError(f"--calib-data {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")

@@ -28,7 +28,8 @@ import torch
 from attn_export import defaults
 from attn_export.errors import AttnExportError
 from attn_export.models.block_layout import from_block_mask
-from attn_export.models.paro import ORDER_NAMES, grid_permutation
+from attn_export.models.paro import ORDER_NAMES, grid_permutation, paro_attention
+from attn_export.models.sdpa_capture import SdpaRecorder
 
 RECALL_TARGET = 0.95  # C_sparse: the share of the attention mass its blocks must hold
 TIE = 1e-6  # relative score difference below which orders tie (the lower index wins)
@@ -195,8 +196,6 @@ def head_quality(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: HeadPl
                  bucket: int = 0) -> dict[str, float]:
     """Relative L2 and cosine of PARO attention (the plan's order, or ``order`` with that order's mask at the
     same density) against dense fp32 attention, on held-out q, k, v ``[S, N, D]`` of one head."""
-    from attn_export.models.paro import paro_attention
-
     order = plan.order if order is None else order
     count, index = from_block_mask(plan.masks[order, bucket][None, None])
     qb, kb, vb = (x[:, None].float() for x in (q, k, v))
@@ -332,8 +331,6 @@ def plan_model(model: torch.nn.Module, calib_inputs: Iterable[Sequence[torch.Ten
                progress: Callable[[Iterable], Iterable] | None = None) -> ParoPlan:
     """Plan every eligible ``F.scaled_dot_product_attention`` call of ``model`` from calibration inputs (each
     a tuple of model inputs). With ``buckets`` > 1, ``bucket_of(inputs)`` gives each sample's bucket."""
-    from attn_export.models.sdpa_capture import SdpaRecorder
-
     grid = tuple(int(d) for d in grid)
     tokens = prefix + math.prod(grid)
     recorder = SdpaRecorder(tokens, keep=True)

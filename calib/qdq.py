@@ -12,6 +12,7 @@ local functions are left as they are.
 from __future__ import annotations
 
 import fnmatch
+import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from attn_export import defaults
@@ -158,8 +160,6 @@ def calibrate(model: onnx.ModelProto, activations: Sequence[str], data: Iterable
     Returns the amax map and the number of samples used (at most ``samples``; a feed with batch B
     counts as B samples).
     """
-    import onnxruntime as ort
-
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     existing = {o.name for o in probe.graph.output}
@@ -354,15 +354,11 @@ CACHE_FORMAT = "attn-export calibration cache 1"
 
 def write_cache(path: Path, result: QuantResult, options: QuantOptions, source: str) -> None:
     """The activation amax values of an INT8 calibration, reusable with --calib-cache."""
-    import json
-
     path.write_text(json.dumps({"format": CACHE_FORMAT, "method": options.method, "samples": result.samples,
                                 "data": source, "amax": result.activation_amax}, indent=2) + "\n")
 
 
 def read_cache(path: str | Path) -> dict[str, float]:
-    import json
-
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:

@@ -19,6 +19,7 @@ import onnx
 from attn_export.calib import qdq
 from attn_export.errors import AttnExportError
 from attn_export.onnxruntime_cpu import onnxruntime_session
+from attn_export.quality import sample_cosines
 
 
 @dataclass
@@ -54,8 +55,6 @@ class OutputJudge:
 
     def measure(self, model: onnx.ModelProto) -> tuple[float, float]:
         """(worst sample cosine, relative mean error) of ``model`` against the float outputs."""
-        from attn_export.quality import sample_cosines
-
         got = _run(model.SerializeToString(), self.feeds, exact_qdq=True)
         worst, error, scale = 1.0, 0.0, 0.0
         for feed, ref_outputs, cand_outputs in zip(self.feeds, self.reference, got):

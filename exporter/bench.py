@@ -17,10 +17,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
+import torch
 
-from attn_export import defaults
+from attn_export import defaults, native, trt
 from attn_export.errors import AttnExportError
+from attn_export.loader import load_model, parse_input_shapes
+from attn_export.onnx_utils import graph_inputs
+from attn_export.outdir import write_text_atomically
+from attn_export.precision import cast_feeds, onnx_precision
 from attn_export.tables import render_table
+from attn_export.trt import trt_runner
 
 RUNTIMES = ("ort", "trt", "torch")
 SPINNING = "session.intra_op.allow_spinning"
@@ -157,9 +164,6 @@ class Target:
 
 
 def load_target(outdir: str | os.PathLike, opts: BenchOptions) -> Target:
-    from attn_export.onnx_utils import graph_inputs
-    from attn_export.precision import onnx_precision
-
     outdir = Path(outdir)
     if not outdir.is_dir():
         raise AttnExportError(f"OUTDIR {outdir} is not a folder; give the -o folder of an export")
@@ -187,8 +191,6 @@ def load_target(outdir: str | os.PathLike, opts: BenchOptions) -> Target:
 def _feed(target: Target, batch: int, loaded, seed: int) -> dict[str, np.ndarray]:
     """Inputs at this batch: the model's own random inputs (its value ranges) where it is loaded, else uniform
     [-1, 1) floats and zero integers (valid token ids and indices), in the file's dtypes."""
-    from attn_export.precision import cast_feeds
-
     shapes = target.shapes(batch)
     if loaded is not None and [i.name for i in loaded.inputs] == list(target.inputs):
         feed = {i.name: t.numpy() for i, t in zip(loaded.inputs, loaded.random_inputs(seed, shapes))}
@@ -203,8 +205,6 @@ def _feed(target: Target, batch: int, loaded, seed: int) -> dict[str, np.ndarray
 def _load_model(target: Target, opts: BenchOptions):
     """The PyTorch model for the eager rows, loaded as the export loaded it (its --factory and --input-shape
     from report.json's command; never its --trust-pickle: that must be given again). (None, reason) if it cannot."""
-    from attn_export.loader import load_model, parse_input_shapes
-
     if not target.model:
         return None, "no model to run: report.json names none; pass --model"
     factory, shapes = opts.factory, []
@@ -223,8 +223,6 @@ def _load_model(target: Target, opts: BenchOptions):
 
 def _ort_sessions(onnx: Path) -> list[tuple[str, object, str]]:
     """(label, session or None, reason) for ONNX Runtime's CPU provider and, where installed, CUDA and TensorRT."""
-    import onnxruntime as ort
-
     available = ort.get_available_providers()
     settings = ort.SessionOptions()
     # Idle ONNX Runtime threads spin for a while after each run by default: with the runtimes taking turns they
@@ -247,8 +245,6 @@ def _ort_sessions(onnx: Path) -> list[tuple[str, object, str]]:
 
 def _trt_provider_options() -> dict:
     """ONNX Runtime's TensorRT provider loads our plugins from this option (its nodes then become plugin layers)."""
-    from attn_export import native
-
     try:
         library = native.plugin_library()
     except AttnExportError:
@@ -258,11 +254,6 @@ def _trt_provider_options() -> dict:
 
 def bench(outdir: str | os.PathLike, opts: BenchOptions, progress: Callable[[str], None] | None = None) -> BenchReport:
     """Time every requested runtime at every batch; write OUTDIR/bench.json atomically; return the report."""
-    import torch
-
-    from attn_export import trt
-    from attn_export.outdir import write_text_atomically
-
     opts.prepare()
     target = load_target(outdir, opts)
     for batch in opts.batches:
@@ -311,8 +302,6 @@ def bench(outdir: str | os.PathLike, opts: BenchOptions, progress: Callable[[str
 
 
 def _torch_call(loaded, device: str):
-    import torch
-
     module = loaded.module.to(device) if device != "cpu" else loaded.module
 
     def make(feed):
@@ -329,8 +318,6 @@ def _torch_call(loaded, device: str):
 
 
 def _trt_call(engine: Path):
-    from attn_export.trt import trt_runner
-
     runner = trt_runner(engine)
 
     def make(feed):
@@ -341,10 +328,7 @@ def _trt_call(engine: Path):
 
 
 def _machine() -> dict:
-    import onnxruntime
-    import torch
-
     return {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
             "load_average_1m": os.getloadavg()[0],  # other work on the machine skews every row (not their ratio)
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+            "onnxruntime": ort.__version__, "python": platform.python_version()}

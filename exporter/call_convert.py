@@ -20,15 +20,17 @@ closure or an object attribute is not).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.attention.flex_attention as flex
 
+from attn_export import lazy
 from attn_export.flex_plan import ConversionRefused, neighborhood_window, plan_flex, run_plan, score_bias
+from attn_export.models import neighborhood_attention
 
 _NATTEN_FUNCTIONS = ("na1d", "na2d", "na3d", "neighborhood_attention_generic")
 
@@ -59,12 +61,9 @@ def _caller(depth: int = 2) -> str:
 def _targets() -> dict[Callable, str]:
     """The third-party functions to intercept, by their source name. NATTEN is imported here when installed
     (a model may import it only inside forward), never otherwise."""
-    import torch.nn.attention.flex_attention as flex
-
     found = {flex.flex_attention: "flex_attention", flex.create_block_mask: "create_block_mask"}
-    if "natten" in sys.modules or importlib.util.find_spec("natten") is not None:
-        import natten.functional as natten
-
+    if lazy.installed(lazy.natten_functional):
+        natten = lazy.load(lazy.natten_functional)
         found.update({getattr(natten, name): f"natten.{name}" for name in _NATTEN_FUNCTIONS if hasattr(natten, name)})
     return found
 
@@ -205,8 +204,6 @@ class CallConverter:
     def _natten(self, original: Callable, source: str) -> Callable:
         def convert(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
                     additional_keys=None, additional_values=None, return_lse=False, **backend_options):
-            from attn_export.models import neighborhood_attention
-
             if self._inside:
                 return original(query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
                                 additional_values, return_lse=return_lse, **backend_options)

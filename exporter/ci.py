@@ -138,10 +138,15 @@ def workflow_yaml(opts: WorkflowOptions, command: click.Command | None = None) -
     for argvs in commands.values():
         for argv in argvs:
             validate_invocation(argv, main)
+    return _cpu_job(opts, commands["cpu"]) + (_gpu_job(opts, commands["gpu"]) if opts.gpu else "")
+
+
+def _cpu_job(opts: WorkflowOptions, commands: Sequence[Sequence[str]]) -> str:
+    """The workflow's head and its CPU job: install, check the committed ONNX, summary, upload."""
     out = opts.report_dir
     torch_pin = defaults.CI_TORCH
-    cpu_run = [shlex.join(a) for a in commands["cpu"]]  # attn-export creates the report folder
-    text = f"""# Parity check of the exported ONNX against the PyTorch model (written by `attn-export ci-template`).
+    cpu_run = [shlex.join(a) for a in commands]  # attn-export creates the report folder
+    return f"""# Parity check of the exported ONNX against the PyTorch model (written by `attn-export ci-template`).
 # The CPU job re-runs the check on every push and pull request: it fails (exit 1) when the committed ONNX
 # no longer matches the model, and uploads report.json and a JUnit file; the summary shows on the run's page.
 name: attn-export parity
@@ -179,10 +184,15 @@ jobs:
           path: {_yaml_str(out + "/")}
           if-no-files-found: warn
 """
-    if opts.gpu:
-        gpu_run = [shlex.join(a) for a in commands["gpu"]]
-        labels = ", ".join(_yaml_str(label) for label in opts.runner_labels)
-        text += f"""
+
+
+def _gpu_job(opts: WorkflowOptions, commands: Sequence[Sequence[str]]) -> str:
+    """The TensorRT job on a self-hosted GPU runner: build the plugins, export with --engine, summary, upload."""
+    out = opts.report_dir
+    torch_pin = defaults.CI_TORCH
+    gpu_run = [shlex.join(a) for a in commands]
+    labels = ", ".join(_yaml_str(label) for label in opts.runner_labels)
+    return f"""
   # Needs a self-hosted runner with an NVIDIA GPU, its driver, the CUDA toolkit (nvcc) and CMake, and TensorRT
   # (pip install tensorrt, or TENSORRT_ROOT pointing at an install with its headers).
   parity-tensorrt:
@@ -214,7 +224,6 @@ jobs:
             engine-out/engine.json
           if-no-files-found: warn
 """
-    return text
 
 
 def write_workflow(path: str | os.PathLike, opts: WorkflowOptions, force: bool = False,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from attn_export.errors import AttnExportError
+from attn_export.models.layers import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,6 @@ def _is_natten_na(module: nn.Module) -> bool:
 
 
 def _from_natten(module: nn.Module) -> nn.Module:
-    from attn_export.models.layers import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
-
     rank = int(type(module).__name__[-2])
     layer_cls = {1: NeighborhoodAttention1D, 2: NeighborhoodAttention2D, 3: NeighborhoodAttention3D}[rank]
     rpb = getattr(module, "rpb", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import traceback
 
 # CLI exit codes.
 EXIT_OK = 0
@@ -82,8 +83,6 @@ def unexpected_failure(exc: BaseException) -> AttnExportError:
     cause = innermost(exc)
     if isinstance(cause, AttnExportError):
         return cause
-    import traceback
-
     frames = traceback.extract_tb(cause.__traceback__) if cause.__traceback__ else []
     origin = library_of(cause) or next((name for frame in reversed(frames)
                                         for key, name in _LIBRARIES.items() if f"/{key}/" in frame.filename),

@@ -18,8 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn.attention.flex_attention import _vmap_for_bhqkv
 
 from attn_export.errors import AttnExportError
+from attn_export.models import block_sparse_attention, neighborhood_attention
+from attn_export.models.block_layout import element_bias, from_block_mask
+from attn_export.models.neighborhood import NAParams, neighborhood_index
 
 
 class ConversionRefused(AttnExportError):
@@ -93,13 +97,12 @@ def _same_for_every_batch(x: torch.Tensor, what: str, where: str) -> torch.Tenso
 
 
 def _vmapped(function, prefix: tuple):
-    from torch.nn.attention.flex_attention import _vmap_for_bhqkv
-
     return _vmap_for_bhqkv(function, prefix=prefix)
 
 
 def _on_grid(evaluate, heads: int):
     """evaluate(b, h) at the probe batches, or at b = 0 alone where a per-sample table has one row."""
+    # Deferred: importing torch._dynamo costs about a second, and only a flex_attention conversion needs it.
     from torch._dynamo._trace_wrapped_higher_order_op import TransformGetItemToIndex
 
     with TransformGetItemToIndex():  # table[q] inside a mod, as flex_attention itself evaluates it
@@ -271,8 +274,6 @@ class GridScan:
 
     def plan(self) -> dict:
         """The block-sparse plan: the layout, and the compact parts block_bias is assembled from."""
-        from attn_export.models.block_layout import element_bias, from_block_mask
-
         mask_heads = 1 if self.mask_heads_agree else self.heads
         touched = self.touched[:mask_heads][None]
         count, index = from_block_mask(touched)
@@ -363,8 +364,6 @@ def relative_bias(table: torch.Tensor, kv_index: torch.Tensor, block_q: int, blo
 def neighborhood_window(mask: torch.Tensor) -> dict | None:
     """The 1-D neighborhood-attention parameters (kernel, stride, dilation, causal) whose window rule gives
     exactly ``mask [B|1, H|1, S, S]`` (the same for every batch and head), or None."""
-    from attn_export.models.neighborhood import NAParams, neighborhood_index
-
     if mask.shape[-1] != mask.shape[-2] or not bool((mask == mask[:1, :1]).all()):
         return None
     dense = mask[0, 0]
@@ -394,8 +393,6 @@ def _window_text(w: dict) -> str:
 
 def run_plan(plan: dict, query, key, value, scale):
     """Run one planned FlexAttention call with our ops ([B, H, S, D] in and out, as flex_attention)."""
-    from attn_export.models import block_sparse_attention, neighborhood_attention
-
     if plan["op"] == "sdpa":
         return torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=scale)
     if plan["op"] == "na":

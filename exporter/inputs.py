@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -41,8 +42,6 @@ def name_forward_inputs(module: torch.nn.Module, names: Sequence[str]) -> torch.
 
     The module's class becomes a subclass whose forward carries the signature, so a copy of the module
     (``copy.deepcopy``, as ``--dtype`` casts a copy) runs its own forward, not the original's."""
-    import inspect
-
     base = type(module)
 
     def forward(self, *args):

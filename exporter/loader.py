@@ -18,8 +18,11 @@ from pathlib import Path
 
 import torch
 
+from attn_export.convert import convert_modules, needs_conversion
 from attn_export.errors import AttnExportError, wrap_failure
 from attn_export.inputs import InputSpec, batch_dim, random_inputs
+from attn_export.models import zoo
+from attn_export.registry import register_torch_ops
 
 
 @dataclass
@@ -78,8 +81,6 @@ def load_model(
 ) -> LoadedModel:
     """Load ``spec``: "zoo:NAME", a model file (see the README's table), or an nn.Module already built in
     Python (its inputs from ``example_inputs`` or ``input_shapes``)."""
-    from attn_export.registry import register_torch_ops
-
     register_torch_ops()  # the custom ops a .pt2 refers to
 
     if isinstance(spec, torch.nn.Module):
@@ -144,8 +145,6 @@ def _quiet_torch_logs():
 
 
 def _load_zoo(name: str) -> LoadedModel:
-    from attn_export.models import zoo
-
     entry = zoo.entry(name)
     model, _ = zoo.create(name)
     return LoadedModel(f"zoo:{name}", model, list(entry.inputs), dynamic_shapes=entry.dynamic_shapes,
@@ -284,8 +283,6 @@ def _call_factory(factory: str):
 
 
 def _module_model(source: str, model: torch.nn.Module, examples) -> LoadedModel:
-    from attn_export.convert import convert_modules, needs_conversion
-
     # Convert a copy: the model as written stays the parity reference, so a wrong conversion is caught.
     original = model if needs_conversion(model) else None
     model, converted = convert_modules(copy.deepcopy(model)) if original is not None else (model, [])

@@ -17,8 +17,11 @@ import re
 from collections.abc import Mapping
 
 import onnx
+import sympy
+import torch
 
 from attn_export import defaults
+from attn_export.attention_lowering import Call
 from attn_export.errors import AttnExportError
 from attn_export.registry import DOMAIN, OPS, by_onnx_op_type
 
@@ -46,8 +49,6 @@ def lower_to_attention(model: onnx.ModelProto, dims: Mapping[str, int] | None = 
     node; drop the local functions and the attn_export opset import. ``dims`` gives the export-size value of
     each symbolic dim (dim_param, or a symbol inside one such as "4*s16"), for the size guard; the budgets default
     to defaults.ATTENTION_MASK_BUDGET_CALL / _MODEL (mask elements)."""
-    from attn_export.attention_lowering import Call
-
     call_budget = defaults.ATTENTION_MASK_BUDGET_CALL if call_budget is None else call_budget
     model_budget = defaults.ATTENTION_MASK_BUDGET_MODEL if model_budget is None else model_budget
     shapes = _value_shapes(model, dims or {})
@@ -149,8 +150,6 @@ def evaluate_dim(expression: str, dims: Mapping[str, int]) -> int:
     """A dim_param ("batch", "4*s16", "s0 + 1", "floor(s1/2)") at the export size; KeyError naming an unknown symbol."""
     if expression in dims:
         return int(dims[expression])
-    import sympy
-
     expr = sympy.sympify(expression, locals={name: sympy.Symbol(name) for name in re.findall(r"[A-Za-z_]\w*",
                                                                                              expression)
                                              if name not in ("floor", "ceiling", "Max", "Min", "Mod")})
@@ -164,9 +163,6 @@ def symbol_values(onnx_program, input_names, example_inputs) -> dict[str, int]:
     """The export-size value of every symbol in the file's dims: torch's shape symbols (s0, s16, ...) from the
     exported program's shape environment, and the names the graph inputs' dims got (batch, height16, ...) solved
     from the example inputs (a dim "16*height16" of size 64 gives height16 = 4)."""
-    import sympy
-    import torch
-
     values: dict[str, int] = {}
     program = getattr(onnx_program, "exported_program", None)
     if program is not None:

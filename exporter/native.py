@@ -4,7 +4,8 @@ Two libraries come out of plugins/: ``libattnx_kernels.so`` (the CUDA kernels be
 TensorRT headers are found, ``libattnx_trt_plugins.so`` (the TensorRT plugins with the kernels linked
 in). ``attn-export plugins build`` puts them in a build cache; ATTN_EXPORT_PLUGIN_LIB and
 ATTN_EXPORT_KERNELS_LIB point at prebuilt ones instead. Nothing here imports torch, CUDA or TensorRT
-at import time.
+at import time: scripts/gpu-check.sh imports this module with a Python that may lack torch (it builds and keeps
+the library first), so the kernel calls import torch (and attn_export.models, which needs it) where they run.
 """
 
 from __future__ import annotations
@@ -276,7 +277,7 @@ class NativeKernels:
 
     def params(self, q, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
                has_rpb=False) -> NAParamsStruct:
-        from attn_export.models.neighborhood import NAParams
+        from attn_export.models.neighborhood import NAParams  # needs torch: see the module docstring
 
         batch, *spatial, heads, dim = q.shape
         na = NAParams.from_args(len(spatial), kernel_size, stride, dilation, is_causal)
@@ -297,7 +298,7 @@ class NativeKernels:
 
     def select_path(self, q, kernel_size, **kw) -> str:
         """The kernel path a call would take on q's device (tile plans depend on the device)."""
-        import torch
+        import torch  # not at import time: see the module docstring
 
         with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
             return PATHS[self.lib.attnx_na_select_path(ctypes.byref(self.params(q, kernel_size, **kw)))]
@@ -306,7 +307,7 @@ class NativeKernels:
                                rpb=None, out=None, stream=None):
         """out = NA(q, k, v) on q's CUDA device (made current for the call) and that device's current torch
         stream (or ``stream``). ``out`` must not overlap q, k, v or rpb."""
-        import torch
+        import torch  # not at import time: see the module docstring
 
         if k.shape != q.shape or v.shape != q.shape:
             raise AttnExportError(f"q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -364,14 +365,14 @@ class NativeKernels:
                                 scale=0.0 if scale is None else float(scale), dtype=_dtype_code(q))
 
     def bsa_select_path(self, q, k, kv_count, kv_index, block_q, block_kv) -> str:
-        import torch
+        import torch  # not at import time: see the module docstring
 
         with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
             p = self.bsa_params(q, k, kv_count, kv_index, block_q, block_kv)
             return PATHS[self.lib.attnx_bsa_select_path(ctypes.byref(p))]
 
     def paro_select_path(self, q, kv_count, kv_index, **kw) -> str:
-        import torch
+        import torch  # not at import time: see the module docstring
 
         with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
             return PATHS[self.lib.attnx_paro_select_path(ctypes.byref(self.paro_params(q, kv_count, kv_index, **kw)))]
@@ -394,7 +395,7 @@ class NativeKernels:
     def block_sparse_attention(self, q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale=None, out=None,
                                stream=None):
         """Block-sparse attention (docs/ops/block_sparse_attention.md) on q's CUDA device and current stream."""
-        import torch
+        import torch  # not at import time: see the module docstring
 
         if k.shape != v.shape:
             raise AttnExportError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have one shape")
@@ -414,7 +415,7 @@ class NativeKernels:
                        k_group=64, smooth_k=True, scale=None, out=None, stream=None):
         """PARO attention (docs/ops/paro_attention.md) on q's CUDA device and current stream; the workspace of the
         quantization pre-pass is allocated here."""
-        import torch
+        import torch  # not at import time: see the module docstring
 
         if k.shape != q.shape or v.shape != q.shape:
             raise AttnExportError(f"q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")

@@ -15,9 +15,11 @@ import onnx
 import onnx_ir
 import torch
 from onnx_ir.passes.common import DeduplicateHashedInitializersPass
+from torch.onnx._internal.exporter import _errors
 
 from attn_export import defaults
 from attn_export.errors import DEBUG_HINT, AttnExportError, innermost, library_step, wrap_failure
+from attn_export.lowering import attention_opset, check_lowering, lower_to_attention, symbol_values
 from attn_export.onnx_ops import attach_local_functions, custom_translation_table
 from attn_export.onnx_utils import save_atomically
 
@@ -54,8 +56,6 @@ def export(
     ``lowering="attention"`` writes each call as standard ops around ONNX's Attention instead
     (attn_export.lowering; opset 23 or newer).
     """
-    from attn_export.lowering import attention_opset, check_lowering
-
     check_lowering(lowering)
     opset = check_opset(attention_opset(opset) if lowering == "attention" else opset)
     example_inputs = tuple(example_inputs)
@@ -71,8 +71,6 @@ def export(
     with library_step("completing the exported ONNX model (shared initializers, local functions)"):
         proto = _shared_initializers(program.model_proto)
         if lowering == "attention":  # our size guard's errors pass through library_step unchanged
-            from attn_export.lowering import lower_to_attention, symbol_values
-
             proto = lower_to_attention(proto, symbol_values(program, input_names, example_inputs))
         else:
             proto = attach_local_functions(proto)
@@ -137,8 +135,6 @@ _DYNAMIC_CAUSE = re.compile(r"constraint|speciali[sz]|guard|symbolic|SymInt|dyna
 
 def _exporter_step(exc: BaseException) -> str:
     """Which part of torch.onnx.export failed: torch.export's trace, or the translation to ONNX."""
-    from torch.onnx._internal.exporter import _errors
-
     if isinstance(exc, _errors.TorchExportError):
         return "torch.export (tracing the model, step 1 of torch.onnx.export)"
     if isinstance(exc, _errors.ConversionError):

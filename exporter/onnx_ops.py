@@ -8,6 +8,8 @@ import inspect
 from functools import cache
 
 import onnx
+import onnxscript
+import torch
 from onnx import AttributeProto
 from onnx.defs import OpSchema
 
@@ -53,8 +55,6 @@ def node_args(spec: OpSpec, values: dict) -> tuple[list, dict]:
 
 
 def _torch_signature(spec: OpSpec) -> inspect.Signature:
-    import torch
-
     spec.hook("torch_op")  # importing the op's module registers its torch custom op
     arguments = getattr(getattr(torch.ops, DOMAIN), spec.torch_name).default._schema.arguments
     return inspect.Signature([
@@ -66,8 +66,6 @@ def _torch_signature(spec: OpSpec) -> inspect.Signature:
 def translation(spec: OpSpec):
     """The onnxscript translation of the torch op: one custom node with the plugin attributes. Its
     signature is the torch op's, which the exporter binds the traced call against."""
-    import onnxscript
-
     node = onnxscript.values.Op(onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION), spec.onnx_op_type, schema(spec))
     custom = spec.hook("node_args")
     signature = _torch_signature(spec)
@@ -84,8 +82,6 @@ def translation(spec: OpSpec):
 
 
 def custom_translation_table() -> dict:
-    import torch
-
     register_torch_ops()
     library = getattr(torch.ops, DOMAIN)
     return {getattr(library, spec.torch_name).default: translation(spec) for spec in OPS.values()}

@@ -15,12 +15,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import torch
 
 from attn_export.artifacts import BIT_NAMES, BUCKET_INPUT, BUCKETS_METADATA
+from attn_export.calib.paro import ParoPlan, check_plan_arguments, plan_head, plan_model, quality
+from attn_export.check_inputs import held_rows
 from attn_export.errors import AttnExportError
 from attn_export.inputs import InputSpec, name_forward_inputs
 from attn_export.loader import LoadedModel
+from attn_export.models import zoo
+from attn_export.models.block_layout import from_block_mask
+from attn_export.models.paro import grid_permutation, paro_attention
+from attn_export.models.sdpa_capture import SdpaRecorder, SdpaReplacer
+from attn_export.onnx_utils import save_atomically
 from attn_export.options.paro import BITS, parse_bits, parse_grid  # noqa: F401 - also paro_export's (flags own them)
 from attn_export.tables import render_table
 
@@ -63,8 +71,6 @@ def zoo_paro(source: str):
     """The zoo entry's PARO defaults (ZooParo) for a "zoo:NAME" source, else None."""
     if not source.startswith("zoo:"):
         return None
-    from attn_export.models import zoo
-
     return zoo.entry(source[4:]).paro
 
 
@@ -87,9 +93,6 @@ def prepare(loaded: LoadedModel, settings: ParoSettings, calib_feeds, calib_desc
             progress=None) -> ParoJob:
     """Plan the model's SDPA calls on calibration feeds (dicts of arrays), or load ``settings.plan_file``,
     and build the model to export."""
-    from attn_export.calib.paro import ParoPlan, check_plan_arguments, plan_model
-    from attn_export.models.sdpa_capture import SdpaRecorder
-
     if loaded.program is not None:
         raise AttnExportError("--paro needs the model's Python code (its SDPA calls are replaced while tracing); "
                               "a torch.export archive is already traced: load the model with --factory instead")
@@ -152,9 +155,6 @@ class _Planned(torch.nn.Module):
             self.calls[call.index] = call.scale
 
     def forward(self, *inputs):
-        from attn_export.models.paro import paro_attention
-        from attn_export.models.sdpa_capture import SdpaReplacer
-
         bucket = inputs[-1].reshape(1) if self.bucketed else None
         inputs = inputs[:-1] if self.bucketed else inputs
         s = self.settings
@@ -204,10 +204,6 @@ def add_buckets(feeds: list[dict], buckets: int) -> list[dict]:
 def mark_buckets(proto, path, buckets: int) -> None:
     """Record the bucket count in the exported file (metadata), so that `attn-export check` derives the
     paro_bucket input as the export did."""
-    import onnx
-
-    from attn_export.onnx_utils import save_atomically
-
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
                                         BUCKETS_METADATA: str(buckets)})
     save_atomically(proto, path)
@@ -233,16 +229,9 @@ def held_out_quality(loaded: LoadedModel, plan, settings: ParoSettings, seed: in
     seeded random ones): relative L2 and cosine of PARO attention against dense fp32 attention, for the chosen
     order and for FHW (identity) with the mask planned for it on the calibration data at the same density, at fp16,
     int8 and int4. Stored in each head's info of ``plan``; ``plan.quality_inputs`` says what they ran on."""
-    from attn_export.calib.paro import quality
-    from attn_export.models.block_layout import from_block_mask
-    from attn_export.models.paro import grid_permutation, paro_attention
-    from attn_export.models.sdpa_capture import SdpaRecorder
-
     recorder = SdpaRecorder(settings.tokens, keep=True)
     for inputs in _quality_inputs(loaded, seed, held_feeds):
         recorder.run(loaded.module, *inputs)
-    from attn_export.check_inputs import held_rows
-
     plan.quality_inputs = (f"{held_rows(held_feeds)} held-out real sample(s)" if held_feeds
                            else f"{HELD_OUT_SAMPLES} seeded random input sets")
     identity = grid_permutation(0, settings.grid, settings.prefix).to(torch.int32)
@@ -281,8 +270,6 @@ def _layout_quality(qb, kb, vb, layouts, settings: ParoSettings, scale, quality,
 
 def _identity_mask(q, k, settings: ParoSettings, scale):
     """The mask the planner would keep for the identity order (FHW) of one head, for comparison."""
-    from attn_export.calib.paro import plan_head
-
     return plan_head(q, k, settings.grid, settings.prefix, settings.density, settings.block, scale=scale,
                      order=0).masks[0, 0]
 

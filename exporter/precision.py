@@ -2,17 +2,24 @@
 its precision, and parity compares it with the fp32 PyTorch model under that precision's tolerances.
 
 Attention nodes keep their type constraint T (float, float16, bfloat16); the torch ops compute in fp32 internally
-and round their output, and so do the plugins. Import-light: torch and numpy's bfloat16 are imported on use.
+and round their output, and so do the plugins.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import ml_dtypes
+import numpy as np
+import onnxruntime as ort
+import torch
+
 from attn_export import defaults
 from attn_export.errors import EXIT_MISSING_DEPENDENCY, AttnExportError
+from attn_export.onnx_utils import load_graph
 from attn_export.tolerances import Tolerances
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -28,26 +35,18 @@ def check_name(name: str | None) -> str:
 
 
 def torch_dtype(name: str):
-    import torch
-
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
 def numpy_dtype(name: str):
     """numpy has no bfloat16: ml_dtypes (an onnx dependency) provides it."""
-    import numpy as np
-
     if name == "bf16":
-        import ml_dtypes
-
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype({"fp32": np.float32, "fp16": np.float16}[name])
 
 
 def cast_module(module, name: str):
     """A copy of ``module`` in precision ``name`` (the fp32 original stays the parity reference)."""
-    import copy
-
     return module if name == "fp32" else copy.deepcopy(module).to(torch_dtype(name)).eval()
 
 
@@ -84,8 +83,6 @@ def mark(proto, name: str) -> None:
 
 def onnx_precision(model: str | os.PathLike) -> str:
     """The precision a file was exported in: its metadata, else the type of its first float input or output."""
-    from attn_export.onnx_utils import load_graph
-
     proto = load_graph(model)
     recorded = next((p.value for p in proto.metadata_props if p.key == METADATA_KEY), None)
     if recorded in PRECISIONS:
@@ -113,8 +110,6 @@ def tolerances(name: str, given):
 def onnxruntime_refusal(onnx_path: str | Path) -> str | None:
     """Why ONNX Runtime's CPU provider cannot run this file (no kernel for an op in its precision: bfloat16
     MatMul / Conv), or None when it loads."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3  # its constant-folding warnings about the same missing kernels are noise here
     try:

@@ -382,16 +382,7 @@ def check_quantized(model, onnx_path: str | Path, inputs: CheckInputs | Sequence
         outputs += rows
         summaries += [_timed(summarize(candidate, n, [o[n] for o in refs], [o[n] for o in by_runner[candidate]],
                                        inputs, thresholds), rows) for n in output_names]
-    control_report = None
-    start = time.perf_counter()
-    covered, shuffled = shuffled_outputs(refs, inputs) if shuffle_control else ([], [])
-    if covered:
-        control_report = _control_report(SHUFFLED, [refs[i] for i in covered], shuffled, inputs.subset(covered),
-                                         output_names, thresholds)
-        control_report["seconds"] = time.perf_counter() - start  # no run: the shuffle and its metrics
-    elif control is not None:
-        control_report = _control_report(control.description, refs, by_runner[CONTROL_RUNNER], inputs,
-                                         output_names, thresholds)
+    control_report = _null_control(refs, by_runner, inputs, output_names, thresholds, control, shuffle_control)
     warnings = vacuity_warnings(refs, feeds)
     random_warning = inputs.random_warning(mode)
     if random_warning:
@@ -404,6 +395,23 @@ def check_quantized(model, onnx_path: str | Path, inputs: CheckInputs | Sequence
             control=control_report["description"])
                                + (" (accepted with --allow-inconclusive)" if allow_inconclusive else ""))
     return report
+
+
+def _null_control(refs, by_runner, inputs: CheckInputs, output_names, thresholds, control: Control | None,
+                  shuffle_control: bool) -> dict | None:
+    """The null control's report: the reference outputs shuffled between samples where that was asked for and is
+    possible, else the broken file's outputs (``control``), else None."""
+    start = time.perf_counter()
+    covered, shuffled = shuffled_outputs(refs, inputs) if shuffle_control else ([], [])
+    if covered:
+        report = _control_report(SHUFFLED, [refs[i] for i in covered], shuffled, inputs.subset(covered),
+                                 output_names, thresholds)
+        report["seconds"] = time.perf_counter() - start  # no run: the shuffle and its metrics
+        return report
+    if control is not None:
+        return _control_report(control.description, refs, by_runner[CONTROL_RUNNER], inputs, output_names,
+                               thresholds)
+    return None
 
 
 def _rows(candidate: str, refs, cands, inputs: CheckInputs, output_names,

@@ -11,6 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from attn_export.calib import qdq
+from attn_export.calib.sensitivity import OutputJudge, auto_exclude, layer_sensitivity
+from attn_export.calib.smooth import smooth
 from attn_export.errors import AttnExportError
 from attn_export.tables import render_table
 
@@ -72,13 +75,9 @@ def check_options(opts) -> None:
 def run(proto, source, fresh_source: Callable[[], object], path: Path, opts, inputs, cache_path: Path) -> QuantStep:
     """Quantize ``proto`` into ``path``. ``fresh_source()`` opens the calibration data once more (smoothing reads
     it before calibration); ``inputs`` are the check's (CheckInputs) for the sensitivity measurements."""
-    from attn_export.calib import qdq
-
     int8 = opts.quant.mode == "int8"
     smoothed = []
     if opts.smooth is not None:
-        from attn_export.calib.smooth import smooth
-
         proto, smoothed = smooth(proto, fresh_source().feeds, opts.smooth, opts.quant.samples, opts.quant.exclude)
     cached = qdq.read_cache(opts.calib_cache) if opts.calib_cache else None
     result = qdq.quantize(proto, source.feeds if int8 else None, opts.quant, cached_amax=cached)
@@ -93,8 +92,6 @@ def run(proto, source, fresh_source: Callable[[], object], path: Path, opts, inp
 
 def _tune(step: QuantStep, proto, opts, inputs) -> None:
     """Per-layer sensitivity on the check inputs (real ones where there are), and the --auto-exclude fallback."""
-    from attn_export.calib.sensitivity import OutputJudge, auto_exclude, layer_sensitivity
-
     if opts.auto_exclude is not None and not inputs.real:
         raise AttnExportError("--auto-exclude keeps layers in float until the check on real data meets the target: "
                               "pass --calib-data with real samples (some are held out) or --inputs FILE.npz")

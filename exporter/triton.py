@@ -17,6 +17,7 @@ from pathlib import Path
 
 from attn_export import defaults
 from attn_export.errors import AttnExportError
+from attn_export.onnx_utils import graph_inputs, graph_outputs
 
 CONFIG_NAME = "config.pbtxt"
 SERVE_NAME = "serve.sh"
@@ -90,8 +91,6 @@ def entry_for(onnx_path: str | Path, name: str, kind: str, profiles: Sequence[di
     dynamic is -1, unless every profile fixes it); Triton batches along the first dim when every input and output
     has a dynamic first dim, up to the profiles' largest batch (engine) or ``max_batch`` (ONNX Runtime), preferring
     the profiles' opt batches."""
-    from attn_export.onnx_utils import graph_inputs, graph_outputs
-
     inputs, outputs = graph_inputs(onnx_path), graph_outputs(onnx_path)
     batched = bool(inputs) and all(i.shape and not isinstance(i.shape[0], int) for i in [*inputs, *outputs])
     preferred: list[int] = []

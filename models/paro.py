@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from attn_export.errors import AttnExportError
 from attn_export.models.block_sparse import check_inputs as check_layout
@@ -151,8 +152,6 @@ def check_inputs(q, k, v, perm_idx, kv_count, kv_index, block, qk_bits, pv_bits,
 
 
 def _is_symbolic(t: torch.Tensor) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
     return isinstance(t, FakeTensor) or torch.compiler.is_compiling()
 
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+
+from attn_export import lazy
 
 # per-axis widths (F, H, W) of the positional heads
 HEAD_SIGMAS = {
@@ -40,10 +43,7 @@ def grid_coordinates(grid: Sequence[int]) -> torch.Tensor:
 def image_content(grid: Sequence[int], sample: int, channels: int = 2) -> torch.Tensor:
     """``[F*H*W, channels]``: intensity and horizontal gradient of a scikit-image sample image, a crop shifted
     per frame (a panning camera), resized to H x W and standardized. Sample s uses image s mod 8."""
-    import numpy as np
-    from skimage import data
-
-    image = np.asarray(getattr(data, _IMAGES[sample % len(_IMAGES)])(), dtype=np.float32)
+    image = np.asarray(getattr(lazy.skimage_data, _IMAGES[sample % len(_IMAGES)])(), dtype=np.float32)
     image = torch.from_numpy(image.mean(axis=-1) if image.ndim == 3 else image)
     frames, height, width = grid
     crop = min(image.shape) * 3 // 4

