@@ -2,6 +2,9 @@
 
 Exit codes (docs/architecture.md, Errors and exit codes): 0 success, 1 a check failed, 2 bad input or usage,
 3 a requested step needs something absent.
+
+Each command body imports its implementation module (torch comes with it) only after its flags are valid: that
+is the CLI's one deliberate lazy boundary, so that `attn-export --help` and a flag error take a tenth of a second.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from attn_export.options import (
     QuantizationGroup,
     ReportGroup,
     click_options,
+    from_command_line,
 )
 
 EPILOG = """\b
@@ -99,8 +103,6 @@ def main():
 
 def _options(command: str) -> tuple:
     """The validated options and model source of this command line (no torch import before they are valid)."""
-    from attn_export.options import from_command_line
-
     opts, source = from_command_line(["attn-export", *sys.argv[1:]])
     opts.prepare_check() if command == "check" else opts.validate()
     return opts, source

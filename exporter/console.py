@@ -75,7 +75,7 @@ def show_export(result) -> int:
         if path:
             click.echo(f"wrote {path}")
     if result.paro_plan is not None:
-        from attn_export.paro_export import plan_table
+        from attn_export.paro_export import plan_table  # torch: loaded already by a PARO export
 
         click.echo(plan_table(result.paro_plan))
     code = report_outcome(result.report, None if result.quant_report or result.paro_report else result.report_path)

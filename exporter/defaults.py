@@ -36,6 +36,7 @@ CHECK_SAMPLES = 32
 CHECK_BATCH = 8
 
 # Quantization
+CALIB_METHODS = ("max", "percentile", "entropy", "mse")  # attn_export.calib.calibrators.CALIBRATORS
 CALIB_METHOD = "max"  # right on every model measured, and the cheapest (docs/accuracy.md)
 CALIB_SAMPLES = 128
 CALIB_PREPROCESS = "raw"

@@ -54,6 +54,13 @@ def test_every_flag_has_one_home():
         assert flag.field in api or flag.field in ("atol", "rtol")
 
 
+def test_calibration_methods_are_the_calibrators():
+    from attn_export import defaults
+    from attn_export.calib.calibrators import CALIBRATORS
+
+    assert tuple(CALIBRATORS) == defaults.CALIB_METHODS
+
+
 def test_defaults_come_from_the_group_fields():
     result = run("export", "--help")
     assert result.exit_code == 0

@@ -22,6 +22,7 @@ from attn_export.options.model import ModelSource
 from attn_export.options.paro import ParoGroup
 from attn_export.options.quantization import QUANT_MODES, QuantizationGroup
 from attn_export.options.report import ReportGroup
+from attn_export.tolerances import Tolerances
 
 GROUPS = (ExportGroup, QuantizationGroup, ParoGroup, EngineGroup, CheckGroup, ReportGroup)
 
@@ -59,8 +60,7 @@ class ExportOptions(ReportGroup, CheckGroup, EngineGroup, ParoGroup, Quantizatio
         if self.prepared:
             return self
         self.validate()
-        from attn_export import precision
-        from attn_export.tolerances import Tolerances
+        from attn_export import precision  # torch: flags are valid by now
 
         least = defaults.INT4_MIN_OPSET if self.quantize == "int4" else None
         self.opset = self.resolved_opset(least)
@@ -77,8 +77,6 @@ class ExportOptions(ReportGroup, CheckGroup, EngineGroup, ParoGroup, Quantizatio
     def prepare_check(self, report: str | os.PathLike | None = None) -> ExportOptions:
         """What `attn-export check` can be asked for beyond the model (before it loads): report paths that are files,
         thresholds in range."""
-        from attn_export.tolerances import Tolerances
-
         ReportGroup.validate(self, report)
         CheckGroup.validate(self)
         if self.tolerances is None:  # the file's precision decides the defaults (attn_export.precision)
@@ -87,7 +85,7 @@ class ExportOptions(ReportGroup, CheckGroup, EngineGroup, ParoGroup, Quantizatio
 
     def thresholds(self, mode: str):
         """The quality thresholds of ``mode`` ("int8", "paro-int4", ...) with the ones the user gave."""
-        from attn_export.quality import QuantThresholds
+        from attn_export.quality import QuantThresholds  # torch: thresholds are read once the flags are valid
 
         CheckGroup.validate(self)
         return QuantThresholds.for_mode(mode, self.quant_min_cosine, self.quant_max_error,
@@ -95,7 +93,7 @@ class ExportOptions(ReportGroup, CheckGroup, EngineGroup, ParoGroup, Quantizatio
 
     def _wants_engine(self) -> bool:
         """Whether to build an engine; an explicit request without TensorRT fails here, before any work."""
-        from attn_export import trt
+        from attn_export import trt  # torch: flags are valid by now
 
         plugins = self.lowering == "plugin"  # the attention lowering runs on stock TensorRT, no plugin library
         if self.engine:

@@ -11,6 +11,7 @@ import click
 from attn_export import defaults
 from attn_export.errors import AttnExportError
 from attn_export.options.flags import flag
+from attn_export.tolerances import Tolerances
 
 _SAMPLE = ", ".join(f"{v[2]} {m}" for m, v in defaults.QUANT_THRESHOLDS.items())
 _TOP1 = ", ".join(f"{v[3]:.2f} {m}" for m, v in defaults.QUANT_THRESHOLDS.items())
@@ -84,8 +85,6 @@ class CheckGroup:
         """--atol / --rtol (strings) as the tolerances field."""
         atol, rtol = values.pop("atol", ()), values.pop("rtol", ())
         if atol or rtol:
-            from attn_export.tolerances import Tolerances
-
             (a, per_a), (r, per_r) = parse_tolerances("--atol", atol), parse_tolerances("--rtol", rtol)
             values["tolerances"] = Tolerances(a, r, per_a, per_r)
         return values

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import click
 
-from attn_export import defaults
+from attn_export import defaults, shapes
 from attn_export.errors import AttnExportError
 from attn_export.options.flags import flag
 
@@ -39,14 +39,10 @@ class EngineGroup:
     )
 
     def validate(self) -> None:
-        from attn_export import shapes  # the standard library only
-
         if self.max_batch < 1:
             raise AttnExportError(f"--max-batch {self.max_batch} must be at least 1")
         shapes.parse_profiles(self.shapes, self.profiles)
 
     def parse_shape_profiles(self) -> list:
         """attn_export.shapes.Profile per --shapes / --profile."""
-        from attn_export import shapes
-
         return shapes.parse_profiles(self.shapes, self.profiles)

@@ -76,9 +76,9 @@ class QuantizationGroup:
                 raise AttnExportError(f"quantization mode '{self.quantize}' is not one of {', '.join(QUANT_MODES)}")
             if self.quantize == "int4" and self.calib_cache:
                 raise AttnExportError("--calib-cache holds INT8 activation ranges: add --int8")
-            from attn_export.calib.calibrators import CalibConfig, make_calibrator  # onnx and numpy, no torch
-
-            make_calibrator(CalibConfig(self.calib_method))  # an unknown method: its one-line error
+            if self.calib_method not in defaults.CALIB_METHODS:  # as attn_export.calib.make_calibrator says it
+                raise AttnExportError(f"unknown calibration method '{self.calib_method}'; use one of "
+                                      f"{', '.join(defaults.CALIB_METHODS)}")
             if self.calib_samples < 1:
                 raise AttnExportError(f"--calib-samples {self.calib_samples} must be at least 1")
             if self.int4_block < 2 or self.int4_block & (self.int4_block - 1):

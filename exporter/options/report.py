@@ -32,13 +32,15 @@ class ReportGroup:
 
     def validate(self, report: str | None = None) -> None:
         """Report files must be writable paths (not folders); --junit and --summary report a check."""
-        from attn_export import triton  # the standard library only
-
         for flag_name, path in (("--report", report), ("--junit", self.junit), ("--summary", self.summary)):
             if path is not None and Path(path).is_dir():
                 raise AttnExportError(f"{flag_name} {path} is a folder; pass a file path")
         if (self.junit or self.summary) and not getattr(self, "check", True):
             raise AttnExportError(f"--{'junit' if self.junit else 'summary'} reports the parity check: drop --no-check")
+        if self.triton_repo is None and self.triton_name is None:
+            return
+        from attn_export import triton  # onnx (0.2 s): only where a Triton flag is given
+
         triton.check_repository_path(self.triton_repo, self.triton_name)
         if self.triton_name is not None:
             triton.model_name("", self.triton_name)
