@@ -92,6 +92,9 @@ NO_INSTALL = ("ci-template needs --install: attn-export is on no package index, 
               "package")
 
 
+EXPORT_DIR = "export"  # the CPU job's export (model.onnx, reference.npz) that the GPU job downloads
+
+
 @dataclass
 class WorkflowOptions:
     model: str = "zoo:nat-tiny"
@@ -119,11 +122,15 @@ def workflow_commands(opts: WorkflowOptions) -> dict[str, list[list[str]]]:
     check = ["attn-export", "check", opts.model, opts.onnx, *opts.model_args, "--report", f"{out}/report.json",
              "--junit", f"{out}/junit.xml", "--summary", f"{out}/summary.md"]
     commands = {"cpu": [check]}
-    if opts.gpu:
+    if opts.gpu:  # the CPU job exports (reference outputs included); the GPU job needs no model, only those files
+        ex = EXPORT_DIR
+        commands["cpu"].append(["attn-export", opts.model, *opts.model_args, "-o", ex, "--no-engine"])
         commands["gpu"] = [
             ["attn-export", "plugins", "build", "--arch", "native"],
-            ["attn-export", opts.model, *opts.model_args, "-o", "engine-out", "--engine", "--junit",
-             f"{out}/junit-trt.xml", "--summary", f"{out}/summary-trt.md"],
+            ["attn-export", "engine", f"{ex}/model.onnx", "--reference", f"{ex}/reference.npz"],
+            ["attn-export", "check", "--reference", f"{ex}/reference.npz", f"{ex}/model.onnx", "--engine",
+             f"{ex}/model.engine", "--report", f"{out}/report-trt.json", "--junit", f"{out}/junit-trt.xml",
+             "--summary", f"{out}/summary-trt.md"],
         ]
     return commands
 
@@ -171,7 +178,7 @@ jobs:
                           shlex.join(['pip', 'install', *opts.install])])}
       - name: Check the committed ONNX against the model
         id: check
-        run: {_run_block(cpu_run)}
+        run: {_run_block(cpu_run[:1])}{_export_steps(cpu_run[1:])}
       - name: Job summary
         if: always()
         run: {_run_block([f'if [ -f {shlex.quote(out + "/summary.md")} ]; then cat {shlex.quote(out + "/summary.md")} '
@@ -186,8 +193,24 @@ jobs:
 """
 
 
+def _export_steps(commands: Sequence[str]) -> str:
+    """With --gpu: the CPU job also exports the model (its check writes reference.npz) and uploads that folder."""
+    if not commands:
+        return ""
+    return f"""
+      - name: Export for the TensorRT job (model.onnx and the reference outputs on the check inputs)
+        run: {_run_block(commands)}
+      - name: Upload the export
+        uses: actions/upload-artifact@v4
+        with:
+          name: parity-export
+          path: {_yaml_str(EXPORT_DIR + "/")}
+          if-no-files-found: error"""
+
+
 def _gpu_job(opts: WorkflowOptions, commands: Sequence[Sequence[str]]) -> str:
-    """The TensorRT job on a self-hosted GPU runner: build the plugins, export with --engine, summary, upload."""
+    """The TensorRT job on a self-hosted GPU runner, without the model: the CPU job's export downloaded, the plugins
+    built, the engine built from model.onnx, checked against reference.npz; summary, upload."""
     out = opts.report_dir
     torch_pin = defaults.CI_TORCH
     gpu_run = [shlex.join(a) for a in commands]
@@ -204,7 +227,12 @@ def _gpu_job(opts: WorkflowOptions, commands: Sequence[Sequence[str]]) -> str:
         id: install
         run: {_run_block([f'python -m pip install {shlex.quote(torch_pin)}',
                           shlex.join(['python', '-m', 'pip', 'install', *opts.install, 'tensorrt'])])}
-      - name: Build the plugin library, the engine, and check PyTorch vs ONNX Runtime vs TensorRT
+      - name: Download the CPU job's export (model.onnx and its reference outputs)
+        uses: actions/download-artifact@v4
+        with:
+          name: parity-export
+          path: {_yaml_str(EXPORT_DIR)}
+      - name: Build the plugin library and the engine, check it against the saved reference outputs
         id: check
         env:
           ATTN_EXPORT_BUILD_DIR: ${{{{ github.workspace }}}}/build/attn-export-plugins
@@ -220,8 +248,7 @@ def _gpu_job(opts: WorkflowOptions, commands: Sequence[Sequence[str]]) -> str:
           name: parity-tensorrt
           path: |
             {out}/
-            engine-out/report.json
-            engine-out/engine.json
+            {EXPORT_DIR}/engine.json
           if-no-files-found: warn
 """
 

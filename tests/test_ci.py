@@ -208,14 +208,18 @@ def test_workflow_parses_and_every_command_is_a_valid_invocation(tmp_path, gpu, 
     assert set(workflow[True]) >= {"push", "pull_request"}  # YAML 1.1 reads the key `on` as True
     commands = [cmd for job in jobs.values() for step in job["steps"] if "run" in step
                 for cmd in attn_export_commands(step["run"])]
-    assert len(commands) == (3 if gpu else 1)
+    assert len(commands) == (5 if gpu else 1)
     for argv in commands:
         validate_invocation(argv, main)
     if gpu:
         job = jobs["parity-tensorrt"]
         assert "self-hosted" in job["runs-on"] and job["needs"] == "parity-cpu"
-        assert [c[1:3] for c in commands[1:]] == [["plugins", "build"], [
-            "zoo:nat-tiny", "-o"]] and "--engine" in commands[2]
+        # the CPU job exports; the GPU job builds the engine and checks it against the saved reference, no model
+        assert [c[1:3] for c in commands[1:]] == [["zoo:nat-tiny", "-o"], ["plugins", "build"],
+                                                  ["engine", "export/model.onnx"], ["check", "--reference"]]
+        assert "--engine" in commands[4] and "zoo:nat-tiny" not in commands[4]
+        download = next(s for s in job["steps"] if "download-artifact" in s.get("uses", ""))
+        assert download["with"]["name"] == "parity-export"
 
 
 # attn-export is on no package index: the workflow installs it from the user's repository (a committed wheel).
@@ -349,3 +353,24 @@ def test_readme_and_ci_run_install_and_test_with_the_same_lines():
     assert script == readme, (script, readme)
     assert readme[0] == f"pip install {defaults.CI_TORCH}"  # torch first, pinned as the workflow template pins it
     assert readme_block("attn-export needs PyTorch first")[0] == readme[0]  # the quick start installs it alike
+
+
+def test_gpu_variant_cpu_job_leaves_what_the_gpu_job_checks_without_the_model(tmp_path, yaml):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    assert run(SMALL, "-o", tmp_path / "first", "--no-check").exit_code == 0
+    (repo / "model.onnx").write_bytes((tmp_path / "first" / "model.onnx").read_bytes())
+    path = repo / ".github/workflows/parity.yml"
+    assert run("ci-template", "--model", SMALL, "--gpu", "-o", path, *INSTALL).exit_code == 0
+    workflow = yaml.safe_load(path.read_text())
+    outcomes = run_cpu_job(workflow, repo)
+    assert outcomes and all(code == 0 for _, code in outcomes), outcomes
+    steps = workflow["jobs"]["parity-cpu"]["steps"]
+    upload = next(s for s in steps if s.get("with", {}).get("name") == "parity-export")
+    export = repo / upload["with"]["path"]
+    assert {"model.onnx", "reference.npz"} <= {p.name for p in export.iterdir()}
+    # the GPU job's check, minus the engine (no TensorRT here): the saved reference judges the file, no model loaded
+    result = run("check", "--reference", export / "reference.npz", export / "model.onnx", cwd=repo)
+    assert result.exit_code == 0, result.output
+    break_weights(export / "model.onnx", export / "model.onnx")
+    assert run("check", "--reference", export / "reference.npz", export / "model.onnx", cwd=repo).exit_code == 1
