@@ -36,6 +36,12 @@ class Criterion:
                    precision.onnx_precision(onnx_path), paro["buckets"] if paro else 1)
 
     @classmethod
+    def paro(cls, settings, dtype: str) -> Criterion:
+        """A PARO export's quality criterion, from its settings: --lowering attention writes standard ops, so the
+        file no longer names its PARO precision."""
+        return cls(settings.mode, False, dtype, settings.buckets)
+
+    @classmethod
     def elementwise(cls, dtype: str) -> Criterion:
         """Float tolerances whatever the file holds (an export checks its PARO file against the computation it
         exports, element by element, before the quality gate compares it with the dense model)."""

@@ -9,7 +9,8 @@ import onnxruntime
 import pytest
 import torch
 
-from attn_export import onnx_export, pipeline
+from attn_export import onnx_export
+from attn_export.steps import checks
 
 from helpers import SMALL, assert_one_line_error, run
 
@@ -43,7 +44,7 @@ def _onnxruntime_fails(monkeypatch):
 
 
 def _unexpected_failure(monkeypatch):
-    monkeypatch.setattr(pipeline, "export_summary", _raise(KeyError("injected")))
+    monkeypatch.setattr(checks, "export_summary", _raise(KeyError("injected")))
 
 
 STEPS = {

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from attn_export.options import GROUPS, ExportOptions, ModelSource
-from tests.helpers import SMALL, run
+
+from helpers import SMALL, run
 
 NO_TORCH = """
 import sys

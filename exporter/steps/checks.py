@@ -53,7 +53,8 @@ def check_export(job) -> None:
 def check_paro(job) -> None:
     """The PARO file against the dense model it replaces, by the quality gate (attention zeroed: the control)."""
     reference = paro.dense_reference(job.original, job.paro)
-    job.paro_report = judge(Criterion.of(job.onnx_path), reference, job.onnx_path, job.inputs, job.opts)
+    criterion = Criterion.paro(job.paro, job.opts.dtype)
+    job.paro_report = judge(criterion, reference, job.onnx_path, job.inputs, job.opts)
     job.warn(*job.paro_report.warnings)
     plan = job.paro_job.plan.summary()
     job.report_extra["paro"] = {"onnx": ONNX_NAME, "plan": PARO_PLAN_NAME, "settings": job.paro.to_dict(),
