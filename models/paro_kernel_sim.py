@@ -14,7 +14,9 @@ computes the dots on the s8 MMA (int8 Q and K, int32 accumulation) and converts 
 they are float dots. The softmax is online: per tile the running row
 max m, p = exp2(s - m), the denominator from the unquantized p. With pv_bits < 16, P is quantized per tile
 against that running max (not the final one, as the reference does): scale = max(p over the tile's real
-rows, floored at 2^-30) / qmax, p_q = min(round(p / scale), qmax), and the accumulator, kept in units of the
+rows, floored at 2^-30) / qmax, p_q = min(round(p / scale), qmax) (the kernel multiplies by the tile's
+reciprocal and divides only near half-integers, paro_rules.h's quantize_p_fast: the same integers), and the
+accumulator, kept in units of the
 current tile's scale, is rescaled by alpha * previous_scale / scale before adding p_q . v_q; the output is
 acc * last_scale * v_scale(channel) / l, scattered back through perm_idx. Without P quantization, P is
 rounded to the input dtype before P.V (fp16/bf16). docs/ops/paro_attention.md (Native kernels) bounds the

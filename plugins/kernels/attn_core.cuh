@@ -344,6 +344,7 @@ __global__ void __launch_bounds__(kThreads)
         }
 
         float o_factor[2] = {alpha[0], alpha[1]};
+        Tensor rP = make_tensor_like<Elem>(acc_s);  // P as the A operand of P V (rounded to Elem, or quantized)
         if constexpr (Policy::kQuantP) {
             // One P scale per (query tile, kv tile): max over the tile's real rows, shared by the 4 warps.
             for (int off = 16; off > 0; off >>= 1) p_max = fmaxf(p_max, __shfl_xor_sync(0xffffffffu, p_max, off));
@@ -355,19 +356,37 @@ __global__ void __launch_bounds__(kThreads)
             const float qmax = policy.qmax_p();
             // Floored (paro_rules.h): the factor p_scale_prev / p_scale below stays <= 2^30, never inf.
             const float p_scale = paro::p_tile_scale(tile_max, qmax);
+            // round(p / p_scale) as the reference rounds it, by one reciprocal per tile; the division only where
+            // a quotient lies within 2^-14 of a half-integer (paro_rules.h: rare, and exact either way). The
+            // integers 0..qmax are exact in Elem.
+            // In chunks of 8 elements, so that a chunk's fp32 values die as its quantized ones are made (the
+            // fallback needs them), instead of all 32 staying live beside P.
+            const float reciprocal = paro::p_tile_reciprocal(p_scale);
+            constexpr int kChunk = 8;
+            static_assert(decltype(size(acc_s))::value % kChunk == 0, "whole chunks");
 #pragma unroll
-            for (int i = 0; i < size(acc_s); ++i) acc_s(i) = fminf(rintf(acc_s(i) / p_scale), qmax);
+            for (int c0 = 0; c0 < size(acc_s); c0 += kChunk) {
+                bool near = false;
+#pragma unroll
+                for (int i = c0; i < c0 + kChunk; ++i)
+                    rP(i) = static_cast<Elem>(paro::quantize_p_fast(acc_s(i), reciprocal, qmax, near));
+                if (near) {
+#pragma unroll
+                    for (int i = c0; i < c0 + kChunk; ++i)
+                        rP(i) = static_cast<Elem>(paro::quantize_p_exact(acc_s(i), p_scale, qmax));
+                }
+            }
             // acc_o holds O / p_scale_prev; after this tile it holds O / p_scale.
             for (int s = 0; s < 2; ++s) o_factor[s] = alpha[s] * p_scale_prev / p_scale;
             p_scale_prev = p_scale;
+        } else {
+#pragma unroll
+            for (int i = 0; i < size(acc_s); ++i) rP(i) = static_cast<Elem>(acc_s(i));
         }
 #pragma unroll
         for (int i = 0; i < size(acc_o); ++i) acc_o(i) *= o_factor[row_slot(i)];
 
-        // O += P V: P from registers as the A operand (rounded to Elem), V^T through ldmatrix.trans.
-        Tensor rP = make_tensor_like<Elem>(acc_s);
-#pragma unroll
-        for (int i = 0; i < size(acc_s); ++i) rP(i) = static_cast<Elem>(acc_s(i));
+        // O += P V: P from registers as the A operand, V^T through ldmatrix.trans.
         Tensor tOrP = make_tensor(rP.data(), acc_as_a_operand(rP.layout()));
         Tensor tOrV = thr_mma.partition_fragment_B(sVt);
         Tensor tOsV = thr_copy_bt.partition_S(sVt);
