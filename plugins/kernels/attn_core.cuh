@@ -356,11 +356,10 @@ __global__ void __launch_bounds__(kThreads)
             const float qmax = policy.qmax_p();
             // Floored (paro_rules.h): the factor p_scale_prev / p_scale below stays <= 2^30, never inf.
             const float p_scale = paro::p_tile_scale(tile_max, qmax);
-            // round(p / p_scale) as the reference rounds it, by one reciprocal per tile; the division only where
-            // a quotient lies within 2^-14 of a half-integer (paro_rules.h: rare, and exact either way). The
-            // integers 0..qmax are exact in Elem.
-            // In chunks of 8 elements, so that a chunk's fp32 values die as its quantized ones are made (the
-            // fallback needs them), instead of all 32 staying live beside P.
+            // round(p / p_scale) as the reference rounds it, by one reciprocal per tile, with the division only
+            // for a chunk of 8 elements one of whose products lies within 2^-14 of a half-integer (paro_rules.h:
+            // rare, and exact either way). Per chunk, so that a chunk's fp32 values die as it is quantized instead
+            // of all 32 staying live beside P for the fallback. The integers 0..qmax are exact in Elem.
             const float reciprocal = paro::p_tile_reciprocal(p_scale);
             constexpr int kChunk = 8;
             static_assert(decltype(size(acc_s))::value % kChunk == 0, "whole chunks");

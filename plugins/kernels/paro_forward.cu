@@ -63,10 +63,14 @@ cudaError_t prepass(const attnx_paro_params& p, const void* q, const void* k, co
             ops.q = qw;
             ops.k = kw;
         };
-        if (int8_qk)
-            quantize(reinterpret_cast<int8_t*>(ws + w.q), reinterpret_cast<int8_t*>(ws + w.k));
-        else
-            quantize(reinterpret_cast<T*>(ws + w.q), reinterpret_cast<T*>(ws + w.k));
+        bool written = false;
+        if constexpr (!std::is_same<T, float>::value) {  // fp32 never takes the core: no int8 instance for it
+            if (int8_qk) {
+                quantize(reinterpret_cast<int8_t*>(ws + w.q), reinterpret_cast<int8_t*>(ws + w.k));
+                written = true;
+            }
+        }
+        if (!written) quantize(reinterpret_cast<T*>(ws + w.q), reinterpret_cast<T*>(ws + w.k));
         ops.gather_qk = 0;
         ops.q_scale = q_scale;
         ops.k_scale = k_scale;
