@@ -309,6 +309,8 @@ def occupancy(regs: int, smem: int, threads: int, arch: str) -> int:
 
 
 _CORE = re.compile(r"attention_core_kernel<cutlass::(half_t|bfloat16_t), (\d+), attnx::core::(\w+)Policy<")
+# ParoPolicy<Elem, QuantP, Int8QK> (Int8QK: S = Q K^T on the s8 MMA); older builds had ParoPolicy<Elem, QuantP>
+_PARO = re.compile(r"ParoPolicy<cutlass::\w+, (true|false)(?:, (true|false))?>")
 
 
 def describe(demangled: str) -> dict:
@@ -316,14 +318,16 @@ def describe(demangled: str) -> dict:
     m = _CORE.search(demangled)
     if m:
         op = {"Na": "neighborhood", "Bsa": "block-sparse", "Paro": "paro"}.get(m.group(3), m.group(3))
-        quant_p = ", true>" in demangled if op == "paro" else None  # ParoPolicy<Elem, QuantP>
+        paro = _PARO.search(demangled) if op == "paro" else None
+        quant_p = paro.group(1) == "true" if paro else None
+        int8_qk = paro.group(2) == "true" if paro else None
         return dict(unit="core", op=op, dtype="fp16" if m.group(1) == "half_t" else "bf16", head_dim=int(m.group(2)),
-                    quant_p=quant_p, threads=128, dynamic_smem=core_smem_bytes(int(m.group(2))))
+                    quant_p=quant_p, int8_qk=int8_qk, threads=128, dynamic_smem=core_smem_bytes(int(m.group(2))))
     name = demangled.split("(")[0].split("<")[0].rsplit("::", 1)[-1]
     types = (("__half", "fp16"), ("__nv_bfloat16", "bf16"), ("float", "fp32"))
     dtype = next((d for t, d in types if t in demangled), "")
     unit = "prepass" if "paro::" in demangled else "generic"
-    return dict(unit=unit, op=name, dtype=dtype, head_dim=None, quant_p=None,
+    return dict(unit=unit, op=name, dtype=dtype, head_dim=None, quant_p=None, int8_qk=None,
                 threads=256 if unit == "prepass" else 128, dynamic_smem=None)
 
 
@@ -433,10 +437,12 @@ def estimate(row: dict, tiles_steady: float, tiles_worst: float, ctas: float, us
                 limit=limit)
 
 
-def core_row(rows: list[dict], op: str, dim: int, quant_p: bool | None = None) -> dict | None:
+def core_row(rows: list[dict], op: str, dim: int, quant_p: bool | None = None,
+             int8_qk: bool | None = None) -> dict | None:
     for r in rows:
         if r["unit"] == "core" and r["op"] == op and r["dtype"] == "fp16" and r["head_dim"] == dim and \
-                r["arch"] == "sm_90" and (quant_p is None or r.get("quant_p") == quant_p):
+                r["arch"] == "sm_90" and (quant_p is None or r.get("quant_p") == quant_p) and \
+                (int8_qk is None or r.get("int8_qk") == int8_qk):
             return r
     return None
 
@@ -497,7 +503,9 @@ def paro_estimates(rows: list[dict]) -> list[dict]:
     out = []
     nb = math.ceil(PARO_SEQ / 64)
     for density, bits in PARO_CASES:
-        row = core_row(rows, "paro", PARO_DIM, quant_p=True)
+        # the INT8/INT4 cases: quantized QK (the s8 MMA where the build has it) and quantized P
+        row = core_row(rows, "paro", PARO_DIM, quant_p=True, int8_qk=True) or \
+            core_row(rows, "paro", PARO_DIM, quant_p=True)
         if row is None:
             continue
         blocks = max(1, round(density * nb))
@@ -523,7 +531,8 @@ def report(rows: list[dict]) -> dict:
 
 def _variant(r: dict) -> str:
     if r["op"] == "paro":
-        return "paro (P quantized)" if r["quant_p"] else "paro (P fp16)"
+        qk = "QK s8 MMA, " if r.get("int8_qk") else "QK fp16, " if r.get("int8_qk") is False else ""
+        return f"paro ({qk}P quantized)" if r["quant_p"] else f"paro ({qk}P fp16)"
     return r["op"]
 
 

@@ -8,11 +8,15 @@ tokens (amax / qmax, 0 -> 1) and integer values round-half-even(x / scale) clamp
 pv_bits < 16, V per channel the same way.
 Core (block == 64): a query tile is one query block of the permuted sequence, its kv tiles are the listed
 blocks in list order (clamped into range), only the partial tail block is masked. Logits are the integer
-dot products (exact in the kernel: integer-valued fp16/bf16 operands, fp32 accumulation) times
-scale * log2(e) * q_scale(row) * k_scale(column), in base 2. The softmax is online: per tile the running row
+dot products times scale * log2(e) * q_scale(row) * k_scale(column), in base 2. With qk_bits < 16 the kernel
+computes the dots on the s8 MMA (int8 Q and K, int32 accumulation) and converts them to fp32, exact while
+|dot| < 2^24 (int_dots replays it and checks the bound); otherwise (fp16/bf16 operands, fp32 accumulation)
+they are float dots. The softmax is online: per tile the running row
 max m, p = exp2(s - m), the denominator from the unquantized p. With pv_bits < 16, P is quantized per tile
 against that running max (not the final one, as the reference does): scale = max(p over the tile's real
-rows, floored at 2^-30) / qmax, p_q = min(round(p / scale), qmax), and the accumulator, kept in units of the
+rows, floored at 2^-30) / qmax, p_q = min(round(p / scale), qmax) (the kernel multiplies by the tile's
+reciprocal and divides only near half-integers, paro_rules.h's quantize_p_fast: the same integers), and the
+accumulator, kept in units of the
 current tile's scale, is rescaled by alpha * previous_scale / scale before adding p_q . v_q; the output is
 acc * last_scale * v_scale(channel) / l, scattered back through perm_idx. Without P quantization, P is
 rounded to the input dtype before P.V (fp16/bf16). docs/ops/paro_attention.md (Native kernels) bounds the
@@ -47,6 +51,20 @@ def quantize_rows(x: torch.Tensor, group: int, bits: int) -> tuple[torch.Tensor,
         scales[g] = scale
         ints[g * group:(g + 1) * group] = torch.clamp(torch.round(part / scale), -qmax(bits), qmax(bits))
     return ints, scales
+
+
+INT_DOT_LIMIT = 2**24  # integers below this convert to fp32 exactly
+
+
+def int_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b.T of integer-valued rows as the s8 MMA computes it: exact integer sums (int64 here, int32 in the
+    kernel), converted to fp32; ValueError where a sum reaches 2^24 (the conversion would round)."""
+    dots = a.to(torch.int64) @ b.to(torch.int64).T
+    if bool((a != a.round()).any()) or bool((b != b.round()).any()) or a.abs().max() > 127 or b.abs().max() > 127:
+        raise ValueError("int_dots takes integer values in [-127, 127] (the int8 operands)")
+    if dots.numel() and int(dots.abs().max()) >= INT_DOT_LIMIT:
+        raise ValueError(f"an integer dot product reaches 2^24 ({int(dots.abs().max())}): fp32 would round it")
+    return dots.to(torch.float32)
 
 
 def quantize_channels(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +126,8 @@ def simulate(q, k, v, perm_idx, kv_count, kv_index, block: int = 64, qk_bits: in
                     kc = keys.clamp(max=n - 1)
                     k_rows = torch.where(valid[:, None], kp[kc], torch.zeros(()))
                     v_rows = torch.where(valid[:, None], vp[kc], torch.zeros(()))
-                    logits = (q_rows @ k_rows.T) * row_scale[:, None]
+                    dots = int_dots(q_rows, k_rows) if qk_bits < 16 else q_rows @ k_rows.T
+                    logits = dots * row_scale[:, None]
                     if k_scale is not None:
                         logits = logits * k_scale[kc // k_group][None, :]
                     masked = (blk + 1) * TILE > n

@@ -137,6 +137,19 @@ def test_paro_quantized(kernels, dtype, bits, seed):
         torch.testing.assert_close(out, simulated, atol=1e-2, rtol=0)
 
 
+@pytest.mark.parametrize("dim", [32, 128])  # 64: test_paro_quantized; each head_dim has its own int8 tile layout
+@pytest.mark.parametrize("bits", [(8, 8), (8, 16), (4, 4)], ids=str)
+def test_paro_int8_qk_core_at_every_head_dim(kernels, dim, bits):
+    """qk_bits < 16 runs S = Q K^T on the s8 MMA (int8 Q and K from the pre-pass): the same integers as the
+    simulator's int_dots at every head_dim's tile geometry."""
+    args, kw = paro_case(40 + dim, torch.float16, dim, bits)
+    out, ref, cpu = run_paro(kernels, args, kw)
+    cosine, rel = agreement(out, ref)
+    assert (cosine >= 0.99 and rel <= 0.15) if bits[1] == 4 else (cosine >= 0.999 and rel <= 1e-2), (cosine, rel)
+    simulated = paro_kernel_sim.simulate(*[x.float() for x in cpu[:3]], *cpu[3:], **kw)
+    torch.testing.assert_close(out, simulated, atol=1e-2, rtol=0)
+
+
 def test_paro_paths_and_workspace(kernels):
     args, kw = paro_case(0, torch.float16, 64, (8, 8))
     q, _, _, _, count, index = args

@@ -130,8 +130,11 @@ def test_ci_mode_passes_on_the_built_kernels_and_fails_on_a_tightened_baseline(t
     data = json.loads(report.read_text())
     cores = [r for r in data["kernels"] if r["unit"] == "core"]
     assert {r["op"] for r in cores} == {"neighborhood", "block-sparse", "paro"}
-    # per warp and tile: S = 8 n-blocks x head_dim/16 k-steps, O = head_dim/8 n-blocks x 4 k-steps
-    assert all(r["tile_steady"]["by_class"]["mma"] == r["head_dim"] for r in cores)
+    # per warp and tile: S = 8 n-blocks x head_dim/16 k-steps (the s8 MMA of PARO's int8 QK: head_dim/32),
+    # O = head_dim/8 n-blocks x 4 k-steps
+    assert all(r["tile_steady"]["by_class"]["mma"] == (r["head_dim"] * 3 // 4 if r["int8_qk"] else r["head_dim"])
+               for r in cores)
+    assert sum(bool(r["int8_qk"]) for r in cores) == 12  # PARO: 2 dtypes x 3 head dims x P quantized or not
     assert all(r["spill_instructions"] == 0 for r in cores)
     # The same kernels against a baseline 20% smaller: every core kernel's growth is reported, exit 1.
     tight = {k: dict(v, steady=int(v["steady"] / 1.2)) for k, v in json.loads(BASELINE.read_text()).items()}
@@ -144,5 +147,16 @@ def test_ci_mode_passes_on_the_built_kernels_and_fails_on_a_tightened_baseline(t
 def test_baseline_is_committed_and_covers_every_core_kernel():
     baseline = json.loads(BASELINE.read_text())
     cores = [k for k in baseline if "attention_core_kernel" in k]
-    # neighborhood and block-sparse: 2 dtypes x 3 head dims; PARO twice that (P quantized or not).
-    assert len(cores) == 6 + 6 + 12
+    # neighborhood and block-sparse: 2 dtypes x 3 head dims; PARO four times that (P quantized or not, QK on
+    # the s8 MMA or not).
+    assert len(cores) == 6 + 6 + 24
+
+
+def test_describe_reads_the_paro_policy_flags():
+    base = "void attnx::core::attention_core_kernel<cutlass::half_t, 64, attnx::core::ParoPolicy<cutlass::half_t, {}> >"
+    for flags, quant_p, int8_qk in [("true, true", True, True), ("false, true", False, True),
+                                    ("true, false", True, False), ("false, false", False, False),
+                                    ("true", True, False)]:  # "true": a build before the s8 QK path
+        row = kr.describe(base.format(flags))
+        assert (row["op"], row["head_dim"], row["quant_p"], row["int8_qk"]) == ("paro", 64, quant_p, int8_qk)
+    assert kr.describe(base.replace("ParoPolicy<cutlass::half_t, {}>", "BsaPolicy<cutlass::half_t>"))["int8_qk"] is None

@@ -154,3 +154,23 @@ def test_invalid_permutation_is_clamped_like_kv_index():
     assert sorted(clamped[0].tolist()) == list(range(n))
     out = sim.simulate(q, k, v, bad, count, index, **kw)
     torch.testing.assert_close(out, sim.simulate(q, k, v, clamped, count, index, **kw), atol=0, rtol=0)
+
+
+def test_int_dots_are_the_float_dots_at_the_extremes():
+    """The s8 MMA path (int8 Q and K, int32 accumulation, then fp32) gives the fp32 path's logits bit for bit
+    (test_unquantized_p_matches_the_reference runs the simulator through int_dots): at head_dim 128 even
+    all-(+-127) rows stay below 2^24, where fp32 holds every integer."""
+    gen = torch.Generator().manual_seed(29)
+    for dim in (32, 64, 128):
+        a = torch.randint(-127, 128, (64, dim), generator=gen).float()
+        b = torch.randint(-127, 128, (64, dim), generator=gen).float()
+        a[0], b[0], b[1] = 127.0, 127.0, -127.0  # the largest dots: +-127^2 * dim
+        dots = sim.int_dots(a, b)
+        exact = a.double() @ b.double().T
+        assert dots.dtype == torch.float32 and torch.equal(dots.double(), exact)
+        assert float(dots[0, 0]) == 127 * 127 * dim and float(dots[0, 1]) == -127 * 127 * dim
+    big = torch.full((1, 1041), 127.0)  # 127^2 * 1041 > 2^24: fp32 would round
+    with pytest.raises(ValueError, match="2\\^24"):
+        sim.int_dots(big, big)
+    with pytest.raises(ValueError, match="integer values"):
+        sim.int_dots(torch.full((1, 4), 0.5), torch.ones(1, 4))

@@ -11,7 +11,9 @@
 // addressed (direct, or gathered through an index). PARO adds per-row/per-column logit scales (its QK
 // quantization, done by a pre-pass into integer-valued operands) and per-tile P quantization.
 // Integer-valued operands in fp16/bf16 multiply exactly and sum exactly in fp32 (|q|,|k|,|p|,|v| <= 127,
-// 64-128 terms < 2^24): the s8 MMA would compute the same numbers, twice as fast (not used yet).
+// 64-128 terms < 2^24). A policy whose QkElem is int8_t (PARO with qk_bits < 16: the pre-pass writes int8 Q and
+// K) computes S = Q K^T on the s8 MMA (mma.sync m16n8k32, int32 accumulate, half the MMAs and ldmatrix of
+// fp16): the same integers, converted to fp32 exactly (|dot| <= 127^2 * 128 < 2^24), so S is bit-identical.
 // The simulators in attn_export.models.*_kernel_sim replay this algorithm on the CPU.
 #pragma once
 
@@ -47,26 +49,39 @@ struct ElemTraits<bfloat16_t> {
     using Mma = SM80_16x8x16_F32BF16BF16F32_TN;
     using Native = __nv_bfloat16;
 };
+// Integer operands (PARO's quantized Q and K): one MMA covers 32 of the reduction dimension, int32 accumulator
+// in the fp16 MMA's C layout (m16n8, SM80_16x8_Row; core_layout_check proves both against the PTX ISA).
+template <>
+struct ElemTraits<int8_t> {
+    using Mma = SM80_16x8x32_S32S8S8S32_TN;
+};
 
 // Tile geometry of one head_dim: swizzled shared-memory layouts (conflict-free ldmatrix and cp.async),
 // the tiled MMA and the ldmatrix copy atoms.
+// Elem int8_t: the tiles of the s8 MMA's operands (Q, K), 16 elements per 16-byte chunk.
 template <typename Elem, int HeadDim>
 struct Geometry {
     static_assert(HeadDim == 32 || HeadDim == 64 || HeadDim == 128, "the core takes head_dim 32, 64 or 128");
-    static constexpr int kRowChunk = HeadDim >= 64 ? 64 : 32;  // elements per swizzle atom row
-    static constexpr int kSwizzleBits = kRowChunk == 64 ? 3 : 2;
-    using AtomLayout = decltype(composition(Swizzle<kSwizzleBits, 3, 3>{},
+    static constexpr int kChunkElems = 16 / int(sizeof(Elem));  // elements per 16-byte chunk (cp.async, ldmatrix row)
+    static constexpr int kChunkBits = kChunkElems == 16 ? 4 : 3;
+    // A swizzle atom row holds up to 8 chunks (128 bytes): 64 fp16 / 128 int8 elements, fewer for short rows.
+    static constexpr int kAtomChunks = HeadDim / kChunkElems >= 8 ? 8 : HeadDim / kChunkElems;
+    static constexpr int kRowChunk = kAtomChunks * kChunkElems;  // elements per swizzle atom row
+    static constexpr int kSwizzleBits = kAtomChunks == 8 ? 3 : kAtomChunks == 4 ? 2 : 1;
+    using AtomLayout = decltype(composition(Swizzle<kSwizzleBits, kChunkBits, 3>{},
                                             Layout<Shape<_8, Int<kRowChunk>>, Stride<Int<kRowChunk>, _1>>{}));
     using TileLayout = decltype(tile_to_shape(AtomLayout{}, Shape<Int<kBlockN>, Int<HeadDim>>{}));
     // V read as (head_dim, keys) for the B operand of P.V: the same memory, transposed view.
     using TileLayoutT = decltype(composition(TileLayout{}, make_layout(Shape<Int<HeadDim>, Int<kBlockN>>{}, GenRowMajor{})));
+    static constexpr int kMmaK = 32 / int(sizeof(Elem));  // the MMA's reduction extent: 16 (fp16/bf16), 32 (s8)
     using TiledMma = TiledMMA<MMA_Atom<typename ElemTraits<Elem>::Mma>, Layout<Shape<Int<kWarps>, _1, _1>>,
-                              Tile<Int<16 * kWarps>, _16, _16>>;
+                              Tile<Int<16 * kWarps>, _16, Int<kMmaK>>>;
     using LoadAtom = Copy_Atom<SM75_U32x4_LDSM_N, Elem>;
-    using LoadAtomT = Copy_Atom<SM75_U16x8_LDSM_T, Elem>;
+    using LoadAtomT = Copy_Atom<SM75_U16x8_LDSM_T, Elem>;  // fp16/bf16 only (V^T)
     static constexpr int kTileElems = kBlockN * HeadDim;
-    static constexpr int kChunks = HeadDim / 8;  // 16-byte chunks per row
-    // Q tile + kStages x (K tile + V tile) + the PARO tile-max exchange.
+    static constexpr int kChunks = HeadDim / kChunkElems;  // 16-byte chunks per row
+    // Q tile + kStages x (K tile + V tile) + the PARO tile-max exchange (an int8 Q or K tile uses the first half
+    // of its slot).
     static constexpr size_t kSmemBytes = sizeof(Elem) * kTileElems * (1 + 2 * kStages) + 2 * kWarps * sizeof(float);
 };
 
@@ -99,28 +114,48 @@ __device__ __forceinline__ float quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// Copies kBlockN rows of HeadDim elements of `a` (and, with `b`, of b) into swizzled tiles. rows(r, off_a,
-// off_b) gives the row's element offsets, -1 for a row that does not exist (zero-filled). Each thread walks
-// its rows once for both tensors (the offsets of K and V rows are one index computation).
-template <class Geo, typename Elem, class Rows>
-__device__ __forceinline__ void load_rows(const Elem* a, Elem* tile_a, const Elem* b, Elem* tile_b, Rows&& rows) {
-    typename Geo::TileLayout layout;
-    constexpr int kPerThread = kBlockN * Geo::kChunks / kThreads;
-    static_assert(kBlockN * Geo::kChunks % kThreads == 0, "whole chunks per thread");
+// Copies kBlockN rows of HeadDim elements of `a` (and, with `b`, of b) into swizzled tiles (GeoA's and GeoB's
+// layouts). rows(r, off_a, off_b) gives the row's element offsets, -1 for a row that does not exist
+// (zero-filled). Each thread walks its rows once for both tensors (the offsets of K and V rows are one index
+// computation). The chunk grid is the wider row's: with int8 K and fp16 V a row of K has half the chunks of
+// V's, and the threads of the other half copy only V (a per-thread constant, no per-chunk branch).
+template <class GeoA, class GeoB, typename A, typename B, class Rows>
+__device__ __forceinline__ void load_rows(const A* a, A* tile_a, const B* b, B* tile_b, Rows&& rows) {
+    typename GeoA::TileLayout layout_a;
+    typename GeoB::TileLayout layout_b;
+    constexpr int kChunks = GeoA::kChunks > GeoB::kChunks ? GeoA::kChunks : GeoB::kChunks;
+    constexpr int kPerThread = kBlockN * kChunks / kThreads;
+    static_assert(kBlockN * kChunks % kThreads == 0 && kThreads % kChunks == 0, "whole chunks per thread");
     const int tid = threadIdx.x;
     // Consecutive threads take consecutive chunks of a row: coalesced 16-byte reads.
     long long off_a = -1, off_b = -1;
     int cached_row = -1;
+    if constexpr (GeoA::kChunks == GeoB::kChunks) {  // one chunk grid (fp16/bf16 K and V, or Q alone)
 #pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-        const int chunk = tid + i * kThreads;
-        const int row = chunk / Geo::kChunks, col = (chunk % Geo::kChunks) * 8;
-        if (row != cached_row) {
-            rows(row, off_a, off_b);
-            cached_row = row;
+        for (int i = 0; i < kPerThread; ++i) {
+            const int chunk = tid + i * kThreads;
+            const int row = chunk / kChunks, col = (chunk % kChunks) * GeoA::kChunkElems;
+            if (row != cached_row) {
+                rows(row, off_a, off_b);
+                cached_row = row;
+            }
+            copy_chunk(off_a >= 0 ? a + off_a + col : a, tile_a + layout_a(row, col), off_a >= 0);
+            if (b) copy_chunk(off_b >= 0 ? b + off_b + col : b, tile_b + layout_b(row, col), off_b >= 0);
         }
-        copy_chunk(off_a >= 0 ? a + off_a + col : a, tile_a + layout(row, col), off_a >= 0);
-        if (b) copy_chunk(off_b >= 0 ? b + off_b + col : b, tile_b + layout(row, col), off_b >= 0);
+    } else {
+        const int chunk_col = tid % kChunks;  // the same column of chunks on every row this thread copies
+        const bool copies_a = chunk_col < GeoA::kChunks, copies_b = b && chunk_col < GeoB::kChunks;
+        const int col_a = chunk_col * GeoA::kChunkElems, col_b = chunk_col * GeoB::kChunkElems;
+#pragma unroll
+        for (int i = 0; i < kPerThread; ++i) {
+            const int row = (tid + i * kThreads) / kChunks;
+            if (row != cached_row) {
+                rows(row, off_a, off_b);
+                cached_row = row;
+            }
+            if (copies_a) copy_chunk(off_a >= 0 ? a + off_a + col_a : a, tile_a + layout_a(row, col_a), off_a >= 0);
+            if (copies_b) copy_chunk(off_b >= 0 ? b + off_b + col_b : b, tile_b + layout_b(row, col_b), off_b >= 0);
+        }
     }
 }
 
@@ -145,15 +180,22 @@ __device__ __forceinline__ void load_rows(const Elem* a, Elem* tile_a, const Ele
 //                                     float biased_logit(slot, c, dot) adds it (every tile of a biased call
 //                                     takes the masked path, with the bias)
 //   static constexpr bool kQuantP     P is quantized per tile (PARO pv_bits < 16) with qmax_p() levels
+//   using QkElem                      the element type of q and k: Elem, or int8_t (S on the s8 MMA)
 template <typename Elem, int HeadDim, class Policy>
 __global__ void __launch_bounds__(kThreads)
-    attention_core_kernel(const __grid_constant__ typename Policy::Params params, const Elem* __restrict__ q, const Elem* __restrict__ k,
+    attention_core_kernel(const __grid_constant__ typename Policy::Params params,
+                          const typename Policy::QkElem* __restrict__ q, const typename Policy::QkElem* __restrict__ k,
                           const Elem* __restrict__ v, Elem* __restrict__ out) {
     using Geo = Geometry<Elem, HeadDim>;
+    using QkElem = typename Policy::QkElem;
+    using QkGeo = Geometry<QkElem, HeadDim>;  // Geo itself unless Q and K are int8
+    static_assert(sizeof(QkElem) <= sizeof(Elem), "a Q or K tile fits the slot of an Elem tile");
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    Elem* sQ_ptr = reinterpret_cast<Elem*>(smem_raw);
-    Elem* sK_ptr = sQ_ptr + Geo::kTileElems;
-    Elem* sV_ptr = sK_ptr + kStages * Geo::kTileElems;
+    // Slots of Geo::kTileElems Elems each (an int8 tile uses the first half of its slot).
+    Elem* slot_ptr = reinterpret_cast<Elem*>(smem_raw);
+    QkElem* sQ_ptr = reinterpret_cast<QkElem*>(slot_ptr);
+    QkElem* sK_ptr = reinterpret_cast<QkElem*>(slot_ptr + Geo::kTileElems);  // stage s at + s * kTileElems Elems
+    Elem* sV_ptr = slot_ptr + (1 + kStages) * Geo::kTileElems;
     float* tile_max_exchange = reinterpret_cast<float*>(sV_ptr + kStages * Geo::kTileElems);  // [2][kWarps]
     static_assert(Geo::kSmemBytes % 16 == 0, "a staged table starts aligned past the core's shared memory");
 
@@ -163,9 +205,11 @@ __global__ void __launch_bounds__(kThreads)
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int n_tiles = policy.kv_tiles();
 
-    typename Geo::TiledMma tiled_mma;
+    typename Geo::TiledMma tiled_mma;  // O += P V (and S = Q K^T unless Q and K are int8)
     auto thr_mma = tiled_mma.get_thread_slice(tid);
-    Tensor sQ = make_tensor(make_smem_ptr(sQ_ptr), typename Geo::TileLayout{});
+    typename QkGeo::TiledMma qk_mma;   // S = Q K^T: tiled_mma's type, or the s8 MMA (the same C layout)
+    auto thr_qk = qk_mma.get_thread_slice(tid);
+    Tensor sQ = make_tensor(make_smem_ptr(sQ_ptr), typename QkGeo::TileLayout{});
 
     // Row coordinates of this thread's accumulator elements: (row, col) of every S and O register.
     Tensor cS = make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{});
@@ -180,14 +224,15 @@ __global__ void __launch_bounds__(kThreads)
     auto issue_kv = [&](int t) {
         const int stage = t % kStages;
         const auto tile = policy.kv_tile(t);
-        load_rows<Geo>(k, sK_ptr + stage * Geo::kTileElems, v, sV_ptr + stage * Geo::kTileElems,
-                       [&](int r, long long& k_off, long long& v_off) { policy.kv_row(tile, r, k_off, v_off); });
+        load_rows<QkGeo, Geo>(k, reinterpret_cast<QkElem*>(reinterpret_cast<Elem*>(sK_ptr) + stage * Geo::kTileElems), v,
+                              sV_ptr + stage * Geo::kTileElems,
+                              [&](int r, long long& k_off, long long& v_off) { policy.kv_row(tile, r, k_off, v_off); });
     };
 
     // Prologue: Q and kv tile 0 (group 0), kv tile 1 (group 1). A group may be empty; counts stay uniform.
     // (A loop, not unrolled: one copy of the loader's index math instead of one per stage.)
-    load_rows<Geo>(q, sQ_ptr, static_cast<const Elem*>(nullptr), static_cast<Elem*>(nullptr),
-                   [&](int r, long long& q_off, long long&) { q_off = policy.q_row(r); });
+    load_rows<QkGeo, QkGeo>(q, sQ_ptr, static_cast<const QkElem*>(nullptr), static_cast<QkElem*>(nullptr),
+                            [&](int r, long long& q_off, long long&) { q_off = policy.q_row(r); });
 #pragma unroll 1
     for (int t = 0; t < kStages; ++t) {
         if (t < n_tiles) issue_kv(t);
@@ -201,8 +246,8 @@ __global__ void __launch_bounds__(kThreads)
     float row_sum[2] = {0.f, 0.f};  // this thread's partial sums; the quad's are added at the end
     float p_scale_prev = 1.f;       // PARO: the scale acc_o is expressed in (the last tile's P scale)
 
-    auto smem_copy_a = make_tiled_copy_A(typename Geo::LoadAtom{}, tiled_mma);
-    auto smem_copy_b = make_tiled_copy_B(typename Geo::LoadAtom{}, tiled_mma);
+    auto smem_copy_a = make_tiled_copy_A(typename QkGeo::LoadAtom{}, qk_mma);
+    auto smem_copy_b = make_tiled_copy_B(typename QkGeo::LoadAtom{}, qk_mma);
     auto smem_copy_bt = make_tiled_copy_B(typename Geo::LoadAtomT{}, tiled_mma);
     auto thr_copy_a = smem_copy_a.get_thread_slice(tid);
     auto thr_copy_b = smem_copy_b.get_thread_slice(tid);
@@ -211,7 +256,7 @@ __global__ void __launch_bounds__(kThreads)
     // Q stays in registers for every kv tile (ptxas, sm_90, head_dim 128: 236 registers, no spill); false
     // re-reads it from shared memory per k-slice, as FlashAttention-2 does, should a policy need the registers.
     constexpr bool kQInRegisters = true;
-    Tensor tSrQ = thr_mma.partition_fragment_A(sQ);
+    Tensor tSrQ = thr_qk.partition_fragment_A(sQ);
     Tensor tSsQ = thr_copy_a.partition_S(sQ);
     Tensor tSrQ_view = thr_copy_a.retile_D(tSrQ);
     bool q_loaded = false;
@@ -221,26 +266,31 @@ __global__ void __launch_bounds__(kThreads)
         cp_async_wait<1>();  // everything but the newest group: tile t (and Q) have landed
         __syncthreads();
         const int stage = t % kStages;
-        Tensor sK = make_tensor(make_smem_ptr(sK_ptr + stage * Geo::kTileElems), typename Geo::TileLayout{});
+        Tensor sK = make_tensor(make_smem_ptr(reinterpret_cast<QkElem*>(reinterpret_cast<Elem*>(sK_ptr) + stage * Geo::kTileElems)),
+                                typename QkGeo::TileLayout{});
         Tensor sVt = make_tensor(make_smem_ptr(sV_ptr + stage * Geo::kTileElems), typename Geo::TileLayoutT{});
         if (kQInRegisters && !q_loaded) {
             copy(smem_copy_a, tSsQ, tSrQ_view);
             q_loaded = true;
         }
 
-        // S = Q K^T, fp32 in registers.
-        Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
-        static_assert(decltype(size<1>(acc_s))::value == 1, "row_slot assumes one 16-row MMA per warp");
-        clear(acc_s);
-        Tensor tSrK = thr_mma.partition_fragment_B(sK);
+        // S = Q K^T, fp32 (or int32: the s8 MMA) in registers.
+        Tensor acc_qk = partition_fragment_C(qk_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
+        static_assert(decltype(size<1>(acc_qk))::value == 1, "row_slot assumes one 16-row MMA per warp");
+        clear(acc_qk);
+        Tensor tSrK = thr_qk.partition_fragment_B(sK);
         Tensor tSsK = thr_copy_b.partition_S(sK);
         Tensor tSrK_view = thr_copy_b.retile_D(tSrK);
 #pragma unroll
         for (int kk = 0; kk < size<2>(tSrK); ++kk) {
             if constexpr (!kQInRegisters) copy(smem_copy_a, tSsQ(_, _, kk), tSrQ_view(_, _, kk));
             copy(smem_copy_b, tSsK(_, _, kk), tSrK_view(_, _, kk));
-            gemm(tiled_mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
+            gemm(qk_mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_qk);
         }
+        // The int32 dot products in fp32: exact (|dot| < 2^24), in the same registers' C layout as tScS's.
+        Tensor acc_s = make_tensor_like<float>(acc_qk);
+#pragma unroll
+        for (int i = 0; i < size(acc_s); ++i) acc_s(i) = static_cast<float>(acc_qk(i));
 
         // Logits in base 2; the element mask only where the policy asks for it (never on interior tiles). Three
         // loops, so that neither the interior tiles nor the masked tiles without a bias carry the bias's
@@ -294,6 +344,7 @@ __global__ void __launch_bounds__(kThreads)
         }
 
         float o_factor[2] = {alpha[0], alpha[1]};
+        Tensor rP = make_tensor_like<Elem>(acc_s);  // P as the A operand of P V (rounded to Elem, or quantized)
         if constexpr (Policy::kQuantP) {
             // One P scale per (query tile, kv tile): max over the tile's real rows, shared by the 4 warps.
             for (int off = 16; off > 0; off >>= 1) p_max = fmaxf(p_max, __shfl_xor_sync(0xffffffffu, p_max, off));
@@ -305,19 +356,36 @@ __global__ void __launch_bounds__(kThreads)
             const float qmax = policy.qmax_p();
             // Floored (paro_rules.h): the factor p_scale_prev / p_scale below stays <= 2^30, never inf.
             const float p_scale = paro::p_tile_scale(tile_max, qmax);
+            // round(p / p_scale) as the reference rounds it, by one reciprocal per tile, with the division only
+            // for a chunk of 8 elements one of whose products lies within 2^-14 of a half-integer (paro_rules.h:
+            // rare, and exact either way). Per chunk, so that a chunk's fp32 values die as it is quantized instead
+            // of all 32 staying live beside P for the fallback. The integers 0..qmax are exact in Elem.
+            const float reciprocal = paro::p_tile_reciprocal(p_scale);
+            constexpr int kChunk = 8;
+            static_assert(decltype(size(acc_s))::value % kChunk == 0, "whole chunks");
 #pragma unroll
-            for (int i = 0; i < size(acc_s); ++i) acc_s(i) = fminf(rintf(acc_s(i) / p_scale), qmax);
+            for (int c0 = 0; c0 < size(acc_s); c0 += kChunk) {
+                bool near = false;
+#pragma unroll
+                for (int i = c0; i < c0 + kChunk; ++i)
+                    rP(i) = static_cast<Elem>(paro::quantize_p_fast(acc_s(i), reciprocal, qmax, near));
+                if (near) {
+#pragma unroll
+                    for (int i = c0; i < c0 + kChunk; ++i)
+                        rP(i) = static_cast<Elem>(paro::quantize_p_exact(acc_s(i), p_scale, qmax));
+                }
+            }
             // acc_o holds O / p_scale_prev; after this tile it holds O / p_scale.
             for (int s = 0; s < 2; ++s) o_factor[s] = alpha[s] * p_scale_prev / p_scale;
             p_scale_prev = p_scale;
+        } else {
+#pragma unroll
+            for (int i = 0; i < size(acc_s); ++i) rP(i) = static_cast<Elem>(acc_s(i));
         }
 #pragma unroll
         for (int i = 0; i < size(acc_o); ++i) acc_o(i) *= o_factor[row_slot(i)];
 
-        // O += P V: P from registers as the A operand (rounded to Elem), V^T through ldmatrix.trans.
-        Tensor rP = make_tensor_like<Elem>(acc_s);
-#pragma unroll
-        for (int i = 0; i < size(acc_s); ++i) rP(i) = static_cast<Elem>(acc_s(i));
+        // O += P V: P from registers as the A operand, V^T through ldmatrix.trans.
         Tensor tOrP = make_tensor(rP.data(), acc_as_a_operand(rP.layout()));
         Tensor tOrV = thr_mma.partition_fragment_B(sVt);
         Tensor tOsV = thr_copy_bt.partition_S(sVt);

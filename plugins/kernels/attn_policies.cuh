@@ -3,6 +3,8 @@
 // (a kernel argument); the interface is listed above attention_core_kernel.
 #pragma once
 
+#include <type_traits>
+
 #include "attn_core.cuh"
 #include "attnx_types.h"
 #include "block_layout.h"
@@ -25,6 +27,7 @@ template <typename Elem>
 struct NaPolicy {
     static constexpr bool kMayBias = true;  // the bias (rpb) is a runtime choice: one instantiation
     static constexpr bool kQuantP = false;
+    using QkElem = Elem;
     struct Params {
         NaProblem pr;
         const Elem* rpb;  // [heads, 2k_0-1, 2k_1-1, 2k_2-1] of this launch's first head, or null; staged in
@@ -218,6 +221,7 @@ template <typename Elem>
 struct BsaPolicy {
     static constexpr bool kMayBias = false;
     static constexpr bool kQuantP = false;
+    using QkElem = Elem;
     struct Params {
         int heads, seq_q, seq_kv, dim, block_q, block_kv;
         attnx_block_layout layout;
@@ -275,10 +279,12 @@ struct BsaPolicy {
 // a kv tile one listed block). Rows are gathered through perm_idx (q, k, v in the original order) or read
 // directly from the pre-pass workspace (quantized operands, already in permuted order); O is scattered
 // through perm_idx. QK scales per row and column group; P quantized per tile; V's channel scale at the end.
-template <typename Elem, bool QuantP>
+// Int8QK (qk_bits < 16): the pre-pass wrote Q and K as int8 and S = Q K^T runs on the s8 MMA.
+template <typename Elem, bool QuantP, bool Int8QK = false>
 struct ParoPolicy {
     static constexpr bool kMayBias = false;
     static constexpr bool kQuantP = QuantP;
+    using QkElem = typename std::conditional<Int8QK, int8_t, Elem>::type;
     struct Params {
         int heads, seq, dim;
         attnx_block_layout layout;

@@ -1,6 +1,7 @@
 // C ABI of PARO attention: validation, the quantization pre-pass (paro_prepass.cuh) into the caller's
 // workspace, then the fused core with the PARO tile policy (block == 64) or the generic kernel.
 #include <string>
+#include <type_traits>
 
 #include "attn_check.h"
 #include "attn_generic.cuh"
@@ -26,9 +27,11 @@ struct Operands {
     const float *q_scale, *k_scale, *v_scale;
 };
 
+// int8_qk: Q and K are written as int8 (the fused core's s8 MMA) instead of T (the generic kernel); the
+// workspace is sized for T and the int8 values use the first part of each region.
 template <typename T>
 cudaError_t prepass(const attnx_paro_params& p, const void* q, const void* k, const void* v, const int32_t* perm,
-                    unsigned char* ws, Operands& ops, cudaStream_t stream) {
+                    bool int8_qk, unsigned char* ws, Operands& ops, cudaStream_t stream) {
     const attnx::ParoWorkspace w = attnx::paro_workspace(p);
     const bool qk = p.qk_bits < 16, pv = p.pv_bits < 16;
     ops = Operands{q, k, v, 1, 1, nullptr, nullptr, nullptr};
@@ -49,16 +52,25 @@ cudaError_t prepass(const attnx_paro_params& p, const void* q, const void* k, co
             bh, p.seq, p.head_dim, chunks, k_parts, v_parts, k_mean, v_scale, qmax(p.pv_bits));
     }
     if (qk) {
-        T* qw = reinterpret_cast<T*>(ws + w.q);
-        T* kw = reinterpret_cast<T*>(ws + w.k);
         float* q_scale = reinterpret_cast<float*>(ws + w.q_scale);
         float* k_scale = reinterpret_cast<float*>(ws + w.k_scale);
-        attnx::paro::quantize_groups_kernel<T><<<dim3(attnx::ceil_div(p.seq, p.q_group), grid_bh), attnx::paro::kThreads, 0, stream>>>(
-            p.heads, p.seq, p.head_dim, p.q_group, perm, static_cast<const T*>(q), nullptr, qmax(p.qk_bits), qw, q_scale, bh);
-        attnx::paro::quantize_groups_kernel<T><<<dim3(attnx::ceil_div(p.seq, p.k_group), grid_bh), attnx::paro::kThreads, 0, stream>>>(
-            p.heads, p.seq, p.head_dim, p.k_group, perm, static_cast<const T*>(k), k_mean, qmax(p.qk_bits), kw, k_scale, bh);
-        ops.q = qw;
-        ops.k = kw;
+        auto quantize = [&](auto* qw, auto* kw) {
+            using D = typename std::remove_pointer<decltype(qw)>::type;
+            attnx::paro::quantize_groups_kernel<T, D><<<dim3(attnx::ceil_div(p.seq, p.q_group), grid_bh), attnx::paro::kThreads, 0, stream>>>(
+                p.heads, p.seq, p.head_dim, p.q_group, perm, static_cast<const T*>(q), nullptr, qmax(p.qk_bits), qw, q_scale, bh);
+            attnx::paro::quantize_groups_kernel<T, D><<<dim3(attnx::ceil_div(p.seq, p.k_group), grid_bh), attnx::paro::kThreads, 0, stream>>>(
+                p.heads, p.seq, p.head_dim, p.k_group, perm, static_cast<const T*>(k), k_mean, qmax(p.qk_bits), kw, k_scale, bh);
+            ops.q = qw;
+            ops.k = kw;
+        };
+        bool written = false;
+        if constexpr (!std::is_same<T, float>::value) {  // fp32 never takes the core: no int8 instance for it
+            if (int8_qk) {
+                quantize(reinterpret_cast<int8_t*>(ws + w.q), reinterpret_cast<int8_t*>(ws + w.k));
+                written = true;
+            }
+        }
+        if (!written) quantize(reinterpret_cast<T*>(ws + w.q), reinterpret_cast<T*>(ws + w.k));
         ops.gather_qk = 0;
         ops.q_scale = q_scale;
         ops.k_scale = k_scale;
@@ -76,10 +88,11 @@ cudaError_t prepass(const attnx_paro_params& p, const void* q, const void* k, co
     return cudaGetLastError();
 }
 
-template <typename Elem, int HD, bool QuantP>
+template <typename Elem, int HD, bool QuantP, bool Int8QK>
 cudaError_t launch_core(const attnx_paro_params& p, const attnx::Device& dev, const Operands& ops, const int32_t* perm,
                         const int32_t* kv_count, const int32_t* kv_index, void* out, cudaStream_t stream) {
-    using Policy = attnx::core::ParoPolicy<Elem, QuantP>;
+    using Policy = attnx::core::ParoPolicy<Elem, QuantP, Int8QK>;
+    using QkElem = typename Policy::QkElem;
     constexpr auto kernel = attnx::core::attention_core_kernel<Elem, HD, Policy>;
     const size_t smem = attnx::core::Geometry<Elem, HD>::kSmemBytes;
     cudaError_t status = cudaSuccess;
@@ -93,7 +106,7 @@ cudaError_t launch_core(const attnx_paro_params& p, const attnx::Device& dev, co
         const dim3 grid(p.layout.rows, heads, batches);
         status = attnx::launch_with_smem<kernel>(dev.id, smem, [&] {
             kernel<<<grid, attnx::core::kThreads, smem, stream>>>(
-                params, static_cast<const Elem*>(ops.q) + off, static_cast<const Elem*>(ops.k) + off,
+                params, static_cast<const QkElem*>(ops.q) + off, static_cast<const QkElem*>(ops.k) + off,
                 static_cast<const Elem*>(ops.v) + off, static_cast<Elem*>(out) + off);
             return cudaGetLastError();
         });
@@ -101,14 +114,26 @@ cudaError_t launch_core(const attnx_paro_params& p, const attnx::Device& dev, co
     return status;
 }
 
-template <typename Elem, bool QuantP>
+template <typename Elem, bool QuantP, bool Int8QK>
 cudaError_t dispatch_core(const attnx_paro_params& p, const attnx::Device& dev, const Operands& ops, const int32_t* perm,
                           const int32_t* c, const int32_t* i, void* out, cudaStream_t s) {
     switch (p.head_dim) {
-        case 32: return launch_core<Elem, 32, QuantP>(p, dev, ops, perm, c, i, out, s);
-        case 64: return launch_core<Elem, 64, QuantP>(p, dev, ops, perm, c, i, out, s);
-        default: return launch_core<Elem, 128, QuantP>(p, dev, ops, perm, c, i, out, s);
+        case 32: return launch_core<Elem, 32, QuantP, Int8QK>(p, dev, ops, perm, c, i, out, s);
+        case 64: return launch_core<Elem, 64, QuantP, Int8QK>(p, dev, ops, perm, c, i, out, s);
+        default: return launch_core<Elem, 128, QuantP, Int8QK>(p, dev, ops, perm, c, i, out, s);
     }
+}
+
+// QK quantized: int8 Q and K (written so by the pre-pass), S on the s8 MMA.
+template <typename Elem>
+cudaError_t dispatch_core(const attnx_paro_params& p, const attnx::Device& dev, const Operands& ops, const int32_t* perm,
+                          const int32_t* c, const int32_t* i, void* out, cudaStream_t s) {
+    const bool quant_p = p.pv_bits < 16, int8_qk = p.qk_bits < 16;
+    if (int8_qk)
+        return quant_p ? dispatch_core<Elem, true, true>(p, dev, ops, perm, c, i, out, s)
+                       : dispatch_core<Elem, false, true>(p, dev, ops, perm, c, i, out, s);
+    return quant_p ? dispatch_core<Elem, true, false>(p, dev, ops, perm, c, i, out, s)
+                   : dispatch_core<Elem, false, false>(p, dev, ops, perm, c, i, out, s);
 }
 
 template <typename T>
@@ -142,12 +167,11 @@ cudaError_t run(const attnx_paro_params& p, const attnx::Device& dev, bool core,
                 const void* v, const int32_t* perm, const int32_t* c, const int32_t* i, void* out, void* ws,
                 cudaStream_t s) {
     Operands ops;
-    cudaError_t err = prepass<T>(p, q, k, v, perm, static_cast<unsigned char*>(ws), ops, s);
+    core = core && !std::is_same<T, float>::value;
+    cudaError_t err = prepass<T>(p, q, k, v, perm, core, static_cast<unsigned char*>(ws), ops, s);
     if (err != cudaSuccess) return err;
     if constexpr (!std::is_same<T, float>::value) {
-        if (core)
-            return p.pv_bits < 16 ? dispatch_core<Elem, true>(p, dev, ops, perm, c, i, out, s)
-                                  : dispatch_core<Elem, false>(p, dev, ops, perm, c, i, out, s);
+        if (core) return dispatch_core<Elem>(p, dev, ops, perm, c, i, out, s);
     }
     return launch_generic<T>(p, dev, ops, perm, c, i, out, s);
 }

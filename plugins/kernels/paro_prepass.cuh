@@ -90,10 +90,11 @@ __global__ void __launch_bounds__(kThreads)
 
 // One group of `group` consecutive permuted tokens of one (batch, head) per block: amax over the group's
 // tokens and channels (of x - mean), then the integer values, in permuted order, and the group's scale.
-template <typename T>
+// D: the values' type, T (the generic kernel) or int8_t (the fused core's s8 MMA; |value| <= qmax <= 127).
+template <typename T, typename D = T>
 __global__ void __launch_bounds__(kThreads)
     quantize_groups_kernel(int heads, int seq, int dim, int group, const int32_t* __restrict__ perm,
-                           const T* __restrict__ x, const float* __restrict__ mean, float qmax, T* __restrict__ dst,
+                           const T* __restrict__ x, const float* __restrict__ mean, float qmax, D* __restrict__ dst,
                            float* __restrict__ scales, int bh_count) {
     __shared__ float red[kThreads / 32];
     const int groups = ceil_div(seq, group);

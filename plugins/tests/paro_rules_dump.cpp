@@ -3,6 +3,8 @@
 //   F                      -> the P tile-max floor, as %a (exact)
 //   S tile_max qmax        -> p_tile_scale(tile_max, qmax), as %a (tile_max read with strtof, so hex floats work)
 //   P seq index...         -> permuted(perm, n, seq) for each n of the given perm row
+//   Q scale qmax p...      -> for each p: quantize_p_fast (with p_tile_reciprocal(scale)), its near flag and
+//                             quantize_p_exact, as "fast near exact" triples (floats as %a)
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -34,6 +36,20 @@ int main() {
             std::vector<int32_t> perm;
             for (int32_t x; in >> x;) perm.push_back(x);
             for (int n = 0; n < static_cast<int>(perm.size()); ++n) std::cout << attnx::paro::permuted(perm.data(), n, seq) << ' ';
+            std::cout << '\n';
+        } else if (kind == "Q") {
+            std::string scale_text, qmax_text;
+            in >> scale_text >> qmax_text;
+            const float scale = std::strtof(scale_text.c_str(), nullptr), qmax = std::strtof(qmax_text.c_str(), nullptr);
+            const float reciprocal = attnx::paro::p_tile_reciprocal(scale);
+            for (std::string p_text; in >> p_text;) {
+                const float p = std::strtof(p_text.c_str(), nullptr);
+                bool near = false;
+                const float fast = attnx::paro::quantize_p_fast(p, reciprocal, qmax, near);
+                const float exact = attnx::paro::quantize_p_exact(p, scale, qmax);
+                std::snprintf(text, sizeof text, "%a %d %a ", static_cast<double>(fast), near ? 1 : 0, static_cast<double>(exact));
+                std::cout << text;
+            }
             std::cout << '\n';
         } else {
             std::cerr << "unknown request: " << line << '\n';
