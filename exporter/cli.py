@@ -141,7 +141,7 @@ def export_cmd(model, outdir, debug):
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @click.option("--engine", "engine_file", type=click.Path(dir_okay=False), metavar="ENGINE",
               help="Also run this TensorRT engine (needs TensorRT and the plugin library; else exit 3).")
-@click_options("check", (ReportGroup, CheckGroup, QuantizationGroup, ModelSource))
+@click_options("check", (ReportGroup, CheckGroup, QuantizationGroup, ExportGroup, ModelSource))
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def check_cmd(model, onnx_file, reference_path, report_path, engine_file, debug):
     """Compare MODEL in PyTorch with ONNX on ONNX Runtime (and a TensorRT engine); exit 1 on a
@@ -202,7 +202,6 @@ def engine_cmd(onnx_file, engine_file, reference_path, debug):
         opts, _ = _options("engine")
         from attn_export.pipeline import engine_job
 
-        opts.shape_profiles = opts.parse_shape_profiles()
         click.echo(f"wrote {engine_job(onnx_file, engine_file, opts, reference_path)}")
         return 0
 

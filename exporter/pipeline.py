@@ -136,23 +136,41 @@ def engine_job(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | No
     engine_path = Path(engine_path) if engine_path else onnx_path.with_name(ENGINE_NAME)
     if engine_path.is_dir():
         raise AttnExportError(f"-o {engine_path} is a folder; pass the engine's file path")
+    opts.shape_profiles = opts.parse_shape_profiles()
     onnx_inputs, _ = onnx_io(onnx_path)
-    feeds = saved_reference.load(reference_path).feeds if reference_path else []
-    seen = [{n: a.shape for n, a in feed.items()} for feed in feeds]
-    if not seen:  # the file's static dims; a dynamic one needs --shapes or the reference's shapes
-        dynamic = sorted(n for n, dims in onnx_inputs.items() if not all(isinstance(d, int) for d in dims))
-        if dynamic and not opts.shape_profiles:
-            raise AttnExportError(f"{onnx_path.name} has dynamic dims ({', '.join(dynamic)}): pass --reference "
-                                  "OUTDIR/reference.npz (the export's check shapes) or --shapes NAME=MIN:OPT:MAX")
-        seen = [{n: dims for n, dims in onnx_inputs.items() if all(isinstance(d, int) for d in dims)}]
+    checked = _reference_shapes(reference_path, onnx_path) if reference_path else []
+    seen = _profile_shapes(onnx_path, onnx_inputs, opts, checked)
     profiles = shapes.engine_profiles(onnx_inputs, opts.shape_profiles, seen, opts.max_batch)
-    if feeds:  # `check --reference` runs these input sets with the engine's first profile
-        shapes.check_covers(profiles[0], seen, "the saved reference")
+    if checked:  # `check --reference` runs these input sets with the engine's first profile
+        shapes.check_covers(profiles[0], checked, "check --reference")
     with staged_extras() as extras:
         engine, meta = extras.path(engine_path), extras.path(engine_path.with_name(ENGINE_META_NAME))
         trt.build_engine(onnx_path, engine, profiles, opts.timing_cache, meta_path=meta,
                          precision=onnx_precision(onnx_path))
     return engine_path
+
+
+def _reference_shapes(reference_path, onnx_path: Path) -> list[dict]:
+    """The shapes of a reference.npz's input sets, its export's own input shapes first (the profile's optimum, as
+    the export's engine has it); refused when the file belongs to another export."""
+    saved = saved_reference.load(reference_path)
+    saved_reference.replay(saved, reference_path, onnx_path)  # names the mismatch if another export wrote it
+    own = {n: tuple(s) for n, s in saved.meta.get("export_shapes", {}).items()}
+    feeds = [{n: a.shape for n, a in feed.items()} for feed in saved.feeds]
+    return ([{**feeds[0], **own}] if own and feeds else []) + feeds
+
+
+def _profile_shapes(onnx_path: Path, onnx_inputs: dict, opts: ExportOptions, checked: list[dict]) -> list[dict]:
+    """The shapes the default profile spans: the reference's, else --shapes' optimum and the file's static dims."""
+    if checked:
+        return checked
+    static = {n: dims for n, dims in onnx_inputs.items() if all(isinstance(d, int) for d in dims)}
+    given = {n: r.opt for n, r in opts.shape_profiles[0].items()} if opts.shape_profiles else {}
+    missing = sorted(set(onnx_inputs) - set(static) - set(given))
+    if missing:
+        raise AttnExportError(f"{onnx_path.name} has dynamic dims ({', '.join(missing)}): pass --reference "
+                              "OUTDIR/reference.npz (the export's check shapes) or --shapes NAME=MIN:OPT:MAX for each")
+    return [{**static, **given}]
 
 
 def _checked_files(onnx_path, report_path, opts: ExportOptions, engine_path) -> Path:

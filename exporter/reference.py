@@ -59,15 +59,17 @@ def _full_precision(array: np.ndarray) -> np.ndarray:
 
 
 def save(path: str | Path, feeds: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[Mapping[str, np.ndarray]],
-         reference: Mapping, inputs_meta: Mapping, model: str) -> None:
-    """Write the reference artifact (the caller stages ``path`` for an atomic commit)."""
+         reference: Mapping, inputs_meta: Mapping, model: str, export_shapes: Mapping | None = None) -> None:
+    """Write the reference artifact (the caller stages ``path`` for an atomic commit). ``export_shapes``: the
+    model's own input shapes, which an engine's profile takes as its optimum (as the export's does)."""
     arrays = {}
     for i, (feed, out) in enumerate(zip(feeds, outputs)):
         arrays.update({f"input/{i}/{n}": np.asarray(a) for n, a in feed.items()})
         arrays.update({f"output/{i}/{n}": np.asarray(a) for n, a in out.items()})
     meta = {"format": FORMAT, "model": model, "attn_export": __version__, "reference": dict(reference),
             "inputs": list(feeds[0]) if feeds else [], "outputs": list(outputs[0]) if outputs else [],
-            "sets": len(feeds), "check_inputs": dict(inputs_meta)}
+            "sets": len(feeds), "check_inputs": dict(inputs_meta),
+            "export_shapes": {n: list(s) for n, s in (export_shapes or {}).items()}}
     with open(path, "wb") as handle:
         np.savez(handle, meta=np.array(json.dumps(meta)), **arrays)
 

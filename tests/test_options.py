@@ -99,3 +99,43 @@ def test_engine_command_without_tensorrt_exits_3_and_writes_nothing(exported, tm
     assert result.exit_code == 3, result.output
     assert "TensorRT" in result.output
     assert not engine.exists() and not (tmp_path / "e" / "engine.json").exists()
+
+
+# Every flag each command had before the option groups (issue 30 kept them all), plus the new ones.
+EXPECTED_FLAGS = {
+    "check": {"--calib-data", "--calib-preprocess", "--reference", "--report", "--engine", "--junit", "--summary",
+              "--quant-min-cosine", "--quant-max-error", "--quant-min-sample-cosine", "--quant-min-top1",
+              "--check-samples", "--allow-inconclusive", "--input-shape", "--factory", "--trust-pickle", "--inputs",
+              "--atol", "--rtol", "--seed", "--debug"},
+    "engine": {"--output", "--reference", "--max-batch", "--timing-cache", "--shapes", "--profile", "--debug"},
+}
+
+
+@pytest.mark.parametrize("command", sorted(EXPECTED_FLAGS))
+def test_each_command_keeps_its_flags(command):
+    from attn_export.cli import main
+
+    params = main.commands[command].params
+    flags = {opt for p in params for opt in (*p.opts, *p.secondary_opts) if opt.startswith("--")}
+    assert flags == EXPECTED_FLAGS[command]
+
+
+def test_engine_command_takes_shapes_for_dynamic_dims(exported, tmp_path):
+    # --shapes names every dynamic input: the profile is complete, so the command reaches TensorRT (absent: exit 3)
+    import onnx
+
+    inputs = onnx.load(str(exported / "model.onnx"), load_external_data=False).graph.input
+    dims = {i.name: [d.dim_value or 1 for d in i.type.tensor_type.shape.dim] for i in inputs}
+    ranges = [f"{n}={'x'.join(map(str, d))}:{'x'.join(map(str, d))}:{'x'.join(map(str, [2 * d[0], *d[1:]]))}"
+              for n, d in dims.items()]
+    result = run("engine", exported / "model.onnx", *(a for r in ranges for a in ("--shapes", r)),
+                 "-o", tmp_path / "m.engine")
+    assert result.exit_code == 3, result.output
+    assert not (tmp_path / "m.engine").exists()
+
+
+def test_engine_command_refuses_another_exports_reference(exported, tmp_path):
+    other = tmp_path / "other"
+    assert run("zoo:nat-tiny", "-o", other, "--no-engine").exit_code == 0
+    result = run("engine", exported / "model.onnx", "--reference", other / "reference.npz")
+    assert result.exit_code == 2 and "belongs to another export" in result.output

@@ -80,7 +80,7 @@ def save(job) -> None:
     """report.json, reference.npz (the gate's reference outputs on the check inputs) and the JUnit / summary files."""
     opts, loaded = job.opts, job.loaded
     gate_reference = paro.dense_reference(job.original, job.paro) if job.paro else job.reference
-    outputs.save_reference(job.stage / REFERENCE_NAME, gate_reference, job.onnx_path, job.inputs, loaded.source)
+    outputs.save_reference(job.stage / REFERENCE_NAME, gate_reference, job.onnx_path, job.inputs, loaded)
     summary = {**export_summary(job.proto), "lowering": opts.lowering, "precision": opts.dtype,
                "converted_modules": loaded.conversions, "converted_calls": [r.describe() for r in job.call_records]}
     outputs.write_report(job.stage / "report.json", job.report, loaded, onnx=ONNX_NAME, export=summary,

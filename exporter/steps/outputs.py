@@ -14,11 +14,13 @@ from attn_export.parity import ParityReport, onnx_io
 from attn_export.quality import QuantParityReport
 
 
-def save_reference(path: Path, reference, onnx_path: Path, inputs, model: str) -> None:
-    """OUTDIR/reference.npz: the check inputs and the gate's reference outputs on them (reference.py)."""
+def save_reference(path: Path, reference, onnx_path: Path, inputs, loaded: LoadedModel) -> None:
+    """OUTDIR/reference.npz: the check inputs, the gate's reference outputs on them and the model's own input
+    shapes (reference.py)."""
     names, outputs = onnx_io(onnx_path)
     values = saved.reference_outputs(reference.model, inputs.feeds, list(names), outputs)
-    saved.save(path, inputs.feeds, values, reference.to_dict(), inputs.to_dict(), model)
+    saved.save(path, inputs.feeds, values, reference.to_dict(), inputs.to_dict(), loaded.source,
+               {i.name: i.shape for i in loaded.inputs})
 
 
 def write_report(path: Path, report: ParityReport, loaded: LoadedModel | str, status: str | None = None,
