@@ -157,10 +157,10 @@ def check_cmd(model, onnx_file, reference_path, report_path, engine_file, debug)
             report = _check_reference(model, onnx_file, reference_path, report_path, engine_file, opts,
                                       source.given() or opts.inputs_npz or opts.calib_data)
         else:
-            from attn_export.pipeline import CHECK_STEPS, check_job, require_engine_file
-
             if onnx_file is None:
                 raise AttnExportError("check needs MODEL and ONNX (or --reference FILE ONNX)")
+            from attn_export.pipeline import CHECK_STEPS, check_job, require_engine_file
+
             if engine_file:
                 require_engine_file(engine_file)
             loaded, step = _load(model, source, steps=CHECK_STEPS)
@@ -175,14 +175,14 @@ def check_cmd(model, onnx_file, reference_path, report_path, engine_file, debug)
 
 
 def _check_reference(first, second, reference_path, report_path, engine_file, opts, model_flags):
-    from attn_export.pipeline import check_reference_job
-
     if second is not None:
         raise AttnExportError(f"--reference replaces MODEL: pass only the ONNX file (`check --reference "
                               f"{reference_path} {second}`)")
     if model_flags:
         raise AttnExportError("--reference checks the saved inputs without the model: drop --factory, "
                               "--input-shape, --inputs and --calib-data")
+    from attn_export.pipeline import check_reference_job  # torch: the flags are valid by now
+
     return check_reference_job(reference_path, first, report_path, opts, StepProgress(1), engine_path=engine_file)
 
 

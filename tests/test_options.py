@@ -35,6 +35,9 @@ main({argv!r}, prog_name='attn-export')
     (["zoo:nat-tiny", "--input-shape", "images=1xq"], "--input-shape 'images=1xq'"),
     (["zoo:nat-tiny", "--lowering", "attention", "--opset", "21"], "--lowering attention needs --opset 23"),
     (["check", "zoo:nat-tiny", "m.onnx", "--quant-min-top1", "2"], "--quant-min-top1 2.0 must lie in [0, 1]"),
+    (["check", "--reference", "r.npz", "m.onnx", "--factory", "a:b"], "--reference checks the saved inputs"),
+    (["check", "zoo:nat-tiny"], "check needs MODEL and ONNX"),
+    (["zoo:nat-tiny", "--paro", "--paro-grid", "1x8x8", "--dynamic-spatial"], "a PARO plan is made for one token"),
 ])
 def test_flag_errors_are_answered_before_torch_loads(argv, message):
     # torch is blocked: a flag checked after it loads fails with ImportError instead (issue 30: flag errors < 0.5 s)

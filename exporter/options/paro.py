@@ -88,6 +88,9 @@ class ParoGroup:
                 raise AttnExportError(f"{flag_name} {text}: --lowering attention writes float PARO (ONNX's Attention "
                                       f"has no form of its quantization emulation): drop {flag_name}, or use "
                                       "--lowering plugin")
+        if self.paro and getattr(self, "dynamic_spatial", None):  # a zoo model's own PARO: steps/paro.py says so
+            raise AttnExportError("--dynamic-spatial: a PARO plan is made for one token count (its grid); export "
+                                  "with static spatial dims, or with --no-paro")
         if self.paro and getattr(self, "dtype", "fp32") != "fp32":
             raise AttnExportError(f"--dtype {self.dtype} does not apply to PARO exports (their attention quantizes "
                                   "itself): drop one")
