@@ -23,6 +23,8 @@ PARO_ARRAYS_NAME = "paro_plan.npz"
 REFERENCE_NAME = "reference.npz"  # attn_export.reference: check inputs and reference outputs
 BUCKET_INPUT = "paro_bucket"  # a PARO file's timestep-bucket input (attn_export.paro_export; it has no batch axis)
 BUCKETS_METADATA = "attn_export.paro_buckets"  # model metadata: a PARO file's timestep buckets
+# model metadata of a PARO file lowered to standard ops (--lowering attention): its criterion, which no node names
+PARO_MODE_METADATA = "attn_export.paro_mode"
 BIT_NAMES = {bits: name for name, bits in defaults.PARO_BITS.items()}
 
 
@@ -35,15 +37,18 @@ OWNED = (ONNX_NAME, REPORT_NAME, ENGINE_NAME, ENGINE_META_NAME, quantized_name("
 
 
 def paro_in(onnx_path: Path) -> dict | None:
-    """For a file with ParoAttention nodes: its criterion name ("paro-int8", by the coarsest bits of its
-    nodes) and its timestep buckets (model metadata, 1 without); None for other files."""
+    """For a PARO file: its criterion name ("paro-int8", by the coarsest bits of its ParoAttention nodes, or as
+    recorded in a file lowered to standard ops) and its timestep buckets (model metadata, 1 without); None for
+    other files."""
     model = onnx.load(str(onnx_path), load_external_data=False)
+    metadata = {p.key: p.value for p in model.metadata_props}
     nodes = [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == PARO.onnx_op_type]
+    buckets = int(metadata.get(BUCKETS_METADATA, 1))
     if not nodes:
-        return None
+        lowered = metadata.get(PARO_MODE_METADATA)
+        return {"mode": lowered, "buckets": buckets} if lowered else None
     bits = min(onnx.helper.get_attribute_value(a) for n in nodes for a in n.attribute if a.name in ("qk_bits",
                                                                                                  "pv_bits"))
-    buckets = next((int(p.value) for p in model.metadata_props if p.key == BUCKETS_METADATA), 1)
     return {"mode": f"paro-{BIT_NAMES[bits]}", "buckets": buckets}
 
 

@@ -204,8 +204,12 @@ def add_buckets(feeds: list[dict], buckets: int) -> list[dict]:
 def mark_buckets(proto, path, buckets: int) -> None:
     """Record the bucket count in the exported file (metadata), so that `attn-export check` derives the
     paro_bucket input as the export did."""
-    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
-                                        BUCKETS_METADATA: str(buckets)})
+    mark_metadata(proto, path, {BUCKETS_METADATA: str(buckets)})
+
+
+def mark_metadata(proto, path, entries: dict[str, str]) -> None:
+    """Add ``entries`` to the file's model metadata (kept: what is there already) and save it."""
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **entries})
     save_atomically(proto, path)
 
 

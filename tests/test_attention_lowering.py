@@ -293,6 +293,11 @@ def test_every_zoo_model_exports_with_attention_lowering_and_passes_parity(name,
         assert any(s[0] == 2 for s in shapes), shapes
     if any(d.dim_param for d in list(dims)[1:]):  # dynamic spatial: checked at a second size
         assert len({tuple(s[1:]) for s in shapes}) > 1, shapes
+    if result.paro_report is not None:  # `check` judges the lowered PARO file as the export did: by its criterion
+        from attn_export.pipeline import check_job
+
+        checked = check_job(loaded, result.onnx_path, None, ExportOptions())
+        assert checked.mode == result.paro_report.mode == "paro-fp16" and checked.passed, checked.table()
 
 
 def test_cli_export_with_attention_lowering_passes_parity_at_a_second_batch_and_length(tmp_path):

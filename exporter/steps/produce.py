@@ -4,11 +4,11 @@ profiles and the engine, the Triton entry. Each takes the ExportJob (attn_export
 from __future__ import annotations
 
 from attn_export import precision, quantize_step, shapes, trt
-from attn_export.artifacts import CALIB_CACHE_NAME, ENGINE_META_NAME, ENGINE_NAME, ONNX_NAME
+from attn_export.artifacts import CALIB_CACHE_NAME, ENGINE_META_NAME, ENGINE_NAME, ONNX_NAME, PARO_MODE_METADATA
 from attn_export.onnx_export import export
 from attn_export.onnx_utils import save_atomically
 from attn_export.parity import onnx_io
-from attn_export.paro_export import mark_buckets
+from attn_export.paro_export import mark_buckets, mark_metadata
 from attn_export.steps import convert as conversion
 from attn_export.steps import outputs, paro
 from attn_export.steps.data import RANDOM_DESCRIPTION, calibration_data
@@ -42,6 +42,8 @@ def export_onnx(job) -> None:
         save_atomically(job.proto, job.onnx_path)
     if job.paro and job.paro.buckets > 1:
         mark_buckets(job.proto, job.onnx_path, job.paro.buckets)
+    if job.paro and opts.lowering == "attention":  # no ParoAttention node is left to say how to judge the file
+        mark_metadata(job.proto, job.onnx_path, {PARO_MODE_METADATA: job.paro.mode})
     job.onnx_inputs, _ = onnx_io(job.onnx_path)
     if opts.shape_profiles:  # what the file declares dynamic is the last word
         shapes.check_against_model(opts.shape_profiles, job.onnx_inputs, ONNX_NAME)
