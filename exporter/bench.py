@@ -20,48 +20,21 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from attn_export import defaults, native, trt
+from attn_export import native, trt
 from attn_export.errors import AttnExportError
 from attn_export.loader import load_model, parse_input_shapes
 from attn_export.onnx_utils import graph_inputs
+from attn_export.options.bench import RUNTIMES, BenchOptions  # noqa: F401 - also bench's, as before
 from attn_export.outdir import write_text_atomically
 from attn_export.precision import cast_feeds, onnx_precision
 from attn_export.tables import render_table
 from attn_export.trt import trt_runner
 
-RUNTIMES = ("ort", "trt", "torch")
 SPINNING = "session.intra_op.allow_spinning"
 # ONNX Runtime's TensorRT provider serves registered plugins as ops of domain "trt.plugins"; our nodes (domain
 # attn_export) carry model-local functions, which ONNX Runtime inlines: that row times the decomposition.
 ORT_TRT_NOTE = "attention as its ONNX functions (ONNX Runtime inlines them), not the plugin"
 BENCH_NAME = "bench.json"
-
-
-@dataclass
-class BenchOptions:
-    runtimes: Sequence[str] = ()  # empty: all
-    batches: Sequence[int] = ()  # empty: defaults.BENCH_BATCHES
-    iters: int = defaults.BENCH_ITERS
-    warmup: int = defaults.BENCH_WARMUP
-    onnx: str = "model.onnx"  # the file in OUTDIR to run on ONNX Runtime
-    model: str | None = None  # for PyTorch eager [the report's model]
-    factory: str | None = None
-    trust_pickle: bool = False
-    seed: int = defaults.SEED
-
-    def prepare(self) -> BenchOptions:
-        unknown = [r for r in self.runtimes if r not in RUNTIMES]
-        if unknown:
-            raise AttnExportError(f"--runtime {unknown[0]} is not one of {', '.join(RUNTIMES)}")
-        self.runtimes = tuple(dict.fromkeys(self.runtimes or RUNTIMES))
-        self.batches = tuple(dict.fromkeys(self.batches or defaults.BENCH_BATCHES))
-        for flag, value, least in (("--iters", self.iters, 1), ("--warmup", self.warmup, 0)):
-            if value < least:
-                raise AttnExportError(f"{flag} {value} must be at least {least}")
-        bad = [b for b in self.batches if b < 1]
-        if bad:
-            raise AttnExportError(f"--batch {bad[0]} must be at least 1")
-        return self
 
 
 @dataclass

@@ -19,6 +19,7 @@ from attn_export import defaults
 from attn_export.console import StepProgress, echo_files, report_outcome, show_export
 from attn_export.errors import AttnExportError, unexpected_failure
 from attn_export.options import (
+    BenchOptions,
     CheckGroup,
     EngineGroup,
     ExportGroup,
@@ -26,8 +27,11 @@ from attn_export.options import (
     ParoGroup,
     QuantizationGroup,
     ReportGroup,
+    WorkflowFlags,
     click_options,
+    fields_of,
     from_command_line,
+    given_values,
 )
 
 EPILOG = """\b
@@ -210,29 +214,16 @@ def engine_cmd(onnx_file, engine_file, reference_path, debug):
 
 @main.command("bench")
 @click.argument("outdir", type=click.Path(), metavar="OUTDIR")
-@click.option("--runtime", "runtimes", multiple=True, metavar="ort|trt|torch",
-              help="Runtimes to time (repeatable) [default: all; ort also tries ONNX Runtime's CUDA and TensorRT "
-                   "providers, torch also CUDA; what is absent is listed as skipped].")
-@click.option("--batch", "batches", multiple=True, type=int, metavar="N",
-              help=f"Batch sizes (repeatable) [default: {', '.join(map(str, defaults.BENCH_BATCHES))}].")
-@click.option("--iters", type=int, default=defaults.BENCH_ITERS, show_default=True, help="Timed runs per row.")
-@click.option("--warmup", type=int, default=defaults.BENCH_WARMUP, show_default=True,
-              help="Untimed runs before them.")
-@click.option("--onnx", "onnx_name", default="model.onnx", show_default=True, metavar="FILE",
-              help="The ONNX file in OUTDIR to run (e.g. model.int8.onnx).")
-@click.option("--model", metavar="MODEL", help="The PyTorch model for the eager rows [report.json's, with its "
-                                               "--factory and --input-shape].")
-@click.option("--factory", metavar="MODULE:FUNC", help="With --model: the function that builds it.")
-@click.option("--trust-pickle", is_flag=True, help="Allow loading a pickled model for the eager rows.")
+@click_options("bench", (BenchOptions, ModelSource))
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def bench_cmd(outdir, runtimes, batches, iters, warmup, onnx_name, model, factory, trust_pickle, debug):
+def bench_cmd(outdir, debug):
     """Time the export in OUTDIR: latency p50 / p90 / p99 and throughput per runtime and batch, next to
     PyTorch eager; prints a table and writes OUTDIR/bench.json."""
 
     def body():
-        from attn_export.bench import BENCH_NAME, BenchOptions, bench
+        opts = BenchOptions(**fields_of(BenchOptions, given_values())).prepare()
+        from attn_export.bench import BENCH_NAME, bench  # torch: the flags are valid by now
 
-        opts = BenchOptions(runtimes, batches, iters, warmup, onnx_name, model, factory, trust_pickle).prepare()
         report = bench(outdir, opts, progress=lambda line: click.echo(f"timing {line} ...", err=True))
         click.echo(report.table())
         click.echo(f"wrote {os.path.join(outdir, BENCH_NAME)}")
@@ -244,32 +235,21 @@ def bench_cmd(outdir, runtimes, batches, iters, warmup, onnx_name, model, factor
 @main.command("ci-template")
 @click.option("-o", "--output", "output", default=defaults.CI_WORKFLOW, show_default=True, metavar="PATH",
               type=click.Path(), help="Where to write the workflow.")
-@click.option("--gpu", is_flag=True, help="Add a job for a self-hosted GPU runner: build the plugins and check the "
-                                         "TensorRT engine.")
-@click.option("--model", default="zoo:nat-tiny", show_default=True, metavar="MODEL", help="The model to check.")
-@click.option("--onnx", default="model.onnx", show_default=True, metavar="FILE",
-              help="The committed ONNX file the CPU job checks the model against.")
-@click.option("--factory", metavar="MODULE:FUNC", help="For a checkpoint MODEL: the function that builds it.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Input shapes (repeatable).")
-@click.option("--install", "installs", multiple=True, metavar="REQUIREMENT",
-              help="pip requirements the jobs install (repeatable, required): where attn-export comes from (a "
-                   "wheel committed to your repository, a git URL) and -e . for your package; attn-export is on no "
-                   "package index.")
-@click.option("--force", is_flag=True, help="Replace an existing file.")
+@click_options("ci-template", (WorkflowFlags, ModelSource))
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def ci_template_cmd(output, gpu, model, onnx, factory, input_shapes, installs, force, debug):
+def ci_template_cmd(output, debug):
     """Write a GitHub Actions workflow that checks parity in CI: a CPU job (install, `attn-export check` of the
     model against the committed ONNX, JUnit and report.json uploaded, Markdown job summary) and, with --gpu, a
-    self-hosted-runner job that builds the plugins and checks the TensorRT engine."""
+    self-hosted-runner job that builds the plugins and the engine and checks it against the CPU job's export."""
 
     def body():
+        values = given_values()
+        flags, source = WorkflowFlags(**fields_of(WorkflowFlags, values)), ModelSource(**fields_of(ModelSource, values))
         from attn_export.ci import WorkflowOptions, write_workflow
 
-        model_args = [*(["--factory", factory] if factory else []),
-                      *(a for shape in input_shapes for a in ("--input-shape", shape))]
-        opts = WorkflowOptions(model=model, onnx=onnx, model_args=model_args, gpu=gpu,
-                               install=tuple(installs))
-        click.echo(f"wrote {write_workflow(output, opts, force)}")
+        opts = WorkflowOptions(model=flags.model, onnx=flags.onnx, gpu=flags.gpu, install=tuple(flags.install),
+                               model_args=flags.model_args(source.factory, source.input_shapes))
+        click.echo(f"wrote {write_workflow(output, opts, flags.force, main)}")
         return 0
 
     _run(debug, body)

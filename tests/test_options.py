@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from attn_export.options import GROUPS, ExportOptions, ModelSource
+from attn_export.options import GROUPS, BenchOptions, ExportOptions, ModelSource, WorkflowFlags
 
 from helpers import SMALL, run
 
@@ -47,15 +47,17 @@ def test_flag_errors_are_answered_before_torch_loads(argv, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+ALL_GROUPS = (*GROUPS, ModelSource, BenchOptions, WorkflowFlags)
+
+
 def test_every_flag_has_one_home():
-    flags = [(group, flag) for group in (*GROUPS, ModelSource) for flag in group.FLAGS]
-    names = [flag.name for _, flag in flags]
-    assert len(names) == len(set(names)), "a flag declared twice"
-    api = {f.name for f in dataclasses.fields(ExportOptions)} | {f.name for f in dataclasses.fields(ModelSource)}
-    for group, flag in flags:  # each flag sets a field of its own group (--atol / --rtol: the tolerances field)
+    for command in ("export", "check", "engine", "bench", "ci-template"):  # one declaration per flag and command
+        names = [flag.name for group in ALL_GROUPS for flag in group.FLAGS if command in flag.commands]
+        assert len(names) == len(set(names)), f"{command}: a flag declared twice"
+    for group in ALL_GROUPS:  # each flag sets a field of its own group (--atol / --rtol: the tolerances field)
         own = {f.name for f in dataclasses.fields(group)}
-        assert flag.field in own or (flag.field in ("atol", "rtol") and "tolerances" in own), flag.name
-        assert flag.field in api or flag.field in ("atol", "rtol")
+        for flag in group.FLAGS:
+            assert flag.field in own or (flag.field in ("atol", "rtol") and "tolerances" in own), flag.name
 
 
 def test_calibration_methods_are_the_calibrators():
@@ -106,11 +108,24 @@ def test_engine_command_without_tensorrt_exits_3_and_writes_nothing(exported, tm
 
 # Every flag each command had before the option groups (issue 30 kept them all), plus the new ones.
 EXPECTED_FLAGS = {
+    "export": {"--allow-inconclusive", "--atol", "--auto-exclude", "--calib-cache", "--calib-data", "--calib-method",
+               "--calib-preprocess", "--calib-samples", "--check-samples", "--debug", "--dtype", "--dynamic-batch",
+               "--dynamic-spatial", "--engine", "--exclude", "--factory", "--input-shape", "--inputs", "--int4",
+               "--int4-block", "--int8", "--junit", "--lowering", "--max-batch", "--no-check", "--no-engine",
+               "--no-paro", "--opset", "--output", "--paro", "--paro-block", "--paro-buckets", "--paro-density",
+               "--paro-grid", "--paro-plan", "--paro-prefix", "--paro-pv", "--paro-qk", "--profile",
+               "--quant-max-error", "--quant-min-cosine", "--quant-min-sample-cosine", "--quant-min-top1", "--rtol",
+               "--seed", "--sensitivity", "--shapes", "--smooth", "--static-batch", "--static-spatial", "--summary",
+               "--timing-cache", "--triton-name", "--triton-repo", "--trust-pickle"},
     "check": {"--calib-data", "--calib-preprocess", "--reference", "--report", "--engine", "--junit", "--summary",
               "--quant-min-cosine", "--quant-max-error", "--quant-min-sample-cosine", "--quant-min-top1",
               "--check-samples", "--allow-inconclusive", "--input-shape", "--factory", "--trust-pickle", "--inputs",
               "--atol", "--rtol", "--seed", "--debug"},
     "engine": {"--output", "--reference", "--max-batch", "--timing-cache", "--shapes", "--profile", "--debug"},
+    "bench": {"--runtime", "--batch", "--iters", "--warmup", "--onnx", "--model", "--factory", "--trust-pickle",
+              "--debug"},
+    "ci-template": {"--output", "--gpu", "--model", "--onnx", "--factory", "--input-shape", "--install", "--force",
+                    "--debug"},
 }
 
 

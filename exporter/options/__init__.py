@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from attn_export import defaults
 from attn_export.errors import AttnExportError
+from attn_export.options.bench import BenchOptions
 from attn_export.options.check import CheckGroup
 from attn_export.options.engine import EngineGroup
 from attn_export.options.export import ExportGroup
@@ -22,12 +23,14 @@ from attn_export.options.model import ModelSource
 from attn_export.options.paro import ParoGroup
 from attn_export.options.quantization import QUANT_MODES, QuantizationGroup
 from attn_export.options.report import ReportGroup
+from attn_export.options.workflow import WorkflowFlags
 from attn_export.tolerances import Tolerances
 
 GROUPS = (ExportGroup, QuantizationGroup, ParoGroup, EngineGroup, CheckGroup, ReportGroup)
 
-__all__ = ["GROUPS", "QUANT_MODES", "CheckGroup", "EngineGroup", "ExportGroup", "ExportOptions", "ModelSource",
-           "ParoGroup", "QuantizationGroup", "ReportGroup", "click_options", "from_command_line"]
+__all__ = ["GROUPS", "QUANT_MODES", "BenchOptions", "CheckGroup", "EngineGroup", "ExportGroup", "ExportOptions",
+           "ModelSource", "ParoGroup", "QuantizationGroup", "ReportGroup", "WorkflowFlags", "click_options",
+           "fields_of", "from_command_line", "given_values"]
 
 
 @dataclass

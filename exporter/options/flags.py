@@ -18,7 +18,7 @@ import click
 from attn_export.errors import AttnExportError
 
 META_KEY = "attn_export.flags"
-COMMANDS = ("export", "check")  # where a flag exists unless it says otherwise
+COMMANDS = ("export", "check")  # where a flag exists unless it says otherwise (also engine, bench, ci-template)
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,15 @@ class ModelSource:
 
     FLAGS = (
         flag("--input-shape", field="input_shapes", multiple=True, metavar="NAME=DIMS",
+             commands=("export", "check", "ci-template"),
              help="Shape of an input, e.g. images=1x3x64x64 (repeatable)."),
-        flag("--factory", field="factory", metavar="MODULE:FUNC",
-             help="Function that builds the model for a checkpoint (module:function or file.py:function)."),
-        flag("--trust-pickle", field="trust_pickle", is_flag=True,
-             help="Allow loading a pickled whole module; this runs code from the file."),
+        flag("--factory", field="factory", metavar="MODULE:FUNC", commands=("export", "check", "bench", "ci-template"),
+             help="Function that builds the model for a checkpoint (module:function or file.py:function).",
+             help_for={"bench": "With --model: the function that builds it.",
+                       "ci-template": "For a checkpoint MODEL: the function that builds it."}),
+        flag("--trust-pickle", field="trust_pickle", is_flag=True, commands=("export", "check", "bench"),
+             help="Allow loading a pickled whole module; this runs code from the file.",
+             help_for={"bench": "Allow loading a pickled model for the eager rows."}),
     )
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
