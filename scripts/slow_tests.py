@@ -19,7 +19,7 @@ import sys
 def durations(text: str) -> dict[str, float]:
     per_test: dict[str, float] = collections.defaultdict(float)
     for line in text.split("slowest durations", 1)[-1].splitlines():
-        match = re.match(r"([\d.]+)s (?:call|setup|teardown)\s+(\S+)", line.strip())
+        match = re.match(r"([\d.]+)s (?:call|setup|teardown)\s+(.+)$", line.strip())  # ids may hold spaces
         if match:
             per_test[match.group(2)] += float(match.group(1))
     return per_test
