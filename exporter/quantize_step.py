@@ -53,25 +53,6 @@ class QuantStep:
         return "\n".join(lines)
 
 
-def check_options(opts) -> None:
-    """The quantization-tuning flags' combinations (called by ExportOptions.prepare)."""
-    asked = [flag for flag, on in (("--sensitivity", opts.sensitivity), ("--auto-exclude", opts.auto_exclude),
-                                   ("--smooth", opts.smooth)) if on not in (None, False)]
-    if asked and opts.quantize is None:
-        raise AttnExportError(f"{asked[0]} applies to quantization: add --int8 or --int4")
-    if (opts.sensitivity or opts.auto_exclude is not None) and not opts.check:
-        raise AttnExportError(f"{asked[0]} measures on the check inputs: drop --no-check")
-    if opts.auto_exclude is not None and not 0 < opts.auto_exclude <= 1:
-        raise AttnExportError(f"--auto-exclude {opts.auto_exclude} is a worst-sample cosine: it must lie in (0, 1]")
-    if opts.smooth is not None:
-        if opts.quantize != "int8":
-            raise AttnExportError("--smooth balances INT8 activations against weights: use it with --int8")
-        if opts.calib_cache:
-            raise AttnExportError("--smooth recalibrates the smoothed activations: drop --calib-cache")
-        if not 0 <= opts.smooth <= 1:
-            raise AttnExportError(f"--smooth {opts.smooth} must lie in [0, 1] (SmoothQuant uses 0.5)")
-
-
 def run(proto, source, fresh_source: Callable[[], object], path: Path, opts, inputs, cache_path: Path) -> QuantStep:
     """Quantize ``proto`` into ``path``. ``fresh_source()`` opens the calibration data once more (smoothing reads
     it before calibration); ``inputs`` are the check's (CheckInputs) for the sensitivity measurements."""
