@@ -22,11 +22,12 @@ import torch
 
 from attn_export import native, trt
 from attn_export.errors import AttnExportError
-from attn_export.loader import load_model, parse_input_shapes
+from attn_export.loader import load_model
 from attn_export.onnx_utils import graph_inputs
 from attn_export.options.bench import RUNTIMES, BenchOptions  # noqa: F401 - also bench's, as before
 from attn_export.outdir import write_text_atomically
 from attn_export.precision import cast_feeds, onnx_precision
+from attn_export.shapes import parse_input_shapes
 from attn_export.tables import render_table
 from attn_export.trt import trt_runner
 

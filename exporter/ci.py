@@ -30,8 +30,8 @@ from attn_export.ci_reports import (  # noqa: F401
     summary_markdown,
 )
 from attn_export.errors import AttnExportError
-from attn_export.loader import parse_input_shapes
 from attn_export.outdir import write_text_atomically
+from attn_export.shapes import parse_input_shapes
 
 # ---------------------------------------------------------------------------------------------
 # The CLI's own parser, for commands written into workflows (and for tests)

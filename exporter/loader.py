@@ -9,10 +9,9 @@ import importlib.util
 import inspect
 import logging
 import pickle
-import re
 import sys
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from attn_export.errors import AttnExportError, wrap_failure
 from attn_export.inputs import InputSpec, batch_dim, random_inputs
 from attn_export.models import zoo
 from attn_export.registry import register_torch_ops
+from attn_export.shapes import parse_input_shapes  # noqa: F401 - also the loader's, as before
 
 
 @dataclass
@@ -58,18 +58,6 @@ class LoadedModel:
                     shape[axis] += dim.multiple
             shapes[info.name] = tuple(shape)
         return shapes
-
-
-def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """Parse ``NAME=1x3x64x64`` items."""
-    shapes = {}
-    for spec in specs:
-        match = re.fullmatch(r"([^=\s]+)=(\d+(?:x\d+)*)", spec.strip())
-        if not match or any(int(d) <= 0 for d in match.group(2).split("x")):
-            raise AttnExportError(
-                f"--input-shape '{spec}' is not NAME=DIMS with positive dims joined by 'x', e.g. images=1x3x64x64")
-        shapes[match.group(1)] = tuple(int(d) for d in match.group(2).split("x"))
-    return shapes
 
 
 def load_model(

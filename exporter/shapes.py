@@ -163,3 +163,15 @@ def batch_range(profiles: Sequence[Profile], onnx_inputs: Mapping[str, Sequence]
 
 def profiles_to_json(profiles: Sequence[Profile]) -> list[dict]:
     return [{name: r.to_dict() for name, r in profile.items()} for profile in profiles]
+
+
+def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Parse ``NAME=1x3x64x64`` items."""
+    shapes = {}
+    for spec in specs:
+        match = re.fullmatch(r"([^=\s]+)=(\d+(?:x\d+)*)", spec.strip())
+        if not match or any(int(d) <= 0 for d in match.group(2).split("x")):
+            raise AttnExportError(
+                f"--input-shape '{spec}' is not NAME=DIMS with positive dims joined by 'x', e.g. images=1x3x64x64")
+        shapes[match.group(1)] = tuple(int(d) for d in match.group(2).split("x"))
+    return shapes

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from attn_export.errors import AttnExportError
 from attn_export.options.flags import flag
-
-
-def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """Parse ``NAME=1x3x64x64`` items."""
-    shapes = {}
-    for spec in specs:
-        match = re.fullmatch(r"([^=\s]+)=(\d+(?:x\d+)*)", spec.strip())
-        if not match or any(int(d) <= 0 for d in match.group(2).split("x")):
-            raise AttnExportError(
-                f"--input-shape '{spec}' is not NAME=DIMS with positive dims joined by 'x', e.g. images=1x3x64x64")
-        shapes[match.group(1)] = tuple(int(d) for d in match.group(2).split("x"))
-    return shapes
+from attn_export.shapes import parse_input_shapes
 
 
 @dataclass
