@@ -28,8 +28,9 @@ from attn_export.calib.calibrators import DEFAULT_METHOD, CalibConfig, make_cali
 from attn_export.calib.data import InputInfo, check_feed
 from attn_export.errors import AttnExportError, library_step
 from attn_export.onnx_utils import opset_of, save_atomically
+from attn_export.quant_rules import QUANT_MODES, check_quant_values
 
-MODES = ("int8", "int4")
+MODES = QUANT_MODES
 QUANTIZABLE = {"int8": ("MatMul", "Gemm", "Conv"), "int4": ("MatMul", "Gemm")}
 INT4_MIN_OPSET = defaults.INT4_MIN_OPSET
 _FLOAT = {TensorProto.FLOAT}
@@ -46,13 +47,8 @@ class QuantOptions:
     method_options: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.mode not in MODES:
-            raise AttnExportError(f"quantization mode '{self.mode}' is not one of {', '.join(MODES)}")
+        check_quant_values(self.mode, self.samples, self.int4_block)
         make_calibrator(CalibConfig(self.method, dict(self.method_options)))  # unknown method: clear error
-        if self.samples < 1:
-            raise AttnExportError(f"--calib-samples {self.samples} must be at least 1")
-        if self.int4_block < 2 or self.int4_block & (self.int4_block - 1):
-            raise AttnExportError(f"--int4-block {self.int4_block} must be a power of two >= 2 (TensorRT: 32, 64, 128)")
 
 
 @dataclass

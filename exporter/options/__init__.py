@@ -21,9 +21,10 @@ from attn_export.options.export import ExportGroup
 from attn_export.options.flags import click_options, fields_of, given_values
 from attn_export.options.model import ModelSource
 from attn_export.options.paro import ParoGroup
-from attn_export.options.quantization import QUANT_MODES, QuantizationGroup
+from attn_export.options.quantization import QuantizationGroup
 from attn_export.options.report import ReportGroup
 from attn_export.options.workflow import WorkflowFlags
+from attn_export.quant_rules import QUANT_MODES
 from attn_export.tolerances import Tolerances
 
 GROUPS = (ExportGroup, QuantizationGroup, ParoGroup, EngineGroup, CheckGroup, ReportGroup)

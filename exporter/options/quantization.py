@@ -11,8 +11,7 @@ import click
 from attn_export import defaults
 from attn_export.errors import AttnExportError
 from attn_export.options.flags import flag
-
-QUANT_MODES = ("int8", "int4")
+from attn_export.quant_rules import check_quant_values
 
 CHECK_CALIB_DATA_HELP = ("Real samples for a quantized or PARO file's check: the first --check-samples of them (at "
                          "most a quarter), as the export held them out of its calibration (a .npz, .npy, image folder "
@@ -72,18 +71,12 @@ class QuantizationGroup:
         if self.quantize is None:
             self._validate_without_quantization()
         else:
-            if self.quantize not in QUANT_MODES:
-                raise AttnExportError(f"quantization mode '{self.quantize}' is not one of {', '.join(QUANT_MODES)}")
             if self.quantize == "int4" and self.calib_cache:
                 raise AttnExportError("--calib-cache holds INT8 activation ranges: add --int8")
             if self.calib_method not in defaults.CALIB_METHODS:  # as attn_export.calib.make_calibrator says it
                 raise AttnExportError(f"unknown calibration method '{self.calib_method}'; use one of "
                                       f"{', '.join(defaults.CALIB_METHODS)}")
-            if self.calib_samples < 1:
-                raise AttnExportError(f"--calib-samples {self.calib_samples} must be at least 1")
-            if self.int4_block < 2 or self.int4_block & (self.int4_block - 1):
-                raise AttnExportError(f"--int4-block {self.int4_block} must be a power of two >= 2 (TensorRT: 32, "
-                                      "64, 128)")
+            check_quant_values(self.quantize, self.calib_samples, self.int4_block)
         self._validate_tuning()
 
     def _validate_without_quantization(self) -> None:
