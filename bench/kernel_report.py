@@ -220,19 +220,50 @@ def find_tool(name: str) -> str:
     if found:
         return found
     roots = [os.environ.get("CUDA_HOME", ""), "/usr/local/cuda"]
-    try:
-        import nvidia  # the PyPI CUDA wheels share this namespace package
-
-        subs = ("cu13", "cu12", "cuda_nvdisasm", "cuda_cuobjdump")
-        roots += [str(Path(p) / sub) for p in nvidia.__path__ for sub in subs]
-    except ImportError:
-        pass
+    subs = ("cu13", "cu12", "cuda_nvdisasm", "cuda_cuobjdump")
+    roots += [str(Path(p) / sub) for p in _nvidia_paths() for sub in subs]
     for root in filter(None, roots):
         candidate = Path(root) / "bin" / name
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
     raise AttnExportError(f"{name} not found: install the CUDA toolkit or `pip install nvidia-cuda-{name}`",
                           EXIT_MISSING_DEPENDENCY)
+
+
+# The first nvdisasm that marks register spills ("SpillRefill"): 13.1 to 13.4 print none on the same cubin (checked
+# on na_forward.cu's fp32 instance, 16 marks with 13.5), so with them the spill column and --ci would read 0.
+SPILL_MARKING_NVDISASM = (13, 5)
+
+
+def tool_release(path: str) -> tuple[int, int] | None:
+    """The (major, minor) release a CUDA tool reports with --version, or None."""
+    result = subprocess.run([path, "--version"], capture_output=True, text=True)
+    m = re.search(r"release (\d+)\.(\d+)", result.stdout)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def find_nvdisasm() -> str:
+    """find_tool's nvdisasm, refused when it is too old to mark spills (a report that cannot see spills must not
+    pass --ci); the PyPI wheel is tried when the toolkit's is older."""
+    found = find_tool("nvdisasm")
+    candidates = [found] + [str(Path(p) / "cu13" / "bin" / "nvdisasm") for p in _nvidia_paths()]
+    for path in candidates:
+        release = tool_release(path) if Path(path).is_file() else None
+        if release and release >= SPILL_MARKING_NVDISASM:
+            return path
+    have = tool_release(found)
+    want = ".".join(map(str, SPILL_MARKING_NVDISASM))
+    raise AttnExportError(f"{found} (release {'.'.join(map(str, have)) if have else 'unknown'}) does not mark register "
+                          f"spills: install nvdisasm {want} or newer (`pip install 'nvidia-cuda-nvdisasm>={want}'`)",
+                          EXIT_MISSING_DEPENDENCY)
+
+
+def _nvidia_paths() -> list[str]:
+    try:
+        import nvidia  # the PyPI CUDA wheels share this namespace package
+    except ImportError:
+        return []
+    return list(nvidia.__path__)
 
 
 def run_tool(cmd: list[str]) -> str:
@@ -292,9 +323,9 @@ ARCH_LIMITS = {  # per SM: registers, warps, blocks, shared bytes (cuobjdump's S
 }
 
 
-def core_smem_bytes(head_dim: int) -> int:
+def core_smem_bytes(head_dim: int, row_tiles: int = 1) -> int:
     """Mirrors core_plan.h's core_smem_bytes (checked by a static_assert against attn_core.cuh)."""
-    return 2 * 64 * head_dim * 5 + 2 * 4 * 4
+    return 2 * 64 * head_dim * (row_tiles + 4) + 2 * 4 * 4
 
 
 def occupancy(regs: int, smem: int, threads: int, arch: str) -> int:
@@ -311,6 +342,8 @@ def occupancy(regs: int, smem: int, threads: int, arch: str) -> int:
 _CORE = re.compile(r"attention_core_kernel<cutlass::(half_t|bfloat16_t), (\d+), attnx::core::(\w+)Policy<")
 # ParoPolicy<Elem, QuantP, Int8QK> (Int8QK: S = Q K^T on the s8 MMA); older builds had ParoPolicy<Elem, QuantP>
 _PARO = re.compile(r"ParoPolicy<cutlass::\w+, (true|false)(?:, (true|false))?>")
+# BsaPolicy<Elem, RowTiles>: 64 x RowTiles queries per tile; older builds had BsaPolicy<Elem> (64)
+_BSA = re.compile(r"BsaPolicy<cutlass::\w+(?:, (\d+))?>")
 
 
 def describe(demangled: str) -> dict:
@@ -321,13 +354,17 @@ def describe(demangled: str) -> dict:
         paro = _PARO.search(demangled) if op == "paro" else None
         quant_p = paro.group(1) == "true" if paro else None
         int8_qk = paro.group(2) == "true" if paro else None
-        return dict(unit="core", op=op, dtype="fp16" if m.group(1) == "half_t" else "bf16", head_dim=int(m.group(2)),
-                    quant_p=quant_p, int8_qk=int8_qk, threads=128, dynamic_smem=core_smem_bytes(int(m.group(2))))
+        bsa = _BSA.search(demangled) if op == "block-sparse" else None
+        row_tiles = int(bsa.group(1)) if bsa and bsa.group(1) else 1
+        dim = int(m.group(2))
+        return dict(unit="core", op=op, dtype="fp16" if m.group(1) == "half_t" else "bf16", head_dim=dim,
+                    quant_p=quant_p, int8_qk=int8_qk, row_tiles=row_tiles, threads=128,
+                    dynamic_smem=core_smem_bytes(dim, row_tiles))
     name = demangled.split("(")[0].split("<")[0].rsplit("::", 1)[-1]
     types = (("__half", "fp16"), ("__nv_bfloat16", "bf16"), ("float", "fp32"))
     dtype = next((d for t, d in types if t in demangled), "")
     unit = "prepass" if "paro::" in demangled else "generic"
-    return dict(unit=unit, op=name, dtype=dtype, head_dim=None, quant_p=None, int8_qk=None,
+    return dict(unit=unit, op=name, dtype=dtype, head_dim=None, quant_p=None, int8_qk=None, row_tiles=None,
                 threads=256 if unit == "prepass" else 128, dynamic_smem=None)
 
 
@@ -362,7 +399,7 @@ def analyse_cubin(cubin: Path) -> list[dict]:
     arch = re.search(r"sm_(\d+a?)", cubin.name)
     arch = f"sm_{arch.group(1)}" if arch else "sm_?"
     usage = resource_usage(find_tool("cuobjdump"), cubin)
-    text = run_tool([find_tool("nvdisasm"), "-c", str(cubin)])
+    text = run_tool([find_nvdisasm(), "-c", str(cubin)])
     sass = function_sass(text)
     # nvdisasm marks register spills and refills ("SpillRefill"): local arrays are not spills.
     spill_counts = {name: body.count('"SpillRefill"') for name, body in sass.items()}
@@ -438,11 +475,11 @@ def estimate(row: dict, tiles_steady: float, tiles_worst: float, ctas: float, us
 
 
 def core_row(rows: list[dict], op: str, dim: int, quant_p: bool | None = None,
-             int8_qk: bool | None = None) -> dict | None:
+             int8_qk: bool | None = None, row_tiles: int = 1) -> dict | None:
     for r in rows:
         if r["unit"] == "core" and r["op"] == op and r["dtype"] == "fp16" and r["head_dim"] == dim and \
                 r["arch"] == "sm_90" and (quant_p is None or r.get("quant_p") == quant_p) and \
-                (int8_qk is None or r.get("int8_qk") == int8_qk):
+                (int8_qk is None or r.get("int8_qk") == int8_qk) and (r.get("row_tiles") or 1) == row_tiles:
             return r
     return None
 
@@ -469,16 +506,21 @@ def na_estimates(rows: list[dict]) -> list[dict]:
 
 
 def bsa_estimates(rows: list[dict]) -> list[dict]:
+    """The bench's 128 x 128 blocks with the 64-query tiles (block_q % 64) and the 128-query tiles the
+    dispatcher picks for them (block_q % 128), where the build has each."""
     out = []
     for seq, dim, density in BSA_CASES:
-        row = core_row(rows, "block-sparse", dim)
-        if row is None:
-            continue
-        blocks = max(1, round(density * seq / 128))
-        tiles = HEADS * (seq // 64) * blocks * 2
-        useful = 4.0 * HEADS * seq * blocks * 128 * dim
-        est = estimate(row, tiles, 0, HEADS * seq // 64, useful, H100["fp16_flops"])
-        out.append(dict(case=f"bsa-{seq // 1024}k-d{int(density * 100)}", head_dim=dim, **est))
+        for row_tiles in (1, 2):
+            row = core_row(rows, "block-sparse", dim, row_tiles=row_tiles)
+            if row is None:
+                continue
+            query_tile = 64 * row_tiles
+            blocks = max(1, round(density * seq / 128))
+            ctas = HEADS * (seq // query_tile)
+            useful = 4.0 * HEADS * seq * blocks * 128 * dim
+            est = estimate(row, ctas * blocks * 2, 0, ctas, useful, H100["fp16_flops"])
+            out.append(dict(case=f"bsa-{seq // 1024}k-d{int(density * 100)}", head_dim=dim, query_tile=query_tile,
+                            **est))
     return out
 
 
@@ -533,6 +575,8 @@ def _variant(r: dict) -> str:
     if r["op"] == "paro":
         qk = "QK s8 MMA, " if r.get("int8_qk") else "QK fp16, " if r.get("int8_qk") is False else ""
         return f"paro ({qk}P quantized)" if r["quant_p"] else f"paro ({qk}P fp16)"
+    if r.get("row_tiles", 1) > 1:
+        return f"{r['op']} ({64 * r['row_tiles']}-query tiles)"
     return r["op"]
 
 
@@ -558,7 +602,7 @@ def markdown(data: dict) -> str:
                      "warp tiles unmasked |")
     for e in data["block_sparse"]:
         lines.append(f"| {e['case']} | {e['head_dim']} | {e['est_ms']:.3f} | {e['bound_ms']:.3f} | "
-                     f"{e['pct_of_bound']:.0f}% | {e['limit']} | |")
+                     f"{e['pct_of_bound']:.0f}% | {e['limit']} | {e.get('query_tile', 64)}-query tiles |")
     for e in data["paro"]:
         lines.append(f"| {e['case']} | {e['head_dim']} | {e['est_ms']:.3f} | {e['bound_ms']:.3f} (int8) | "
                      f"{e['pct_of_bound']:.0f}% | {e['limit']} | pre-pass {e['prepass_ms']:.3f} ms "

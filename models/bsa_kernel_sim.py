@@ -4,7 +4,10 @@ attn_policies.cuh's BsaPolicy, block_layout.h's VirtualKeys).
 Same tiles: a query tile is 64 rows of one query block (block_q a multiple of 64); it reads its row's listed
 blocks as one virtual key sequence of count * block_kv slots (slot v is key block[v // block_kv] * block_kv +
 v % block_kv when below seq_kv), in 64-slot tiles in list order; only tiles holding a slot without a key are
-masked (the kernel's tile_masked rule, which the replay checks against the element mask). Same arithmetic: raw
+masked (the kernel's tile_masked rule, which the replay checks against the element mask). Where block_q is a
+multiple of 128 the kernel may run 128-query tiles (core_plan.h's bsa_row_tiles): every row of one is computed
+exactly as in a 64-query tile (the same kv tiles in the same order, per-row softmax state), so this replay of
+64-query tiles covers both. Same arithmetic: raw
 dot products in fp32, logits times scale * log2(e), an online softmax in base 2 (exp2) whose denominator sums the
 unrounded probabilities, P rounded to the input dtype (fp16/bf16) before P.V, fp32 accumulation, rows without a
 key give zeros. Slow (a Python loop over tiles): small shapes only.

@@ -81,6 +81,26 @@ def test_block_sparse_core_path_and_its_simulator(kernels, dtype):
     torch.testing.assert_close(out, simulated.float(), atol=TOLERANCE[dtype], rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dim", [32, 64, 128])  # 32, 64: 128-query tiles (core_plan.h's bsa_row_tiles); 128: 64
+@pytest.mark.parametrize("block_q", [128, 256])
+def test_block_sparse_whole_128_query_blocks(kernels, dtype, dim, block_q):
+    # Random lengths (a partial last query tile: rows past seq_q), block_kv 16/64/100/128 (masked kv tiles: the
+    # per-tile keep bits), empty rows (density 0): against the fp32 reference and the 64-row simulator.
+    for seed in range(10, 14):
+        q, k, v, count, index, _, block_kv, scale = bsa_case(seed, dtype, dim, block_q=block_q)
+        assert kernels.bsa_select_path(q, k, count, index, block_q, block_kv) == "core"
+        out = torch.full_like(q, float("nan"))
+        kernels.block_sparse_attention(q, k, v, count, index, block_q, block_kv, scale=scale, out=out)
+        torch.cuda.synchronize()
+        assert torch.isfinite(out).all(), "the kernel left unwritten (NaN) outputs"
+        cpu = [x.cpu() for x in (q, k, v, count, index)]
+        ref = block_sparse_attention(*[x.float() for x in cpu[:3]], *cpu[3:], block_q, block_kv, scale=scale)
+        torch.testing.assert_close(out.float().cpu(), ref, atol=TOLERANCE[dtype], rtol=0)
+        simulated = bsa_kernel_sim.simulate(*cpu, block_q, block_kv, scale=scale)
+        torch.testing.assert_close(out.float().cpu(), simulated.float(), atol=TOLERANCE[dtype], rtol=0)
+
+
 def paro_case(seed: int, dtype, dim, bits, block=64):
     rng = random.Random(seed)
     grid = (rng.randint(1, 3), rng.randint(4, 12), rng.randint(4, 12))

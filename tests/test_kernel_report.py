@@ -113,7 +113,7 @@ def _build_dir() -> Path:
     if not given or not (Path(given) / kr.OBJECT_DIR / "bsa_forward.cu.o").is_file():
         pytest.skip("native tier: set ATTN_EXPORT_BUILD_DIR to an `attn-export plugins build` folder")
     try:
-        kr.find_tool("cuobjdump"), kr.find_tool("nvdisasm")
+        kr.find_tool("cuobjdump"), kr.find_nvdisasm()
     except Exception as exc:  # noqa: BLE001 -- the tool's own one-line message
         pytest.skip(f"native tier: {exc}")
     return Path(given)
@@ -130,10 +130,13 @@ def test_ci_mode_passes_on_the_built_kernels_and_fails_on_a_tightened_baseline(t
     data = json.loads(report.read_text())
     cores = [r for r in data["kernels"] if r["unit"] == "core"]
     assert {r["op"] for r in cores} == {"neighborhood", "block-sparse", "paro"}
-    # per warp and tile: S = 8 n-blocks x head_dim/16 k-steps (the s8 MMA of PARO's int8 QK: head_dim/32),
-    # O = head_dim/8 n-blocks x 4 k-steps
-    assert all(r["tile_steady"]["by_class"]["mma"] == (r["head_dim"] * 3 // 4 if r["int8_qk"] else r["head_dim"])
-               for r in cores)
+    # per warp, row tile and kv tile: S = 8 n-blocks x head_dim/16 k-steps (the s8 MMA of PARO's int8 QK:
+    # head_dim/32), O = head_dim/8 n-blocks x 4 k-steps
+    assert all(r["tile_steady"]["by_class"]["mma"] ==
+               r["row_tiles"] * (r["head_dim"] * 3 // 4 if r["int8_qk"] else r["head_dim"]) for r in cores)
+    # block-sparse's 128-query tiles at head_dim 32 and 64 (core_plan.h's bsa_row_tiles), fp16 and bf16
+    assert sorted((r["head_dim"], r["dtype"]) for r in cores if r["row_tiles"] == 2) == \
+        [(32, "bf16"), (32, "fp16"), (64, "bf16"), (64, "fp16")]
     assert sum(bool(r["int8_qk"]) for r in cores) == 12  # PARO: 2 dtypes x 3 head dims x P quantized or not
     assert all(r["spill_instructions"] == 0 for r in cores)
     # The same kernels against a baseline 20% smaller: every core kernel's growth is reported, exit 1.
@@ -147,9 +150,9 @@ def test_ci_mode_passes_on_the_built_kernels_and_fails_on_a_tightened_baseline(t
 def test_baseline_is_committed_and_covers_every_core_kernel():
     baseline = json.loads(BASELINE.read_text())
     cores = [k for k in baseline if "attention_core_kernel" in k]
-    # neighborhood and block-sparse: 2 dtypes x 3 head dims; PARO four times that (P quantized or not, QK on
-    # the s8 MMA or not).
-    assert len(cores) == 6 + 6 + 24
+    # neighborhood and block-sparse: 2 dtypes x 3 head dims, block-sparse's 128-query tiles 2 dtypes x 2 head
+    # dims; PARO four times that (P quantized or not, QK on the s8 MMA or not).
+    assert len(cores) == 6 + 6 + 4 + 24
 
 
 def test_describe_reads_the_paro_policy_flags():
@@ -160,3 +163,35 @@ def test_describe_reads_the_paro_policy_flags():
         row = kr.describe(base.format(flags))
         assert (row["op"], row["head_dim"], row["quant_p"], row["int8_qk"]) == ("paro", 64, quant_p, int8_qk)
     assert kr.describe(base.replace("ParoPolicy<cutlass::half_t, {}>", "BsaPolicy<cutlass::half_t>"))["int8_qk"] is None
+
+
+def test_describe_reads_the_query_tile_of_block_sparse():
+    base = "void attnx::core::attention_core_kernel<cutlass::half_t, 64, attnx::core::BsaPolicy<cutlass::half_t{}> >"
+    for args, row_tiles in [(", 2", 2), (", 1", 1), ("", 1)]:  # "": a build before the 128-query tiles
+        row = kr.describe(base.format(args))
+        assert (row["op"], row["row_tiles"]) == ("block-sparse", row_tiles)
+        assert row["dynamic_smem"] == kr.core_smem_bytes(64, row_tiles)
+    assert kr.core_smem_bytes(64, 2) == 49184  # core_plan.h's (its config test checks the same number)
+
+
+def _fake_nvdisasm(tmp_path, release: str) -> str:
+    tool = tmp_path / "nvdisasm"
+    tool.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.0'\n")
+    tool.chmod(0o755)
+    return str(tool)
+
+
+def test_an_nvdisasm_that_cannot_mark_spills_is_refused(tmp_path, monkeypatch, capsys):
+    # 13.1-13.4 print no SpillRefill marks: the spill column and --ci would read 0 whatever the kernels do.
+    old = _fake_nvdisasm(tmp_path, "13.4")
+    monkeypatch.setattr(kr, "find_tool", lambda name: old)
+    monkeypatch.setattr(kr, "_nvidia_paths", lambda: [])
+    with pytest.raises(kr.AttnExportError, match=r"release 13\.4\) does not mark register spills") as err:
+        kr.find_nvdisasm()
+    assert err.value.exit_code == 3
+
+
+def test_a_spill_marking_nvdisasm_is_taken(tmp_path, monkeypatch):
+    new = _fake_nvdisasm(tmp_path, "13.5")
+    monkeypatch.setattr(kr, "find_tool", lambda name: new)
+    assert kr.find_nvdisasm() == new

@@ -1,7 +1,10 @@
 // The fused-attention core (second generation), shared by neighborhood, block-sparse and PARO attention.
 //
-// FlashAttention-2 structure for sm_80+, written on CuTe: a block of 4 warps owns one 64-query tile of one
-// (batch, head); each warp owns 16 query rows. Q is loaded once into registers; K and V tiles of 64 keys
+// FlashAttention-2 structure for sm_80+, written on CuTe: a block of 4 warps owns one query tile of one
+// (batch, head): 64 queries (each warp owns 16 rows) or, where the policy asks for two row tiles, 128 queries
+// (each warp owns 32 rows: rows w*16.. and 64 + w*16..), so that every K and V fragment a warp loads from shared
+// memory feeds two MMAs and each K/V tile read from L2 serves 128 queries. Q is loaded once into registers
+// (re-read per k-slice from shared memory where 32 rows of it would not fit beside the accumulators); K and V tiles of 64 keys
 // stream through a 2-stage cp.async ring (tile n+1 is in flight while tile n is computed); S = Q K^T and
 // O += P V run on mma.sync (16x8x16, fp16/bf16 in, fp32 accumulate) with ldmatrix operand loads; scores,
 // probabilities and the output accumulator never leave registers; the softmax is online and in base 2.
@@ -30,7 +33,7 @@ namespace core {
 
 using namespace cute;
 
-constexpr int kBlockM = 64;  // queries per tile (4 warps x 16 rows)
+constexpr int kBlockM = 64;  // queries per row tile (4 warps x 16 rows); a query tile holds RowTiles of them
 constexpr int kBlockN = 64;  // keys per kv tile
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
@@ -56,10 +59,17 @@ struct ElemTraits<int8_t> {
     using Mma = SM80_16x8x32_S32S8S8S32_TN;
 };
 
-// Tile geometry of one head_dim: swizzled shared-memory layouts (conflict-free ldmatrix and cp.async),
-// the tiled MMA and the ldmatrix copy atoms.
+// Rows of a query tile of RowTiles row tiles (1: 64, 2: 128).
+template <int RowTiles>
+constexpr int block_rows() {
+    static_assert(RowTiles == 1 || RowTiles == 2, "a query tile is one or two row tiles");
+    return kBlockM * RowTiles;
+}
+
+// Tile geometry of one head_dim and query tile: swizzled shared-memory layouts (conflict-free ldmatrix and
+// cp.async), the tiled MMA and the ldmatrix copy atoms.
 // Elem int8_t: the tiles of the s8 MMA's operands (Q, K), 16 elements per 16-byte chunk.
-template <typename Elem, int HeadDim>
+template <typename Elem, int HeadDim, int RowTiles = 1>
 struct Geometry {
     static_assert(HeadDim == 32 || HeadDim == 64 || HeadDim == 128, "the core takes head_dim 32, 64 or 128");
     static constexpr int kChunkElems = 16 / int(sizeof(Elem));  // elements per 16-byte chunk (cp.async, ldmatrix row)
@@ -70,7 +80,10 @@ struct Geometry {
     static constexpr int kSwizzleBits = kAtomChunks == 8 ? 3 : kAtomChunks == 4 ? 2 : 1;
     using AtomLayout = decltype(composition(Swizzle<kSwizzleBits, kChunkBits, 3>{},
                                             Layout<Shape<_8, Int<kRowChunk>>, Stride<Int<kRowChunk>, _1>>{}));
-    using TileLayout = decltype(tile_to_shape(AtomLayout{}, Shape<Int<kBlockN>, Int<HeadDim>>{}));
+    template <int Rows>
+    using RowsLayout = decltype(tile_to_shape(AtomLayout{}, Shape<Int<Rows>, Int<HeadDim>>{}));
+    using TileLayout = RowsLayout<kBlockN>;                       // a K or V tile
+    using QTileLayout = RowsLayout<block_rows<RowTiles>()>;       // the Q tile
     // V read as (head_dim, keys) for the B operand of P.V: the same memory, transposed view.
     using TileLayoutT = decltype(composition(TileLayout{}, make_layout(Shape<Int<HeadDim>, Int<kBlockN>>{}, GenRowMajor{})));
     static constexpr int kMmaK = 32 / int(sizeof(Elem));  // the MMA's reduction extent: 16 (fp16/bf16), 32 (s8)
@@ -80,9 +93,9 @@ struct Geometry {
     using LoadAtomT = Copy_Atom<SM75_U16x8_LDSM_T, Elem>;  // fp16/bf16 only (V^T)
     static constexpr int kTileElems = kBlockN * HeadDim;
     static constexpr int kChunks = HeadDim / kChunkElems;  // 16-byte chunks per row
-    // Q tile + kStages x (K tile + V tile) + the PARO tile-max exchange (an int8 Q or K tile uses the first half
-    // of its slot).
-    static constexpr size_t kSmemBytes = sizeof(Elem) * kTileElems * (1 + 2 * kStages) + 2 * kWarps * sizeof(float);
+    // Q tile (RowTiles slots) + kStages x (K tile + V tile) + the PARO tile-max exchange (an int8 Q or K tile uses
+    // the first half of its slots).
+    static constexpr size_t kSmemBytes = sizeof(Elem) * kTileElems * (RowTiles + 2 * kStages) + 2 * kWarps * sizeof(float);
 };
 
 // The accumulator layout of S (m16n8 C fragments) read as the A operand of the next MMA (m16n8k16):
@@ -99,11 +112,16 @@ __device__ __forceinline__ void copy_chunk(const void* src, void* dst, bool pred
                                                      pred);
 }
 
-// Which of its two query rows (slot 0: warp*16 + lane/4, slot 1: that + 8) register i of an S or O
-// fragment belongs to. Fragments are ((2,2), 1, N) (one 16-row MMA per warp): the second of the inner
-// pair selects the row. Static, so that per-row values stay in registers (a slot computed from the
-// coordinates would index local memory).
-__host__ __device__ constexpr int row_slot(int i) { return (i >> 1) & 1; }
+// Which of its query rows (slots 0 .. 2 RowTiles - 1, slot_row's) register i of an S or O fragment belongs to.
+// Fragments are ((2,2), RowTiles, N) (one 16-row MMA per warp and row tile): the second of the inner pair
+// selects row or row + 8, the M mode the row tile. Static, so that per-row values stay in registers (a slot
+// computed from the coordinates would index local memory).
+template <int RowTiles = 1>
+__host__ __device__ constexpr int row_slot(int i) { return ((i >> 1) & 1) | (((i >> 2) % RowTiles) << 1); }
+// The query row (within the query tile) of slot `slot` of thread `lane` of warp `warp`.
+__host__ __device__ constexpr int slot_row(int warp, int lane, int slot) {
+    return (slot >> 1) * kBlockM + warp * 16 + lane / 4 + 8 * (slot & 1);
+}
 
 __device__ __forceinline__ float quad_max(float x) {
     x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
@@ -114,18 +132,18 @@ __device__ __forceinline__ float quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// Copies kBlockN rows of HeadDim elements of `a` (and, with `b`, of b) into swizzled tiles (GeoA's and GeoB's
+// Copies Rows rows of HeadDim elements of `a` (and, with `b`, of b) into swizzled tiles (GeoA's and GeoB's
 // layouts). rows(r, off_a, off_b) gives the row's element offsets, -1 for a row that does not exist
 // (zero-filled). Each thread walks its rows once for both tensors (the offsets of K and V rows are one index
 // computation). The chunk grid is the wider row's: with int8 K and fp16 V a row of K has half the chunks of
 // V's, and the threads of the other half copy only V (a per-thread constant, no per-chunk branch).
-template <class GeoA, class GeoB, typename A, typename B, class Rows>
-__device__ __forceinline__ void load_rows(const A* a, A* tile_a, const B* b, B* tile_b, Rows&& rows) {
-    typename GeoA::TileLayout layout_a;
-    typename GeoB::TileLayout layout_b;
+template <class GeoA, class GeoB, int Rows = kBlockN, typename A, typename B, class RowOffsets>
+__device__ __forceinline__ void load_rows(const A* a, A* tile_a, const B* b, B* tile_b, RowOffsets&& rows) {
+    typename GeoA::template RowsLayout<Rows> layout_a;
+    typename GeoB::template RowsLayout<Rows> layout_b;
     constexpr int kChunks = GeoA::kChunks > GeoB::kChunks ? GeoA::kChunks : GeoB::kChunks;
-    constexpr int kPerThread = kBlockN * kChunks / kThreads;
-    static_assert(kBlockN * kChunks % kThreads == 0 && kThreads % kChunks == 0, "whole chunks per thread");
+    constexpr int kPerThread = Rows * kChunks / kThreads;
+    static_assert(Rows * kChunks % kThreads == 0 && kThreads % kChunks == 0, "whole chunks per thread");
     const int tid = threadIdx.x;
     // Consecutive threads take consecutive chunks of a row: coalesced 16-byte reads.
     long long off_a = -1, off_b = -1;
@@ -163,7 +181,9 @@ __device__ __forceinline__ void load_rows(const A* a, A* tile_a, const B* b, B* 
 //   bool begin()                      false: an empty tile (nothing to do)
 //   void stage(float* shared)         copies per-block tables into the dynamic shared memory past the core's
 //                                     own (the neighborhood bias); visible after the loop's first barrier
-//   void set_rows(r0, r1)             the two query rows of this thread (slots 0 and 1)
+//   static constexpr int kRowTiles    rows of a query tile: 1 (64) or 2 (128; the policy then must not keep
+//                                     per-slot state beyond what set_rows gets)
+//   void set_rows(const int (&)[2 * kRowTiles])  this thread's query rows, by slot (slot_row)
 //   int kv_tiles()                    kv tiles to visit, in order 0..kv_tiles()-1
 //   long long q_row(r), o_row(r)      element offsets of query row r in q and out, -1: no such row
 //   Tile kv_tile(t)                   per-tile addressing state (NA: the box origin), computed once per load
@@ -186,16 +206,19 @@ __global__ void __launch_bounds__(kThreads)
     attention_core_kernel(const __grid_constant__ typename Policy::Params params,
                           const typename Policy::QkElem* __restrict__ q, const typename Policy::QkElem* __restrict__ k,
                           const Elem* __restrict__ v, Elem* __restrict__ out) {
-    using Geo = Geometry<Elem, HeadDim>;
+    constexpr int kRowTiles = Policy::kRowTiles;
+    constexpr int kRows = block_rows<kRowTiles>();  // query rows of the tile
+    constexpr int kSlots = 2 * kRowTiles;           // query rows per thread
+    using Geo = Geometry<Elem, HeadDim, kRowTiles>;
     using QkElem = typename Policy::QkElem;
-    using QkGeo = Geometry<QkElem, HeadDim>;  // Geo itself unless Q and K are int8
+    using QkGeo = Geometry<QkElem, HeadDim, kRowTiles>;  // Geo itself unless Q and K are int8
     static_assert(sizeof(QkElem) <= sizeof(Elem), "a Q or K tile fits the slot of an Elem tile");
     extern __shared__ __align__(128) unsigned char smem_raw[];
     // Slots of Geo::kTileElems Elems each (an int8 tile uses the first half of its slot).
     Elem* slot_ptr = reinterpret_cast<Elem*>(smem_raw);
     QkElem* sQ_ptr = reinterpret_cast<QkElem*>(slot_ptr);
-    QkElem* sK_ptr = reinterpret_cast<QkElem*>(slot_ptr + Geo::kTileElems);  // stage s at + s * kTileElems Elems
-    Elem* sV_ptr = slot_ptr + (1 + kStages) * Geo::kTileElems;
+    QkElem* sK_ptr = reinterpret_cast<QkElem*>(slot_ptr + kRowTiles * Geo::kTileElems);  // stage s: + s * kTileElems Elems
+    Elem* sV_ptr = slot_ptr + (kRowTiles + kStages) * Geo::kTileElems;
     float* tile_max_exchange = reinterpret_cast<float*>(sV_ptr + kStages * Geo::kTileElems);  // [2][kWarps]
     static_assert(Geo::kSmemBytes % 16 == 0, "a staged table starts aligned past the core's shared memory");
 
@@ -209,17 +232,24 @@ __global__ void __launch_bounds__(kThreads)
     auto thr_mma = tiled_mma.get_thread_slice(tid);
     typename QkGeo::TiledMma qk_mma;   // S = Q K^T: tiled_mma's type, or the s8 MMA (the same C layout)
     auto thr_qk = qk_mma.get_thread_slice(tid);
-    Tensor sQ = make_tensor(make_smem_ptr(sQ_ptr), typename QkGeo::TileLayout{});
+    Tensor sQ = make_tensor(make_smem_ptr(sQ_ptr), typename QkGeo::QTileLayout{});
 
     // Row coordinates of this thread's accumulator elements: (row, col) of every S and O register.
-    Tensor cS = make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{});
+    Tensor cS = make_identity_tensor(Shape<Int<kRows>, Int<kBlockN>>{});
     Tensor tScS = thr_mma.partition_C(cS);
-    Tensor cO = make_identity_tensor(Shape<Int<kBlockM>, Int<HeadDim>>{});
+    Tensor cO = make_identity_tensor(Shape<Int<kRows>, Int<HeadDim>>{});
     Tensor tOcO = thr_mma.partition_C(cO);
-    // Each thread holds two query rows: warp*16 + lane/4 and that + 8 (slot 0 and 1).
-    const int row0 = warp * 16 + lane / 4;
-    const bool row_valid[2] = {policy.q_row(row0) >= 0, policy.q_row(row0 + 8) >= 0};
-    policy.set_rows(row0, row0 + 8);
+    // Each thread holds 2 query rows per row tile: warp*16 + lane/4 and that + 8 (slot_row).
+    bool row_valid[kSlots];
+    {
+        int rows[kSlots];
+#pragma unroll
+        for (int s = 0; s < kSlots; ++s) {
+            rows[s] = slot_row(warp, lane, s);
+            row_valid[s] = policy.q_row(rows[s]) >= 0;
+        }
+        policy.set_rows(rows);
+    }
 
     auto issue_kv = [&](int t) {
         const int stage = t % kStages;
@@ -231,7 +261,7 @@ __global__ void __launch_bounds__(kThreads)
 
     // Prologue: Q and kv tile 0 (group 0), kv tile 1 (group 1). A group may be empty; counts stay uniform.
     // (A loop, not unrolled: one copy of the loader's index math instead of one per stage.)
-    load_rows<QkGeo, QkGeo>(q, sQ_ptr, static_cast<const QkElem*>(nullptr), static_cast<QkElem*>(nullptr),
+    load_rows<QkGeo, QkGeo, kRows>(q, sQ_ptr, static_cast<const QkElem*>(nullptr), static_cast<QkElem*>(nullptr),
                             [&](int r, long long& q_off, long long&) { q_off = policy.q_row(r); });
 #pragma unroll 1
     for (int t = 0; t < kStages; ++t) {
@@ -239,11 +269,15 @@ __global__ void __launch_bounds__(kThreads)
         cp_async_fence();
     }
 
-    Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<HeadDim>>{});
-    static_assert(decltype(size<1>(acc_o))::value == 1, "row_slot assumes one 16-row MMA per warp");
+    Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kRows>, Int<HeadDim>>{});
+    static_assert(decltype(size<1>(acc_o))::value == kRowTiles, "row_slot: one 16-row MMA per warp and row tile");
     clear(acc_o);
-    float row_max[2] = {-INFINITY, -INFINITY};
-    float row_sum[2] = {0.f, 0.f};  // this thread's partial sums; the quad's are added at the end
+    float row_max[kSlots], row_sum[kSlots];  // row_sum: this thread's partial sums; the quad's are added at the end
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) {
+        row_max[s] = -INFINITY;
+        row_sum[s] = 0.f;
+    }
     float p_scale_prev = 1.f;       // PARO: the scale acc_o is expressed in (the last tile's P scale)
 
     auto smem_copy_a = make_tiled_copy_A(typename QkGeo::LoadAtom{}, qk_mma);
@@ -253,9 +287,10 @@ __global__ void __launch_bounds__(kThreads)
     auto thr_copy_b = smem_copy_b.get_thread_slice(tid);
     auto thr_copy_bt = smem_copy_bt.get_thread_slice(tid);
 
-    // Q stays in registers for every kv tile (ptxas, sm_90, head_dim 128: 236 registers, no spill); false
-    // re-reads it from shared memory per k-slice, as FlashAttention-2 does, should a policy need the registers.
-    constexpr bool kQInRegisters = true;
+    // Q stays in registers for every kv tile (ptxas, sm_90, head_dim 128, 64 rows: 236 registers, no spill); with
+    // 32 rows per warp at head_dim 128 its 64 registers would not fit beside the accumulators (128 + 64), so it is
+    // re-read from shared memory per k-slice, as FlashAttention-2 does.
+    constexpr bool kQInRegisters = !(kRowTiles > 1 && HeadDim == 128);
     Tensor tSrQ = thr_qk.partition_fragment_A(sQ);
     Tensor tSsQ = thr_copy_a.partition_S(sQ);
     Tensor tSrQ_view = thr_copy_a.retile_D(tSrQ);
@@ -275,8 +310,8 @@ __global__ void __launch_bounds__(kThreads)
         }
 
         // S = Q K^T, fp32 (or int32: the s8 MMA) in registers.
-        Tensor acc_qk = partition_fragment_C(qk_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
-        static_assert(decltype(size<1>(acc_qk))::value == 1, "row_slot assumes one 16-row MMA per warp");
+        Tensor acc_qk = partition_fragment_C(qk_mma, Shape<Int<kRows>, Int<kBlockN>>{});
+        static_assert(decltype(size<1>(acc_qk))::value == kRowTiles, "row_slot: one 16-row MMA per warp and row tile");
         clear(acc_qk);
         Tensor tSrK = thr_qk.partition_fragment_B(sK);
         Tensor tSsK = thr_copy_b.partition_S(sK);
@@ -302,31 +337,33 @@ __global__ void __launch_bounds__(kThreads)
             if constexpr (Policy::kMayBias) {
 #pragma unroll
                 for (int i = 0; i < size(acc_s); ++i) {
-                    const int slot = row_slot(i), c = get<1>(tScS(i));
+                    const int slot = row_slot<kRowTiles>(i), c = get<1>(tScS(i));
                     acc_s(i) = policy.keep(slot, c) ? policy.biased_logit(slot, c, acc_s(i)) : -INFINITY;
                 }
             }
         } else if (policy.masked(t)) {
 #pragma unroll
             for (int i = 0; i < size(acc_s); ++i) {
-                const int slot = row_slot(i), c = get<1>(tScS(i));
+                const int slot = row_slot<kRowTiles>(i), c = get<1>(tScS(i));
                 acc_s(i) = policy.keep(slot, c) ? policy.logit(slot, c, acc_s(i)) : -INFINITY;
             }
         } else {
 #pragma unroll
-            for (int i = 0; i < size(acc_s); ++i) acc_s(i) = policy.logit(row_slot(i), get<1>(tScS(i)), acc_s(i));
+            for (int i = 0; i < size(acc_s); ++i) acc_s(i) = policy.logit(row_slot<kRowTiles>(i), get<1>(tScS(i)), acc_s(i));
         }
 
         // Online softmax: new row maxima (the 4 threads of a quad share a row), rescale, exponentiate.
-        float tile_row_max[2] = {-INFINITY, -INFINITY};
+        float tile_row_max[kSlots];
+#pragma unroll
+        for (int s = 0; s < kSlots; ++s) tile_row_max[s] = -INFINITY;
 #pragma unroll
         for (int i = 0; i < size(acc_s); ++i) {
-            const int slot = row_slot(i);
+            const int slot = row_slot<kRowTiles>(i);
             tile_row_max[slot] = fmaxf(tile_row_max[slot], acc_s(i));
         }
-        float alpha[2], base[2];
+        float alpha[kSlots], base[kSlots];
 #pragma unroll
-        for (int s = 0; s < 2; ++s) {
+        for (int s = 0; s < kSlots; ++s) {
             const float m = fmaxf(row_max[s], quad_max(tile_row_max[s]));
             base[s] = m == -INFINITY ? 0.f : m;  // a row with nothing kept so far
             alpha[s] = exp2f(row_max[s] - base[s]);
@@ -336,14 +373,16 @@ __global__ void __launch_bounds__(kThreads)
         float p_max = 0.f;
 #pragma unroll
         for (int i = 0; i < size(acc_s); ++i) {
-            const int slot = row_slot(i);
+            const int slot = row_slot<kRowTiles>(i);
             const float p = exp2f(acc_s(i) - base[slot]);
             row_sum[slot] += p;  // the denominator: unquantized probabilities
             if (row_valid[slot]) p_max = fmaxf(p_max, p);
             acc_s(i) = p;
         }
 
-        float o_factor[2] = {alpha[0], alpha[1]};
+        float o_factor[kSlots];
+#pragma unroll
+        for (int s = 0; s < kSlots; ++s) o_factor[s] = alpha[s];
         Tensor rP = make_tensor_like<Elem>(acc_s);  // P as the A operand of P V (rounded to Elem, or quantized)
         if constexpr (Policy::kQuantP) {
             // One P scale per (query tile, kv tile): max over the tile's real rows, shared by the 4 warps.
@@ -376,14 +415,14 @@ __global__ void __launch_bounds__(kThreads)
                 }
             }
             // acc_o holds O / p_scale_prev; after this tile it holds O / p_scale.
-            for (int s = 0; s < 2; ++s) o_factor[s] = alpha[s] * p_scale_prev / p_scale;
+            for (int s = 0; s < kSlots; ++s) o_factor[s] = alpha[s] * p_scale_prev / p_scale;
             p_scale_prev = p_scale;
         } else {
 #pragma unroll
             for (int i = 0; i < size(acc_s); ++i) rP(i) = static_cast<Elem>(acc_s(i));
         }
 #pragma unroll
-        for (int i = 0; i < size(acc_o); ++i) acc_o(i) *= o_factor[row_slot(i)];
+        for (int i = 0; i < size(acc_o); ++i) acc_o(i) *= o_factor[row_slot<kRowTiles>(i)];
 
         // O += P V: P from registers as the A operand, V^T through ldmatrix.trans.
         Tensor tOrP = make_tensor(rP.data(), acc_as_a_operand(rP.layout()));
@@ -403,16 +442,17 @@ __global__ void __launch_bounds__(kThreads)
     cp_async_wait<0>();
 
     // Normalize and store: O = acc_o * p_scale / l (l summed over the quad); rows without keys give 0.
-    float inv[2];
+    float inv[kSlots];
+    long long o_rows[kSlots];
 #pragma unroll
-    for (int s = 0; s < 2; ++s) {
+    for (int s = 0; s < kSlots; ++s) {
+        o_rows[s] = policy.o_row(slot_row(warp, lane, s));
         const float l = quad_sum(row_sum[s]);
         inv[s] = l > 0.f ? p_scale_prev / l : 0.f;
     }
-    const long long o_rows[2] = {policy.o_row(row0), policy.o_row(row0 + 8)};
 #pragma unroll
     for (int i = 0; i < size(acc_o); i += 2) {  // (i, i+1): two adjacent columns of one row
-        const int c = get<1>(tOcO(i)), slot = row_slot(i);
+        const int c = get<1>(tOcO(i)), slot = row_slot<kRowTiles>(i);
         if (o_rows[slot] < 0) continue;
         const float x0 = acc_o(i) * inv[slot] * policy.finish(c);
         const float x1 = acc_o(i + 1) * inv[slot] * policy.finish(c + 1);

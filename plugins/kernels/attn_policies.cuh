@@ -18,7 +18,9 @@ namespace core {
 // The host's path rules (core_plan.h) size the same tiles and shared memory as the kernel.
 static_assert(kBlockM == kCoreTile && kBlockN == kCoreTile, "core_plan.h's tile is the kernel's");
 static_assert(Geometry<half_t, 32>::kSmemBytes == core_smem_bytes(32) && Geometry<half_t, 64>::kSmemBytes == core_smem_bytes(64) &&
-                  Geometry<bfloat16_t, 128>::kSmemBytes == core_smem_bytes(128),
+                  Geometry<bfloat16_t, 128>::kSmemBytes == core_smem_bytes(128) &&
+                  Geometry<half_t, 64, 2>::kSmemBytes == core_smem_bytes(64, 2) &&
+                  Geometry<bfloat16_t, 128, 2>::kSmemBytes == core_smem_bytes(128, 2),
               "core_plan.h's shared memory is the kernel's");
 
 // ---- neighborhood: a query tile is a box of one dilation group (na_index.h's tiles, 64 slots); it visits
@@ -27,6 +29,7 @@ template <typename Elem>
 struct NaPolicy {
     static constexpr bool kMayBias = true;  // the bias (rpb) is a runtime choice: one instantiation
     static constexpr bool kQuantP = false;
+    static constexpr int kRowTiles = 1;     // a query tile is one 64-slot box (its per-slot windows: Block)
     using QkElem = Elem;
     struct Params {
         NaProblem pr;
@@ -151,9 +154,9 @@ struct NaPolicy {
         k_off = v_off = slot_offset(r, tile.origin, s().kv_end);
     }
 
-    __device__ void set_rows(int r0, int r1) {
-        rows[0] = r0;
-        rows[1] = r1;
+    __device__ void set_rows(const int (&slot_rows)[2]) {
+        rows[0] = slot_rows[0];
+        rows[1] = slot_rows[1];
         for (int i = 0; i < 2; ++i) {
             int at[kMaxRank];
             local(rows[i], at);
@@ -214,13 +217,17 @@ struct NaPolicy {
     __device__ float qmax_p() const { return 1.f; }
 };
 
-// ---- block-sparse: a query tile is 64 rows of one query block (block_q % 64 == 0); it visits its row's
-// listed blocks as one virtual key sequence (block_layout.h's VirtualKeys) in 64-key tiles, in list order.
-// Only tiles with a slot past the list's end or a key past seq_kv are masked.
-template <typename Elem>
+// ---- block-sparse: a query tile is 64 x RowTiles rows of one query block (block_q % (64 x RowTiles) == 0,
+// core_plan.h's bsa_row_tiles); it visits its row's listed blocks as one virtual key sequence
+// (block_layout.h's VirtualKeys) in 64-key tiles, in list order. Only tiles with a slot past the list's end or
+// a key past seq_kv are masked; their element mask is built once per tile as 64 bits (two warp ballots of a
+// key lookup each) before the tile's barrier, not by a key lookup (an integer division and a global load) per
+// element while S is live.
+template <typename Elem, int RowTiles = 1>
 struct BsaPolicy {
     static constexpr bool kMayBias = false;
     static constexpr bool kQuantP = false;
+    static constexpr int kRowTiles = RowTiles;
     using QkElem = Elem;
     struct Params {
         int heads, seq_q, seq_kv, dim, block_q, block_kv;
@@ -234,16 +241,26 @@ struct BsaPolicy {
     const Params& p;
     VirtualKeys keys;
     long long q_base, kv_base;
-    int q_first, n_tiles, cur;
+    int q_first, n_tiles;
     bool cur_masked;
+    uint64_t keep_bits;  // the current masked tile's slots that hold a key
 
     __device__ explicit BsaPolicy(const Params& params) : p(params) {}
     __device__ void stage(float*) {}
-    __device__ void prepare_tile(int) {}
+    // Before tile t's barrier, for the tile's logits (S is not live yet). tile_masked is uniform over the block,
+    // so whole warps take the ballots.
+    __device__ void prepare_tile(int t) {
+        cur_masked = keys.tile_masked(t, kBlockN);
+        if (!cur_masked) return;
+        const int lane = threadIdx.x & 31, first = t * kBlockN;
+        const unsigned low = __ballot_sync(0xffffffffu, keys.key(first + lane) >= 0);
+        const unsigned high = __ballot_sync(0xffffffffu, keys.key(first + 32 + lane) >= 0);
+        keep_bits = (static_cast<uint64_t>(high) << 32) | low;
+    }
 
     __device__ bool begin() {
         const int b = blockIdx.z, h = blockIdx.y;
-        q_first = blockIdx.x * kBlockM;
+        q_first = blockIdx.x * block_rows<RowTiles>();
         const BlockRow row = block_row(p.layout, p.kv_count, p.kv_index, p.batch0 + b, p.head0 + h, q_first / p.block_q,
                                        ceil_div(p.seq_kv, p.block_kv));
         keys = VirtualKeys{row, p.block_kv, p.seq_kv};
@@ -263,13 +280,10 @@ struct BsaPolicy {
         const int key = keys.key(tile.first_slot + r);
         k_off = v_off = key < 0 ? -1 : kv_base + static_cast<long long>(key) * p.dim;
     }
-    __device__ void set_rows(int, int) {}
-    __device__ void set_tile(int t) {
-        cur = t;
-        cur_masked = keys.tile_masked(t, kBlockN);
-    }
+    __device__ void set_rows(const int (&)[2 * RowTiles]) {}
+    __device__ void set_tile(int) {}
     __device__ bool masked(int) const { return cur_masked; }
-    __device__ bool keep(int, int c) const { return keys.key(cur * kBlockN + c) >= 0; }
+    __device__ bool keep(int, int c) const { return (keep_bits >> c) & 1u; }
     __device__ float logit(int, int, float dot) const { return dot * p.scale_log2; }
     __device__ float finish(int) const { return 1.f; }
     __device__ float qmax_p() const { return 1.f; }
@@ -284,6 +298,7 @@ template <typename Elem, bool QuantP, bool Int8QK = false>
 struct ParoPolicy {
     static constexpr bool kMayBias = false;
     static constexpr bool kQuantP = QuantP;
+    static constexpr int kRowTiles = 1;  // a query tile is one query block of 64 (its P scale is per block pair)
     using QkElem = typename std::conditional<Int8QK, int8_t, Elem>::type;
     struct Params {
         int heads, seq, dim;
@@ -356,8 +371,7 @@ struct ParoPolicy {
         k_off = base + (p.gather_qk ? original : static_cast<long long>(key) * p.dim);
         v_off = base + (p.gather_v ? original : static_cast<long long>(key) * p.dim);
     }
-    __device__ void set_rows(int r0, int r1) {
-        const int rows[2] = {r0, r1};
+    __device__ void set_rows(const int (&rows)[2]) {
         const int groups = ceil_div(p.seq, p.q_group);
         for (int s = 0; s < 2; ++s) {
             const int n = min(q_first + rows[s], p.seq - 1);

@@ -17,12 +17,12 @@ using attnx::fail;
 
 float scale_of(const attnx_bsa_params& p) { return p.scale > 0.f ? p.scale : 1.f / __builtin_sqrtf(float(p.head_dim)); }
 
-template <typename Elem, int HD>
+template <typename Elem, int HD, int RowTiles>
 cudaError_t launch_core(const attnx_bsa_params& p, const attnx::Device& dev, const void* q, const void* k, const void* v,
                         const int32_t* kv_count, const int32_t* kv_index, void* out, cudaStream_t stream) {
-    using Policy = attnx::core::BsaPolicy<Elem>;
+    using Policy = attnx::core::BsaPolicy<Elem, RowTiles>;
     constexpr auto kernel = attnx::core::attention_core_kernel<Elem, HD, Policy>;
-    const size_t smem = attnx::core::Geometry<Elem, HD>::kSmemBytes;
+    const size_t smem = attnx::core::Geometry<Elem, HD, RowTiles>::kSmemBytes;
     cudaError_t status = cudaSuccess;
     attnx::for_each_grid_chunk(p.batch, p.heads, [&](int b0, int batches, int h0, int heads) {
         if (status != cudaSuccess) return;
@@ -30,7 +30,7 @@ cudaError_t launch_core(const attnx_bsa_params& p, const attnx::Device& dev, con
                                        kv_count, kv_index, b0, h0, scale_of(p) * attnx::core::kLog2e};
         const long long q_off = (static_cast<long long>(b0) * p.heads + h0) * p.seq_q * p.head_dim;
         const long long kv_off = (static_cast<long long>(b0) * p.heads + h0) * p.seq_kv * p.head_dim;
-        const dim3 grid(attnx::ceil_div(p.seq_q, attnx::core::kBlockM), heads, batches);
+        const dim3 grid(attnx::ceil_div(p.seq_q, attnx::core::block_rows<RowTiles>()), heads, batches);
         status = attnx::launch_with_smem<kernel>(dev.id, smem, [&] {
             kernel<<<grid, attnx::core::kThreads, smem, stream>>>(
                 params, static_cast<const Elem*>(q) + q_off, static_cast<const Elem*>(k) + kv_off,
@@ -41,13 +41,18 @@ cudaError_t launch_core(const attnx_bsa_params& p, const attnx::Device& dev, con
     return status;
 }
 
+// 128-query tiles where core_plan.h's bsa_row_tiles picks them (head_dim 32 and 64 only: no 128-query instance
+// is built at head_dim 128), else 64.
 template <typename Elem>
 cudaError_t dispatch_core(const attnx_bsa_params& p, const attnx::Device& dev, const void* q, const void* k,
                           const void* v, const int32_t* c, const int32_t* i, void* out, cudaStream_t s) {
+    const bool wide = attnx::bsa_row_tiles(p, dev.max_smem) == 2;
     switch (p.head_dim) {
-        case 32: return launch_core<Elem, 32>(p, dev, q, k, v, c, i, out, s);
-        case 64: return launch_core<Elem, 64>(p, dev, q, k, v, c, i, out, s);
-        default: return launch_core<Elem, 128>(p, dev, q, k, v, c, i, out, s);
+        case 32: return wide ? launch_core<Elem, 32, 2>(p, dev, q, k, v, c, i, out, s)
+                             : launch_core<Elem, 32, 1>(p, dev, q, k, v, c, i, out, s);
+        case 64: return wide ? launch_core<Elem, 64, 2>(p, dev, q, k, v, c, i, out, s)
+                             : launch_core<Elem, 64, 1>(p, dev, q, k, v, c, i, out, s);
+        default: return launch_core<Elem, 128, 1>(p, dev, q, k, v, c, i, out, s);
     }
 }
 

@@ -8,17 +8,20 @@
 
 namespace attnx {
 
-constexpr int kCoreTile = 64;  // attn_core.cuh's kBlockM == kBlockN
+constexpr int kCoreTile = 64;  // attn_core.cuh's kBlockM (a row tile) == kBlockN (a kv tile)
 
 constexpr bool core_head_dim(int dim) { return dim == 32 || dim == 64 || dim == 128; }
 
-// Dynamic shared memory of the core: a Q tile and 2 stages of K and V tiles (2-byte elements), plus
-// PARO's tile-max exchange (2 x 4 floats). Must match attn_core.cuh's Geometry::kSmemBytes.
-constexpr size_t core_smem_bytes(int dim) { return size_t(2) * kCoreTile * dim * 5 + 2 * 4 * sizeof(float); }
+// Dynamic shared memory of the core: a Q tile of row_tiles x 64 rows and 2 stages of K and V tiles (2-byte
+// elements), plus PARO's tile-max exchange (2 x 4 floats). Must match attn_core.cuh's Geometry::kSmemBytes.
+constexpr size_t core_smem_bytes(int dim, int row_tiles = 1) {
+    return size_t(2) * kCoreTile * dim * (row_tiles + 4) + 2 * 4 * sizeof(float);
+}
 
 // The core: fp16/bf16, head_dim 32/64/128, sm_80+, 16-byte aligned tensors, enough shared memory.
-inline bool core_fits(int dtype, int dim, int cc_major, size_t max_smem, bool aligned) {
-    return dtype != ATTNX_FLOAT32 && core_head_dim(dim) && cc_major >= 8 && aligned && core_smem_bytes(dim) <= max_smem;
+inline bool core_fits(int dtype, int dim, int cc_major, size_t max_smem, bool aligned, int row_tiles = 1) {
+    return dtype != ATTNX_FLOAT32 && core_head_dim(dim) && cc_major >= 8 && aligned &&
+           core_smem_bytes(dim, row_tiles) <= max_smem;
 }
 
 // The neighborhood policy's static shared memory (its per-block state and slot coordinates) is at most this;
@@ -37,6 +40,17 @@ inline attnx_path bsa_path(const attnx_bsa_params& p, int cc_major, size_t max_s
     if (cc_major < 8) return ATTNX_PATH_NONE;
     return core_fits(p.dtype, p.head_dim, cc_major, max_smem, aligned) && p.block_q % kCoreTile == 0 ? ATTNX_PATH_CORE
                                                                                                       : ATTNX_PATH_GENERIC;
+}
+
+// Block-sparse on the core: 128-query tiles (2 row tiles: each warp's K/V fragment loads feed two MMAs, each
+// K/V tile read serves 128 queries) at head_dim 32 and 64 when query blocks hold whole 128-query tiles and the
+// larger Q tile fits in shared memory; else 64-query tiles. Not at head_dim 128: there 32 rows per warp hold
+// 192 accumulator registers and ptxas spills (50 spill instructions, 36 of them per kv tile; docs/benchmarks.md).
+constexpr bool bsa_wide_head_dim(int dim) { return dim == 32 || dim == 64; }
+inline int bsa_row_tiles(const attnx_bsa_params& p, size_t max_smem) {
+    return bsa_wide_head_dim(p.head_dim) && p.block_q % (2 * kCoreTile) == 0 && core_smem_bytes(p.head_dim, 2) <= max_smem
+               ? 2
+               : 1;
 }
 
 // PARO: the core needs block == 64 (a query tile is one query block, a kv tile one listed block, so its

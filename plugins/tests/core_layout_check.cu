@@ -1,7 +1,8 @@
 // Host check of the fused core's register-level plumbing (plugins/kernels/attn_core.cuh), on CuTe's own
-// layouts, for every thread of the block, fp16 and bf16, head_dim 32/64/128 -- what a GPU run would only show
-// as wrong numbers:
-//   - row_slot(i): the S and O registers of slot 0/1 hold rows warp*16 + lane/4 and that + 8;
+// layouts, for every thread of the block, fp16 and bf16, head_dim 32/64/128, query tiles of 64 and 128 rows
+// (1 and 2 row tiles) -- what a GPU run would only show as wrong numbers:
+//   - row_slot<RowTiles>(i): the S and O registers of slot s hold row slot_row(warp, lane, s): warp*16 +
+//     lane/4 (+ 8 for odd slots, + 64 for the second row tile);
 //   - registers i, i+1 (i even) hold adjacent columns of one row (the output stores pairs);
 //   - acc_as_a_operand: S's registers read as P's A operand hold exactly the (row, key) that P.V needs;
 //   - the ldmatrix copies fill the Q/K/V^T fragments with the elements the MMA expects;
@@ -26,12 +27,14 @@
 using namespace cute;
 using namespace attnx::core;
 
-template <typename Elem, int HD>
+template <typename Elem, int HD, int RowTiles = 1>
 void check_geometry() {
-    using Geo = Geometry<Elem, HD>;
+    using Geo = Geometry<Elem, HD, RowTiles>;
+    constexpr int kRows = block_rows<RowTiles>();
     typename Geo::TiledMma mma;
     typename Geo::TileLayout tile;
     typename Geo::TileLayoutT tile_t;
+    typename Geo::QTileLayout q_tile;
     // The tile layout: a bijection onto [0, 64 * HD); 16-byte chunks contiguous; V^T the same memory.
     std::vector<int> seen(kBlockN * HD, 0);
     for (int r = 0; r < kBlockN; ++r)
@@ -42,12 +45,21 @@ void check_geometry() {
             CHECK_MSG(tile(r, c) == tile(r, c - c % 8) + c % 8, "HD %d chunk of (%d,%d)", HD, r, c);
             CHECK_MSG(tile_t(c, r) == at, "HD %d V^T view (%d,%d)", HD, c, r);
         }
-    Tensor cS = make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{});
-    Tensor cO = make_identity_tensor(Shape<Int<kBlockM>, Int<HD>>{});
-    Tensor cQ = make_identity_tensor(Shape<Int<kBlockM>, Int<HD>>{});   // Q (m, d): the A operand of Q K^T
+    // The Q tile: a bijection onto [0, kRows * HD) with contiguous 16-byte chunks (the kernel's Q slots).
+    std::vector<int> seen_q(kRows * HD, 0);
+    for (int r = 0; r < kRows; ++r)
+        for (int c = 0; c < HD; ++c) {
+            const int at = q_tile(r, c);
+            CHECK_MSG(at >= 0 && at < kRows * HD && !seen_q[at], "HD %d Q tile (%d,%d) -> %d", HD, r, c, at);
+            seen_q[at] = 1;
+            CHECK_MSG(q_tile(r, c) == q_tile(r, c - c % 8) + c % 8, "HD %d Q chunk of (%d,%d)", HD, r, c);
+        }
+    Tensor cS = make_identity_tensor(Shape<Int<kRows>, Int<kBlockN>>{});
+    Tensor cO = make_identity_tensor(Shape<Int<kRows>, Int<HD>>{});
+    Tensor cQ = make_identity_tensor(Shape<Int<kRows>, Int<HD>>{});     // Q (m, d): the A operand of Q K^T
     Tensor cK = make_identity_tensor(Shape<Int<kBlockN>, Int<HD>>{});   // K (n, d): the B operand
     Tensor cVt = make_identity_tensor(Shape<Int<HD>, Int<kBlockN>>{});  // V^T (d, n): the B operand of P V
-    Tensor cP = make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{});  // P (m, n): the A operand
+    Tensor cP = make_identity_tensor(Shape<Int<kRows>, Int<kBlockN>>{});  // P (m, n): the A operand
     auto copy_a = make_tiled_copy_A(typename Geo::LoadAtom{}, mma);
     auto copy_b = make_tiled_copy_B(typename Geo::LoadAtom{}, mma);
     auto copy_bt = make_tiled_copy_B(typename Geo::LoadAtomT{}, mma);
@@ -56,13 +68,14 @@ void check_geometry() {
         auto thr = mma.get_thread_slice(tid);
         Tensor tS = thr.partition_C(cS);
         Tensor tO = thr.partition_C(cO);
+        CHECK_MSG(size<1>(tS) == RowTiles && size<1>(tO) == RowTiles, "one 16-row MMA per warp and row tile");
         for (int i = 0; i < size(tS); ++i) {
-            CHECK_MSG(get<0>(tS(i)) == warp * 16 + lane / 4 + 8 * row_slot(i), "S row of thread %d reg %d", tid, i);
+            CHECK_MSG(get<0>(tS(i)) == slot_row(warp, lane, row_slot<RowTiles>(i)), "S row of thread %d reg %d", tid, i);
             if (i % 2 == 0)
                 CHECK_MSG(get<0>(tS(i + 1)) == get<0>(tS(i)) && get<1>(tS(i + 1)) == get<1>(tS(i)) + 1, "S pair %d", i);
         }
         for (int i = 0; i < size(tO); ++i) {
-            CHECK_MSG(get<0>(tO(i)) == warp * 16 + lane / 4 + 8 * row_slot(i), "O row of thread %d reg %d", tid, i);
+            CHECK_MSG(get<0>(tO(i)) == slot_row(warp, lane, row_slot<RowTiles>(i)), "O row of thread %d reg %d", tid, i);
             if (i % 2 == 0)
                 CHECK_MSG(get<0>(tO(i + 1)) == get<0>(tO(i)) && get<1>(tO(i + 1)) == get<1>(tO(i)) + 1, "O pair %d", i);
         }
@@ -74,7 +87,6 @@ void check_geometry() {
         for (int j = 0; j < size(as_a); ++j)
             CHECK_MSG(as_a(j) == want_a(j), "thread %d A register %d: S (%d,%d), P needs (%d,%d)", tid, j,
                       int(get<0>(as_a(j))), int(get<1>(as_a(j))), int(get<0>(want_a(j))), int(get<1>(want_a(j))));
-        (void)lane;
     }
     // ldmatrix is collective: thread t gives the address of row t % 8 of 8 x 8 matrix t / 8 (its 8 source
     // values) and receives, of each matrix m, row t / 4, columns 2 (t % 4) + {0, 1} (x4), or with .trans row
@@ -330,6 +342,10 @@ int main() {
     check_geometry<half_t, 128>();
     check_geometry<bfloat16_t, 64>();
     check_geometry<bfloat16_t, 128>();
+    check_geometry<half_t, 32, 2>();  // block-sparse's 128-query tiles
+    check_geometry<half_t, 64, 2>();
+    check_geometry<half_t, 128, 2>();
+    check_geometry<bfloat16_t, 128, 2>();
     check_s8<32>();
     check_s8<64>();
     check_s8<128>();
