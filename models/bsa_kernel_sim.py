@@ -5,9 +5,11 @@ Same tiles: a query tile is 64 rows of one query block (block_q a multiple of 64
 blocks as one virtual key sequence of count * block_kv slots (slot v is key block[v // block_kv] * block_kv +
 v % block_kv when below seq_kv), in 64-slot tiles in list order; only tiles holding a slot without a key are
 masked (the kernel's tile_masked rule, which the replay checks against the element mask). Where block_q is a
-multiple of 128 the kernel may run 128-query tiles (core_plan.h's bsa_row_tiles): every row of one is computed
-exactly as in a 64-query tile (the same kv tiles in the same order, per-row softmax state), so this replay of
-64-query tiles covers both. Same arithmetic: raw
+multiple of 128 the kernel runs 128-query tiles (core_plan.h's bsa_row_tiles): every row of one is computed as in
+a 64-query tile (the same kv tiles in the same order, per-row softmax state), except that at head_dim 128 each
+64-key tile is taken in two 32-key steps of the online softmax (attn_core.cuh's core_split); `key_step` replays
+that (by default as the kernel picks it on a device where the 128-query tile fits, such as an H100). Same
+arithmetic: raw
 dot products in fp32, logits times scale * log2(e), an online softmax in base 2 (exp2) whose denominator sums the
 unrounded probabilities, P rounded to the input dtype (fp16/bf16) before P.V, fp32 accumulation, rows without a
 key give zeros. Slow (a Python loop over tiles): small shapes only.
@@ -94,12 +96,18 @@ def online_tile(acc, row_max, row_sum, logits, values, dtype):
     return acc, new_max, row_sum
 
 
+def key_step_of(block_q: int, dim: int) -> int:
+    """Keys per online-softmax step: 32 for 128-query tiles at head_dim 128 (core_split), else the whole tile."""
+    return TILE // 2 if block_q % (2 * TILE) == 0 and dim == 128 else TILE
+
+
 def simulate(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale: float | None = None,
-             stats: SimStats | None = None, track_pairs: bool = False) -> torch.Tensor:
+             stats: SimStats | None = None, track_pairs: bool = False, key_step: int | None = None) -> torch.Tensor:
     """Block-sparse attention computed tile by tile as the core does; returns q's dtype."""
     if block_q % TILE:
         raise ValueError(f"the core takes block_q in multiples of {TILE} (block_q={block_q}: the generic kernel)")
     batch, heads, seq_q, dim = q.shape
+    key_step = key_step or key_step_of(block_q, dim)
     seq_kv = k.shape[2]
     scale_log2 = (scale if scale is not None else dim**-0.5) * LOG2E
     stats = stats if stats is not None else SimStats()
@@ -137,7 +145,9 @@ def simulate(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale: fl
                                 for c in torch.nonzero(valid).flatten().tolist():
                                     pair = (b, h, first + r, int(slot_keys[c]))
                                     stats.pairs[pair] = stats.pairs.get(pair, 0) + 1
-                    acc, row_max, row_sum = online_tile(acc, row_max, row_sum, logits, v_rows, q.dtype)
+                    for c in range(0, TILE, key_step):
+                        acc, row_max, row_sum = online_tile(acc, row_max, row_sum, logits[:, c:c + key_step],
+                                                            v_rows[c:c + key_step], q.dtype)
                 result = torch.where(row_sum[:, None] > 0, acc / row_sum.clamp(min=1e-30)[:, None], torch.zeros(()))
                 out[b, h, rows[row_ok]] = result[row_ok]
     return out.to(q.dtype)

@@ -18,11 +18,11 @@ from attn_export.models.block_sparse import block_sparse_attention, num_blocks
 from helpers import random_layout
 
 
-def random_config(seed: int, dim=None):
+def random_config(seed: int, dim=None, block_q=None):
     rng = random.Random(seed)
     batch, heads = rng.randint(1, 2), rng.randint(1, 2)
     dim = dim or rng.choice([8, 16])
-    block_q = rng.choice([64, 128])
+    block_q = block_q or rng.choice([64, 128])
     block_kv = rng.choice([1, 7, 16, 32, 48, 64, 100, 128])
     sq, skv = rng.randint(1, 260), rng.randint(1, 300)
     lead_b, lead_h = rng.choice([1, batch]), rng.choice([1, heads])
@@ -71,6 +71,22 @@ def test_rounding_p_to_the_input_type_stays_within_the_gpu_tolerance(dtype, atol
     out = sim.simulate(q.to(dtype), k.to(dtype), v.to(dtype), count, index, block_q, block_kv, scale=scale)
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), ref, atol=atol, rtol=0)
+
+
+def test_key_steps_of_the_128_query_tiles_at_head_dim_128():
+    # core_split: 32-key online-softmax steps for block_q % 128 == 0 at head_dim 128, whole 64-key tiles otherwise.
+    assert [sim.key_step_of(bq, d) for bq, d in [(128, 128), (256, 128), (64, 128), (192, 128), (128, 64)]] == \
+        [32, 32, 64, 64, 64]
+    for seed in range(6):
+        q, k, v, count, index, _, block_kv, scale = random_config(200 + seed, dim=128, block_q=128)
+        ref = block_sparse_attention(q, k, v, count, index, 128, block_kv, scale=scale)
+        out = sim.simulate(q, k, v, count, index, 128, block_kv, scale=scale)  # steps of 32 keys
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+        half = sim.simulate(q.half(), k.half(), v.half(), count, index, 128, block_kv, scale=scale)
+        whole = sim.simulate(q.half(), k.half(), v.half(), count, index, 128, block_kv, scale=scale, key_step=64)
+        torch.testing.assert_close(half.float(), ref, atol=1e-2, rtol=0)
+        # the step changes only the rounding of P (its exp2 base), not what is computed
+        torch.testing.assert_close(half.float(), whole.float(), atol=1e-2, rtol=0)
 
 
 def test_aligned_blocks_are_never_masked():

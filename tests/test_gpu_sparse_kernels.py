@@ -81,23 +81,32 @@ def test_block_sparse_core_path_and_its_simulator(kernels, dtype):
     torch.testing.assert_close(out, simulated.float(), atol=TOLERANCE[dtype], rtol=0)
 
 
+# (seq_q, seq_kv, block_kv, density): a partial last query tile (rows past seq_q), kv blocks that do not fill a
+# 64-key tile (16, 100: masked kv tiles, the per-tile keep bits), a partial tail block, empty rows (density 0).
+WIDE_CASES = [(300, 700, 16, 0.3), (700, 250, 100, 1.0), (129, 900, 64, 0.0), (513, 513, 128, 0.6)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("dim", [32, 64, 128])  # 32, 64: 128-query tiles (core_plan.h's bsa_row_tiles); 128: 64
+@pytest.mark.parametrize("dim", [32, 64, 128])  # 128: two 32-key steps per kv tile (attn_core.cuh's core_split)
 @pytest.mark.parametrize("block_q", [128, 256])
 def test_block_sparse_whole_128_query_blocks(kernels, dtype, dim, block_q):
-    # Random lengths (a partial last query tile: rows past seq_q), block_kv 16/64/100/128 (masked kv tiles: the
-    # per-tile keep bits), empty rows (density 0): against the fp32 reference and the 64-row simulator.
-    for seed in range(10, 14):
-        q, k, v, count, index, _, block_kv, scale = bsa_case(seed, dtype, dim, block_q=block_q)
+    # The core's 128-query tiles (core_plan.h's bsa_row_tiles, on sm_90; elsewhere the same calls take 64-query
+    # tiles) against the fp32 reference and the simulator (which replays the key steps).
+    for seed, (sq, skv, block_kv, density) in enumerate(WIDE_CASES):
+        rng = random.Random(seed * 7 + block_q)
+        count, index = layout(rng, 1, 2, num_blocks(sq, block_q), num_blocks(skv, block_kv), density)
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        q, k, v = (torch.randn(2, 2, n, dim, generator=gen, device="cuda").to(dtype) for n in (sq, skv, skv))
+        count, index = count.cuda(), index.cuda()
         assert kernels.bsa_select_path(q, k, count, index, block_q, block_kv) == "core"
         out = torch.full_like(q, float("nan"))
-        kernels.block_sparse_attention(q, k, v, count, index, block_q, block_kv, scale=scale, out=out)
+        kernels.block_sparse_attention(q, k, v, count, index, block_q, block_kv, out=out)
         torch.cuda.synchronize()
         assert torch.isfinite(out).all(), "the kernel left unwritten (NaN) outputs"
         cpu = [x.cpu() for x in (q, k, v, count, index)]
-        ref = block_sparse_attention(*[x.float() for x in cpu[:3]], *cpu[3:], block_q, block_kv, scale=scale)
+        ref = block_sparse_attention(*[x.float() for x in cpu[:3]], *cpu[3:], block_q, block_kv)
         torch.testing.assert_close(out.float().cpu(), ref, atol=TOLERANCE[dtype], rtol=0)
-        simulated = bsa_kernel_sim.simulate(*cpu, block_q, block_kv, scale=scale)
+        simulated = bsa_kernel_sim.simulate(*cpu, block_q, block_kv)
         torch.testing.assert_close(out.float().cpu(), simulated.float(), atol=TOLERANCE[dtype], rtol=0)
 
 

@@ -118,6 +118,11 @@ __device__ __forceinline__ void copy_chunk(const void* src, void* dst, bool pred
 // computed from the coordinates would index local memory).
 template <int RowTiles = 1>
 __host__ __device__ constexpr int row_slot(int i) { return ((i >> 1) & 1) | (((i >> 2) % RowTiles) << 1); }
+// Steps per 64-key tile of the tile's S, softmax and P V: 2 (32 keys each) for 128-query tiles at head_dim 128,
+// whose 64-key S (64 registers per thread) beside the output (128) spills 50 instructions (sm_90); in two steps
+// S takes 32 registers and 21 spill instructions remain (benchmarks.md (k)); else 1.
+constexpr int core_split(int row_tiles, int head_dim) { return row_tiles > 1 && head_dim == 128 ? 2 : 1; }
+
 // The query row (within the query tile) of slot `slot` of thread `lane` of warp `warp`.
 __host__ __device__ constexpr int slot_row(int warp, int lane, int slot) {
     return (slot >> 1) * kBlockM + warp * 16 + lane / 4 + 8 * (slot & 1);
@@ -235,8 +240,13 @@ __global__ void __launch_bounds__(kThreads)
     Tensor sQ = make_tensor(make_smem_ptr(sQ_ptr), typename QkGeo::QTileLayout{});
 
     // Row coordinates of this thread's accumulator elements: (row, col) of every S and O register.
-    Tensor cS = make_identity_tensor(Shape<Int<kRows>, Int<kBlockN>>{});
-    Tensor tScS = thr_mma.partition_C(cS);
+    // The kv tile's keys are processed in kSplit steps of kCols (core_split): S, the online-softmax step and P V
+    // on 32 keys at a time where 64 would not fit in registers beside the output (128-query tiles, head_dim 128).
+    constexpr int kSplit = core_split(kRowTiles, HeadDim);
+    constexpr int kCols = kBlockN / kSplit;
+    static_assert(kSplit == 1 || !Policy::kQuantP, "PARO's P scale is per 64-key tile: no split");
+    Tensor cS = make_identity_tensor(Shape<Int<kRows>, Int<kCols>>{});
+    Tensor tScS = thr_mma.partition_C(cS);  // (row, column within the step) of every S register
     Tensor cO = make_identity_tensor(Shape<Int<kRows>, Int<HeadDim>>{});
     Tensor tOcO = thr_mma.partition_C(cO);
     // Each thread holds 2 query rows per row tile: warp*16 + lane/4 and that + 8 (slot_row).
@@ -287,9 +297,10 @@ __global__ void __launch_bounds__(kThreads)
     auto thr_copy_b = smem_copy_b.get_thread_slice(tid);
     auto thr_copy_bt = smem_copy_bt.get_thread_slice(tid);
 
-    // Q stays in registers for every kv tile (ptxas, sm_90, head_dim 128, 64 rows: 236 registers, no spill); with
-    // 32 rows per warp at head_dim 128 its 64 registers would not fit beside the accumulators (128 + 64), so it is
-    // re-read from shared memory per k-slice, as FlashAttention-2 does.
+    // Q stays in registers for every kv tile (ptxas, sm_90, head_dim 128, 64 rows: no spill); with 32 rows per warp
+    // at head_dim 128 its 64 registers cannot stay beside the output's 128, so it is re-read from shared memory
+    // per k-slice, as FlashAttention-2 does (with the key steps of core_split ptxas still spills 21 instructions
+    // there, docs/benchmarks.md (k); without them 50).
     constexpr bool kQInRegisters = !(kRowTiles > 1 && HeadDim == 128);
     Tensor tSrQ = thr_qk.partition_fragment_A(sQ);
     Tensor tSsQ = thr_copy_a.partition_S(sQ);
@@ -301,138 +312,147 @@ __global__ void __launch_bounds__(kThreads)
         cp_async_wait<1>();  // everything but the newest group: tile t (and Q) have landed
         __syncthreads();
         const int stage = t % kStages;
-        Tensor sK = make_tensor(make_smem_ptr(reinterpret_cast<QkElem*>(reinterpret_cast<Elem*>(sK_ptr) + stage * Geo::kTileElems)),
-                                typename QkGeo::TileLayout{});
-        Tensor sVt = make_tensor(make_smem_ptr(sV_ptr + stage * Geo::kTileElems), typename Geo::TileLayoutT{});
+        Tensor sK_tile = make_tensor(make_smem_ptr(reinterpret_cast<QkElem*>(reinterpret_cast<Elem*>(sK_ptr) + stage * Geo::kTileElems)),
+                                     typename QkGeo::TileLayout{});
+        Tensor sVt_tile = make_tensor(make_smem_ptr(sV_ptr + stage * Geo::kTileElems), typename Geo::TileLayoutT{});
         if (kQInRegisters && !q_loaded) {
             copy(smem_copy_a, tSsQ, tSrQ_view);
             q_loaded = true;
         }
-
-        // S = Q K^T, fp32 (or int32: the s8 MMA) in registers.
-        Tensor acc_qk = partition_fragment_C(qk_mma, Shape<Int<kRows>, Int<kBlockN>>{});
-        static_assert(decltype(size<1>(acc_qk))::value == kRowTiles, "row_slot: one 16-row MMA per warp and row tile");
-        clear(acc_qk);
-        Tensor tSrK = thr_qk.partition_fragment_B(sK);
-        Tensor tSsK = thr_copy_b.partition_S(sK);
-        Tensor tSrK_view = thr_copy_b.retile_D(tSrK);
-#pragma unroll
-        for (int kk = 0; kk < size<2>(tSrK); ++kk) {
-            if constexpr (!kQInRegisters) copy(smem_copy_a, tSsQ(_, _, kk), tSrQ_view(_, _, kk));
-            copy(smem_copy_b, tSsK(_, _, kk), tSrK_view(_, _, kk));
-            gemm(qk_mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_qk);
-        }
-        // The int32 dot products in fp32: exact (|dot| < 2^24), in the same registers' C layout as tScS's.
-        Tensor acc_s = make_tensor_like<float>(acc_qk);
-#pragma unroll
-        for (int i = 0; i < size(acc_s); ++i) acc_s(i) = static_cast<float>(acc_qk(i));
-
-        // Logits in base 2; the element mask only where the policy asks for it (never on interior tiles). Three
-        // loops, so that neither the interior tiles nor the masked tiles without a bias carry the bias's
-        // per-element branch (its table index is valid for kept elements only).
-        policy.set_tile(t);
         bool biased = false;
-        if constexpr (Policy::kMayBias) biased = policy.biased();
-        if (biased) {
-            if constexpr (Policy::kMayBias) {
+
+        // The tile's keys in kSplit steps of kCols (kSplit 2: S, the softmax step and P V on 32 keys at a time).
+#pragma unroll
+        for (int h = 0; h < kSplit; ++h) {
+            Tensor sK = local_tile(sK_tile, Shape<Int<kCols>, Int<HeadDim>>{}, make_coord(h, 0));
+            Tensor sVt = local_tile(sVt_tile, Shape<Int<HeadDim>, Int<kCols>>{}, make_coord(0, h));
+
+            // S = Q K^T, fp32 (or int32: the s8 MMA) in registers.
+            Tensor acc_qk = partition_fragment_C(qk_mma, Shape<Int<kRows>, Int<kCols>>{});
+            static_assert(decltype(size<1>(acc_qk))::value == kRowTiles, "row_slot: one 16-row MMA per warp and row tile");
+            clear(acc_qk);
+            Tensor tSrK = thr_qk.partition_fragment_B(sK);
+            Tensor tSsK = thr_copy_b.partition_S(sK);
+            Tensor tSrK_view = thr_copy_b.retile_D(tSrK);
+#pragma unroll
+            for (int kk = 0; kk < size<2>(tSrK); ++kk) {
+                if constexpr (!kQInRegisters) copy(smem_copy_a, tSsQ(_, _, kk), tSrQ_view(_, _, kk));
+                copy(smem_copy_b, tSsK(_, _, kk), tSrK_view(_, _, kk));
+                gemm(qk_mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_qk);
+            }
+            // The int32 dot products in fp32: exact (|dot| < 2^24), in the same registers' C layout as tScS's.
+            Tensor acc_s = make_tensor_like<float>(acc_qk);
+#pragma unroll
+            for (int i = 0; i < size(acc_s); ++i) acc_s(i) = static_cast<float>(acc_qk(i));
+
+            // Logits in base 2; the element mask only where the policy asks for it (never on interior tiles). Three
+            // loops, so that neither the interior tiles nor the masked tiles without a bias carry the bias's
+            // per-element branch (its table index is valid for kept elements only).
+            if (h == 0) {
+                policy.set_tile(t);
+                if constexpr (Policy::kMayBias) biased = policy.biased();
+            }
+            if (biased) {
+                if constexpr (Policy::kMayBias) {
+#pragma unroll
+                    for (int i = 0; i < size(acc_s); ++i) {
+                        const int slot = row_slot<kRowTiles>(i), c = h * kCols + get<1>(tScS(i));
+                        acc_s(i) = policy.keep(slot, c) ? policy.biased_logit(slot, c, acc_s(i)) : -INFINITY;
+                    }
+                }
+            } else if (policy.masked(t)) {
 #pragma unroll
                 for (int i = 0; i < size(acc_s); ++i) {
-                    const int slot = row_slot<kRowTiles>(i), c = get<1>(tScS(i));
-                    acc_s(i) = policy.keep(slot, c) ? policy.biased_logit(slot, c, acc_s(i)) : -INFINITY;
+                    const int slot = row_slot<kRowTiles>(i), c = h * kCols + get<1>(tScS(i));
+                    acc_s(i) = policy.keep(slot, c) ? policy.logit(slot, c, acc_s(i)) : -INFINITY;
                 }
+            } else {
+#pragma unroll
+                for (int i = 0; i < size(acc_s); ++i) acc_s(i) = policy.logit(row_slot<kRowTiles>(i), h * kCols + get<1>(tScS(i)), acc_s(i));
             }
-        } else if (policy.masked(t)) {
+
+            // Online softmax: new row maxima (the 4 threads of a quad share a row), rescale, exponentiate.
+            float tile_row_max[kSlots];
+#pragma unroll
+            for (int s = 0; s < kSlots; ++s) tile_row_max[s] = -INFINITY;
 #pragma unroll
             for (int i = 0; i < size(acc_s); ++i) {
-                const int slot = row_slot<kRowTiles>(i), c = get<1>(tScS(i));
-                acc_s(i) = policy.keep(slot, c) ? policy.logit(slot, c, acc_s(i)) : -INFINITY;
+                const int slot = row_slot<kRowTiles>(i);
+                tile_row_max[slot] = fmaxf(tile_row_max[slot], acc_s(i));
             }
-        } else {
+            float alpha[kSlots], base[kSlots];
 #pragma unroll
-            for (int i = 0; i < size(acc_s); ++i) acc_s(i) = policy.logit(row_slot<kRowTiles>(i), get<1>(tScS(i)), acc_s(i));
-        }
+            for (int s = 0; s < kSlots; ++s) {
+                const float m = fmaxf(row_max[s], quad_max(tile_row_max[s]));
+                base[s] = m == -INFINITY ? 0.f : m;  // a row with nothing kept so far
+                alpha[s] = exp2f(row_max[s] - base[s]);
+                row_max[s] = m;
+                row_sum[s] *= alpha[s];
+            }
+            float p_max = 0.f;
+#pragma unroll
+            for (int i = 0; i < size(acc_s); ++i) {
+                const int slot = row_slot<kRowTiles>(i);
+                const float p = exp2f(acc_s(i) - base[slot]);
+                row_sum[slot] += p;  // the denominator: unquantized probabilities
+                if (row_valid[slot]) p_max = fmaxf(p_max, p);
+                acc_s(i) = p;
+            }
 
-        // Online softmax: new row maxima (the 4 threads of a quad share a row), rescale, exponentiate.
-        float tile_row_max[kSlots];
+            float o_factor[kSlots];
 #pragma unroll
-        for (int s = 0; s < kSlots; ++s) tile_row_max[s] = -INFINITY;
+            for (int s = 0; s < kSlots; ++s) o_factor[s] = alpha[s];
+            Tensor rP = make_tensor_like<Elem>(acc_s);  // P as the A operand of P V (rounded to Elem, or quantized)
+            if constexpr (Policy::kQuantP) {
+                // One P scale per (query tile, kv tile): max over the tile's real rows, shared by the 4 warps.
+                for (int off = 16; off > 0; off >>= 1) p_max = fmaxf(p_max, __shfl_xor_sync(0xffffffffu, p_max, off));
+                float* exchange = tile_max_exchange + (t & 1) * kWarps;
+                if (lane == 0) exchange[warp] = p_max;
+                __syncthreads();
+                float tile_max = exchange[0];
+                for (int w = 1; w < kWarps; ++w) tile_max = fmaxf(tile_max, exchange[w]);
+                const float qmax = policy.qmax_p();
+                // Floored (paro_rules.h): the factor p_scale_prev / p_scale below stays <= 2^30, never inf.
+                const float p_scale = paro::p_tile_scale(tile_max, qmax);
+                // round(p / p_scale) as the reference rounds it, by one reciprocal per tile, with the division only
+                // for a chunk of 8 elements one of whose products lies within 2^-14 of a half-integer (paro_rules.h:
+                // rare, and exact either way). Per chunk, so that a chunk's fp32 values die as it is quantized instead
+                // of all 32 staying live beside P for the fallback. The integers 0..qmax are exact in Elem.
+                const float reciprocal = paro::p_tile_reciprocal(p_scale);
+                constexpr int kChunk = 8;
+                static_assert(decltype(size(acc_s))::value % kChunk == 0, "whole chunks");
 #pragma unroll
-        for (int i = 0; i < size(acc_s); ++i) {
-            const int slot = row_slot<kRowTiles>(i);
-            tile_row_max[slot] = fmaxf(tile_row_max[slot], acc_s(i));
-        }
-        float alpha[kSlots], base[kSlots];
-#pragma unroll
-        for (int s = 0; s < kSlots; ++s) {
-            const float m = fmaxf(row_max[s], quad_max(tile_row_max[s]));
-            base[s] = m == -INFINITY ? 0.f : m;  // a row with nothing kept so far
-            alpha[s] = exp2f(row_max[s] - base[s]);
-            row_max[s] = m;
-            row_sum[s] *= alpha[s];
-        }
-        float p_max = 0.f;
-#pragma unroll
-        for (int i = 0; i < size(acc_s); ++i) {
-            const int slot = row_slot<kRowTiles>(i);
-            const float p = exp2f(acc_s(i) - base[slot]);
-            row_sum[slot] += p;  // the denominator: unquantized probabilities
-            if (row_valid[slot]) p_max = fmaxf(p_max, p);
-            acc_s(i) = p;
-        }
-
-        float o_factor[kSlots];
-#pragma unroll
-        for (int s = 0; s < kSlots; ++s) o_factor[s] = alpha[s];
-        Tensor rP = make_tensor_like<Elem>(acc_s);  // P as the A operand of P V (rounded to Elem, or quantized)
-        if constexpr (Policy::kQuantP) {
-            // One P scale per (query tile, kv tile): max over the tile's real rows, shared by the 4 warps.
-            for (int off = 16; off > 0; off >>= 1) p_max = fmaxf(p_max, __shfl_xor_sync(0xffffffffu, p_max, off));
-            float* exchange = tile_max_exchange + (t & 1) * kWarps;
-            if (lane == 0) exchange[warp] = p_max;
-            __syncthreads();
-            float tile_max = exchange[0];
-            for (int w = 1; w < kWarps; ++w) tile_max = fmaxf(tile_max, exchange[w]);
-            const float qmax = policy.qmax_p();
-            // Floored (paro_rules.h): the factor p_scale_prev / p_scale below stays <= 2^30, never inf.
-            const float p_scale = paro::p_tile_scale(tile_max, qmax);
-            // round(p / p_scale) as the reference rounds it, by one reciprocal per tile, with the division only
-            // for a chunk of 8 elements one of whose products lies within 2^-14 of a half-integer (paro_rules.h:
-            // rare, and exact either way). Per chunk, so that a chunk's fp32 values die as it is quantized instead
-            // of all 32 staying live beside P for the fallback. The integers 0..qmax are exact in Elem.
-            const float reciprocal = paro::p_tile_reciprocal(p_scale);
-            constexpr int kChunk = 8;
-            static_assert(decltype(size(acc_s))::value % kChunk == 0, "whole chunks");
-#pragma unroll
-            for (int c0 = 0; c0 < size(acc_s); c0 += kChunk) {
-                bool near = false;
-#pragma unroll
-                for (int i = c0; i < c0 + kChunk; ++i)
-                    rP(i) = static_cast<Elem>(paro::quantize_p_fast(acc_s(i), reciprocal, qmax, near));
-                if (near) {
+                for (int c0 = 0; c0 < size(acc_s); c0 += kChunk) {
+                    bool near = false;
 #pragma unroll
                     for (int i = c0; i < c0 + kChunk; ++i)
-                        rP(i) = static_cast<Elem>(paro::quantize_p_exact(acc_s(i), p_scale, qmax));
+                        rP(i) = static_cast<Elem>(paro::quantize_p_fast(acc_s(i), reciprocal, qmax, near));
+                    if (near) {
+#pragma unroll
+                        for (int i = c0; i < c0 + kChunk; ++i)
+                            rP(i) = static_cast<Elem>(paro::quantize_p_exact(acc_s(i), p_scale, qmax));
+                    }
                 }
+                // acc_o holds O / p_scale_prev; after this tile it holds O / p_scale.
+                for (int s = 0; s < kSlots; ++s) o_factor[s] = alpha[s] * p_scale_prev / p_scale;
+                p_scale_prev = p_scale;
+            } else {
+#pragma unroll
+                for (int i = 0; i < size(acc_s); ++i) rP(i) = static_cast<Elem>(acc_s(i));
             }
-            // acc_o holds O / p_scale_prev; after this tile it holds O / p_scale.
-            for (int s = 0; s < kSlots; ++s) o_factor[s] = alpha[s] * p_scale_prev / p_scale;
-            p_scale_prev = p_scale;
-        } else {
 #pragma unroll
-            for (int i = 0; i < size(acc_s); ++i) rP(i) = static_cast<Elem>(acc_s(i));
-        }
-#pragma unroll
-        for (int i = 0; i < size(acc_o); ++i) acc_o(i) *= o_factor[row_slot<kRowTiles>(i)];
+            for (int i = 0; i < size(acc_o); ++i) acc_o(i) *= o_factor[row_slot<kRowTiles>(i)];
 
-        // O += P V: P from registers as the A operand, V^T through ldmatrix.trans.
-        Tensor tOrP = make_tensor(rP.data(), acc_as_a_operand(rP.layout()));
-        Tensor tOrV = thr_mma.partition_fragment_B(sVt);
-        Tensor tOsV = thr_copy_bt.partition_S(sVt);
-        Tensor tOrV_view = thr_copy_bt.retile_D(tOrV);
+            // O += P V: P from registers as the A operand, V^T through ldmatrix.trans.
+            Tensor tOrP = make_tensor(rP.data(), acc_as_a_operand(rP.layout()));
+            Tensor tOrV = thr_mma.partition_fragment_B(sVt);
+            Tensor tOsV = thr_copy_bt.partition_S(sVt);
+            Tensor tOrV_view = thr_copy_bt.retile_D(tOrV);
 #pragma unroll
-        for (int kk = 0; kk < size<2>(tOrP); ++kk) {
-            copy(smem_copy_bt, tOsV(_, _, kk), tOrV_view(_, _, kk));
-            gemm(tiled_mma, tOrP(_, _, kk), tOrV(_, _, kk), acc_o);
+            for (int kk = 0; kk < size<2>(tOrP); ++kk) {
+                copy(smem_copy_bt, tOsV(_, _, kk), tOrV_view(_, _, kk));
+                gemm(tiled_mma, tOrP(_, _, kk), tOrV(_, _, kk), acc_o);
+            }
         }
 
         __syncthreads();  // every warp is done with this stage

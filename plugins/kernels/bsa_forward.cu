@@ -41,18 +41,21 @@ cudaError_t launch_core(const attnx_bsa_params& p, const attnx::Device& dev, con
     return status;
 }
 
-// 128-query tiles where core_plan.h's bsa_row_tiles picks them (head_dim 32 and 64 only: no 128-query instance
-// is built at head_dim 128), else 64.
+// 128-query tiles where core_plan.h's bsa_row_tiles picks them, else 64.
+template <typename Elem, int HD>
+cudaError_t dispatch_rows(const attnx_bsa_params& p, const attnx::Device& dev, const void* q, const void* k,
+                          const void* v, const int32_t* c, const int32_t* i, void* out, cudaStream_t s) {
+    return attnx::bsa_row_tiles(p, dev.major, dev.max_smem) == 2 ? launch_core<Elem, HD, 2>(p, dev, q, k, v, c, i, out, s)
+                                                      : launch_core<Elem, HD, 1>(p, dev, q, k, v, c, i, out, s);
+}
+
 template <typename Elem>
 cudaError_t dispatch_core(const attnx_bsa_params& p, const attnx::Device& dev, const void* q, const void* k,
                           const void* v, const int32_t* c, const int32_t* i, void* out, cudaStream_t s) {
-    const bool wide = attnx::bsa_row_tiles(p, dev.max_smem) == 2;
     switch (p.head_dim) {
-        case 32: return wide ? launch_core<Elem, 32, 2>(p, dev, q, k, v, c, i, out, s)
-                             : launch_core<Elem, 32, 1>(p, dev, q, k, v, c, i, out, s);
-        case 64: return wide ? launch_core<Elem, 64, 2>(p, dev, q, k, v, c, i, out, s)
-                             : launch_core<Elem, 64, 1>(p, dev, q, k, v, c, i, out, s);
-        default: return launch_core<Elem, 128, 1>(p, dev, q, k, v, c, i, out, s);
+        case 32: return dispatch_rows<Elem, 32>(p, dev, q, k, v, c, i, out, s);
+        case 64: return dispatch_rows<Elem, 64>(p, dev, q, k, v, c, i, out, s);
+        default: return dispatch_rows<Elem, 128>(p, dev, q, k, v, c, i, out, s);
     }
 }
 

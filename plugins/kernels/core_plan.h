@@ -43,14 +43,12 @@ inline attnx_path bsa_path(const attnx_bsa_params& p, int cc_major, size_t max_s
 }
 
 // Block-sparse on the core: 128-query tiles (2 row tiles: each warp's K/V fragment loads feed two MMAs, each
-// K/V tile read serves 128 queries) at head_dim 32 and 64 when query blocks hold whole 128-query tiles and the
-// larger Q tile fits in shared memory; else 64-query tiles. Not at head_dim 128: there 32 rows per warp hold
-// 192 accumulator registers and ptxas spills (50 spill instructions, 36 of them per kv tile; docs/benchmarks.md).
-constexpr bool bsa_wide_head_dim(int dim) { return dim == 32 || dim == 64; }
-inline int bsa_row_tiles(const attnx_bsa_params& p, size_t max_smem) {
-    return bsa_wide_head_dim(p.head_dim) && p.block_q % (2 * kCoreTile) == 0 && core_smem_bytes(p.head_dim, 2) <= max_smem
-               ? 2
-               : 1;
+// K/V tile read serves 128 queries) when query blocks hold whole 128-query tiles, the larger Q tile fits in shared
+// memory and the device is sm_90, the architecture whose register budget bench/kernel_report.py checks (on
+// sm_80/86 ptxas spills the head_dim 64 instance in its main loop); else 64-query tiles. (At head_dim 128 the core
+// runs each 64-key tile in two 32-key steps: attn_core.cuh's core_split.)
+inline int bsa_row_tiles(const attnx_bsa_params& p, int cc_major, size_t max_smem) {
+    return cc_major == 9 && p.block_q % (2 * kCoreTile) == 0 && core_smem_bytes(p.head_dim, 2) <= max_smem ? 2 : 1;
 }
 
 // PARO: the core needs block == 64 (a query tile is one query block, a kv tile one listed block, so its

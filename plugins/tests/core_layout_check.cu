@@ -4,6 +4,9 @@
 //   - row_slot<RowTiles>(i): the S and O registers of slot s hold row slot_row(warp, lane, s): warp*16 +
 //     lane/4 (+ 8 for odd slots, + 64 for the second row tile);
 //   - registers i, i+1 (i even) hold adjacent columns of one row (the output stores pairs);
+//   - the key steps of core_split (128-query tiles at head_dim 128: 32 keys at a time): each step's K and V^T
+//     sub-tiles address the same shared memory as the full tile at the step's keys, and the step's S, P and
+//     ldmatrix fragments are the full tile's at those keys;
 //   - acc_as_a_operand: S's registers read as P's A operand hold exactly the (row, key) that P.V needs;
 //   - the ldmatrix copies fill the Q/K/V^T fragments with the elements the MMA expects;
 //   - the swizzled tile layout is a bijection with 8-element contiguous chunks (cp.async 16 bytes), and the
@@ -31,6 +34,8 @@ template <typename Elem, int HD, int RowTiles = 1>
 void check_geometry() {
     using Geo = Geometry<Elem, HD, RowTiles>;
     constexpr int kRows = block_rows<RowTiles>();
+    constexpr int kSplit = core_split(RowTiles, HD);
+    constexpr int kCols = kBlockN / kSplit;  // keys per step
     typename Geo::TiledMma mma;
     typename Geo::TileLayout tile;
     typename Geo::TileLayoutT tile_t;
@@ -54,12 +59,26 @@ void check_geometry() {
             seen_q[at] = 1;
             CHECK_MSG(q_tile(r, c) == q_tile(r, c - c % 8) + c % 8, "HD %d Q chunk of (%d,%d)", HD, r, c);
         }
-    Tensor cS = make_identity_tensor(Shape<Int<kRows>, Int<kBlockN>>{});
+    // A step's sub-tiles (the kernel's local_tile of the stage's K and V^T tiles) address the full tile's memory.
+    std::vector<int> offsets(kBlockN * HD);
+    for (int i = 0; i < kBlockN * HD; ++i) offsets[i] = i;
+    Tensor k_full = make_tensor(offsets.data(), tile);
+    Tensor vt_full = make_tensor(offsets.data(), tile_t);
+    for (int h = 0; h < kSplit; ++h) {
+        Tensor k_step = local_tile(k_full, Shape<Int<kCols>, Int<HD>>{}, make_coord(h, 0));
+        Tensor vt_step = local_tile(vt_full, Shape<Int<HD>, Int<kCols>>{}, make_coord(0, h));
+        for (int r = 0; r < kCols; ++r)
+            for (int c = 0; c < HD; ++c) {
+                CHECK_MSG(k_step(r, c) == k_full(h * kCols + r, c), "HD %d step %d K (%d,%d)", HD, h, r, c);
+                CHECK_MSG(vt_step(c, r) == vt_full(c, h * kCols + r), "HD %d step %d V^T (%d,%d)", HD, h, c, r);
+            }
+    }
+    Tensor cS = make_identity_tensor(Shape<Int<kRows>, Int<kCols>>{});  // a step's S (column within the step)
     Tensor cO = make_identity_tensor(Shape<Int<kRows>, Int<HD>>{});
     Tensor cQ = make_identity_tensor(Shape<Int<kRows>, Int<HD>>{});     // Q (m, d): the A operand of Q K^T
     Tensor cK = make_identity_tensor(Shape<Int<kBlockN>, Int<HD>>{});   // K (n, d): the B operand
     Tensor cVt = make_identity_tensor(Shape<Int<HD>, Int<kBlockN>>{});  // V^T (d, n): the B operand of P V
-    Tensor cP = make_identity_tensor(Shape<Int<kRows>, Int<kBlockN>>{});  // P (m, n): the A operand
+    Tensor cP = make_identity_tensor(Shape<Int<kRows>, Int<kCols>>{});  // a step's P (m, n): the A operand
     auto copy_a = make_tiled_copy_A(typename Geo::LoadAtom{}, mma);
     auto copy_b = make_tiled_copy_B(typename Geo::LoadAtom{}, mma);
     auto copy_bt = make_tiled_copy_B(typename Geo::LoadAtomT{}, mma);
@@ -134,8 +153,13 @@ void check_geometry() {
         }
     };
     check_copy(copy_a, [&](int tid) { return mma.get_thread_slice(tid).partition_A(cQ); }, cQ, false, "Q");
-    check_copy(copy_b, [&](int tid) { return mma.get_thread_slice(tid).partition_B(cK); }, cK, false, "K");
-    check_copy(copy_bt, [&](int tid) { return mma.get_thread_slice(tid).partition_B(cVt); }, cVt, true, "V^T");
+    for (int h = 0; h < kSplit; ++h) {  // each step's keys of the K and V^T tiles, as the kernel slices them
+        Tensor cK_step = local_tile(cK, Shape<Int<kCols>, Int<HD>>{}, make_coord(h, 0));
+        Tensor cVt_step = local_tile(cVt, Shape<Int<HD>, Int<kCols>>{}, make_coord(0, h));
+        check_copy(copy_b, [&](int tid) { return mma.get_thread_slice(tid).partition_B(cK_step); }, cK_step, false, "K");
+        check_copy(copy_bt, [&](int tid) { return mma.get_thread_slice(tid).partition_B(cVt_step); }, cVt_step, true,
+                   "V^T");
+    }
     {
     }
 }

@@ -211,24 +211,27 @@ void test_kernel_params() {
     CHECK(kernelParams(cfg, in.data()).scale == 0.125f);  // 64 ** -0.5
 }
 
-// The path rules: the core takes whole 64-query tiles of a query block; 128-query tiles where query blocks hold
-// whole ones, at head_dim 32 and 64, and the Q tile fits.
+// The path rules: the core takes whole 64-query tiles of a query block; 128-query tiles on sm_90 where query
+// blocks hold whole ones and the Q tile fits.
 void test_paths() {
     attnx_bsa_params p{};
     p.dtype = ATTNX_FLOAT16;
     p.head_dim = 64;
     p.block_q = 128;
     CHECK(attnx::bsa_path(p, 9, 232448, true) == ATTNX_PATH_CORE);
-    CHECK(attnx::bsa_row_tiles(p, 232448) == 2);
+    CHECK(attnx::bsa_row_tiles(p, 9, 232448) == 2);
     CHECK(attnx::core_smem_bytes(64, 2) == 49184 && attnx::core_smem_bytes(32, 2) == 24608);
-    CHECK(attnx::bsa_row_tiles(p, 49183) == 1);  // the larger Q tile does not fit: 64-query tiles
+    CHECK(attnx::bsa_row_tiles(p, 9, 49183) == 1);  // the larger Q tile does not fit: 64-query tiles
     p.head_dim = 128;
-    CHECK(attnx::bsa_path(p, 9, 232448, true) == ATTNX_PATH_CORE && attnx::bsa_row_tiles(p, 232448) == 1);
+    CHECK(attnx::bsa_path(p, 9, 232448, true) == ATTNX_PATH_CORE && attnx::bsa_row_tiles(p, 9, 232448) == 2);
+    CHECK(attnx::core_smem_bytes(128, 2) == 98336);
+    CHECK(attnx::bsa_row_tiles(p, 9, 98336) == 2 && attnx::bsa_row_tiles(p, 9, 98335) == 1);
+    CHECK(attnx::bsa_row_tiles(p, 8, 232448) == 1 && attnx::bsa_row_tiles(p, 10, 232448) == 1);  // sm_90 only
     p.head_dim = 32;
     for (int block_q : {64, 128, 192, 256, 320, 96}) {
         p.block_q = block_q;
         CHECK((attnx::bsa_path(p, 9, 232448, true) == ATTNX_PATH_CORE) == (block_q % 64 == 0));
-        CHECK(attnx::bsa_row_tiles(p, 232448) == (block_q % 128 == 0 ? 2 : 1));
+        CHECK(attnx::bsa_row_tiles(p, 9, 232448) == (block_q % 128 == 0 ? 2 : 1));
     }
     p.dtype = ATTNX_FLOAT32;
     CHECK(attnx::bsa_path(p, 9, 232448, true) == ATTNX_PATH_GENERIC);
