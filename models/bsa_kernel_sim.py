@@ -8,7 +8,7 @@ masked (the kernel's tile_masked rule, which the replay checks against the eleme
 multiple of 128 the kernel runs 128-query tiles (core_plan.h's bsa_row_tiles): every row of one is computed as in
 a 64-query tile (the same kv tiles in the same order, per-row softmax state), except that at head_dim 128 each
 64-key tile is taken in two 32-key steps of the online softmax (attn_core.cuh's core_split); `key_step` replays
-that (by default as the kernel picks it on a device where the 128-query tile fits, such as an H100). Same
+that (by default as the kernel picks it on sm_90, the only device that runs 128-query tiles). Same
 arithmetic: raw
 dot products in fp32, logits times scale * log2(e), an online softmax in base 2 (exp2) whose denominator sums the
 unrounded probabilities, P rounded to the input dtype (fp16/bf16) before P.V, fp32 accumulation, rows without a
@@ -97,7 +97,8 @@ def online_tile(acc, row_max, row_sum, logits, values, dtype):
 
 
 def key_step_of(block_q: int, dim: int) -> int:
-    """Keys per online-softmax step: 32 for 128-query tiles at head_dim 128 (core_split), else the whole tile."""
+    """Keys per online-softmax step on sm_90: 32 for 128-query tiles at head_dim 128 (core_split), else the whole
+    tile (other devices: always the whole tile, pass key_step=64)."""
     return TILE // 2 if block_q % (2 * TILE) == 0 and dim == 128 else TILE
 
 

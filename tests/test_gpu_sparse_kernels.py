@@ -91,8 +91,10 @@ WIDE_CASES = [(300, 700, 16, 0.3), (700, 250, 100, 1.0), (129, 900, 64, 0.0), (5
 @pytest.mark.parametrize("block_q", [128, 256])
 def test_block_sparse_whole_128_query_blocks(kernels, dtype, dim, block_q):
     # The core's 128-query tiles (core_plan.h's bsa_row_tiles, on sm_90; elsewhere the same calls take 64-query
-    # tiles) against the fp32 reference and the simulator (which replays the key steps).
+    # tiles, whole-tile softmax steps) against the fp32 reference and the simulator (which replays the key steps).
+    key_step = None if torch.cuda.get_device_capability()[0] == 9 else bsa_kernel_sim.TILE
     for seed, (sq, skv, block_kv, density) in enumerate(WIDE_CASES):
+        scale = (None, 0.3)[seed % 2]
         rng = random.Random(seed * 7 + block_q)
         count, index = layout(rng, 1, 2, num_blocks(sq, block_q), num_blocks(skv, block_kv), density)
         gen = torch.Generator(device="cuda").manual_seed(seed)
@@ -100,13 +102,13 @@ def test_block_sparse_whole_128_query_blocks(kernels, dtype, dim, block_q):
         count, index = count.cuda(), index.cuda()
         assert kernels.bsa_select_path(q, k, count, index, block_q, block_kv) == "core"
         out = torch.full_like(q, float("nan"))
-        kernels.block_sparse_attention(q, k, v, count, index, block_q, block_kv, out=out)
+        kernels.block_sparse_attention(q, k, v, count, index, block_q, block_kv, scale=scale, out=out)
         torch.cuda.synchronize()
         assert torch.isfinite(out).all(), "the kernel left unwritten (NaN) outputs"
         cpu = [x.cpu() for x in (q, k, v, count, index)]
-        ref = block_sparse_attention(*[x.float() for x in cpu[:3]], *cpu[3:], block_q, block_kv)
+        ref = block_sparse_attention(*[x.float() for x in cpu[:3]], *cpu[3:], block_q, block_kv, scale=scale)
         torch.testing.assert_close(out.float().cpu(), ref, atol=TOLERANCE[dtype], rtol=0)
-        simulated = bsa_kernel_sim.simulate(*cpu, block_q, block_kv)
+        simulated = bsa_kernel_sim.simulate(*cpu, block_q, block_kv, scale=scale, key_step=key_step)
         torch.testing.assert_close(out.float().cpu(), simulated.float(), atol=TOLERANCE[dtype], rtol=0)
 
 
