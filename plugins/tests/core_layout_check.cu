@@ -40,25 +40,21 @@ void check_geometry() {
     typename Geo::TileLayout tile;
     typename Geo::TileLayoutT tile_t;
     typename Geo::QTileLayout q_tile;
-    // The tile layout: a bijection onto [0, 64 * HD); 16-byte chunks contiguous; V^T the same memory.
-    std::vector<int> seen(kBlockN * HD, 0);
-    for (int r = 0; r < kBlockN; ++r)
-        for (int c = 0; c < HD; ++c) {
-            const int at = tile(r, c);
-            CHECK_MSG(at >= 0 && at < kBlockN * HD && !seen[at], "HD %d (%d,%d) -> %d", HD, r, c, at);
-            seen[at] = 1;
-            CHECK_MSG(tile(r, c) == tile(r, c - c % 8) + c % 8, "HD %d chunk of (%d,%d)", HD, r, c);
-            CHECK_MSG(tile_t(c, r) == at, "HD %d V^T view (%d,%d)", HD, c, r);
-        }
-    // The Q tile: a bijection onto [0, kRows * HD) with contiguous 16-byte chunks (the kernel's Q slots).
-    std::vector<int> seen_q(kRows * HD, 0);
-    for (int r = 0; r < kRows; ++r)
-        for (int c = 0; c < HD; ++c) {
-            const int at = q_tile(r, c);
-            CHECK_MSG(at >= 0 && at < kRows * HD && !seen_q[at], "HD %d Q tile (%d,%d) -> %d", HD, r, c, at);
-            seen_q[at] = 1;
-            CHECK_MSG(q_tile(r, c) == q_tile(r, c - c % 8) + c % 8, "HD %d Q chunk of (%d,%d)", HD, r, c);
-        }
+    // A tile layout of `rows` rows: a bijection onto [0, rows * HD) with contiguous 16-byte (8-element) chunks.
+    auto check_tile = [&](auto const& layout, int rows, char const* what) {
+        std::vector<int> seen(rows * HD, 0);
+        for (int r = 0; r < rows; ++r)
+            for (int c = 0; c < HD; ++c) {
+                const int at = layout(r, c);
+                CHECK_MSG(at >= 0 && at < rows * HD && !seen[at], "HD %d %s (%d,%d) -> %d", HD, what, r, c, at);
+                seen[at] = 1;
+                CHECK_MSG(layout(r, c) == layout(r, c - c % 8) + c % 8, "HD %d %s chunk of (%d,%d)", HD, what, r, c);
+            }
+    };
+    check_tile(tile, kBlockN, "K/V tile");
+    check_tile(q_tile, kRows, "Q tile");  // the kernel's Q slots
+    for (int r = 0; r < kBlockN; ++r)  // V^T: the same memory, transposed
+        for (int c = 0; c < HD; ++c) CHECK_MSG(tile_t(c, r) == tile(r, c), "HD %d V^T view (%d,%d)", HD, c, r);
     // A step's sub-tiles (the kernel's local_tile of the stage's K and V^T tiles) address the full tile's memory.
     std::vector<int> offsets(kBlockN * HD);
     for (int i = 0; i < kBlockN * HD; ++i) offsets[i] = i;
