@@ -4,7 +4,8 @@
 // (batch, head): 64 queries (each warp owns 16 rows) or, where the policy asks for two row tiles, 128 queries
 // (each warp owns 32 rows: rows w*16.. and 64 + w*16..), so that every K and V fragment a warp loads from shared
 // memory feeds two MMAs and each K/V tile read from L2 serves 128 queries. Q is loaded once into registers
-// (re-read per k-slice from shared memory where 32 rows of it would not fit beside the accumulators); K and V tiles of 64 keys
+// (re-read per k-slice from shared memory where 32 rows of it would not fit beside the accumulators, and a kv
+// tile then taken in two 32-key steps: core_split); K and V tiles of 64 keys
 // stream through a 2-stage cp.async ring (tile n+1 is in flight while tile n is computed); S = Q K^T and
 // O += P V run on mma.sync (16x8x16, fp16/bf16 in, fp32 accumulate) with ldmatrix operand loads; scores,
 // probabilities and the output accumulator never leave registers; the softmax is online and in base 2.
@@ -95,7 +96,8 @@ struct Geometry {
     static constexpr int kChunks = HeadDim / kChunkElems;  // 16-byte chunks per row
     // Q tile (RowTiles slots) + kStages x (K tile + V tile) + the PARO tile-max exchange (an int8 Q or K tile uses
     // the first half of its slots).
-    static constexpr size_t kSmemBytes = sizeof(Elem) * kTileElems * (RowTiles + 2 * kStages) + 2 * kWarps * sizeof(float);
+    static constexpr size_t kSmemBytes =
+        sizeof(Elem) * kTileElems * (RowTiles + 2 * kStages) + 2 * kWarps * sizeof(float);
 };
 
 // The accumulator layout of S (m16n8 C fragments) read as the A operand of the next MMA (m16n8k16):
@@ -222,7 +224,8 @@ __global__ void __launch_bounds__(kThreads)
     // Slots of Geo::kTileElems Elems each (an int8 tile uses the first half of its slot).
     Elem* slot_ptr = reinterpret_cast<Elem*>(smem_raw);
     QkElem* sQ_ptr = reinterpret_cast<QkElem*>(slot_ptr);
-    QkElem* sK_ptr = reinterpret_cast<QkElem*>(slot_ptr + kRowTiles * Geo::kTileElems);  // stage s: + s * kTileElems Elems
+    // stage s of K at + s * kTileElems Elems
+    QkElem* sK_ptr = reinterpret_cast<QkElem*>(slot_ptr + kRowTiles * Geo::kTileElems);
     Elem* sV_ptr = slot_ptr + (kRowTiles + kStages) * Geo::kTileElems;
     float* tile_max_exchange = reinterpret_cast<float*>(sV_ptr + kStages * Geo::kTileElems);  // [2][kWarps]
     static_assert(Geo::kSmemBytes % 16 == 0, "a staged table starts aligned past the core's shared memory");
@@ -312,8 +315,8 @@ __global__ void __launch_bounds__(kThreads)
         cp_async_wait<1>();  // everything but the newest group: tile t (and Q) have landed
         __syncthreads();
         const int stage = t % kStages;
-        Tensor sK_tile = make_tensor(make_smem_ptr(reinterpret_cast<QkElem*>(reinterpret_cast<Elem*>(sK_ptr) + stage * Geo::kTileElems)),
-                                     typename QkGeo::TileLayout{});
+        QkElem* sK_stage = reinterpret_cast<QkElem*>(reinterpret_cast<Elem*>(sK_ptr) + stage * Geo::kTileElems);
+        Tensor sK_tile = make_tensor(make_smem_ptr(sK_stage), typename QkGeo::TileLayout{});
         Tensor sVt_tile = make_tensor(make_smem_ptr(sV_ptr + stage * Geo::kTileElems), typename Geo::TileLayoutT{});
         if (kQInRegisters && !q_loaded) {
             copy(smem_copy_a, tSsQ, tSrQ_view);
@@ -329,7 +332,8 @@ __global__ void __launch_bounds__(kThreads)
 
             // S = Q K^T, fp32 (or int32: the s8 MMA) in registers.
             Tensor acc_qk = partition_fragment_C(qk_mma, Shape<Int<kRows>, Int<kCols>>{});
-            static_assert(decltype(size<1>(acc_qk))::value == kRowTiles, "row_slot: one 16-row MMA per warp and row tile");
+            static_assert(decltype(size<1>(acc_qk))::value == kRowTiles,
+                          "row_slot: one 16-row MMA per warp and row tile");
             clear(acc_qk);
             Tensor tSrK = thr_qk.partition_fragment_B(sK);
             Tensor tSsK = thr_copy_b.partition_S(sK);
@@ -368,7 +372,8 @@ __global__ void __launch_bounds__(kThreads)
                 }
             } else {
 #pragma unroll
-                for (int i = 0; i < size(acc_s); ++i) acc_s(i) = policy.logit(row_slot<kRowTiles>(i), h * kCols + get<1>(tScS(i)), acc_s(i));
+                for (int i = 0; i < size(acc_s); ++i)
+                    acc_s(i) = policy.logit(row_slot<kRowTiles>(i), h * kCols + get<1>(tScS(i)), acc_s(i));
             }
 
             // Online softmax: new row maxima (the 4 threads of a quad share a row), rescale, exponentiate.
