@@ -305,7 +305,7 @@ def cubins_by_compiling(archs: list[str], cutlass: str, work: Path) -> list[Path
     for arch in archs:
         for unit in UNITS:
             out = work / f"{Path(unit).stem}.sm_{arch}.cubin"
-            cmd = [nvcc, "-cubin", "-O3", "-std=c++17", f"-arch=sm_{arch}", "--expt-relaxed-constexpr",
+            cmd = [nvcc, "-cubin", "-O3", "-DNDEBUG", "-std=c++17", f"-arch=sm_{arch}", "--expt-relaxed-constexpr",
                    f"-I{KERNELS}", "-isystem", str(include), str(KERNELS / unit), "-o", str(out)]
             jobs.append((subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True), out))
     for proc, out in jobs:
@@ -639,8 +639,11 @@ def parse_args(argv):
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--build-dir", type=Path, help="a CMake build of plugins/ (attn-export plugins build)")
     src.add_argument("--compile", action="store_true", help="nvcc -cubin every kernel unit instead")
-    ap.add_argument("--arch", action="append", help="with --compile: SM architectures (default 90 and 80)")
-    ap.add_argument("--cutlass", default=os.environ.get("CUTLASS_DIR", ""), help="with --compile: CUTLASS checkout")
+    ap.add_argument("--arch", action="append",
+                    help="SM architectures: with --compile, those to compile (default 90 and 80); with --build-dir, "
+                         "those to compile besides the build's own (release builds target 80/86/89 too)")
+    ap.add_argument("--cutlass", default=os.environ.get("CUTLASS_DIR", ""),
+                    help="CUTLASS checkout for compiling (default with --build-dir: the one the build fetched)")
     ap.add_argument("--json", type=Path, help="write the report as JSON here")
     ap.add_argument("--markdown", type=Path, help="write the markdown tables here (default: stdout)")
     ap.add_argument("--ci", type=Path, metavar="BASELINE", help="exit 1 on spills or > 10%% main-loop growth")
@@ -648,13 +651,25 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
+def gather_cubins(args, work: Path) -> list[Path]:
+    """The build's cubins plus --arch architectures it lacks (compiled), or --compile's."""
+    if not args.build_dir:
+        return cubins_by_compiling(args.arch or ["90", "80"], args.cutlass, work)
+    cubins = cubins_from_build(args.build_dir, work)
+    built = {m.group(0) for c in cubins if (m := re.search(r"sm_\d+a?", c.name))}
+    extra = [a for a in args.arch or [] if f"sm_{a}" not in built]
+    if extra:
+        compiled = work / "compiled"
+        compiled.mkdir()
+        cubins += cubins_by_compiling(extra, args.cutlass or str(args.build_dir / "_deps" / "cutlass"), compiled)
+    return cubins
+
+
 def run(args) -> int:
     if not args.build_dir and not args.compile:
         raise AttnExportError("give --build-dir BUILD (a plugins build) or --compile", EXIT_BAD_INPUT)
     with tempfile.TemporaryDirectory() as work:
-        cubins = (cubins_from_build(args.build_dir, Path(work)) if args.build_dir
-                  else cubins_by_compiling(args.arch or ["90", "80"], args.cutlass, Path(work)))
-        rows = collect(cubins)
+        rows = collect(gather_cubins(args, Path(work)))
     if not rows:
         raise AttnExportError("no kernels found in the cubins", EXIT_BAD_INPUT)
     data = report(rows)

@@ -124,11 +124,17 @@ def test_ci_mode_passes_on_the_built_kernels_and_fails_on_a_tightened_baseline(t
     build = _build_dir()
     script = BENCH_DIR / "kernel_report.py"
     report = tmp_path / "report.json"
-    result = subprocess.run([sys.executable, str(script), "--build-dir", str(build), "--ci", str(BASELINE),
-                             "--json", str(report)], capture_output=True, text=True, cwd=REPO)
+    # sm_90 from the build, sm_80 compiled beside it (release builds target it: spills there count too)
+    result = subprocess.run([sys.executable, str(script), "--build-dir", str(build), "--arch", "80", "--ci",
+                             str(BASELINE), "--json", str(report)], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(report.read_text())
-    cores = [r for r in data["kernels"] if r["unit"] == "core"]
+    sm80 = [r for r in data["kernels"] if r["unit"] == "core" and r["arch"] == "sm_80"]
+    # sm_80 launches 64-query tiles only: none spills; the 128-query instances are traps there (a few instructions)
+    assert len(sm80) == 42 and all(r["spill_instructions"] == 0 for r in sm80)
+    assert all(r["total_instructions"] < 32 for r in sm80 if r["row_tiles"] == 2)
+    assert all(r["total_instructions"] > 1000 for r in sm80 if r["row_tiles"] == 1)
+    cores = [r for r in data["kernels"] if r["unit"] == "core" and r["arch"] == "sm_90"]
     assert {r["op"] for r in cores} == {"neighborhood", "block-sparse", "paro"}
     # per warp, row tile and kv tile: S = 8 n-blocks x head_dim/16 k-steps (the s8 MMA of PARO's int8 QK:
     # head_dim/32), O = head_dim/8 n-blocks x 4 k-steps (in one or two key steps: the same MMAs)
@@ -150,7 +156,9 @@ def test_ci_mode_passes_on_the_built_kernels_and_fails_on_a_tightened_baseline(t
 
 def test_baseline_is_committed_and_covers_every_core_kernel():
     baseline = json.loads(BASELINE.read_text())
-    cores = [k for k in baseline if "attention_core_kernel" in k]
+    assert {k.split()[0] for k in baseline} == {"sm_80", "sm_90"}
+    cores = [k for k in baseline if "attention_core_kernel" in k and k.startswith("sm_90")]
+    assert len([k for k in baseline if "attention_core_kernel" in k]) == 2 * len(cores)
     # neighborhood and block-sparse (64- and 128-query tiles): 2 dtypes x 3 head dims; PARO four times that (P
     # quantized or not, QK on the s8 MMA or not).
     assert len(cores) == 6 + 12 + 24

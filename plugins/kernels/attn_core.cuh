@@ -220,6 +220,14 @@ __global__ void __launch_bounds__(kThreads)
     using QkElem = typename Policy::QkElem;
     using QkGeo = Geometry<QkElem, HeadDim, kRowTiles>;  // Geo itself unless Q and K are int8
     static_assert(sizeof(QkElem) <= sizeof(Elem), "a Q or K tile fits the slot of an Elem tile");
+#if defined(__CUDA_ARCH__)
+    // 128-query tiles run on sm_90 only (core_plan.h's bsa_row_tiles: ptxas spills them on sm_80/86): elsewhere
+    // their instances are a trap, not a spilling kernel nobody launches.
+    if constexpr (kRowTiles > 1 && __CUDA_ARCH__ / 100 != 9) {
+        __trap();
+        __builtin_unreachable();
+    }
+#endif
     extern __shared__ __align__(128) unsigned char smem_raw[];
     // Slots of Geo::kTileElems Elems each (an int8 tile uses the first half of its slot).
     Elem* slot_ptr = reinterpret_cast<Elem*>(smem_raw);
