@@ -524,7 +524,7 @@ def bsa_estimates(rows: list[dict]) -> list[dict]:
     return out
 
 
-def prepass_ms(seq: int, dim: int) -> dict:
+def prepass_ms(seq: int, dim: int, int8_qk: bool = True) -> dict:
     """The pre-pass as launched (paro_forward.cu): channel statistics in chunks of 256 tokens, one 256-thread CTA
     per chunk and (batch, head), each thread walking 256 / lanes tokens with 4 loads in flight, then one thread
     per (batch, head, channel) adding the chunks serially; then the group and channel quantizers (memory bound).
@@ -537,7 +537,10 @@ def prepass_ms(seq: int, dim: int) -> dict:
                    math.ceil(chunk / lanes / 4) * math.ceil(dim / 256) * H100["load_latency_s"])
     finish = chunks * H100["load_latency_s"]
     stats = partials + finish
-    quantize = 3 * 2 * tensor / H100["dram_bytes_per_s"]  # q, k, v: read + write each
+    # q, k, v: each read once and written in permuted order; for the fused core's s8 MMA (int8_qk) q and k are
+    # written as int8, half the input's bytes; v stays in the input type
+    written = (2 * 0.5 if int8_qk else 2) + 1
+    quantize = (3 + written) * tensor / H100["dram_bytes_per_s"]
     return dict(channel_stats_ms=stats * 1e3, quantize_ms=quantize * 1e3, prepass_ms=(stats + quantize) * 1e3)
 
 
@@ -554,7 +557,7 @@ def paro_estimates(rows: list[dict]) -> list[dict]:
         tiles = HEADS * nb * blocks
         useful = 4.0 * HEADS * PARO_SEQ * blocks * 64 * PARO_DIM
         est = estimate(row, tiles, 0, HEADS * nb, useful, H100["int8_ops"])
-        pre = prepass_ms(PARO_SEQ, PARO_DIM)
+        pre = prepass_ms(PARO_SEQ, PARO_DIM, int8_qk=bool(row.get("int8_qk")))
         out.append(dict(case=f"paro-cogvideox-d{int(density * 10)}-int{bits}", head_dim=PARO_DIM, **est, **pre,
                         prepass_share=pre["prepass_ms"] / est["est_ms"]))
     return out
@@ -606,7 +609,7 @@ def markdown(data: dict) -> str:
     for e in data["paro"]:
         lines.append(f"| {e['case']} | {e['head_dim']} | {e['est_ms']:.3f} | {e['bound_ms']:.3f} (int8) | "
                      f"{e['pct_of_bound']:.0f}% | {e['limit']} | pre-pass {e['prepass_ms']:.3f} ms "
-                     f"({100 * e['prepass_share']:.0f}% of the attention) |")
+                     f"({100 * e['prepass_share']:.1f}% of the attention) |")
     return "\n".join(lines) + "\n"
 
 

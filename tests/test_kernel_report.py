@@ -207,6 +207,16 @@ def test_block_sparse_estimates_count_the_ctas_and_tiles_of_each_query_tile():
     assert not [e for e in kr.bsa_estimates(rows) if e["head_dim"] == 128]  # no kernel, no estimate
 
 
+def test_prepass_writes_int8_q_and_k_for_the_s8_mma():
+    # q, k, v read once (3 tensors of the input type); written: q and k as int8 (half each) and v -> 5 tensor
+    # volumes instead of 6 when the core's QK runs on the s8 MMA
+    wide, narrow = kr.prepass_ms(17776, 64, int8_qk=False), kr.prepass_ms(17776, 64, int8_qk=True)
+    assert narrow["quantize_ms"] == pytest.approx(wide["quantize_ms"] * 5 / 6)
+    assert narrow["channel_stats_ms"] == wide["channel_stats_ms"]
+    tensor_bytes = kr.HEADS * 17776 * 64 * 2
+    assert wide["quantize_ms"] == pytest.approx(6 * tensor_bytes / kr.H100["dram_bytes_per_s"] * 1e3)
+
+
 def _fake_nvdisasm(tmp_path, release: str) -> str:
     tool = tmp_path / "nvdisasm"
     tool.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.0'\n")
