@@ -45,8 +45,8 @@ cudaError_t launch_core(const attnx_bsa_params& p, const attnx::Device& dev, con
 template <typename Elem, int HD>
 cudaError_t dispatch_rows(const attnx_bsa_params& p, const attnx::Device& dev, const void* q, const void* k,
                           const void* v, const int32_t* c, const int32_t* i, void* out, cudaStream_t s) {
-    return attnx::bsa_row_tiles(p, dev.major, dev.max_smem) == 2 ? launch_core<Elem, HD, 2>(p, dev, q, k, v, c, i, out, s)
-                                                      : launch_core<Elem, HD, 1>(p, dev, q, k, v, c, i, out, s);
+    if (attnx::bsa_row_tiles(p, dev.major, dev.max_smem) == 2) return launch_core<Elem, HD, 2>(p, dev, q, k, v, c, i, out, s);
+    return launch_core<Elem, HD, 1>(p, dev, q, k, v, c, i, out, s);
 }
 
 template <typename Elem>

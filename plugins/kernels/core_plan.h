@@ -19,9 +19,8 @@ constexpr size_t core_smem_bytes(int dim, int row_tiles = 1) {
 }
 
 // The core: fp16/bf16, head_dim 32/64/128, sm_80+, 16-byte aligned tensors, enough shared memory.
-inline bool core_fits(int dtype, int dim, int cc_major, size_t max_smem, bool aligned, int row_tiles = 1) {
-    return dtype != ATTNX_FLOAT32 && core_head_dim(dim) && cc_major >= 8 && aligned &&
-           core_smem_bytes(dim, row_tiles) <= max_smem;
+inline bool core_fits(int dtype, int dim, int cc_major, size_t max_smem, bool aligned) {
+    return dtype != ATTNX_FLOAT32 && core_head_dim(dim) && cc_major >= 8 && aligned && core_smem_bytes(dim) <= max_smem;
 }
 
 // The neighborhood policy's static shared memory (its per-block state and slot coordinates) is at most this;
@@ -44,9 +43,9 @@ inline attnx_path bsa_path(const attnx_bsa_params& p, int cc_major, size_t max_s
 
 // Block-sparse on the core: 128-query tiles (2 row tiles: each warp's K/V fragment loads feed two MMAs, each
 // K/V tile read serves 128 queries) when query blocks hold whole 128-query tiles, the larger Q tile fits in shared
-// memory and the device is sm_90, the architecture whose register budget bench/kernel_report.py checks (on
-// sm_80/86 ptxas spills the head_dim 64 instance in its main loop); else 64-query tiles. (At head_dim 128 the core
-// runs each 64-key tile in two 32-key steps: attn_core.cuh's core_split.)
+// memory and the device is sm_90 (on sm_80/86 ptxas spills these instances in their main loop, so they compile to
+// a trap there; bench/kernel_report.py checks both); else 64-query tiles. (At head_dim 128 the core runs each
+// 64-key tile in two 32-key steps: attn_core.cuh's core_split.)
 inline int bsa_row_tiles(const attnx_bsa_params& p, int cc_major, size_t max_smem) {
     return cc_major == 9 && p.block_q % (2 * kCoreTile) == 0 && core_smem_bytes(p.head_dim, 2) <= max_smem ? 2 : 1;
 }
