@@ -395,11 +395,16 @@ def demangle(names: list[str]) -> dict[str, str]:
     return dict(zip(names, out))
 
 
-def analyse_cubin(cubin: Path) -> list[dict]:
-    arch = re.search(r"sm_(\d+a?)", cubin.name)
-    arch = f"sm_{arch.group(1)}" if arch else "sm_?"
-    usage = resource_usage(find_tool("cuobjdump"), cubin)
-    text = run_tool([find_nvdisasm(), "-c", str(cubin)])
+def arch_of(cubin: Path) -> str:
+    """The SM architecture in a cubin's file name (the build's and cubins_by_compiling's both carry it)."""
+    m = re.search(r"sm_\d+a?", cubin.name)
+    return m.group(0) if m else "sm_?"
+
+
+def analyse_cubin(cubin: Path, cuobjdump: str, nvdisasm: str) -> list[dict]:
+    arch = arch_of(cubin)
+    usage = resource_usage(cuobjdump, cubin)
+    text = run_tool([nvdisasm, "-c", str(cubin)])
     sass = function_sass(text)
     # nvdisasm marks register spills and refills ("SpillRefill"): local arrays are not spills.
     spill_counts = {name: body.count('"SpillRefill"') for name, body in sass.items()}
@@ -424,7 +429,8 @@ def analyse_cubin(cubin: Path) -> list[dict]:
 
 
 def collect(cubins: list[Path]) -> list[dict]:
-    rows = [row for cubin in cubins for row in analyse_cubin(cubin)]
+    tools = find_tool("cuobjdump"), find_nvdisasm()  # once: find_nvdisasm runs --version on each candidate
+    rows = [row for cubin in cubins for row in analyse_cubin(cubin, *tools)]
     return sorted(rows, key=lambda r: (r["arch"], r["unit"], r["op"], r["dtype"], r["head_dim"] or 0, r["kernel"]))
 
 
@@ -659,7 +665,7 @@ def gather_cubins(args, work: Path) -> list[Path]:
     if not args.build_dir:
         return cubins_by_compiling(args.arch or ["90", "80"], args.cutlass, work)
     cubins = cubins_from_build(args.build_dir, work)
-    built = {m.group(0) for c in cubins if (m := re.search(r"sm_\d+a?", c.name))}
+    built = {arch_of(c) for c in cubins}
     extra = [a for a in args.arch or [] if f"sm_{a}" not in built]
     if extra:
         compiled = work / "compiled"
