@@ -6,7 +6,8 @@
 // memory feeds two MMAs and each K/V tile read from L2 serves 128 queries. Q is loaded once into registers
 // (re-read per k-slice from shared memory where 32 rows of it would not fit beside the accumulators, and a kv
 // tile then taken in two 32-key steps: core_split); K and V tiles of 64 keys
-// stream through a 2-stage cp.async ring (tile n+1 is in flight while tile n is computed); S = Q K^T and
+// stream through a cp.async ring of 2 stages (tile n+1 is in flight while tile n is computed) or, on sm_90 at
+// head_dim <= 64, 3 (tiles n+1 and n+2: core_plan.h's core_stages); S = Q K^T and
 // O += P V run on mma.sync (16x8x16, fp16/bf16 in, fp32 accumulate) with ldmatrix operand loads; scores,
 // probabilities and the output accumulator never leave registers; the softmax is online and in base 2.
 //
@@ -25,7 +26,9 @@
 #include <cuda_fp16.h>
 
 #include <cute/tensor.hpp>
+#include <type_traits>
 
+#include "core_plan.h"
 #include "na_index.h"
 #include "paro_rules.h"
 
@@ -38,7 +41,7 @@ constexpr int kBlockM = 64;  // queries per row tile (4 warps x 16 rows); a quer
 constexpr int kBlockN = 64;  // keys per kv tile
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kStages = 2;  // K/V tiles in flight
+constexpr int kDefaultStages = 2;  // K/V tiles of the cp.async ring (core_plan.h's core_stages picks 2 or 3)
 constexpr float kLog2e = 1.4426950408889634f;
 
 template <typename Elem>
@@ -70,7 +73,7 @@ constexpr int block_rows() {
 // Tile geometry of one head_dim and query tile: swizzled shared-memory layouts (conflict-free ldmatrix and
 // cp.async), the tiled MMA and the ldmatrix copy atoms.
 // Elem int8_t: the tiles of the s8 MMA's operands (Q, K), 16 elements per 16-byte chunk.
-template <typename Elem, int HeadDim, int RowTiles = 1>
+template <typename Elem, int HeadDim, int RowTiles = 1, int Stages = kDefaultStages>
 struct Geometry {
     static_assert(HeadDim == 32 || HeadDim == 64 || HeadDim == 128, "the core takes head_dim 32, 64 or 128");
     static constexpr int kChunkElems = 16 / int(sizeof(Elem));  // elements per 16-byte chunk (cp.async, ldmatrix row)
@@ -94,11 +97,21 @@ struct Geometry {
     using LoadAtomT = Copy_Atom<SM75_U16x8_LDSM_T, Elem>;  // fp16/bf16 only (V^T)
     static constexpr int kTileElems = kBlockN * HeadDim;
     static constexpr int kChunks = HeadDim / kChunkElems;  // 16-byte chunks per row
-    // Q tile (RowTiles slots) + kStages x (K tile + V tile) + the PARO tile-max exchange (an int8 Q or K tile uses
+    static_assert(Stages == 2 || Stages == 3, "the ring holds 2 or 3 kv tiles");
+    // Q tile (RowTiles slots) + Stages x (K tile + V tile) + the PARO tile-max exchange (an int8 Q or K tile uses
     // the first half of its slots).
     static constexpr size_t kSmemBytes =
-        sizeof(Elem) * kTileElems * (RowTiles + 2 * kStages) + 2 * kWarps * sizeof(float);
+        sizeof(Elem) * kTileElems * (RowTiles + 2 * Stages) + 2 * kWarps * sizeof(float);
 };
+
+// launch(std::integral_constant<int, S>{}) with S the ring's stages as core_plan.h's core_stages chose them: the
+// 3-stage instance exists at head_dim <= 64 only, so head_dim 128 compiles one launch.
+template <int HeadDim, typename Launch>
+auto with_stages(int stages, Launch&& launch) {
+    if constexpr (core_has_three_stages(HeadDim))
+        if (stages == 3) return launch(std::integral_constant<int, 3>{});
+    return launch(std::integral_constant<int, 2>{});
+}
 
 // The accumulator layout of S (m16n8 C fragments) read as the A operand of the next MMA (m16n8k16):
 // ((2,2),M,N) -> ((2,2,2),M,N/2). Registers stay in place; only their indexing changes.
@@ -208,7 +221,7 @@ __device__ __forceinline__ void load_rows(const A* a, A* tile_a, const B* b, B* 
 //                                     takes the masked path, with the bias)
 //   static constexpr bool kQuantP     P is quantized per tile (PARO pv_bits < 16) with qmax_p() levels
 //   using QkElem                      the element type of q and k: Elem, or int8_t (S on the s8 MMA)
-template <typename Elem, int HeadDim, class Policy>
+template <typename Elem, int HeadDim, class Policy, int Stages = kDefaultStages>
 __global__ void __launch_bounds__(kThreads)
     attention_core_kernel(const __grid_constant__ typename Policy::Params params,
                           const typename Policy::QkElem* __restrict__ q, const typename Policy::QkElem* __restrict__ k,
@@ -216,14 +229,17 @@ __global__ void __launch_bounds__(kThreads)
     constexpr int kRowTiles = Policy::kRowTiles;
     constexpr int kRows = block_rows<kRowTiles>();  // query rows of the tile
     constexpr int kSlots = 2 * kRowTiles;           // query rows per thread
-    using Geo = Geometry<Elem, HeadDim, kRowTiles>;
+    constexpr int kStages = Stages;                 // kv tiles in the cp.async ring
+    using Geo = Geometry<Elem, HeadDim, kRowTiles, kStages>;
     using QkElem = typename Policy::QkElem;
-    using QkGeo = Geometry<QkElem, HeadDim, kRowTiles>;  // Geo itself unless Q and K are int8
+    using QkGeo = Geometry<QkElem, HeadDim, kRowTiles, kStages>;  // Geo itself unless Q and K are int8
     static_assert(sizeof(QkElem) <= sizeof(Elem), "a Q or K tile fits the slot of an Elem tile");
 #if defined(__CUDA_ARCH__)
-    // 128-query tiles run on sm_90 only (core_plan.h's bsa_row_tiles: ptxas spills them on sm_80/86): elsewhere
-    // their instances are a trap, not a spilling kernel nobody launches.
-    if constexpr (kRowTiles > 1 && __CUDA_ARCH__ / 100 != 9) {
+    // 128-query tiles and the 3-stage ring run on sm_90 only (core_plan.h's bsa_row_tiles: ptxas spills the
+    // former on sm_80/86; core_stages: the latter would cost blocks per SM there): elsewhere their instances are
+    // a trap, not a kernel nobody launches. A 3-stage instance exists at head_dim <= 64 only.
+    static_assert(kStages == 2 || core_has_three_stages(HeadDim), "core_plan.h's core_has_three_stages");
+    if constexpr ((kRowTiles > 1 || kStages > 2) && __CUDA_ARCH__ / 100 != 9) {
         __trap();
         __builtin_unreachable();
     }
@@ -280,7 +296,8 @@ __global__ void __launch_bounds__(kThreads)
                               [&](int r, long long& k_off, long long& v_off) { policy.kv_row(tile, r, k_off, v_off); });
     };
 
-    // Prologue: Q and kv tile 0 (group 0), kv tile 1 (group 1). A group may be empty; counts stay uniform.
+    // Prologue: Q and kv tile 0 (group 0), kv tiles 1 .. kStages - 1 (groups 1 ..). A group may be empty; counts
+    // stay uniform.
     // (A loop, not unrolled: one copy of the loader's index math instead of one per stage.)
     load_rows<QkGeo, QkGeo, kRows>(q, sQ_ptr, static_cast<const QkElem*>(nullptr), static_cast<QkElem*>(nullptr),
                             [&](int r, long long& q_off, long long&) { q_off = policy.q_row(r); });
@@ -320,7 +337,7 @@ __global__ void __launch_bounds__(kThreads)
 
     for (int t = 0; t < n_tiles; ++t) {
         policy.prepare_tile(t);
-        cp_async_wait<1>();  // everything but the newest group: tile t (and Q) have landed
+        cp_async_wait<kStages - 1>();  // all but the newest kStages - 1 groups: tile t (and Q) have landed
         __syncthreads();
         const int stage = t % kStages;
         QkElem* sK_stage = reinterpret_cast<QkElem*>(reinterpret_cast<Elem*>(sK_ptr) + stage * Geo::kTileElems);

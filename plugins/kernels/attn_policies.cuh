@@ -20,7 +20,9 @@ static_assert(kBlockM == kCoreTile && kBlockN == kCoreTile, "core_plan.h's tile 
 static_assert(Geometry<half_t, 32>::kSmemBytes == core_smem_bytes(32) && Geometry<half_t, 64>::kSmemBytes == core_smem_bytes(64) &&
                   Geometry<bfloat16_t, 128>::kSmemBytes == core_smem_bytes(128) &&
                   Geometry<half_t, 64, 2>::kSmemBytes == core_smem_bytes(64, 2) &&
-                  Geometry<bfloat16_t, 128, 2>::kSmemBytes == core_smem_bytes(128, 2),
+                  Geometry<bfloat16_t, 128, 2>::kSmemBytes == core_smem_bytes(128, 2) &&
+                  Geometry<half_t, 32, 1, 3>::kSmemBytes == core_smem_bytes(32, 1, 3) &&
+                  Geometry<bfloat16_t, 64, 2, 3>::kSmemBytes == core_smem_bytes(64, 2, 3),
               "core_plan.h's shared memory is the kernel's");
 
 // ---- neighborhood: a query tile is a box of one dilation group (na_index.h's tiles, 64 slots); it visits

@@ -17,12 +17,12 @@ using attnx::fail;
 
 float scale_of(const attnx_bsa_params& p) { return p.scale > 0.f ? p.scale : 1.f / __builtin_sqrtf(float(p.head_dim)); }
 
-template <typename Elem, int HD, int RowTiles>
+template <typename Elem, int HD, int RowTiles, int Stages>
 cudaError_t launch_core(const attnx_bsa_params& p, const attnx::Device& dev, const void* q, const void* k, const void* v,
                         const int32_t* kv_count, const int32_t* kv_index, void* out, cudaStream_t stream) {
     using Policy = attnx::core::BsaPolicy<Elem, RowTiles>;
-    constexpr auto kernel = attnx::core::attention_core_kernel<Elem, HD, Policy>;
-    const size_t smem = attnx::core::Geometry<Elem, HD, RowTiles>::kSmemBytes;
+    constexpr auto kernel = attnx::core::attention_core_kernel<Elem, HD, Policy, Stages>;
+    const size_t smem = attnx::core::Geometry<Elem, HD, RowTiles, Stages>::kSmemBytes;
     cudaError_t status = cudaSuccess;
     attnx::for_each_grid_chunk(p.batch, p.heads, [&](int b0, int batches, int h0, int heads) {
         if (status != cudaSuccess) return;
@@ -41,12 +41,21 @@ cudaError_t launch_core(const attnx_bsa_params& p, const attnx::Device& dev, con
     return status;
 }
 
+// The ring's stages as core_plan.h's core_stages picks them (launch_util.h's ring_stages).
+template <typename Elem, int HD, int RowTiles>
+cudaError_t dispatch_stages(const attnx_bsa_params& p, const attnx::Device& dev, const void* q, const void* k,
+                            const void* v, const int32_t* c, const int32_t* i, void* out, cudaStream_t s) {
+    return attnx::core::with_stages<HD>(attnx::ring_stages(dev, HD, RowTiles), [&](auto stages) {
+        return launch_core<Elem, HD, RowTiles, decltype(stages)::value>(p, dev, q, k, v, c, i, out, s);
+    });
+}
+
 // 128-query tiles where core_plan.h's bsa_row_tiles picks them, else 64.
 template <typename Elem, int HD>
 cudaError_t dispatch_rows(const attnx_bsa_params& p, const attnx::Device& dev, const void* q, const void* k,
                           const void* v, const int32_t* c, const int32_t* i, void* out, cudaStream_t s) {
-    if (attnx::bsa_row_tiles(p, dev.major, dev.max_smem) == 2) return launch_core<Elem, HD, 2>(p, dev, q, k, v, c, i, out, s);
-    return launch_core<Elem, HD, 1>(p, dev, q, k, v, c, i, out, s);
+    if (attnx::bsa_row_tiles(p, dev.major, dev.max_smem) == 2) return dispatch_stages<Elem, HD, 2>(p, dev, q, k, v, c, i, out, s);
+    return dispatch_stages<Elem, HD, 1>(p, dev, q, k, v, c, i, out, s);
 }
 
 template <typename Elem>

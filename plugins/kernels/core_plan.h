@@ -12,10 +12,25 @@ constexpr int kCoreTile = 64;  // attn_core.cuh's kBlockM (a row tile) == kBlock
 
 constexpr bool core_head_dim(int dim) { return dim == 32 || dim == 64 || dim == 128; }
 
-// Dynamic shared memory of the core: a Q tile of row_tiles x 64 rows and 2 stages of K and V tiles (2-byte
-// elements), plus PARO's tile-max exchange (2 x 4 floats). Must match attn_core.cuh's Geometry::kSmemBytes.
-constexpr size_t core_smem_bytes(int dim, int row_tiles = 1) {
-    return size_t(2) * kCoreTile * dim * (row_tiles + 4) + 2 * 4 * sizeof(float);
+// Dynamic shared memory of the core: a Q tile of row_tiles x 64 rows and `stages` stages of K and V tiles
+// (2-byte elements), plus PARO's tile-max exchange (2 x 4 floats). Must match attn_core.cuh's
+// Geometry::kSmemBytes.
+constexpr size_t core_smem_bytes(int dim, int row_tiles = 1, int stages = 2) {
+    return size_t(2) * kCoreTile * dim * (row_tiles + 2 * stages) + 2 * 4 * sizeof(float);
+}
+
+// The core's cp.async ring can hold 3 kv tiles (2 in flight while one is computed) at head_dim <= 64 only: a
+// third stage at head_dim 128 (+32 KB) halves sm_90's blocks per SM. These instances compile for sm_90 only
+// (a trap elsewhere, like the 128-query tiles).
+constexpr bool core_has_three_stages(int dim) { return dim <= 64; }
+
+// Stages of the ring: 3 on sm_90 at head_dim <= 64, where the third stage costs no block per SM (227 KB of
+// shared memory per SM: the register file, not shared memory, limits those kernels; bench/kernel_report.py's
+// --ci checks it) and hides twice the load latency per block; on sm_80 (163 KB) and sm_86/89 (99 KB) it would
+// cost blocks, and where the block's extra shared memory (the neighborhood's static state and bias table,
+// `extra`) would not fit, 2.
+inline int core_stages(int dim, int row_tiles, int cc_major, size_t max_smem, size_t extra = 0) {
+    return cc_major == 9 && core_has_three_stages(dim) && core_smem_bytes(dim, row_tiles, 3) + extra <= max_smem ? 3 : 2;
 }
 
 // The core: fp16/bf16, head_dim 32/64/128, sm_80+, 16-byte aligned tensors, enough shared memory.

@@ -7,7 +7,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
+
+#include "core_plan.h"
 
 namespace attnx {
 
@@ -39,6 +43,18 @@ inline bool current_device(Device& dev) {
     max_smem[dev.id].store(dev.max_smem, std::memory_order_relaxed);
     major[dev.id].store(dev.major, std::memory_order_release);
     return true;
+}
+
+// The core's ring stages for this device (core_plan.h's core_stages). ATTNX_CORE_STAGES=2 in the environment,
+// read once per process, keeps every launch on 2 stages: the same library then times both rings on one GPU
+// (bench/bench_sparse_gpu.py). Nothing else is read from it; a third stage is never forced where the rule
+// refuses it (its instances are traps off sm_90).
+inline int ring_stages(const Device& dev, int dim, int row_tiles, size_t extra = 0) {
+    static const bool two_stages = [] {
+        const char* forced = std::getenv("ATTNX_CORE_STAGES");
+        return forced != nullptr && std::strcmp(forced, "2") == 0;
+    }();
+    return two_stages ? 2 : core_stages(dim, row_tiles, dev.major, static_cast<size_t>(dev.max_smem), extra);
 }
 
 inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }

@@ -13,16 +13,18 @@ namespace {
 
 using attnx::fail;
 
-template <typename Elem, int HD>
-attnx_status launch_core(const attnx_na_params& p, int device, size_t max_smem, const void* q, const void* k, const void* v,
+// Entries of the head's bias table: prod(2k - 1).
+long long bias_table(const attnx::NaProblem& problem) {
+    return static_cast<long long>(2 * problem.k[0] - 1) * (2 * problem.k[1] - 1) * (2 * problem.k[2] - 1);
+}
+
+template <typename Elem, int HD, int Stages>
+attnx_status launch_core(const attnx_na_params& p, int device, size_t smem, const void* q, const void* k, const void* v,
                          const void* rpb, void* out, cudaStream_t stream) {
     using Policy = attnx::core::NaPolicy<Elem>;
-    constexpr auto kernel = attnx::core::attention_core_kernel<Elem, HD, Policy>;
+    constexpr auto kernel = attnx::core::attention_core_kernel<Elem, HD, Policy, Stages>;
     const attnx::NaProblem problem = attnx::make_problem(p, attnx::core::kBlockN);
-    const long long table = static_cast<long long>(2 * problem.k[0] - 1) * (2 * problem.k[1] - 1) * (2 * problem.k[2] - 1);
-    // na_forward.cu sends a bias here only when its table fits in shared memory next to the tiles.
-    const size_t smem = attnx::core::Geometry<Elem, HD>::kSmemBytes + (rpb ? sizeof(float) * table : 0);
-    if (smem + attnx::kNaStaticSmem > max_smem) return fail(ATTNX_UNSUPPORTED, "the bias table does not fit in shared memory");
+    const long long table = bias_table(problem);
     cudaError_t status = cudaSuccess;
     attnx::for_each_grid_chunk(p.batch, p.heads, [&](int b0, int batches, int h0, int heads) {
         if (status != cudaSuccess) return;
@@ -40,13 +42,28 @@ attnx_status launch_core(const attnx_na_params& p, int device, size_t max_smem, 
     return ATTNX_OK;
 }
 
+// The ring's stages as core_plan.h's core_stages picks them, counting the policy's static shared memory and the
+// staged bias table (na_forward.cu sends a bias here only when its table fits next to the 2-stage tiles).
+template <typename Elem, int HD>
+attnx_status dispatch_stages(const attnx_na_params& p, const attnx::Device& dev, const void* q, const void* k,
+                             const void* v, const void* rpb, void* out, cudaStream_t stream) {
+    const size_t table_bytes = rpb ? sizeof(float) * bias_table(attnx::make_problem(p, attnx::core::kBlockN)) : 0;
+    const size_t max_smem = static_cast<size_t>(dev.max_smem);
+    const int stages = attnx::ring_stages(dev, HD, 1, attnx::kNaStaticSmem + table_bytes);
+    const size_t smem = attnx::core_smem_bytes(HD, 1, stages) + table_bytes;
+    if (smem + attnx::kNaStaticSmem > max_smem) return fail(ATTNX_UNSUPPORTED, "the bias table does not fit in shared memory");
+    return attnx::core::with_stages<HD>(stages, [&](auto s) {
+        return launch_core<Elem, HD, decltype(s)::value>(p, dev.id, smem, q, k, v, rpb, out, stream);
+    });
+}
+
 template <typename Elem>
-attnx_status dispatch_core(const attnx_na_params& p, int device, size_t max_smem, const void* q, const void* k, const void* v,
+attnx_status dispatch_core(const attnx_na_params& p, const attnx::Device& dev, const void* q, const void* k, const void* v,
                            const void* rpb, void* out, cudaStream_t stream) {
     switch (p.head_dim) {
-        case 32: return launch_core<Elem, 32>(p, device, max_smem, q, k, v, rpb, out, stream);
-        case 64: return launch_core<Elem, 64>(p, device, max_smem, q, k, v, rpb, out, stream);
-        default: return launch_core<Elem, 128>(p, device, max_smem, q, k, v, rpb, out, stream);
+        case 32: return dispatch_stages<Elem, 32>(p, dev, q, k, v, rpb, out, stream);
+        case 64: return dispatch_stages<Elem, 64>(p, dev, q, k, v, rpb, out, stream);
+        default: return dispatch_stages<Elem, 128>(p, dev, q, k, v, rpb, out, stream);
     }
 }
 
@@ -54,10 +71,10 @@ attnx_status dispatch_core(const attnx_na_params& p, int device, size_t max_smem
 
 namespace attnx {
 
-attnx_status na_core_forward(const attnx_na_params& p, int device, size_t max_smem, const void* q, const void* k, const void* v,
+attnx_status na_core_forward(const attnx_na_params& p, const Device& dev, const void* q, const void* k, const void* v,
                              const void* rpb, void* out, cudaStream_t stream) {
-    return p.dtype == ATTNX_FLOAT16 ? dispatch_core<cute::half_t>(p, device, max_smem, q, k, v, rpb, out, stream)
-                                    : dispatch_core<cute::bfloat16_t>(p, device, max_smem, q, k, v, rpb, out, stream);
+    return p.dtype == ATTNX_FLOAT16 ? dispatch_core<cute::half_t>(p, dev, q, k, v, rpb, out, stream)
+                                    : dispatch_core<cute::bfloat16_t>(p, dev, q, k, v, rpb, out, stream);
 }
 
 }  // namespace attnx

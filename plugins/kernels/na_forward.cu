@@ -56,7 +56,7 @@ attnx_status dispatch(const attnx_na_params& p, const Device& dev, const void* q
     // The vectorized core loads need 16-byte aligned rows; otherwise the generic path runs.
     const bool aligned = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
     const attnx_na_path path = attnx::na_path(p, dev.major, dev.max_smem, aligned);
-    if (path == ATTNX_PATH_CORE) return attnx::na_core_forward(p, dev.id, dev.max_smem, q, k, v, rpb, out, stream);
+    if (path == ATTNX_PATH_CORE) return attnx::na_core_forward(p, dev, q, k, v, rpb, out, stream);
     const attnx::LaunchChoice c = attnx::choose_launch(p.dtype, p.head_dim, dev.max_smem);
     switch (path == ATTNX_PATH_GENERIC ? c.tile : 0) {
         case 64: return launch<T, 64>(p, dev, c.dynamic_smem, q, k, v, rpb, out, stream);

@@ -88,13 +88,13 @@ cudaError_t prepass(const attnx_paro_params& p, const void* q, const void* k, co
     return cudaGetLastError();
 }
 
-template <typename Elem, int HD, bool QuantP, bool Int8QK>
+template <typename Elem, int HD, bool QuantP, bool Int8QK, int Stages>
 cudaError_t launch_core(const attnx_paro_params& p, const attnx::Device& dev, const Operands& ops, const int32_t* perm,
                         const int32_t* kv_count, const int32_t* kv_index, void* out, cudaStream_t stream) {
     using Policy = attnx::core::ParoPolicy<Elem, QuantP, Int8QK>;
     using QkElem = typename Policy::QkElem;
-    constexpr auto kernel = attnx::core::attention_core_kernel<Elem, HD, Policy>;
-    const size_t smem = attnx::core::Geometry<Elem, HD>::kSmemBytes;
+    constexpr auto kernel = attnx::core::attention_core_kernel<Elem, HD, Policy, Stages>;
+    const size_t smem = attnx::core::Geometry<Elem, HD, 1, Stages>::kSmemBytes;
     cudaError_t status = cudaSuccess;
     attnx::for_each_grid_chunk(p.batch, p.heads, [&](int b0, int batches, int h0, int heads) {
         if (status != cudaSuccess) return;
@@ -114,13 +114,22 @@ cudaError_t launch_core(const attnx_paro_params& p, const attnx::Device& dev, co
     return status;
 }
 
+// The ring's stages as core_plan.h's core_stages picks them (launch_util.h's ring_stages).
+template <typename Elem, int HD, bool QuantP, bool Int8QK>
+cudaError_t dispatch_stages(const attnx_paro_params& p, const attnx::Device& dev, const Operands& ops, const int32_t* perm,
+                            const int32_t* c, const int32_t* i, void* out, cudaStream_t s) {
+    return attnx::core::with_stages<HD>(attnx::ring_stages(dev, HD, 1), [&](auto stages) {
+        return launch_core<Elem, HD, QuantP, Int8QK, decltype(stages)::value>(p, dev, ops, perm, c, i, out, s);
+    });
+}
+
 template <typename Elem, bool QuantP, bool Int8QK>
 cudaError_t dispatch_core(const attnx_paro_params& p, const attnx::Device& dev, const Operands& ops, const int32_t* perm,
                           const int32_t* c, const int32_t* i, void* out, cudaStream_t s) {
     switch (p.head_dim) {
-        case 32: return launch_core<Elem, 32, QuantP, Int8QK>(p, dev, ops, perm, c, i, out, s);
-        case 64: return launch_core<Elem, 64, QuantP, Int8QK>(p, dev, ops, perm, c, i, out, s);
-        default: return launch_core<Elem, 128, QuantP, Int8QK>(p, dev, ops, perm, c, i, out, s);
+        case 32: return dispatch_stages<Elem, 32, QuantP, Int8QK>(p, dev, ops, perm, c, i, out, s);
+        case 64: return dispatch_stages<Elem, 64, QuantP, Int8QK>(p, dev, ops, perm, c, i, out, s);
+        default: return dispatch_stages<Elem, 128, QuantP, Int8QK>(p, dev, ops, perm, c, i, out, s);
     }
 }
 

@@ -238,10 +238,27 @@ void test_paths() {
     CHECK(attnx::bsa_path(p, 7, 232448, true) == ATTNX_PATH_NONE);
 }
 
+// The ring's stages (core_plan.h's core_stages): 3 on sm_90 at head_dim <= 64 where they fit, else 2.
+void test_stages() {
+    CHECK(attnx::core_smem_bytes(64, 1, 3) == 57376 && attnx::core_smem_bytes(32, 2, 3) == 32800);
+    CHECK(attnx::core_smem_bytes(64, 1, 2) == attnx::core_smem_bytes(64));  // 2 stages is the default
+    for (int dim : {32, 64})
+        for (int row_tiles : {1, 2}) {
+            CHECK(attnx::core_stages(dim, row_tiles, 9, 232448) == 3);
+            CHECK(attnx::core_stages(dim, row_tiles, 8, 232448) == 2 && attnx::core_stages(dim, row_tiles, 10, 232448) == 2);
+            const size_t three = attnx::core_smem_bytes(dim, row_tiles, 3);
+            CHECK(attnx::core_stages(dim, row_tiles, 9, three) == 3 && attnx::core_stages(dim, row_tiles, 9, three - 1) == 2);
+            CHECK(attnx::core_stages(dim, row_tiles, 9, three + 100, 101) == 2);  // the block's other shared memory counts
+        }
+    CHECK(attnx::core_stages(128, 1, 9, 232448) == 2 && attnx::core_stages(128, 2, 9, 232448) == 2);
+    CHECK(!attnx::core_has_three_stages(128) && attnx::core_has_three_stages(64));
+}
+
 }  // namespace
 
 int main() {
     test_paths();
+    test_stages();
     test_fields();
     test_malformed_fields();
     test_serialization();
