@@ -323,9 +323,14 @@ ARCH_LIMITS = {  # per SM: registers, warps, blocks, shared bytes (cuobjdump's S
 }
 
 
-def core_smem_bytes(head_dim: int, row_tiles: int = 1) -> int:
+def core_smem_bytes(head_dim: int, row_tiles: int = 1, stages: int = 2) -> int:
     """Mirrors core_plan.h's core_smem_bytes (checked by a static_assert against attn_core.cuh)."""
-    return 2 * 64 * head_dim * (row_tiles + 4) + 2 * 4 * 4
+    return 2 * 64 * head_dim * (row_tiles + 2 * stages) + 2 * 4 * 4
+
+
+def sm90_stages(head_dim: int) -> int:
+    """The ring's stages core_plan.h's core_stages picks on sm_90 (where the bench's tiles fit)."""
+    return 3 if head_dim <= 64 else 2
 
 
 def occupancy(regs: int, smem: int, threads: int, arch: str) -> int:
@@ -344,6 +349,8 @@ _CORE = re.compile(r"attention_core_kernel<cutlass::(half_t|bfloat16_t), (\d+), 
 _PARO = re.compile(r"ParoPolicy<cutlass::\w+, (true|false)(?:, (true|false))?>")
 # BsaPolicy<Elem, RowTiles>: 64 x RowTiles queries per tile; older builds had BsaPolicy<Elem> (64)
 _BSA = re.compile(r"BsaPolicy<cutlass::\w+(?:, (\d+))?>")
+# attention_core_kernel<Elem, HeadDim, Policy, Stages>: the cp.async ring's kv tiles; older builds had no Stages (2)
+_STAGES = re.compile(r"Policy<[^<>]*>, (\d+)>")
 
 
 def describe(demangled: str) -> dict:
@@ -356,16 +363,18 @@ def describe(demangled: str) -> dict:
         int8_qk = paro.group(2) == "true" if paro else None
         bsa = _BSA.search(demangled) if op == "block-sparse" else None
         row_tiles = int(bsa.group(1)) if bsa and bsa.group(1) else 1
+        stages = _STAGES.search(demangled)
+        stages = int(stages.group(1)) if stages else 2
         dim = int(m.group(2))
         return dict(unit="core", op=op, dtype="fp16" if m.group(1) == "half_t" else "bf16", head_dim=dim,
-                    quant_p=quant_p, int8_qk=int8_qk, row_tiles=row_tiles, threads=128,
-                    dynamic_smem=core_smem_bytes(dim, row_tiles))
+                    quant_p=quant_p, int8_qk=int8_qk, row_tiles=row_tiles, stages=stages, threads=128,
+                    dynamic_smem=core_smem_bytes(dim, row_tiles, stages))
     name = demangled.split("(")[0].split("<")[0].rsplit("::", 1)[-1]
     types = (("__half", "fp16"), ("__nv_bfloat16", "bf16"), ("float", "fp32"))
     dtype = next((d for t, d in types if t in demangled), "")
     unit = "prepass" if "paro::" in demangled else "generic"
     return dict(unit=unit, op=name, dtype=dtype, head_dim=None, quant_p=None, int8_qk=None, row_tiles=None,
-                threads=256 if unit == "prepass" else 128, dynamic_smem=None)
+                stages=None, threads=256 if unit == "prepass" else 128, dynamic_smem=None)
 
 
 def resource_usage(cuobjdump: str, cubin: Path) -> dict[str, dict]:
@@ -462,7 +471,22 @@ def tile_cycles(row: dict, path: str) -> dict:
         tensor=counts["by_class"]["mma"] * 4 * 4 / 4,             # m16n8k16 (or m16n8k32 int8): 4 clk/sub-partition
         shared=counts["shared_bytes"] * 4 / H100["smem_bytes_per_clk"],
         l2=2 * 64 * row["head_dim"] * elem / (H100["l2_bytes_per_s"] / H100["sms"] / H100["clock_hz"]),
+        # the cp.async ring: each of the SM's resident blocks has (stages - 1) kv tiles in flight, so at most
+        # blocks x (stages - 1) tiles complete per load latency
+        latency=H100["load_latency_s"] * H100["clock_hz"] / ring_tiles_in_flight(row),
     )
+
+
+def ring_tiles_in_flight(row: dict) -> int:
+    """kv tiles in flight per SM on sm_90: resident blocks x (stages - 1)."""
+    return max(1, row["occupancy"]["sm_90"]) * ((row.get("stages") or 2) - 1)
+
+
+def latency_hidden_ns(row: dict) -> float:
+    """The load latency the ring hides in the steady state: a tile's load is issued (stages - 1) tiles of its
+    block ahead, and a tile of one block takes the SM blocks x its steady cycles (the other limits)."""
+    cycles = {k: v for k, v in tile_cycles(row, "tile_steady").items() if k != "latency"}
+    return ring_tiles_in_flight(row) * max(cycles.values()) / H100["clock_hz"] * 1e9
 
 
 def bound_of(cycles: dict) -> tuple[float, str]:
@@ -477,17 +501,17 @@ def estimate(row: dict, tiles_steady: float, tiles_worst: float, ctas: float, us
     cycles = tiles_steady * steady + tiles_worst * worst + ctas * overhead
     seconds = cycles / (H100["sms"] * H100["clock_hz"])
     return dict(est_ms=seconds * 1e3, bound_ms=useful / peak * 1e3, pct_of_bound=100 * useful / peak / seconds,
-                limit=limit)
+                limit=limit, stages=row.get("stages") or 2, latency_hidden_ns=latency_hidden_ns(row))
 
 
 def core_row(rows: list[dict], op: str, dim: int, quant_p: bool | None = None,
-             int8_qk: bool | None = None, row_tiles: int = 1) -> dict | None:
-    for r in rows:
-        if r["unit"] == "core" and r["op"] == op and r["dtype"] == "fp16" and r["head_dim"] == dim and \
-                r["arch"] == "sm_90" and (quant_p is None or r.get("quant_p") == quant_p) and \
-                (int8_qk is None or r.get("int8_qk") == int8_qk) and (r.get("row_tiles") or 1) == row_tiles:
-            return r
-    return None
+             int8_qk: bool | None = None, row_tiles: int = 1, stages: int | None = None) -> dict | None:
+    """The sm_90 fp16 instance; stages: the ring's (default: the one sm_90 launches, else a build's only one)."""
+    found = [r for r in rows if r["unit"] == "core" and r["op"] == op and r["dtype"] == "fp16" and
+             r["head_dim"] == dim and r["arch"] == "sm_90" and (quant_p is None or r.get("quant_p") == quant_p) and
+             (int8_qk is None or r.get("int8_qk") == int8_qk) and (r.get("row_tiles") or 1) == row_tiles]
+    wanted = stages or sm90_stages(dim)
+    return next((r for r in found if (r.get("stages") or 2) == wanted), None if stages else next(iter(found), None))
 
 
 def na_estimates(rows: list[dict]) -> list[dict]:
@@ -581,12 +605,17 @@ def report(rows: list[dict]) -> dict:
 
 
 def _variant(r: dict) -> str:
+    ring = ", 3 stages" if (r.get("stages") or 2) == 3 else ""
     if r["op"] == "paro":
         qk = "QK s8 MMA, " if r.get("int8_qk") else "QK fp16, " if r.get("int8_qk") is False else ""
-        return f"paro ({qk}P quantized)" if r["quant_p"] else f"paro ({qk}P fp16)"
+        return f"paro ({qk}P quantized{ring})" if r["quant_p"] else f"paro ({qk}P fp16{ring})"
     if r.get("row_tiles", 1) > 1:
-        return f"{r['op']} ({64 * r['row_tiles']}-query tiles)"
-    return r["op"]
+        return f"{r['op']} ({64 * r['row_tiles']}-query tiles{ring})"
+    return f"{r['op']} (3 stages)" if ring else r["op"]
+
+
+def _ring(e: dict) -> str:
+    return f"{e['stages']} stages hide {e['latency_hidden_ns']:.0f} ns"
 
 
 def markdown(data: dict) -> str:
@@ -608,14 +637,14 @@ def markdown(data: dict) -> str:
     for e in data["neighborhood"]:
         lines.append(f"| na {e['case']} | {e['head_dim']} | {e['est_ms']:.3f} | {e['bound_ms']:.3f} | "
                      f"{e['pct_of_bound']:.0f}% | {e['limit']} | {e['interior_warp_tiles']} of {e['warp_tiles']} "
-                     "warp tiles unmasked |")
+                     f"warp tiles unmasked; {_ring(e)} |")
     for e in data["block_sparse"]:
         lines.append(f"| {e['case']} | {e['head_dim']} | {e['est_ms']:.3f} | {e['bound_ms']:.3f} | "
-                     f"{e['pct_of_bound']:.0f}% | {e['limit']} | {e.get('query_tile', 64)}-query tiles |")
+                     f"{e['pct_of_bound']:.0f}% | {e['limit']} | {e.get('query_tile', 64)}-query tiles; {_ring(e)} |")
     for e in data["paro"]:
         lines.append(f"| {e['case']} | {e['head_dim']} | {e['est_ms']:.3f} | {e['bound_ms']:.3f} (int8) | "
                      f"{e['pct_of_bound']:.0f}% | {e['limit']} | pre-pass {e['prepass_ms']:.3f} ms "
-                     f"({100 * e['prepass_share']:.1f}% of the attention) |")
+                     f"({100 * e['prepass_share']:.1f}% of the attention); {_ring(e)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -624,10 +653,28 @@ def baseline_of(rows: list[dict]) -> dict:
                                 spills=r["spill_instructions"]) for r in rows}
 
 
+def _same_config(r: dict) -> tuple:
+    return r["arch"], r["op"], r["dtype"], r["head_dim"], r.get("quant_p"), r.get("int8_qk"), r.get("row_tiles")
+
+
+def ring_problems(rows: list[dict]) -> list[str]:
+    """core_plan.h's core_stages takes 3 stages on sm_90 because the third costs no block per SM there: a 3-stage
+    instance with fewer sm_90 blocks than its 2-stage twin breaks that premise."""
+    cores = [r for r in rows if r.get("unit") == "core"]
+    two = {_same_config(r): r for r in cores if (r.get("stages") or 2) == 2}
+    problems = []
+    for r in cores:
+        twin = two.get(_same_config(r)) if r.get("stages") == 3 else None
+        if twin and r["arch"] == "sm_90" and r["occupancy"]["sm_90"] < twin["occupancy"]["sm_90"]:
+            problems.append(f"{kernel_key(r)}: 3 stages give {r['occupancy']['sm_90']} blocks per SM, 2 stages "
+                            f"{twin['occupancy']['sm_90']} (core_plan.h's core_stages must not pick 3 here)")
+    return problems
+
+
 def ci_problems(rows: list[dict], baseline: dict) -> list[str]:
     """A kernel that spills more than its baseline allows (a new kernel: none), or whose main loop (steady or
-    worst tile) grew more than GROWTH_LIMIT in instructions."""
-    problems = []
+    worst tile) grew more than GROWTH_LIMIT in instructions; a 3-stage ring that costs sm_90 blocks per SM."""
+    problems = ring_problems(rows)
     for r in rows:
         key, base = kernel_key(r), baseline.get(kernel_key(r))
         allowed = base["spills"] if base else 0

@@ -130,10 +130,12 @@ def test_ci_mode_passes_on_the_built_kernels_and_fails_on_a_tightened_baseline(t
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(report.read_text())
     sm80 = [r for r in data["kernels"] if r["unit"] == "core" and r["arch"] == "sm_80"]
-    # sm_80 launches 64-query tiles only: none spills; the 128-query instances are traps there (a few instructions)
-    assert len(sm80) == 42 and all(r["spill_instructions"] == 0 for r in sm80)
-    assert all(r["total_instructions"] < 32 for r in sm80 if r["row_tiles"] == 2)
-    assert all(r["total_instructions"] > 1000 for r in sm80 if r["row_tiles"] == 1)
+    # sm_80 launches 64-query tiles on a 2-stage ring only: none spills; the 128-query and 3-stage instances are
+    # traps there (a few instructions)
+    assert len(sm80) == 70 and all(r["spill_instructions"] == 0 for r in sm80)
+    sm_90_only = [r for r in sm80 if r["row_tiles"] == 2 or r["stages"] == 3]
+    assert len(sm_90_only) == 6 + 28 and all(r["total_instructions"] < 32 for r in sm_90_only)
+    assert all(r["total_instructions"] > 1000 for r in sm80 if r not in sm_90_only)
     cores = [r for r in data["kernels"] if r["unit"] == "core" and r["arch"] == "sm_90"]
     assert {r["op"] for r in cores} == {"neighborhood", "block-sparse", "paro"}
     # per warp, row tile and kv tile: S = 8 n-blocks x head_dim/16 k-steps (the s8 MMA of PARO's int8 QK:
@@ -141,9 +143,14 @@ def test_ci_mode_passes_on_the_built_kernels_and_fails_on_a_tightened_baseline(t
     assert all(r["tile_steady"]["by_class"]["mma"] ==
                r["row_tiles"] * (r["head_dim"] * 3 // 4 if r["int8_qk"] else r["head_dim"]) for r in cores)
     # block-sparse's 128-query tiles (core_plan.h's bsa_row_tiles), fp16 and bf16, every head_dim
-    assert sorted((r["head_dim"], r["dtype"]) for r in cores if r["row_tiles"] == 2) == \
+    assert sorted((r["head_dim"], r["dtype"]) for r in cores if r["row_tiles"] == 2 and r["stages"] == 2) == \
         [(d, t) for d in (32, 64, 128) for t in ("bf16", "fp16")]
-    assert sum(bool(r["int8_qk"]) for r in cores) == 12  # PARO: 2 dtypes x 3 head dims x P quantized or not
+    # the 3-stage ring (core_plan.h's core_stages): every core kernel at head_dim 32 and 64, none at 128
+    three = [r for r in cores if r["stages"] == 3]
+    assert len(three) == 28 and {r["head_dim"] for r in three} == {32, 64}
+    assert all(r["dynamic_smem"] == kr.core_smem_bytes(r["head_dim"], r["row_tiles"], 3) for r in three)
+    # PARO on the s8 MMA: 2 dtypes x 3 head dims x P quantized or not, and the 3-stage twins at head_dim 32/64
+    assert sum(bool(r["int8_qk"]) for r in cores) == 12 + 8
     # no spills, except block-sparse's 128-query tiles at head_dim 128 (recorded in the baseline; benchmarks.md (k))
     assert all(r["spill_instructions"] == 0 for r in cores if (r["row_tiles"], r["head_dim"]) != (2, 128))
     # The same kernels against a baseline 20% smaller: every core kernel's growth is reported, exit 1.
@@ -160,8 +167,8 @@ def test_baseline_is_committed_and_covers_every_core_kernel():
     cores = [k for k in baseline if "attention_core_kernel" in k and k.startswith("sm_90")]
     assert len([k for k in baseline if "attention_core_kernel" in k]) == 2 * len(cores)
     # neighborhood and block-sparse (64- and 128-query tiles): 2 dtypes x 3 head dims; PARO four times that (P
-    # quantized or not, QK on the s8 MMA or not).
-    assert len(cores) == 6 + 12 + 24
+    # quantized or not, QK on the s8 MMA or not); and each of those at head_dim 32 and 64 with the 3-stage ring.
+    assert len(cores) == (6 + 12 + 24) * 5 // 3
 
 
 def test_describe_reads_the_paro_policy_flags():
@@ -183,11 +190,58 @@ def test_describe_reads_the_query_tile_of_block_sparse():
     assert kr.core_smem_bytes(64, 2) == 49184  # core_plan.h's (its config test checks the same number)
 
 
-def _core(head_dim: int, row_tiles: int, instructions: int, mmas: int, shared: int) -> dict:
+def test_describe_reads_the_ring_stages():
+    base = "void attnx::core::attention_core_kernel<cutlass::half_t, 64, attnx::core::BsaPolicy<cutlass::half_t, 2>{}>"
+    for args, stages in [(", 3", 3), (", 2", 2), (" ", 2)]:  # " ": a build before the stages parameter
+        row = kr.describe(base.format(args))
+        assert (row["row_tiles"], row["stages"]) == (2, stages)
+        assert row["dynamic_smem"] == kr.core_smem_bytes(64, 2, stages)
+    paro = kr.describe(base.format(", 3").replace("BsaPolicy<cutlass::half_t, 2>",
+                                                  "ParoPolicy<cutlass::half_t, true, true>"))
+    assert (paro["op"], paro["quant_p"], paro["stages"]) == ("paro", True, 3)
+    assert kr.core_smem_bytes(64, 1, 3) == 57376  # core_plan.h's (its config test checks the same number)
+
+
+def _core(head_dim: int, row_tiles: int, instructions: int, mmas: int, shared: int, stages: int = 2,
+          blocks: int = 2) -> dict:
     counts = dict(instructions=instructions, shared_bytes=shared, by_class=dict(mma=mmas))
     return dict(unit="core", op="block-sparse", dtype="fp16", head_dim=head_dim, arch="sm_90", row_tiles=row_tiles,
-                tile_steady=counts, tile_worst=counts, total_instructions=instructions + 100,
-                loop_instructions=instructions)
+                stages=stages, occupancy=dict(sm_80=blocks, sm_90=blocks), tile_steady=counts, tile_worst=counts,
+                total_instructions=instructions + 100, loop_instructions=instructions, source="bsa_forward",
+                spill_instructions=0,
+                kernel=f"k<{row_tiles}, {stages}>(int)", quant_p=None, int8_qk=None)
+
+
+def test_the_ring_hides_latency_in_proportion_to_its_tiles_in_flight():
+    # 2 blocks per SM: 2 stages keep 2 tiles in flight per SM, 3 stages 4
+    two, three = _core(32, 1, 800, 64, 1000), _core(32, 1, 800, 64, 1000, stages=3)
+    cycles = kr.H100["load_latency_s"] * kr.H100["clock_hz"]
+    assert kr.tile_cycles(two, "tile_steady")["latency"] == pytest.approx(cycles / 2)
+    assert kr.tile_cycles(three, "tile_steady")["latency"] == pytest.approx(cycles / 4)
+    assert kr.bound_of(kr.tile_cycles(two, "tile_steady")) == (800, "issue")  # a tile of one block: 800 cycles
+    assert kr.latency_hidden_ns(two) == pytest.approx(2 * 800 / kr.H100["clock_hz"] * 1e9)
+    assert kr.latency_hidden_ns(three) == pytest.approx(2 * kr.latency_hidden_ns(two))
+    # a short tile (1 block per SM, under 600 ns of work) on 2 stages waits for its loads: the latency is the
+    # limit; 3 stages halve that wait, and the tile's L2 traffic limits it instead
+    short = _core(64, 1, 200, 16, 1000, blocks=1)
+    assert kr.bound_of(kr.tile_cycles(short, "tile_steady")) == (pytest.approx(cycles), "latency")
+    assert kr.bound_of(kr.tile_cycles(dict(short, stages=3), "tile_steady"))[1] == "l2"
+
+
+def test_ci_fails_on_a_third_stage_that_costs_blocks_per_sm():
+    two, three = _core(64, 1, 400, 64, 1000, blocks=3), _core(64, 1, 400, 64, 1000, stages=3, blocks=3)
+    assert kr.ring_problems([two, three]) == []
+    fewer = dict(three, occupancy=dict(sm_80=2, sm_90=2))
+    problems = kr.ci_problems([two, fewer], kr.baseline_of([two, fewer]))
+    assert len(problems) == 1 and "3 stages give 2 blocks per SM, 2 stages 3" in problems[0]
+    assert kr.ring_problems([dict(fewer, arch="sm_80"), dict(two, arch="sm_80")]) == []  # sm_90's rule only
+
+
+def test_estimates_take_the_ring_sm_90_launches():
+    rows = [_core(64, 1, 800, 64, 1000), _core(64, 1, 800, 64, 1000, stages=3),
+            _core(128, 1, 900, 128, 1000)]
+    est = [e for e in kr.bsa_estimates(rows) if e["case"] == "bsa-16k-d50"]
+    assert {(e["head_dim"], e["stages"]) for e in est} == {(64, 3), (128, 2)}
 
 
 def test_block_sparse_estimates_count_the_ctas_and_tiles_of_each_query_tile():
