@@ -13,12 +13,17 @@ measurement per shape), the speedup and the goal's ratio. Records are printed as
 without a GPU.
 
     python bench/bench_sparse_gpu.py --jsonl $OUT/bench_sparse_gpu.jsonl [--quick] [--deadline-s 60]
+
+The core's cp.async ring (3 stages on sm_90 at head_dim <= 64, else 2) against 2 stages everywhere, with the same
+kernel library: run it once as above and once with ATTNX_CORE_STAGES=2 in the environment (the meta record's
+core_ring says which).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 
@@ -109,6 +114,12 @@ def table(rows) -> str:
                                for i, (c, w) in enumerate(zip(line, widths, strict=True))) for line in lines)
 
 
+def core_ring() -> str:
+    """The core's cp.async ring this process runs: ATTNX_CORE_STAGES=2 (read by the kernel library) keeps it at 2
+    stages, so that two runs of one library compare the rings (else 3 on sm_90 at head_dim <= 64)."""
+    return "2 stages (ATTNX_CORE_STAGES=2)" if os.environ.get("ATTNX_CORE_STAGES") == "2" else "default"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jsonl", help="append each record here as one JSON line, as it finishes")
@@ -141,7 +152,7 @@ def main() -> int:
         kernels = NativeKernels()
         recorder.emit({"kind": "meta", "device": torch.cuda.get_device_name(), "torch": torch.__version__,
                        "cuda": torch.version.cuda, "dtype": "float16", "heads": HEADS,
-                       "kernel_library": str(kernels.path)})
+                       "kernel_library": str(kernels.path), "core_ring": core_ring()})
         cache: dict = {}
         rows = run_rows(jobs, lambda case, dim: measure_case(kernels, cache, case, dim), recorder, deadline, "case")
     measured = [r for r in rows if "error" not in r and "skipped" not in r]
