@@ -54,7 +54,8 @@ cudaError_t dispatch_stages(const attnx_bsa_params& p, const attnx::Device& dev,
 template <typename Elem, int HD>
 cudaError_t dispatch_rows(const attnx_bsa_params& p, const attnx::Device& dev, const void* q, const void* k,
                           const void* v, const int32_t* c, const int32_t* i, void* out, cudaStream_t s) {
-    if (attnx::bsa_row_tiles(p, dev.major, dev.max_smem) == 2) return dispatch_stages<Elem, HD, 2>(p, dev, q, k, v, c, i, out, s);
+    if (attnx::bsa_row_tiles(p, attnx::code_arch(dev), dev.max_smem) == 2)
+        return dispatch_stages<Elem, HD, 2>(p, dev, q, k, v, c, i, out, s);
     return dispatch_stages<Elem, HD, 1>(p, dev, q, k, v, c, i, out, s);
 }
 

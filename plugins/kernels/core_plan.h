@@ -27,8 +27,9 @@ constexpr bool core_has_three_stages(int dim) { return dim <= 64; }
 // Stages of the ring: 3 on sm_90 at head_dim <= 64, where the third stage costs no block per SM (227 KB of
 // shared memory per SM: the register file, not shared memory, limits those kernels; bench/kernel_report.py's
 // --ci checks it) and hides twice the load latency per block; on sm_80 (163 KB) and sm_86/89 (99 KB) it would
-// cost blocks, and where the block's extra shared memory (the neighborhood's static state and bias table,
-// `extra`) would not fit, 2.
+// cost blocks, and where the block's extra shared memory (`extra`: the neighborhood's static state) would not
+// fit, 2. cc_major: the architecture of the code that runs (launch_util.h's code_arch), which is the device's
+// unless the driver JIT-compiles an older PTX.
 inline int core_stages(int dim, int row_tiles, int cc_major, size_t max_smem, size_t extra = 0) {
     return cc_major == 9 && core_has_three_stages(dim) && core_smem_bytes(dim, row_tiles, 3) + extra <= max_smem ? 3 : 2;
 }
@@ -58,9 +59,10 @@ inline attnx_path bsa_path(const attnx_bsa_params& p, int cc_major, size_t max_s
 
 // Block-sparse on the core: 128-query tiles (2 row tiles: each warp's K/V fragment loads feed two MMAs, each
 // K/V tile read serves 128 queries) when query blocks hold whole 128-query tiles, the larger Q tile fits in shared
-// memory and the device is sm_90 (on sm_80/86 ptxas spills these instances in their main loop, so they compile to
-// a trap there; bench/kernel_report.py checks both); else 64-query tiles. (At head_dim 128 the core runs each
-// 64-key tile in two 32-key steps: attn_core.cuh's core_split.)
+// memory and the device and its code are sm_90 (cc_major: launch_util.h's code_arch; on sm_80/86 ptxas spills
+// these instances in their main loop, so they compile to a trap there; bench/kernel_report.py checks both); else
+// 64-query tiles. (At head_dim 128 the core runs each 64-key tile in two 32-key steps: attn_core.cuh's
+// core_split.)
 inline int bsa_row_tiles(const attnx_bsa_params& p, int cc_major, size_t max_smem) {
     return cc_major == 9 && p.block_q % (2 * kCoreTile) == 0 && core_smem_bytes(p.head_dim, 2) <= max_smem ? 2 : 1;
 }

@@ -45,16 +45,38 @@ inline bool current_device(Device& dev) {
     return true;
 }
 
-// The core's ring stages for this device (core_plan.h's core_stages). ATTNX_CORE_STAGES=2 in the environment,
-// read once per process, keeps every launch on 2 stages: the same library then times both rings on one GPU
-// (bench/bench_sparse_gpu.py). Nothing else is read from it; a third stage is never forced where the rule
-// refuses it (its instances are traps off sm_90).
-inline int ring_stages(const Device& dev, int dim, int row_tiles, size_t extra = 0) {
+namespace {
+// An empty kernel of the including unit: its attributes tell which code the driver runs for the unit's kernels.
+__global__ void arch_probe() {}
+}  // namespace
+
+// The architecture (major) the core's per-architecture choices (core_plan.h: 128-query tiles, the 3-stage ring) are
+// made for: the device's when the code this unit runs on it was compiled for that architecture, else the code's.
+// They differ when the driver JIT-compiles an older PTX (a library built for sm_80 only, on an H100): there
+// __CUDA_ARCH__ was 800, and the core's sm_90-only instances are traps. Asked once per device and unit.
+static inline int code_arch(const Device& dev) {
+    static std::atomic<int> cached[kCachedDevices];  // PTX major + 1; 0: not asked yet
+    const bool cacheable = dev.id >= 0 && dev.id < kCachedDevices;
+    int known = cacheable ? cached[dev.id].load(std::memory_order_relaxed) : 0;
+    if (known == 0) {
+        cudaFuncAttributes attr{};
+        known = (cudaFuncGetAttributes(&attr, arch_probe) == cudaSuccess ? attr.ptxVersion / 10 : 0) + 1;
+        if (cacheable) cached[dev.id].store(known, std::memory_order_relaxed);
+    }
+    const int code = known - 1;
+    return code == dev.major ? dev.major : code;
+}
+
+// The core's ring stages for this device and unit (core_plan.h's core_stages). ATTNX_CORE_STAGES=2 in the
+// environment, read once per process, keeps every launch on 2 stages: the same library then times both rings on
+// one GPU (bench/bench_sparse_gpu.py). Only the exact value "2" is read; a third stage is never forced where the
+// rule refuses it (its instances are traps off sm_90).
+static inline int ring_stages(const Device& dev, int dim, int row_tiles, size_t extra = 0) {
     static const bool two_stages = [] {
         const char* forced = std::getenv("ATTNX_CORE_STAGES");
         return forced != nullptr && std::strcmp(forced, "2") == 0;
     }();
-    return two_stages ? 2 : core_stages(dim, row_tiles, dev.major, static_cast<size_t>(dev.max_smem), extra);
+    return two_stages ? 2 : core_stages(dim, row_tiles, code_arch(dev), static_cast<size_t>(dev.max_smem), extra);
 }
 
 inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }

@@ -19,11 +19,10 @@ long long bias_table(const attnx::NaProblem& problem) {
 }
 
 template <typename Elem, int HD, int Stages>
-attnx_status launch_core(const attnx_na_params& p, int device, size_t smem, const void* q, const void* k, const void* v,
-                         const void* rpb, void* out, cudaStream_t stream) {
+attnx_status launch_core(const attnx_na_params& p, const attnx::NaProblem& problem, int device, size_t smem, const void* q,
+                         const void* k, const void* v, const void* rpb, void* out, cudaStream_t stream) {
     using Policy = attnx::core::NaPolicy<Elem>;
     constexpr auto kernel = attnx::core::attention_core_kernel<Elem, HD, Policy, Stages>;
-    const attnx::NaProblem problem = attnx::make_problem(p, attnx::core::kBlockN);
     const long long table = bias_table(problem);
     cudaError_t status = cudaSuccess;
     attnx::for_each_grid_chunk(p.batch, p.heads, [&](int b0, int batches, int h0, int heads) {
@@ -42,18 +41,21 @@ attnx_status launch_core(const attnx_na_params& p, int device, size_t smem, cons
     return ATTNX_OK;
 }
 
-// The ring's stages as core_plan.h's core_stages picks them, counting the policy's static shared memory and the
-// staged bias table (na_forward.cu sends a bias here only when its table fits next to the 2-stage tiles).
+// The ring's stages as core_plan.h's core_stages picks them (launch_util.h's ring_stages), counting the policy's
+// static shared memory. With a bias 2: its staged table (na_forward.cu sends one here only when it fits next to
+// the 2-stage tiles) can make shared memory, not registers, the limit on blocks per SM, where a third stage would
+// cost a block (a 3-D k=13 table at head_dim 64: 2 blocks -> 1).
 template <typename Elem, int HD>
 attnx_status dispatch_stages(const attnx_na_params& p, const attnx::Device& dev, const void* q, const void* k,
                              const void* v, const void* rpb, void* out, cudaStream_t stream) {
-    const size_t table_bytes = rpb ? sizeof(float) * bias_table(attnx::make_problem(p, attnx::core::kBlockN)) : 0;
-    const size_t max_smem = static_cast<size_t>(dev.max_smem);
-    const int stages = attnx::ring_stages(dev, HD, 1, attnx::kNaStaticSmem + table_bytes);
-    const size_t smem = attnx::core_smem_bytes(HD, 1, stages) + table_bytes;
-    if (smem + attnx::kNaStaticSmem > max_smem) return fail(ATTNX_UNSUPPORTED, "the bias table does not fit in shared memory");
-    return attnx::core::with_stages<HD>(stages, [&](auto s) {
-        return launch_core<Elem, HD, decltype(s)::value>(p, dev.id, smem, q, k, v, rpb, out, stream);
+    const attnx::NaProblem problem = attnx::make_problem(p, attnx::core::kBlockN);
+    const size_t table_bytes = rpb ? sizeof(float) * bias_table(problem) : 0;
+    const int stages = rpb ? 2 : attnx::ring_stages(dev, HD, 1, attnx::kNaStaticSmem);
+    return attnx::core::with_stages<HD>(stages, [&](auto s) -> attnx_status {
+        const size_t smem = attnx::core::Geometry<Elem, HD, 1, decltype(s)::value>::kSmemBytes + table_bytes;
+        if (smem + attnx::kNaStaticSmem > static_cast<size_t>(dev.max_smem))
+            return fail(ATTNX_UNSUPPORTED, "the bias table does not fit in shared memory");
+        return launch_core<Elem, HD, decltype(s)::value>(p, problem, dev.id, smem, q, k, v, rpb, out, stream);
     });
 }
 
