@@ -245,7 +245,7 @@ sanitize() {
 }
 
 # 3. Correctness: kernels vs the fp32 reference (fresh random inputs, NaN-poisoned outputs).
-tests="${GPU_TESTS:-tests/test_gpu_kernels.py tests/test_gpu_sparse_kernels.py}"
+tests="${GPU_TESTS:-tests/test_gpu_kernels.py tests/test_gpu_sparse_kernels.py tests/test_gpu_core_ring.py}"
 read -ra test_paths <<<"$tests"
 t=$(budget "$TESTS_S")
 per_test=()

@@ -102,7 +102,8 @@ def test_skipped_gpu_tier_stops_early_with_sanitizer_skipped(dry_run):
     assert rc == 1
     assert "budget: 300 s in all" in text and "architecture: 90" in text
     # The gpu tier of all three ops: neighborhood, block-sparse and PARO.
-    assert "pytest -m gpu tests/test_gpu_kernels.py tests/test_gpu_sparse_kernels.py" in text
+    tier = "tests/test_gpu_kernels.py tests/test_gpu_sparse_kernels.py tests/test_gpu_core_ring.py"
+    assert f"pytest -m gpu {tier}" in text
     lines = summary(out)
     assert "no gpu test passed" in lines and "early stop: correctness failed, no benchmark" in lines
     assert "memcheck: SKIPPED (sanitizer unsupported here" in lines  # not a failure of ours
