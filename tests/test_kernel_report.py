@@ -191,7 +191,10 @@ def test_describe_reads_the_query_tile_of_block_sparse():
 
 
 def test_describe_reads_the_ring_stages():
-    base = "void attnx::core::attention_core_kernel<cutlass::half_t, 64, attnx::core::BsaPolicy<cutlass::half_t, 2>{}>"
+    # as c++filt prints them, with the argument list (which names the policy again)
+    base = ("void attnx::core::attention_core_kernel<cutlass::half_t, 64, attnx::core::BsaPolicy<cutlass::half_t, 2>{}>"
+            "(attnx::core::BsaPolicy<cutlass::half_t, 2>::Params, cutlass::half_t const*, cutlass::half_t const*, "
+            "cutlass::half_t const*, cutlass::half_t*)")
     for args, stages in [(", 3", 3), (", 2", 2), (" ", 2)]:  # " ": a build before the stages parameter
         row = kr.describe(base.format(args))
         assert (row["row_tiles"], row["stages"]) == (2, stages)
