@@ -28,8 +28,7 @@ constexpr bool core_has_three_stages(int dim) { return dim <= 64; }
 // shared memory per SM: the register file, not shared memory, limits those kernels; bench/kernel_report.py's
 // --ci checks it) and hides twice the load latency per block; on sm_80 (163 KB) and sm_86/89 (99 KB) it would
 // cost blocks, and where the block's extra shared memory (`extra`: the neighborhood's static state) would not
-// fit, 2. cc_major: the architecture of the code that runs (launch_util.h's code_arch), which is the device's
-// unless the driver JIT-compiles an older PTX.
+// fit, 2. cc_major: launch_util.h's code_arch (the device's when the code it runs was compiled for it, else 0).
 inline int core_stages(int dim, int row_tiles, int cc_major, size_t max_smem, size_t extra = 0) {
     return cc_major == 9 && core_has_three_stages(dim) && core_smem_bytes(dim, row_tiles, 3) + extra <= max_smem ? 3 : 2;
 }

@@ -51,24 +51,28 @@ __global__ void arch_probe() {}
 }  // namespace
 
 // The architecture (major) the core's per-architecture choices (core_plan.h: 128-query tiles, the 3-stage ring) are
-// made for: the device's when the code this unit runs on it was compiled for that architecture, else the code's.
-// They differ when the driver JIT-compiles an older PTX (a library built for sm_80 only, on an H100): there
-// __CUDA_ARCH__ was 800, and the core's sm_90-only instances are traps. Asked once per device and unit.
+// made for: the device's when the code this unit runs on it was compiled for that architecture, else 0 (none of
+// them). The two differ when the driver JIT-compiles a PTX of another architecture: a library built for sm_80 only,
+// on an H100 (__CUDA_ARCH__ was 800: the core's sm_90-only instances are traps), or one built for sm_90 on an sm_100
+// or sm_120 card (no trap, but neither choice was made or checked for that card). Asked once per device and unit.
 static inline int code_arch(const Device& dev) {
     static std::atomic<int> cached[kCachedDevices];  // PTX major + 1; 0: not asked yet
     const bool cacheable = dev.id >= 0 && dev.id < kCachedDevices;
     int known = cacheable ? cached[dev.id].load(std::memory_order_relaxed) : 0;
     if (known == 0) {
         cudaFuncAttributes attr{};
-        known = (cudaFuncGetAttributes(&attr, arch_probe) == cudaSuccess ? attr.ptxVersion / 10 : 0) + 1;
+        if (cudaFuncGetAttributes(&attr, arch_probe) != cudaSuccess) {
+            cudaGetLastError();  // not left for the next launch's cudaGetLastError to report
+            return 0;            // not cached: asked again next time
+        }
+        known = attr.ptxVersion / 10 + 1;
         if (cacheable) cached[dev.id].store(known, std::memory_order_relaxed);
     }
-    const int code = known - 1;
-    return code == dev.major ? dev.major : code;
+    return known - 1 == dev.major ? dev.major : 0;
 }
 
 // The core's ring stages for this device and unit (core_plan.h's core_stages). ATTNX_CORE_STAGES=2 in the
-// environment, read once per process, keeps every launch on 2 stages: the same library then times both rings on
+// environment, read once per process and unit (at its first launch), keeps every launch on 2 stages: the same library then times both rings on
 // one GPU (bench/bench_sparse_gpu.py). Only the exact value "2" is read; a third stage is never forced where the
 // rule refuses it (its instances are traps off sm_90).
 static inline int ring_stages(const Device& dev, int dim, int row_tiles, size_t extra = 0) {

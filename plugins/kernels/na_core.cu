@@ -54,7 +54,7 @@ attnx_status dispatch_stages(const attnx_na_params& p, const attnx::Device& dev,
     return attnx::core::with_stages<HD>(stages, [&](auto s) -> attnx_status {
         const size_t smem = attnx::core::Geometry<Elem, HD, 1, decltype(s)::value>::kSmemBytes + table_bytes;
         if (smem + attnx::kNaStaticSmem > static_cast<size_t>(dev.max_smem))
-            return fail(ATTNX_UNSUPPORTED, "the bias table does not fit in shared memory");
+            return fail(ATTNX_UNSUPPORTED, "the core's tiles and the bias table do not fit in shared memory");
         return launch_core<Elem, HD, decltype(s)::value>(p, problem, dev.id, smem, q, k, v, rpb, out, stream);
     });
 }
