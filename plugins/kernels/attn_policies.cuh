@@ -68,7 +68,7 @@ struct NaPolicy {
 
     __device__ explicit NaPolicy(const Params& params) : p(params) {}
 
-    __device__ int bias_table() const { return (2 * p.pr.k[0] - 1) * (2 * p.pr.k[1] - 1) * (2 * p.pr.k[2] - 1); }
+    __device__ int bias_table() const { return static_cast<int>(p.pr.bias_table()); }  // staged: fits in an int
 
     // The bias is read once per element of every visited tile: the head's table is staged (as float) in the
     // shared memory the launch added for it. The core takes a bias only when its table fits there (else the

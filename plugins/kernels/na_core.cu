@@ -13,17 +13,12 @@ namespace {
 
 using attnx::fail;
 
-// Entries of the head's bias table: prod(2k - 1).
-long long bias_table(const attnx::NaProblem& problem) {
-    return static_cast<long long>(2 * problem.k[0] - 1) * (2 * problem.k[1] - 1) * (2 * problem.k[2] - 1);
-}
-
 template <typename Elem, int HD, int Stages>
 attnx_status launch_core(const attnx_na_params& p, const attnx::NaProblem& problem, int device, size_t smem, const void* q,
                          const void* k, const void* v, const void* rpb, void* out, cudaStream_t stream) {
     using Policy = attnx::core::NaPolicy<Elem>;
     constexpr auto kernel = attnx::core::attention_core_kernel<Elem, HD, Policy, Stages>;
-    const long long table = bias_table(problem);
+    const long long table = problem.bias_table();
     cudaError_t status = cudaSuccess;
     attnx::for_each_grid_chunk(p.batch, p.heads, [&](int b0, int batches, int h0, int heads) {
         if (status != cudaSuccess) return;
@@ -49,7 +44,7 @@ template <typename Elem, int HD>
 attnx_status dispatch_stages(const attnx_na_params& p, const attnx::Device& dev, const void* q, const void* k,
                              const void* v, const void* rpb, void* out, cudaStream_t stream) {
     const attnx::NaProblem problem = attnx::make_problem(p, attnx::core::kBlockN);
-    const size_t table_bytes = rpb ? sizeof(float) * bias_table(problem) : 0;
+    const size_t table_bytes = rpb ? sizeof(float) * problem.bias_table() : 0;
     const int stages = rpb ? 2 : attnx::ring_stages(dev, HD, 1, attnx::kNaStaticSmem);
     return attnx::core::with_stages<HD>(stages, [&](auto s) -> attnx_status {
         const size_t smem = attnx::core::Geometry<Elem, HD, 1, decltype(s)::value>::kSmemBytes + table_bytes;

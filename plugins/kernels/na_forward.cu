@@ -27,7 +27,7 @@ attnx_status launch(const attnx_na_params& p, const Device& dev, size_t smem, co
                     const void* v, const void* rpb, void* out, cudaStream_t stream) {
     const attnx::NaProblem problem = attnx::make_problem(p, TILE);
     constexpr auto kernel = attnx::na_fused_kernel<T, TILE>;
-    const long long table = static_cast<long long>(2 * problem.k[0] - 1) * (2 * problem.k[1] - 1) * (2 * problem.k[2] - 1);
+    const long long table = problem.bias_table();
     attnx_status status = ATTNX_OK;
     // gridDim.y and gridDim.z stop at 65,535: larger batch or head counts launch in chunks, with the
     // pointers offset to the chunk's first batch and head (strides stay those of the whole tensor).

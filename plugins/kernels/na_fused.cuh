@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(kThreads)
                 if (!inside) continue;
                 float logit = sc[r * lds + c] * pr.scale_log2;
                 if (pr.has_rpb) {
-                    const int table = (2 * pr.k[0] - 1) * (2 * pr.k[1] - 1) * (2 * pr.k[2] - 1);
+                    const int table = static_cast<int>(pr.bias_table());
                     logit += to_float(rpb[head * table + bias_index]) * 1.4426950408889634f;
                 }
                 s[i] = logit;

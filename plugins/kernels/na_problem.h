@@ -19,6 +19,10 @@ struct NaProblem {
     float scale_log2;                  // softmax scale * log2(e): the kernel works in base 2
     int has_rpb;
 
+    // Entries of one head's bias table, prod(2k - 1) (rpb is [heads, 2k_0-1, 2k_1-1, 2k_2-1]).
+    ATTNX_HD long long bias_table() const {
+        return static_cast<long long>(2 * k[0] - 1) * (2 * k[1] - 1) * (2 * k[2] - 1);
+    }
     ATTNX_HD int query_tiles() const {
         int count = 1;
         for (int a = 0; a < kMaxRank; ++a) count *= d[a] * tiles_per_group[a];
