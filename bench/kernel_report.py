@@ -479,9 +479,14 @@ def tile_cycles(row: dict, path: str) -> dict:
     )
 
 
+def stages_of(row: dict) -> int:
+    """The ring's stages of a core kernel's row (reports from before the Stages parameter have none: 2)."""
+    return row.get("stages") or 2
+
+
 def ring_tiles_in_flight(row: dict) -> int:
     """kv tiles in flight per SM on sm_90: resident blocks x (stages - 1)."""
-    return max(1, row["occupancy"]["sm_90"]) * ((row.get("stages") or 2) - 1)
+    return max(1, row["occupancy"]["sm_90"]) * (stages_of(row) - 1)
 
 
 def latency_hidden_ns(row: dict) -> float:
@@ -503,7 +508,7 @@ def estimate(row: dict, tiles_steady: float, tiles_worst: float, ctas: float, us
     cycles = tiles_steady * steady + tiles_worst * worst + ctas * overhead
     seconds = cycles / (H100["sms"] * H100["clock_hz"])
     return dict(est_ms=seconds * 1e3, bound_ms=useful / peak * 1e3, pct_of_bound=100 * useful / peak / seconds,
-                limit=limit, stages=row.get("stages") or 2, latency_hidden_ns=latency_hidden_ns(row))
+                limit=limit, stages=stages_of(row), latency_hidden_ns=latency_hidden_ns(row))
 
 
 def core_row(rows: list[dict], op: str, dim: int, quant_p: bool | None = None,
@@ -513,7 +518,7 @@ def core_row(rows: list[dict], op: str, dim: int, quant_p: bool | None = None,
              r["head_dim"] == dim and r["arch"] == "sm_90" and (quant_p is None or r.get("quant_p") == quant_p) and
              (int8_qk is None or r.get("int8_qk") == int8_qk) and (r.get("row_tiles") or 1) == row_tiles]
     wanted = stages or sm90_stages(dim)
-    return next((r for r in found if (r.get("stages") or 2) == wanted), None if stages else next(iter(found), None))
+    return next((r for r in found if stages_of(r) == wanted), None if stages else next(iter(found), None))
 
 
 def na_estimates(rows: list[dict]) -> list[dict]:
@@ -607,7 +612,7 @@ def report(rows: list[dict]) -> dict:
 
 
 def _variant(r: dict) -> str:
-    ring = ", 3 stages" if (r.get("stages") or 2) == 3 else ""
+    ring = ", 3 stages" if stages_of(r) == 3 else ""
     if r["op"] == "paro":
         qk = "QK s8 MMA, " if r.get("int8_qk") else "QK fp16, " if r.get("int8_qk") is False else ""
         return f"paro ({qk}P quantized{ring})" if r["quant_p"] else f"paro ({qk}P fp16{ring})"
@@ -663,10 +668,10 @@ def ring_problems(rows: list[dict]) -> list[str]:
     """core_plan.h's core_stages takes 3 stages on sm_90 because the third costs no block per SM there: a 3-stage
     instance with fewer sm_90 blocks than its 2-stage twin breaks that premise."""
     cores = [r for r in rows if r.get("unit") == "core"]
-    two = {_same_config(r): r for r in cores if (r.get("stages") or 2) == 2}
+    two = {_same_config(r): r for r in cores if stages_of(r) == 2}
     problems = []
     for r in cores:
-        twin = two.get(_same_config(r)) if r.get("stages") == 3 else None
+        twin = two.get(_same_config(r)) if stages_of(r) == 3 else None
         if twin and r["arch"] == "sm_90" and r["occupancy"]["sm_90"] < twin["occupancy"]["sm_90"]:
             problems.append(f"{kernel_key(r)}: 3 stages give {r['occupancy']['sm_90']} blocks per SM, 2 stages "
                             f"{twin['occupancy']['sm_90']} (core_plan.h's core_stages must not pick 3 here)")
