@@ -2,17 +2,16 @@
 attn_policies.cuh's BsaPolicy, block_layout.h's VirtualKeys).
 
 Same tiles: a query tile is 64 rows of one query block (block_q a multiple of 64); it reads its row's listed
-blocks as one virtual key sequence of count * block_kv slots (slot v is key block[v // block_kv] * block_kv +
-v % block_kv when below seq_kv), in 64-slot tiles in list order; only tiles holding a slot without a key are
-masked (the kernel's tile_masked rule, which the replay checks against the element mask). Where block_q is a
-multiple of 128 the kernel runs 128-query tiles (core_plan.h's bsa_row_tiles): every row of one is computed as in
-a 64-query tile (the same kv tiles in the same order, per-row softmax state), except that at head_dim 128 each
-64-key tile is taken in two 32-key steps of the online softmax (attn_core.cuh's core_split); `key_step` replays
-that (by default as the kernel picks it on sm_90, the only device that runs 128-query tiles). Same
-arithmetic: raw
-dot products in fp32, logits times scale * log2(e), an online softmax in base 2 (exp2) whose denominator sums the
-unrounded probabilities, P rounded to the input dtype (fp16/bf16) before P.V, fp32 accumulation, rows without a
-key give zeros. Slow (a Python loop over tiles): small shapes only.
+blocks as one virtual key sequence of count * block_kv slots (slot v is key block[v // block_kv] * block_kv + v %
+block_kv when below seq_kv), in 64-slot tiles in list order; only tiles holding a slot without a key are masked
+(the kernel's tile_masked rule, which the replay checks against the element mask). Where block_q is a multiple of
+128 the kernel runs 128-query tiles (core_plan.h's bsa_row_tiles): every row of one is computed as in a 64-query
+tile (the same kv tiles in the same order, per-row softmax state), except that at head_dim 128 each 64-key tile is
+taken in two 32-key steps of the online softmax (attn_core.cuh's core_split); `key_step` replays that (by default
+as the kernel picks it on sm_90, the only device that runs 128-query tiles). Same arithmetic: raw dot products in
+fp32, logits times scale * log2(e), an online softmax in base 2 (exp2_ftz: the core's exp2 returns 0 below 2^-126)
+whose denominator sums the unrounded probabilities, P rounded to the input dtype (fp16/bf16) before P.V, fp32
+accumulation, rows without a key give zeros. Slow (a Python loop over tiles): small shapes only.
 """
 
 from __future__ import annotations
@@ -23,6 +22,14 @@ import torch
 
 TILE = 64
 LOG2E = 1.4426950408889634
+FTZ_BELOW = 2.0**-126  # the smallest normal fp32
+
+
+def exp2_ftz(x: torch.Tensor) -> torch.Tensor:
+    """2^x as the fused core computes it (attn_core.cuh's exp2_ftz, ex2.approx.ftz): results below 2^-126 are 0,
+    not subnormals."""
+    y = torch.exp2(x)
+    return torch.where(y < FTZ_BELOW, torch.zeros((), dtype=y.dtype), y)
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -87,8 +94,8 @@ def online_tile(acc, row_max, row_sum, logits, values, dtype):
     """One kv tile of the core's online softmax: returns the new (acc, row_max, row_sum)."""
     new_max = torch.maximum(row_max, logits.amax(dim=-1))
     base = torch.where(new_max == float("-inf"), torch.zeros_like(new_max), new_max)
-    alpha = torch.exp2(row_max - base)
-    probs = torch.exp2(logits - base[:, None])
+    alpha = exp2_ftz(row_max - base)
+    probs = exp2_ftz(logits - base[:, None])
     row_sum = row_sum * alpha + probs.sum(dim=-1)
     if dtype in (torch.float16, torch.bfloat16):  # mma.sync consumes P (and V) in the input dtype
         probs = probs.to(dtype).float()

@@ -8,7 +8,8 @@ element mask; a warp whose 16 rows keep every slot skips the mask (any window si
 Same normalization (three spatial axes, missing leading axes of length 1), same tile shape, same query
 tiles per dilation group, same kv box and row-major kv tile order, same element masks, and the same
 online softmax in base 2 with fp32 accumulation; with round_p the probabilities are rounded to the input
-dtype before P.V, as the core's mma.sync does (the generic kernel keeps them in fp32). Tests compare it
+dtype before P.V, as the core's mma.sync does, and exp2 results below 2^-126 are 0 as in the core (the generic
+kernel keeps fp32 probabilities and subnormals). Tests compare it
 with the reference op, so the algorithm is proven before a GPU runs it. It is slow (Python loop over tiles):
 small shapes only.
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from attn_export.models.bsa_kernel_sim import exp2_ftz
 from attn_export.models.neighborhood import NAParams
 
 MAX_RANK = 3
@@ -237,8 +239,9 @@ def _one_tile(qf, kf, vf, bias, out, local, first, group, glen, kk, ss, dd, cc, 
         logits = logits.masked_fill(~mask, float("-inf"))
         new_max = torch.maximum(row_max, logits.amax(dim=-1))
         base = torch.where(new_max == float("-inf"), torch.zeros_like(new_max), new_max)
-        probs = torch.exp2(logits - base[..., None])
-        alpha = torch.exp2(row_max - base)
+        exp2 = exp2_ftz if round_p else torch.exp2  # the core flushes results below 2^-126 to 0; na_fused.cuh does not
+        probs = exp2(logits - base[..., None])
+        alpha = exp2(row_max - base)
         row_sum = row_sum * alpha + probs.sum(dim=-1)
         row_max = new_max
         if round_p:  # the core's mma.sync consumes P in the input dtype

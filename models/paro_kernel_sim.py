@@ -6,19 +6,18 @@ Pre-pass: q, k, v gathered through perm_idx (entries clamped into [0, N), as the
 qk_bits < 16, K's channel means over all N subtracted (smooth_k), then one scale per q_group / k_group permuted
 tokens (amax / qmax, 0 -> 1) and integer values round-half-even(x / scale) clamped to +-qmax; with
 pv_bits < 16, V per channel the same way.
-Core (block == 64): a query tile is one query block of the permuted sequence, its kv tiles are the listed
-blocks in list order (clamped into range), only the partial tail block is masked. Logits are the integer
-dot products times scale * log2(e) * q_scale(row) * k_scale(column), in base 2. With qk_bits < 16 the kernel
-computes the dots on the s8 MMA (int8 Q and K, int32 accumulation) and converts them to fp32, exact while
-|dot| < 2^24 (int_dots replays it and checks the bound); otherwise (fp16/bf16 operands, fp32 accumulation)
-they are float dots. The softmax is online: per tile the running row
-max m, p = exp2(s - m), the denominator from the unquantized p. With pv_bits < 16, P is quantized per tile
-against that running max (not the final one, as the reference does): scale = max(p over the tile's real
-rows, floored at 2^-30) / qmax, p_q = min(round(p / scale), qmax) (the kernel multiplies by the tile's
-reciprocal and divides only near half-integers, paro_rules.h's quantize_p_fast: the same integers), and the
-accumulator, kept in units of the
-current tile's scale, is rescaled by alpha * previous_scale / scale before adding p_q . v_q; the output is
-acc * last_scale * v_scale(channel) / l, scattered back through perm_idx. Without P quantization, P is
+Core (block == 64): a query tile is one query block of the permuted sequence, its kv tiles are the listed blocks
+in list order (clamped into range), only the partial tail block is masked. Logits are the integer dot products
+times scale * log2(e) * q_scale(row) * k_scale(column), in base 2. With qk_bits < 16 the kernel computes the dots
+on the s8 MMA (int8 Q and K, int32 accumulation) and converts them to fp32, exact while |dot| < 2^24 (int_dots
+replays it and checks the bound); otherwise (fp16/bf16 operands, fp32 accumulation) they are float dots. The
+softmax is online: per tile the running row max m, p = exp2(s - m) (0 below 2^-126, as the core's exp2_ftz), the
+denominator from the unquantized p. With pv_bits < 16, P is quantized per tile against that running max (not the
+final one, as the reference does): scale = max(p over the tile's real rows, floored at 2^-30) / qmax, p_q =
+min(round(p / scale), qmax) (the kernel multiplies by the tile's reciprocal and divides only near half-integers,
+paro_rules.h's quantize_p_fast: the same integers), and the accumulator, kept in units of the current tile's
+scale, is rescaled by alpha * (previous_scale * (1 / scale), the fp32 reciprocal) before adding p_q . v_q; the
+output is acc * last_scale * v_scale(channel) / l, scattered back through perm_idx. Without P quantization, P is
 rounded to the input dtype before P.V (fp16/bf16). docs/ops/paro_attention.md (Native kernels) bounds the
 difference to the reference.
 """
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from attn_export.models.bsa_kernel_sim import LOG2E, block_row, ceil_div
+from attn_export.models.bsa_kernel_sim import LOG2E, block_row, ceil_div, exp2_ftz
 from attn_export.models.paro import P_TILE_MAX_FLOOR
 
 TILE = 64
@@ -144,8 +143,8 @@ def simulate(q, k, v, perm_idx, kv_count, kv_index, block: int = 64, qk_bits: in
                                 stats.pairs[pair] = stats.pairs.get(pair, 0) + 1
                     new_max = torch.maximum(row_max, logits.amax(dim=-1))
                     base = torch.where(new_max == float("-inf"), torch.zeros_like(new_max), new_max)
-                    alpha = torch.exp2(row_max - base)
-                    probs = torch.exp2(logits - base[:, None])
+                    alpha = exp2_ftz(row_max - base)
+                    probs = exp2_ftz(logits - base[:, None])
                     row_sum = row_sum * alpha + probs.sum(dim=-1)
                     row_max = new_max
                     factor = alpha
@@ -156,7 +155,9 @@ def simulate(q, k, v, perm_idx, kv_count, kv_index, block: int = 64, qk_bits: in
                                         / torch.tensor(qmax(pv_bits), dtype=torch.float32))
                         stats.p_scales.append(p_scale)
                         probs = torch.clamp(torch.round(probs / p_scale), max=qmax(pv_bits))
-                        factor = alpha * p_scale_prev / p_scale
+                        # the kernel's rescale: alpha * (previous scale * fp32 reciprocal of this scale)
+                        reciprocal = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(p_scale, dtype=torch.float32)
+                        factor = alpha * (torch.tensor(p_scale_prev, dtype=torch.float32) * reciprocal)
                         p_scale_prev = p_scale
                     elif low:
                         probs = probs.to(q.dtype).float()

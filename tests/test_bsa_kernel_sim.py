@@ -122,3 +122,32 @@ def test_rows_without_blocks_are_zero_and_block_q_must_fill_tiles():
     assert torch.equal(sim.simulate(q, k, v, count, index, 64, 64), torch.zeros_like(q))
     with pytest.raises(ValueError, match="multiples of 64"):
         sim.simulate(q, k, v, count, index, 32, 64)
+
+
+def test_core_exp2_is_exp2_with_results_below_the_smallest_normal_flushed():
+    """attn_core.cuh's exp2_ftz (ex2.approx.ftz) as the simulators replay it: exp2's value from 2^-126 up, 0 below
+    (exp2f would return the subnormal)."""
+    x = torch.tensor([3.0, 0.0, -1.0, -125.5, -126.0, -126.25, -140.0, -149.0, float("-inf")])
+    y = sim.exp2_ftz(x)
+    assert torch.equal(y[:5], torch.exp2(x[:5])) and bool((y[:5] >= sim.FTZ_BELOW).all())
+    assert bool((torch.exp2(x[5:8]) > 0).all()) and torch.equal(y[5:], torch.zeros(4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flushed_probabilities_change_nothing_visible(dtype):
+    """Logits spread over hundreds of base-2 units, so that many probabilities fall below 2^-126 (0 in the core,
+    subnormal in exp2f; bf16 P keeps fp32's exponent range, so there they would survive the rounding): the
+    replay still matches the reference op to fp32 precision (fp32) or the usual bf16 rounding of P."""
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randn(1, 2, 128, 16, generator=gen) * 12
+    k = torch.randn(1, 2, 150, 16, generator=gen) * 12
+    v = torch.randn(1, 2, 150, 16, generator=gen)
+    count = torch.full((1, 1, 2), 3, dtype=torch.int32)
+    index = torch.arange(3, dtype=torch.int32).expand(1, 1, 2, 3).contiguous()
+    logits = (q @ k.transpose(-1, -2)) * 16**-0.5 * sim.LOG2E
+    gaps = logits.amax(dim=-1, keepdim=True) - logits
+    assert float((gaps > 126).float().mean()) > 0.1  # the flush is exercised, not idle
+    q, k, v = (x.to(dtype) for x in (q, k, v))
+    ref = block_sparse_attention(q.float(), k.float(), v.float(), count, index, 64, 64)
+    out = sim.simulate(q, k, v, count, index, 64, 64).float()
+    torch.testing.assert_close(out, ref, atol=1e-5 if dtype == torch.float32 else 2e-2, rtol=0)

@@ -9,7 +9,8 @@
 // stream through a cp.async ring of 2 stages (tile n+1 is in flight while tile n is computed) or, on sm_90 at
 // head_dim <= 64, 3 (tiles n+1 and n+2: core_plan.h's core_stages); S = Q K^T and
 // O += P V run on mma.sync (16x8x16, fp16/bf16 in, fp32 accumulate) with ldmatrix operand loads; scores,
-// probabilities and the output accumulator never leave registers; the softmax is online and in base 2.
+// probabilities and the output accumulator never leave registers; the softmax is online and in base 2, its exp2
+// one SFU instruction (exp2_ftz).
 //
 // What differs between the ops is a tile policy (attn_policies.cuh): which kv tiles a query tile visits and
 // in what order, which of them need an element mask (interior tiles never do), the mask, and how rows are
@@ -141,6 +142,19 @@ constexpr int core_split(int row_tiles, int head_dim) { return row_tiles > 1 && 
 // The query row (within the query tile) of slot `slot` of thread `lane` of warp `warp`.
 __host__ __device__ constexpr int slot_row(int warp, int lane, int slot) {
     return (slot >> 1) * kBlockM + warp * 16 + lane / 4 + 8 * (slot & 1);
+}
+
+// 2^x on the SFU alone: ex2.approx.ftz is one MUFU.EX2. exp2f is the same MUFU.EX2 wrapped in a range check and
+// two predicated multiplies (4 instructions per element of S) only to return results below 2^-126 as subnormals
+// instead of 0; for every input from -126 up (and NaN, -inf: 0) both are the same instruction, the same bits. A
+// probability below 2^-126 is nothing beside the row's largest (exactly 1): it rounds to 0 in fp16 P and in
+// PARO's quantized P (whose scale is at least 2^-30 / qmax), a row sum of 1 or more cannot hold it, and where it
+// survives (bf16 P, an alpha rescaling acc_o) it moves an output by at most keys x 2^-126 x max|v| / l.
+// FlashAttention's exp2 under --use_fast_math is this instruction.
+__device__ __forceinline__ float exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
 }
 
 __device__ __forceinline__ float quad_max(float x) {
@@ -415,7 +429,7 @@ __global__ void __launch_bounds__(kThreads)
             for (int s = 0; s < kSlots; ++s) {
                 const float m = fmaxf(row_max[s], quad_max(tile_row_max[s]));
                 base[s] = m == -INFINITY ? 0.f : m;  // a row with nothing kept so far
-                alpha[s] = exp2f(row_max[s] - base[s]);
+                alpha[s] = exp2_ftz(row_max[s] - base[s]);
                 row_max[s] = m;
                 row_sum[s] *= alpha[s];
             }
@@ -423,7 +437,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
             for (int i = 0; i < size(acc_s); ++i) {
                 const int slot = row_slot<kRowTiles>(i);
-                const float p = exp2f(acc_s(i) - base[slot]);
+                const float p = exp2_ftz(acc_s(i) - base[slot]);
                 row_sum[slot] += p;  // the denominator: unquantized probabilities
                 if (row_valid[slot]) p_max = fmaxf(p_max, p);
                 acc_s(i) = p;
@@ -463,8 +477,10 @@ __global__ void __launch_bounds__(kThreads)
                             rP(i) = static_cast<Elem>(paro::quantize_p_exact(acc_s(i), p_scale, qmax));
                     }
                 }
-                // acc_o holds O / p_scale_prev; after this tile it holds O / p_scale.
-                for (int s = 0; s < kSlots; ++s) o_factor[s] = alpha[s] * p_scale_prev / p_scale;
+                // acc_o holds O / p_scale_prev; after this tile it holds O / p_scale. A multiply by the reciprocal
+                // instead of an IEEE division per row slot (16 instructions a tile at head_dim 64).
+                const float rescale = p_scale_prev * reciprocal;
+                for (int s = 0; s < kSlots; ++s) o_factor[s] = alpha[s] * rescale;
                 p_scale_prev = p_scale;
             } else {
 #pragma unroll
