@@ -43,3 +43,20 @@ def test_virtual_keys_match_the_simulator(layout_dump):
             masked_seen += flag
             unmasked_seen += 1 - flag
     assert masked_seen > 100 and unmasked_seen > 100
+
+
+def test_fast_divisor_is_integer_division(layout_dump):
+    """block_layout.h's FastDivisor (multiply-high, add, shift) against Python's // for divisors of every size up
+    to 2^31 - 1 (powers of two, their neighbours, random) and dividends from 0 to 2^31 - 1, the range it takes."""
+    rng = random.Random(31)
+    divisors = [1, 2, 3, 7, 48, 64, 100, 127, 128, 129, 2**31 - 1, 2**30, 2**30 + 1]
+    divisors += [2**e + d for e in range(1, 31) for d in (-1, 1)] + [rng.randrange(1, 2**31) for _ in range(40)]
+    requests, expected = [], []
+    for d in divisors:
+        ns = [0, 1, d - 1, d, d + 1, 2**31 - 1, 2**31 - 2, (2**31 - 1) // d * d, (2**31 - 1) // d * d - 1]
+        ns = [n for n in ns if 0 <= n < 2**31] + [rng.randrange(0, 2**31) for _ in range(60)]
+        ns += [rng.randrange(0, 5000) for _ in range(20)]
+        requests.append(f"D {d} " + " ".join(map(str, ns)))
+        expected.append([n // d for n in ns])
+    for want, row in zip(expected, answer_lines(layout_dump, requests), strict=True):
+        assert [int(x) for x in row.split()] == want

@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(kThreads)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const BlockRow row = block_row(p.layout, p.kv_count, p.kv_index, p.batch0 + b, p.head0 + h, qb,
                                    ceil_div(p.seq_kv, p.block_kv));
-    const VirtualKeys keys{row, p.block_kv, p.seq_kv};
+    const VirtualKeys keys{row, FastDivisor(p.block_kv), p.seq_kv};
     const int32_t* perm = p.perm ? p.perm + static_cast<long long>(h) * p.seq_q : nullptr;
     const long long q_base = (static_cast<long long>(b) * p.heads + h) * p.seq_q * p.dim;
     const long long kv_base = (static_cast<long long>(b) * p.heads + h) * p.seq_kv * p.dim;

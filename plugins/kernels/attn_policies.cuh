@@ -43,7 +43,8 @@ struct NaPolicy {
     // What every thread of the block shares lives in shared memory, not in 20 registers per thread: the
     // core's fragments leave the policy little room (255 registers at head_dim 128).
     struct Block {
-        int group[kMaxRank], first[kMaxRank], glen[kMaxRank], kv_begin[kMaxRank], kv_end[kMaxRank], kv_tiles[kMaxRank];
+        int group[kMaxRank], first[kMaxRank], glen[kMaxRank], kv_begin[kMaxRank], kv_end[kMaxRank];
+        FastDivisor kv_tiles[kMaxRank];  // kv tiles per axis, as a divisor: tile_origin divides without an IDIV
         long long head_offset;
         int tile_tokens, n_tiles, empty;
         // With a bias: the current kv tile's per-slot part of the bias index (sum over axes of the key's
@@ -112,8 +113,8 @@ struct NaPolicy {
                 const Range r = tile_kv_range(b.first[a], last, b.glen[a], p.pr.k[a], p.pr.s[a], p.pr.causal[a] != 0);
                 b.kv_begin[a] = r.begin;
                 b.kv_end[a] = r.end;
-                b.kv_tiles[a] = ceil_div(r.end - r.begin, p.pr.tile[a]);
-                b.n_tiles *= b.kv_tiles[a];
+                b.kv_tiles[a] = FastDivisor(ceil_div(r.end - r.begin, p.pr.tile[a]));
+                b.n_tiles *= b.kv_tiles[a].divisor;
             }
             b.tile_tokens = p.pr.tile[0] * p.pr.tile[1] * p.pr.tile[2];
             b.head_offset = static_cast<long long>(blockIdx.z) * p.pr.batch_stride + static_cast<long long>(blockIdx.y) * p.pr.dim;
@@ -136,11 +137,16 @@ struct NaPolicy {
         }
         return offset;
     }
+    // The box origin of kv tile t < n_tiles (row-major over the block's kv tiles, axis 2 fastest). Two
+    // multiply-high divisions (FastDivisor), not three integer divisions: what remains of t after axes 2 and 1 is
+    // axis 0's index, below kv_tiles[0]. (The two saved registers keep sm_80's head_dim 32 kernel at 4 blocks.)
     __device__ void tile_origin(int t, int* origin) const {
-        for (int a = kMaxRank - 1; a >= 0; --a) {
-            origin[a] = s().kv_begin[a] + (t % s().kv_tiles[a]) * p.pr.tile[a];
-            t /= s().kv_tiles[a];
+        for (int a = kMaxRank - 1; a > 0; --a) {
+            const int rest = s().kv_tiles[a].quotient(t);
+            origin[a] = s().kv_begin[a] + (t - rest * s().kv_tiles[a].divisor) * p.pr.tile[a];
+            t = rest;
         }
+        origin[0] = s().kv_begin[0] + t * p.pr.tile[0];
     }
     __device__ long long q_row(int r) const { return slot_offset(r, s().first, s().glen); }
     __device__ long long o_row(int r) const { return q_row(r); }
@@ -232,7 +238,8 @@ struct BsaPolicy {
     static constexpr int kRowTiles = RowTiles;
     using QkElem = Elem;
     struct Params {
-        int heads, seq_q, seq_kv, dim, block_q, block_kv;
+        int heads, seq_q, seq_kv, dim, block_q;
+        FastDivisor block_kv;  // made once on the host: a slot's block without an integer division per row
         attnx_block_layout layout;
         const int32_t* kv_count;
         const int32_t* kv_index;
@@ -264,7 +271,7 @@ struct BsaPolicy {
         const int b = blockIdx.z, h = blockIdx.y;
         q_first = blockIdx.x * block_rows<RowTiles>();
         const BlockRow row = block_row(p.layout, p.kv_count, p.kv_index, p.batch0 + b, p.head0 + h, q_first / p.block_q,
-                                       ceil_div(p.seq_kv, p.block_kv));
+                                       ceil_div(p.seq_kv, p.block_kv.divisor));
         keys = VirtualKeys{row, p.block_kv, p.seq_kv};
         n_tiles = keys.tiles(kBlockN);
         q_base = (static_cast<long long>(b) * p.heads + h) * p.seq_q * p.dim;

@@ -26,8 +26,9 @@ cudaError_t launch_core(const attnx_bsa_params& p, const attnx::Device& dev, con
     cudaError_t status = cudaSuccess;
     attnx::for_each_grid_chunk(p.batch, p.heads, [&](int b0, int batches, int h0, int heads) {
         if (status != cudaSuccess) return;
-        typename Policy::Params params{p.heads, p.seq_q, p.seq_kv, p.head_dim, p.block_q, p.block_kv, p.layout,
-                                       kv_count, kv_index, b0, h0, scale_of(p) * attnx::core::kLog2e};
+        typename Policy::Params params{p.heads, p.seq_q, p.seq_kv, p.head_dim, p.block_q,
+                                       attnx::FastDivisor(p.block_kv), p.layout, kv_count, kv_index, b0, h0,
+                                       scale_of(p) * attnx::core::kLog2e};
         const long long q_off = (static_cast<long long>(b0) * p.heads + h0) * p.seq_q * p.head_dim;
         const long long kv_off = (static_cast<long long>(b0) * p.heads + h0) * p.seq_kv * p.head_dim;
         const dim3 grid(attnx::ceil_div(p.seq_q, attnx::core::block_rows<RowTiles>()), heads, batches);

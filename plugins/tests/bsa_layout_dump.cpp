@@ -2,6 +2,7 @@
 // tests/test_native_block_layout.py can compare it with the simulator (attn_export.models.bsa_kernel_sim).
 //   V block_kv seq_kv n_blocks count b0 b1 ...   -> key(v) for v in [0, slots + 3), then "|", then
 //                                                   tile_masked(t) for every 64-slot tile, one line
+//   D divisor n0 n1 ...                          -> FastDivisor(divisor).quotient(n) for each n, one line
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -14,15 +15,25 @@ int main() {
     while (std::getline(std::cin, line)) {
         std::istringstream in(line);
         char kind = 0;
+        in >> kind;
+        if (kind == 'D') {
+            int divisor = 0;
+            in >> divisor;
+            const attnx::FastDivisor by(divisor);
+            for (int n; in >> n;) std::cout << by.quotient(n) << ' ';
+            std::cout << '\n';
+            continue;
+        }
         int block_kv, seq_kv, n_blocks, count;
-        in >> kind >> block_kv >> seq_kv >> n_blocks >> count;
+        in >> block_kv >> seq_kv >> n_blocks >> count;
         if (kind != 'V') {
             std::cerr << "unknown request: " << line << '\n';
             return 2;
         }
         std::vector<int32_t> index(static_cast<size_t>(count));
         for (int& b : index) in >> b;
-        const attnx::VirtualKeys keys{attnx::BlockRow{index.data(), count, n_blocks}, block_kv, seq_kv};
+        const attnx::VirtualKeys keys{attnx::BlockRow{index.data(), count, n_blocks}, attnx::FastDivisor(block_kv),
+                                      seq_kv};
         std::ostringstream out;
         for (int v = 0; v < keys.slots() + 3; ++v) out << keys.key(v) << ' ';
         out << '|';
