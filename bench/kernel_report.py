@@ -564,15 +564,16 @@ def bsa_estimates(rows: list[dict]) -> list[dict]:
 def prepass_ms(seq: int, dim: int, int8_qk: bool = True) -> dict:
     """The pre-pass as launched (paro_forward.cu): channel statistics in chunks of 256 tokens, one 256-thread CTA
     per chunk and (batch, head), each thread walking 256 / lanes tokens with 4 loads in flight, then one thread
-    per (batch, head, channel) adding the chunks serially; then the group and channel quantizers (memory bound).
-    Time of a kernel: max(bytes / (HBM bandwidth x min(1, CTAs / SMs)), serial loads x latency)."""
-    bh, elem, chunk = HEADS, 2, 256
+    per (batch, head, channel) adding the chunks in order, their loads in batches of 8 (kFinishBatch); then the
+    group and channel quantizers (memory bound). Time of a kernel: max(bytes / (HBM bandwidth x min(1, CTAs /
+    SMs)), serial loads x latency)."""
+    bh, elem, chunk, finish_batch = HEADS, 2, 256, 8
     tensor = bh * seq * dim * elem
     lanes = 256 // min(dim, 256)
     chunks = math.ceil(seq / chunk)
     partials = max(2 * tensor / (H100["dram_bytes_per_s"] * min(1.0, bh * chunks / H100["sms"])),
                    math.ceil(chunk / lanes / 4) * math.ceil(dim / 256) * H100["load_latency_s"])
-    finish = chunks * H100["load_latency_s"]
+    finish = math.ceil(chunks / finish_batch) * H100["load_latency_s"]
     stats = partials + finish
     # q, k, v: each read once and written in permuted order; for the fused core's s8 MMA (int8_qk) q and k are
     # written as int8, half the input's bytes; v stays in the input type

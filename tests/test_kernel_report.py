@@ -151,6 +151,10 @@ def test_ci_mode_passes_on_the_built_kernels_and_fails_on_a_tightened_baseline(t
     assert all(r["dynamic_smem"] == kr.core_smem_bytes(r["head_dim"], r["row_tiles"], 3) for r in three)
     # PARO on the s8 MMA: 2 dtypes x 3 head dims x P quantized or not, and the 3-stage twins at head_dim 32/64
     assert sum(bool(r["int8_qk"]) for r in cores) == 12 + 8
+    # the pre-pass's channel finish loads kFinishBatch (8) partials of each tensor before adding them (the
+    # batches prepass_ms counts); the loop before it loaded 4 of each
+    finish = [r for r in data["kernels"] if "channel_finish_kernel" in r["kernel"] and r["arch"] == "sm_90"]
+    assert len(finish) == 3 and all(r["tile_worst"]["by_class"]["global_load"] == 2 * 8 for r in finish)
     # no spills, except block-sparse's 128-query tiles at head_dim 128 (recorded in the baseline; benchmarks.md (k))
     assert all(r["spill_instructions"] == 0 for r in cores if (r["row_tiles"], r["head_dim"]) != (2, 128))
     # The same kernels against a baseline 20% smaller: every core kernel's growth is reported, exit 1.

@@ -63,6 +63,11 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// Partials each finishing thread loads before it adds them: a batch's loads are in flight together, so the
+// kernel waits ceil(chunks / kFinishBatch) load latencies instead of one per chunk (70 at N = 17,776: ~40 us on
+// an H100); bench/kernel_report.py's pre-pass model counts the same batches.
+constexpr int kFinishBatch = 8;
+
 // One thread per (batch, head, channel): the chunks' partials in chunk order. k_mean / v_scale may be null.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -75,10 +80,22 @@ __global__ void __launch_bounds__(kThreads)
         const long long bh = e / dim;
         const int c = static_cast<int>(e % dim);
         float s = 0.f, a = 0.f;
-        for (int j = 0; j < chunks; ++j) {
-            const long long at = (bh * chunks + j) * dim + c;
-            if (k_mean) s += part_sum[at];
-            if (v_scale) a = fmaxf(a, part_amax[at]);
+        for (int j0 = 0; j0 < chunks; j0 += kFinishBatch) {
+            float sums[kFinishBatch], amaxes[kFinishBatch];
+            // The loads first, none waiting for an add; past the last chunk the neutral elements: x + -0 is x for
+            // every x (+0 and -0 included) and the amax is >= 0, so the result is the chunk-order sum as before.
+#pragma unroll
+            for (int i = 0; i < kFinishBatch; ++i) {
+                const bool real = j0 + i < chunks;
+                const long long at = (bh * chunks + j0 + i) * dim + c;
+                sums[i] = k_mean && real ? part_sum[at] : -0.f;
+                amaxes[i] = v_scale && real ? part_amax[at] : 0.f;
+            }
+#pragma unroll
+            for (int i = 0; i < kFinishBatch; ++i) {
+                s += sums[i];
+                a = fmaxf(a, amaxes[i]);
+            }
         }
         if (k_mean) k_mean[e] = s / seq;
         if (v_scale) {
