@@ -9,9 +9,10 @@ block_kv when below seq_kv), in 64-slot tiles in list order; only tiles holding 
 tile (the same kv tiles in the same order, per-row softmax state), except that at head_dim 128 each 64-key tile is
 taken in two 32-key steps of the online softmax (attn_core.cuh's core_split); `key_step` replays that (by default
 as the kernel picks it on sm_90, the only device that runs 128-query tiles). Same arithmetic: raw dot products in
-fp32, logits times scale * log2(e), an online softmax in base 2 (exp2_ftz: the core's exp2 returns 0 below 2^-126)
-whose denominator sums the unrounded probabilities, P rounded to the input dtype (fp16/bf16) before P.V, fp32
-accumulation, rows without a key give zeros. Slow (a Python loop over tiles): small shapes only.
+fp32, logits times scale * log2(e) (with one key step per tile the core folds that multiply into exp2's argument,
+one FFMA: fma32), an online softmax in base 2 (exp2_ftz: the core's exp2 returns 0 below 2^-126) whose denominator
+sums the unrounded probabilities, P rounded to the input dtype (fp16/bf16) before P.V, fp32 accumulation, rows
+without a key give zeros. Slow (a Python loop over tiles): small shapes only.
 """
 
 from __future__ import annotations
@@ -90,12 +91,21 @@ class SimStats:
     pairs: dict = field(default_factory=dict)  # (b, h, query, key) -> times visited with the key kept
 
 
-def online_tile(acc, row_max, row_sum, logits, values, dtype):
-    """One kv tile of the core's online softmax: returns the new (acc, row_max, row_sum)."""
-    new_max = torch.maximum(row_max, logits.amax(dim=-1))
+def fma32(a: torch.Tensor, b: float, c: torch.Tensor) -> torch.Tensor:
+    """fp32 fmaf(a, b, c) (one rounding): the product of two fp32 values is exact in fp64; the sum's fp64 rounding
+    can double-round in the last fp32 bit, rarely (a replay, compared with tolerances)."""
+    return (a.double() * float(torch.tensor(b, dtype=torch.float32)) + c.double()).float()
+
+
+def online_tile(acc, row_max, row_sum, scores, values, dtype, exp_scale: float = 1.0):
+    """One kv tile of the core's online softmax: returns the new (acc, row_max, row_sum). scores x exp_scale are
+    the base-2 logits: the core scales the row maxima and folds the rest into exp2's FFMA (attn_core.cuh's
+    kFuseScale); with exp_scale 1 the scores are the logits."""
+    c = float(torch.tensor(exp_scale, dtype=torch.float32))
+    new_max = torch.maximum(row_max, scores.amax(dim=-1) * c)
     base = torch.where(new_max == float("-inf"), torch.zeros_like(new_max), new_max)
     alpha = exp2_ftz(row_max - base)
-    probs = exp2_ftz(logits - base[:, None])
+    probs = exp2_ftz(fma32(scores, c, -base[:, None]))
     row_sum = row_sum * alpha + probs.sum(dim=-1)
     if dtype in (torch.float16, torch.bfloat16):  # mma.sync consumes P (and V) in the input dtype
         probs = probs.to(dtype).float()
@@ -139,7 +149,9 @@ def simulate(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale: fl
                     valid = slot_keys >= 0
                     k_rows = torch.where(valid[:, None], kf[b, h, slot_keys.clamp(min=0)], torch.zeros(()))
                     v_rows = torch.where(valid[:, None], vf[b, h, slot_keys.clamp(min=0)], torch.zeros(()))
-                    logits = (q_rows @ k_rows.T) * scale_log2
+                    # the raw dots where the core folds the scale into exp2 (one key step per tile), else logits
+                    exp_scale = scale_log2 if key_step == TILE else 1.0
+                    logits = (q_rows @ k_rows.T) * (scale_log2 / exp_scale)
                     masked = keys.tile_masked(t)
                     stats.kv_tiles += 1
                     stats.masked_tiles += masked
@@ -155,7 +167,7 @@ def simulate(q, k, v, kv_count, kv_index, block_q: int, block_kv: int, scale: fl
                                     stats.pairs[pair] = stats.pairs.get(pair, 0) + 1
                     for c in range(0, TILE, key_step):
                         acc, row_max, row_sum = online_tile(acc, row_max, row_sum, logits[:, c:c + key_step],
-                                                            v_rows[c:c + key_step], q.dtype)
+                                                            v_rows[c:c + key_step], q.dtype, exp_scale)
                 result = torch.where(row_sum[:, None] > 0, acc / row_sum.clamp(min=1e-30)[:, None], torch.zeros(()))
                 out[b, h, rows[row_ok]] = result[row_ok]
     return out.to(q.dtype)

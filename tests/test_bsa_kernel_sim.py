@@ -151,3 +151,12 @@ def test_flushed_probabilities_change_nothing_visible(dtype):
     ref = block_sparse_attention(q.float(), k.float(), v.float(), count, index, 64, 64)
     out = sim.simulate(q, k, v, count, index, 64, 64).float()
     torch.testing.assert_close(out, ref, atol=1e-5 if dtype == torch.float32 else 2e-2, rtol=0)
+
+
+def test_fma32_rounds_once():
+    """The replay of the core's folded exponent, fma(score, scale, -max): one rounding, where a multiply then an
+    add rounds twice (here the product's last bit, 2^-24, is lost by the separate multiply)."""
+    a = torch.tensor([1 + 2**-12], dtype=torch.float32)
+    c = torch.tensor([-(1 + 2**-11)], dtype=torch.float32)
+    assert float(a * float(a) + c) == 0.0
+    assert float(sim.fma32(a, float(a), c)) == 2**-24

@@ -147,7 +147,7 @@ __host__ __device__ constexpr int slot_row(int warp, int lane, int slot) {
 // 2^x on the SFU alone: ex2.approx.ftz is one MUFU.EX2. exp2f is the same MUFU.EX2 wrapped in a range check and
 // two predicated multiplies (4 instructions per element of S) only to return results below 2^-126 as subnormals
 // instead of 0; for every input from -126 up (and NaN, -inf: 0) both are the same instruction, the same bits. A
-// probability below 2^-126 is nothing beside the row's largest (exactly 1): it rounds to 0 in fp16 P and in
+// probability below 2^-126 is nothing beside the row's largest (1 to within an ulp): it rounds to 0 in fp16 P and in
 // PARO's quantized P (whose scale is at least 2^-30 / qmax), a row sum of 1 or more cannot hold it, and where it
 // survives (bf16 P, an alpha rescaling acc_o) it moves an output by at most keys x 2^-126 x max|v| / l.
 // FlashAttention's exp2 under --use_fast_math is this instruction.
@@ -227,12 +227,18 @@ __device__ __forceinline__ void load_rows(const A* a, A* tile_a, const B* b, B* 
 //   void set_tile(t)                  before tile t's logits
 //   bool masked(t)                    tile t needs the element mask (false for interior tiles)
 //   bool keep(slot, c)                the element mask of the current (masked) tile
-//   float logit(slot, c, dot)         the base-2 logit of a raw dot product (scale, QK scales) of a kept
-//                                     element
+//   float score_scale()               > 0, one value per call (after stage()): score x score_scale() is the
+//                                     base-2 logit. The softmax scale where the logit is dot x scale (the core
+//                                     then fuses that multiply into exp2's argument, one FFMA, as FlashAttention
+//                                     does); 1 where the score is the logit itself (PARO's two QK scales, a bias)
+//   float score(slot, c, dot)         the score of a kept element from its raw dot product (the dot itself, or
+//                                     PARO's (dot x q scale) x k scale)
+//   static constexpr bool kScaledDot  score() is the raw dot and score_scale() the softmax scale (block-sparse,
+//                                     neighborhood): the core may fold the scale into exp2 (kFuseScale)
 //   float finish(c)                   per-column output factor (PARO's V channel scale; else 1)
 //   static constexpr bool kMayBias    a runtime bias may be present: then bool biased() says whether it is, and
-//                                     float biased_logit(slot, c, dot) adds it (every tile of a biased call
-//                                     takes the masked path, with the bias)
+//                                     float biased_score(slot, c, dot) is the logit with it (score_scale() is
+//                                     then 1; every tile of a biased call takes the masked path, with the bias)
 //   static constexpr bool kQuantP     P is quantized per tile (PARO pv_bits < 16) with qmax_p() levels
 //   using QkElem                      the element type of q and k: Elem, or int8_t (S on the s8 MMA)
 template <typename Elem, int HeadDim, class Policy, int Stages = kDefaultStages>
@@ -285,6 +291,16 @@ __global__ void __launch_bounds__(kThreads)
     // on 32 keys at a time where 64 would not fit in registers beside the output (128-query tiles, head_dim 128).
     constexpr int kSplit = core_split(kRowTiles, HeadDim);
     constexpr int kCols = kBlockN / kSplit;
+    // Where score_scale() goes: into exp2's argument (one FFMA: the per-element multiply disappears) where ptxas
+    // turns that into fewer instructions, measured on sm_90: block-sparse with one key step per tile, -4% to -9% per
+    // tile. Elsewhere the score is scaled where it is made and the exponent is the plain subtraction, the code as
+    // before: the neighborhood policy (no gain: its registers reshuffle, +0.5%), 128-query head_dim 128 tiles (two
+    // key steps: +5%) and PARO (no scale to fold; fmaf(x, 1, -m) is not folded to a subtraction, and PARO's head_dim
+    // 32 3-stage kernel then took 130 registers, one block per SM fewer than its 2-stage twin).
+    constexpr bool kFuseScale = kSplit == 1 && Policy::kScaledDot && !Policy::kMayBias;
+    const float score_scale = policy.score_scale();
+    const float exp_scale = kFuseScale ? score_scale : 1.f;
+    auto scaled = [&](float score) { return kFuseScale ? score : score * score_scale; };
     static_assert(kSplit == 1 || !Policy::kQuantP, "PARO's P scale is per 64-key tile: no split");
     Tensor cS = make_identity_tensor(Shape<Int<kRows>, Int<kCols>>{});
     Tensor tScS = thr_mma.partition_C(cS);  // (row, column within the step) of every S register
@@ -388,9 +404,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
             for (int i = 0; i < size(acc_s); ++i) acc_s(i) = static_cast<float>(acc_qk(i));
 
-            // Logits in base 2; the element mask only where the policy asks for it (never on interior tiles). Three
-            // loops, so that neither the interior tiles nor the masked tiles without a bias carry the bias's
-            // per-element branch (its table index is valid for kept elements only).
+            // Scores (base-2 logits / exp_scale); the element mask only where the policy asks for it (never on
+            // interior tiles). Three loops, so that neither the interior tiles nor the masked tiles without a bias
+            // carry the bias's per-element branch (its table index is valid for kept elements only).
             if (h == 0) {
                 policy.set_tile(t);
                 if constexpr (Policy::kMayBias) biased = policy.biased();
@@ -400,22 +416,24 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
                     for (int i = 0; i < size(acc_s); ++i) {
                         const int slot = row_slot<kRowTiles>(i), c = h * kCols + get<1>(tScS(i));
-                        acc_s(i) = policy.keep(slot, c) ? policy.biased_logit(slot, c, acc_s(i)) : -INFINITY;
+                        acc_s(i) = policy.keep(slot, c) ? policy.biased_score(slot, c, acc_s(i)) : -INFINITY;
                     }
                 }
             } else if (policy.masked(t)) {
 #pragma unroll
                 for (int i = 0; i < size(acc_s); ++i) {
                     const int slot = row_slot<kRowTiles>(i), c = h * kCols + get<1>(tScS(i));
-                    acc_s(i) = policy.keep(slot, c) ? policy.logit(slot, c, acc_s(i)) : -INFINITY;
+                    acc_s(i) = policy.keep(slot, c) ? scaled(policy.score(slot, c, acc_s(i))) : -INFINITY;
                 }
             } else {
 #pragma unroll
                 for (int i = 0; i < size(acc_s); ++i)
-                    acc_s(i) = policy.logit(row_slot<kRowTiles>(i), h * kCols + get<1>(tScS(i)), acc_s(i));
+                    acc_s(i) = scaled(policy.score(row_slot<kRowTiles>(i), h * kCols + get<1>(tScS(i)), acc_s(i)));
             }
 
-            // Online softmax: new row maxima (the 4 threads of a quad share a row), rescale, exponentiate.
+            // Online softmax: new row maxima (the 4 threads of a quad share a row), rescale, exponentiate. Maxima
+            // are taken over scores and scaled once per row: RN(max x c) = max RN(x c) for c = exp_scale > 0;
+            // exp2's argument is fma(score, c, -max), one rounding (with c = 1 exactly the subtraction as before).
             float tile_row_max[kSlots];
 #pragma unroll
             for (int s = 0; s < kSlots; ++s) tile_row_max[s] = -INFINITY;
@@ -427,7 +445,8 @@ __global__ void __launch_bounds__(kThreads)
             float alpha[kSlots], base[kSlots];
 #pragma unroll
             for (int s = 0; s < kSlots; ++s) {
-                const float m = fmaxf(row_max[s], quad_max(tile_row_max[s]));
+                const float tile_max = quad_max(tile_row_max[s]);
+                const float m = fmaxf(row_max[s], kFuseScale ? tile_max * exp_scale : tile_max);
                 base[s] = m == -INFINITY ? 0.f : m;  // a row with nothing kept so far
                 alpha[s] = exp2_ftz(row_max[s] - base[s]);
                 row_max[s] = m;
@@ -437,7 +456,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
             for (int i = 0; i < size(acc_s); ++i) {
                 const int slot = row_slot<kRowTiles>(i);
-                const float p = exp2_ftz(acc_s(i) - base[slot]);
+                const float p = exp2_ftz(kFuseScale ? fmaf(acc_s(i), exp_scale, -base[slot]) : acc_s(i) - base[slot]);
                 row_sum[slot] += p;  // the denominator: unquantized probabilities
                 if (row_valid[slot]) p_max = fmaxf(p_max, p);
                 acc_s(i) = p;

@@ -31,6 +31,7 @@ template <typename Elem>
 struct NaPolicy {
     static constexpr bool kMayBias = true;  // the bias (rpb) is a runtime choice: one instantiation
     static constexpr bool kQuantP = false;
+    static constexpr bool kScaledDot = true;
     static constexpr int kRowTiles = 1;     // a query tile is one 64-slot box (its per-slot windows: Block)
     using QkElem = Elem;
     struct Params {
@@ -216,9 +217,10 @@ struct NaPolicy {
 
     __device__ bool keep(int slot, int c) const { return (keep_mask[slot] >> c) & 1u; }
 
-    __device__ float logit(int, int, float dot) const { return dot * p.pr.scale_log2; }
+    __device__ float score_scale() const { return bias ? 1.f : p.pr.scale_log2; }
+    __device__ float score(int, int, float dot) const { return dot; }
     __device__ bool biased() const { return bias != nullptr; }
-    __device__ float biased_logit(int slot, int c, float dot) const {  // kept elements only: the index is in the table
+    __device__ float biased_score(int slot, int c, float dot) const {  // kept elements only: the index is in the table
         return dot * p.pr.scale_log2 + bias[s().kv_bias[c] - q_bias[slot]] * kLog2e;
     }
     __device__ float finish(int) const { return 1.f; }
@@ -235,6 +237,7 @@ template <typename Elem, int RowTiles = 1>
 struct BsaPolicy {
     static constexpr bool kMayBias = false;
     static constexpr bool kQuantP = false;
+    static constexpr bool kScaledDot = true;
     static constexpr int kRowTiles = RowTiles;
     using QkElem = Elem;
     struct Params {
@@ -293,7 +296,8 @@ struct BsaPolicy {
     __device__ void set_tile(int) {}
     __device__ bool masked(int) const { return cur_masked; }
     __device__ bool keep(int, int c) const { return (keep_bits >> c) & 1u; }
-    __device__ float logit(int, int, float dot) const { return dot * p.scale_log2; }
+    __device__ float score_scale() const { return p.scale_log2; }
+    __device__ float score(int, int, float dot) const { return dot; }
     __device__ float finish(int) const { return 1.f; }
     __device__ float qmax_p() const { return 1.f; }
 };
@@ -307,6 +311,7 @@ template <typename Elem, bool QuantP, bool Int8QK = false>
 struct ParoPolicy {
     static constexpr bool kMayBias = false;
     static constexpr bool kQuantP = QuantP;
+    static constexpr bool kScaledDot = false;  // scores are the logits (two scales, two roundings)
     static constexpr int kRowTiles = 1;  // a query tile is one query block of 64 (its P scale is per block pair)
     using QkElem = typename std::conditional<Int8QK, int8_t, Elem>::type;
     struct Params {
@@ -336,14 +341,14 @@ struct ParoPolicy {
     __device__ explicit ParoPolicy(const Params& params) : p(params) {}
     __device__ void stage(float*) {}
 
-    // The current kv tile's K scale per key slot, in shared memory: logit() reads one float per element
+    // The current kv tile's K scale per key slot, in shared memory: score() reads one float per element
     // instead of dividing the key index by k_group and loading the scale from global memory.
     static __device__ float* tile_k_scale() {
         __shared__ float scales[kBlockN];
         return scales;
     }
     // Before the barrier of tile t (the previous tile's readers are past the end-of-tile barrier). Without QK
-    // quantization the scales are 1: logit() has no per-element branch.
+    // quantization the scales are 1: score() has no per-element branch.
     __device__ void prepare_tile(int t) {
         const int c = threadIdx.x;
         if (c >= kBlockN) return;
@@ -390,7 +395,8 @@ struct ParoPolicy {
     __device__ void set_tile(int t) { cur_block = row.block(t); }
     __device__ bool masked(int) const { return (cur_block + 1) * kBlockN > p.seq; }  // only the partial tail
     __device__ bool keep(int, int c) const { return cur_block * kBlockN + c < p.seq; }
-    __device__ float logit(int slot, int c, float dot) const {
+    __device__ float score_scale() const { return 1.f; }  // the scores are the logits: two scales, two roundings
+    __device__ float score(int slot, int c, float dot) const {
         float x = dot * row_scale[slot];
         return x * tile_k_scale()[c];  // the same two roundings as before: (dot * q scale) * k scale (or 1)
     }
