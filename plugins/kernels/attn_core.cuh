@@ -147,7 +147,7 @@ __host__ __device__ constexpr int slot_row(int warp, int lane, int slot) {
 // 2^x on the SFU alone: ex2.approx.ftz is one MUFU.EX2. exp2f is the same MUFU.EX2 wrapped in a range check and
 // two predicated multiplies (4 instructions per element of S) only to return results below 2^-126 as subnormals
 // instead of 0; for every input from -126 up (and NaN, -inf: 0) both are the same instruction, the same bits. A
-// probability below 2^-126 is nothing beside the row's largest (1 to within an ulp): it rounds to 0 in fp16 P and in
+// probability below 2^-126 is nothing beside the row's largest (about 1): it rounds to 0 in fp16 P and in
 // PARO's quantized P (whose scale is at least 2^-30 / qmax), a row sum of 1 or more cannot hold it, and where it
 // survives (bf16 P, an alpha rescaling acc_o) it moves an output by at most keys x 2^-126 x max|v| / l.
 // FlashAttention's exp2 under --use_fast_math is this instruction.
@@ -234,7 +234,7 @@ __device__ __forceinline__ void load_rows(const A* a, A* tile_a, const B* b, B* 
 //   float score(slot, c, dot)         the score of a kept element from its raw dot product (the dot itself, or
 //                                     PARO's (dot x q scale) x k scale)
 //   static constexpr bool kScaledDot  score() is the raw dot and score_scale() the softmax scale (block-sparse,
-//                                     neighborhood): the core may fold the scale into exp2 (kFuseScale)
+//                                     neighborhood unless biased): the core may fold the scale into exp2 (kFuseScale)
 //   float finish(c)                   per-column output factor (PARO's V channel scale; else 1)
 //   static constexpr bool kMayBias    a runtime bias may be present: then bool biased() says whether it is, and
 //                                     float biased_score(slot, c, dot) is the logit with it (score_scale() is
@@ -293,8 +293,9 @@ __global__ void __launch_bounds__(kThreads)
     constexpr int kCols = kBlockN / kSplit;
     // Where score_scale() goes: into exp2's argument (one FFMA: the per-element multiply disappears) where ptxas
     // turns that into fewer instructions, measured on sm_90: block-sparse with one key step per tile, -4% to -9% per
-    // tile. Elsewhere the score is scaled where it is made and the exponent is the plain subtraction, the code as
-    // before: the neighborhood policy (no gain: its registers reshuffle, +0.5%), 128-query head_dim 128 tiles (two
+    // tile. Elsewhere the score is scaled where it is made and the exponent is the plain subtraction, as before:
+    // the neighborhood policy (folded: +0.5%, its registers reshuffle; unfolded it pays +2 instructions a tile for
+    // score_scale()'s bias select), 128-query head_dim 128 tiles (two
     // key steps: +5%) and PARO (no scale to fold; fmaf(x, 1, -m) is not folded to a subtraction, and PARO's head_dim
     // 32 3-stage kernel then took 130 registers, one block per SM fewer than its 2-stage twin).
     constexpr bool kFuseScale = kSplit == 1 && Policy::kScaledDot && !Policy::kMayBias;
@@ -433,7 +434,7 @@ __global__ void __launch_bounds__(kThreads)
 
             // Online softmax: new row maxima (the 4 threads of a quad share a row), rescale, exponentiate. Maxima
             // are taken over scores and scaled once per row: RN(max x c) = max RN(x c) for c = exp_scale > 0;
-            // exp2's argument is fma(score, c, -max), one rounding (with c = 1 exactly the subtraction as before).
+            // exp2's argument is fma(score, c, -max), one rounding; unfolded it is score - max, as before.
             float tile_row_max[kSlots];
 #pragma unroll
             for (int s = 0; s < kSlots; ++s) tile_row_max[s] = -INFINITY;
