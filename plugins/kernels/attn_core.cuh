@@ -291,13 +291,13 @@ __global__ void __launch_bounds__(kThreads)
     // on 32 keys at a time where 64 would not fit in registers beside the output (128-query tiles, head_dim 128).
     constexpr int kSplit = core_split(kRowTiles, HeadDim);
     constexpr int kCols = kBlockN / kSplit;
-    // Where score_scale() goes: into exp2's argument (one FFMA: the per-element multiply disappears) where ptxas
-    // turns that into fewer instructions, measured on sm_90: block-sparse with one key step per tile, -4% to -9% per
-    // tile. Elsewhere the score is scaled where it is made and the exponent is the plain subtraction, as before:
-    // the neighborhood policy (folded: +0.5%, its registers reshuffle; unfolded it pays +2 instructions a tile for
-    // score_scale()'s bias select), 128-query head_dim 128 tiles (two
-    // key steps: +5%) and PARO (no scale to fold; fmaf(x, 1, -m) is not folded to a subtraction, and PARO's head_dim
-    // 32 3-stage kernel then took 130 registers, one block per SM fewer than its 2-stage twin).
+    // Where score_scale() goes: into exp2's argument (one FFMA: the per-element multiply disappears) where ptxas turns
+    // that into fewer instructions, measured on sm_90: block-sparse with one key step per tile, -4% to -9% per tile.
+    // Elsewhere the score is scaled where it is made and the exponent is the plain subtraction, as before: the
+    // neighborhood policy (folded: +0.5%, its registers reshuffle; unfolded it pays +2 instructions a tile for
+    // score_scale()'s bias select), 128-query head_dim 128 tiles (two key steps: +5%) and PARO (no scale to fold;
+    // fmaf(x, 1, -m) is not folded to a subtraction, and PARO's head_dim 32 3-stage kernel then took 130 registers, one
+    // block per SM fewer than its 2-stage twin).
     constexpr bool kFuseScale = kSplit == 1 && Policy::kScaledDot && !Policy::kMayBias;
     const float score_scale = policy.score_scale();
     const float exp_scale = kFuseScale ? score_scale : 1.f;
